@@ -1,0 +1,184 @@
+/* gguf.h: GGUF v2/v3 reader (validated, read-only mapping) and writer.
+ *
+ * The reader maps the file (or borrows a caller's buffer) and validates every count,
+ * length, offset and size against the file size with overflow-safe arithmetic before use.
+ * A bad file yields one line "gguf: FILE: WHAT: got X, expected Y" in the tern_status.
+ * All pointers handed out (strings, array data, tensor data) point into the mapping and
+ * stay valid until tern_gguf_close(). Strings are NOT NUL-terminated: use (ptr, len).
+ * Scalar array data may be unaligned: read it with the tern_gguf_arr_* accessors.
+ * Thread-safety: a tern_gguf is immutable after open; concurrent readers are fine.
+ *
+ * The writer collects metadata and tensors (data pointers are borrowed until write) and
+ * writes a GGUF v3 file with the given alignment; it round-trips with the reader.
+ */
+#ifndef TERNPIPE_GGUF_H
+#define TERNPIPE_GGUF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ternpipe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Metadata value types, numbered as in the GGUF specification. */
+typedef enum tern_gguf_vtype {
+    TERN_GGUF_UINT8 = 0,
+    TERN_GGUF_INT8 = 1,
+    TERN_GGUF_UINT16 = 2,
+    TERN_GGUF_INT16 = 3,
+    TERN_GGUF_UINT32 = 4,
+    TERN_GGUF_INT32 = 5,
+    TERN_GGUF_FLOAT32 = 6,
+    TERN_GGUF_BOOL = 7,
+    TERN_GGUF_STRING = 8,
+    TERN_GGUF_ARRAY = 9,
+    TERN_GGUF_UINT64 = 10,
+    TERN_GGUF_INT64 = 11,
+    TERN_GGUF_FLOAT64 = 12,
+    TERN_GGUF_VTYPE_COUNT
+} tern_gguf_vtype;
+
+/* Tensor types (ggml ids). Only the ones ternpipe reads are listed; others are rejected
+ * as "unknown tensor type". I2_S is bitnet.cpp's id 36 (blob = n/4 + 32 bytes). */
+typedef enum tern_ggml_type {
+    TERN_TYPE_F32 = 0,
+    TERN_TYPE_F16 = 1,
+    TERN_TYPE_Q8_0 = 8,
+    TERN_TYPE_BF16 = 30,
+    TERN_TYPE_TQ1_0 = 34,
+    TERN_TYPE_TQ2_0 = 35,
+    TERN_TYPE_I2_S = 36,
+    TERN_TYPE_ID_COUNT = 37 /* sizes id-indexed tables */
+} tern_ggml_type;
+
+#define TERN_GGUF_MAX_DIMS 4
+#define TERN_GGUF_DEFAULT_ALIGNMENT 32
+
+typedef struct tern_gguf_str {
+    const char *ptr; /* not NUL-terminated */
+    uint64_t len;
+} tern_gguf_str;
+
+/* One metadata value. Arrays of scalars point at raw little-endian data in the file;
+ * arrays of strings or arrays carry a parsed item list. */
+typedef struct tern_gguf_value {
+    tern_gguf_vtype type;
+    union {
+        uint64_t u64; /* UINT8/16/32/64 and BOOL */
+        int64_t i64;  /* INT8/16/32/64 */
+        double f64;   /* FLOAT32/64 */
+        tern_gguf_str str;
+        struct {
+            tern_gguf_vtype type;                /* element type */
+            uint64_t n;                          /* element count */
+            const void *data;                    /* scalar elements: raw, maybe unaligned */
+            const struct tern_gguf_value *items; /* STRING/ARRAY elements: [n] */
+        } arr;
+    } v;
+} tern_gguf_value;
+
+typedef struct tern_gguf_kv {
+    tern_gguf_str key;
+    tern_gguf_value value;
+} tern_gguf_kv;
+
+typedef struct tern_gguf_tensor {
+    tern_gguf_str name;
+    uint32_t n_dims;
+    uint64_t ne[TERN_GGUF_MAX_DIMS]; /* ne[0] is the fastest (input) dimension; unused = 1 */
+    tern_ggml_type type;
+    uint64_t offset; /* relative to the data section */
+    uint64_t nbytes;
+    const void *data; /* into the mapping */
+} tern_gguf_tensor;
+
+typedef struct tern_gguf tern_gguf;
+
+/* Opens and validates a file. On failure *out is NULL and st holds the one-line error. */
+tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st);
+/* Same over a caller-owned buffer (fuzzing, tests); the buffer must outlive the handle. */
+tern_code tern_gguf_open_memory(tern_gguf **out, const void *data, size_t size, const char *name,
+                                tern_status *st);
+void tern_gguf_close(tern_gguf *g);
+
+uint32_t tern_gguf_version(const tern_gguf *g);
+uint32_t tern_gguf_alignment(const tern_gguf *g);
+uint64_t tern_gguf_file_size(const tern_gguf *g);
+const char *tern_gguf_path(const tern_gguf *g);
+
+uint64_t tern_gguf_n_kv(const tern_gguf *g);
+const tern_gguf_kv *tern_gguf_kv_at(const tern_gguf *g, uint64_t i);
+/* NULL when the key is absent. */
+const tern_gguf_value *tern_gguf_find(const tern_gguf *g, const char *key);
+
+uint64_t tern_gguf_n_tensors(const tern_gguf *g);
+const tern_gguf_tensor *tern_gguf_tensor_at(const tern_gguf *g, uint64_t i);
+const tern_gguf_tensor *tern_gguf_find_tensor(const tern_gguf *g, const char *name);
+
+/* Typed getters with a clear error naming the key when it is missing or of the wrong type.
+ * Integer getters accept any integer type whose value fits. */
+tern_code tern_gguf_get_u32(const tern_gguf *g, const char *key, uint32_t *out, tern_status *st);
+tern_code tern_gguf_get_i32(const tern_gguf *g, const char *key, int32_t *out, tern_status *st);
+tern_code tern_gguf_get_f32(const tern_gguf *g, const char *key, float *out, tern_status *st);
+tern_code tern_gguf_get_bool(const tern_gguf *g, const char *key, bool *out, tern_status *st);
+tern_code tern_gguf_get_str(const tern_gguf *g, const char *key, tern_gguf_str *out,
+                            tern_status *st);
+/* An array of element type `type` (any length); *out points at the value. */
+tern_code tern_gguf_get_arr(const tern_gguf *g, const char *key, tern_gguf_vtype type,
+                            const tern_gguf_value **out, tern_status *st);
+
+/* Element accessors for scalar arrays (bounds are the caller's job: i < arr.n). */
+int64_t tern_gguf_arr_int(const tern_gguf_value *arr, uint64_t i);  /* any integer/bool type */
+double tern_gguf_arr_float(const tern_gguf_value *arr, uint64_t i); /* FLOAT32/64 */
+
+/* String helpers. */
+bool tern_gguf_str_eq(tern_gguf_str s, const char *cstr);
+
+/* Type facts. */
+const char *tern_ggml_type_name(tern_ggml_type t); /* NULL when unknown */
+const char *tern_gguf_vtype_name(tern_gguf_vtype t);
+/* Bytes of a tensor of `n_elements` whose rows have `ne0` elements; false when the type is
+ * unknown, ne0 is not a multiple of the block size, or the size overflows. */
+bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out);
+
+/* ---- writer ---- */
+typedef struct tern_gguf_writer tern_gguf_writer;
+
+tern_gguf_writer *tern_gguf_writer_new(void); /* NULL only when out of memory */
+void tern_gguf_writer_free(tern_gguf_writer *w);
+void tern_gguf_writer_set_alignment(tern_gguf_writer *w, uint32_t alignment);
+
+/* Scalars (the value is copied). */
+tern_code tern_gguf_writer_add_u32(tern_gguf_writer *w, const char *key, uint32_t v);
+tern_code tern_gguf_writer_add_i32(tern_gguf_writer *w, const char *key, int32_t v);
+tern_code tern_gguf_writer_add_u64(tern_gguf_writer *w, const char *key, uint64_t v);
+tern_code tern_gguf_writer_add_f32(tern_gguf_writer *w, const char *key, float v);
+tern_code tern_gguf_writer_add_bool(tern_gguf_writer *w, const char *key, bool v);
+tern_code tern_gguf_writer_add_str(tern_gguf_writer *w, const char *key, const char *v);
+/* Generic scalar of any scalar vtype, raw little-endian bytes of its size. */
+tern_code tern_gguf_writer_add_scalar(tern_gguf_writer *w, const char *key, tern_gguf_vtype type,
+                                      const void *raw);
+/* Array of scalars: `n` elements of `type`, raw data copied. */
+tern_code tern_gguf_writer_add_arr(tern_gguf_writer *w, const char *key, tern_gguf_vtype type,
+                                   const void *data, uint64_t n);
+/* Array of strings given as pointers and lengths (copied). */
+tern_code tern_gguf_writer_add_arr_str(tern_gguf_writer *w, const char *key,
+                                       const char *const *strs, const uint64_t *lens, uint64_t n);
+/* Any value, including nested arrays, copied from a reader's value. */
+tern_code tern_gguf_writer_add_value(tern_gguf_writer *w, const char *key,
+                                     const tern_gguf_value *v);
+
+/* A tensor; `data` (nbytes as tern_ggml_nbytes says) is borrowed until write. */
+tern_code tern_gguf_writer_add_tensor(tern_gguf_writer *w, const char *name, tern_ggml_type type,
+                                      uint32_t n_dims, const uint64_t *ne, const void *data,
+                                      tern_status *st);
+tern_code tern_gguf_writer_write(tern_gguf_writer *w, const char *path, tern_status *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

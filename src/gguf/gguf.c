@@ -1,0 +1,817 @@
+/* gguf.c: validated GGUF v2/v3 reader.
+ *
+ * Invariants: nothing read from the file is used before it is checked against the bytes
+ * that remain (overflow-safe: every check is written as "need <= remaining"); counts bound
+ * the allocations they cause (an element needs at least its minimal encoded size, so no
+ * count can ask for more memory than a small multiple of the file size); nesting is
+ * bounded. Every failure leaves "gguf: FILE: WHAT: got X, expected Y" in the status.
+ */
+#include "ternpipe/gguf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GGUF_MAGIC "GGUF"
+#define GGUF_MAX_DEPTH 8
+#define GGUF_MIN_KV_BYTES 13     /* key length (8) + type (4) + smallest value (1) */
+#define GGUF_MIN_TENSOR_BYTES 24 /* name length (8) + n_dims (4) + type (4) + offset (8) */
+
+struct tern_gguf {
+    char *path;
+    const uint8_t *base;
+    size_t size;
+    bool mapped;
+    uint32_t version;
+    uint32_t alignment;
+    uint64_t n_kv;
+    tern_gguf_kv *kvs;
+    uint64_t n_tensors;
+    tern_gguf_tensor *tensors;
+    uint64_t data_offset;
+    /* item arrays of string/array values, freed at close */
+    tern_gguf_value **blocks;
+    size_t n_blocks, cap_blocks;
+};
+
+typedef struct cursor {
+    const uint8_t *base;
+    size_t size;
+    size_t pos;
+    const char *name;
+    tern_status *st;
+    tern_gguf *g;
+} cursor;
+
+static tern_code fail(cursor *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static tern_code fail(cursor *c, const char *fmt, ...)
+{
+    char what[TERN_STATUS_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return tern_status_set(c->st, TERN_EFORMAT, "gguf: %s: %s", c->name, what);
+}
+
+static size_t remaining(const cursor *c)
+{
+    return c->size - c->pos;
+}
+
+static tern_code need(cursor *c, uint64_t n, const char *what)
+{
+    if (n > remaining(c))
+        return fail(c,
+                    "%s: got %zu bytes left at offset %zu, expected %" PRIu64 " (truncated file)",
+                    what, remaining(c), c->pos, n);
+    return TERN_OK;
+}
+
+static tern_code rd(cursor *c, void *out, size_t n, const char *what)
+{
+    tern_code rc = need(c, n, what);
+    if (rc) return rc;
+    memcpy(out, c->base + c->pos, n);
+    c->pos += n;
+    return TERN_OK;
+}
+
+static tern_code rd_u32(cursor *c, uint32_t *v, const char *what)
+{
+    return rd(c, v, 4, what);
+}
+static tern_code rd_u64(cursor *c, uint64_t *v, const char *what)
+{
+    return rd(c, v, 8, what);
+}
+
+static tern_code rd_str(cursor *c, tern_gguf_str *s, const char *what)
+{
+    uint64_t len;
+    tern_code rc = rd_u64(c, &len, what);
+    if (rc) return rc;
+    if (len > remaining(c))
+        return fail(c, "%s: string length: got %" PRIu64 ", expected at most %zu (bytes left)",
+                    what, len, remaining(c));
+    s->ptr = (const char *)c->base + c->pos;
+    s->len = len;
+    c->pos += (size_t)len;
+    return TERN_OK;
+}
+
+static size_t scalar_size(tern_gguf_vtype t)
+{
+    switch (t) {
+    case TERN_GGUF_UINT8:
+    case TERN_GGUF_INT8:
+    case TERN_GGUF_BOOL:
+        return 1;
+    case TERN_GGUF_UINT16:
+    case TERN_GGUF_INT16:
+        return 2;
+    case TERN_GGUF_UINT32:
+    case TERN_GGUF_INT32:
+    case TERN_GGUF_FLOAT32:
+        return 4;
+    case TERN_GGUF_UINT64:
+    case TERN_GGUF_INT64:
+    case TERN_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
+    }
+}
+
+/* Decodes one scalar of type t from raw little-endian bytes into v. */
+static void decode_scalar(tern_gguf_vtype t, const uint8_t *p, tern_gguf_value *v)
+{
+    v->type = t;
+    switch (t) {
+    case TERN_GGUF_UINT8:
+        v->v.u64 = p[0];
+        break;
+    case TERN_GGUF_BOOL:
+        v->v.u64 = p[0];
+        break;
+    case TERN_GGUF_INT8:
+        v->v.i64 = (int8_t)p[0];
+        break;
+    case TERN_GGUF_UINT16: {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        v->v.u64 = x;
+    } break;
+    case TERN_GGUF_INT16: {
+        int16_t x;
+        memcpy(&x, p, 2);
+        v->v.i64 = x;
+    } break;
+    case TERN_GGUF_UINT32: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        v->v.u64 = x;
+    } break;
+    case TERN_GGUF_INT32: {
+        int32_t x;
+        memcpy(&x, p, 4);
+        v->v.i64 = x;
+    } break;
+    case TERN_GGUF_FLOAT32: {
+        float x;
+        memcpy(&x, p, 4);
+        v->v.f64 = x;
+    } break;
+    case TERN_GGUF_UINT64: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        v->v.u64 = x;
+    } break;
+    case TERN_GGUF_INT64: {
+        int64_t x;
+        memcpy(&x, p, 8);
+        v->v.i64 = x;
+    } break;
+    case TERN_GGUF_FLOAT64: {
+        double x;
+        memcpy(&x, p, 8);
+        v->v.f64 = x;
+    } break;
+    default:
+        break;
+    }
+}
+
+static tern_gguf_value *alloc_items(cursor *c, uint64_t n)
+{
+    tern_gguf *g = c->g;
+    if (g->n_blocks == g->cap_blocks) {
+        size_t cap = g->cap_blocks ? g->cap_blocks * 2 : 16;
+        tern_gguf_value **nb = realloc(g->blocks, cap * sizeof *nb);
+        if (!nb) return NULL;
+        g->blocks = nb;
+        g->cap_blocks = cap;
+    }
+    tern_gguf_value *items = calloc(n ? (size_t)n : 1, sizeof *items);
+    if (items) g->blocks[g->n_blocks++] = items;
+    return items;
+}
+
+static tern_code rd_value(cursor *c, tern_gguf_vtype t, tern_gguf_value *v, int depth,
+                          const char *what);
+
+static tern_code rd_array(cursor *c, tern_gguf_value *v, int depth, const char *what)
+{
+    uint32_t et;
+    uint64_t n;
+    tern_code rc = rd_u32(c, &et, what);
+    if (rc) return rc;
+    if (et >= TERN_GGUF_VTYPE_COUNT)
+        return fail(c, "%s: array element type: got %u, expected 0..%d", what, et,
+                    TERN_GGUF_VTYPE_COUNT - 1);
+    if ((rc = rd_u64(c, &n, what))) return rc;
+    v->type = TERN_GGUF_ARRAY;
+    v->v.arr.type = (tern_gguf_vtype)et;
+    v->v.arr.n = n;
+    v->v.arr.data = NULL;
+    v->v.arr.items = NULL;
+    size_t es = scalar_size((tern_gguf_vtype)et);
+    if (es) {
+        if (n > remaining(c) / es)
+            return fail(c,
+                        "%s: array count: got %" PRIu64 ", expected at most %zu (bytes left / %zu)",
+                        what, n, remaining(c) / es, es);
+        v->v.arr.data = c->base + c->pos;
+        if (et == TERN_GGUF_BOOL)
+            for (uint64_t i = 0; i < n; i++)
+                if (c->base[c->pos + i] > 1)
+                    return fail(c, "%s: bool element %" PRIu64 ": got %u, expected 0 or 1", what, i,
+                                c->base[c->pos + i]);
+        c->pos += (size_t)(n * es);
+        return TERN_OK;
+    }
+    /* strings need >= 8 bytes each, arrays >= 12: the count bounds the allocation */
+    size_t min_elem = et == TERN_GGUF_STRING ? 8 : 12;
+    if (n > remaining(c) / min_elem)
+        return fail(c, "%s: array count: got %" PRIu64 ", expected at most %zu (bytes left / %zu)",
+                    what, n, remaining(c) / min_elem, min_elem);
+    if (et == TERN_GGUF_ARRAY && depth + 1 >= GGUF_MAX_DEPTH)
+        return fail(c, "%s: array nesting depth: got %d, expected at most %d", what, depth + 2,
+                    GGUF_MAX_DEPTH);
+    tern_gguf_value *items = alloc_items(c, n);
+    if (!items)
+        return tern_status_set(c->st, TERN_ENOMEM,
+                               "gguf: %s: %s: out of memory for %" PRIu64 " array items", c->name,
+                               what, n);
+    v->v.arr.items = items;
+    for (uint64_t i = 0; i < n; i++)
+        if ((rc = rd_value(c, (tern_gguf_vtype)et, &items[i], depth + 1, what))) return rc;
+    return TERN_OK;
+}
+
+static tern_code rd_value(cursor *c, tern_gguf_vtype t, tern_gguf_value *v, int depth,
+                          const char *what)
+{
+    if (t == TERN_GGUF_STRING) {
+        v->type = t;
+        return rd_str(c, &v->v.str, what);
+    }
+    if (t == TERN_GGUF_ARRAY) return rd_array(c, v, depth, what);
+    size_t es = scalar_size(t);
+    tern_code rc = need(c, es, what);
+    if (rc) return rc;
+    if (t == TERN_GGUF_BOOL && c->base[c->pos] > 1)
+        return fail(c, "%s: bool: got %u, expected 0 or 1", what, c->base[c->pos]);
+    decode_scalar(t, c->base + c->pos, v);
+    c->pos += es;
+    return TERN_OK;
+}
+
+static bool str_eq(tern_gguf_str a, tern_gguf_str b)
+{
+    return a.len == b.len && (a.len == 0 || memcmp(a.ptr, b.ptr, (size_t)a.len) == 0);
+}
+
+bool tern_gguf_str_eq(tern_gguf_str s, const char *cstr)
+{
+    size_t n = strlen(cstr);
+    return s.len == n && (n == 0 || memcmp(s.ptr, cstr, n) == 0);
+}
+
+/* printable, bounded copy of a name for messages */
+static const char *show(tern_gguf_str s, char *buf, size_t cap)
+{
+    size_t n = s.len < cap - 1 ? (size_t)s.len : cap - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s.ptr[i];
+        buf[i] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static int cmp_offset(const void *a, const void *b)
+{
+    const tern_gguf_tensor *x = *(const tern_gguf_tensor *const *)a;
+    const tern_gguf_tensor *y = *(const tern_gguf_tensor *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+    const tern_gguf_str *x = *(const tern_gguf_str *const *)a;
+    const tern_gguf_str *y = *(const tern_gguf_str *const *)b;
+    size_t n = x->len < y->len ? (size_t)x->len : (size_t)y->len;
+    int r = n ? memcmp(x->ptr, y->ptr, n) : 0;
+    if (r) return r;
+    return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* Rejects duplicate names among n strings reached through ptrs (sorted in place). */
+static tern_code check_unique(cursor *c, const tern_gguf_str **ptrs, uint64_t n, const char *what)
+{
+    qsort(ptrs, (size_t)n, sizeof *ptrs, cmp_name);
+    for (uint64_t i = 1; i < n; i++)
+        if (str_eq(*ptrs[i - 1], *ptrs[i])) {
+            char buf[80];
+            return fail(c, "%s: got '%s' twice, expected unique names", what,
+                        show(*ptrs[i], buf, sizeof buf));
+        }
+    return TERN_OK;
+}
+
+static tern_code parse(tern_gguf *g, tern_status *st)
+{
+    cursor c = {.base = g->base, .size = g->size, .pos = 0, .name = g->path, .st = st, .g = g};
+    tern_code rc;
+    char magic[4];
+    if ((rc = rd(&c, magic, 4, "magic"))) return rc;
+    if (memcmp(magic, GGUF_MAGIC, 4) != 0)
+        return fail(&c, "magic: got %02x %02x %02x %02x, expected 47 47 55 46 (\"GGUF\")",
+                    (unsigned char)magic[0], (unsigned char)magic[1], (unsigned char)magic[2],
+                    (unsigned char)magic[3]);
+    if ((rc = rd_u32(&c, &g->version, "version"))) return rc;
+    if (g->version != 2 && g->version != 3)
+        return fail(&c, "version: got %u, expected 2 or 3", g->version);
+    if ((rc = rd_u64(&c, &g->n_tensors, "tensor count"))) return rc;
+    if ((rc = rd_u64(&c, &g->n_kv, "metadata count"))) return rc;
+    if (g->n_kv > remaining(&c) / GGUF_MIN_KV_BYTES)
+        return fail(&c, "metadata count: got %" PRIu64 ", expected at most %zu for the file size",
+                    g->n_kv, remaining(&c) / GGUF_MIN_KV_BYTES);
+    if (g->n_tensors > remaining(&c) / GGUF_MIN_TENSOR_BYTES)
+        return fail(&c, "tensor count: got %" PRIu64 ", expected at most %zu for the file size",
+                    g->n_tensors, remaining(&c) / GGUF_MIN_TENSOR_BYTES);
+
+    g->kvs = calloc(g->n_kv ? (size_t)g->n_kv : 1, sizeof *g->kvs);
+    g->tensors = calloc(g->n_tensors ? (size_t)g->n_tensors : 1, sizeof *g->tensors);
+    if (!g->kvs || !g->tensors)
+        return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", g->path);
+
+    g->alignment = TERN_GGUF_DEFAULT_ALIGNMENT;
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        tern_gguf_kv *kv = &g->kvs[i];
+        char what[160], buf[80];
+        snprintf(what, sizeof what, "metadata %" PRIu64 " key", i);
+        if ((rc = rd_str(&c, &kv->key, what))) return rc;
+        uint32_t t;
+        snprintf(what, sizeof what, "metadata '%s' type", show(kv->key, buf, sizeof buf));
+        if ((rc = rd_u32(&c, &t, what))) return rc;
+        if (t >= TERN_GGUF_VTYPE_COUNT)
+            return fail(&c, "%s: got %u, expected 0..%d", what, t, TERN_GGUF_VTYPE_COUNT - 1);
+        snprintf(what, sizeof what, "metadata '%s'", show(kv->key, buf, sizeof buf));
+        if ((rc = rd_value(&c, (tern_gguf_vtype)t, &kv->value, 0, what))) return rc;
+        if (tern_gguf_str_eq(kv->key, "general.alignment")) {
+            if (t != TERN_GGUF_UINT32)
+                return fail(&c, "general.alignment type: got %s, expected uint32",
+                            tern_gguf_vtype_name((tern_gguf_vtype)t));
+            uint64_t a = kv->value.v.u64;
+            if (a == 0 || (a & (a - 1)) != 0 || a > (1u << 20))
+                return fail(
+                    &c, "general.alignment: got %" PRIu64 ", expected a power of two up to 1048576",
+                    a);
+            g->alignment = (uint32_t)a;
+        }
+    }
+    if (g->n_kv > 1) {
+        const tern_gguf_str **ptrs = malloc((size_t)g->n_kv * sizeof *ptrs);
+        if (!ptrs) return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", g->path);
+        for (uint64_t i = 0; i < g->n_kv; i++) ptrs[i] = &g->kvs[i].key;
+        rc = check_unique(&c, ptrs, g->n_kv, "metadata key");
+        free(ptrs);
+        if (rc) return rc;
+    }
+
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        tern_gguf_tensor *t = &g->tensors[i];
+        char what[160], buf[80];
+        snprintf(what, sizeof what, "tensor %" PRIu64 " name", i);
+        if ((rc = rd_str(&c, &t->name, what))) return rc;
+        const char *nm = show(t->name, buf, sizeof buf);
+        snprintf(what, sizeof what, "tensor '%s' dims", nm);
+        if ((rc = rd_u32(&c, &t->n_dims, what))) return rc;
+        if (t->n_dims < 1 || t->n_dims > TERN_GGUF_MAX_DIMS)
+            return fail(&c, "tensor '%s' n_dims: got %u, expected 1..%d", nm, t->n_dims,
+                        TERN_GGUF_MAX_DIMS);
+        uint64_t n_el = 1;
+        for (uint32_t d = 0; d < TERN_GGUF_MAX_DIMS; d++) t->ne[d] = 1;
+        for (uint32_t d = 0; d < t->n_dims; d++) {
+            if ((rc = rd_u64(&c, &t->ne[d], what))) return rc;
+            if (t->ne[d] == 0 || t->ne[d] > (UINT64_C(1) << 40))
+                return fail(&c, "tensor '%s' ne[%u]: got %" PRIu64 ", expected 1..2^40", nm, d,
+                            t->ne[d]);
+            if (n_el > (UINT64_C(1) << 50) / t->ne[d])
+                return fail(&c, "tensor '%s' element count: got more than 2^50, expected less", nm);
+            n_el *= t->ne[d];
+        }
+        uint32_t type;
+        snprintf(what, sizeof what, "tensor '%s' type", nm);
+        if ((rc = rd_u32(&c, &type, what))) return rc;
+        if (type >= TERN_TYPE_ID_COUNT || !tern_ggml_type_name((tern_ggml_type)type))
+            return fail(&c,
+                        "tensor '%s' type: got %u, expected a known type "
+                        "(F32 0, F16 1, Q8_0 8, BF16 30, TQ1_0 34, TQ2_0 35, I2_S 36) (unknown "
+                        "tensor type)",
+                        nm, type);
+        t->type = (tern_ggml_type)type;
+        snprintf(what, sizeof what, "tensor '%s' offset", nm);
+        if ((rc = rd_u64(&c, &t->offset, what))) return rc;
+        if (!tern_ggml_nbytes(t->type, t->ne[0], n_el, &t->nbytes)) {
+            if (t->type == TERN_TYPE_I2_S)
+                return fail(&c,
+                            "tensor '%s' element count: got %" PRIu64
+                            ", expected a multiple of 128 for I2_S",
+                            nm, n_el);
+            return fail(
+                &c, "tensor '%s' ne[0]: got %" PRIu64 ", expected a multiple of the %s block size",
+                nm, t->ne[0], tern_ggml_type_name(t->type));
+        }
+        if (t->offset % g->alignment != 0)
+            return fail(
+                &c, "tensor '%s' offset: got %" PRIu64 ", expected a multiple of %u (misaligned)",
+                nm, t->offset, g->alignment);
+    }
+    if (g->n_tensors > 1) {
+        const tern_gguf_str **ptrs = malloc((size_t)g->n_tensors * sizeof *ptrs);
+        if (!ptrs) return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", g->path);
+        for (uint64_t i = 0; i < g->n_tensors; i++) ptrs[i] = &g->tensors[i].name;
+        rc = check_unique(&c, ptrs, g->n_tensors, "tensor name");
+        free(ptrs);
+        if (rc) return rc;
+    }
+
+    /* data section: starts at the next multiple of the alignment */
+    uint64_t pad = (g->alignment - c.pos % g->alignment) % g->alignment;
+    g->data_offset = c.pos + pad;
+    if (g->n_tensors == 0) return TERN_OK;
+    if (g->data_offset > g->size)
+        return fail(&c, "data section start: got %" PRIu64 ", expected at most the file size %zu",
+                    g->data_offset, g->size);
+    uint64_t data_size = g->size - g->data_offset;
+    const tern_gguf_tensor **order = malloc((size_t)g->n_tensors * sizeof *order);
+    if (!order) return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", g->path);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        tern_gguf_tensor *t = &g->tensors[i];
+        char buf[80];
+        if (t->offset > data_size || t->nbytes > data_size - t->offset) {
+            free(order);
+            return fail(
+                &c,
+                "tensor '%s' data: got bytes [%" PRIu64 ", %" PRIu64
+                ") of the data section, expected within its %" PRIu64 " bytes (out of file)",
+                show(t->name, buf, sizeof buf), t->offset, t->offset + t->nbytes, data_size);
+        }
+        t->data = g->base + g->data_offset + t->offset;
+        order[i] = t;
+    }
+    qsort(order, (size_t)g->n_tensors, sizeof *order, cmp_offset);
+    for (uint64_t i = 1; i < g->n_tensors; i++) {
+        const tern_gguf_tensor *a = order[i - 1], *b = order[i];
+        if (a->offset + a->nbytes > b->offset) {
+            char ba[80], bb[80];
+            rc = fail(&c,
+                      "tensor '%s' data: got offset %" PRIu64 ", expected >= %" PRIu64
+                      " (overlaps tensor '%s')",
+                      show(b->name, bb, sizeof bb), b->offset, a->offset + a->nbytes,
+                      show(a->name, ba, sizeof ba));
+            free(order);
+            return rc;
+        }
+    }
+    free(order);
+    return TERN_OK;
+}
+
+static tern_code open_common(tern_gguf **out, tern_gguf *g, tern_status *st)
+{
+    tern_code rc = parse(g, st);
+    if (rc) {
+        tern_gguf_close(g);
+        *out = NULL;
+        return rc;
+    }
+    *out = g;
+    return TERN_OK;
+}
+
+tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return tern_status_set(st, TERN_EIO, "gguf: %s: open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return tern_status_set(st, TERN_EIO, "gguf: %s: not a regular file", path);
+    }
+    if (sb.st_size < 24) {
+        close(fd);
+        return tern_status_set(st, TERN_EFORMAT,
+                               "gguf: %s: file size: got %lld bytes, expected at least 24", path,
+                               (long long)sb.st_size);
+    }
+    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return tern_status_set(st, TERN_EIO, "gguf: %s: mmap: %s", path, strerror(errno));
+    tern_gguf *g = calloc(1, sizeof *g);
+    char *name = strdup(path);
+    if (!g || !name) {
+        munmap(p, (size_t)sb.st_size);
+        free(g);
+        free(name);
+        return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", path);
+    }
+    g->path = name;
+    g->base = p;
+    g->size = (size_t)sb.st_size;
+    g->mapped = true;
+    return open_common(out, g, st);
+}
+
+tern_code tern_gguf_open_memory(tern_gguf **out, const void *data, size_t size, const char *name,
+                                tern_status *st)
+{
+    *out = NULL;
+    tern_gguf *g = calloc(1, sizeof *g);
+    char *nm = strdup(name ? name : "<memory>");
+    if (!g || !nm) {
+        free(g);
+        free(nm);
+        return tern_status_set(st, TERN_ENOMEM, "gguf: out of memory");
+    }
+    g->path = nm;
+    g->base = data;
+    g->size = size;
+    return open_common(out, g, st);
+}
+
+void tern_gguf_close(tern_gguf *g)
+{
+    if (!g) return;
+    if (g->mapped && g->base) munmap((void *)g->base, g->size);
+    for (size_t i = 0; i < g->n_blocks; i++) free(g->blocks[i]);
+    free(g->blocks);
+    free(g->kvs);
+    free(g->tensors);
+    free(g->path);
+    free(g);
+}
+
+uint32_t tern_gguf_version(const tern_gguf *g)
+{
+    return g->version;
+}
+uint32_t tern_gguf_alignment(const tern_gguf *g)
+{
+    return g->alignment;
+}
+uint64_t tern_gguf_file_size(const tern_gguf *g)
+{
+    return g->size;
+}
+const char *tern_gguf_path(const tern_gguf *g)
+{
+    return g->path;
+}
+uint64_t tern_gguf_n_kv(const tern_gguf *g)
+{
+    return g->n_kv;
+}
+const tern_gguf_kv *tern_gguf_kv_at(const tern_gguf *g, uint64_t i)
+{
+    return i < g->n_kv ? &g->kvs[i] : NULL;
+}
+uint64_t tern_gguf_n_tensors(const tern_gguf *g)
+{
+    return g->n_tensors;
+}
+const tern_gguf_tensor *tern_gguf_tensor_at(const tern_gguf *g, uint64_t i)
+{
+    return i < g->n_tensors ? &g->tensors[i] : NULL;
+}
+
+const tern_gguf_value *tern_gguf_find(const tern_gguf *g, const char *key)
+{
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        if (tern_gguf_str_eq(g->kvs[i].key, key)) return &g->kvs[i].value;
+    return NULL;
+}
+
+const tern_gguf_tensor *tern_gguf_find_tensor(const tern_gguf *g, const char *name)
+{
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        if (tern_gguf_str_eq(g->tensors[i].name, name)) return &g->tensors[i];
+    return NULL;
+}
+
+static bool is_int_type(tern_gguf_vtype t)
+{
+    return t == TERN_GGUF_UINT8 || t == TERN_GGUF_INT8 || t == TERN_GGUF_UINT16 ||
+           t == TERN_GGUF_INT16 || t == TERN_GGUF_UINT32 || t == TERN_GGUF_INT32 ||
+           t == TERN_GGUF_UINT64 || t == TERN_GGUF_INT64;
+}
+static bool is_signed(tern_gguf_vtype t)
+{
+    return t == TERN_GGUF_INT8 || t == TERN_GGUF_INT16 || t == TERN_GGUF_INT32 ||
+           t == TERN_GGUF_INT64;
+}
+
+static tern_code get_typed(const tern_gguf *g, const char *key, const tern_gguf_value **v,
+                           tern_status *st)
+{
+    *v = tern_gguf_find(g, key);
+    if (!*v)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "gguf: %s: metadata '%s': got nothing, expected the key", g->path,
+                               key);
+    return TERN_OK;
+}
+
+static tern_code get_int(const tern_gguf *g, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                         tern_status *st)
+{
+    const tern_gguf_value *v;
+    tern_code rc = get_typed(g, key, &v, st);
+    if (rc) return rc;
+    if (!is_int_type(v->type))
+        return tern_status_set(st, TERN_EFORMAT,
+                               "gguf: %s: metadata '%s' type: got %s, expected an integer", g->path,
+                               key, tern_gguf_vtype_name(v->type));
+    if (is_signed(v->type)) {
+        if (v->v.i64 < lo || v->v.i64 > hi)
+            return tern_status_set(st, TERN_ERANGE,
+                                   "gguf: %s: metadata '%s': got %" PRId64 ", expected %" PRId64
+                                   "..%" PRId64,
+                                   g->path, key, v->v.i64, lo, hi);
+        *out = v->v.i64;
+    } else {
+        if (v->v.u64 > (uint64_t)hi || (lo > 0 && v->v.u64 < (uint64_t)lo))
+            return tern_status_set(st, TERN_ERANGE,
+                                   "gguf: %s: metadata '%s': got %" PRIu64 ", expected %" PRId64
+                                   "..%" PRId64,
+                                   g->path, key, v->v.u64, lo, hi);
+        *out = (int64_t)v->v.u64;
+    }
+    return TERN_OK;
+}
+
+tern_code tern_gguf_get_u32(const tern_gguf *g, const char *key, uint32_t *out, tern_status *st)
+{
+    int64_t x;
+    tern_code rc = get_int(g, key, 0, UINT32_MAX, &x, st);
+    if (!rc) *out = (uint32_t)x;
+    return rc;
+}
+
+tern_code tern_gguf_get_i32(const tern_gguf *g, const char *key, int32_t *out, tern_status *st)
+{
+    int64_t x;
+    tern_code rc = get_int(g, key, INT32_MIN, INT32_MAX, &x, st);
+    if (!rc) *out = (int32_t)x;
+    return rc;
+}
+
+tern_code tern_gguf_get_f32(const tern_gguf *g, const char *key, float *out, tern_status *st)
+{
+    const tern_gguf_value *v;
+    tern_code rc = get_typed(g, key, &v, st);
+    if (rc) return rc;
+    if (v->type != TERN_GGUF_FLOAT32 && v->type != TERN_GGUF_FLOAT64)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "gguf: %s: metadata '%s' type: got %s, expected float32", g->path,
+                               key, tern_gguf_vtype_name(v->type));
+    *out = (float)v->v.f64;
+    return TERN_OK;
+}
+
+tern_code tern_gguf_get_bool(const tern_gguf *g, const char *key, bool *out, tern_status *st)
+{
+    const tern_gguf_value *v;
+    tern_code rc = get_typed(g, key, &v, st);
+    if (rc) return rc;
+    if (v->type != TERN_GGUF_BOOL)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "gguf: %s: metadata '%s' type: got %s, expected bool", g->path, key,
+                               tern_gguf_vtype_name(v->type));
+    *out = v->v.u64 != 0;
+    return TERN_OK;
+}
+
+tern_code tern_gguf_get_str(const tern_gguf *g, const char *key, tern_gguf_str *out,
+                            tern_status *st)
+{
+    const tern_gguf_value *v;
+    tern_code rc = get_typed(g, key, &v, st);
+    if (rc) return rc;
+    if (v->type != TERN_GGUF_STRING)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "gguf: %s: metadata '%s' type: got %s, expected string", g->path,
+                               key, tern_gguf_vtype_name(v->type));
+    *out = v->v.str;
+    return TERN_OK;
+}
+
+tern_code tern_gguf_get_arr(const tern_gguf *g, const char *key, tern_gguf_vtype type,
+                            const tern_gguf_value **out, tern_status *st)
+{
+    const tern_gguf_value *v;
+    tern_code rc = get_typed(g, key, &v, st);
+    if (rc) return rc;
+    if (v->type != TERN_GGUF_ARRAY || v->v.arr.type != type)
+        return tern_status_set(
+            st, TERN_EFORMAT, "gguf: %s: metadata '%s' type: got %s%s%s, expected array of %s",
+            g->path, key, tern_gguf_vtype_name(v->type), v->type == TERN_GGUF_ARRAY ? " of " : "",
+            v->type == TERN_GGUF_ARRAY ? tern_gguf_vtype_name(v->v.arr.type) : "",
+            tern_gguf_vtype_name(type));
+    *out = v;
+    return TERN_OK;
+}
+
+int64_t tern_gguf_arr_int(const tern_gguf_value *arr, uint64_t i)
+{
+    tern_gguf_value v;
+    size_t es = scalar_size(arr->v.arr.type);
+    decode_scalar(arr->v.arr.type, (const uint8_t *)arr->v.arr.data + i * es, &v);
+    return is_signed(v.type) ? v.v.i64 : (int64_t)v.v.u64;
+}
+
+double tern_gguf_arr_float(const tern_gguf_value *arr, uint64_t i)
+{
+    tern_gguf_value v;
+    size_t es = scalar_size(arr->v.arr.type);
+    decode_scalar(arr->v.arr.type, (const uint8_t *)arr->v.arr.data + i * es, &v);
+    return v.v.f64;
+}
+
+const char *tern_ggml_type_name(tern_ggml_type t)
+{
+    switch (t) {
+    case TERN_TYPE_F32:
+        return "F32";
+    case TERN_TYPE_F16:
+        return "F16";
+    case TERN_TYPE_Q8_0:
+        return "Q8_0";
+    case TERN_TYPE_BF16:
+        return "BF16";
+    case TERN_TYPE_TQ1_0:
+        return "TQ1_0";
+    case TERN_TYPE_TQ2_0:
+        return "TQ2_0";
+    case TERN_TYPE_I2_S:
+        return "I2_S";
+    default:
+        return NULL;
+    }
+}
+
+const char *tern_gguf_vtype_name(tern_gguf_vtype t)
+{
+    static const char *const names[TERN_GGUF_VTYPE_COUNT] = {
+        "uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+        "bool",  "string", "array",  "uint64", "int64",  "float64"};
+    return (t >= 0 && t < TERN_GGUF_VTYPE_COUNT) ? names[t] : "unknown";
+}
+
+bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out)
+{
+    uint64_t blck, size;
+    switch (t) {
+    case TERN_TYPE_F32:
+        blck = 1, size = 4;
+        break;
+    case TERN_TYPE_F16:
+    case TERN_TYPE_BF16:
+        blck = 1, size = 2;
+        break;
+    case TERN_TYPE_Q8_0:
+        blck = 32, size = 34;
+        break;
+    case TERN_TYPE_TQ1_0:
+        blck = 256, size = 54;
+        break;
+    case TERN_TYPE_TQ2_0:
+        blck = 256, size = 66;
+        break;
+    case TERN_TYPE_I2_S:
+        /* bitnet.cpp special case: 2 bits per element plus a 32-byte tail holding the f32
+         * scale (spec 3.4); whole 128-element blocks. */
+        if (n_elements % 128 != 0) return false;
+        *out = n_elements / 4 + 32;
+        return true;
+    default:
+        return false;
+    }
+    if (ne0 % blck != 0 || n_elements % blck != 0) return false;
+    uint64_t blocks = n_elements / blck;
+    if (blocks > UINT64_MAX / size) return false;
+    *out = blocks * size;
+    return true;
+}

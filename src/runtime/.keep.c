@@ -1,0 +1,2 @@
+/* keeps the runtime library non-empty while the module grows */
+typedef int tern_runtime_keep;

@@ -1,0 +1,51 @@
+/* main.c: the ternpipe command-line entry point; dispatches to subcommands. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tools/commands.h"
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} command;
+
+static const command commands[] = {
+    {"info", tern_cmd_info, "info FILE                      model file summary and tensor table"},
+    {"tokenize", tern_cmd_tokenize,
+     "tokenize [-m FILE] [--no-bos] [--parse-special]   stdin text -> ids"},
+    {"detokenize", tern_cmd_detokenize, "detokenize [-m FILE]         stdin ids -> text"},
+    {"convert", tern_cmd_convert, "convert --tiktoken RANKS -o OUT.gguf   Llama-3 vocab-only GGUF"},
+    {"demo", tern_cmd_demo,
+     "demo [-m FILE]                 short tour of the reader and tokenizer"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ternpipe COMMAND [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %s\n", commands[i].help);
+}
+
+const char *tern_default_model_path(void)
+{
+    static const char *const candidates[] = {TERN_DEFAULT_MODEL_SOURCE,
+                                             TERN_DEFAULT_MODEL_INSTALLED};
+    for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++)
+        if (access(candidates[i], R_OK) == 0) return candidates[i];
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+        !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "ternpipe: unknown command '%s' (try 'ternpipe --help')\n", argv[1]);
+    return 2;
+}
