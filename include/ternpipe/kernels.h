@@ -1,0 +1,184 @@
+/* kernels.h: the compute kernels of a BitNet b1.58 forward pass (BITNET_SPEC.md 2.2-2.7).
+ *
+ * Contract:
+ * - Every kernel has a scalar reference ("ref", the specification) and SIMD variants chosen at
+ *   run time (tern_kernels_init; env TERN_SIMD=ref|avx2|avx512 forces one). Kernels marked EXACT
+ *   give bit-identical results in every variant: activation quantization, the ternary GEMM,
+ *   RMSNorm, RoPE, relu2_mul, axpy/attn_mix and the f16 conversions. The others state an error
+ *   bound against their reference next to their declaration.
+ * - Kernels allocate nothing (callers own scratch and outputs), keep no mutable state, are safe
+ *   to call from many threads at once, and never exit. Row-range kernels compute output rows
+ *   [o0, o1) and write nothing else, so a thread pool may split rows between threads and the
+ *   result does not depend on how it splits (each output element is computed the same way
+ *   whoever computes it).
+ * - Arguments that come from code (shapes, ranges, pointers) are checked with TERN_ASSERT;
+ *   data that comes from files (ternary blobs) is validated and rejected with a tern_status.
+ * - tern_kernels_force switches the variant of the whole process: call it only while no kernel
+ *   runs (tests, benchmarks).
+ *
+ * Numerics (spec 2.3): activations are quantized per token, amax = max(max_k |x|, 1e-5f),
+ * s = 127.0f / amax, q = clamp(round_half_even(x * s), -128, 127). A ternary matrix holds
+ * t[o][k] in {-1, 0, +1} and either one scale alpha (I2_S, plain trits, or TQ files whose block
+ * scales are all equal) or per-256-block scales (other TQ files). With acc = sum_k t*q (exact
+ * int32) the output is
+ *     single scale:  y = ((float)acc / s) * alpha
+ *     block scales:  A = 0.0f; for b in order: A = A + (float)acc_b * r[o][b];  y = (A / s) * D[o]
+ * where D[o] is the row's block scale of largest magnitude (first one) and r[o][b] = d[o][b] / D[o]
+ * (float division at load time). When every block scale of a row is equal, r = 1 and the
+ * block formula gives exactly the single-scale result (the partial sums are integers below
+ * 2^24, hence the limit k <= 131072), so a model reads the same from I2_S, TQ2_0 and TQ1_0.
+ */
+#ifndef TERNPIPE_KERNELS_H
+#define TERNPIPE_KERNELS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ternpipe/gguf.h"
+#include "ternpipe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- variant selection ---- */
+
+typedef enum tern_simd {
+    TERN_SIMD_REF,
+    TERN_SIMD_AVX2,
+    TERN_SIMD_AVX512,
+    TERN_SIMD_COUNT
+} tern_simd;
+
+/* Once at start: the variant named by env TERN_SIMD, else the best one the CPU supports; logs
+ * the choice once. Returns the active variant, or TERN_SIMD_COUNT when TERN_SIMD names an
+ * unknown or unsupported variant (the error is logged and the best supported variant is active,
+ * so kernels still work; callers should treat it as a start-up error). Kernels called before
+ * init initialize lazily. */
+tern_simd tern_kernels_init(void);
+/* Same, reporting a bad TERN_SIMD through st (TERN_EINVAL unknown name, TERN_EUNSUPPORTED
+ * when the CPU lacks it). */
+tern_code tern_kernels_init_checked(tern_simd *out, tern_status *st);
+/* Tests and benchmarks: switch variant; TERN_EUNSUPPORTED if the CPU (or build) lacks it. */
+tern_code tern_kernels_force(tern_simd v, tern_status *st);
+tern_simd tern_kernels_active(void);
+bool tern_simd_supported(tern_simd v);
+const char *tern_simd_name(tern_simd v); /* "ref", "avx2", "avx512"; "?" out of range */
+
+/* ---- ternary matrices (internal layout, built at load) ----
+ * Rows are packed in groups of tern_tmat_row_granularity() rows (16): 2-bit codes t+1, 64 bytes
+ * per group per 16 columns, so one 4-byte activation broadcast serves 16 rows. Rows past n in
+ * the last group are zero. Any row range works; ranges starting at multiples of the
+ * granularity avoid computing a shared group twice. Immutable after construction. */
+typedef struct tern_tmat tern_tmat;
+
+/* From a GGUF tensor blob: type I2_S (36, spec 3.4), TQ2_0 (35) or TQ1_0 (34, spec 3.5).
+ * k = ne0 (columns, input features), n = ne1 (rows, outputs). Requires k % 128 == 0 (k % 256
+ * for TQ types), 128 <= k <= 131072, n >= 1, nbytes equal to the type's exact size, codes in
+ * {-1,0,+1} (I2_S/TQ2_0 code 3 is rejected) and finite scales. */
+tern_code tern_tmat_from_ggml(tern_tmat **out, tern_ggml_type type, const void *data,
+                              uint64_t nbytes, int64_t k, int64_t n, tern_status *st);
+/* From plain trits (tests, synth): t values in {-1,0,+1}, one scale alpha (finite). */
+tern_code tern_tmat_from_trits(tern_tmat **out, const int8_t *t /* [n][k] */, int64_t n, int64_t k,
+                               float alpha, tern_status *st);
+void tern_tmat_free(tern_tmat *m); /* NULL ok */
+int64_t tern_tmat_rows(const tern_tmat *m);
+int64_t tern_tmat_cols(const tern_tmat *m);
+int64_t tern_tmat_row_granularity(const tern_tmat *m); /* efficient split points: multiples */
+uint64_t tern_tmat_bytes(const tern_tmat *m);          /* bytes streamed per full GEMM pass */
+bool tern_tmat_block_scales(const tern_tmat *m);       /* true: per-256-block scales kept */
+float tern_tmat_alpha(const tern_tmat *m);             /* single scale; 0 with block scales */
+void tern_tmat_unpack_row(const tern_tmat *m, int64_t row, int8_t *t /* [k] */); /* tests */
+
+/* ---- activation quantization and ternary GEMM (EXACT) ---- */
+
+/* Per token (row) int8 quantization (spec 2.3). s[i] = 127/amax_i, qsum[i] = sum_k q[i][k].
+ * x may hold any finite values (NaN elements quantize to -128 and do not count for amax). */
+void tern_act_quant(const float *x /* [n][k] */, int64_t n, int64_t k, int8_t *q /* [n][k] */,
+                    float *s /* [n] */, int32_t *qsum /* [n] */);
+
+/* y[t][o] for t < n_tok and o in [o0, o1) (formula at the top). q, s and qsum must come from
+ * one tern_act_quant call with the matrix's k (the SIMD kernels use qsum to turn the t+1
+ * codes back into t). Requires 0 <= o0 < o1 <= rows, n_tok >= 1, ldy >= o1 (if n_tok > 1).
+ * Each weight group is read once per call and applied to blocks of tokens (register
+ * blocking), so batched decode and prefill cost little more than one token. */
+void tern_tgemm(const tern_tmat *w, const int8_t *q /* [n_tok][k] */, const float *s /* [n_tok] */,
+                const int32_t *qsum /* [n_tok] */, int64_t n_tok, float *y /* [n_tok][ldy] */,
+                int64_t ldy, int64_t o0, int64_t o1);
+
+/* ---- float ops ---- */
+
+/* RMSNorm (spec 2.2), EXACT: ss = sum of x^2 in double over 8 interleaved lanes (lane j takes
+ * i % 8 == j, in order) added as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)); scale = 1.0f /
+ * sqrtf((float)(ss / n) + eps); y[i] = (x[i] * scale) * w[i]. y may alias x. */
+void tern_rmsnorm(const float *x /* [n] */, const float *w /* [n] */, int64_t n, float eps,
+                  float *y /* [n] */);
+
+/* RoPE tables (spec 2.5) for positions pos0 .. pos0+n_pos-1: angle = p * theta^(-2j/head_dim)
+ * computed in double, cos and sin rounded to float. */
+void tern_rope_table(float *cos_t /* [n_pos][head_dim/2] */, float *sin_t /* [n_pos][head_dim/2] */,
+                     int64_t pos0, int64_t n_pos, int64_t head_dim, double theta);
+/* NEOX rotation of n_heads vectors at one position (pairs j and j + head_dim/2), EXACT:
+ * x'[j] = x[j]*c - x[j+h]*s, x'[j+h] = x[j]*s + x[j+h]*c (no fused multiply-add). head_dim
+ * even. Against the exact double formula the error is at most 3 * 2^-24 * (|x[j]| + |x[j+h]|). */
+void tern_rope_neox(float *x /* [n_heads][head_dim] */, int64_t n_heads, int64_t head_dim,
+                    const float *cos_row /* [head_dim/2] */,
+                    const float *sin_row /* [head_dim/2] */);
+
+/* In-place softmax, max-subtracted, fp32 in and out, n >= 1. Reference: expf, double sum,
+ * x[i] = e[i] * (float)(1/sum). SIMD uses a polynomial exp (Cephes, <= 1.25 ulp; 0 below -87.3)
+ * and a double sum: |y - ref| <= 8 * 2^-24 * ref + 1e-37 per element (exp error in ulps of a
+ * binade is up to twice that relative, plus 1/sum and two roundings). */
+void tern_softmax(float *x /* [n] */, int64_t n);
+
+/* m = max(g, 0)^2 * u, as (r * r) * u, EXACT. m may alias g or u. */
+void tern_relu2_mul(const float *g /* [n] */, const float *u /* [n] */, int64_t n,
+                    float *m /* [n] */);
+
+/* Attention helpers (the model loops over heads and KV blocks). fp32 K/V rows with a stride.
+ * tern_dot_f32: SIMD sums in lanes with fma; reference sums in double:
+ *   |dot - ref| <= (n/8 + 8) * 2^-24 * sum_i |a_i * b_i|. */
+float tern_dot_f32(const float *a /* [n] */, const float *b /* [n] */, int64_t n);
+/* out[j] = dot(q, k_j) * scale for j < n (same bound as tern_dot_f32, then one rounding). */
+void tern_attn_scores(const float *q /* [d] */, const float *k /* [n][ldk] */, int64_t n, int64_t d,
+                      int64_t ldk, float scale, float *out /* [n] */);
+/* out[i] += sum_j p[j] * v[j][i], j in order, each step out = out + p*v (no fma), EXACT. */
+void tern_attn_mix(const float *p /* [n] */, const float *v /* [n][ldv] */, int64_t n, int64_t d,
+                   int64_t ldv, float *out /* [d] */);
+/* y[i] = y[i] + a * x[i] (no fma), EXACT. */
+void tern_axpy_f32(float *y /* [n] */, float a, const float *x /* [n] */, int64_t n);
+
+/* ---- LM head ---- */
+
+/* F16 x F32: y[t][o] = sum_k w[o][k] * x[t][k] for o in [o0, o1), fp32 accumulation, weights
+ * read once per call for all tokens. Reference sums in double:
+ *   |y - ref| <= (k/8 + 8) * 2^-24 * sum_k |w[o][k] * x[t][k]|.
+ * Requires k >= 1, 0 <= o0 < o1, ldy >= o1 (if n_tok > 1). w is ggml row-major F16. */
+void tern_gemm_f16(const uint16_t *w /* [n][k] */, const float *x /* [n_tok][k] */, int64_t n_tok,
+                   int64_t k, float *y /* [n_tok][ldy] */, int64_t ldy, int64_t o0, int64_t o1);
+
+/* Opt-in int8 head: each row of an F16 matrix as int8 with a float scale absmax/127
+ * (q = round_half_even(w * (127/absmax))), half the bytes of F16. GEMM with fp32 activations:
+ * y[t][o] = (float)(sum_k q[o][k] * x[t][k]) * scale[o]; the same bound as tern_gemm_f16 with
+ * q in place of w (then one rounding), against its reference. Error against the F16 head:
+ * |w - q*scale| <= scale/2 per weight. */
+typedef struct tern_i8mat tern_i8mat;
+tern_code tern_i8mat_from_f16(tern_i8mat **out, const uint16_t *w /* [n][k] */, int64_t n,
+                              int64_t k, tern_status *st);
+void tern_i8mat_free(tern_i8mat *m); /* NULL ok */
+int64_t tern_i8mat_rows(const tern_i8mat *m);
+int64_t tern_i8mat_cols(const tern_i8mat *m);
+uint64_t tern_i8mat_bytes(const tern_i8mat *m);
+void tern_gemm_i8(const tern_i8mat *w, const float *x /* [n_tok][k] */, int64_t n_tok,
+                  float *y /* [n_tok][ldy] */, int64_t ldy, int64_t o0, int64_t o1);
+
+/* ---- f16 <-> f32 (EXACT; IEEE binary16, round to nearest even, as F16C) ---- */
+void tern_f16_to_f32(const uint16_t *h /* [n] */, float *f /* [n] */, int64_t n);
+void tern_f32_to_f16(const float *f /* [n] */, uint16_t *h /* [n] */, int64_t n);
+float tern_f16_to_f32_1(uint16_t h);
+uint16_t tern_f32_to_f16_1(float f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

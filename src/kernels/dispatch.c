@@ -1,0 +1,244 @@
+/* dispatch.c: run-time choice of the kernel variant and the public entry points.
+ *
+ * The active variant is one pointer to an entry table, set once (tern_kernels_init, or lazily
+ * by the first kernel call) and changed only by tern_kernels_force in tests. Public functions
+ * check the arguments that come from code (TERN_ASSERT: a bad shape is a bug, not input) and
+ * call through the table, so every variant sees the same validated arguments.
+ */
+#include <cpuid.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels-internal.h"
+#include "ternpipe/log.h"
+
+static const tern_kernel_vtable *const tables[TERN_SIMD_COUNT] = {
+    &tern_kernels_ref, &tern_kernels_avx2, &tern_kernels_avx512};
+static const char *const names[TERN_SIMD_COUNT] = {"ref", "avx2", "avx512"};
+
+static _Atomic(const tern_kernel_vtable *) g_vt = NULL;
+static _Atomic int g_active = TERN_SIMD_REF;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static tern_code g_init_code = TERN_OK;
+static tern_status g_init_status;
+
+const char *tern_simd_name(tern_simd v)
+{
+    return (v >= 0 && v < TERN_SIMD_COUNT) ? names[v] : "?";
+}
+
+static bool has_f16c(void)
+{
+    /* clang's __builtin_cpu_supports does not know "f16c": CPUID.1:ECX bit 29 */
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    return (c >> 29) & 1;
+}
+
+bool tern_simd_supported(tern_simd v)
+{
+    __builtin_cpu_init();
+    switch (v) {
+    case TERN_SIMD_REF:
+        return true;
+    case TERN_SIMD_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
+    case TERN_SIMD_AVX512:
+        return tern_simd_supported(TERN_SIMD_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    default:
+        return false;
+    }
+}
+
+static tern_simd best_supported(void)
+{
+    for (int v = TERN_SIMD_COUNT - 1; v > 0; v--)
+        if (tern_simd_supported((tern_simd)v)) return (tern_simd)v;
+    return TERN_SIMD_REF;
+}
+
+static void activate(tern_simd v)
+{
+    atomic_store(&g_active, (int)v);
+    atomic_store(&g_vt, tables[v]);
+}
+
+static void init_once(void)
+{
+    tern_simd best = best_supported();
+    const char *env = getenv("TERN_SIMD");
+    if (env && *env) {
+        int v = 0;
+        while (v < TERN_SIMD_COUNT && strcmp(env, names[v]) != 0) v++;
+        if (v == TERN_SIMD_COUNT) {
+            g_init_code = tern_status_set(&g_init_status, TERN_EINVAL,
+                                          "TERN_SIMD: got '%s', expected ref, avx2 or avx512", env);
+        } else if (!tern_simd_supported((tern_simd)v)) {
+            g_init_code = tern_status_set(&g_init_status, TERN_EUNSUPPORTED,
+                                          "TERN_SIMD: got %s, but this CPU supports up to %s", env,
+                                          names[best]);
+        } else {
+            activate((tern_simd)v);
+            tern_log(TERN_LOG_INFO, "kernels: simd %s (TERN_SIMD)", names[v]);
+            return;
+        }
+        tern_log(TERN_LOG_ERROR, "%s; using %s", g_init_status.msg, names[best]);
+        activate(best);
+        return;
+    }
+    activate(best);
+    tern_log(TERN_LOG_INFO, "kernels: simd %s (best supported)", names[best]);
+}
+
+tern_code tern_kernels_init_checked(tern_simd *out, tern_status *st)
+{
+    pthread_once(&g_once, init_once);
+    if (out) *out = (tern_simd)atomic_load(&g_active);
+    if (g_init_code != TERN_OK) return tern_status_set(st, g_init_code, "%s", g_init_status.msg);
+    return TERN_OK;
+}
+
+tern_simd tern_kernels_init(void)
+{
+    tern_simd v;
+    return tern_kernels_init_checked(&v, NULL) == TERN_OK ? v : TERN_SIMD_COUNT;
+}
+
+tern_code tern_kernels_force(tern_simd v, tern_status *st)
+{
+    pthread_once(&g_once, init_once);
+    if (v < 0 || v >= TERN_SIMD_COUNT)
+        return tern_status_set(st, TERN_EINVAL, "simd variant: got %d, expected 0..%d", (int)v,
+                               TERN_SIMD_COUNT - 1);
+    if (!tern_simd_supported(v))
+        return tern_status_set(st, TERN_EUNSUPPORTED, "simd variant %s: not supported by this CPU",
+                               names[v]);
+    activate(v);
+    tern_log(TERN_LOG_DEBUG, "kernels: simd %s (forced)", names[v]);
+    return TERN_OK;
+}
+
+tern_simd tern_kernels_active(void)
+{
+    pthread_once(&g_once, init_once);
+    return (tern_simd)atomic_load(&g_active);
+}
+
+const tern_kernel_vtable *tern_kernels_vt(void)
+{
+    const tern_kernel_vtable *vt = atomic_load_explicit(&g_vt, memory_order_acquire);
+    if (__builtin_expect(vt == NULL, 0)) {
+        pthread_once(&g_once, init_once);
+        vt = atomic_load(&g_vt);
+    }
+    return vt;
+}
+
+/* ---- public entry points ---- */
+
+void tern_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
+{
+    TERN_ASSERT(n >= 0 && k >= 1);
+    if (n == 0) return;
+    TERN_ASSERT(x && q && s && qsum);
+    tern_kernels_vt()->act_quant(x, n, k, q, s, qsum);
+}
+
+void tern_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    TERN_ASSERT(w && q && s && qsum && y);
+    TERN_ASSERT(n_tok >= 1 && o0 >= 0 && o0 < o1 && o1 <= w->n);
+    TERN_ASSERT(n_tok == 1 || ldy >= o1);
+    tern_kernels_vt()->tgemm(w, q, s, qsum, n_tok, y, ldy, o0, o1);
+}
+
+void tern_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
+{
+    TERN_ASSERT(n >= 1 && x && w && y);
+    tern_kernels_vt()->rmsnorm(x, w, n, eps, y);
+}
+
+void tern_rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *cos_row,
+                    const float *sin_row)
+{
+    TERN_ASSERT(n_heads >= 0 && head_dim >= 2 && head_dim % 2 == 0);
+    if (n_heads == 0) return;
+    tern_kernels_vt()->rope_neox(x, n_heads, head_dim, cos_row, sin_row);
+}
+
+void tern_softmax(float *x, int64_t n)
+{
+    TERN_ASSERT(n >= 1 && x);
+    tern_kernels_vt()->softmax(x, n);
+}
+
+void tern_relu2_mul(const float *g, const float *u, int64_t n, float *m)
+{
+    TERN_ASSERT(n >= 0);
+    if (n == 0) return;
+    tern_kernels_vt()->relu2_mul(g, u, n, m);
+}
+
+float tern_dot_f32(const float *a, const float *b, int64_t n)
+{
+    TERN_ASSERT(n >= 0);
+    if (n == 0) return 0.0f;
+    return tern_kernels_vt()->dot(a, b, n);
+}
+
+void tern_attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
+                      float scale, float *out)
+{
+    TERN_ASSERT(n >= 0 && d >= 1 && (n <= 1 || ldk >= d));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_scores(q, k, n, d, ldk, scale, out);
+}
+
+void tern_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
+{
+    TERN_ASSERT(n >= 0 && d >= 1 && (n <= 1 || ldv >= d));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_mix(p, v, n, d, ldv, out);
+}
+
+void tern_axpy_f32(float *y, float a, const float *x, int64_t n)
+{
+    TERN_ASSERT(n >= 0);
+    if (n == 0) return;
+    tern_kernels_vt()->axpy(y, a, x, n);
+}
+
+void tern_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                   int64_t ldy, int64_t o0, int64_t o1)
+{
+    TERN_ASSERT(w && x && y && k >= 1 && n_tok >= 1 && o0 >= 0 && o0 < o1);
+    TERN_ASSERT(n_tok == 1 || ldy >= o1);
+    tern_kernels_vt()->gemm_f16(w, x, n_tok, k, y, ldy, o0, o1);
+}
+
+void tern_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
+                  int64_t o0, int64_t o1)
+{
+    TERN_ASSERT(w && x && y && n_tok >= 1 && o0 >= 0 && o0 < o1 && o1 <= w->n);
+    TERN_ASSERT(n_tok == 1 || ldy >= o1);
+    tern_kernels_vt()->gemm_i8(w, x, n_tok, y, ldy, o0, o1);
+}
+
+void tern_f16_to_f32(const uint16_t *h, float *f, int64_t n)
+{
+    TERN_ASSERT(n >= 0);
+    if (n == 0) return;
+    tern_kernels_vt()->f16_to_f32(h, f, n);
+}
+
+void tern_f32_to_f16(const float *f, uint16_t *h, int64_t n)
+{
+    TERN_ASSERT(n >= 0);
+    if (n == 0) return;
+    tern_kernels_vt()->f32_to_f16(f, h, n);
+}

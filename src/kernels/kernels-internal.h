@@ -1,0 +1,129 @@
+/* kernels-internal.h: what the kernel variants share: the internal ternary layout, the
+ * int8 head matrix, and the table of entry points each variant fills.
+ *
+ * Ternary layout (tern_tmat): rows in groups of TERN_TG_ROWS = 16, columns in chunks of
+ * TERN_TG_COLS = 16. Chunk c of group g is 64 bytes at codes + (g * kc + c) * 64; byte r*4 + j
+ * holds, in bits 2s+1..2s, the code t+1 (0, 1, 2; never 3) of row 16g + r and column
+ * 16c + 4s + j. So the int32 lane r of a 64-byte vector shifted right by 2s and masked with 3
+ * holds four codes of row r that pair with the four activations q[16c+4s .. 16c+4s+3]: one
+ * broadcast of those 4 bytes feeds 16 rows (vpdpbusd) or 8 rows (two 32-byte halves, maddubs).
+ * Padding rows (past n) hold code 1 (t = 0). Block scales (when kept): rs[(g * nb + b) * 16 + r]
+ * = r[o][b] and dmax[o] = D[o] (formula in kernels.h), nb = k / 256.
+ *
+ * Invariants: k % 128 == 0, 128 <= k <= TERN_TMAT_MAX_K, n >= 1, codes <= 2, buffers 64-byte
+ * aligned, immutable after construction.
+ */
+#ifndef TERN_KERNELS_INTERNAL_H
+#define TERN_KERNELS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ternpipe/kernels.h"
+#include "ternpipe/log.h"
+
+/* Every float operation of the EXACT kernels must round on its own: clang would contract
+ * a*b+c into fma where FMA is enabled (the SIMD files, -march=native). GCC keeps
+ * -ffp-contract=off in ISO C mode (-std=c11, which the build uses). */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+#define TERN_TG_ROWS 16
+#define TERN_TG_COLS 16
+#define TERN_TG_BYTES 64
+#define TERN_TBLOCK 256
+/* 128 * k must stay below 2^24 so int32 dot products and their float partial sums are exact
+ * (kernels.h: the block-scale formula reduces exactly to the single-scale one). */
+#define TERN_TMAT_MAX_K 131072
+
+struct tern_tmat {
+    int64_t n, k;     /* rows (outputs), columns (inputs) */
+    int64_t n_groups; /* ceil(n / 16) */
+    int64_t kc;       /* k / 16 */
+    uint8_t *codes;   /* [n_groups][kc][64] */
+    bool blocks;      /* block scales kept (rs, dmax) instead of alpha */
+    float alpha;      /* single scale */
+    int64_t nb;       /* k / 256 when blocks */
+    float *rs;        /* [n_groups][nb][16] */
+    float *dmax;      /* [n_groups * 16] */
+    uint64_t bytes;   /* streamed per pass: codes + scales */
+};
+
+struct tern_i8mat {
+    int64_t n, k;
+    int8_t *q;    /* [n][k] */
+    float *scale; /* [n] */
+};
+
+/* t + 1 of row o, column c (tests and the reference). */
+static inline int tern_tmat_code(const tern_tmat *m, int64_t o, int64_t c)
+{
+    const uint8_t *chunk = m->codes + ((o / 16) * m->kc + c / 16) * TERN_TG_BYTES;
+    int r = (int)(o % 16), s = (int)((c % 16) / 4), j = (int)(c % 4);
+    return (chunk[r * 4 + j] >> (2 * s)) & 3;
+}
+
+/* Unaligned 4-byte load without aliasing trouble. */
+static inline int32_t tern_load_i32(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+typedef struct tern_kernel_vtable {
+    void (*act_quant)(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+    void (*tgemm)(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                  int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+    void (*rmsnorm)(const float *x, const float *w, int64_t n, float eps, float *y);
+    void (*rope_neox)(float *x, int64_t n_heads, int64_t head_dim, const float *c, const float *s);
+    void (*softmax)(float *x, int64_t n);
+    void (*relu2_mul)(const float *g, const float *u, int64_t n, float *m);
+    float (*dot)(const float *a, const float *b, int64_t n);
+    void (*attn_scores)(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
+                        float scale, float *out);
+    void (*attn_mix)(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out);
+    void (*axpy)(float *y, float a, const float *x, int64_t n);
+    void (*gemm_f16)(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                     int64_t ldy, int64_t o0, int64_t o1);
+    void (*gemm_i8)(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
+                    int64_t o0, int64_t o1);
+    void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
+    void (*f32_to_f16)(const float *f, uint16_t *h, int64_t n);
+} tern_kernel_vtable;
+
+extern const tern_kernel_vtable tern_kernels_ref;
+extern const tern_kernel_vtable tern_kernels_avx2;
+extern const tern_kernel_vtable tern_kernels_avx512;
+
+/* The active table (dispatch.c); initializes on first use. */
+const tern_kernel_vtable *tern_kernels_vt(void);
+
+/* Reference entry points, also used by SIMD variants for tails and fallbacks. */
+void tern_ref_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+void tern_ref_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                    int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+void tern_ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y);
+void tern_ref_rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *c,
+                        const float *s);
+void tern_ref_softmax(float *x, int64_t n);
+void tern_ref_relu2_mul(const float *g, const float *u, int64_t n, float *m);
+float tern_ref_dot(const float *a, const float *b, int64_t n);
+void tern_ref_attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
+                          float scale, float *out);
+void tern_ref_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv,
+                       float *out);
+void tern_ref_axpy(float *y, float a, const float *x, int64_t n);
+void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                       int64_t ldy, int64_t o0, int64_t o1);
+void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
+                      int64_t o0, int64_t o1);
+void tern_ref_f16_to_f32(const uint16_t *h, float *f, int64_t n);
+void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
+
+/* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
+float tern_round_half_even(float v);
+
+#endif

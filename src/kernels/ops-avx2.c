@@ -1,0 +1,368 @@
+/* ops-avx2.c: AVX2 + FMA + F16C float kernels and the avx2 entry table.
+ *
+ * Same rules as ops-avx512.c: EXACT kernels repeat the reference's operations in its order
+ * (no fma where the reference rounds twice; scalar tails call the same scalar operations),
+ * the others keep fp32 lane sums with fma within the bounds of kernels.h.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels/kernels-internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+void tern_avx2_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+
+static inline __m256i tail8(int64_t left)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), idx);
+}
+
+AI float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
+{
+    /* acc0 lanes = reference l[0..3], acc1 = l[4..7] */
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 v = _mm256_maskload_ps(x + i, tail8(n - i));
+        __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        acc0 = _mm256_fmadd_pd(a, a, acc0); /* a*a exact in double */
+        acc1 = _mm256_fmadd_pd(b, b, acc1);
+    }
+    __m256d t = _mm256_add_pd(acc0, acc1);
+    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    double ss = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+    float mean = (float)(ss / (double)n);
+    const float sc = 1.0f / sqrtf(mean + eps);
+    const __m256 scale = _mm256_set1_ps(sc);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), scale),
+                                              _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) y[i] = (x[i] * sc) * w[i];
+}
+
+static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *c, const float *s)
+{
+    const int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *z = x + h * head_dim;
+        int64_t j = 0;
+        for (; j + 8 <= half; j += 8) {
+            __m256 a = _mm256_loadu_ps(z + j), b = _mm256_loadu_ps(z + half + j);
+            __m256 cv = _mm256_loadu_ps(c + j), sv = _mm256_loadu_ps(s + j);
+            _mm256_storeu_ps(z + j, _mm256_sub_ps(_mm256_mul_ps(a, cv), _mm256_mul_ps(b, sv)));
+            _mm256_storeu_ps(z + half + j,
+                             _mm256_add_ps(_mm256_mul_ps(a, sv), _mm256_mul_ps(b, cv)));
+        }
+        for (; j < half; j++) {
+            float a = z[j], b = z[j + half];
+            float ac = a * c[j], bs = b * s[j], as = a * s[j], bc = b * c[j];
+            z[j] = ac - bs;
+            z[j + half] = as + bc;
+        }
+    }
+}
+
+/* exp for x <= 0: see ops-avx512.c. */
+AI __m256 exp_neg(__m256 x)
+{
+    __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(keep, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+static void softmax(float *x, int64_t n)
+{
+    float mx = x[0];
+    __m256 mv = _mm256_set1_ps(mx);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + i), mv);
+    for (; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    float lanes[8];
+    _mm256_storeu_ps(lanes, mv);
+    for (int j = 0; j < 8; j++)
+        if (lanes[j] > mx) mx = lanes[j];
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail8(n - i);
+        __m256 e = _mm256_and_ps(_mm256_castsi256_ps(k),
+                                 exp_neg(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), m)));
+        _mm256_maskstore_ps(x + i, k, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    __m256d t = _mm256_add_pd(s0, s1);
+    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    double sum = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+    const float inv = (float)(1.0 / sum);
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), iv));
+    for (; i < n; i++) x[i] = x[i] * inv;
+}
+
+static void relu2_mul(const float *g, const float *u, int64_t n, float *m)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 r = _mm256_max_ps(_mm256_loadu_ps(g + i), zero); /* NaN -> 0 as the ref */
+        _mm256_storeu_ps(m + i, _mm256_mul_ps(_mm256_mul_ps(r, r), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        float r = g[i] > 0.0f ? g[i] : 0.0f;
+        m[i] = (r * r) * u[i];
+    }
+}
+
+static float dot(const float *a, const float *b, int64_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i < n; i += 8) {
+        __m256i k = tail8(n - i);
+        s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, k), _mm256_maskload_ps(b + i, k), s0);
+    }
+    return hsum8(_mm256_add_ps(s0, s1));
+}
+
+static void attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
+                        float scale, float *out)
+{
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float *k0 = k + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < d; i += 8) {
+            __m256i m = tail8(d - i);
+            __m256 qv = _mm256_maskload_ps(q + i, m);
+            a0 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + i, m), a0);
+            a1 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k1 + i, m), a1);
+            a2 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k2 + i, m), a2);
+            a3 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k3 + i, m), a3);
+        }
+        out[j] = hsum8(a0) * scale;
+        out[j + 1] = hsum8(a1) * scale;
+        out[j + 2] = hsum8(a2) * scale;
+        out[j + 3] = hsum8(a3) * scale;
+    }
+    for (; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
+}
+
+static void attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
+{
+    int64_t i = 0;
+    for (; i + 32 <= d; i += 32) {
+        __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8);
+        __m256 a2 = _mm256_loadu_ps(out + i + 16), a3 = _mm256_loadu_ps(out + i + 24);
+        for (int64_t j = 0; j < n; j++) {
+            const __m256 pj = _mm256_set1_ps(p[j]);
+            const float *vj = v + j * ldv + i;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(pj, _mm256_loadu_ps(vj)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 24)));
+        }
+        _mm256_storeu_ps(out + i, a0);
+        _mm256_storeu_ps(out + i + 8, a1);
+        _mm256_storeu_ps(out + i + 16, a2);
+        _mm256_storeu_ps(out + i + 24, a3);
+    }
+    for (; i < d; i += 8) {
+        __m256i m = tail8(d - i);
+        __m256 a = _mm256_maskload_ps(out + i, m);
+        for (int64_t j = 0; j < n; j++)
+            a = _mm256_add_ps(
+                a, _mm256_mul_ps(_mm256_set1_ps(p[j]), _mm256_maskload_ps(v + j * ldv + i, m)));
+        _mm256_maskstore_ps(out + i, m, a);
+    }
+}
+
+static void axpy(float *y, float a, const float *x, int64_t n)
+{
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i),
+                                              _mm256_mul_ps(av, _mm256_loadu_ps(x + i))));
+    for (; i < n; i++) y[i] = y[i] + a * x[i];
+}
+
+/* ---- LM head GEMMs: R rows x T tokens of 8-lane fp32 accumulators ---- */
+
+AI __m256 load_w(const void *wv, int64_t idx, const int I8)
+{
+    if (I8)
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+            _mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)wv + idx))));
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)wv + idx)));
+}
+
+/* The last k % 8 columns: weights and activations copied to zero-padded buffers. */
+AI __m256 load_w_tail(const void *wv, int64_t idx, int64_t left, const int I8)
+{
+    if (I8) {
+        int8_t b[8] = {0};
+        memcpy(b, (const int8_t *)wv + idx, (size_t)left);
+        return _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)b)));
+    }
+    uint16_t b[8] = {0};
+    memcpy(b, (const uint16_t *)wv + idx, (size_t)left * 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)b));
+}
+
+AI void head_tile(const void *wv, int64_t o, const int R, const float *x, int64_t t0, const int T,
+                  int64_t k, float *y, int64_t ldy, const int I8, const float *scale)
+{
+    __m256 acc[8][3];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    const float *xt = x + t0 * k;
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256 xv[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(xt + t * k + i);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m256 w = load_w(wv, (o + r) * k + i, I8);
+#pragma GCC unroll 3
+            for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+        }
+    }
+    if (i < k) {
+        __m256i m = tail8(k - i);
+        __m256 xv[3];
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) xv[t] = _mm256_maskload_ps(xt + t * k + i, m);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m256 w = load_w_tail(wv, (o + r) * k + i, k - i, I8);
+#pragma GCC unroll 3
+            for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            float v = hsum8(acc[r][t]);
+            y[(t0 + t) * ldy + o + r] = I8 ? v * scale[o + r] : v;
+        }
+}
+
+#define HEAD_CASE(TV, RM, I8)                                                                      \
+    case TV: {                                                                                     \
+        int64_t o = o0;                                                                            \
+        for (; o + (RM) <= o1; o += (RM))                                                          \
+            head_tile(w, o, (RM), x, t0, (TV), k, y, ldy, I8, scale);                              \
+        for (; o < o1; o++) head_tile(w, o, 1, x, t0, (TV), k, y, ldy, I8, scale);                 \
+    } break
+
+#define HEAD_DRIVER(NAME, I8)                                                                      \
+    static void NAME##_rows(const void *w, const float *x, int64_t n_tok, int64_t k, float *y,     \
+                            int64_t ldy, int64_t o0, int64_t o1, const float *scale)               \
+    {                                                                                              \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += 3) {                                                \
+            int64_t tb = n_tok - t0 < 3 ? n_tok - t0 : 3;                                          \
+            switch (tb) {                                                                          \
+                HEAD_CASE(1, 8, I8);                                                               \
+                HEAD_CASE(2, 4, I8);                                                               \
+                HEAD_CASE(3, 4, I8);                                                               \
+            default:                                                                               \
+                TERN_ASSERT(0);                                                                    \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void NAME(const void *w, const float *x, int64_t n_tok, int64_t k, float *y,            \
+                     int64_t ldy, int64_t o0, int64_t o1, const float *scale)                      \
+    {                                                                                              \
+        for (int64_t o = o0; o < o1; o += 64)                                                      \
+            NAME##_rows(w, x, n_tok, k, y, ldy, o, o + 64 < o1 ? o + 64 : o1, scale);              \
+    }
+
+HEAD_DRIVER(head_f16, 0)
+HEAD_DRIVER(head_i8, 1)
+
+static void gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                     int64_t ldy, int64_t o0, int64_t o1)
+{
+    head_f16(w, x, n_tok, k, y, ldy, o0, o1, NULL);
+}
+
+static void gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
+                    int64_t o0, int64_t o1)
+{
+    head_i8(w->q, x, n_tok, w->k, y, ldy, o0, o1, w->scale);
+}
+
+static void f16_to_f32(const uint16_t *h, float *f, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(f + i,
+                         _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
+    for (; i < n; i++) f[i] = tern_f16_to_f32_1(h[i]);
+}
+
+static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(
+            (__m128i *)(void *)(h + i),
+            _mm256_cvtps_ph(_mm256_loadu_ps(f + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) h[i] = tern_f32_to_f16_1(f[i]);
+}
+
+const tern_kernel_vtable tern_kernels_avx2 = {
+    .act_quant = tern_avx2_act_quant,
+    .tgemm = tern_avx2_tgemm,
+    .rmsnorm = rmsnorm,
+    .rope_neox = rope_neox,
+    .softmax = softmax,
+    .relu2_mul = relu2_mul,
+    .dot = dot,
+    .attn_scores = attn_scores,
+    .attn_mix = attn_mix,
+    .axpy = axpy,
+    .gemm_f16 = gemm_f16,
+    .gemm_i8 = gemm_i8,
+    .f16_to_f32 = f16_to_f32,
+    .f32_to_f16 = f32_to_f16,
+};

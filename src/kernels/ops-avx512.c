@@ -1,0 +1,321 @@
+/* ops-avx512.c: AVX-512 float kernels and the avx512 entry table.
+ *
+ * EXACT kernels (rmsnorm, rope, relu2_mul, axpy, attn_mix, f16 conversion) repeat the
+ * reference's operations lane by lane in the reference's order, with no fused multiply-add
+ * where the reference rounds twice (fma(x, x, acc) in double is fine: x*x is exact there).
+ * The others (softmax, dot, attention scores, F16/int8 GEMM) keep fp32 lane sums with fma and
+ * meet the bounds stated in kernels.h. Row-blocked GEMMs read each weight row once per call
+ * and apply it to blocks of up to six tokens.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels/kernels-internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s,
+                           int32_t *qsum);
+void tern_avx512_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                       int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+
+static inline __mmask16 tail16(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+static inline __mmask8 tail8(int64_t left)
+{
+    return left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1);
+}
+
+static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
+{
+    /* lane j of acc holds the reference's l[j]: elements i with i % 8 == j, in order */
+    __m512d acc = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(tail8(n - i), x + i));
+        acc = _mm512_fmadd_pd(v, v, acc); /* v*v exact in double: same as mul then add */
+    }
+    __m256d t = _mm256_add_pd(_mm512_castpd512_pd256(acc), _mm512_extractf64x4_pd(acc, 1));
+    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    double ss = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+    float mean = (float)(ss / (double)n);
+    const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = tail16(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i)));
+    }
+}
+
+static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *c, const float *s)
+{
+    const int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *z = x + h * head_dim;
+        for (int64_t j = 0; j < half; j += 16) {
+            __mmask16 m = tail16(half - j);
+            __m512 a = _mm512_maskz_loadu_ps(m, z + j), b = _mm512_maskz_loadu_ps(m, z + half + j);
+            __m512 cv = _mm512_maskz_loadu_ps(m, c + j), sv = _mm512_maskz_loadu_ps(m, s + j);
+            __m512 r0 = _mm512_sub_ps(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, sv));
+            __m512 r1 = _mm512_add_ps(_mm512_mul_ps(a, sv), _mm512_mul_ps(b, cv));
+            _mm512_mask_storeu_ps(z + j, m, r0);
+            _mm512_mask_storeu_ps(z + half + j, m, r1);
+        }
+    }
+}
+
+/* exp for x <= 0 (Cephes expf: round to nearest power of two, degree-6 polynomial on
+ * |r| <= ln2/2); 0 below -87.3, where expf is subnormal (< 1.2e-38). */
+AI __m512 exp_neg(__m512 x)
+{
+    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    __m512 n =
+        _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(e));
+}
+
+static void softmax(float *x, int64_t n)
+{
+    __m512 mv = _mm512_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < n; i += 16)
+        mv = _mm512_mask_max_ps(mv, tail16(n - i), _mm512_maskz_loadu_ps(tail16(n - i), x + i), mv);
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        __m512 e =
+            _mm512_maskz_mov_ps(k, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
+        _mm512_mask_storeu_ps(x + i, k, e);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(
+            s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    }
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(s0, s1))));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+    }
+}
+
+static void relu2_mul(const float *g, const float *u, int64_t n, float *m)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        __m512 r = _mm512_max_ps(_mm512_maskz_loadu_ps(k, g + i), zero); /* NaN -> 0 as the ref */
+        _mm512_mask_storeu_ps(m + i, k,
+                              _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_maskz_loadu_ps(k, u + i)));
+    }
+}
+
+static float dot(const float *a, const float *b, int64_t n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static void attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
+                        float scale, float *out)
+{
+    int64_t j = 0;
+    /* four keys at a time share the query loads */
+    for (; j + 4 <= n; j += 4) {
+        const float *k0 = k + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < d; i += 16) {
+            __mmask16 m = tail16(d - i);
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0 + i), a0);
+            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k1 + i), a1);
+            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k2 + i), a2);
+            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k3 + i), a3);
+        }
+        out[j] = _mm512_reduce_add_ps(a0) * scale;
+        out[j + 1] = _mm512_reduce_add_ps(a1) * scale;
+        out[j + 2] = _mm512_reduce_add_ps(a2) * scale;
+        out[j + 3] = _mm512_reduce_add_ps(a3) * scale;
+    }
+    for (; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
+}
+
+static void attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
+{
+    /* out stays in registers over all j; per element the order is the reference's */
+    for (int64_t i = 0; i < d; i += 64) {
+        __mmask16 m[4];
+        __m512 acc[4];
+        for (int c = 0; c < 4; c++) {
+            m[c] = i + 16 * c < d ? tail16(d - i - 16 * c) : 0;
+            acc[c] = _mm512_maskz_loadu_ps(m[c], out + i + 16 * c);
+        }
+        for (int64_t j = 0; j < n; j++) {
+            const __m512 pj = _mm512_set1_ps(p[j]);
+            const float *vj = v + j * ldv + i;
+            for (int c = 0; c < 4; c++)
+                acc[c] = _mm512_add_ps(acc[c],
+                                       _mm512_mul_ps(pj, _mm512_maskz_loadu_ps(m[c], vj + 16 * c)));
+        }
+        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + i + 16 * c, m[c], acc[c]);
+    }
+}
+
+static void axpy(float *y, float a, const float *x, int64_t n)
+{
+    const __m512 av = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        __m512 r = _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + i),
+                                 _mm512_mul_ps(av, _mm512_maskz_loadu_ps(k, x + i)));
+        _mm512_mask_storeu_ps(y + i, k, r);
+    }
+}
+
+/* ---- LM head GEMMs: R rows x T tokens of 16-lane fp32 accumulators ---- */
+
+AI __m512 load_w16(const uint16_t *p, __mmask16 m)
+{
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+AI __m512 load_w8(const int8_t *p, __mmask16 m)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
+
+/* I8 selects the int8 matrix (scaled after the sum) instead of F16. */
+AI void head_tile(const void *wv, int64_t o, const int R, const float *x, int64_t t0, const int T,
+                  int64_t k, float *y, int64_t ldy, const int I8, const float *scale)
+{
+    __m512 acc[8][6];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    const float *xt = x + t0 * k;
+    for (int64_t i = 0; i < k; i += 16) {
+        __mmask16 m = tail16(k - i);
+        __m512 xv[6];
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) xv[t] = _mm512_maskz_loadu_ps(m, xt + t * k + i);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 w = I8 ? load_w8((const int8_t *)wv + (o + r) * k + i, m)
+                          : load_w16((const uint16_t *)wv + (o + r) * k + i, m);
+#pragma GCC unroll 6
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) {
+            float v = _mm512_reduce_add_ps(acc[r][t]);
+            y[(t0 + t) * ldy + o + r] = I8 ? v * scale[o + r] : v;
+        }
+}
+
+#define HEAD_CASE(TV, RM, I8)                                                                      \
+    case TV: {                                                                                     \
+        int64_t o = o0;                                                                            \
+        for (; o + (RM) <= o1; o += (RM))                                                          \
+            head_tile(w, o, (RM), x, t0, (TV), k, y, ldy, I8, scale);                              \
+        for (; o < o1; o++) head_tile(w, o, 1, x, t0, (TV), k, y, ldy, I8, scale);                 \
+    } break
+
+/* Row blocks of 64 rows stay in L1/L2 while every token block passes over them. */
+#define HEAD_DRIVER(NAME, I8)                                                                      \
+    static void NAME##_rows(const void *w, const float *x, int64_t n_tok, int64_t k, float *y,     \
+                            int64_t ldy, int64_t o0, int64_t o1, const float *scale)               \
+    {                                                                                              \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += 6) {                                                \
+            int64_t tb = n_tok - t0 < 6 ? n_tok - t0 : 6;                                          \
+            switch (tb) {                                                                          \
+                HEAD_CASE(1, 8, I8);                                                               \
+                HEAD_CASE(2, 4, I8);                                                               \
+                HEAD_CASE(3, 4, I8);                                                               \
+                HEAD_CASE(4, 4, I8);                                                               \
+                HEAD_CASE(5, 4, I8);                                                               \
+                HEAD_CASE(6, 4, I8);                                                               \
+            default:                                                                               \
+                TERN_ASSERT(0);                                                                    \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    static void NAME(const void *w, const float *x, int64_t n_tok, int64_t k, float *y,            \
+                     int64_t ldy, int64_t o0, int64_t o1, const float *scale)                      \
+    {                                                                                              \
+        for (int64_t o = o0; o < o1; o += 64)                                                      \
+            NAME##_rows(w, x, n_tok, k, y, ldy, o, o + 64 < o1 ? o + 64 : o1, scale);              \
+    }
+
+HEAD_DRIVER(head_f16, 0)
+HEAD_DRIVER(head_i8, 1)
+
+static void gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                     int64_t ldy, int64_t o0, int64_t o1)
+{
+    head_f16(w, x, n_tok, k, y, ldy, o0, o1, NULL);
+}
+
+static void gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
+                    int64_t o0, int64_t o1)
+{
+    head_i8(w->q, x, n_tok, w->k, y, ldy, o0, o1, w->scale);
+}
+
+static void f16_to_f32(const uint16_t *h, float *f, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        _mm512_mask_storeu_ps(f + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
+    }
+}
+
+static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        __m256i v = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, f + i),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(h + i, k, v);
+    }
+}
+
+const tern_kernel_vtable tern_kernels_avx512 = {
+    .act_quant = tern_avx512_act_quant,
+    .tgemm = tern_avx512_tgemm,
+    .rmsnorm = rmsnorm,
+    .rope_neox = rope_neox,
+    .softmax = softmax,
+    .relu2_mul = relu2_mul,
+    .dot = dot,
+    .attn_scores = attn_scores,
+    .attn_mix = attn_mix,
+    .axpy = axpy,
+    .gemm_f16 = gemm_f16,
+    .gemm_i8 = gemm_i8,
+    .f16_to_f32 = f16_to_f32,
+    .f32_to_f16 = f32_to_f16,
+};

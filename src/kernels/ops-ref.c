@@ -1,0 +1,196 @@
+/* ops-ref.c: scalar references for the float kernels (norm, RoPE, softmax, relu^2, attention
+ * helpers, F16/int8 LM head, f16 conversion) and the reference entry table. EXACT kernels
+ * (kernels.h) fix an operation order here that the SIMD variants reproduce; the others are
+ * computed as accurately as is simple (double sums) and SIMD results are held to a bound.
+ */
+#include <math.h>
+
+#include "kernels/kernels-internal.h"
+
+static uint32_t f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* IEEE binary16 to binary32, as vcvtph2ps (exact; NaNs come out quiet). */
+float tern_f16_to_f32_1(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+    if (e == 0x1f) return u2f(sign | 0x7f800000 | (m << 13) | (m ? 0x400000 : 0));
+    if (e != 0) return u2f(sign | ((e + 112) << 23) | (m << 13));
+    if (m == 0) return u2f(sign);
+    /* subnormal: m * 2^-24, exact in float */
+    float v = (float)m * 5.9604644775390625e-8f;
+    return u2f(sign | f2u(v));
+}
+
+/* binary32 to binary16, round to nearest even, as vcvtps2ph with imm 0. */
+uint16_t tern_f32_to_f16_1(float f)
+{
+    uint32_t x = f2u(f);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax > 0x7f800000) return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));
+    if (ax >= 0x477ff000) return (uint16_t)(sign | 0x7c00); /* >= 65520 rounds to inf */
+    if (ax >= 0x38800000) {                                 /* normal half */
+        uint32_t h = (((ax >> 23) - 112) << 10) | ((ax >> 13) & 0x3ff);
+        uint32_t rem = ax & 0x1fff;
+        if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++; /* carry may bump the exponent */
+        return (uint16_t)(sign | h);
+    }
+    if (ax <= 0x33000000) return (uint16_t)sign; /* <= 2^-25: ties to even zero */
+    uint32_t m = (ax & 0x7fffff) | 0x800000;
+    uint32_t shift = 126 - (ax >> 23); /* 14..24 */
+    uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+void tern_ref_f16_to_f32(const uint16_t *h, float *f, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) f[i] = tern_f16_to_f32_1(h[i]);
+}
+
+void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) h[i] = tern_f32_to_f16_1(f[i]);
+}
+
+void tern_ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
+{
+    double l[8] = {0};
+    for (int64_t i = 0; i < n; i++) l[i % 8] += (double)x[i] * (double)x[i]; /* product exact */
+    double ss = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    float mean = (float)(ss / (double)n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
+}
+
+void tern_rope_table(float *cos_t, float *sin_t, int64_t pos0, int64_t n_pos, int64_t head_dim,
+                     double theta)
+{
+    TERN_ASSERT(head_dim >= 2 && head_dim % 2 == 0 && n_pos >= 0 && pos0 >= 0 && theta > 0);
+    int64_t half = head_dim / 2;
+    for (int64_t p = 0; p < n_pos; p++)
+        for (int64_t j = 0; j < half; j++) {
+            double inv = pow(theta, -2.0 * (double)j / (double)head_dim);
+            double a = (double)(pos0 + p) * inv;
+            cos_t[p * half + j] = (float)cos(a);
+            sin_t[p * half + j] = (float)sin(a);
+        }
+}
+
+void tern_ref_rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *c, const float *s)
+{
+    int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < n_heads; h++) {
+        float *z = x + h * head_dim;
+        for (int64_t j = 0; j < half; j++) {
+            float a = z[j], b = z[j + half];
+            float ac = a * c[j], bs = b * s[j], as = a * s[j], bc = b * c[j];
+            z[j] = ac - bs;
+            z[j + half] = as + bc;
+        }
+    }
+}
+
+void tern_ref_softmax(float *x, int64_t n)
+{
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > m) m = x[i];
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - m);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv;
+}
+
+void tern_ref_relu2_mul(const float *g, const float *u, int64_t n, float *m)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float r = g[i] > 0.0f ? g[i] : 0.0f;
+        m[i] = (r * r) * u[i];
+    }
+}
+
+float tern_ref_dot(const float *a, const float *b, int64_t n)
+{
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) acc += (double)a[i] * (double)b[i];
+    return (float)acc;
+}
+
+void tern_ref_attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
+                          float scale, float *out)
+{
+    for (int64_t j = 0; j < n; j++) out[j] = tern_ref_dot(q, k + j * ldk, d) * scale;
+}
+
+void tern_ref_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv,
+                       float *out)
+{
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) out[i] = out[i] + p[j] * v[j * ldv + i];
+}
+
+void tern_ref_axpy(float *y, float a, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = y[i] + a * x[i];
+}
+
+void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                       int64_t ldy, int64_t o0, int64_t o1)
+{
+    for (int64_t o = o0; o < o1; o++) {
+        const uint16_t *wo = w + o * k;
+        for (int64_t t = 0; t < n_tok; t++) {
+            const float *xt = x + t * k;
+            double acc = 0.0;
+            for (int64_t i = 0; i < k; i++) acc += (double)tern_f16_to_f32_1(wo[i]) * (double)xt[i];
+            y[t * ldy + o] = (float)acc;
+        }
+    }
+}
+
+void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
+                      int64_t o0, int64_t o1)
+{
+    const int64_t k = w->k;
+    for (int64_t o = o0; o < o1; o++) {
+        const int8_t *wo = w->q + o * k;
+        for (int64_t t = 0; t < n_tok; t++) {
+            const float *xt = x + t * k;
+            double acc = 0.0;
+            for (int64_t i = 0; i < k; i++) acc += (double)wo[i] * (double)xt[i];
+            y[t * ldy + o] = (float)acc * w->scale[o];
+        }
+    }
+}
+
+const tern_kernel_vtable tern_kernels_ref = {
+    .act_quant = tern_ref_act_quant,
+    .tgemm = tern_ref_tgemm,
+    .rmsnorm = tern_ref_rmsnorm,
+    .rope_neox = tern_ref_rope_neox,
+    .softmax = tern_ref_softmax,
+    .relu2_mul = tern_ref_relu2_mul,
+    .dot = tern_ref_dot,
+    .attn_scores = tern_ref_attn_scores,
+    .attn_mix = tern_ref_attn_mix,
+    .axpy = tern_ref_axpy,
+    .gemm_f16 = tern_ref_gemm_f16,
+    .gemm_i8 = tern_ref_gemm_i8,
+    .f16_to_f32 = tern_ref_f16_to_f32,
+    .f32_to_f16 = tern_ref_f32_to_f16,
+};

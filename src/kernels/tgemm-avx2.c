@@ -1,0 +1,290 @@
+/* tgemm-avx2.c: activation quantization and the ternary GEMM with AVX2.
+ *
+ * Bit-identical to tgemm-ref.c (same float operations in the same order, exact integer dot
+ * products). A 64-byte chunk of a row group is two 32-byte halves of 8 rows; each half is
+ * unpacked into four code vectors and multiplied with broadcast activations by maddubs.
+ * Overflow: a maddubs lane is c_a*q_a + c_b*q_b with codes <= 2 and |q| <= 128, so |lane| <= 512;
+ * the four maddubs of one chunk are added in int16 (|sum| <= 2048) and widened at once by
+ * madd against ones, so int32 accumulates everything else. Tiles are H halves x TB tokens of
+ * int32 accumulators (H * TB <= 8 to fit 16 registers); four groups at a time stay in L2
+ * while all token blocks pass over them.
+ */
+#include <immintrin.h>
+
+#include "kernels/kernels-internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+void tern_avx2_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+
+/* Lane mask for a tail of `left` floats. */
+static inline __m256i tail8(int64_t left)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), idx);
+}
+
+void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * k;
+        int8_t *qi = q + i * k;
+        /* max(|x|, acc) keeps acc for a NaN |x|, as the reference ignores NaN */
+        __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 16 <= k; j += 16) {
+            m0 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xi + j), absmask), m0);
+            m1 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xi + j + 8), absmask), m1);
+        }
+        for (; j < k; j += 8) {
+            __m256 v = _mm256_maskload_ps(xi + j, tail8(k - j));
+            m0 = _mm256_max_ps(_mm256_and_ps(v, absmask), m0);
+        }
+        m0 = _mm256_max_ps(m0, m1);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float amax = _mm_cvtss_f32(m4);
+        if (amax < 1e-5f) amax = 1e-5f;
+        const float sc = 127.0f / amax;
+        const __m256 vs = _mm256_set1_ps(sc);
+        __m256i sum = _mm256_setzero_si256();
+        for (j = 0; j < k; j += 8) {
+            __m256i m = tail8(k - j);
+            __m256 v = _mm256_mul_ps(_mm256_maskload_ps(xi + j, m), vs);
+            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm256_min_ps(_mm256_max_ps(v, lo), hi); /* max(NaN, lo) = lo */
+            __m256i iv = _mm256_cvtps_epi32(v);          /* integral already: exact */
+            sum = _mm256_add_epi32(sum, iv);             /* masked lanes are 0 */
+            __m128i p16 =
+                _mm_packs_epi32(_mm256_castsi256_si128(iv), _mm256_extracti128_si256(iv, 1));
+            __m128i p8 = _mm_packs_epi16(p16, p16);
+            if (k - j >= 8) {
+                _mm_storel_epi64((__m128i *)(void *)(qi + j), p8);
+            } else {
+                int8_t tmp[16];
+                _mm_storeu_si128((__m128i *)(void *)tmp, p8);
+                memcpy(qi + j, tmp, (size_t)(k - j));
+            }
+        }
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        s[i] = sc;
+        qsum[i] = _mm_cvtsi128_si32(s4);
+    }
+}
+
+AI void unpack(const uint8_t *p, __m256i c[4])
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i v = _mm256_load_si256((const __m256i *)(const void *)p);
+    c[0] = _mm256_and_si256(v, m3);
+    c[1] = _mm256_and_si256(_mm256_srli_epi16(v, 2), m3);
+    c[2] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m3);
+    c[3] = _mm256_and_si256(_mm256_srli_epi16(v, 6), m3);
+}
+
+/* sum over one chunk of code*q for 8 rows, as int32 lanes (see the overflow note above). */
+AI __m256i chunk_dot(const __m256i c[4], const int8_t *qc)
+{
+    __m256i p = _mm256_maddubs_epi16(c[0], _mm256_set1_epi32(tern_load_i32(qc)));
+    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c[1], _mm256_set1_epi32(tern_load_i32(qc + 4))));
+    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c[2], _mm256_set1_epi32(tern_load_i32(qc + 8))));
+    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(c[3], _mm256_set1_epi32(tern_load_i32(qc + 12))));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+/* Stores the 8 rows of half hb that fall in [o0, o1). */
+static inline void store_half(float *dst, __m256 f, int64_t hb, int64_t o0, int64_t o1)
+{
+    int64_t r0 = hb * 8, lo = o0 > r0 ? o0 - r0 : 0, hi = o1 - r0 < 8 ? o1 - r0 : 8;
+    if (lo == 0 && hi == 8) {
+        _mm256_storeu_ps(dst, f);
+        return;
+    }
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), idx),
+                                 _mm256_cmpgt_epi32(idx, _mm256_set1_epi32((int)lo - 1)));
+    _mm256_maskstore_ps(dst, m, f);
+}
+
+/* Half hb (8 rows) starts at byte (hb/2)*gstride + (hb%2)*32 of the codes. */
+static inline const uint8_t *half_base(const tern_tmat *w, int64_t hb)
+{
+    return w->codes + (hb / 2) * w->kc * TERN_TG_BYTES + (hb % 2) * 32;
+}
+
+/* Tile with one scale: halves [h, h+H), tokens [t0, t0+TB). */
+AI void tile_single(const tern_tmat *w, int64_t h, const int H, const int8_t *q, const float *s,
+                    const int32_t *qsum, int64_t t0, const int TB, float *y, int64_t ldy,
+                    int64_t o0, int64_t o1)
+{
+    const int64_t kc = w->kc, k = w->k;
+    const int8_t *qt = q + t0 * k;
+    const uint8_t *base[8];
+    __m256i acc[8][8];
+#pragma GCC unroll 8
+    for (int hi = 0; hi < H; hi++) {
+        base[hi] = half_base(w, h + hi);
+#pragma GCC unroll 8
+        for (int ti = 0; ti < TB; ti++) acc[hi][ti] = _mm256_setzero_si256();
+    }
+    for (int64_t c = 0; c < kc; c++) {
+#pragma GCC unroll 8
+        for (int hi = 0; hi < H; hi++) {
+            __m256i cc[4];
+            unpack(base[hi] + c * TERN_TG_BYTES, cc);
+#pragma GCC unroll 8
+            for (int ti = 0; ti < TB; ti++)
+                acc[hi][ti] = _mm256_add_epi32(acc[hi][ti], chunk_dot(cc, qt + ti * k + c * 16));
+        }
+    }
+    const __m256 alpha = _mm256_set1_ps(w->alpha);
+#pragma GCC unroll 8
+    for (int hi = 0; hi < H; hi++)
+#pragma GCC unroll 8
+        for (int ti = 0; ti < TB; ti++) {
+            __m256i a = _mm256_sub_epi32(acc[hi][ti], _mm256_set1_epi32(qsum[t0 + ti]));
+            __m256 f = _mm256_div_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(s[t0 + ti]));
+            f = _mm256_mul_ps(f, alpha);
+            store_half(y + (t0 + ti) * ldy + (h + hi) * 8, f, h + hi, o0, o1);
+        }
+}
+
+#define RUN_SINGLE(TBV, HM)                                                                        \
+    case TBV: {                                                                                    \
+        int64_t hh = h;                                                                            \
+        for (; hh + (HM) <= h1; hh += (HM))                                                        \
+            tile_single(w, hh, (HM), q, s, qsum, t0, (TBV), y, ldy, o0, o1);                       \
+        for (; hh < h1; hh++) tile_single(w, hh, 1, q, s, qsum, t0, (TBV), y, ldy, o0, o1);        \
+    } break
+
+static void run_single(const tern_tmat *w, int64_t h, int64_t h1, const int8_t *q, const float *s,
+                       const int32_t *qsum, int64_t t0, int tb, float *y, int64_t ldy, int64_t o0,
+                       int64_t o1)
+{
+    switch (tb) {
+        RUN_SINGLE(1, 4);
+        RUN_SINGLE(2, 4);
+        RUN_SINGLE(3, 2);
+        RUN_SINGLE(4, 2);
+        RUN_SINGLE(5, 1);
+        RUN_SINGLE(6, 1);
+        RUN_SINGLE(7, 1);
+        RUN_SINGLE(8, 1);
+    default:
+        TERN_ASSERT(0);
+    }
+}
+
+/* ---- block scales (TQ sources) ---- */
+
+AI void tile_blocks(const tern_tmat *w, int64_t h, const int8_t *q, const float *s,
+                    const int32_t *qsb, int64_t nb_ld, int64_t t0, const int TB, float *y,
+                    int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t k = w->k, nb = w->nb;
+    const int8_t *qt = q + t0 * k;
+    const uint8_t *base = half_base(w, h);
+    __m256 fa[4];
+#pragma GCC unroll 4
+    for (int ti = 0; ti < TB; ti++) fa[ti] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i acc[4];
+#pragma GCC unroll 4
+        for (int ti = 0; ti < TB; ti++) acc[ti] = _mm256_setzero_si256();
+        for (int64_t c = b * 16; c < b * 16 + 16; c++) {
+            __m256i cc[4];
+            unpack(base + c * TERN_TG_BYTES, cc);
+#pragma GCC unroll 4
+            for (int ti = 0; ti < TB; ti++)
+                acc[ti] = _mm256_add_epi32(acc[ti], chunk_dot(cc, qt + ti * k + c * 16));
+        }
+        const __m256 r = _mm256_loadu_ps(w->rs + ((h / 2) * nb + b) * 16 + (h % 2) * 8);
+#pragma GCC unroll 4
+        for (int ti = 0; ti < TB; ti++) {
+            __m256i a = _mm256_sub_epi32(acc[ti], _mm256_set1_epi32(qsb[ti * nb_ld + b]));
+            fa[ti] = _mm256_add_ps(fa[ti], _mm256_mul_ps(_mm256_cvtepi32_ps(a), r));
+        }
+    }
+    const __m256 dm = _mm256_loadu_ps(w->dmax + h * 8);
+#pragma GCC unroll 4
+    for (int ti = 0; ti < TB; ti++) {
+        __m256 f = _mm256_mul_ps(_mm256_div_ps(fa[ti], _mm256_set1_ps(s[t0 + ti])), dm);
+        store_half(y + (t0 + ti) * ldy + h * 8, f, h, o0, o1);
+    }
+}
+
+static void run_blocks(const tern_tmat *w, int64_t h, const int8_t *q, const float *s,
+                       const int32_t *qsb, int64_t nb_ld, int64_t t0, int tb, float *y, int64_t ldy,
+                       int64_t o0, int64_t o1)
+{
+    switch (tb) {
+    case 1:
+        tile_blocks(w, h, q, s, qsb, nb_ld, t0, 1, y, ldy, o0, o1);
+        break;
+    case 2:
+        tile_blocks(w, h, q, s, qsb, nb_ld, t0, 2, y, ldy, o0, o1);
+        break;
+    case 3:
+        tile_blocks(w, h, q, s, qsb, nb_ld, t0, 3, y, ldy, o0, o1);
+        break;
+    case 4:
+        tile_blocks(w, h, q, s, qsb, nb_ld, t0, 4, y, ldy, o0, o1);
+        break;
+    default:
+        TERN_ASSERT(0);
+    }
+}
+
+static void block_sums(const int8_t *q, int64_t k, int64_t t0, int64_t nt, int32_t *qsb)
+{
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    const int64_t nb = k / TERN_TBLOCK;
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *p = q + (t0 + t) * k + b * TERN_TBLOCK;
+            __m256i a = _mm256_setzero_si256();
+            for (int i = 0; i < 8; i++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32 * i));
+                /* 1*q_a + 1*q_b per int16 lane: |.| <= 256, widened at once */
+                a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
+            }
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+            qsb[t * nb + b] = _mm_cvtsi128_si32(s4);
+        }
+}
+
+void tern_avx2_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t h0 = o0 / 8, hend = (o1 + 7) / 8;
+    if (!w->blocks) {
+        for (int64_t h = h0; h < hend; h += 8) {
+            int64_t h1 = h + 8 < hend ? h + 8 : hend;
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 8) {
+                int tb = n_tok - t0 < 8 ? (int)(n_tok - t0) : 8;
+                run_single(w, h, h1, q, s, qsum, t0, tb, y, ldy, o0, o1);
+            }
+        }
+        return;
+    }
+    int32_t qsb[4096]; /* see tgemm-avx512.c */
+    const int64_t nb = w->nb, tchunk = 4096 / nb;
+    for (int64_t tc = 0; tc < n_tok; tc += tchunk) {
+        int64_t nt = n_tok - tc < tchunk ? n_tok - tc : tchunk;
+        block_sums(q, w->k, tc, nt, qsb);
+        for (int64_t h = h0; h < hend; h++)
+            for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+                int tb = nt - t0 < 4 ? (int)(nt - t0) : 4;
+                run_blocks(w, h, q, s, qsb + t0 * nb, nb, tc + t0, tb, y, ldy, o0, o1);
+            }
+    }
+}

@@ -1,0 +1,285 @@
+/* tgemm-avx512.c: activation quantization and the ternary GEMM with AVX-512 + VNNI.
+ *
+ * Bit-identical to tgemm-ref.c: the quantizer uses the same float operations (multiply,
+ * round half to even by immediate, clamp), and the GEMM computes the same exact int32 dot
+ * products, then the same float epilogue in the same order (no fused multiply-add).
+ *
+ * GEMM shape: one 64-byte chunk of a row group (16 rows x 16 columns of 2-bit codes, layout
+ * in kernels-internal.h) is unpacked into four vectors of codes (shift + mask), each paired by
+ * vpdpbusd with one broadcast int32 of four activations, so the int32 lane r accumulates
+ * sum code*q for row r. sum t*q = sum code*q - sum q (qsum). Codes are <= 2 and vpdpbusd adds
+ * four u8*s8 products straight into int32, so nothing narrower than int32 accumulates.
+ * Register blocking: a tile is G groups x TB tokens of accumulators; each unpacked chunk
+ * serves all TB tokens, and a batch of up to four groups (64 rows, at most 128 KiB for
+ * k = 8192) stays in L2 while every token block passes over it, so weights come from memory
+ * once per call.
+ */
+#include <immintrin.h>
+
+#include "kernels/kernels-internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s,
+                           int32_t *qsum);
+void tern_avx512_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                       int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+
+static inline __mmask16 tail16(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
+{
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * k;
+        int8_t *qi = q + i * k;
+        /* max(|x|, acc): a NaN |x| yields acc, as the reference ignores NaN */
+        __m512 m0 = _mm512_setzero_ps(), m1 = _mm512_setzero_ps();
+        int64_t j = 0;
+        for (; j + 32 <= k; j += 32) {
+            m0 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xi + j), absmask), m0);
+            m1 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xi + j + 16), absmask), m1);
+        }
+        for (; j < k; j += 16) {
+            __m512 v = _mm512_maskz_loadu_ps(tail16(k - j), xi + j);
+            m0 = _mm512_max_ps(_mm512_and_ps(v, absmask), m0);
+        }
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+        if (amax < 1e-5f) amax = 1e-5f;
+        const float sc = 127.0f / amax;
+        const __m512 vs = _mm512_set1_ps(sc);
+        __m512i sum = _mm512_setzero_si512();
+        for (j = 0; j < k; j += 16) {
+            __mmask16 m = tail16(k - j);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xi + j), vs);
+            v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi); /* max(NaN, lo) = lo */
+            __m512i iv = _mm512_cvtps_epi32(v);          /* integral already: exact */
+            sum = _mm512_add_epi32(sum, iv);             /* masked lanes are 0 */
+            _mm512_mask_cvtepi32_storeu_epi8(qi + j, m, iv);
+        }
+        s[i] = sc;
+        qsum[i] = _mm512_reduce_add_epi32(sum);
+    }
+}
+
+/* Four code vectors of one chunk: lane r of c[sh] holds codes of columns 4sh..4sh+3. */
+AI void unpack(const uint8_t *p, __m512i c[4])
+{
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i v = _mm512_load_si512((const void *)p);
+    c[0] = _mm512_and_si512(v, m3);
+    c[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), m3);
+    c[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);
+    c[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), m3);
+}
+
+/* Lanes of group g that fall in [o0, o1). */
+static inline __mmask16 row_mask(int64_t g, int64_t o0, int64_t o1)
+{
+    int64_t r0 = g * 16, lo = o0 > r0 ? o0 - r0 : 0, hi = o1 - r0 < 16 ? o1 - r0 : 16;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* Tile with one scale: groups [g, g+G), tokens [t0, t0+TB). G and TB are constants after
+ * inlining; the pragmas make the accumulator arrays registers. TB == 1 splits each
+ * accumulator in two to halve the dependency chain. */
+AI void tile_single(const tern_tmat *w, int64_t g, const int G, const int8_t *q, const float *s,
+                    const int32_t *qsum, int64_t t0, const int TB, float *y, int64_t ldy,
+                    int64_t o0, int64_t o1)
+{
+    const int NS = TB == 1 ? 2 : 1;
+    const int64_t kc = w->kc, k = w->k, gstride = kc * TERN_TG_BYTES;
+    const uint8_t *wg = w->codes + g * gstride;
+    const int8_t *qt = q + t0 * k;
+    __m512i acc[4][16][2];
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; gi++)
+#pragma GCC unroll 16
+        for (int ti = 0; ti < TB; ti++)
+#pragma GCC unroll 2
+            for (int ns = 0; ns < NS; ns++) acc[gi][ti][ns] = _mm512_setzero_si512();
+    for (int64_t c = 0; c < kc; c++) {
+        __m512i cc[4][4];
+#pragma GCC unroll 4
+        for (int gi = 0; gi < G; gi++) unpack(wg + gi * gstride + c * TERN_TG_BYTES, cc[gi]);
+#pragma GCC unroll 16
+        for (int ti = 0; ti < TB; ti++)
+#pragma GCC unroll 4
+            for (int sh = 0; sh < 4; sh++) {
+                __m512i b = _mm512_set1_epi32(tern_load_i32(qt + ti * k + c * 16 + sh * 4));
+#pragma GCC unroll 4
+                for (int gi = 0; gi < G; gi++)
+                    acc[gi][ti][sh % NS] = _mm512_dpbusd_epi32(acc[gi][ti][sh % NS], cc[gi][sh], b);
+            }
+    }
+    const __m512 alpha = _mm512_set1_ps(w->alpha);
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; gi++) {
+        __mmask16 m = row_mask(g + gi, o0, o1);
+#pragma GCC unroll 16
+        for (int ti = 0; ti < TB; ti++) {
+            __m512i a = NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0];
+            a = _mm512_sub_epi32(a, _mm512_set1_epi32(qsum[t0 + ti]));
+            __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s[t0 + ti]));
+            f = _mm512_mul_ps(f, alpha);
+            _mm512_mask_storeu_ps(y + (t0 + ti) * ldy + (g + gi) * 16, m, f);
+        }
+    }
+}
+
+/* Groups [g, g1) (at most four) for tokens [t0, t0+TB): tiles of GM groups, then singles. */
+#define RUN_SINGLE(TBV, GM)                                                                        \
+    case TBV: {                                                                                    \
+        int64_t gg = g;                                                                            \
+        for (; gg + (GM) <= g1; gg += (GM))                                                        \
+            tile_single(w, gg, (GM), q, s, qsum, t0, (TBV), y, ldy, o0, o1);                       \
+        for (; gg < g1; gg++) tile_single(w, gg, 1, q, s, qsum, t0, (TBV), y, ldy, o0, o1);        \
+    } break
+
+static void run_single(const tern_tmat *w, int64_t g, int64_t g1, const int8_t *q, const float *s,
+                       const int32_t *qsum, int64_t t0, int tb, float *y, int64_t ldy, int64_t o0,
+                       int64_t o1)
+{
+    switch (tb) {
+        RUN_SINGLE(1, 4);
+        RUN_SINGLE(2, 4);
+        RUN_SINGLE(3, 4);
+        RUN_SINGLE(4, 2);
+        RUN_SINGLE(5, 2);
+        RUN_SINGLE(6, 2);
+        RUN_SINGLE(7, 2);
+        RUN_SINGLE(8, 2);
+        RUN_SINGLE(9, 1);
+        RUN_SINGLE(10, 1);
+        RUN_SINGLE(11, 1);
+        RUN_SINGLE(12, 1);
+        RUN_SINGLE(13, 1);
+        RUN_SINGLE(14, 1);
+        RUN_SINGLE(15, 1);
+        RUN_SINGLE(16, 1);
+    default:
+        TERN_ASSERT(0);
+    }
+}
+
+/* ---- block scales (TQ sources) ---- */
+
+/* One block (16 chunks) for TB tokens; A += (float)(acc - qsum_b) * r. */
+AI void tile_blocks(const tern_tmat *w, int64_t g, const int8_t *q, const float *s,
+                    const int32_t *qsb, int64_t nb_ld, int64_t t0, const int TB, float *y,
+                    int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int NS = TB == 1 ? 4 : TB == 2 ? 2 : 1;
+    const int64_t kc = w->kc, k = w->k, nb = w->nb;
+    const uint8_t *wg = w->codes + g * kc * TERN_TG_BYTES;
+    const int8_t *qt = q + t0 * k;
+    __m512 fa[8];
+#pragma GCC unroll 8
+    for (int ti = 0; ti < TB; ti++) fa[ti] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i acc[8][4];
+#pragma GCC unroll 8
+        for (int ti = 0; ti < TB; ti++)
+#pragma GCC unroll 4
+            for (int ns = 0; ns < NS; ns++) acc[ti][ns] = _mm512_setzero_si512();
+        for (int64_t c = b * 16; c < b * 16 + 16; c++) {
+            __m512i cc[4];
+            unpack(wg + c * TERN_TG_BYTES, cc);
+#pragma GCC unroll 8
+            for (int ti = 0; ti < TB; ti++)
+#pragma GCC unroll 4
+                for (int sh = 0; sh < 4; sh++) {
+                    __m512i bq = _mm512_set1_epi32(tern_load_i32(qt + ti * k + c * 16 + sh * 4));
+                    acc[ti][sh % NS] = _mm512_dpbusd_epi32(acc[ti][sh % NS], cc[sh], bq);
+                }
+        }
+        const __m512 r = _mm512_load_ps(w->rs + (g * nb + b) * 16);
+#pragma GCC unroll 8
+        for (int ti = 0; ti < TB; ti++) {
+            __m512i a = acc[ti][0];
+#pragma GCC unroll 4
+            for (int ns = 1; ns < NS; ns++) a = _mm512_add_epi32(a, acc[ti][ns]);
+            a = _mm512_sub_epi32(a, _mm512_set1_epi32(qsb[ti * nb_ld + b]));
+            fa[ti] = _mm512_add_ps(fa[ti], _mm512_mul_ps(_mm512_cvtepi32_ps(a), r));
+        }
+    }
+    const __m512 dm = _mm512_load_ps(w->dmax + g * 16);
+    __mmask16 m = row_mask(g, o0, o1);
+#pragma GCC unroll 8
+    for (int ti = 0; ti < TB; ti++) {
+        __m512 f = _mm512_mul_ps(_mm512_div_ps(fa[ti], _mm512_set1_ps(s[t0 + ti])), dm);
+        _mm512_mask_storeu_ps(y + (t0 + ti) * ldy + g * 16, m, f);
+    }
+}
+
+#define RUN_BLOCKS(TBV)                                                                            \
+    case TBV:                                                                                      \
+        tile_blocks(w, g, q, s, qsb, nb_ld, t0, (TBV), y, ldy, o0, o1);                            \
+        break
+
+static void run_blocks(const tern_tmat *w, int64_t g, const int8_t *q, const float *s,
+                       const int32_t *qsb, int64_t nb_ld, int64_t t0, int tb, float *y, int64_t ldy,
+                       int64_t o0, int64_t o1)
+{
+    switch (tb) {
+        RUN_BLOCKS(1);
+        RUN_BLOCKS(2);
+        RUN_BLOCKS(3);
+        RUN_BLOCKS(4);
+        RUN_BLOCKS(5);
+        RUN_BLOCKS(6);
+        RUN_BLOCKS(7);
+        RUN_BLOCKS(8);
+    default:
+        TERN_ASSERT(0);
+    }
+}
+
+/* sum of the 256 activations of each block, for tokens [t0, t0+nt): qsb[t][b]. */
+static void block_sums(const int8_t *q, int64_t k, int64_t t0, int64_t nt, int32_t *qsb)
+{
+    const __m512i ones = _mm512_set1_epi8(1);
+    const int64_t nb = k / TERN_TBLOCK;
+    for (int64_t t = 0; t < nt; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *p = q + (t0 + t) * k + b * TERN_TBLOCK;
+            __m512i a = _mm512_setzero_si512();
+            for (int i = 0; i < 4; i++)
+                a = _mm512_dpbusd_epi32(a, ones, _mm512_loadu_si512((const void *)(p + 64 * i)));
+            qsb[t * nb + b] = _mm512_reduce_add_epi32(a);
+        }
+}
+
+void tern_avx512_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                       int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16;
+    if (!w->blocks) {
+        for (int64_t g = g0; g < gend; g += 4) {
+            int64_t g1 = g + 4 < gend ? g + 4 : gend;
+            for (int64_t t0 = 0; t0 < n_tok; t0 += 16) {
+                int tb = n_tok - t0 < 16 ? (int)(n_tok - t0) : 16;
+                run_single(w, g, g1, q, s, qsum, t0, tb, y, ldy, o0, o1);
+            }
+        }
+        return;
+    }
+    /* Block sums for a chunk of tokens live on the stack (16 KiB); k <= 131072 gives
+     * nb <= 512, so a chunk holds at least 8 tokens and weights are re-read once per chunk. */
+    int32_t qsb[4096];
+    const int64_t nb = w->nb, tchunk = 4096 / nb;
+    for (int64_t tc = 0; tc < n_tok; tc += tchunk) {
+        int64_t nt = n_tok - tc < tchunk ? n_tok - tc : tchunk;
+        block_sums(q, w->k, tc, nt, qsb);
+        for (int64_t g = g0; g < gend; g++)
+            for (int64_t t0 = 0; t0 < nt; t0 += 8) {
+                int tb = nt - t0 < 8 ? (int)(nt - t0) : 8;
+                run_blocks(w, g, q, s, qsb + t0 * nb, nb, tc + t0, tb, y, ldy, o0, o1);
+            }
+    }
+}

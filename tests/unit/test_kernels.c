@@ -1,0 +1,964 @@
+/* test_kernels.c: every kernel variant against the scalar reference.
+ *
+ * Integer kernels (act-quant, ternary GEMM) and the EXACT float kernels must equal the
+ * reference bit for bit; the others must stay within the bounds stated in kernels.h. The
+ * repacking tests encode one random ternary matrix as I2_S, TQ2_0 and TQ1_0 with encoders
+ * written here from the spec (3.4, 3.5) and demand the same trits and the same GEMM output as
+ * from_trits. Seeded RNG only.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "kernels/kernels-internal.h"
+#include "ternpipe/kernels.h"
+
+/* ---- helpers ---- */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd(void)
+{
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return g_rng * 0x2545f4914f6cdd1dull;
+}
+static int64_t rndi(int64_t lo, int64_t hi) /* [lo, hi] */
+{
+    return lo + (int64_t)(rnd() % (uint64_t)(hi - lo + 1));
+}
+static float rndf(void) /* [-1, 1) */
+{
+    return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+static float rndn(void) /* roughly normal */
+{
+    return (rndf() + rndf() + rndf()) * 1.2f;
+}
+static uint32_t f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static float u2f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static bool same_bits(const float *a, const float *b, int64_t n)
+{
+    return memcmp(a, b, (size_t)n * sizeof(float)) == 0;
+}
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) abort();
+    return p;
+}
+
+static tern_simd g_variants[TERN_SIMD_COUNT];
+static int g_nvariants;
+
+static void use(tern_simd v)
+{
+    tern_status st;
+    tern_code rc = tern_kernels_force(v, &st);
+    CHECKF(rc == TERN_OK, "force %s: %s", tern_simd_name(v), st.msg);
+}
+
+/* ---- dispatch ---- */
+
+static void test_dispatch(void)
+{
+    CHECK(tern_simd_supported(TERN_SIMD_REF));
+    CHECK(strcmp(tern_simd_name(TERN_SIMD_AVX512), "avx512") == 0);
+    CHECK(strcmp(tern_simd_name(TERN_SIMD_COUNT), "?") == 0);
+    tern_simd init = tern_kernels_init();
+    CHECK(init < TERN_SIMD_COUNT);
+    CHECK(tern_kernels_active() == init);
+    tern_status st;
+    CHECK(tern_kernels_force(TERN_SIMD_COUNT, &st) == TERN_EINVAL);
+    for (int v = 0; v < TERN_SIMD_COUNT; v++) {
+        if (tern_simd_supported((tern_simd)v)) {
+            g_variants[g_nvariants++] = (tern_simd)v;
+            CHECK(tern_kernels_force((tern_simd)v, &st) == TERN_OK);
+            CHECK(tern_kernels_active() == (tern_simd)v);
+        } else {
+            CHECK(tern_kernels_force((tern_simd)v, &st) == TERN_EUNSUPPORTED);
+        }
+    }
+    printf("variants:");
+    for (int i = 0; i < g_nvariants; i++) printf(" %s", tern_simd_name(g_variants[i]));
+    printf("\n");
+}
+
+/* ---- activation quantization ---- */
+
+static void fill_x(float *x, int64_t k, int kind)
+{
+    float mag = powf(10.0f, (float)rndi(-8, 30));
+    for (int64_t j = 0; j < k; j++) {
+        switch (kind) {
+        case 0:
+            x[j] = rndn();
+            break;
+        case 1:
+            x[j] = rndn() * mag;
+            break;
+        case 2:
+            x[j] = 0.0f;
+            break;
+        case 3:
+            x[j] = rndf() * 1e-6f;
+            break; /* amax below the 1e-5 clamp */
+        case 4:
+            x[j] = (float)rndi(-127, 126) + 0.5f;
+            break; /* ties: amax 127 -> s = 1 */
+        case 5:
+            x[j] = (float)(2 * rndi(-63, 63) + 1);
+            break; /* ties after s = 0.5 */
+        case 6:
+            x[j] = rndf() * FLT_MAX;
+            break;
+        case 7:
+            x[j] = u2f((uint32_t)rnd() & 0x807fffffu);
+            break; /* subnormals */
+        default:
+            x[j] = j % 3 == 0 ? NAN : rndn();
+            break;
+        }
+    }
+    if (kind == 4) x[rndi(0, k - 1)] = 127.0f; /* pin amax so that s is exactly 1 */
+    if (kind == 5) x[rndi(0, k - 1)] = -254.0f;
+}
+
+static void test_act_quant(void)
+{
+    int bad = 0, ties = 0;
+    for (int it = 0; it < 600; it++) {
+        int64_t n = rndi(1, 4), k = it % 5 == 0 ? rndi(1, 40) : rndi(1, 3000);
+        if (it % 7 == 0) k = 128 * rndi(1, 20);
+        float *x = xmalloc((size_t)(n * k) * sizeof(float));
+        int kind = it % 9;
+        for (int64_t i = 0; i < n; i++) fill_x(x + i * k, k, i == 0 ? kind : (int)rndi(0, 7));
+        int8_t *q0 = xmalloc((size_t)(n * k)), *q1 = xmalloc((size_t)(n * k));
+        float s0[4], s1[4];
+        int32_t c0[4], c1[4];
+        tern_ref_act_quant(x, n, k, q0, s0, c0);
+        /* the reference itself: spec 2.3 with rint (default rounding mode is to nearest even) */
+        for (int64_t i = 0; i < n && kind < 8; i++) {
+            float amax = 0.0f;
+            for (int64_t j = 0; j < k; j++) amax = fmaxf(amax, fabsf(x[i * k + j]));
+            amax = fmaxf(amax, 1e-5f);
+            float sc = 127.0f / amax;
+            CHECK(f2u(sc) == f2u(s0[i]));
+            int32_t sum = 0;
+            for (int64_t j = 0; j < k; j++) {
+                float v = rintf(x[i * k + j] * sc);
+                int qv = (int)fminf(fmaxf(v, -128.0f), 127.0f);
+                if (fabsf(x[i * k + j] * sc - truncf(x[i * k + j] * sc)) == 0.5f) ties++;
+                bad += qv != q0[i * k + j];
+                sum += qv;
+            }
+            CHECK(sum == c0[i]);
+        }
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            memset(q1, 0x55, (size_t)(n * k));
+            tern_act_quant(x, n, k, q1, s1, c1);
+            CHECKF(memcmp(q0, q1, (size_t)(n * k)) == 0 && same_bits(s0, s1, n) &&
+                       memcmp(c0, c1, (size_t)n * 4) == 0,
+                   "act_quant %s n=%lld k=%lld kind=%d", tern_simd_name(g_variants[vi]),
+                   (long long)n, (long long)k, kind);
+        }
+        free(x);
+        free(q0);
+        free(q1);
+    }
+    CHECKF(bad == 0, "%d quantized values differ from rintf", bad);
+    CHECKF(ties > 1000, "only %d ties exercised", ties);
+    /* rounding helper on its own */
+    CHECK(tern_round_half_even(0.5f) == 0.0f && tern_round_half_even(1.5f) == 2.0f);
+    CHECK(tern_round_half_even(-2.5f) == -2.0f && tern_round_half_even(-3.5f) == -4.0f);
+    CHECK(tern_round_half_even(0.49999997f) == 0.0f && tern_round_half_even(-126.5f) == -126.0f);
+}
+
+/* ---- ternary matrices: encoders from the spec ---- */
+
+static void rand_trits(int8_t *t, int64_t n, int mode)
+{
+    for (int64_t i = 0; i < n; i++) {
+        switch (mode) {
+        case 0:
+            t[i] = (int8_t)rndi(-1, 1);
+            break;
+        case 1:
+            t[i] = 1;
+            break;
+        case 2:
+            t[i] = -1;
+            break;
+        default:
+            t[i] = (int8_t)(rnd() % 8 == 0 ? rndi(-1, 1) : 0);
+            break;
+        }
+    }
+}
+
+/* I2_S (spec 3.4): 128-element blocks, byte j = elements j, j+32, j+64, j+96 in bits 7-6, 5-4,
+ * 3-2, 1-0; code t+1; f32 alpha at n/4, 32-byte tail. */
+static uint8_t *enc_i2s(const int8_t *t, int64_t n, int64_t k, float alpha, uint64_t *nbytes)
+{
+    uint64_t ne = (uint64_t)(n * k);
+    *nbytes = ne / 4 + 32;
+    uint8_t *b = xmalloc(*nbytes);
+    memset(b, 0, *nbytes);
+    for (uint64_t e = 0; e < ne; e++) {
+        uint64_t blk = e / 128, i = e % 128;
+        b[blk * 32 + i % 32] |= (uint8_t)((t[e] + 1) << (6 - 2 * (i / 32)));
+    }
+    memcpy(b + ne / 4, &alpha, 4);
+    return b;
+}
+
+/* TQ2_0 (spec 3.5, ggml quantize_row_tq2_0_ref order): qs[64] then f16 d. */
+static uint8_t *enc_tq2(const int8_t *t, int64_t n, int64_t k, const uint16_t *d, uint64_t *nbytes)
+{
+    int64_t nb = n * k / 256;
+    *nbytes = (uint64_t)nb * 66;
+    uint8_t *b = xmalloc(*nbytes);
+    for (int64_t blk = 0; blk < nb; blk++) {
+        const int8_t *x = t + blk * 256;
+        uint8_t *qs = b + blk * 66;
+        for (int j = 0; j < 64; j += 32)
+            for (int m = 0; m < 32; m++) {
+                uint8_t q = 0;
+                for (int l = 0; l < 4; l++) q |= (uint8_t)((x[j * 4 + l * 32 + m] + 1) << (2 * l));
+                qs[j + m] = q;
+            }
+        memcpy(qs + 64, &d[blk], 2);
+    }
+    return b;
+}
+
+/* TQ1_0 (spec 3.5, ggml quantize_row_tq1_0_ref). */
+static uint8_t *enc_tq1(const int8_t *t, int64_t n, int64_t k, const uint16_t *d, uint64_t *nbytes)
+{
+    int64_t nb = n * k / 256;
+    *nbytes = (uint64_t)nb * 54;
+    uint8_t *b = xmalloc(*nbytes);
+    for (int64_t blk = 0; blk < nb; blk++) {
+        const int8_t *x = t + blk * 256;
+        uint8_t *qs = b + blk * 54, *qh = qs + 48;
+        for (int m = 0; m < 32; m++) {
+            unsigned q = 0;
+            for (int e = 0; e < 5; e++) q = q * 3 + (unsigned)(x[m + e * 32] + 1);
+            qs[m] = (uint8_t)((q * 256 + 242) / 243);
+        }
+        x += 160;
+        for (int m = 0; m < 16; m++) {
+            unsigned q = 0;
+            for (int e = 0; e < 5; e++) q = q * 3 + (unsigned)(x[m + e * 16] + 1);
+            qs[32 + m] = (uint8_t)((q * 256 + 242) / 243);
+        }
+        x += 80;
+        for (int j = 0; j < 4; j++) {
+            unsigned q = 0;
+            for (int m = 0; m < 4; m++) q = q * 3 + (unsigned)(x[j + m * 4] + 1);
+            q *= 3;
+            qh[j] = (uint8_t)((q * 256 + 242) / 243);
+        }
+        memcpy(qs + 52, &d[blk], 2);
+    }
+    return b;
+}
+
+/* Random activations for a GEMM: from act_quant, or extremes straight into q. */
+static void make_q(int8_t *q, float *s, int32_t *qsum, int64_t n_tok, int64_t k, int mode)
+{
+    if (mode < 2) {
+        float *x = xmalloc((size_t)(n_tok * k) * sizeof(float));
+        for (int64_t i = 0; i < n_tok; i++) fill_x(x + i * k, k, mode == 0 ? 0 : (int)rndi(0, 7));
+        tern_ref_act_quant(x, n_tok, k, q, s, qsum);
+        free(x);
+        return;
+    }
+    for (int64_t i = 0; i < n_tok; i++) {
+        int32_t sum = 0;
+        for (int64_t j = 0; j < k; j++) {
+            int8_t v = mode == 2 ? -128 : mode == 3 ? 127 : (int8_t)(rnd() % 2 ? -128 : 127);
+            q[i * k + j] = v;
+            sum += v;
+        }
+        s[i] = 127.0f / (float)rndi(1, 1000);
+        qsum[i] = sum;
+    }
+}
+
+/* y = ((float)sum t*q / s) * alpha, straight from the trits: checks the reference's layout. */
+static void naive_tgemm(const int8_t *t, int64_t n, int64_t k, float alpha, const int8_t *q,
+                        const float *s, int64_t n_tok, float *y)
+{
+    for (int64_t i = 0; i < n_tok; i++)
+        for (int64_t o = 0; o < n; o++) {
+            int32_t acc = 0;
+            for (int64_t j = 0; j < k; j++) acc += t[o * k + j] * q[i * k + j];
+            y[i * n + o] = ((float)acc / s[i]) * alpha;
+        }
+}
+
+/* Runs every variant on rows [o0, o1) and compares with the reference; the rest of y must
+ * stay untouched. */
+static void check_tgemm(const tern_tmat *m, const int8_t *q, const float *s, const int32_t *qsum,
+                        int64_t n_tok, int64_t o0, int64_t o1, const char *what)
+{
+    int64_t n = tern_tmat_rows(m), ldy = n + 3;
+    size_t ny = (size_t)(n_tok * ldy);
+    float *y0 = xmalloc(ny * sizeof(float)), *y1 = xmalloc(ny * sizeof(float));
+    for (size_t i = 0; i < ny; i++) y0[i] = -777.0f;
+    tern_ref_tgemm(m, q, s, qsum, n_tok, y0, ldy, o0, o1);
+    for (int vi = 0; vi < g_nvariants; vi++) {
+        use(g_variants[vi]);
+        for (size_t i = 0; i < ny; i++) y1[i] = -777.0f;
+        tern_tgemm(m, q, s, qsum, n_tok, y1, ldy, o0, o1);
+        CHECKF(same_bits(y0, y1, (int64_t)ny),
+               "tgemm %s %s n=%lld k=%lld n_tok=%lld rows [%lld,%lld)",
+               tern_simd_name(g_variants[vi]), what, (long long)n, (long long)tern_tmat_cols(m),
+               (long long)n_tok, (long long)o0, (long long)o1);
+    }
+    free(y0);
+    free(y1);
+}
+
+static void test_tgemm_random(void)
+{
+    static const int64_t ks[] = {128, 256, 384, 512, 640, 1024, 2560};
+    for (int it = 0; it < 160; it++) {
+        int64_t k = it < 4 ? 128 : ks[rndi(0, 6)];
+        int64_t n = it < 4 ? 1 : rndi(1, it % 3 ? 70 : 200);
+        int64_t n_tok = it < 4 ? 1 : (it % 5 == 0 ? rndi(60, 90) : rndi(1, 35));
+        int8_t *t = xmalloc((size_t)(n * k));
+        rand_trits(t, n * k, it % 4);
+        float alpha = it % 6 == 0 ? -0.75f : rndf() * 2.0f;
+        tern_tmat *m;
+        tern_status st;
+        CHECK(tern_tmat_from_trits(&m, t, n, k, alpha, &st) == TERN_OK);
+        int8_t *q = xmalloc((size_t)(n_tok * k));
+        float *s = xmalloc((size_t)n_tok * sizeof(float));
+        int32_t *qsum = xmalloc((size_t)n_tok * sizeof(int32_t));
+        make_q(q, s, qsum, n_tok, k, it % 5);
+        /* reference against the trits */
+        float *yn = xmalloc((size_t)(n_tok * n) * sizeof(float));
+        float *yr = xmalloc((size_t)(n_tok * n) * sizeof(float));
+        naive_tgemm(t, n, k, alpha, q, s, n_tok, yn);
+        tern_ref_tgemm(m, q, s, qsum, n_tok, yr, n, 0, n);
+        CHECKF(same_bits(yn, yr, n_tok * n), "ref tgemm vs trits n=%lld k=%lld", (long long)n,
+               (long long)k);
+        check_tgemm(m, q, s, qsum, n_tok, 0, n, "full");
+        int64_t o0 = rndi(0, n - 1), o1 = rndi(o0 + 1, n);
+        check_tgemm(m, q, s, qsum, n_tok, o0, o1, "range");
+        if (n > 16) check_tgemm(m, q, s, qsum, n_tok, 16 * rndi(1, (n - 1) / 16), n, "group range");
+        /* row split and batch split give the same bits as one call */
+        int64_t a = rndi(1, n), tsplit = rndi(1, n_tok);
+        float *y1 = xmalloc((size_t)(n_tok * n) * sizeof(float));
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_tgemm(m, q, s, qsum, n_tok, yr, n, 0, n);
+            if (a < n) {
+                tern_tgemm(m, q, s, qsum, n_tok, y1, n, 0, a);
+                tern_tgemm(m, q, s, qsum, n_tok, y1, n, a, n);
+            } else {
+                tern_tgemm(m, q, s, qsum, n_tok, y1, n, 0, n);
+            }
+            CHECKF(same_bits(yr, y1, n_tok * n), "row split %s at %lld",
+                   tern_simd_name(g_variants[vi]), (long long)a);
+            tern_tgemm(m, q, s, qsum, tsplit, y1, n, 0, n);
+            if (tsplit < n_tok)
+                tern_tgemm(m, q + tsplit * k, s + tsplit, qsum + tsplit, n_tok - tsplit,
+                           y1 + tsplit * n, n, 0, n);
+            CHECKF(same_bits(yr, y1, n_tok * n), "token split %s at %lld",
+                   tern_simd_name(g_variants[vi]), (long long)tsplit);
+        }
+        free(y1);
+        free(yn);
+        free(yr);
+        free(q);
+        free(s);
+        free(qsum);
+        free(t);
+        tern_tmat_free(m);
+    }
+}
+
+/* One random matrix through I2_S, TQ2_0 and TQ1_0 with all d = alpha. */
+static void test_repack(void)
+{
+    for (int it = 0; it < 24; it++) {
+        int64_t k = 256 * rndi(1, 5), n = it == 0 ? 1 : rndi(1, 60);
+        int8_t *t = xmalloc((size_t)(n * k));
+        rand_trits(t, n * k, it % 4);
+        uint16_t dh = tern_f32_to_f16_1(it % 5 == 0 ? -0.375f : 0.001f + fabsf(rndf()));
+        float alpha = tern_f16_to_f32_1(dh);
+        int64_t nb = n * k / 256;
+        uint16_t *d = xmalloc((size_t)nb * 2);
+        for (int64_t i = 0; i < nb; i++) d[i] = dh;
+        uint64_t b1, b2, b3;
+        uint8_t *i2 = enc_i2s(t, n, k, alpha, &b1), *tq2 = enc_tq2(t, n, k, d, &b2),
+                *tq1 = enc_tq1(t, n, k, d, &b3);
+        tern_tmat *m[4] = {0};
+        tern_status st;
+        CHECK(tern_tmat_from_trits(&m[0], t, n, k, alpha, &st) == TERN_OK);
+        CHECKF(tern_tmat_from_ggml(&m[1], TERN_TYPE_I2_S, i2, b1, k, n, &st) == TERN_OK, "%s",
+               st.msg);
+        CHECKF(tern_tmat_from_ggml(&m[2], TERN_TYPE_TQ2_0, tq2, b2, k, n, &st) == TERN_OK, "%s",
+               st.msg);
+        CHECKF(tern_tmat_from_ggml(&m[3], TERN_TYPE_TQ1_0, tq1, b3, k, n, &st) == TERN_OK, "%s",
+               st.msg);
+        if (!m[1] || !m[2] || !m[3]) goto next;
+        int8_t *row = xmalloc((size_t)k);
+        for (int i = 0; i < 4; i++) {
+            CHECK(tern_tmat_rows(m[i]) == n && tern_tmat_cols(m[i]) == k);
+            CHECK(!tern_tmat_block_scales(m[i]) && f2u(tern_tmat_alpha(m[i])) == f2u(alpha));
+            CHECK(tern_tmat_row_granularity(m[i]) == 16);
+            for (int64_t o = 0; o < n; o++) {
+                tern_tmat_unpack_row(m[i], o, row);
+                CHECKF(memcmp(row, t + o * k, (size_t)k) == 0, "unpack source %d row %lld", i,
+                       (long long)o);
+            }
+        }
+        free(row);
+        int64_t n_tok = rndi(1, 20);
+        int8_t *q = xmalloc((size_t)(n_tok * k));
+        float *s = xmalloc((size_t)n_tok * 4), *y0 = xmalloc((size_t)(n_tok * n) * 4),
+              *y1 = xmalloc((size_t)(n_tok * n) * 4);
+        int32_t *qsum = xmalloc((size_t)n_tok * 4);
+        make_q(q, s, qsum, n_tok, k, 0);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_tgemm(m[0], q, s, qsum, n_tok, y0, n, 0, n);
+            for (int i = 1; i < 4; i++) {
+                tern_tgemm(m[i], q, s, qsum, n_tok, y1, n, 0, n);
+                CHECKF(same_bits(y0, y1, n_tok * n), "repack %d gemm %s", i,
+                       tern_simd_name(g_variants[vi]));
+            }
+        }
+        free(q);
+        free(s);
+        free(y0);
+        free(y1);
+        free(qsum);
+    next:
+        for (int i = 0; i < 4; i++) tern_tmat_free(m[i]);
+        free(i2);
+        free(tq2);
+        free(tq1);
+        free(d);
+        free(t);
+    }
+}
+
+/* TQ2_0 / TQ1_0 with differing block scales: the block-scale path. */
+static void test_block_scales(void)
+{
+    for (int it = 0; it < 40; it++) {
+        int64_t k = 256 * rndi(1, 6), n = rndi(1, 50), nb = n * k / 256;
+        int8_t *t = xmalloc((size_t)(n * k));
+        rand_trits(t, n * k, it % 4 == 3 ? 3 : 0);
+        uint16_t *d = xmalloc((size_t)nb * 2);
+        for (int64_t i = 0; i < nb; i++) {
+            float v = rndf() * 0.1f;
+            if (it % 3 == 0 && i % 5 == 0) v = 0.0f;
+            d[i] = tern_f32_to_f16_1(v);
+        }
+        if (it % 7 == 0) /* one row of zero scales */
+            for (int64_t i = 0; i < k / 256; i++) d[i] = 0;
+        uint64_t nbytes;
+        uint8_t *blob = it % 2 ? enc_tq2(t, n, k, d, &nbytes) : enc_tq1(t, n, k, d, &nbytes);
+        tern_tmat *m;
+        tern_status st;
+        CHECKF(tern_tmat_from_ggml(&m, it % 2 ? TERN_TYPE_TQ2_0 : TERN_TYPE_TQ1_0, blob, nbytes, k,
+                                   n, &st) == TERN_OK,
+               "%s", st.msg);
+        CHECK(tern_tmat_block_scales(m));
+        CHECK(tern_tmat_alpha(m) == 0.0f);
+        int64_t n_tok = it % 4 == 0 ? rndi(20, 40) : rndi(1, 12);
+        int8_t *q = xmalloc((size_t)(n_tok * k));
+        float *s = xmalloc((size_t)n_tok * 4);
+        int32_t *qsum = xmalloc((size_t)n_tok * 4);
+        make_q(q, s, qsum, n_tok, k, it % 5);
+        /* the reference against the formula of kernels.h, from the trits and d */
+        float *yr = xmalloc((size_t)(n_tok * n) * 4);
+        tern_ref_tgemm(m, q, s, qsum, n_tok, yr, n, 0, n);
+        int bad = 0;
+        for (int64_t o = 0; o < n; o++) {
+            const int64_t kb = k / 256;
+            float dm = 0.0f;
+            for (int64_t b = 0; b < kb; b++) {
+                float v = tern_f16_to_f32_1(d[o * kb + b]);
+                if (fabsf(v) > fabsf(dm)) dm = v;
+            }
+            for (int64_t i = 0; i < n_tok; i++) {
+                float a = 0.0f;
+                for (int64_t b = 0; b < kb; b++) {
+                    int32_t acc = 0;
+                    for (int64_t j = b * 256; j < b * 256 + 256; j++)
+                        acc += t[o * k + j] * q[i * k + j];
+                    float r = dm == 0.0f ? 1.0f : tern_f16_to_f32_1(d[o * kb + b]) / dm;
+                    a = a + (float)acc * r;
+                }
+                float y = (a / s[i]) * dm;
+                bad += f2u(y) != f2u(yr[i * n + o]);
+            }
+        }
+        CHECKF(bad == 0, "block-scale reference: %d outputs differ from the formula", bad);
+        check_tgemm(m, q, s, qsum, n_tok, 0, n, "blocks");
+        int64_t o0 = rndi(0, n - 1);
+        check_tgemm(m, q, s, qsum, n_tok, o0, rndi(o0 + 1, n), "blocks range");
+        free(yr);
+        free(q);
+        free(s);
+        free(qsum);
+        free(blob);
+        free(d);
+        free(t);
+        tern_tmat_free(m);
+    }
+}
+
+static void test_reject(void)
+{
+    int64_t n = 3, k = 256;
+    int8_t *t = xmalloc((size_t)(n * k));
+    rand_trits(t, n * k, 0);
+    uint16_t d[3] = {0x3c00, 0x3c00, 0x3c00};
+    uint64_t b1, b2, b3;
+    uint8_t *i2 = enc_i2s(t, n, k, 0.5f, &b1), *tq2 = enc_tq2(t, n, k, d, &b2),
+            *tq1 = enc_tq1(t, n, k, d, &b3);
+    tern_tmat *m = (tern_tmat *)(uintptr_t)1;
+    tern_status st;
+    /* sizes */
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1 - 1, k, n, &st) == TERN_EFORMAT && !m);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1 + 1, k, n, &st) == TERN_EFORMAT);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1 - 32, k, n, &st) == TERN_EFORMAT);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ2_0, tq2, b2 - 66, k, n, &st) == TERN_EFORMAT);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ1_0, tq1, b3 + 54, k, n, &st) == TERN_EFORMAT);
+    /* shapes */
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, 192, 4, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ2_0, tq2, b2, 128, 6, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, k, 0, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, 0, n, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_F16, i2, b1, k, n, &st) == TERN_EUNSUPPORTED);
+    CHECK(tern_tmat_from_ggml(&m, (tern_ggml_type)99, i2, b1, k, n, &st) == TERN_EUNSUPPORTED);
+    /* code 3 */
+    i2[77] |= 0x0c;
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, k, n, &st) == TERN_EFORMAT);
+    CHECKF(strstr(st.msg, "code 3") != NULL, "%s", st.msg);
+    tq2[66 + 5] |= 0xc0;
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ2_0, tq2, b2, k, n, &st) == TERN_EFORMAT);
+    tq2[66 + 5] &= 0x3f;
+    /* scales */
+    float bad = NAN;
+    uint8_t *i2b = enc_i2s(t, n, k, 0.5f, &b1);
+    memcpy(i2b + n * k / 4, &bad, 4);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2b, b1, k, n, &st) == TERN_EFORMAT);
+    uint16_t inf = 0x7c00;
+    memcpy(tq1 + 54 + 52, &inf, 2);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ1_0, tq1, b3, k, n, &st) == TERN_EFORMAT);
+    /* trits */
+    t[5] = 2;
+    CHECK(tern_tmat_from_trits(&m, t, n, k, 1.0f, &st) == TERN_EINVAL && !m);
+    t[5] = 0;
+    CHECK(tern_tmat_from_trits(&m, t, n, k, INFINITY, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_trits(&m, t, n, 100, 1.0f, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ2_0, tq2, b2, k, n, &st) == TERN_OK);
+    tern_tmat_free(m);
+    tern_tmat_free(NULL);
+    free(i2);
+    free(i2b);
+    free(tq2);
+    free(tq1);
+    free(t);
+}
+
+/* ---- float kernels ---- */
+
+static void test_f16(void)
+{
+    float *f0 = xmalloc(65536 * 4), *f1 = xmalloc(65536 * 4);
+    uint16_t *h = xmalloc(65536 * 2), *h0 = xmalloc(65536 * 2), *h1 = xmalloc(65536 * 2);
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    tern_ref_f16_to_f32(h, f0, 65536);
+    /* every value is exact: back to f16 gives the same bits (NaNs come back quiet) */
+    tern_ref_f32_to_f16(f0, h0, 65536);
+    int bad = 0;
+    for (int i = 0; i < 65536; i++)
+        bad += (i & 0x7c00) != 0x7c00 || !(i & 0x3ff) ? h0[i] != i : (h0[i] | 0x200) != (i | 0x200);
+    CHECKF(bad == 0, "f16 round trip: %d", bad);
+    for (int vi = 0; vi < g_nvariants; vi++) {
+        use(g_variants[vi]);
+        tern_f16_to_f32(h, f1, 65536);
+        CHECKF(same_bits(f0, f1, 65536), "f16_to_f32 %s", tern_simd_name(g_variants[vi]));
+    }
+    /* f32 -> f16: specials, boundaries, random bit patterns */
+    const int n = 65536;
+    for (int i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)rnd();
+        if (i % 4 == 1) u = (u & 0x80000000u) | (0x33000000u + (u & 0x0fffffffu) % 0x14800000u);
+        f0[i] = u2f(u);
+    }
+    static const float spec[] = {
+        0.0f,           -0.0f,          65504.0f,    65519.99f,      65520.0f,       1e9f,
+        INFINITY,       -INFINITY,      NAN,         6.1035156e-05f, 6.0975552e-05f, 2.9802322e-08f,
+        2.9802326e-08f, 5.9604645e-08f, 1.0f / 3.0f, -1.00048828125f};
+    memcpy(f0, spec, sizeof spec);
+    f0[20] = u2f(0x7f800001u); /* signalling NaN */
+    f0[21] = u2f(0xffc12345u);
+    tern_ref_f32_to_f16(f0, h0, n);
+    for (int vi = 0; vi < g_nvariants; vi++) {
+        use(g_variants[vi]);
+        tern_f32_to_f16(f0, h1, n);
+        bad = 0;
+        for (int i = 0; i < n; i++) bad += h0[i] != h1[i];
+        CHECKF(bad == 0, "f32_to_f16 %s: %d differ", tern_simd_name(g_variants[vi]), bad);
+        tern_f32_to_f16(f0 + 1, h1, 37); /* odd length tails */
+        CHECK(memcmp(h1, h0 + 1, 37 * 2) == 0);
+    }
+    CHECK(tern_f32_to_f16_1(65520.0f) == 0x7c00 && tern_f32_to_f16_1(65519.99f) == 0x7bff);
+    CHECK(tern_f32_to_f16_1(2.9802322e-08f) == 0 && tern_f32_to_f16_1(2.9802326e-08f) == 1);
+    free(f0);
+    free(f1);
+    free(h);
+    free(h0);
+    free(h1);
+}
+
+static void test_rmsnorm(void)
+{
+    double worst = 0.0;
+    for (int it = 0; it < 200; it++) {
+        int64_t n = it % 4 == 0 ? rndi(1, 20) : rndi(1, 7000);
+        if (it % 9 == 0) n = it % 2 ? 2560 : 6912;
+        float *x = xmalloc((size_t)n * 4), *w = xmalloc((size_t)n * 4),
+              *y0 = xmalloc((size_t)n * 4), *y1 = xmalloc((size_t)n * 4);
+        float mag = powf(10.0f, (float)rndi(-6, 6));
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = rndn() * mag;
+            w[i] = rndn();
+        }
+        const float eps = 1e-5f;
+        tern_ref_rmsnorm(x, w, n, eps, y0);
+        double ss = 0.0;
+        for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+        double sc = 1.0 / sqrt(ss / (double)n + (double)eps);
+        for (int64_t i = 0; i < n; i++) {
+            double yd = (double)w[i] * (double)x[i] * sc;
+            double err = fabs(y0[i] - yd) / (fabs(yd) + 1e-38);
+            if (err > worst) worst = err;
+        }
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_rmsnorm(x, w, n, eps, y1);
+            CHECKF(same_bits(y0, y1, n), "rmsnorm %s n=%lld", tern_simd_name(g_variants[vi]),
+                   (long long)n);
+            memcpy(y1, x, (size_t)n * 4);
+            tern_rmsnorm(y1, w, n, eps, y1); /* in place */
+            CHECK(same_bits(y0, y1, n));
+        }
+        free(x);
+        free(w);
+        free(y0);
+        free(y1);
+    }
+    CHECKF(worst <= 4.0 * 0x1p-24, "rmsnorm vs double: %g", worst);
+    printf("rmsnorm: ref vs double max rel err %.3g (%.2f ulp)\n", worst, worst / 0x1p-24);
+}
+
+static void test_rope(void)
+{
+    static const int64_t hds[] = {128, 64, 6, 2, 80};
+    double worst = 0.0;
+    for (int it = 0; it < 60; it++) {
+        int64_t hd = hds[it % 5], half = hd / 2, nh = rndi(1, 24);
+        int64_t pos = it % 6 == 0 ? 0 : rndi(1, it % 2 ? 200 : 131072);
+        double theta = it % 3 ? 500000.0 : 10000.0;
+        float *c = xmalloc((size_t)half * 4), *s = xmalloc((size_t)half * 4);
+        tern_rope_table(c, s, pos, 1, hd, theta);
+        float *x = xmalloc((size_t)(nh * hd) * 4), *x0 = xmalloc((size_t)(nh * hd) * 4),
+              *x1 = xmalloc((size_t)(nh * hd) * 4);
+        for (int64_t i = 0; i < nh * hd; i++) x[i] = rndn() * 3.0f;
+        memcpy(x0, x, (size_t)(nh * hd) * 4);
+        tern_ref_rope_neox(x0, nh, hd, c, s);
+        /* spec 2.5 in double */
+        for (int64_t h = 0; h < nh; h++)
+            for (int64_t j = 0; j < half; j++) {
+                double th = (double)pos * pow(theta, -2.0 * (double)j / (double)hd);
+                double a = x[h * hd + j], b = x[h * hd + j + half];
+                double r0 = a * cos(th) - b * sin(th), r1 = a * sin(th) + b * cos(th);
+                double lim = 0x1p-24 * (fabs(a) + fabs(b));
+                double e = fmax(fabs(x0[h * hd + j] - r0), fabs(x0[h * hd + j + half] - r1)) / lim;
+                if (e > worst) worst = e;
+                if (pos == 0) CHECK(x0[h * hd + j] == x[h * hd + j]);
+            }
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            memcpy(x1, x, (size_t)(nh * hd) * 4);
+            tern_rope_neox(x1, nh, hd, c, s);
+            CHECKF(same_bits(x0, x1, nh * hd), "rope %s hd=%lld", tern_simd_name(g_variants[vi]),
+                   (long long)hd);
+        }
+        free(c);
+        free(s);
+        free(x);
+        free(x0);
+        free(x1);
+    }
+    CHECKF(worst <= 3.0, "rope vs double: %.3f x 2^-24 (|a|+|b|)", worst);
+    printf("rope: ref vs double max err %.3f x 2^-24 (|a|+|b|)\n", worst);
+    /* a table row equals the one-position call */
+    float c4[4 * 64], s4[4 * 64], c1[64], s1[64];
+    tern_rope_table(c4, s4, 1000, 4, 128, 500000.0);
+    tern_rope_table(c1, s1, 1002, 1, 128, 500000.0);
+    CHECK(same_bits(c4 + 2 * 64, c1, 64) && same_bits(s4 + 2 * 64, s1, 64));
+}
+
+static void test_softmax(void)
+{
+    double worst = 0.0;
+    for (int it = 0; it < 300; it++) {
+        int64_t n = it % 3 == 0 ? rndi(1, 40) : rndi(1, 5000);
+        float *x = xmalloc((size_t)n * 4), *y0 = xmalloc((size_t)n * 4),
+              *y1 = xmalloc((size_t)n * 4);
+        float mag = it % 4 == 0 ? 100.0f : it % 4 == 1 ? 1.0f : 20.0f;
+        for (int64_t i = 0; i < n; i++) x[i] = rndn() * mag;
+        if (it % 10 == 0) x[rndi(0, n - 1)] = -INFINITY; /* masked score */
+        memcpy(y0, x, (size_t)n * 4);
+        tern_ref_softmax(y0, n);
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) sum += y0[i];
+        CHECK(fabs(sum - 1.0) < 1e-5);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            memcpy(y1, x, (size_t)n * 4);
+            tern_softmax(y1, n);
+            for (int64_t i = 0; i < n; i++) {
+                double err = fabs((double)y1[i] - y0[i]);
+                CHECKF(err <= 8.0 * 0x1p-24 * y0[i] + 1e-37, "softmax %s n=%lld i=%lld: %g vs %g",
+                       tern_simd_name(g_variants[vi]), (long long)n, (long long)i, y1[i], y0[i]);
+                if (y0[i] > 1e-30 && err / y0[i] > worst) worst = err / y0[i];
+            }
+        }
+        free(x);
+        free(y0);
+        free(y1);
+    }
+    printf("softmax: SIMD vs ref max rel err %.3g (%.2f ulp)\n", worst, worst / 0x1p-24);
+}
+
+static void test_elementwise(void)
+{
+    for (int it = 0; it < 100; it++) {
+        int64_t n = it % 2 ? rndi(1, 50) : rndi(1, 7000);
+        float *g = xmalloc((size_t)n * 4), *u = xmalloc((size_t)n * 4),
+              *m0 = xmalloc((size_t)n * 4), *m1 = xmalloc((size_t)n * 4);
+        for (int64_t i = 0; i < n; i++) {
+            g[i] = rndn() * 10.0f;
+            u[i] = rndn() * 10.0f;
+        }
+        g[0] = -0.0f;
+        if (n > 2) g[2] = NAN;
+        tern_ref_relu2_mul(g, u, n, m0);
+        CHECK(m0[0] == 0.0f);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_relu2_mul(g, u, n, m1);
+            CHECKF(same_bits(m0, m1, n), "relu2_mul %s", tern_simd_name(g_variants[vi]));
+            memcpy(m1, g, (size_t)n * 4);
+            tern_relu2_mul(m1, u, n, m1);
+            CHECK(same_bits(m0, m1, n));
+        }
+        /* axpy */
+        float a = rndn();
+        memcpy(m0, u, (size_t)n * 4);
+        tern_ref_axpy(m0, a, g + (n > 2 ? 3 : 0), n > 2 ? n - 3 : n);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            memcpy(m1, u, (size_t)n * 4);
+            tern_axpy_f32(m1, a, g + (n > 2 ? 3 : 0), n > 2 ? n - 3 : n);
+            CHECKF(same_bits(m0, m1, n), "axpy %s", tern_simd_name(g_variants[vi]));
+        }
+        free(g);
+        free(u);
+        free(m0);
+        free(m1);
+    }
+}
+
+static void test_attention(void)
+{
+    double worst = 0.0;
+    for (int it = 0; it < 120; it++) {
+        int64_t d = it % 3 ? 128 : rndi(1, 200), nk = rndi(1, 70), ld = d + rndi(0, 9) * (it % 2);
+        float *q = xmalloc((size_t)d * 4), *kv = xmalloc((size_t)(nk * ld) * 4),
+              *p = xmalloc((size_t)nk * 4), *o0 = xmalloc((size_t)nk * 4),
+              *o1 = xmalloc((size_t)nk * 4);
+        for (int64_t i = 0; i < d; i++) q[i] = rndn();
+        for (int64_t i = 0; i < nk * ld; i++) kv[i] = rndn();
+        for (int64_t i = 0; i < nk; i++) p[i] = fabsf(rndf());
+        float scale = 1.0f / sqrtf((float)d);
+        tern_ref_attn_scores(q, kv, nk, d, ld, scale, o0);
+        float *m0 = xmalloc((size_t)d * 4), *m1 = xmalloc((size_t)d * 4);
+        for (int64_t i = 0; i < d; i++) m0[i] = rndf();
+        memcpy(m1, m0, (size_t)d * 4);
+        float *mi = xmalloc((size_t)d * 4);
+        memcpy(mi, m0, (size_t)d * 4);
+        tern_ref_attn_mix(p, kv, nk, d, ld, m0);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_attn_scores(q, kv, nk, d, ld, scale, o1);
+            for (int64_t j = 0; j < nk; j++) {
+                double sa = 0.0;
+                for (int64_t i = 0; i < d; i++) sa += fabs((double)q[i] * kv[j * ld + i]);
+                double lim = ((double)d / 8 + 8) * 0x1p-24 * sa * scale + 0x1p-24 * fabs(o0[j]);
+                double err = fabs((double)o1[j] - o0[j]);
+                CHECKF(err <= lim, "attn_scores %s d=%lld: %g > %g", tern_simd_name(g_variants[vi]),
+                       (long long)d, err, lim);
+                if (err / lim > worst) worst = err / lim;
+                float dv = tern_dot_f32(q, kv + j * ld, d);
+                double ld2 = ((double)d / 8 + 8) * 0x1p-24 * sa;
+                CHECK(fabs((double)dv - tern_ref_dot(q, kv + j * ld, d)) <= ld2);
+            }
+            memcpy(m1, mi, (size_t)d * 4);
+            tern_attn_mix(p, kv, nk, d, ld, m1);
+            CHECKF(same_bits(m0, m1, d), "attn_mix %s d=%lld n=%lld",
+                   tern_simd_name(g_variants[vi]), (long long)d, (long long)nk);
+        }
+        free(q);
+        free(kv);
+        free(p);
+        free(o0);
+        free(o1);
+        free(m0);
+        free(m1);
+        free(mi);
+    }
+    printf("attn_scores: worst error %.3f of the bound\n", worst);
+}
+
+/* The F16 head and the int8 head, each against its reference; int8 against F16. */
+static void test_head(void)
+{
+    double worst16 = 0.0, worst8 = 0.0, headerr = 0.0;
+    for (int it = 0; it < 60; it++) {
+        int64_t k = it % 3 == 0 ? rndi(1, 40) : (it % 3 == 1 ? 2560 : rndi(100, 700));
+        int64_t n = rndi(1, 150), n_tok = it < 2 ? 1 : rndi(1, 14), ldy = n + 1;
+        uint16_t *w = xmalloc((size_t)(n * k) * 2);
+        float *x = xmalloc((size_t)(n_tok * k) * 4);
+        for (int64_t i = 0; i < n * k; i++) w[i] = tern_f32_to_f16_1(rndn() * 0.05f);
+        for (int64_t i = 0; i < n_tok * k; i++) x[i] = rndn();
+        size_t ny = (size_t)(n_tok * ldy);
+        float *y0 = xmalloc(ny * 4), *y1 = xmalloc(ny * 4), *y2 = xmalloc(ny * 4);
+        for (size_t i = 0; i < ny; i++) y0[i] = y1[i] = y2[i] = -5.0f;
+        tern_ref_gemm_f16(w, x, n_tok, k, y0, ldy, 0, n);
+        tern_i8mat *m8;
+        tern_status st;
+        CHECK(tern_i8mat_from_f16(&m8, w, n, k, &st) == TERN_OK);
+        CHECK(tern_i8mat_rows(m8) == n && tern_i8mat_cols(m8) == k);
+        for (int64_t o = 0; o < n; o++)
+            for (int64_t i = 0; i < k; i++) {
+                float wf = tern_f16_to_f32_1(w[o * k + i]);
+                CHECK(fabsf(wf - m8->q[o * k + i] * m8->scale[o]) <= m8->scale[o] * 0.5001f);
+            }
+        float *y8 = xmalloc(ny * 4);
+        tern_ref_gemm_i8(m8, x, n_tok, y8, ldy, 0, n);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_gemm_f16(w, x, n_tok, k, y1, ldy, 0, n);
+            tern_gemm_i8(m8, x, n_tok, y2, ldy, 0, n);
+            for (int64_t t = 0; t < n_tok; t++)
+                for (int64_t o = 0; o < n; o++) {
+                    double sa = 0.0, s8 = 0.0;
+                    for (int64_t i = 0; i < k; i++) {
+                        sa += fabs((double)tern_f16_to_f32_1(w[o * k + i]) * x[t * k + i]);
+                        s8 += fabs((double)m8->q[o * k + i] * x[t * k + i]);
+                    }
+                    double lim = ((double)k / 8 + 8) * 0x1p-24 * sa + 1e-30;
+                    double e = fabs((double)y1[t * ldy + o] - y0[t * ldy + o]);
+                    CHECKF(e <= lim, "gemm_f16 %s k=%lld: %g > %g", tern_simd_name(g_variants[vi]),
+                           (long long)k, e, lim);
+                    if (e / lim > worst16) worst16 = e / lim;
+                    double lim8 = (((double)k / 8 + 8) * 0x1p-24 * s8 * m8->scale[o]) +
+                                  3 * 0x1p-24 * fabs(y8[t * ldy + o]) + 1e-30;
+                    double e8 = fabs((double)y2[t * ldy + o] - y8[t * ldy + o]);
+                    CHECKF(e8 <= lim8, "gemm_i8 %s: %g > %g", tern_simd_name(g_variants[vi]), e8,
+                           lim8);
+                    if (e8 / lim8 > worst8) worst8 = e8 / lim8;
+                }
+            for (int64_t t = 0; t < n_tok; t++)
+                CHECK(y1[t * ldy + n] == -5.0f && y2[t * ldy + n] == -5.0f);
+            /* row split and batch independence: bitwise */
+            int64_t a = rndi(1, n);
+            float *ys = xmalloc(ny * 4);
+            tern_gemm_f16(w, x, n_tok, k, ys, ldy, 0, a);
+            if (a < n) tern_gemm_f16(w, x, n_tok, k, ys, ldy, a, n);
+            for (int64_t t = 0; t < n_tok; t++) CHECK(same_bits(ys + t * ldy, y1 + t * ldy, n));
+            int64_t tt = rndi(0, n_tok - 1);
+            tern_gemm_f16(w, x + tt * k, 1, k, ys, ldy, 0, n);
+            CHECK(same_bits(ys, y1 + tt * ldy, n));
+            tern_gemm_i8(m8, x + tt * k, 1, ys, ldy, a - 1, n);
+            CHECK(same_bits(ys + a - 1, y2 + tt * ldy + a - 1, n - a + 1));
+            free(ys);
+        }
+        /* int8 head vs F16 head, relative to the logit range of the token */
+        if (k >= 100)
+            for (int64_t t = 0; t < n_tok; t++) {
+                float lo = INFINITY, hi = -INFINITY;
+                double e = 0.0;
+                for (int64_t o = 0; o < n; o++) {
+                    lo = fminf(lo, y0[t * ldy + o]);
+                    hi = fmaxf(hi, y0[t * ldy + o]);
+                    e = fmax(e, fabs((double)y8[t * ldy + o] - y0[t * ldy + o]));
+                }
+                if (hi > lo && e / (hi - lo) > headerr) headerr = e / (hi - lo);
+            }
+        tern_i8mat_free(m8);
+        free(w);
+        free(x);
+        free(y0);
+        free(y1);
+        free(y2);
+        free(y8);
+    }
+    printf("gemm_f16: worst %.3f of the bound; gemm_i8: worst %.3f of the bound\n", worst16,
+           worst8);
+    printf("int8 head vs F16 head: max |diff| / logit range %.4g\n", headerr);
+    CHECK(headerr < 0.05);
+    tern_i8mat *m;
+    tern_status st;
+    uint16_t bad[4] = {0x3c00, 0x7c00, 0, 0};
+    CHECK(tern_i8mat_from_f16(&m, bad, 1, 4, &st) == TERN_EFORMAT);
+    CHECK(tern_i8mat_from_f16(&m, bad, 0, 4, &st) == TERN_EINVAL);
+    tern_i8mat_free(NULL);
+}
+
+int main(void)
+{
+    test_dispatch();
+    test_act_quant();
+    test_tgemm_random();
+    test_repack();
+    test_block_scales();
+    test_reject();
+    test_f16();
+    test_rmsnorm();
+    test_rope();
+    test_softmax();
+    test_elementwise();
+    test_attention();
+    test_head();
+    return tern_test_finish("test_kernels");
+}
