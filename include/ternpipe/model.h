@@ -1,0 +1,117 @@
+/* model.h: BitNet b1.58 model: hyperparameters, weights of one layer slice, KV cache and the
+ * forward pass of a layer slice [l0, l1) over one micro-batch of tokens from several
+ * sequences (DESIGN.md section 2).
+ *
+ * Ownership: a tern_model holds NUMA-local anonymous copies of the weights it was asked for
+ * (its layer slice; the embedding when it does lookup or the LM head); the GGUF mapping can
+ * be closed after tern_model_load. A tern_ctx holds all scratch and the paged KV cache for
+ * the slice; nothing allocates after tern_ctx_create.
+ * Determinism: work is split by whole output rows / heads / tokens, so results are bitwise
+ * identical for any thread count and any layer split.
+ * Thread-safety: one thread drives a tern_ctx; it uses its own pool internally.
+ */
+#ifndef TERNPIPE_MODEL_H
+#define TERNPIPE_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ternpipe/gguf.h"
+#include "ternpipe/runtime.h"
+#include "ternpipe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct tern_hparams {
+    char arch[32];
+    int32_t n_vocab;
+    int32_t n_ctx; /* training context: the maximum positions served */
+    int32_t d;     /* hidden size */
+    int32_t n_layer;
+    int32_t n_ff;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    float eps;
+    float rope_theta;
+} tern_hparams;
+
+/* Reads and validates the hyperparameters (architectures bitnet-b1.58 and bitnet-25). */
+tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *st);
+
+typedef enum tern_head_type {
+    TERN_HEAD_F16 = 0, /* the file's F16 embedding, as bitnet.cpp */
+    TERN_HEAD_Q8_0,    /* opt-in: int8 rows with a per-row scale (half the bytes) */
+    TERN_HEAD_TYPE_COUNT
+} tern_head_type;
+
+typedef struct tern_model_opts {
+    int32_t l0, l1; /* layer slice [l0, l1); l1 = -1 means all layers */
+    bool embed;     /* keep the embedding for lookup */
+    bool head;      /* keep output_norm and the LM head */
+    tern_head_type head_type;
+    const tern_topo *topo; /* NUMA placement; NULL = plain anonymous memory */
+} tern_model_opts;
+
+typedef struct tern_model tern_model;
+
+tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model_opts *o,
+                          tern_status *st);
+void tern_model_free(tern_model *m);
+const tern_hparams *tern_model_hparams(const tern_model *m);
+void tern_model_slice(const tern_model *m, int32_t *l0, int32_t *l1);
+/* Bytes of weights one decode step of one token reads in this slice (+ head): the roofline. */
+uint64_t tern_model_bytes_per_token(const tern_model *m);
+/* Bytes of weight memory held. */
+uint64_t tern_model_weight_bytes(const tern_model *m);
+/* A checksum of the file's metadata and tensor table (for the pipeline handshake). */
+uint64_t tern_gguf_checksum(const tern_gguf *g);
+
+/* One sequence's part of a micro-batch: n_tokens consecutive positions from pos0, in the
+ * KV slot `slot`. Tokens of the batch are laid out sequence after sequence. */
+typedef struct tern_batch_seq {
+    int32_t slot;
+    int32_t pos0;
+    int32_t n_tokens;
+} tern_batch_seq;
+
+typedef struct tern_ctx_opts {
+    int32_t max_tokens; /* tokens per micro-batch (token budget) */
+    int32_t max_seqs;   /* KV slots */
+    int32_t kv_blocks;  /* KV pool size in blocks of TERN_KV_BLOCK positions; 0 = enough for
+                           max_seqs full contexts */
+    int32_t n_ctx;      /* positions per sequence; 0 = the model's */
+} tern_ctx_opts;
+
+#define TERN_KV_BLOCK 32
+
+typedef struct tern_ctx tern_ctx;
+
+tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
+                          const tern_ctx_opts *o, tern_status *st);
+void tern_ctx_free(tern_ctx *c);
+int32_t tern_ctx_n_ctx(const tern_ctx *c);
+
+/* KV slots: blocks are taken from the pool as positions are reserved. */
+/* Makes room for positions [0, n_pos) of slot; TERN_EBUSY when the pool is exhausted. */
+tern_code tern_kv_reserve(tern_ctx *c, int32_t slot, int32_t n_pos, tern_status *st);
+/* Frees every block of the slot (sequence finished or cancelled). */
+void tern_kv_release(tern_ctx *c, int32_t slot);
+int32_t tern_kv_blocks_used(const tern_ctx *c);
+int32_t tern_kv_blocks_total(const tern_ctx *c);
+
+/* x [n_tokens][d] (rows in batch order) <- embeddings of ids (model must have embed). */
+void tern_embed(const tern_ctx *c, const int32_t *ids, int32_t n, float *x);
+/* Runs the layer slice over the micro-batch in place: x [n_tokens][d]. Reserves KV
+ * positions as needed (an error if a slot cannot grow). */
+tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, float *x,
+                       tern_status *st);
+/* Final norm + LM head for n selected rows of x: logits [n][n_vocab]. */
+void tern_head(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

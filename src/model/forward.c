@@ -1,0 +1,464 @@
+/* forward.c: one layer slice over one micro-batch, the paged KV cache, embedding lookup and
+ * the LM head.
+ *
+ * Work split: every parallel step divides whole output rows (GEMMs, LM head), whole tokens
+ * (norms, quantization, RoPE) or whole (token, head) pairs (attention) among the pool's
+ * threads; each result element is computed by exactly one thread with the same instruction
+ * sequence, so results do not depend on the thread count or the layer split.
+ * Memory: every buffer is sized at tern_ctx_create; nothing allocates in here afterwards.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "model/model-internal.h"
+
+struct tern_ctx {
+    const tern_model *m;
+    tern_pool *pool;
+    int32_t max_tokens, max_seqs, n_ctx;
+    int32_t n_local; /* layers in the slice */
+    int32_t kv_dim;
+    /* paged KV: block b holds, for every local layer, TERN_KV_BLOCK positions of K then V:
+     * kv_pool[b][layer][2][TERN_KV_BLOCK][kv_dim] */
+    float *kv_pool;
+    size_t block_floats;
+    int32_t n_blocks;
+    int32_t *free_blocks; /* stack of free block ids */
+    int32_t n_free;
+    int32_t *block_table; /* [max_seqs][max_blocks_per_seq], -1 = none */
+    int32_t *seq_blocks;  /* [max_seqs] blocks held */
+    int32_t max_blocks_per_seq;
+    /* RoPE tables [n_ctx][head_dim/2] */
+    float *rope_cos, *rope_sin;
+    /* scratch, [max_tokens][...] */
+    float *h;          /* [T][max(d, n_ff)] normed input */
+    int8_t *q8;        /* [T][max(d, n_ff)] */
+    float *qs;         /* [T] activation scales */
+    int32_t *qsum;     /* [T] */
+    float *q, *k, *v;  /* [T][d], [T][kv], [T][kv] */
+    float *att;        /* [T][d] */
+    float *g, *u;      /* [T][n_ff] */
+    float *o;          /* [T][max(d, n_ff)] projection output */
+    float *scores;     /* [n_threads][n_ctx] */
+    int32_t *tok_pos;  /* [T] position of each token */
+    int32_t *tok_slot; /* [T] */
+    int32_t *tok_seq;  /* [T] index of the token's sequence in the batch */
+    float *head_x;     /* [T][d] normed rows for the head */
+    int32_t n_threads;
+};
+
+#define MAXF(a, b) ((a) > (b) ? (a) : (b))
+
+static void *xcalloc(size_t n, size_t size)
+{
+    return calloc(n ? n : 1, size);
+}
+
+tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
+                          const tern_ctx_opts *o, tern_status *st)
+{
+    *out = NULL;
+    const tern_hparams *hp = &m->hp;
+    tern_ctx *c = calloc(1, sizeof *c);
+    if (!c) return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory");
+    c->m = m;
+    c->pool = pool;
+    c->n_threads = tern_pool_size(pool);
+    c->max_tokens = o->max_tokens > 0 ? o->max_tokens : 512;
+    c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 64;
+    c->n_ctx = o->n_ctx > 0 ? o->n_ctx : hp->n_ctx;
+    c->n_local = m->l1 - m->l0;
+    c->kv_dim = hp->n_head_kv * hp->head_dim;
+    c->max_blocks_per_seq = (c->n_ctx + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
+    c->n_blocks = o->kv_blocks > 0 ? o->kv_blocks : c->max_seqs * c->max_blocks_per_seq;
+    c->block_floats = (size_t)c->n_local * 2 * TERN_KV_BLOCK * (size_t)c->kv_dim;
+    const size_t T = (size_t)c->max_tokens, d = (size_t)hp->d, ff = (size_t)hp->n_ff;
+    const size_t wide = MAXF(d, ff), kvd = (size_t)c->kv_dim, half = (size_t)hp->head_dim / 2;
+    if (c->n_local > 0) {
+        /* untouched anonymous memory: pages are placed on first touch by this rank's own
+         * (bound) threads, and only the blocks in use count in RSS */
+        size_t bytes = (size_t)c->n_blocks * c->block_floats * sizeof(float);
+        c->kv_pool =
+            bytes ? mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                  : NULL;
+        if (c->kv_pool == MAP_FAILED) c->kv_pool = NULL;
+        if (bytes && !c->kv_pool) {
+            free(c);
+            return tern_status_set(st, TERN_ENOMEM, "ctx: KV cache of %zu bytes: out of memory",
+                                   bytes);
+        }
+    }
+    c->free_blocks = xcalloc((size_t)c->n_blocks, sizeof(int32_t));
+    c->block_table = xcalloc((size_t)c->max_seqs * (size_t)c->max_blocks_per_seq, sizeof(int32_t));
+    c->seq_blocks = xcalloc((size_t)c->max_seqs, sizeof(int32_t));
+    c->rope_cos = xcalloc((size_t)c->n_ctx * half, sizeof(float));
+    c->rope_sin = xcalloc((size_t)c->n_ctx * half, sizeof(float));
+    c->h = xcalloc(T * wide, sizeof(float));
+    c->q8 = xcalloc(T * wide, 1);
+    c->qs = xcalloc(T, sizeof(float));
+    c->qsum = xcalloc(T, sizeof(int32_t));
+    c->q = xcalloc(T * d, sizeof(float));
+    c->k = xcalloc(T * kvd, sizeof(float));
+    c->v = xcalloc(T * kvd, sizeof(float));
+    c->att = xcalloc(T * d, sizeof(float));
+    c->g = xcalloc(T * ff, sizeof(float));
+    c->u = xcalloc(T * ff, sizeof(float));
+    c->o = xcalloc(T * wide, sizeof(float));
+    c->scores = xcalloc((size_t)c->n_threads * (size_t)c->n_ctx, sizeof(float));
+    c->tok_pos = xcalloc(T, sizeof(int32_t));
+    c->tok_slot = xcalloc(T, sizeof(int32_t));
+    c->tok_seq = xcalloc(T, sizeof(int32_t));
+    c->head_x = xcalloc(T * d, sizeof(float));
+    if (!c->free_blocks || !c->block_table || !c->seq_blocks || !c->rope_cos || !c->rope_sin ||
+        !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v || !c->att || !c->g ||
+        !c->u || !c->o || !c->scores || !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x) {
+        tern_ctx_free(c);
+        return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory for scratch");
+    }
+    for (int32_t b = 0; b < c->n_blocks; b++) c->free_blocks[b] = c->n_blocks - 1 - b;
+    c->n_free = c->n_blocks;
+    for (size_t i = 0; i < (size_t)c->max_seqs * (size_t)c->max_blocks_per_seq; i++)
+        c->block_table[i] = -1;
+    tern_rope_table(c->rope_cos, c->rope_sin, 0, c->n_ctx, hp->head_dim, (double)hp->rope_theta);
+    *out = c;
+    return TERN_OK;
+}
+
+void tern_ctx_free(tern_ctx *c)
+{
+    if (!c) return;
+    if (c->kv_pool) {
+        munmap(c->kv_pool, (size_t)c->n_blocks * c->block_floats * sizeof(float));
+    }
+    free(c->free_blocks), free(c->block_table), free(c->seq_blocks);
+    free(c->rope_cos), free(c->rope_sin);
+    free(c->h), free(c->q8), free(c->qs), free(c->qsum), free(c->q), free(c->k), free(c->v);
+    free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores);
+    free(c->tok_pos), free(c->tok_slot), free(c->tok_seq), free(c->head_x);
+    free(c);
+}
+
+int32_t tern_ctx_n_ctx(const tern_ctx *c)
+{
+    return c->n_ctx;
+}
+int32_t tern_kv_blocks_used(const tern_ctx *c)
+{
+    return c->n_blocks - c->n_free;
+}
+int32_t tern_kv_blocks_total(const tern_ctx *c)
+{
+    return c->n_blocks;
+}
+
+tern_code tern_kv_reserve(tern_ctx *c, int32_t slot, int32_t n_pos, tern_status *st)
+{
+    if (slot < 0 || slot >= c->max_seqs)
+        return tern_status_set(st, TERN_EINVAL, "kv: slot: got %d, expected 0..%d", slot,
+                               c->max_seqs - 1);
+    if (n_pos > c->n_ctx)
+        return tern_status_set(st, TERN_ERANGE,
+                               "kv: positions: got %d, expected at most the context %d", n_pos,
+                               c->n_ctx);
+    if (c->n_local == 0) return TERN_OK;
+    int32_t need = (n_pos + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
+    int32_t *table = c->block_table + (size_t)slot * (size_t)c->max_blocks_per_seq;
+    if (need - c->seq_blocks[slot] > c->n_free)
+        return tern_status_set(st, TERN_EBUSY, "kv: blocks: got %d free, expected %d more",
+                               c->n_free, need - c->seq_blocks[slot]);
+    while (c->seq_blocks[slot] < need) table[c->seq_blocks[slot]++] = c->free_blocks[--c->n_free];
+    return TERN_OK;
+}
+
+void tern_kv_release(tern_ctx *c, int32_t slot)
+{
+    if (slot < 0 || slot >= c->max_seqs) return;
+    int32_t *table = c->block_table + (size_t)slot * (size_t)c->max_blocks_per_seq;
+    while (c->seq_blocks[slot] > 0) {
+        int32_t b = table[--c->seq_blocks[slot]];
+        table[c->seq_blocks[slot]] = -1;
+        c->free_blocks[c->n_free++] = b;
+    }
+}
+
+/* K (which = 0) or V (1) vector of local layer li, slot, position p */
+static inline float *kv_at(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which)
+{
+    int32_t b =
+        c->block_table[(size_t)slot * (size_t)c->max_blocks_per_seq + (size_t)(p / TERN_KV_BLOCK)];
+    return c->kv_pool + (size_t)b * c->block_floats +
+           (((size_t)li * 2 + (size_t)which) * TERN_KV_BLOCK + (size_t)(p % TERN_KV_BLOCK)) *
+               (size_t)c->kv_dim;
+}
+
+/* ---- parallel steps ---- */
+
+typedef struct job {
+    tern_ctx *c;
+    int32_t n_tok;
+    int32_t li; /* local layer */
+    const tern_layer *L;
+    /* norm + quant */
+    const float *in;
+    const float *w;
+    int32_t width;
+    /* gemms: up to 3 matrices sharing the quantized input */
+    int32_t n_mat;
+    const tern_tmat *mat[3];
+    float *out[3];
+    int32_t ldy[3];
+    bool accumulate; /* out += result (residual) */
+    float *resid;
+    /* head */
+    const float *hx;
+    const int32_t *rows;
+    float *logits;
+} job;
+
+static void task_norm_quant(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    tern_ctx *c = j->c;
+    int64_t t0, t1;
+    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
+    const size_t w = (size_t)j->width;
+    for (int64_t t = t0; t < t1; t++) {
+        float *h = c->h + (size_t)t * w;
+        if (j->w)
+            tern_rmsnorm(j->in + (size_t)t * w, j->w, j->width, c->m->hp.eps, h);
+        else
+            memcpy(h, j->in + (size_t)t * w, w * sizeof(float));
+    }
+    if (t1 > t0)
+        tern_act_quant(c->h + (size_t)t0 * w, t1 - t0, j->width, c->q8 + (size_t)t0 * w, c->qs + t0,
+                       c->qsum + t0);
+}
+
+static void task_gemm(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    tern_ctx *c = j->c;
+    for (int32_t mi = 0; mi < j->n_mat; mi++) {
+        const tern_tmat *w = j->mat[mi];
+        int64_t r0, r1;
+        tern_split_rows(tern_tmat_rows(w), tern_tmat_row_granularity(w), task, n_tasks, &r0, &r1);
+        if (r1 > r0) tern_tgemm(w, c->q8, c->qs, c->qsum, j->n_tok, j->out[mi], j->ldy[mi], r0, r1);
+    }
+}
+
+/* residual add over rows of tokens: resid += out */
+static void task_residual(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    int64_t t0, t1;
+    const size_t d = (size_t)j->c->m->hp.d;
+    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        for (size_t i = 0; i < d; i++) j->resid[(size_t)t * d + i] += j->out[0][(size_t)t * d + i];
+}
+
+/* RoPE on q and k, then append k and v to the cache */
+static void task_rope_store(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    tern_ctx *c = j->c;
+    const tern_hparams *hp = &c->m->hp;
+    const size_t half = (size_t)hp->head_dim / 2, d = (size_t)hp->d, kvd = (size_t)c->kv_dim;
+    int64_t t0, t1;
+    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        int32_t p = c->tok_pos[t];
+        const float *cs = c->rope_cos + (size_t)p * half, *sn = c->rope_sin + (size_t)p * half;
+        tern_rope_neox(c->q + (size_t)t * d, hp->n_head, hp->head_dim, cs, sn);
+        tern_rope_neox(c->k + (size_t)t * kvd, hp->n_head_kv, hp->head_dim, cs, sn);
+        memcpy(kv_at(c, j->li, c->tok_slot[t], p, 0), c->k + (size_t)t * kvd, kvd * sizeof(float));
+        memcpy(kv_at(c, j->li, c->tok_slot[t], p, 1), c->v + (size_t)t * kvd, kvd * sizeof(float));
+    }
+}
+
+/* causal GQA attention: one (token, head) pair per unit of work */
+static void task_attention(void *arg, int task, int n_tasks, int thread)
+{
+    job *j = arg;
+    tern_ctx *c = j->c;
+    const tern_hparams *hp = &c->m->hp;
+    const int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *scores = c->scores + (size_t)thread * (size_t)c->n_ctx;
+    int64_t u0, u1;
+    tern_split_rows((int64_t)j->n_tok * hp->n_head, 1, task, n_tasks, &u0, &u1);
+    for (int64_t u = u0; u < u1; u++) {
+        int32_t t = (int32_t)(u / hp->n_head), h = (int32_t)(u % hp->n_head);
+        int32_t kvh = h / group, p = c->tok_pos[t], slot = c->tok_slot[t];
+        const float *qv = c->q + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
+        /* scores block by block: positions of a block are contiguous rows */
+        for (int32_t s0 = 0; s0 <= p; s0 += TERN_KV_BLOCK) {
+            int32_t n = p + 1 - s0 < TERN_KV_BLOCK ? p + 1 - s0 : TERN_KV_BLOCK;
+            const float *kb = kv_at(c, j->li, slot, s0, 0) + (size_t)kvh * (size_t)hd;
+            tern_attn_scores(qv, kb, n, hd, c->kv_dim, scale, scores + s0);
+        }
+        tern_softmax(scores, p + 1);
+        float *out = c->att + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int32_t s = 0; s <= p; s++) {
+            const float *vv = kv_at(c, j->li, slot, s, 1) + (size_t)kvh * (size_t)hd;
+            tern_axpy_f32(out, scores[s], vv, hd);
+        }
+    }
+}
+
+static void task_relu2(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    tern_ctx *c = j->c;
+    const size_t ff = (size_t)c->m->hp.n_ff;
+    int64_t t0, t1;
+    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        tern_relu2_mul(c->g + (size_t)t * ff, c->u + (size_t)t * ff, (int64_t)ff,
+                       c->g + (size_t)t * ff);
+}
+
+static void run(tern_ctx *c, tern_pool_fn fn, job *j)
+{
+    tern_pool_run(c->pool, fn, j, c->n_threads);
+}
+
+static void norm_quant(tern_ctx *c, job *j, const float *in, const float *w, int32_t width)
+{
+    j->in = in;
+    j->w = w;
+    j->width = width;
+    run(c, task_norm_quant, j);
+}
+
+static void gemm(tern_ctx *c, job *j, int32_t n, const tern_tmat *const *mats, float *const *outs,
+                 const int32_t *ldys)
+{
+    j->n_mat = n;
+    for (int32_t i = 0; i < n; i++) {
+        j->mat[i] = mats[i];
+        j->out[i] = outs[i];
+        j->ldy[i] = ldys[i];
+    }
+    run(c, task_gemm, j);
+}
+
+tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, float *x,
+                       tern_status *st)
+{
+    const tern_hparams *hp = &c->m->hp;
+    int32_t n_tok = 0;
+    for (int32_t s = 0; s < n_seqs; s++) {
+        const tern_batch_seq *b = &seqs[s];
+        if (b->n_tokens < 1 || n_tok + b->n_tokens > c->max_tokens)
+            return tern_status_set(st, TERN_EINVAL,
+                                   "forward: tokens in micro-batch: got %d, expected 1..%d",
+                                   n_tok + b->n_tokens, c->max_tokens);
+        if (b->pos0 < 0 || b->pos0 + b->n_tokens > c->n_ctx)
+            return tern_status_set(st, TERN_ERANGE,
+                                   "forward: positions: got %d..%d, expected below the context %d",
+                                   b->pos0, b->pos0 + b->n_tokens - 1, c->n_ctx);
+        tern_code rc = tern_kv_reserve(c, b->slot, b->pos0 + b->n_tokens, st);
+        if (rc) return rc;
+        for (int32_t i = 0; i < b->n_tokens; i++) {
+            c->tok_pos[n_tok + i] = b->pos0 + i;
+            c->tok_slot[n_tok + i] = b->slot;
+            c->tok_seq[n_tok + i] = s;
+        }
+        n_tok += b->n_tokens;
+    }
+    const int32_t d = hp->d, ff = hp->n_ff, kvd = c->kv_dim;
+    job j = {.c = c, .n_tok = n_tok};
+    for (int32_t li = 0; li < c->n_local; li++) {
+        const tern_layer *L = &c->m->layers[li];
+        j.li = li;
+        j.L = L;
+        /* attention block */
+        norm_quant(c, &j, x, L->attn_norm, d);
+        const tern_tmat *qkv[3] = {L->wq, L->wk, L->wv};
+        float *qkv_out[3] = {c->q, c->k, c->v};
+        const int32_t qkv_ld[3] = {d, kvd, kvd};
+        gemm(c, &j, 3, qkv, qkv_out, qkv_ld);
+        run(c, task_rope_store, &j);
+        run(c, task_attention, &j);
+        norm_quant(c, &j, c->att, L->attn_sub_norm, d);
+        const tern_tmat *wo[1] = {L->wo};
+        float *o_out[1] = {c->o};
+        const int32_t o_ld[1] = {d};
+        gemm(c, &j, 1, wo, o_out, o_ld);
+        j.resid = x;
+        run(c, task_residual, &j);
+        /* FFN block */
+        norm_quant(c, &j, x, L->ffn_norm, d);
+        const tern_tmat *gu[2] = {L->wgate, L->wup};
+        float *gu_out[2] = {c->g, c->u};
+        const int32_t gu_ld[2] = {ff, ff};
+        gemm(c, &j, 2, gu, gu_out, gu_ld);
+        run(c, task_relu2, &j);
+        norm_quant(c, &j, c->g, L->ffn_sub_norm, ff);
+        const tern_tmat *wd[1] = {L->wdown};
+        gemm(c, &j, 1, wd, o_out, o_ld);
+        run(c, task_residual, &j);
+    }
+    return TERN_OK;
+}
+
+void tern_embed(const tern_ctx *c, const int32_t *ids, int32_t n, float *x)
+{
+    const size_t d = (size_t)c->m->hp.d;
+    for (int32_t i = 0; i < n; i++)
+        tern_f16_to_f32(c->m->embd + (size_t)ids[i] * d, x + (size_t)i * d, (int64_t)d);
+}
+
+static void task_head_norm(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    tern_ctx *c = j->c;
+    const size_t d = (size_t)c->m->hp.d;
+    int64_t t0, t1;
+    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        tern_rmsnorm(j->hx + (size_t)j->rows[t] * d, c->m->output_norm, (int64_t)d, c->m->hp.eps,
+                     c->head_x + (size_t)t * d);
+}
+
+static void task_head(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    job *j = arg;
+    tern_ctx *c = j->c;
+    const tern_model *m = c->m;
+    int64_t r0, r1;
+    /* rows in multiples of 16 keep the vector loops whole */
+    tern_split_rows(m->hp.n_vocab, 16, task, n_tasks, &r0, &r1);
+    if (r1 <= r0) return;
+    if (m->head_type == TERN_HEAD_Q8_0)
+        tern_gemm_i8(m->qhead, c->head_x, j->n_tok, j->logits, m->hp.n_vocab, r0, r1);
+    else
+        tern_gemm_f16(m->head, c->head_x, j->n_tok, m->hp.d, j->logits, m->hp.n_vocab, r0, r1);
+}
+
+void tern_head(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *logits)
+{
+    /* in chunks of the scratch size */
+    for (int32_t done = 0; done < n;) {
+        int32_t k = n - done < c->max_tokens ? n - done : c->max_tokens;
+        job j = {.c = c,
+                 .n_tok = k,
+                 .hx = x,
+                 .rows = rows + done,
+                 .logits = logits + (size_t)done * (size_t)c->m->hp.n_vocab};
+        run(c, task_head_norm, &j);
+        run(c, task_head, &j);
+        done += k;
+    }
+}

@@ -1,0 +1,109 @@
+/* hparams.c: hyperparameters of the BitNet b1.58 graph from GGUF metadata. */
+#include <stdio.h>
+#include <string.h>
+
+#include "ternpipe/model.h"
+
+static tern_code get_u32_key(const tern_gguf *g, const char *arch, const char *suffix, int32_t *out,
+                             bool required, int32_t dflt, tern_status *st)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!tern_gguf_find(g, key)) {
+        if (required)
+            return tern_status_set(st, TERN_EFORMAT,
+                                   "model: %s: metadata '%s': got nothing, expected the key",
+                                   tern_gguf_path(g), key);
+        *out = dflt;
+        return TERN_OK;
+    }
+    uint32_t v;
+    tern_code rc = tern_gguf_get_u32(g, key, &v, st);
+    if (rc) return rc;
+    if (v == 0 || v > (1u << 24))
+        return tern_status_set(st, TERN_ERANGE, "model: %s: %s: got %u, expected 1..16777216",
+                               tern_gguf_path(g), key, v);
+    *out = (int32_t)v;
+    return TERN_OK;
+}
+
+static tern_code get_f32_key(const tern_gguf *g, const char *arch, const char *suffix, float *out,
+                             float dflt, tern_status *st)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (!tern_gguf_find(g, key)) {
+        *out = dflt;
+        return TERN_OK;
+    }
+    return tern_gguf_get_f32(g, key, out, st);
+}
+
+tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *st)
+{
+    memset(hp, 0, sizeof *hp);
+    const char *path = tern_gguf_path(g);
+    tern_gguf_str arch;
+    tern_code rc = tern_gguf_get_str(g, "general.architecture", &arch, st);
+    if (rc) return rc;
+    if (!tern_gguf_str_eq(arch, "bitnet-b1.58") && !tern_gguf_str_eq(arch, "bitnet-25")) {
+        char shown[40];
+        snprintf(shown, sizeof shown, "%.*s", (int)(arch.len > 32 ? 32 : arch.len), arch.ptr);
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "model: %s: architecture: got '%s', expected 'bitnet-b1.58' or "
+                               "'bitnet-25'",
+                               path, shown);
+    }
+    snprintf(hp->arch, sizeof hp->arch, "%.*s", (int)arch.len, arch.ptr);
+    if ((rc = get_u32_key(g, hp->arch, "embedding_length", &hp->d, true, 0, st)) ||
+        (rc = get_u32_key(g, hp->arch, "block_count", &hp->n_layer, true, 0, st)) ||
+        (rc = get_u32_key(g, hp->arch, "feed_forward_length", &hp->n_ff, true, 0, st)) ||
+        (rc = get_u32_key(g, hp->arch, "attention.head_count", &hp->n_head, true, 0, st)) ||
+        (rc = get_u32_key(g, hp->arch, "attention.head_count_kv", &hp->n_head_kv, false, hp->n_head,
+                          st)) ||
+        (rc = get_u32_key(g, hp->arch, "context_length", &hp->n_ctx, false, 4096, st)) ||
+        (rc = get_f32_key(g, hp->arch, "attention.layer_norm_rms_epsilon", &hp->eps, 1e-5f, st)) ||
+        (rc = get_f32_key(g, hp->arch, "rope.freq_base", &hp->rope_theta, 10000.0f, st)))
+        return rc;
+    /* vocab: the key, else the token embedding's rows (checked against the tensor later) */
+    const tern_gguf_tensor *emb = tern_gguf_find_tensor(g, "token_embd.weight");
+    int32_t vocab_dflt =
+        emb && emb->n_dims == 2 && emb->ne[1] < (1u << 24) ? (int32_t)emb->ne[1] : 0;
+    if ((rc =
+             get_u32_key(g, hp->arch, "vocab_size", &hp->n_vocab, vocab_dflt == 0, vocab_dflt, st)))
+        return rc;
+    if (hp->d % hp->n_head != 0)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: embedding_length %d: got a remainder mod head_count %d, "
+                               "expected a multiple",
+                               path, hp->d, hp->n_head);
+    hp->head_dim = hp->d / hp->n_head;
+    if (hp->n_head % hp->n_head_kv != 0)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: head_count_kv: got %d, expected a divisor of "
+                               "head_count %d",
+                               path, hp->n_head_kv, hp->n_head);
+    int32_t rope_dims;
+    if ((rc =
+             get_u32_key(g, hp->arch, "rope.dimension_count", &rope_dims, false, hp->head_dim, st)))
+        return rc;
+    if (rope_dims != hp->head_dim || hp->head_dim % 2 != 0)
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "model: %s: rope.dimension_count: got %d, expected head_dim %d "
+                               "(even; partial rotary is not part of BitNet)",
+                               path, rope_dims, hp->head_dim);
+    /* the ternary kernels work on whole 128-element blocks of the input dimension */
+    if (hp->d % 128 != 0 || hp->n_ff % 128 != 0)
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "model: %s: embedding_length %d / feed_forward_length %d: got "
+                               "sizes that are not multiples of 128, expected multiples of 128",
+                               path, hp->d, hp->n_ff);
+    if (!(hp->eps > 0.0f && hp->eps < 1.0f))
+        return tern_status_set(st, TERN_ERANGE,
+                               "model: %s: layer_norm_rms_epsilon: got %g, expected (0, 1)", path,
+                               (double)hp->eps);
+    if (!(hp->rope_theta > 1.0f))
+        return tern_status_set(st, TERN_ERANGE, "model: %s: rope.freq_base: got %g, expected > 1",
+                               path, (double)hp->rope_theta);
+    return TERN_OK;
+}

@@ -1,0 +1,38 @@
+/* model-internal.h: the layout of tern_model and tern_ctx shared by model.c and forward.c. */
+#ifndef TERN_MODEL_INTERNAL_H
+#define TERN_MODEL_INTERNAL_H
+
+#include "ternpipe/kernels.h"
+#include "ternpipe/model.h"
+
+typedef struct tern_layer {
+    float *attn_norm;     /* [d] */
+    float *attn_sub_norm; /* [d] */
+    float *ffn_norm;      /* [d] */
+    float *ffn_sub_norm;  /* [n_ff] */
+    tern_tmat *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;
+} tern_layer;
+
+typedef struct tern_alloc {
+    void *p;
+    size_t bytes;
+} tern_alloc;
+
+struct tern_model {
+    tern_hparams hp;
+    int32_t l0, l1;
+    tern_layer *layers;   /* [l1 - l0] */
+    const uint16_t *embd; /* [n_vocab][d] f16: lookup and the tied head */
+    const uint16_t *head; /* [n_vocab][d] f16: == embd unless output.weight exists */
+    float *output_norm;   /* [d] */
+    tern_head_type head_type;
+    tern_i8mat *qhead; /* the int8 head when head_type == TERN_HEAD_Q8_0 */
+    bool has_embed, has_head;
+    const tern_topo *topo;
+    tern_alloc *allocs;
+    size_t n_allocs, cap_allocs;
+    uint64_t weight_bytes;
+    uint64_t bytes_per_token;
+};
+
+#endif

@@ -1,0 +1,278 @@
+/* model.c: binds and validates the tensors of a layer slice and copies them into anonymous
+ * (NUMA-local) memory, repacking ternary tensors into the kernels' layout. File pages are
+ * dropped after each copy so peak RSS stays near one copy of the weights. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "model/model-internal.h"
+
+static void *walloc(tern_model *m, size_t bytes)
+{
+    if (m->n_allocs == m->cap_allocs) {
+        size_t cap = m->cap_allocs ? m->cap_allocs * 2 : 64;
+        tern_alloc *na = realloc(m->allocs, cap * sizeof *na);
+        if (!na) return NULL;
+        m->allocs = na;
+        m->cap_allocs = cap;
+    }
+    void *p = m->topo ? tern_topo_alloc(m->topo, bytes) : NULL;
+    if (!p) {
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+        m->allocs[m->n_allocs].p = p;
+        m->allocs[m->n_allocs].bytes = bytes | ((size_t)1 << 62); /* mark: plain mmap */
+    } else {
+        m->allocs[m->n_allocs].p = p;
+        m->allocs[m->n_allocs].bytes = bytes;
+    }
+    m->n_allocs++;
+    m->weight_bytes += bytes;
+    return p;
+}
+
+/* Drops the file pages behind a tensor once it has been copied (they would otherwise count
+ * in RSS and be re-read from disk when reclaimed). */
+static void release_pages(const void *data, uint64_t nbytes)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)data + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    uintptr_t b = ((uintptr_t)data + nbytes) & ~((uintptr_t)pg - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static tern_code find(const tern_gguf *g, const char *name, const tern_gguf_tensor **out,
+                      tern_status *st)
+{
+    *out = tern_gguf_find_tensor(g, name);
+    if (!*out)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: tensor '%s': got nothing, expected the tensor",
+                               tern_gguf_path(g), name);
+    return TERN_OK;
+}
+
+static tern_code check_shape(const tern_gguf *g, const tern_gguf_tensor *t, const char *name,
+                             uint64_t ne0, uint64_t ne1, tern_status *st)
+{
+    uint64_t want_dims = ne1 ? 2 : 1;
+    if (t->n_dims != want_dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1)) {
+        char got[64], want[64];
+        if (t->n_dims >= 2)
+            snprintf(got, sizeof got, "{%" PRIu64 ", %" PRIu64 "%s}", t->ne[0], t->ne[1],
+                     t->n_dims > 2 ? ", ..." : "");
+        else
+            snprintf(got, sizeof got, "{%" PRIu64 "}", t->ne[0]);
+        if (ne1)
+            snprintf(want, sizeof want, "{%" PRIu64 ", %" PRIu64 "}", ne0, ne1);
+        else
+            snprintf(want, sizeof want, "{%" PRIu64 "}", ne0);
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: tensor '%s' shape: got %s, expected %s",
+                               tern_gguf_path(g), name, got, want);
+    }
+    return TERN_OK;
+}
+
+static tern_code load_norm(tern_model *m, const tern_gguf *g, const char *name, int32_t n,
+                           float **out, tern_status *st)
+{
+    const tern_gguf_tensor *t;
+    tern_code rc = find(g, name, &t, st);
+    if (rc || (rc = check_shape(g, t, name, (uint64_t)n, 0, st))) return rc;
+    if (t->type != TERN_TYPE_F32)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: tensor '%s' type: got %s, expected F32",
+                               tern_gguf_path(g), name, tern_ggml_type_name(t->type));
+    float *p = walloc(m, (size_t)n * sizeof(float));
+    if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
+    memcpy(p, t->data, (size_t)n * sizeof(float));
+    *out = p;
+    return TERN_OK;
+}
+
+static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *name, int32_t k,
+                              int32_t n, tern_tmat **out, tern_status *st)
+{
+    const tern_gguf_tensor *t;
+    tern_code rc = find(g, name, &t, st);
+    if (rc || (rc = check_shape(g, t, name, (uint64_t)k, (uint64_t)n, st))) return rc;
+    if (t->type != TERN_TYPE_I2_S && t->type != TERN_TYPE_TQ2_0 && t->type != TERN_TYPE_TQ1_0)
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "model: %s: tensor '%s' type: got %s, expected I2_S, TQ2_0 or TQ1_0",
+                               tern_gguf_path(g), name, tern_ggml_type_name(t->type));
+    tern_status kst = {0};
+    rc = tern_tmat_from_ggml(out, t->type, t->data, t->nbytes, k, n, &kst);
+    if (rc)
+        return tern_status_set(st, rc, "model: %s: tensor '%s': %s", tern_gguf_path(g), name,
+                               kst.msg);
+    m->weight_bytes += tern_tmat_bytes(*out);
+    m->bytes_per_token += tern_tmat_bytes(*out);
+    release_pages(t->data, t->nbytes);
+    return TERN_OK;
+}
+
+static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *name,
+                                 const uint16_t **out, tern_status *st)
+{
+    const tern_gguf_tensor *t;
+    tern_code rc = find(g, name, &t, st);
+    if (rc || (rc = check_shape(g, t, name, (uint64_t)m->hp.d, (uint64_t)m->hp.n_vocab, st)))
+        return rc;
+    if (t->type != TERN_TYPE_F16)
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "model: %s: tensor '%s' type: got %s, expected F16",
+                               tern_gguf_path(g), name, tern_ggml_type_name(t->type));
+    uint16_t *p = walloc(m, (size_t)t->nbytes);
+    if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
+    memcpy(p, t->data, (size_t)t->nbytes);
+    release_pages(t->data, t->nbytes);
+    *out = p;
+    return TERN_OK;
+}
+
+tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model_opts *o,
+                          tern_status *st)
+{
+    *out = NULL;
+    tern_model *m = calloc(1, sizeof *m);
+    if (!m) return tern_status_set(st, TERN_ENOMEM, "model: out of memory");
+    tern_code rc = tern_hparams_read(g, &m->hp, st);
+    if (rc) goto fail;
+    const tern_hparams *hp = &m->hp;
+    m->topo = o->topo;
+    m->l0 = o->l0;
+    m->l1 = o->l1 < 0 ? hp->n_layer : o->l1;
+    if (m->l0 < 0 || m->l0 > m->l1 || m->l1 > hp->n_layer) {
+        rc = tern_status_set(st, TERN_EINVAL,
+                             "model: layer slice: got [%d, %d), expected within [0, %d]", m->l0,
+                             m->l1, hp->n_layer);
+        goto fail;
+    }
+    m->has_embed = o->embed;
+    m->has_head = o->head;
+    m->head_type = o->head_type;
+    int32_t nl = m->l1 - m->l0;
+    m->layers = calloc(nl ? (size_t)nl : 1, sizeof *m->layers);
+    if (!m->layers) {
+        rc = tern_status_set(st, TERN_ENOMEM, "model: out of memory");
+        goto fail;
+    }
+    const int32_t d = hp->d, ff = hp->n_ff, kv = hp->n_head_kv * hp->head_dim;
+    for (int32_t l = m->l0; l < m->l1; l++) {
+        tern_layer *L = &m->layers[l - m->l0];
+        char nm[96];
+#define NAME(s) (snprintf(nm, sizeof nm, "blk.%d." s ".weight", l), nm)
+        if ((rc = load_norm(m, g, NAME("attn_norm"), d, &L->attn_norm, st)) ||
+            (rc = load_ternary(m, g, NAME("attn_q"), d, d, &L->wq, st)) ||
+            (rc = load_ternary(m, g, NAME("attn_k"), d, kv, &L->wk, st)) ||
+            (rc = load_ternary(m, g, NAME("attn_v"), d, kv, &L->wv, st)) ||
+            (rc = load_ternary(m, g, NAME("attn_output"), d, d, &L->wo, st)) ||
+            (rc = load_norm(m, g, NAME("attn_sub_norm"), d, &L->attn_sub_norm, st)) ||
+            (rc = load_norm(m, g, NAME("ffn_norm"), d, &L->ffn_norm, st)) ||
+            (rc = load_ternary(m, g, NAME("ffn_gate"), d, ff, &L->wgate, st)) ||
+            (rc = load_ternary(m, g, NAME("ffn_up"), d, ff, &L->wup, st)) ||
+            (rc = load_ternary(m, g, NAME("ffn_down"), ff, d, &L->wdown, st)) ||
+            (rc = load_norm(m, g, NAME("ffn_sub_norm"), ff, &L->ffn_sub_norm, st)))
+            goto fail;
+#undef NAME
+    }
+    bool untied = tern_gguf_find_tensor(g, "output.weight") != NULL;
+    if (m->has_embed || (m->has_head && !untied)) {
+        if ((rc = load_f16_matrix(m, g, "token_embd.weight", &m->embd, st))) goto fail;
+    }
+    if (m->has_head) {
+        if ((rc = load_norm(m, g, "output_norm.weight", d, &m->output_norm, st))) goto fail;
+        if (untied) {
+            if ((rc = load_f16_matrix(m, g, "output.weight", &m->head, st))) goto fail;
+        } else {
+            m->head = m->embd;
+        }
+        uint64_t head_bytes = (uint64_t)hp->n_vocab * (uint64_t)d * 2;
+        if (m->head_type == TERN_HEAD_Q8_0) {
+            tern_status kst = {0};
+            rc = tern_i8mat_from_f16(&m->qhead, m->head, hp->n_vocab, d, &kst);
+            if (rc) {
+                tern_status_set(st, rc, "model: int8 head: %s", kst.msg);
+                goto fail;
+            }
+            head_bytes = tern_i8mat_bytes(m->qhead);
+            m->weight_bytes += head_bytes;
+            /* the F16 copy stays only when lookup needs it */
+        }
+        m->bytes_per_token += head_bytes;
+    }
+    *out = m;
+    return TERN_OK;
+fail:
+    tern_model_free(m);
+    return rc;
+}
+
+void tern_model_free(tern_model *m)
+{
+    if (!m) return;
+    if (m->layers) {
+        for (int32_t i = 0; i < m->l1 - m->l0; i++) {
+            tern_layer *L = &m->layers[i];
+            tern_tmat_free(L->wq), tern_tmat_free(L->wk), tern_tmat_free(L->wv);
+            tern_tmat_free(L->wo), tern_tmat_free(L->wgate), tern_tmat_free(L->wup);
+            tern_tmat_free(L->wdown);
+        }
+    }
+    tern_i8mat_free(m->qhead);
+    for (size_t i = 0; i < m->n_allocs; i++) {
+        size_t b = m->allocs[i].bytes;
+        if (b >> 62)
+            munmap(m->allocs[i].p, b & ~((size_t)1 << 62));
+        else
+            tern_topo_free_mem(m->topo, m->allocs[i].p, b);
+    }
+    free(m->allocs);
+    free(m->layers);
+    free(m);
+}
+
+const tern_hparams *tern_model_hparams(const tern_model *m)
+{
+    return &m->hp;
+}
+void tern_model_slice(const tern_model *m, int32_t *l0, int32_t *l1)
+{
+    *l0 = m->l0;
+    *l1 = m->l1;
+}
+uint64_t tern_model_bytes_per_token(const tern_model *m)
+{
+    return m->bytes_per_token;
+}
+uint64_t tern_model_weight_bytes(const tern_model *m)
+{
+    return m->weight_bytes;
+}
+
+uint64_t tern_gguf_checksum(const tern_gguf *g)
+{
+    /* FNV-1a over the tensor table and the file size: cheap, and enough to tell two model
+     * files apart in the pipeline handshake */
+    uint64_t h = 1469598103934665603ULL;
+#define MIX(p, n)                                                                                  \
+    for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                                    \
+    h = (h ^ ((const uint8_t *)(p))[i_]) * 1099511628211ULL
+    uint64_t size = tern_gguf_file_size(g);
+    MIX(&size, 8);
+    for (uint64_t i = 0; i < tern_gguf_n_tensors(g); i++) {
+        const tern_gguf_tensor *t = tern_gguf_tensor_at(g, i);
+        MIX(t->name.ptr, t->name.len);
+        MIX(t->ne, sizeof t->ne);
+        MIX(&t->type, sizeof t->type);
+        MIX(&t->offset, 8);
+        /* a sample of the data: the first 64 bytes of each tensor */
+        MIX(t->data, t->nbytes < 64 ? t->nbytes : 64);
+    }
+#undef MIX
+    return h;
+}
