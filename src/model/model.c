@@ -270,8 +270,13 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
         MIX(t->ne, sizeof t->ne);
         MIX(&t->type, sizeof t->type);
         MIX(&t->offset, 8);
-        /* a sample of the data: the first 64 bytes of each tensor */
-        MIX(t->data, t->nbytes < 64 ? t->nbytes : 64);
+        /* the data: whole tensors in files up to 64 MiB; above that, 64 bytes every 256 KiB
+         * and the last 64 (all of it would cost a second read of the model on every rank) */
+        const uint8_t *p = t->data;
+        uint64_t stride = size <= ((uint64_t)64 << 20) ? 64 : 256 * 1024;
+        for (uint64_t off = 0; off < t->nbytes; off += stride)
+            MIX(p + off, t->nbytes - off < 64 ? t->nbytes - off : 64);
+        if (t->nbytes >= 64) MIX(p + t->nbytes - 64, 64);
     }
 #undef MIX
     return h;
