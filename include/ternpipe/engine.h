@@ -1,0 +1,111 @@
+/* engine.h: the pipeline engine: one model served by N MPI ranks (DESIGN.md sections 1-3).
+ *
+ * Rank 0 (coordinator) owns the sequences, the scheduler, embedding lookup, LM head and
+ * sampler; ranks 1..N-1 (workers) each own a contiguous slice of layers and its KV cache.
+ * With one rank, rank 0 runs every layer itself through the same scheduler.
+ *
+ * Collectives: tern_dist_init, tern_engine_open and tern_engine_close are called by every
+ * rank. On a worker rank tern_engine_open serves until rank 0 closes the engine and then
+ * returns with *out == NULL.
+ * Threads: tern_engine_submit and tern_engine_cancel may be called from any thread (they only
+ * touch a locked inbox); everything else, and every callback, runs on the thread that calls
+ * tern_engine_step/run (the only thread that calls MPI).
+ */
+#ifndef TERNPIPE_ENGINE_H
+#define TERNPIPE_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ternpipe/model.h"
+#include "ternpipe/sampler.h"
+#include "ternpipe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* MPI set-up; harmless without mpirun (one rank). */
+tern_code tern_dist_init(int *argc, char ***argv, int *rank, int *size, tern_status *st);
+void tern_dist_finalize(void);
+/* Aborts every rank (broken invariant only). */
+void tern_dist_abort(int code);
+
+typedef struct tern_engine_opts {
+    const char *model_path;
+    int n_threads; /* per rank; <= 0: one per core of the rank's binding */
+    tern_head_type head_type;
+    int32_t max_tokens; /* token budget of one micro-batch (chunked prefill) */
+    int32_t max_seqs;   /* concurrent sequences (KV slots) */
+    int32_t n_ctx;      /* positions per sequence; 0 = the model's */
+    int32_t kv_blocks;  /* per rank; 0 = max_seqs full contexts within kv_mem_mb */
+    int32_t kv_mem_mb;  /* KV budget for the default kv_blocks; 0 = 2048 */
+    const char *split;  /* "even", "auto" or "L0,L1,..." (first layer of each worker) */
+    int32_t inflight;   /* micro-batches in flight; 0 = number of ranks */
+    bool verbose;
+} tern_engine_opts;
+
+typedef enum tern_finish {
+    TERN_FINISH_STOP = 0, /* a stop token */
+    TERN_FINISH_LENGTH,   /* max_tokens or the context */
+    TERN_FINISH_CANCELLED,
+    TERN_FINISH_ERROR,
+    TERN_FINISH_COUNT
+} tern_finish;
+
+typedef struct tern_request {
+    const int32_t *prompt; /* copied at submit */
+    int32_t n_prompt;
+    tern_sampling sampling;
+    int32_t max_tokens; /* new tokens to generate (0: prompt only, e.g. logits) */
+    bool all_logits;    /* deliver the logits of every position (prompt and generated) */
+    int32_t stop[4];    /* stop token ids (EOS, EOT): generation ends there, unemitted */
+    int32_t n_stop;
+    /* callbacks on the engine thread */
+    void (*on_logits)(void *user, int32_t pos, const float *logits); /* with all_logits */
+    void (*on_token)(void *user, int32_t token);
+    void (*on_done)(void *user, tern_finish why, const char *error);
+    void *user;
+} tern_request;
+
+typedef struct tern_engine tern_engine;
+
+tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_status *st);
+/* Rank 0: stops every worker and frees everything. */
+void tern_engine_close(tern_engine *e);
+
+/* Queues a request; *id identifies it for cancel. TERN_EBUSY when the queue is full,
+ * TERN_ERANGE when prompt + max_tokens exceeds the context. */
+tern_code tern_engine_submit(tern_engine *e, const tern_request *r, int64_t *id, tern_status *st);
+void tern_engine_cancel(tern_engine *e, int64_t id);
+/* One scheduling iteration: admits queued requests, launches micro-batches, completes those
+ * that came back. Returns TERN_OK; *idle says nothing is queued or running. */
+tern_code tern_engine_step(tern_engine *e, bool *idle, tern_status *st);
+/* Steps until idle. */
+tern_code tern_engine_run(tern_engine *e, tern_status *st);
+
+const tern_hparams *tern_engine_hparams(const tern_engine *e);
+const tern_gguf *tern_engine_gguf(const tern_engine *e); /* rank 0's open model file */
+int32_t tern_engine_n_ctx(const tern_engine *e);
+int32_t tern_engine_max_seqs(const tern_engine *e);
+/* weights read per decoded token by the whole pipeline (the bandwidth roofline) */
+double tern_engine_bytes_per_token(const tern_engine *e);
+int tern_engine_n_ranks(const tern_engine *e);
+
+typedef struct tern_engine_stats {
+    int32_t n_ranks;
+    int32_t running, queued;
+    int64_t steps, tokens_prompt, tokens_generated;
+    double wall_s;
+    double busy_s[64]; /* per rank (0 = coordinator) */
+    int32_t kv_used[64], kv_total[64];
+    double hop_p50_ms, hop_p99_ms;
+    int32_t layer_start[64], layer_end[64];
+} tern_engine_stats;
+/* Collects stats (asks the workers: call on the engine thread while idle). */
+void tern_engine_stats_get(tern_engine *e, tern_engine_stats *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,35 @@
+/* comm.h: the MPI transport of the pipeline. comm.c is the only file that calls MPI; every
+ * call comes from the one engine thread of a rank. Control messages travel on TAG_CTL,
+ * activations (raw fp32 rows) on TAG_ACT. */
+#ifndef TERN_DIST_COMM_H
+#define TERN_DIST_COMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tern_req {
+    void *impl; /* MPI_Request, boxed so <mpi.h> stays in comm.c */
+    bool active;
+} tern_req;
+
+int tern_comm_rank(void);
+int tern_comm_size(void);
+double tern_comm_now(void); /* seconds, wall clock shared by ranks on one host */
+
+void tern_comm_isend_ctl(int dest, const void *buf, size_t n, tern_req *r);
+void tern_comm_isend_act(int dest, const float *buf, size_t n_floats, tern_req *r);
+void tern_comm_irecv_ctl(int src, void *buf, size_t cap, tern_req *r);
+void tern_comm_irecv_act(int src, float *buf, size_t cap_floats, tern_req *r);
+/* true when done; *count = bytes (ctl) or floats (act) received */
+bool tern_comm_test(tern_req *r, size_t *count);
+void tern_comm_wait(tern_req *r, size_t *count);
+void tern_comm_cancel(tern_req *r);
+void tern_comm_req_free(tern_req *r);
+
+void tern_comm_bcast(void *buf, size_t n, int root);
+void tern_comm_allgather_u64(uint64_t mine, uint64_t *all);
+void tern_comm_allgather_f64(double mine, double *all);
+void tern_comm_barrier(void);
+
+#endif
