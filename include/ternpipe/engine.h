@@ -81,6 +81,8 @@ void tern_engine_cancel(tern_engine *e, int64_t id);
 /* One scheduling iteration: admits queued requests, launches micro-batches, completes those
  * that came back. Returns TERN_OK; *idle says nothing is queued or running. */
 tern_code tern_engine_step(tern_engine *e, bool *idle, tern_status *st);
+/* Blocks up to timeout_ms until a request or cancel arrives (for an idle serving loop). */
+void tern_engine_wait(tern_engine *e, int timeout_ms);
 /* Steps until idle. */
 tern_code tern_engine_run(tern_engine *e, tern_status *st);
 

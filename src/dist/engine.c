@@ -73,6 +73,7 @@ struct tern_engine {
     int32_t max_tokens, max_seqs, n_ctx, kv_blocks, inflight_target;
     /* rank 0 */
     pthread_mutex_t mu;
+    pthread_cond_t cv; /* signalled when the inbox gets work */
     pending *inbox_head, *inbox_tail;
     int32_t inbox_n;
     int64_t *cancels;
@@ -266,6 +267,7 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
     e->rank = tern_comm_rank();
     e->n_ranks = tern_comm_size();
     pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
     tern_code rc;
     tern_kernels_init();
     if (e->n_ranks > TERN_MAX_RANKS) {
@@ -544,6 +546,7 @@ tern_code tern_engine_submit(tern_engine *e, const tern_request *r, int64_t *id,
         e->inbox_head = p;
     e->inbox_tail = p;
     e->inbox_n++;
+    pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     if (id) *id = p->id;
     return TERN_OK;
@@ -558,6 +561,19 @@ void tern_engine_cancel(tern_engine *e, int64_t id)
         if (nc) e->cancels = nc, e->cap_cancels *= 2;
     }
     if (e->n_cancels < e->cap_cancels) e->cancels[e->n_cancels++] = id;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void tern_engine_wait(tern_engine *e, int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&e->mu);
+    if (e->inbox_n == 0 && e->n_cancels == 0) pthread_cond_timedwait(&e->cv, &e->mu, &ts);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -945,6 +961,7 @@ void tern_engine_close(tern_engine *e)
     tern_topo_free(e->topo);
     tern_gguf_close(e->g);
     pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
     free(e);
 }
 
