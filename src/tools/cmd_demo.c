@@ -3,4 +3,9 @@
 
 #include "tools/commands.h"
 
-int tern_cmd_demo(int argc, char **argv) { (void)argc; (void)argv; return 1; }
+int tern_cmd_demo(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    return 1;
+}

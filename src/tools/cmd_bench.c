@@ -1,0 +1,250 @@
+/* cmd_bench.c: `ternpipe bench`: prefill and decode throughput through the pipeline engine
+ * (one rank or under mpirun), peak RSS, this machine's read bandwidth and decode b=1 as a
+ * fraction of the bandwidth roofline, and with several ranks the per-stage busy %, bubble
+ * fraction and hop latency. Medians of repeated runs. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "ternpipe/rng.h"
+#include "ternpipe/runtime.h"
+#include "tools/commands.h"
+#include "tools/run.h"
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- read bandwidth: every pool thread sums its share of a large buffer ---- */
+typedef struct bw_job {
+    const uint64_t *buf;
+    size_t n;
+    uint64_t sums[256];
+} bw_job;
+
+static void bw_task(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    bw_job *j = arg;
+    int64_t a, b;
+    tern_split_rows((int64_t)j->n, 64, task, n_tasks, &a, &b);
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = a; i < b; i += 4)
+        s0 += j->buf[i], s1 += j->buf[i + 1], s2 += j->buf[i + 2], s3 += j->buf[i + 3];
+    j->sums[task & 255] = s0 + s1 + s2 + s3;
+}
+
+static double read_bandwidth(int n_threads)
+{
+    tern_topo *topo = NULL;
+    tern_pool *pool = NULL;
+    double bw = 0;
+    if (tern_topo_discover(&topo, NULL) || tern_pool_create(&pool, topo, n_threads, NULL)) goto out;
+    size_t bytes = (size_t)1 << 30;
+    uint64_t *buf = malloc(bytes);
+    if (!buf) goto out;
+    memset(buf, 1, bytes);
+    bw_job j = {.buf = buf, .n = bytes / 8};
+    double v[7];
+    for (int r = 0; r < 7; r++) {
+        double t0 = tern_now();
+        tern_pool_run(pool, bw_task, &j, tern_pool_size(pool));
+        v[r] = (double)bytes / (tern_now() - t0) / 1e9;
+    }
+    bw = median(v, 7);
+    free(buf);
+out:
+    tern_pool_free(pool);
+    tern_topo_free(topo);
+    return bw;
+}
+
+typedef struct counter {
+    int64_t tokens;
+    int32_t first_done, done;
+    double t_all_first;
+    int32_t n_seqs;
+} counter;
+
+typedef struct seq_user {
+    counter *c;
+    bool got_first;
+} seq_user;
+
+static void on_token(void *user, int32_t tok)
+{
+    (void)tok;
+    seq_user *u = user;
+    u->c->tokens++;
+    if (!u->got_first) {
+        u->got_first = true;
+        if (++u->c->first_done == u->c->n_seqs) u->c->t_all_first = tern_now();
+    }
+}
+static void on_done(void *user, tern_finish why, const char *err)
+{
+    (void)why, (void)err;
+    ((seq_user *)user)->c->done++;
+}
+
+/* runs S sequences of `prompt` tokens and `gen` new tokens; returns decode tok/s counted from
+ * the moment every sequence has its first token (prefill excluded) */
+static int run_batch(tern_engine *e, const int32_t *ids, int S, int prompt, int gen, double *tps,
+                     double *ttft)
+{
+    counter c = {.n_seqs = S};
+    seq_user users[64];
+    tern_status st = {0};
+    tern_sampling sp;
+    tern_sampling_default(&sp);
+    double t0 = tern_now();
+    for (int s = 0; s < S; s++) {
+        users[s] = (seq_user){.c = &c};
+        tern_request rq = {.prompt = ids + s * 7,
+                           .n_prompt = prompt,
+                           .sampling = sp,
+                           .max_tokens = gen,
+                           .on_token = on_token,
+                           .on_done = on_done,
+                           .user = &users[s]};
+        if (tern_engine_submit(e, &rq, NULL, &st)) {
+            fprintf(stderr, "ternpipe: bench: %s\n", st.msg);
+            return 1;
+        }
+    }
+    if (tern_engine_run(e, &st)) {
+        fprintf(stderr, "ternpipe: bench: %s\n", st.msg);
+        return 1;
+    }
+    double t1 = tern_now();
+    if (ttft) *ttft = c.t_all_first - t0;
+    int64_t after_first = c.tokens - S;
+    *tps = after_first > 0 ? (double)after_first / (t1 - c.t_all_first) : 0;
+    return 0;
+}
+
+int tern_cmd_bench(int argc, char **argv)
+{
+    bool json = false;
+    int reps = 3;
+    tern_engine_opts eo = {.max_seqs = 64, .max_tokens = 512};
+    for (int i = 1; i < argc; i++) {
+        int r = tern_parse_engine_opt(argc, argv, &i, &eo);
+        if (r < 0) return 2;
+        if (r) continue;
+        if (!strcmp(argv[i], "--json"))
+            json = true;
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: ternpipe bench [--json] [--reps R] %s\n",
+                    tern_engine_opts_usage());
+            return 2;
+        }
+    }
+    if (reps < 1) reps = 1;
+    if (reps > 15) reps = 15;
+    if (eo.max_seqs < 64) eo.max_seqs = 64;
+    tern_engine *e;
+    int rank;
+    if (tern_run_open(&argc, &argv, &eo, &e, &rank)) return 1;
+    if (rank != 0) {
+        tern_run_close(e);
+        return 0;
+    }
+    int rc = 1;
+    const tern_hparams *hp = tern_engine_hparams(e);
+    int32_t n_ctx = tern_engine_n_ctx(e);
+    int32_t *ids = malloc(8192 * sizeof *ids);
+    tern_rng rng;
+    tern_rng_seed(&rng, 1234);
+    for (int i = 0; i < 8192; i++) ids[i] = (int32_t)tern_rng_below(&rng, (uint64_t)hp->n_vocab);
+    static const int prefill_sizes[2] = {128, 512};
+    static const int decode_seqs[4] = {1, 4, 16, 64};
+    double prefill_tps[2] = {0}, decode_tps[4] = {0}, v[16];
+    double busy[4][64] = {{0}}, bubble[4] = {0}, p50[4] = {0}, p99[4] = {0};
+    for (int pi = 0; pi < 2; pi++) {
+        int n = prefill_sizes[pi];
+        if (n + 2 > n_ctx) continue;
+        for (int r = 0; r < reps; r++) {
+            double tps, ttft;
+            if (run_batch(e, ids, 1, n, 1, &tps, &ttft)) goto done;
+            v[r] = n / ttft;
+        }
+        prefill_tps[pi] = median(v, reps);
+    }
+    for (int di = 0; di < 4; di++) {
+        int S = decode_seqs[di], gen = S == 1 ? 33 : 17;
+        if (16 + gen > n_ctx) gen = n_ctx - 16;
+        tern_engine_stats s0, s1;
+        for (int r = 0; r < reps; r++) {
+            tern_engine_stats_get(e, &s0);
+            if (run_batch(e, ids, S, 16, gen, &v[r], NULL)) goto done;
+            tern_engine_stats_get(e, &s1);
+            double wall = s1.wall_s - s0.wall_s, sum = 0;
+            for (int k = 0; k < s1.n_ranks; k++) {
+                double b = wall > 0 ? (s1.busy_s[k] - s0.busy_s[k]) / wall : 0;
+                busy[di][k] += b / reps;
+                sum += b;
+            }
+            bubble[di] += (1.0 - sum / s1.n_ranks) / reps;
+            p50[di] = s1.hop_p50_ms, p99[di] = s1.hop_p99_ms;
+        }
+        decode_tps[di] = median(v, reps);
+    }
+    int n_ranks = tern_engine_n_ranks(e);
+    double bpt = tern_engine_bytes_per_token(e);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    long rss = ru.ru_maxrss * 1024L;
+    double bw = read_bandwidth(eo.n_threads);
+    double roof = bw > 0 ? bw * 1e9 / bpt : 0;
+    if (json) {
+        printf("{\"ranks\": %d, \"prefill\": [", n_ranks);
+        for (int i = 0; i < 2; i++)
+            printf("%s{\"tokens\": %d, \"tok_s\": %.2f}", i ? ", " : "", prefill_sizes[i],
+                   prefill_tps[i]);
+        printf("], \"decode\": [");
+        for (int i = 0; i < 4; i++) {
+            printf("%s{\"sequences\": %d, \"tok_s\": %.2f, \"bubble_fraction\": %.3f, \"busy\": [",
+                   i ? ", " : "", decode_seqs[i], decode_tps[i], bubble[i]);
+            for (int k = 0; k < n_ranks; k++) printf("%s%.3f", k ? ", " : "", busy[i][k]);
+            printf("], \"hop_p50_ms\": %.3f, \"hop_p99_ms\": %.3f}", p50[i], p99[i]);
+        }
+        printf(
+            "], \"peak_rss_bytes\": %ld, \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
+            "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f}\n",
+            rss, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
+    } else {
+        printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
+        for (int i = 0; i < 2; i++)
+            printf("prefill %4d tokens: %8.1f tok/s\n", prefill_sizes[i], prefill_tps[i]);
+        for (int i = 0; i < 4; i++) {
+            printf("decode %3d sequences: %8.1f tok/s", decode_seqs[i], decode_tps[i]);
+            if (n_ranks > 1) {
+                printf("  busy");
+                for (int k = 0; k < n_ranks; k++) printf(" r%d %.0f%%", k, 100 * busy[i][k]);
+                printf("  bubble %.0f%%  hop p50 %.3f ms p99 %.3f ms", 100 * bubble[i], p50[i],
+                       p99[i]);
+            }
+            printf("\n");
+        }
+        printf(
+            "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
+            bw, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
+        printf("peak RSS (rank 0): %.1f MB\n", (double)rss / 1e6);
+    }
+    rc = 0;
+done:
+    free(ids);
+    tern_run_close(e);
+    return rc;
+}

@@ -1,0 +1,197 @@
+/* cmd_logits.c: `ternpipe logits`: fp32 logits of every position of one or more id sequences
+ * run concurrently through the pipeline engine (the same code with one rank or under mpirun),
+ * optionally with greedy continuations. The contract used by tests: one --ids and --out give
+ * [n_ids][n_vocab] little-endian fp32. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tools/commands.h"
+#include "tools/run.h"
+
+/* a growable id list */
+typedef struct idvec {
+    int32_t *ids;
+    size_t n, cap;
+} idvec;
+
+static int idvec_push(idvec *v, int32_t id)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        int32_t *p = realloc(v->ids, cap * sizeof *p);
+        if (!p) return 1;
+        v->ids = p;
+        v->cap = cap;
+    }
+    v->ids[v->n++] = id;
+    return 0;
+}
+
+/* parses a whitespace-separated id list; one-line error on bad input */
+static int parse_ids(const char *s, idvec *out)
+{
+    while (*s) {
+        while (*s == ' ' || *s == '\t' || *s == '\n' || *s == ',') s++;
+        if (!*s) break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || v > INT32_MAX ||
+            (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != ',')) {
+            fprintf(stderr, "ternpipe: --ids: got '%.20s', expected non-negative integers\n", s);
+            return 1;
+        }
+        if (idvec_push(out, (int32_t)v)) {
+            fprintf(stderr, "ternpipe: out of memory\n");
+            return 1;
+        }
+        s = end;
+    }
+    return 0;
+}
+
+/* one sequence of the logits command: its rows are collected in memory, in position order */
+typedef struct lseq {
+    idvec ids;
+    int32_t n_gen;
+    float *rows; /* [n_prompt + n_gen][n_vocab] */
+    int32_t n_rows;
+    int32_t n_vocab;
+    idvec out;
+    bool done;
+    tern_finish why;
+} lseq;
+
+static void lseq_logits(void *user, int32_t pos, const float *logits)
+{
+    lseq *q = user;
+    if (pos != q->n_rows) return; /* positions arrive in order; anything else is a bug */
+    memcpy(q->rows + (size_t)pos * (size_t)q->n_vocab, logits, (size_t)q->n_vocab * sizeof(float));
+    q->n_rows++;
+}
+static void lseq_token(void *user, int32_t tok)
+{
+    idvec_push(&((lseq *)user)->out, tok);
+}
+static void lseq_done(void *user, tern_finish why, const char *err)
+{
+    lseq *q = user;
+    q->done = true;
+    q->why = why;
+    if (err) fprintf(stderr, "ternpipe: %s\n", err);
+}
+
+int tern_cmd_logits(int argc, char **argv)
+{
+    const char *out_path = NULL, *ids_path = NULL, *n_list = NULL;
+    enum { MAXQ = 256 };
+    const char *id_args[MAXQ];
+    int n_seq = 0;
+    tern_engine_opts eo = {0};
+    for (int i = 1; i < argc; i++) {
+        int r = tern_parse_engine_opt(argc, argv, &i, &eo);
+        if (r < 0) return 2;
+        if (r) continue;
+        if (!strcmp(argv[i], "--ids") && i + 1 < argc && n_seq < MAXQ)
+            id_args[n_seq++] = argv[++i];
+        else if (!strcmp(argv[i], "--out") && i + 1 < argc)
+            out_path = argv[++i];
+        else if (!strcmp(argv[i], "--out-ids") && i + 1 < argc)
+            ids_path = argv[++i];
+        else if (!strcmp(argv[i], "-n") && i + 1 < argc)
+            n_list = argv[++i];
+        else {
+            fprintf(stderr,
+                    "usage: ternpipe logits --ids \"ID ID ...\" [--ids ...] --out OUT "
+                    "[-n N|N1,N2,...] [--out-ids FILE] %s\n",
+                    tern_engine_opts_usage());
+            return 2;
+        }
+    }
+    if (!n_seq || !out_path) {
+        fprintf(stderr, "ternpipe logits: --ids and --out are required\n");
+        return 2;
+    }
+    lseq *qs = calloc((size_t)n_seq, sizeof *qs);
+    int rc = 1;
+    for (int k = 0; k < n_seq; k++) {
+        if (parse_ids(id_args[k], &qs[k].ids)) goto free_out;
+        if (qs[k].ids.n == 0) {
+            fprintf(stderr, "ternpipe: --ids: got 0 ids, expected at least 1\n");
+            goto free_out;
+        }
+    }
+    /* -n: greedy tokens to generate, one number for all or one per sequence */
+    for (int k = 0; k < n_seq; k++) {
+        const char *p = n_list ? n_list : "0";
+        for (int skip = 0; skip < k && strchr(p, ','); skip++) p = strchr(p, ',') + 1;
+        qs[k].n_gen = atoi(p);
+        if (qs[k].n_gen < 0) qs[k].n_gen = 0;
+    }
+    if (eo.max_seqs < n_seq) eo.max_seqs = n_seq;
+    tern_engine *e;
+    int rank;
+    if (tern_run_open(&argc, &argv, &eo, &e, &rank)) goto free_out;
+    if (rank == 0) {
+        tern_status st = {0};
+        int32_t V = tern_engine_hparams(e)->n_vocab;
+        tern_sampling sp;
+        tern_sampling_default(&sp);
+        bool ok = true;
+        for (int k = 0; k < n_seq && ok; k++) {
+            lseq *q = &qs[k];
+            q->n_vocab = V;
+            q->rows = malloc(((size_t)q->ids.n + (size_t)q->n_gen) * (size_t)V * sizeof(float));
+            tern_request rq = {.prompt = q->ids.ids,
+                               .n_prompt = (int32_t)q->ids.n,
+                               .sampling = sp,
+                               .max_tokens = q->n_gen,
+                               .all_logits = true,
+                               .on_logits = lseq_logits,
+                               .on_token = lseq_token,
+                               .on_done = lseq_done,
+                               .user = q};
+            if (!q->rows || tern_engine_submit(e, &rq, NULL, &st)) {
+                fprintf(stderr, "ternpipe: --ids: %s\n", q->rows ? st.msg : "out of memory");
+                ok = false;
+            }
+        }
+        if (ok && tern_engine_run(e, &st)) {
+            fprintf(stderr, "ternpipe: %s\n", st.msg);
+            ok = false;
+        }
+        FILE *out = ok ? fopen(out_path, "wb") : NULL;
+        if (ok && !out) fprintf(stderr, "ternpipe: %s: %s\n", out_path, strerror(errno));
+        for (int k = 0; out && k < n_seq; k++)
+            if (fwrite(qs[k].rows, sizeof(float) * (size_t)V, (size_t)qs[k].n_rows, out) !=
+                (size_t)qs[k].n_rows)
+                ok = false;
+        if (out && fclose(out) != 0) ok = false;
+        if (ok && ids_path) {
+            FILE *f = fopen(ids_path, "w");
+            for (int k = 0; f && k < n_seq; k++) {
+                for (size_t i = 0; i < qs[k].out.n; i++)
+                    fprintf(f, "%s%d", i ? " " : "", qs[k].out.ids[i]);
+                fprintf(f, "\n");
+            }
+            if (!f || fclose(f) != 0) {
+                fprintf(stderr, "ternpipe: %s: cannot write\n", ids_path);
+                ok = false;
+            }
+        }
+        rc = ok && out ? 0 : 1;
+    } else {
+        rc = 0;
+    }
+    tern_run_close(e);
+free_out:
+    for (int k = 0; k < n_seq; k++) {
+        free(qs[k].ids.ids);
+        free(qs[k].out.ids);
+        free(qs[k].rows);
+    }
+    free(qs);
+    return rc;
+}

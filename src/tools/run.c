@@ -1,0 +1,109 @@
+/* run.c: see run.h. */
+#include "tools/run.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tools/commands.h"
+
+double tern_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+const char *tern_engine_opts_usage(void)
+{
+    return "[-m FILE] [--threads N] [--head-type f16|q8_0] [--batch TOKENS] [--max-seqs N] "
+           "[--ctx N] [--kv-mem MB] [--split even|auto|L1,L2,...] [--inflight N] [--verbose]";
+}
+
+static int parse_int(const char *name, const char *v, int lo, int hi, int32_t *out)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "ternpipe: %s: got '%s', expected an integer %d..%d\n", name, v, lo, hi);
+        return -1;
+    }
+    *out = (int32_t)x;
+    return 1;
+}
+
+int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
+{
+    const char *a = argv[*i];
+    bool has = *i + 1 < argc;
+    if (!strcmp(a, "--verbose")) {
+        o->verbose = true;
+        return 1;
+    }
+    if (!has) return 0;
+    const char *v = argv[*i + 1];
+    int r = 0;
+    int32_t tmp;
+    if (!strcmp(a, "-m"))
+        o->model_path = v, r = 1;
+    else if (!strcmp(a, "--threads"))
+        r = parse_int(a, v, 0, 1024, &tmp), o->n_threads = tmp;
+    else if (!strcmp(a, "--batch"))
+        r = parse_int(a, v, 1, 65536, &o->max_tokens);
+    else if (!strcmp(a, "--max-seqs"))
+        r = parse_int(a, v, 1, 4096, &o->max_seqs);
+    else if (!strcmp(a, "--ctx"))
+        r = parse_int(a, v, 1, 1 << 20, &o->n_ctx);
+    else if (!strcmp(a, "--kv-mem"))
+        r = parse_int(a, v, 1, 1 << 24, &o->kv_mem_mb);
+    else if (!strcmp(a, "--inflight"))
+        r = parse_int(a, v, 1, 64, &o->inflight);
+    else if (!strcmp(a, "--split"))
+        o->split = v, r = 1;
+    else if (!strcmp(a, "--head-type")) {
+        if (!strcmp(v, "f16"))
+            o->head_type = TERN_HEAD_F16, r = 1;
+        else if (!strcmp(v, "q8_0"))
+            o->head_type = TERN_HEAD_Q8_0, r = 1;
+        else {
+            fprintf(stderr, "ternpipe: --head-type: got '%s', expected f16 or q8_0\n", v);
+            r = -1;
+        }
+    }
+    if (r == 1) (*i)++;
+    return r;
+}
+
+int tern_run_open(int *argc, char ***argv, const tern_engine_opts *o, tern_engine **e, int *rank)
+{
+    tern_status st = {0};
+    int size = 1;
+    *e = NULL;
+    *rank = 0;
+    tern_engine_opts oo = *o;
+    if (!oo.model_path) oo.model_path = tern_default_model_path();
+    if (tern_dist_init(argc, argv, rank, &size, &st)) {
+        fprintf(stderr, "ternpipe: %s\n", st.msg);
+        return 1;
+    }
+    if (!oo.model_path) {
+        if (*rank == 0)
+            fprintf(stderr, "ternpipe: no model given (-m FILE) and no default model found\n");
+        tern_dist_finalize();
+        return 1;
+    }
+    tern_code rc = tern_engine_open(e, &oo, &st);
+    if (rc) {
+        if (*rank == 0) fprintf(stderr, "ternpipe: %s\n", st.msg);
+        tern_dist_finalize();
+        return 1;
+    }
+    return 0;
+}
+
+void tern_run_close(tern_engine *e)
+{
+    tern_engine_close(e);
+    tern_dist_finalize();
+}
