@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <emmintrin.h>
 #include <sys/resource.h>
 
 #include "ternpipe/rng.h"
@@ -49,7 +50,7 @@ static double read_bandwidth(int n_threads)
     double bw = 0;
     if (tern_topo_discover(&topo, NULL) || tern_pool_create(&pool, topo, n_threads, NULL)) goto out;
     size_t bytes = (size_t)1 << 30;
-    uint64_t *buf = malloc(bytes);
+    uint64_t *buf = aligned_alloc(64, bytes);
     if (!buf) goto out;
     memset(buf, 1, bytes);
     bw_job j = {.buf = buf, .n = bytes / 8};
