@@ -3,11 +3,11 @@
  * Bit-identical to tgemm-ref.c (same float operations in the same order, exact integer dot
  * products). A 64-byte chunk of a row group is two 32-byte halves of 8 rows; each half is
  * unpacked into four code vectors and multiplied with broadcast activations by maddubs.
- * Overflow: a maddubs lane is c_a*q_a + c_b*q_b with codes <= 2 and |q| <= 128, so |lane| <= 512;
- * the four maddubs of one chunk are added in int16 (|sum| <= 2048) and widened at once by
- * madd against ones, so int32 accumulates everything else. Tiles are H halves x TB tokens of
- * int32 accumulators (H * TB <= 8 to fit 16 registers); four groups at a time stay in L2
- * while all token blocks pass over them.
+ * Overflow: a maddubs lane is c_a*q_a + c_b*q_b with codes <= 2 and |q| <= 128, so
+ * |lane| <= 512; eight chunks (32 maddubs, |sum| <= 16384) add up in int16 registers before
+ * madd against ones widens them into exact int32 sums kept on the stack. Tiles are H halves x
+ * TB tokens (H * TB <= 8 int16 accumulators fit 16 registers with the codes); the cache
+ * blocking (four groups, passes over 1024 columns, chunks of 64 tokens) is tgemm-avx512.c's.
  */
 #include <immintrin.h>
 
@@ -119,57 +119,98 @@ static inline const uint8_t *half_base(const tern_tmat *w, int64_t hb)
     return w->codes + (hb / 2) * w->kc * TERN_TG_BYTES + (hb % 2) * 32;
 }
 
-/* Tile with one scale: halves [h, h+H), tokens [t0, t0+TB). */
-AI void tile_single(const tern_tmat *w, int64_t h, const int H, const int8_t *q, const float *s,
-                    const int32_t *qsum, int64_t t0, const int TB, float *y, int64_t ldy,
-                    int64_t o0, int64_t o1)
+/* One pass of the single-scale GEMM over chunks [c0, c1) (multiples of 8). Exact int32 sums
+ * live in part[token - tbase][half - hbase][8] across passes. */
+typedef struct {
+    const tern_tmat *w;
+    const int8_t *q;
+    const float *s;
+    const int32_t *qsum;
+    float *y;
+    int64_t ldy, o0, o1;
+    int64_t c0, c1;
+    int32_t *part;
+    int64_t hbase, tbase;
+    bool first, last;
+} pass;
+
+/* Tile with one scale: halves [h, h+H), tokens [t0, t0+TB). Eight chunks at a time add
+ * into int16 registers (32 maddubs, |lane| <= 32 * 512 = 16384), which are then widened by
+ * madd into the int32 sums in part; that keeps H*TB <= 8 accumulators plus the codes in
+ * 16 registers. */
+AI void tile_single(const pass *p, int64_t h, const int H, int64_t t0, const int TB)
 {
-    const int64_t kc = w->kc, k = w->k;
-    const int8_t *qt = q + t0 * k;
+    const int64_t k = p->w->k;
+    const int8_t *qt = p->q + t0 * k;
+    int32_t *part = p->part + (t0 - p->tbase) * 64 + (h - p->hbase) * 8;
     const uint8_t *base[8];
-    __m256i acc[8][8];
 #pragma GCC unroll 8
-    for (int hi = 0; hi < H; hi++) {
-        base[hi] = half_base(w, h + hi);
+    for (int hi = 0; hi < H; hi++) base[hi] = half_base(p->w, h + hi);
+    if (p->first)
 #pragma GCC unroll 8
-        for (int ti = 0; ti < TB; ti++) acc[hi][ti] = _mm256_setzero_si256();
-    }
-    for (int64_t c = 0; c < kc; c++) {
-#pragma GCC unroll 8
-        for (int hi = 0; hi < H; hi++) {
-            __m256i cc[4];
-            unpack(base[hi] + c * TERN_TG_BYTES, cc);
+        for (int hi = 0; hi < H; hi++)
 #pragma GCC unroll 8
             for (int ti = 0; ti < TB; ti++)
-                acc[hi][ti] = _mm256_add_epi32(acc[hi][ti], chunk_dot(cc, qt + ti * k + c * 16));
+                _mm256_store_si256((__m256i *)(void *)(part + ti * 64 + hi * 8),
+                                   _mm256_setzero_si256());
+    for (int64_t c8 = p->c0; c8 < p->c1; c8 += 8) {
+        __m256i a16[8][8];
+#pragma GCC unroll 8
+        for (int hi = 0; hi < H; hi++)
+#pragma GCC unroll 8
+            for (int ti = 0; ti < TB; ti++) a16[hi][ti] = _mm256_setzero_si256();
+        for (int64_t c = c8; c < c8 + 8; c++) {
+#pragma GCC unroll 8
+            for (int hi = 0; hi < H; hi++) {
+                __m256i cc[4];
+                unpack(base[hi] + c * TERN_TG_BYTES, cc);
+#pragma GCC unroll 8
+                for (int ti = 0; ti < TB; ti++)
+#pragma GCC unroll 4
+                    for (int sh = 0; sh < 4; sh++) {
+                        __m256i b = _mm256_set1_epi32(tern_load_i32(qt + ti * k + c * 16 + sh * 4));
+                        a16[hi][ti] =
+                            _mm256_add_epi16(a16[hi][ti], _mm256_maddubs_epi16(cc[sh], b));
+                    }
+            }
         }
+        const __m256i ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 8
+        for (int hi = 0; hi < H; hi++)
+#pragma GCC unroll 8
+            for (int ti = 0; ti < TB; ti++) {
+                __m256i *pp = (__m256i *)(void *)(part + ti * 64 + hi * 8);
+                _mm256_store_si256(pp, _mm256_add_epi32(_mm256_load_si256(pp),
+                                                        _mm256_madd_epi16(a16[hi][ti], ones)));
+            }
     }
-    const __m256 alpha = _mm256_set1_ps(w->alpha);
+    if (!p->last) return;
+    const __m256 alpha = _mm256_set1_ps(p->w->alpha);
 #pragma GCC unroll 8
     for (int hi = 0; hi < H; hi++)
 #pragma GCC unroll 8
         for (int ti = 0; ti < TB; ti++) {
-            __m256i a = _mm256_sub_epi32(acc[hi][ti], _mm256_set1_epi32(qsum[t0 + ti]));
-            __m256 f = _mm256_div_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(s[t0 + ti]));
+            __m256i a = _mm256_load_si256((const __m256i *)(const void *)(part + ti * 64 + hi * 8));
+            a = _mm256_sub_epi32(a, _mm256_set1_epi32(p->qsum[t0 + ti]));
+            __m256 f = _mm256_div_ps(_mm256_cvtepi32_ps(a), _mm256_set1_ps(p->s[t0 + ti]));
             f = _mm256_mul_ps(f, alpha);
-            store_half(y + (t0 + ti) * ldy + (h + hi) * 8, f, h + hi, o0, o1);
+            store_half(p->y + (t0 + ti) * p->ldy + (h + hi) * 8, f, h + hi, p->o0, p->o1);
         }
 }
 
 #define RUN_SINGLE(TBV, HM)                                                                        \
     case TBV: {                                                                                    \
         int64_t hh = h;                                                                            \
-        for (; hh + (HM) <= h1; hh += (HM))                                                        \
-            tile_single(w, hh, (HM), q, s, qsum, t0, (TBV), y, ldy, o0, o1);                       \
-        for (; hh < h1; hh++) tile_single(w, hh, 1, q, s, qsum, t0, (TBV), y, ldy, o0, o1);        \
+        for (; hh + (HM) <= h1; hh += (HM)) tile_single(p, hh, (HM), t0, (TBV));                   \
+        for (; hh < h1; hh++) tile_single(p, hh, 1, t0, (TBV));                                    \
     } break
 
-static void run_single(const tern_tmat *w, int64_t h, int64_t h1, const int8_t *q, const float *s,
-                       const int32_t *qsum, int64_t t0, int tb, float *y, int64_t ldy, int64_t o0,
-                       int64_t o1)
+/* Token block of up to 8 (one half); decode takes 8 halves (four groups) at once. */
+#define TBMAX 8
+static void run_single(const pass *p, int64_t h, int64_t h1, int64_t t0, int tb)
 {
     switch (tb) {
-        RUN_SINGLE(1, 4);
+        RUN_SINGLE(1, 8);
         RUN_SINGLE(2, 4);
         RUN_SINGLE(3, 2);
         RUN_SINGLE(4, 2);
@@ -179,6 +220,35 @@ static void run_single(const tern_tmat *w, int64_t h, int64_t h1, const int8_t *
         RUN_SINGLE(8, 1);
     default:
         TERN_ASSERT(0);
+    }
+}
+
+#define SEG 64 /* chunks per pass: 1024 columns */
+
+/* Batches of four groups (eight halves); chunks of 64 tokens; passes over segments of k so
+ * that the activations of a token block stay in L1 (see tgemm-avx512.c). */
+static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                        int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t h0 = o0 / 8, hend = (o1 + 7) / 8, kc = w->kc;
+    _Alignas(32) int32_t part[64 * 8 * 8];
+    pass p = {w, q, s, qsum, y, ldy, o0, o1, 0, kc, part, 0, 0, true, true};
+    const int64_t seg = n_tok == 1 ? kc : SEG;
+    for (int64_t tc = 0; tc < n_tok; tc += 64) {
+        int64_t tend = tc + 64 < n_tok ? tc + 64 : n_tok;
+        p.tbase = tc;
+        for (int64_t h = h0; h < hend; h += 8) {
+            int64_t h1 = h + 8 < hend ? h + 8 : hend;
+            p.hbase = h;
+            for (int64_t c0 = 0; c0 < kc; c0 += seg) {
+                p.c0 = c0;
+                p.c1 = c0 + seg < kc ? c0 + seg : kc;
+                p.first = c0 == 0;
+                p.last = p.c1 == kc;
+                for (int64_t t0 = tc; t0 < tend; t0 += TBMAX)
+                    run_single(&p, h, h1, t0, tend - t0 < TBMAX ? (int)(tend - t0) : TBMAX);
+            }
+        }
     }
 }
 
@@ -265,17 +335,11 @@ static void block_sums(const int8_t *q, int64_t k, int64_t t0, int64_t nt, int32
 void tern_avx2_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                      int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
 {
-    const int64_t h0 = o0 / 8, hend = (o1 + 7) / 8;
     if (!w->blocks) {
-        for (int64_t h = h0; h < hend; h += 8) {
-            int64_t h1 = h + 8 < hend ? h + 8 : hend;
-            for (int64_t t0 = 0; t0 < n_tok; t0 += 8) {
-                int tb = n_tok - t0 < 8 ? (int)(n_tok - t0) : 8;
-                run_single(w, h, h1, q, s, qsum, t0, tb, y, ldy, o0, o1);
-            }
-        }
+        gemm_single(w, q, s, qsum, n_tok, y, ldy, o0, o1);
         return;
     }
+    const int64_t h0 = o0 / 8, hend = (o1 + 7) / 8;
     int32_t qsb[4096]; /* see tgemm-avx512.c */
     const int64_t nb = w->nb, tchunk = 4096 / nb;
     for (int64_t tc = 0; tc < n_tok; tc += tchunk) {

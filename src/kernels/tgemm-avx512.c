@@ -9,10 +9,12 @@
  * vpdpbusd with one broadcast int32 of four activations, so the int32 lane r accumulates
  * sum code*q for row r. sum t*q = sum code*q - sum q (qsum). Codes are <= 2 and vpdpbusd adds
  * four u8*s8 products straight into int32, so nothing narrower than int32 accumulates.
- * Register blocking: a tile is G groups x TB tokens of accumulators; each unpacked chunk
- * serves all TB tokens, and a batch of up to four groups (64 rows, at most 128 KiB for
- * k = 8192) stays in L2 while every token block passes over it, so weights come from memory
- * once per call.
+ * Register blocking: a tile is G groups x TB tokens of accumulators (TB <= 8, G = 2 for
+ * TB >= 4, else 4); each unpacked chunk serves all TB tokens. Cache blocking: a batch of four
+ * groups (64 rows) takes passes over segments of 1024 columns; in each pass every block of
+ * 8 tokens (of a chunk of 64) reuses the segment's weights from L1, and its own activations
+ * (8 KiB) stay in L1 too. Exact int32 partial sums wait on the stack between passes. So
+ * weights come from memory once per 64 tokens, and decode (n_tok = 1) makes a single pass.
  */
 #include <immintrin.h>
 
@@ -85,25 +87,41 @@ static inline __mmask16 row_mask(int64_t g, int64_t o0, int64_t o1)
     return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
+/* One pass of the single-scale GEMM: chunks [c0, c1) of every tile. With several passes
+ * (first/last), int32 partial sums wait in part[token - tbase][group - gbase][16]. */
+typedef struct {
+    const tern_tmat *w;
+    const int8_t *q;
+    const float *s;
+    const int32_t *qsum;
+    float *y;
+    int64_t ldy, o0, o1;
+    int64_t c0, c1;
+    int32_t *part;
+    int64_t gbase, tbase;
+    bool first, last;
+} pass;
+
 /* Tile with one scale: groups [g, g+G), tokens [t0, t0+TB). G and TB are constants after
  * inlining; the pragmas make the accumulator arrays registers. TB == 1 splits each
  * accumulator in two to halve the dependency chain. */
-AI void tile_single(const tern_tmat *w, int64_t g, const int G, const int8_t *q, const float *s,
-                    const int32_t *qsum, int64_t t0, const int TB, float *y, int64_t ldy,
-                    int64_t o0, int64_t o1)
+AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int TB)
 {
     const int NS = TB == 1 ? 2 : 1;
-    const int64_t kc = w->kc, k = w->k, gstride = kc * TERN_TG_BYTES;
-    const uint8_t *wg = w->codes + g * gstride;
-    const int8_t *qt = q + t0 * k;
+    const int64_t kc = p->w->kc, k = p->w->k, gstride = kc * TERN_TG_BYTES;
+    const uint8_t *wg = p->w->codes + g * gstride;
+    const int8_t *qt = p->q + t0 * k;
+    int32_t *part = p->part ? p->part + (t0 - p->tbase) * 64 + (g - p->gbase) * 16 : NULL;
     __m512i acc[4][16][2];
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; gi++)
 #pragma GCC unroll 16
-        for (int ti = 0; ti < TB; ti++)
-#pragma GCC unroll 2
-            for (int ns = 0; ns < NS; ns++) acc[gi][ti][ns] = _mm512_setzero_si512();
-    for (int64_t c = 0; c < kc; c++) {
+        for (int ti = 0; ti < TB; ti++) {
+            acc[gi][ti][0] = p->first ? _mm512_setzero_si512()
+                                      : _mm512_load_si512((const void *)(part + ti * 64 + gi * 16));
+            if (NS == 2) acc[gi][ti][1] = _mm512_setzero_si512();
+        }
+    for (int64_t c = p->c0; c < p->c1; c++) {
         __m512i cc[4][4];
 #pragma GCC unroll 4
         for (int gi = 0; gi < G; gi++) unpack(wg + gi * gstride + c * TERN_TG_BYTES, cc[gi]);
@@ -117,17 +135,28 @@ AI void tile_single(const tern_tmat *w, int64_t g, const int G, const int8_t *q,
                     acc[gi][ti][sh % NS] = _mm512_dpbusd_epi32(acc[gi][ti][sh % NS], cc[gi][sh], b);
             }
     }
-    const __m512 alpha = _mm512_set1_ps(w->alpha);
+    if (!p->last) {
+#pragma GCC unroll 4
+        for (int gi = 0; gi < G; gi++)
+#pragma GCC unroll 16
+            for (int ti = 0; ti < TB; ti++) {
+                __m512i a =
+                    NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0];
+                _mm512_store_si512((void *)(part + ti * 64 + gi * 16), a);
+            }
+        return;
+    }
+    const __m512 alpha = _mm512_set1_ps(p->w->alpha);
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; gi++) {
-        __mmask16 m = row_mask(g + gi, o0, o1);
+        __mmask16 m = row_mask(g + gi, p->o0, p->o1);
 #pragma GCC unroll 16
         for (int ti = 0; ti < TB; ti++) {
             __m512i a = NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0];
-            a = _mm512_sub_epi32(a, _mm512_set1_epi32(qsum[t0 + ti]));
-            __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s[t0 + ti]));
+            a = _mm512_sub_epi32(a, _mm512_set1_epi32(p->qsum[t0 + ti]));
+            __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(p->s[t0 + ti]));
             f = _mm512_mul_ps(f, alpha);
-            _mm512_mask_storeu_ps(y + (t0 + ti) * ldy + (g + gi) * 16, m, f);
+            _mm512_mask_storeu_ps(p->y + (t0 + ti) * p->ldy + (g + gi) * 16, m, f);
         }
     }
 }
@@ -136,14 +165,11 @@ AI void tile_single(const tern_tmat *w, int64_t g, const int G, const int8_t *q,
 #define RUN_SINGLE(TBV, GM)                                                                        \
     case TBV: {                                                                                    \
         int64_t gg = g;                                                                            \
-        for (; gg + (GM) <= g1; gg += (GM))                                                        \
-            tile_single(w, gg, (GM), q, s, qsum, t0, (TBV), y, ldy, o0, o1);                       \
-        for (; gg < g1; gg++) tile_single(w, gg, 1, q, s, qsum, t0, (TBV), y, ldy, o0, o1);        \
+        for (; gg + (GM) <= g1; gg += (GM)) tile_single(p, gg, (GM), t0, (TBV));                   \
+        for (; gg < g1; gg++) tile_single(p, gg, 1, t0, (TBV));                                    \
     } break
 
-static void run_single(const tern_tmat *w, int64_t g, int64_t g1, const int8_t *q, const float *s,
-                       const int32_t *qsum, int64_t t0, int tb, float *y, int64_t ldy, int64_t o0,
-                       int64_t o1)
+static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
 {
     switch (tb) {
         RUN_SINGLE(1, 4);
@@ -154,16 +180,49 @@ static void run_single(const tern_tmat *w, int64_t g, int64_t g1, const int8_t *
         RUN_SINGLE(6, 2);
         RUN_SINGLE(7, 2);
         RUN_SINGLE(8, 2);
-        RUN_SINGLE(9, 1);
-        RUN_SINGLE(10, 1);
-        RUN_SINGLE(11, 1);
-        RUN_SINGLE(12, 1);
-        RUN_SINGLE(13, 1);
-        RUN_SINGLE(14, 1);
-        RUN_SINGLE(15, 1);
-        RUN_SINGLE(16, 1);
     default:
         TERN_ASSERT(0);
+    }
+}
+
+/* Measured on Cascade Lake: token blocks of 8 over two groups beat 16 over one (the
+ * activations of 8 tokens stay in L1), and passes of 64 chunks (1024 columns) keep them there
+ * for any k; without passes n_tok >= 64 ran at half speed. */
+#define TERN_SEG 64
+#define TERN_TBMAX 8
+
+static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                        int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16, kc = w->kc;
+    pass p = {w, q, s, qsum, y, ldy, o0, o1, 0, kc, NULL, 0, 0, true, true};
+    if (n_tok == 1) {
+        /* one activation row fits L1: a single pass over k */
+        for (int64_t g = g0; g < gend; g += 4) run_single(&p, g, g + 4 < gend ? g + 4 : gend, 0, 1);
+        return;
+    }
+    /* Passes over segments of TERN_SEG chunks keep a token block's activations (and the
+     * segment of four groups' weights) in L1 while all token blocks of a chunk of 64 tokens
+     * use it; partial sums (exact int32) wait in part between passes. */
+    _Alignas(64) int32_t part[64 * 4 * 16];
+    p.part = part;
+    for (int64_t tc = 0; tc < n_tok; tc += 64) {
+        int64_t tend = tc + 64 < n_tok ? tc + 64 : n_tok;
+        p.tbase = tc;
+        for (int64_t g = g0; g < gend; g += 4) {
+            int64_t g1 = g + 4 < gend ? g + 4 : gend;
+            p.gbase = g;
+            for (int64_t c0 = 0; c0 < kc; c0 += TERN_SEG) {
+                p.c0 = c0;
+                p.c1 = c0 + TERN_SEG < kc ? c0 + TERN_SEG : kc;
+                p.first = c0 == 0;
+                p.last = p.c1 == kc;
+                for (int64_t t0 = tc; t0 < tend; t0 += TERN_TBMAX) {
+                    int tb = tend - t0 < TERN_TBMAX ? (int)(tend - t0) : TERN_TBMAX;
+                    run_single(&p, g, g1, t0, tb);
+                }
+            }
+        }
     }
 }
 
@@ -258,17 +317,11 @@ static void block_sums(const int8_t *q, int64_t k, int64_t t0, int64_t nt, int32
 void tern_avx512_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                        int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
 {
-    const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16;
     if (!w->blocks) {
-        for (int64_t g = g0; g < gend; g += 4) {
-            int64_t g1 = g + 4 < gend ? g + 4 : gend;
-            for (int64_t t0 = 0; t0 < n_tok; t0 += 16) {
-                int tb = n_tok - t0 < 16 ? (int)(n_tok - t0) : 16;
-                run_single(w, g, g1, q, s, qsum, t0, tb, y, ldy, o0, o1);
-            }
-        }
+        gemm_single(w, q, s, qsum, n_tok, y, ldy, o0, o1);
         return;
     }
+    const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16;
     /* Block sums for a chunk of tokens live on the stack (16 KiB); k <= 131072 gives
      * nb <= 512, so a chunk holds at least 8 tokens and weights are re-read once per chunk. */
     int32_t qsb[4096];
