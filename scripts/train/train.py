@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--stop-at", type=int, default=0,
+                    help="end training after this step (the LR schedule still follows --steps); 0 = --steps")
     ap.add_argument("--time-limit", type=float, default=0, help="stop (with a final eval) after this many seconds; 0 = none")
     args = ap.parse_args()
 
@@ -138,9 +140,10 @@ def main():
     run_loss, run_n = 0.0, 0
     model.train()
     for step in range(args.steps + 1):
-        stop = args.time_limit > 0 and time.time() - t0 > args.time_limit
+        stop = (args.time_limit > 0 and time.time() - t0 > args.time_limit) or \
+            (args.stop_at > 0 and step >= args.stop_at)
         if stop:
-            log(f"time limit reached at step {step}")
+            log(f"stopping at step {step}")
         if step % args.eval_every == 0 or step == args.steps or stop:
             vl = evaluate(model, val, args.ctx, dev)
             tl = run_loss / max(1, run_n)
