@@ -1,0 +1,1225 @@
+/* server.c: the HTTP front end (see server.h): routes, request life cycle, SSE streaming and
+ * the engine-thread serving loop.
+ *
+ * Threads and ownership:
+ * - libmicrohttpd runs one thread per connection. Those threads parse, tokenize, submit and
+ *   cancel; they never call any other engine function (the engine thread is the MPI thread).
+ * - A request (struct req) is shared by three holders, counted in refs: the connection (until
+ *   libmicrohttpd reports the request completed), the streaming response (until its free
+ *   callback) and the engine (from submit until on_done). Whoever drops the last ref frees it.
+ * - The engine's callbacks only append token ids to the request's array (preallocated for
+ *   max_tokens, so the engine thread never allocates) and signal its condition variable; the
+ *   HTTP thread detokenizes, matches stop strings and writes JSON, so streamed and non-streamed
+ *   answers go through the same code and give the same text.
+ * - A client that goes away is noticed either by a failed write (libmicrohttpd then reports
+ *   the request completed with an error) or, while waiting for tokens, by peeking at its
+ *   socket; both cancel the sequence so its KV blocks are freed on every rank in one step.
+ * - Shutdown: tern_server_stop sets a flag; the engine loop switches to draining under the
+ *   server lock (so no request can slip into the engine afterwards), waits for running
+ *   requests up to the grace period, cancels the rest, waits until the engine holds no request
+ *   and the last responses are written, then returns.
+ */
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+
+#include "server/server-internal.h"
+#include "ternpipe/log.h"
+#include "ternpipe/server.h"
+#if defined(__has_include)
+#if __has_include("ternpipe/tokenizer.h")
+#include "ternpipe/tokenizer.h"
+#define TERN_HAVE_TOKENIZER 1
+#endif
+#endif
+#ifndef TERN_HAVE_TOKENIZER
+/* until the tokenizer lands: the server builds, and refuses to tokenize */
+typedef struct tern_tokens {
+    int32_t *ids;
+    size_t n;
+} tern_tokens;
+typedef struct tern_chat_msg {
+    const char *role, *content;
+} tern_chat_msg;
+typedef struct tern_detok {
+    int unused;
+} tern_detok;
+enum { TERN_TOK_ADD_BOS = 1 };
+static tern_code tern_chat_encode(const tern_tokenizer *t, const tern_chat_msg *m, size_t n,
+                                  bool gen, tern_tokens *out, tern_status *st)
+{
+    (void)t, (void)m, (void)n, (void)gen, (void)out;
+    return tern_status_set(st, TERN_EUNSUPPORTED, "tokenizer: not built in");
+}
+static tern_code tern_tokenizer_encode(const tern_tokenizer *t, const char *s, size_t n, int flags,
+                                       tern_tokens *out, tern_status *st)
+{
+    (void)t, (void)s, (void)n, (void)flags, (void)out;
+    return tern_status_set(st, TERN_EUNSUPPORTED, "tokenizer: not built in");
+}
+static bool tern_tokenizer_add_bos(const tern_tokenizer *t)
+{
+    return (void)t, true;
+}
+static int32_t tern_tokenizer_eos(const tern_tokenizer *t)
+{
+    return (void)t, -1;
+}
+static int32_t tern_tokenizer_eot(const tern_tokenizer *t)
+{
+    return (void)t, -1;
+}
+static size_t tern_detok_push(const tern_tokenizer *t, tern_detok *d, int32_t id, char *b, size_t c)
+{
+    (void)t, (void)d, (void)id, (void)b, (void)c;
+    return 0;
+}
+static size_t tern_detok_flush(tern_detok *d, char *b, size_t c)
+{
+    return (void)d, (void)b, (void)c, 0;
+}
+static void tern_tokens_free(tern_tokens *t)
+{
+    free(t->ids);
+}
+#endif
+
+enum { ST_LOADING = 0, ST_READY, ST_DRAINING, ST_CLOSED };
+
+#define TEXT_CHUNK 8192      /* bytes one detokenized token may produce */
+#define WAIT_MS 100          /* how often a waiting HTTP thread checks its client */
+#define STATS_PERIOD_S 0.010 /* engine stats snapshots at most this often while busy */
+#define HARD_BODY_FACTOR 64  /* bodies beyond max_body are read and dropped up to this */
+#define FLUSH_TIMEOUT_S 10.0 /* after draining: time left for the last responses */
+
+typedef struct req req;
+
+struct tern_server {
+    tern_server_opts o;
+    char host[256];
+    char model[128];
+    char *api_key;
+    struct MHD_Daemon *d;
+    int port;
+    atomic_int state;
+    volatile sig_atomic_t stop; /* set from signal handlers */
+    tern_engine *e;
+    const tern_tokenizer *tok;
+    int32_t n_ctx, n_vocab, max_seqs, cap_active;
+    int32_t stop_ids[4], n_stop_ids;
+    pthread_mutex_t mu; /* state changes, the active list, n_open */
+    req *active;        /* accepted requests the engine may still call back */
+    int32_t n_active;
+    int32_t n_open; /* requests whose HTTP side is not done */
+    atomic_uint_fast64_t ids;
+    uint64_t id_salt;
+    long long started;
+    tern_metrics m;
+};
+
+struct req {
+    tern_server *s;
+    struct MHD_Connection *c;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    /* engine -> HTTP, under mu */
+    int32_t *toks; /* [cap] */
+    int32_t cap, n_pushed;
+    bool done;
+    tern_finish why;
+    char err[256];
+    /* engine thread only */
+    double t_submit, t_last;
+    /* server's active list, under s->mu */
+    req *prev, *next;
+    bool listed, submitted, cancel_asked, open_counted;
+    tern_cancel_reason cancel_why;
+    int64_t id;
+    /* HTTP thread only */
+    tern_parsed_request pr;
+    bool chat, stream;
+    char cid[64];
+    long long created;
+    int32_t n_prompt, max_tokens, n_taken;
+    tern_detok dt;
+    tern_stop_match sm;
+    tern_sbuf text;
+    size_t visible, emitted;
+    bool finished, stop_hit, failed, sent_role, sse_done, aborted;
+    const char *finish_reason;
+    tern_sbuf out;
+    size_t out_off;
+};
+
+typedef struct conn {
+    tern_route route;
+    bool post, get;
+    char *body;
+    size_t len, cap, seen;
+    bool too_large, responded;
+    req *r;
+} conn;
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* ids and default seeds: unique per request, not reproducible (that is what "seed" is for) */
+static uint64_t next_random(tern_server *s)
+{
+    return mix64(atomic_fetch_add(&s->ids, 1) ^ s->id_salt);
+}
+
+/* ------------------------------------------------------------------ request objects */
+
+static void req_release(req *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int left = --r->refs;
+    pthread_mutex_unlock(&r->mu);
+    if (left > 0) return;
+    tern_parsed_request_free(&r->pr);
+    tern_sbuf_free(&r->text);
+    tern_sbuf_free(&r->out);
+    free(r->toks);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
+
+static void req_ref(req *r, int delta)
+{
+    pthread_mutex_lock(&r->mu);
+    r->refs += delta;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static req *req_new(tern_server *s, struct MHD_Connection *c)
+{
+    req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->s = s;
+    r->c = c;
+    r->refs = 1; /* the connection's */
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    return r;
+}
+
+/* unlinks r from the active list (s->mu held) */
+static void unlist(tern_server *s, req *r)
+{
+    if (!r->listed) return;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        s->active = r->next;
+    if (r->next) r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    r->listed = false;
+    s->n_active--;
+}
+
+/* ------------------------------------------------------------------ engine callbacks */
+
+static void on_token(void *user, int32_t tok)
+{
+    req *r = user;
+    tern_server *s = r->s;
+    double t = mono_now();
+    pthread_mutex_lock(&r->mu);
+    if (r->n_pushed < r->cap) r->toks[r->n_pushed++] = tok;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    bool first = r->t_last == 0;
+    double dt = t - (first ? r->t_submit : r->t_last);
+    r->t_last = t;
+    tern_metrics_observe(&s->m, first ? &s->m.ttft : &s->m.itl, dt);
+    pthread_mutex_lock(&s->m.mu);
+    s->m.generated_tokens++;
+    pthread_mutex_unlock(&s->m.mu);
+}
+
+static void on_done(void *user, tern_finish why, const char *err)
+{
+    req *r = user;
+    tern_server *s = r->s;
+    tern_metrics_observe(&s->m, &s->m.e2e, mono_now() - r->t_submit);
+    pthread_mutex_lock(&s->mu);
+    unlist(s, r);
+    tern_cancel_reason cw = r->cancel_asked ? r->cancel_why : TERN_CANCEL_NONE;
+    pthread_mutex_unlock(&s->mu);
+    tern_metrics_finish(&s->m, why, cw);
+    pthread_mutex_lock(&r->mu);
+    r->done = true;
+    r->why = why;
+    if (err) snprintf(r->err, sizeof r->err, "%s", err);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    req_release(r); /* the engine's */
+}
+
+/* ------------------------------------------------------------------ HTTP side of a request */
+
+static bool client_gone(req *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return false;
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return true;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+static void cancel_req(req *r, tern_cancel_reason why)
+{
+    tern_server *s = r->s;
+    pthread_mutex_lock(&s->mu);
+    bool live = r->listed && r->submitted;
+    if (!r->cancel_asked) r->cancel_why = why;
+    r->cancel_asked = true;
+    int64_t id = r->id;
+    pthread_mutex_unlock(&s->mu);
+    if (live) tern_engine_cancel(s->e, id);
+}
+
+static void finish_as(req *r, const char *reason)
+{
+    r->finished = true;
+    r->finish_reason = reason;
+}
+
+/* Moves newly generated tokens into r->text, matching stop strings after every token so the
+ * count of tokens (usage) does not depend on how tokens were batched. */
+static void consume(req *r)
+{
+    if (r->finished) return;
+    tern_server *s = r->s;
+    pthread_mutex_lock(&r->mu);
+    int32_t n = r->n_pushed;
+    bool done = r->done;
+    tern_finish why = r->why;
+    pthread_mutex_unlock(&r->mu);
+    char buf[TEXT_CHUNK];
+    size_t vis;
+    /* token ids below n_pushed are never written again: read them without the lock */
+    while (r->n_taken < n) {
+        int32_t t = r->toks[r->n_taken++];
+        size_t w = tern_detok_push(s->tok, &r->dt, t, buf, sizeof buf);
+        tern_sbuf_add(&r->text, buf, w);
+        if (tern_stop_scan(&r->sm, r->text.s ? r->text.s : "", r->text.len, &vis)) {
+            r->stop_hit = true;
+            r->visible = vis;
+            cancel_req(r, TERN_CANCEL_STOP_STRING);
+            finish_as(r, "stop");
+            return;
+        }
+        if (vis > r->visible) r->visible = vis;
+    }
+    if (!done) return;
+    size_t w = tern_detok_flush(&r->dt, buf, sizeof buf);
+    tern_sbuf_add(&r->text, buf, w);
+    if (tern_stop_scan(&r->sm, r->text.s ? r->text.s : "", r->text.len, &vis)) {
+        r->stop_hit = true;
+        r->visible = vis;
+        finish_as(r, "stop");
+        return;
+    }
+    r->visible = r->text.len;
+    if (why == TERN_FINISH_STOP)
+        finish_as(r, "stop");
+    else if (why == TERN_FINISH_LENGTH)
+        finish_as(r, "length");
+    else {
+        r->failed = true;
+        finish_as(r, NULL);
+    }
+}
+
+/* Waits up to WAIT_MS for news from the engine; false when the client went away or the server
+ * is closing for good. */
+static bool wait_more(req *r)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_nsec += WAIT_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&r->mu);
+    bool news = r->n_pushed > r->n_taken || r->done;
+    if (!news) pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    news = r->n_pushed > r->n_taken || r->done;
+    pthread_mutex_unlock(&r->mu);
+    if (atomic_load(&r->s->state) == ST_CLOSED) return false;
+    return news || !client_gone(r);
+}
+
+/* Replaces invalid UTF-8 with U+FFFD so every JSON string we write is valid. */
+static char *utf8_clean(const char *s, size_t n)
+{
+    char *o = malloc(3 * n + 1);
+    if (!o) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n && !(len == 2 && c < 0xc2);
+        for (size_t j = 1; ok && j < len; j++) ok = ((unsigned char)s[i + j] >> 6) == 2;
+        if (ok && len == 3) {
+            unsigned cp = (c & 0x0fu) << 12 | ((unsigned char)s[i + 1] & 0x3fu) << 6;
+            ok = cp >= 0x800 && (cp < 0xd800 || cp > 0xdfff);
+        }
+        if (ok && len == 4) {
+            unsigned cp = (c & 0x07u) << 18 | ((unsigned char)s[i + 1] & 0x3fu) << 12;
+            ok = cp >= 0x10000 && cp <= 0x10ffff;
+        }
+        if (ok) {
+            memcpy(o + k, s + i, len);
+            k += len;
+            i += len;
+        } else {
+            memcpy(o + k, "\xef\xbf\xbd", 3);
+            k += 3;
+            i++;
+        }
+    }
+    o[k] = '\0';
+    return o;
+}
+
+static cJSON *add_text(cJSON *obj, const char *name, const char *s, size_t n)
+{
+    char *c = utf8_clean(s, n);
+    cJSON *j = cJSON_AddStringToObject(obj, name, c ? c : "");
+    free(c);
+    return j;
+}
+
+static cJSON *usage_json(const req *r)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", r->n_taken);
+    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + r->n_taken);
+    return u;
+}
+
+static cJSON *envelope(const req *r, const char *object)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "id", r->cid);
+    cJSON_AddStringToObject(j, "object", object);
+    cJSON_AddNumberToObject(j, "created", (double)r->created);
+    cJSON_AddStringToObject(j, "model", r->s->model);
+    return j;
+}
+
+static cJSON *error_json(const char *type, const char *param, const char *code, const char *msg)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON *e = cJSON_AddObjectToObject(j, "error");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "type", type);
+    if (param && *param)
+        cJSON_AddStringToObject(e, "param", param);
+    else
+        cJSON_AddNullToObject(e, "param");
+    if (code)
+        cJSON_AddStringToObject(e, "code", code);
+    else
+        cJSON_AddNullToObject(e, "code");
+    return j;
+}
+
+static const char *failure_message(req *r)
+{
+    if (r->why == TERN_FINISH_CANCELLED)
+        return atomic_load(&r->s->state) >= ST_DRAINING
+                   ? "server: request cancelled: the server is shutting down"
+                   : "server: request cancelled";
+    return r->err[0] ? r->err : "engine: generation failed";
+}
+
+/* one SSE event: "data: JSON\n\n" (the JSON is consumed) */
+static void sse_event(req *r, cJSON *j)
+{
+    char *t = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    tern_sbuf_add(&r->out, "data: ", 6);
+    if (t) tern_sbuf_add(&r->out, t, strlen(t));
+    tern_sbuf_add(&r->out, "\n\n", 2);
+    free(t);
+}
+
+static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bool role)
+{
+    cJSON *j = envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(j, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    if (r->chat) {
+        cJSON *d = cJSON_AddObjectToObject(c, "delta");
+        if (role) cJSON_AddStringToObject(d, "role", "assistant");
+        if (text) add_text(d, "content", text, n);
+    } else {
+        add_text(c, "text", text ? text : "", text ? n : 0);
+    }
+    cJSON_AddNullToObject(c, "logprobs");
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+    if (r->pr.include_usage) cJSON_AddNullToObject(j, "usage");
+    sse_event(r, j);
+}
+
+/* Produces the next SSE events into r->out (waiting for tokens when there are none). */
+static void sse_produce(req *r)
+{
+    if (r->chat && !r->sent_role) {
+        r->sent_role = true;
+        sse_chunk(r, "", 0, NULL, true);
+        return;
+    }
+    consume(r);
+    if (r->visible > r->emitted) {
+        sse_chunk(r, r->text.s + r->emitted, r->visible - r->emitted, NULL, false);
+        r->emitted = r->visible;
+    }
+    if (r->finished) {
+        if (r->failed) {
+            sse_event(r, error_json("server_error", NULL, NULL, failure_message(r)));
+        } else {
+            sse_chunk(r, r->chat ? NULL : "", 0, r->finish_reason, false);
+            if (r->pr.include_usage) {
+                cJSON *j = envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
+                cJSON_AddArrayToObject(j, "choices");
+                cJSON_AddItemToObject(j, "usage", usage_json(r));
+                sse_event(r, j);
+            }
+        }
+        tern_sbuf_add(&r->out, "data: [DONE]\n\n", 14);
+        r->sse_done = true;
+        return;
+    }
+    if (r->out.len > r->out_off) return;
+    if (!wait_more(r)) {
+        cancel_req(r, TERN_CANCEL_CLIENT);
+        r->aborted = true;
+    }
+}
+
+static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    req *r = cls;
+    (void)pos;
+    for (;;) {
+        if (r->out.oom) return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (r->out.len > r->out_off) {
+            size_t n = r->out.len - r->out_off;
+            if (n > max) n = max;
+            memcpy(buf, r->out.s + r->out_off, n);
+            r->out_off += n;
+            if (r->out_off == r->out.len) r->out.len = r->out_off = 0;
+            return (ssize_t)n;
+        }
+        if (r->sse_done) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (r->aborted) return MHD_CONTENT_READER_END_WITH_ERROR;
+        sse_produce(r);
+    }
+}
+
+static void sse_free(void *cls)
+{
+    req_release(cls); /* the response's */
+}
+
+/* ------------------------------------------------------------------ responses */
+
+static enum MHD_Result send_body(tern_server *s, struct MHD_Connection *c, conn *k, int status,
+                                 const char *type, const char *body, size_t len)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (!resp) return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", type);
+    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (status == 405)
+        MHD_add_response_header(resp, "Allow", k->route <= TERN_ROUTE_CHAT ? "POST" : "GET");
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    k->responded = true;
+    tern_metrics_request(&s->m, k->route, status);
+    return ok;
+}
+
+static enum MHD_Result send_json(tern_server *s, struct MHD_Connection *c, conn *k, int status,
+                                 cJSON *j)
+{
+    char *t = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!t) return MHD_NO;
+    size_t n = strlen(t);
+    enum MHD_Result ok = send_body(s, c, k, status, "application/json", t, n);
+    free(t);
+    return ok;
+}
+
+static enum MHD_Result send_error(tern_server *s, struct MHD_Connection *c, conn *k, int status,
+                                  const char *param, const char *msg)
+{
+    const char *type = status == 401   ? "authentication_error"
+                       : status == 429 ? "rate_limit_error"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
+    const char *code = status == 401   ? "invalid_api_key"
+                       : status == 404 ? "not_found"
+                       : status == 413 ? "request_too_large"
+                       : status == 429 ? "rate_limit_exceeded"
+                                       : NULL;
+    return send_json(s, c, k, status, error_json(type, param, code, msg));
+}
+
+/* ------------------------------------------------------------------ generation routes */
+
+static tern_code tokenize(tern_server *s, req *r, tern_tokens *ids, tern_status *st)
+{
+    /* the tokenizer is immutable after load: HTTP threads encode concurrently */
+    tern_code rc;
+    if (r->chat) {
+        static const char *const roles[TERN_ROLE_COUNT] = {"system", "user", "assistant"};
+        tern_chat_msg *msgs = calloc((size_t)r->pr.n_messages, sizeof *msgs);
+        if (!msgs) {
+            rc = tern_status_set(st, TERN_ENOMEM, "messages: out of memory");
+        } else {
+            for (int32_t i = 0; i < r->pr.n_messages; i++) {
+                msgs[i].role = roles[r->pr.messages[i].role];
+                msgs[i].content = r->pr.messages[i].content;
+            }
+            rc = tern_chat_encode(s->tok, msgs, (size_t)r->pr.n_messages, true, ids, st);
+            free(msgs);
+        }
+    } else {
+        rc = tern_tokenizer_encode(s->tok, r->pr.prompt, r->pr.prompt_len,
+                                   tern_tokenizer_add_bos(s->tok) ? TERN_TOK_ADD_BOS : 0, ids, st);
+    }
+    return rc;
+}
+
+/* Takes a place among the accepted requests: 503 while not serving, 429 when full. */
+static int reserve(tern_server *s, req *r)
+{
+    pthread_mutex_lock(&s->mu);
+    int status = 0;
+    int st = atomic_load(&s->state);
+    if (st != ST_READY)
+        status = 503;
+    else if (s->n_active >= s->cap_active)
+        status = 429;
+    else {
+        r->listed = true;
+        r->next = s->active;
+        if (s->active) s->active->prev = r;
+        s->active = r;
+        s->n_active++;
+        s->n_open++;
+        r->open_counted = true;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!status) {
+        pthread_mutex_lock(&s->m.mu);
+        s->m.in_flight++;
+        pthread_mutex_unlock(&s->m.mu);
+    }
+    return status;
+}
+
+/* undoes reserve for a request that never reached the engine */
+static void unreserve(tern_server *s, req *r)
+{
+    pthread_mutex_lock(&s->mu);
+    unlist(s, r);
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->m.mu);
+    s->m.in_flight--;
+    pthread_mutex_unlock(&s->m.mu);
+}
+
+static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    char err[512], param[64];
+    req *r = req_new(s, c);
+    if (!r) return send_error(s, c, k, 500, NULL, "server: out of memory");
+    k->r = r;
+    r->chat = k->route == TERN_ROUTE_CHAT;
+    if (tern_server_parse_request(k->body, k->len, r->chat, &r->pr, err, sizeof err, param,
+                                  sizeof param))
+        return send_error(s, c, k, 400, param, err);
+    r->stream = r->pr.stream;
+    int busy = reserve(s, r);
+    if (busy == 503)
+        return send_error(s, c, k, 503, NULL,
+                          atomic_load(&s->state) == ST_LOADING
+                              ? "server: the model is loading, try again shortly"
+                              : "server: shutting down, not accepting requests");
+    if (busy == 429) {
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "server: got %d requests in flight, expected at most %d (--max-seqs + "
+                 "--max-queue); retry later",
+                 s->cap_active, s->cap_active);
+        return send_error(s, c, k, 429, NULL, msg);
+    }
+    /* from here the request is listed: every exit before submit must unreserve it */
+    tern_status st = {0};
+    tern_tokens ids = {0};
+    const int32_t *prompt;
+    int32_t n_prompt;
+    if (r->pr.prompt_ids) {
+        prompt = r->pr.prompt_ids;
+        n_prompt = r->pr.n_prompt_ids;
+    } else {
+        if (tokenize(s, r, &ids, &st)) {
+            unreserve(s, r);
+            tern_tokens_free(&ids);
+            return send_error(s, c, k, 400, r->chat ? "messages" : "prompt", st.msg);
+        }
+        prompt = ids.ids;
+        n_prompt = (int32_t)ids.n;
+    }
+    r->n_prompt = n_prompt;
+    int32_t max_tokens = r->pr.max_tokens;
+    if (max_tokens < 0) {
+        if (n_prompt >= s->n_ctx) {
+            unreserve(s, r);
+            tern_tokens_free(&ids);
+            snprintf(err, sizeof err,
+                     "context: prompt: got %d tokens, expected fewer than the context size %d",
+                     n_prompt, s->n_ctx);
+            return send_error(s, c, k, 400, r->chat ? "messages" : "prompt", err);
+        }
+        int32_t def = s->o.default_max_tokens;
+        max_tokens = def < s->n_ctx - n_prompt ? def : s->n_ctx - n_prompt;
+    }
+    r->max_tokens = max_tokens;
+    r->cap = max_tokens > 0 ? max_tokens : 1;
+    r->toks = malloc((size_t)r->cap * sizeof *r->toks);
+    if (!r->toks) {
+        unreserve(s, r);
+        tern_tokens_free(&ids);
+        return send_error(s, c, k, 500, NULL, "server: out of memory");
+    }
+    tern_stop_init(&r->sm, (const char *const *)r->pr.stop, r->pr.n_stop);
+    if (!r->pr.has_seed) r->pr.sampling.seed = next_random(s);
+    uint64_t rid = next_random(s);
+    snprintf(r->cid, sizeof r->cid, "%s-%016llx", r->chat ? "chatcmpl" : "cmpl",
+             (unsigned long long)rid);
+    r->created = (long long)time(NULL);
+
+    tern_request rq = {.prompt = prompt,
+                       .n_prompt = n_prompt,
+                       .sampling = r->pr.sampling,
+                       .max_tokens = max_tokens,
+                       .on_token = on_token,
+                       .on_done = on_done,
+                       .user = r};
+    for (int32_t i = 0; i < s->n_stop_ids; i++) rq.stop[rq.n_stop++] = s->stop_ids[i];
+    req_ref(r, 1); /* the engine's: taken before submit, the engine may call back at once */
+    r->t_submit = mono_now();
+    int64_t id = 0;
+    tern_code rc = tern_engine_submit(s->e, &rq, &id, &st);
+    tern_tokens_free(&ids);
+    if (rc) {
+        req_ref(r, -1);
+        unreserve(s, r);
+        if (rc == TERN_EBUSY) return send_error(s, c, k, 429, NULL, st.msg);
+        if (rc == TERN_ERANGE || rc == TERN_EINVAL) {
+            const char *p = !strncmp(st.msg, "context", 7) || !strncmp(st.msg, "kv", 2)
+                                ? (r->pr.max_tokens >= 0 ? "max_tokens" : "prompt")
+                            : !strncmp(st.msg, "prompt", 6) ? "prompt"
+                                                            : NULL;
+            return send_error(s, c, k, 400, p, st.msg);
+        }
+        return send_error(s, c, k, 500, NULL, st.msg);
+    }
+    pthread_mutex_lock(&s->m.mu);
+    s->m.prompt_tokens += (uint64_t)n_prompt;
+    pthread_mutex_unlock(&s->m.mu);
+    pthread_mutex_lock(&s->mu);
+    r->id = id;
+    r->submitted = r->listed; /* on_done may already have unlisted it */
+    bool cancel = r->cancel_asked && r->listed;
+    pthread_mutex_unlock(&s->mu);
+    if (cancel) tern_engine_cancel(s->e, id); /* the grace period ran out meanwhile */
+
+    if (r->stream) {
+        req_ref(r, 1); /* the response's */
+        struct MHD_Response *resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_reader, r, sse_free);
+        if (!resp) {
+            req_release(r);
+            cancel_req(r, TERN_CANCEL_CLIENT);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, resp);
+        MHD_destroy_response(resp);
+        k->responded = true;
+        tern_metrics_request(&s->m, k->route, 200);
+        return ok;
+    }
+    /* non-streaming: this connection thread waits for the whole answer */
+    for (;;) {
+        consume(r);
+        if (r->finished) break;
+        if (!wait_more(r)) {
+            cancel_req(r, TERN_CANCEL_CLIENT);
+            tern_metrics_request(&s->m, k->route, 499);
+            return MHD_NO;
+        }
+    }
+    if (r->failed)
+        return send_error(s, c, k, atomic_load(&s->state) >= ST_DRAINING ? 503 : 500, NULL,
+                          failure_message(r));
+    cJSON *j = envelope(r, r->chat ? "chat.completion" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(j, "choices");
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", 0);
+    const char *text = r->text.s ? r->text.s : "";
+    if (r->chat) {
+        cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        add_text(msg, "content", text, r->visible);
+    } else {
+        add_text(ch, "text", text, r->visible);
+    }
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddStringToObject(ch, "finish_reason", r->finish_reason);
+    cJSON_AddItemToObject(j, "usage", usage_json(r));
+    return send_json(s, c, k, 200, j);
+}
+
+/* ------------------------------------------------------------------ other routes */
+
+static enum MHD_Result models(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(j, "data");
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddItemToArray(data, m);
+    cJSON_AddStringToObject(m, "id", s->model);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", (double)s->started);
+    cJSON_AddStringToObject(m, "owned_by", "ternpipe");
+    if (atomic_load(&s->state) != ST_LOADING) {
+        cJSON *meta = cJSON_AddObjectToObject(m, "meta");
+        cJSON_AddNumberToObject(meta, "n_ctx", s->n_ctx);
+        cJSON_AddNumberToObject(meta, "n_vocab", s->n_vocab);
+        cJSON_AddNumberToObject(meta, "max_seqs", s->max_seqs);
+        cJSON_AddNumberToObject(meta, "n_ranks", tern_engine_n_ranks(s->e));
+    }
+    return send_json(s, c, k, 200, j);
+}
+
+static enum MHD_Result health(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    int st = atomic_load(&s->state);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "status",
+                            st == ST_READY     ? "ok"
+                            : st == ST_LOADING ? "loading"
+                                               : "stopping");
+    return send_json(s, c, k, st == ST_READY ? 200 : 503, j);
+}
+
+static enum MHD_Result metrics(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    tern_sbuf b = {0};
+    tern_metrics_render(&s->m, s->model, atomic_load(&s->state), &b);
+    if (b.oom) {
+        tern_sbuf_free(&b);
+        return send_error(s, c, k, 500, NULL, "server: out of memory");
+    }
+    enum MHD_Result ok =
+        send_body(s, c, k, 200, "text/plain; version=0.0.4; charset=utf-8", b.s ? b.s : "", b.len);
+    tern_sbuf_free(&b);
+    return ok;
+}
+
+/* constant time in the key's length, so a timing probe learns nothing but the length */
+static bool key_ok(const tern_server *s, struct MHD_Connection *c)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return false;
+    h += 7;
+    while (*h == ' ') h++;
+    size_t n = strlen(s->api_key), m = strlen(h);
+    unsigned diff = n != m;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)s->api_key[i] ^ (unsigned char)(i < m ? h[i] : 0);
+    return diff == 0;
+}
+
+static tern_route route_of(const char *url)
+{
+    if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions"))
+        return TERN_ROUTE_COMPLETIONS;
+    if (!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/chat/completions"))
+        return TERN_ROUTE_CHAT;
+    if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return TERN_ROUTE_MODELS;
+    if (!strcmp(url, "/health")) return TERN_ROUTE_HEALTH;
+    if (!strcmp(url, "/metrics")) return TERN_ROUTE_METRICS;
+    return TERN_ROUTE_OTHER;
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+                               const char *method, const char *version, const char *upload,
+                               size_t *upload_size, void **con_cls)
+{
+    tern_server *s = cls;
+    conn *k = *con_cls;
+    (void)version;
+    if (!k) {
+        k = calloc(1, sizeof *k);
+        if (!k) return MHD_NO;
+        *con_cls = k;
+        k->route = route_of(url);
+        k->post = !strcmp(method, MHD_HTTP_METHOD_POST);
+        k->get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        const char *ex = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Expect");
+        unsigned long long n = cl ? strtoull(cl, NULL, 10) : 0;
+        /* a client waiting for "100 Continue" can be refused before it sends the body */
+        if (n > s->o.max_body && ex && !strcasecmp(ex, "100-continue")) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "body: got %llu bytes, expected at most %zu", n,
+                     s->o.max_body);
+            k->too_large = true;
+            return send_error(s, c, k, 413, NULL, msg);
+        }
+        return MHD_YES;
+    }
+    if (k->responded) { /* refused early: drop whatever still comes */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        k->seen += n;
+        if (k->too_large || k->len + n > s->o.max_body) {
+            /* read and drop it, so the client gets to read our 413 instead of a reset */
+            k->too_large = true;
+            return k->seen > s->o.max_body * HARD_BODY_FACTOR ? MHD_NO : MHD_YES;
+        }
+        if (k->len + n + 1 > k->cap) {
+            size_t cap = k->cap ? k->cap : 4096;
+            while (cap < k->len + n + 1) cap *= 2;
+            if (cap > s->o.max_body + 1) cap = s->o.max_body + 1;
+            char *b = realloc(k->body, cap);
+            if (!b) return MHD_NO;
+            k->body = b;
+            k->cap = cap;
+        }
+        memcpy(k->body + k->len, upload, n);
+        k->len += n;
+        return MHD_YES;
+    }
+    if (k->too_large) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "body: got %zu bytes, expected at most %zu", k->seen,
+                 s->o.max_body);
+        return send_error(s, c, k, 413, NULL, msg);
+    }
+    switch (k->route) {
+    case TERN_ROUTE_HEALTH:
+        if (!k->get) return send_error(s, c, k, 405, NULL, "method: expected GET");
+        return health(s, c, k);
+    case TERN_ROUTE_METRICS:
+        if (!k->get) return send_error(s, c, k, 405, NULL, "method: expected GET");
+        return metrics(s, c, k);
+    case TERN_ROUTE_OTHER: {
+        char msg[400];
+        snprintf(msg, sizeof msg,
+                 "route: got %.16s %.200s, expected one of POST /v1/completions, "
+                 "POST /v1/chat/completions, GET /v1/models, /health, /metrics",
+                 method, url);
+        return send_error(s, c, k, 404, NULL, msg);
+    }
+    default:
+        break;
+    }
+    if (s->api_key && !key_ok(s, c))
+        return send_error(s, c, k, 401, NULL,
+                          "authorization: got no or a wrong API key, expected the header "
+                          "\"Authorization: Bearer KEY\"");
+    if (k->route == TERN_ROUTE_MODELS) {
+        if (!k->get) return send_error(s, c, k, 405, NULL, "method: expected GET");
+        return models(s, c, k);
+    }
+    if (!k->post) return send_error(s, c, k, 405, NULL, "method: expected POST");
+    if (atomic_load(&s->state) != ST_READY)
+        return send_error(s, c, k, 503, NULL,
+                          atomic_load(&s->state) == ST_LOADING
+                              ? "server: the model is loading, try again shortly"
+                              : "server: shutting down, not accepting requests");
+    return generate(s, c, k);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+    tern_server *s = cls;
+    conn *k = *con_cls;
+    (void)c;
+    if (!k) return;
+    req *r = k->r;
+    if (r) {
+        /* a client that left before the end: free its sequence on every rank */
+        if (!(toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && r->finished))
+            cancel_req(r, TERN_CANCEL_CLIENT);
+        pthread_mutex_lock(&s->mu);
+        if (r->open_counted) s->n_open--;
+        r->open_counted = false;
+        pthread_mutex_unlock(&s->mu);
+        req_release(r);
+    }
+    free(k->body);
+    free(k);
+    *con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    if (tern_log_get_level() < TERN_LOG_DEBUG) return;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    tern_log(TERN_LOG_DEBUG, "http: %s", line);
+}
+
+/* ------------------------------------------------------------------ life cycle */
+
+tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_status *st)
+{
+    *out = NULL;
+    tern_server *s = calloc(1, sizeof *s);
+    if (!s) return tern_status_set(st, TERN_ENOMEM, "server: out of memory");
+    s->o = *o;
+    snprintf(s->host, sizeof s->host, "%s", o->host ? o->host : "127.0.0.1");
+    snprintf(s->model, sizeof s->model, "%s", o->model_name ? o->model_name : "ternpipe");
+    s->port = o->port > 0 ? o->port : 8080;
+    if (s->o.max_queue == 0) s->o.max_queue = 256;
+    if (s->o.max_queue < 0) s->o.max_queue = 0;
+    if (s->o.default_max_tokens <= 0) s->o.default_max_tokens = 128;
+    if (s->o.grace_s <= 0) s->o.grace_s = 30;
+    if (s->o.max_body == 0) s->o.max_body = 1u << 20;
+    if (o->api_key && *o->api_key) {
+        s->api_key = strdup(o->api_key);
+        if (!s->api_key) {
+            free(s);
+            return tern_status_set(st, TERN_ENOMEM, "server: out of memory");
+        }
+    }
+    s->o.host = s->host;
+    s->o.api_key = s->api_key;
+    s->o.model_name = s->model;
+    pthread_mutex_init(&s->mu, NULL);
+    tern_metrics_init(&s->m);
+    atomic_init(&s->state, ST_LOADING);
+    atomic_init(&s->ids, 1);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    s->id_salt = mix64((uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec ^
+                       (uint64_t)getpid() << 32);
+    s->started = (long long)ts.tv_sec;
+
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", s->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int gai = getaddrinfo(s->host, portstr, &hints, &ai);
+    if (gai != 0 || !ai) {
+        tern_status_set(st, TERN_EINVAL, "--host: got '%s', expected an address to bind (%s)",
+                        s->host, gai_strerror(gai));
+        if (ai) freeaddrinfo(ai);
+        tern_server_free(s);
+        return TERN_EINVAL;
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->d = MHD_start_daemon(
+        flags, (uint16_t)s->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+        (unsigned)1, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->d) {
+        tern_status_set(st, TERN_EIO,
+                        "server: listening on %s port %d: got an error (%s), expected a free "
+                        "port (--port)",
+                        s->host, s->port, strerror(errno ? errno : EADDRINUSE));
+        tern_server_free(s);
+        return TERN_EIO;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    if (di && di->port) s->port = di->port;
+    *out = s;
+    return TERN_OK;
+}
+
+int tern_server_port(const tern_server *s)
+{
+    return s->port;
+}
+
+void tern_server_attach(tern_server *s, tern_engine *e, const tern_tokenizer *tok)
+{
+    s->e = e;
+    s->tok = tok;
+    s->n_ctx = tern_engine_n_ctx(e);
+    s->n_vocab = tern_engine_hparams(e)->n_vocab;
+    s->max_seqs = tern_engine_max_seqs(e);
+    s->cap_active = s->max_seqs + s->o.max_queue;
+    s->n_stop_ids = 0;
+    int32_t eos = tern_tokenizer_eos(tok), eot = tern_tokenizer_eot(tok);
+    if (eos >= 0) s->stop_ids[s->n_stop_ids++] = eos;
+    if (eot >= 0 && eot != eos) s->stop_ids[s->n_stop_ids++] = eot;
+    tern_engine_stats es;
+    tern_engine_stats_get(e, &es);
+    tern_metrics_engine(&s->m, &es);
+    pthread_mutex_lock(&s->mu);
+    int expected = ST_LOADING;
+    atomic_compare_exchange_strong(&s->state, &expected, ST_READY);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void tern_server_stop(tern_server *s)
+{
+    if (s) s->stop = s->stop < 2 ? s->stop + 1 : 2;
+}
+
+static void snapshot(tern_server *s)
+{
+    tern_engine_stats es;
+    tern_engine_stats_get(s->e, &es);
+    tern_metrics_engine(&s->m, &es);
+}
+
+tern_code tern_server_run(tern_server *s, tern_status *st)
+{
+    if (!s->e) return tern_status_set(st, TERN_EINVAL, "server: run before attach");
+    tern_log(TERN_LOG_INFO, "serving %s on http://%s:%d (pid %d, %d ranks, context %d, %d slots)",
+             s->model, s->host, s->port, (int)getpid(), tern_engine_n_ranks(s->e), s->n_ctx,
+             s->max_seqs);
+    double last_stats = 0, deadline = 0;
+    bool cancelled_all = false;
+    tern_code rc = TERN_OK;
+    for (;;) {
+        bool idle = false;
+        tern_status est = {0};
+        if (tern_engine_step(s->e, &idle, &est) && !rc) {
+            rc = tern_status_set(st, est.code, "%s", est.msg);
+            tern_log(TERN_LOG_ERROR, "engine: %s", est.msg);
+            s->stop = 1;
+        }
+        double t = mono_now();
+        if (idle || t - last_stats >= STATS_PERIOD_S) {
+            snapshot(s);
+            last_stats = t;
+        }
+        if (s->stop && atomic_load(&s->state) == ST_READY) {
+            pthread_mutex_lock(&s->mu);
+            atomic_store(&s->state, ST_DRAINING);
+            int32_t n = s->n_active;
+            pthread_mutex_unlock(&s->mu);
+            deadline = t + s->o.grace_s;
+            tern_log(TERN_LOG_INFO, "stopping: %d requests in flight, %.0f s grace", n,
+                     s->o.grace_s);
+        }
+        if (atomic_load(&s->state) == ST_DRAINING) {
+            if (s->stop >= 2) deadline = t; /* asked twice: no more grace */
+            pthread_mutex_lock(&s->mu);
+            int32_t n = s->n_active;
+            if (!cancelled_all && t >= deadline && n > 0) {
+                /* grace is over: cancel what is left (those not yet submitted see the flag) */
+                for (req *r = s->active; r; r = r->next) {
+                    if (!r->cancel_asked) r->cancel_why = TERN_CANCEL_SHUTDOWN;
+                    r->cancel_asked = true;
+                    if (r->submitted) tern_engine_cancel(s->e, r->id);
+                }
+                cancelled_all = true;
+                tern_log(TERN_LOG_WARN, "stopping: grace period over, cancelling %d requests", n);
+            }
+            pthread_mutex_unlock(&s->mu);
+            if (n == 0) break;
+        }
+        if (idle) tern_engine_wait(s->e, 50);
+    }
+    /* the engine holds no request now; let the last responses reach their clients */
+    double until = mono_now() + FLUSH_TIMEOUT_S;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        int32_t n = s->n_open;
+        pthread_mutex_unlock(&s->mu);
+        if (n <= 0 || mono_now() > until) break;
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    snapshot(s);
+    atomic_store(&s->state, ST_CLOSED);
+    tern_log(TERN_LOG_INFO, "stopped serving");
+    return rc;
+}
+
+void tern_server_free(tern_server *s)
+{
+    if (!s) return;
+    atomic_store(&s->state, ST_CLOSED);
+    if (s->d) MHD_stop_daemon(s->d);
+    tern_metrics_destroy(&s->m);
+    pthread_mutex_destroy(&s->mu);
+    free(s->api_key);
+    free(s);
+}
