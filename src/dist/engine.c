@@ -878,13 +878,19 @@ tern_code tern_engine_step(tern_engine *e, bool *idle, tern_status *st)
     (void)st;
     admit(e);
     bool launched = false;
-    while (e->n_inflight < e->inflight_target || e->n_ranks == 1) {
+    /* One rank completes each micro-batch at once: a step runs at most inflight_target of
+     * them, so a serving loop gets control back between steps (signals, stats) even under
+     * endless load. */
+    int32_t n_launched = 0;
+    while (e->n_ranks > 1 ? e->n_inflight < e->inflight_target
+                          : n_launched < e->inflight_target) {
         mbatch *b = NULL;
         for (int32_t i = 0; i < e->inflight_target && !b; i++)
             if (!e->mbs[i].busy) b = &e->mbs[i];
         if (!b || !build(e, b)) break;
         launch(e, b);
         launched = true;
+        n_launched++;
         if (e->n_ranks == 1) admit(e); /* finished sequences free slots for waiting ones */
     }
     if (e->n_ranks > 1 && e->n_inflight > 0) {
