@@ -1,0 +1,217 @@
+/* cmd_serve.c: `ternpipe serve`: the OpenAI-compatible HTTP server (rank 0) over the pipeline
+ * engine; under mpirun the other ranks serve their layer slices until rank 0 closes the engine.
+ *
+ * Rank 0 binds its port before the engine loads, so /health answers 503 "loading" during a
+ * long load and a taken port is reported early (rank 0 still joins the engine's collective
+ * open and close, so the workers never hang on it).
+ */
+#if defined(__has_include)
+#if __has_include("ternpipe/tokenizer.h")
+#define TERN_HAVE_TOKENIZER 1
+#endif
+#endif
+#ifdef TERN_HAVE_TOKENIZER
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ternpipe/log.h"
+#include "ternpipe/server.h"
+#include "ternpipe/tokenizer.h"
+#include "tools/commands.h"
+#include "tools/run.h"
+#include "tools/serve.h"
+
+static tern_server *volatile g_srv;
+static volatile sig_atomic_t g_signals;
+static volatile sig_atomic_t g_loading = 1;
+
+static void on_signal(int sig)
+{
+    g_signals++;
+    if (g_srv) {
+        tern_server_stop(g_srv);
+    } else if (g_loading && g_signals >= 2) { /* asked twice while loading: give up now */
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+}
+
+/* the launcher's rank, before MPI is up (only to decide who binds the port early) */
+static int env_rank(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: ternpipe serve [--host ADDR] [--port N] [--api-key KEY] [--max-queue N]\n"
+            "                      [--max-tokens N] [--grace S] [--alias NAME] %s\n"
+            "  --host       address to bind (default 127.0.0.1; 0.0.0.0 for every interface)\n"
+            "  --port       TCP port (default 8080)\n"
+            "  --api-key    require 'Authorization: Bearer KEY' on /v1/* (or $TERNPIPE_API_KEY)\n"
+            "  --max-queue  requests waiting beyond --max-seqs before 429 (default 256)\n"
+            "  --max-tokens default max_tokens of a request (default 128)\n"
+            "  --grace      seconds running requests may finish after SIGTERM (default 30)\n"
+            "  --alias      model name in responses (default: the file name)\n",
+            tern_engine_opts_usage());
+}
+
+static int int_arg(const char *name, const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "ternpipe serve: %s: got '%s', expected an integer %ld..%ld\n", name, v, lo,
+                hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* "models/tinystories-bitnet.gguf" -> "tinystories-bitnet" */
+static void model_name(const char *path, char *out, size_t cap)
+{
+    const char *b = path ? strrchr(path, '/') : NULL;
+    b = b ? b + 1 : path ? path : "ternpipe";
+    size_t n = strlen(b);
+    if (n > 5 && !strcmp(b + n - 5, ".gguf")) n -= 5;
+    snprintf(out, cap, "%.*s", (int)n, b);
+}
+
+int tern_cmd_serve(int argc, char **argv)
+{
+    tern_engine_opts eo = {0};
+    tern_server_opts so = {0};
+    const char *alias = NULL;
+    so.api_key = getenv("TERNPIPE_API_KEY");
+    for (int i = 1; i < argc; i++) {
+        int r = tern_parse_engine_opt(argc, argv, &i, &eo);
+        if (r < 0) return 2;
+        if (r) continue;
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long x;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        } else if (!v) {
+            usage();
+            return 2;
+        } else if (!strcmp(a, "--host")) {
+            so.host = v;
+        } else if (!strcmp(a, "--port")) {
+            if (int_arg(a, v, 1, 65535, &x)) return 2;
+            so.port = (int)x;
+        } else if (!strcmp(a, "--api-key")) {
+            so.api_key = v;
+        } else if (!strcmp(a, "--max-queue")) {
+            if (int_arg(a, v, 0, 1 << 20, &x)) return 2;
+            so.max_queue = x == 0 ? -1 : (int32_t)x; /* 0 means none here, default there */
+        } else if (!strcmp(a, "--max-tokens")) {
+            if (int_arg(a, v, 1, 1 << 24, &x)) return 2;
+            so.default_max_tokens = (int32_t)x;
+        } else if (!strcmp(a, "--grace")) {
+            if (int_arg(a, v, 0, 86400, &x)) return 2;
+            so.grace_s = x == 0 ? 1e-9 : (double)x;
+        } else if (!strcmp(a, "--alias")) {
+            alias = v;
+        } else {
+            usage();
+            return 2;
+        }
+        i++;
+    }
+    char name[128];
+    if (alias)
+        snprintf(name, sizeof name, "%s", alias);
+    else
+        model_name(eo.model_path ? eo.model_path : tern_default_model_path(), name, sizeof name);
+    so.model_name = name;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+
+    /* rank 0 listens before the (collective, possibly long) engine open */
+    tern_status st = {0};
+    tern_server *srv = NULL;
+    tern_code bind_rc = TERN_OK;
+    if (env_rank() == 0) bind_rc = tern_server_create(&srv, &so, &st);
+    bool rank0_guess = env_rank() == 0;
+    /* A graceful stop is a signal to rank 0 (its pid is in the "serving" log line): it drains
+     * and closes the pipeline, and the workers return. A signal to mpirun (Open MPI 4.1) ends
+     * every rank within about a second instead: it marks the job aborted, so even a drained
+     * rank 0 could not finalize cleanly. */
+    if (rank0_guess) {
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+    }
+
+    tern_engine *e = NULL;
+    int rank = 0;
+    if (tern_run_open(&argc, &argv, &eo, &e, &rank)) {
+        tern_server_free(srv);
+        return 1;
+    }
+    g_loading = 0;   /* from here a signal only asks for an orderly stop */
+    if (rank != 0) { /* a worker: the pipeline has been served and closed */
+        tern_server_free(srv);
+        tern_run_close(NULL);
+        return 0;
+    }
+    if (!rank0_guess) { /* the launcher's variables misled us: bind now */
+        bind_rc = tern_server_create(&srv, &so, &st);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+    }
+    int rc = 1;
+    tern_tokenizer *tok = NULL;
+    if (bind_rc) {
+        fprintf(stderr, "ternpipe: %s\n", st.msg);
+        goto out;
+    }
+    if (tern_tokenizer_load(&tok, tern_engine_gguf(e), &st)) {
+        fprintf(stderr, "ternpipe: %s\n", st.msg);
+        goto out;
+    }
+    tern_server_attach(srv, e, tok);
+    g_srv = srv;
+    for (int k = 0; k < g_signals; k++) tern_server_stop(srv); /* signalled while loading */
+    if (tern_server_run(srv, &st)) {
+        fprintf(stderr, "ternpipe: %s\n", st.msg);
+        goto out;
+    }
+    rc = 0;
+out:
+    g_srv = NULL;
+    tern_server_free(srv); /* stops the HTTP threads before the engine goes */
+    tern_tokenizer_free(tok);
+    tern_run_close(e);
+    return rc;
+}
+#else
+#include <stdio.h>
+
+#include "tools/serve.h"
+
+int tern_cmd_serve(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    fprintf(stderr, "ternpipe: this build has no tokenizer yet\n");
+    return 1;
+}
+#endif
