@@ -40,63 +40,7 @@
 #include "server/server-internal.h"
 #include "ternpipe/log.h"
 #include "ternpipe/server.h"
-#if defined(__has_include)
-#if __has_include("ternpipe/tokenizer.h")
 #include "ternpipe/tokenizer.h"
-#define TERN_HAVE_TOKENIZER 1
-#endif
-#endif
-#ifndef TERN_HAVE_TOKENIZER
-/* until the tokenizer lands: the server builds, and refuses to tokenize */
-typedef struct tern_tokens {
-    int32_t *ids;
-    size_t n;
-} tern_tokens;
-typedef struct tern_chat_msg {
-    const char *role, *content;
-} tern_chat_msg;
-typedef struct tern_detok {
-    int unused;
-} tern_detok;
-enum { TERN_TOK_ADD_BOS = 1 };
-static tern_code tern_chat_encode(const tern_tokenizer *t, const tern_chat_msg *m, size_t n,
-                                  bool gen, tern_tokens *out, tern_status *st)
-{
-    (void)t, (void)m, (void)n, (void)gen, (void)out;
-    return tern_status_set(st, TERN_EUNSUPPORTED, "tokenizer: not built in");
-}
-static tern_code tern_tokenizer_encode(const tern_tokenizer *t, const char *s, size_t n, int flags,
-                                       tern_tokens *out, tern_status *st)
-{
-    (void)t, (void)s, (void)n, (void)flags, (void)out;
-    return tern_status_set(st, TERN_EUNSUPPORTED, "tokenizer: not built in");
-}
-static bool tern_tokenizer_add_bos(const tern_tokenizer *t)
-{
-    return (void)t, true;
-}
-static int32_t tern_tokenizer_eos(const tern_tokenizer *t)
-{
-    return (void)t, -1;
-}
-static int32_t tern_tokenizer_eot(const tern_tokenizer *t)
-{
-    return (void)t, -1;
-}
-static size_t tern_detok_push(const tern_tokenizer *t, tern_detok *d, int32_t id, char *b, size_t c)
-{
-    (void)t, (void)d, (void)id, (void)b, (void)c;
-    return 0;
-}
-static size_t tern_detok_flush(tern_detok *d, char *b, size_t c)
-{
-    return (void)d, (void)b, (void)c, 0;
-}
-static void tern_tokens_free(tern_tokens *t)
-{
-    free(t->ids);
-}
-#endif
 
 enum { ST_LOADING = 0, ST_READY, ST_DRAINING, ST_CLOSED };
 

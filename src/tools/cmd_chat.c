@@ -3,12 +3,6 @@
  * when a server answers there), or loads the model in this process with the pipeline engine
  * (-m FILE, or when no server answers; under mpirun the other ranks serve the layers).
  */
-#if defined(__has_include)
-#if __has_include("ternpipe/tokenizer.h")
-#define TERN_HAVE_TOKENIZER 1
-#endif
-#endif
-#ifdef TERN_HAVE_TOKENIZER
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,15 +395,3 @@ int tern_cmd_chat(int argc, char **argv)
     tern_run_close(e);
     return rc;
 }
-#else
-#include <stdio.h>
-
-#include "tools/serve.h"
-
-int tern_cmd_chat(int argc, char **argv)
-{
-    (void)argc, (void)argv;
-    fprintf(stderr, "ternpipe: this build has no tokenizer yet\n");
-    return 1;
-}
-#endif

@@ -5,12 +5,6 @@
  * long load and a taken port is reported early (rank 0 still joins the engine's collective
  * open and close, so the workers never hang on it).
  */
-#if defined(__has_include)
-#if __has_include("ternpipe/tokenizer.h")
-#define TERN_HAVE_TOKENIZER 1
-#endif
-#endif
-#ifdef TERN_HAVE_TOKENIZER
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,15 +197,3 @@ out:
     tern_run_close(e);
     return rc;
 }
-#else
-#include <stdio.h>
-
-#include "tools/serve.h"
-
-int tern_cmd_serve(int argc, char **argv)
-{
-    (void)argc, (void)argv;
-    fprintf(stderr, "ternpipe: this build has no tokenizer yet\n");
-    return 1;
-}
-#endif
