@@ -2,10 +2,10 @@
  * (one rank or under mpirun), peak RSS, this machine's read bandwidth and decode b=1 as a
  * fraction of the bandwidth roofline, and with several ranks the per-stage busy %, bubble
  * fraction and hop latency. Medians of repeated runs. */
+#include <emmintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <emmintrin.h>
 #include <sys/resource.h>
 
 #include "ternpipe/rng.h"

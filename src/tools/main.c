@@ -17,9 +17,13 @@ static const command commands[] = {
      "tokenize [-m FILE] [--no-bos] [--parse-special]   stdin text -> ids"},
     {"detokenize", tern_cmd_detokenize, "detokenize [-m FILE]         stdin ids -> text"},
     {"convert", tern_cmd_convert, "convert --tiktoken RANKS -o OUT.gguf   Llama-3 vocab-only GGUF"},
+    {"generate", tern_cmd_generate,
+     "generate [-m FILE] -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S] [--chat]"},
     {"logits", tern_cmd_logits,
      "logits [-m FILE] --ids \"ID ...\" --out OUT   fp32 logits per position"},
     {"bench", tern_cmd_bench, "bench [-m FILE] [--threads N] [--json]   throughput, RSS, roofline"},
+    {"synth", tern_cmd_synth,
+     "synth --shape 2b4t|tiny [--seed S] -o OUT.gguf   random model, official layout"},
     {"demo", tern_cmd_demo,
      "demo [-m FILE]                 short tour of the reader and tokenizer"},
 };

@@ -56,5 +56,13 @@ expect_err ids-context "expected at most 256" "$TERNPIPE" logits -m "$m" --ids "
 expect_err ids-syntax "expected non-negative integers" "$TERNPIPE" logits -m "$m" --ids "1 x2" --out "$tmp/l.f32"
 "$TERNPIPE" logits -m "$m" --ids "$(cat "$TERN_FIXTURES/reference/tiny-2b4t/ids.txt")" --out "$tmp/l.f32" 2>/dev/null \
   && [ "$(stat -c %s "$tmp/l.f32")" -eq 196608 ] && ok logits-size || bad logits-size
+# the fixture's vocab (llama-bpe, 1024 tokens) tokenizes as bitnet.cpp did (fixture README)
+printf 'First Citizen: Before we proceed any further, hear me speak.' | "$TERNPIPE" tokenize -m "$m" \
+  | grep -qx "1014 460 572 58 32 715 546 323 928 309 319 950 278 350 629 44 667 332 642 46" && ok fixture-tokens || bad fixture-tokens
+# synth writes the official layout and passes info; a generate run on it streams and stops
+TERN_FIXTURES="$TERN_FIXTURES" "$TERNPIPE" synth --shape tiny --seed 5 -o "$tmp/s.gguf" 2>/dev/null && \
+  "$TERNPIPE" info "$tmp/s.gguf" > "$tmp/info" && grep -q "blk.1.ffn_down.weight *I2_S *{768, 256}" "$tmp/info" && \
+  grep -q "token_embd.weight *F16 *{256, 128256}" "$tmp/info" && grep -q "128256 tokens, 280147 merges" "$tmp/info" && ok synth-info || bad synth-info
+"$TERNPIPE" generate -m "$tmp/s.gguf" -p "Hello" -n 5 > "$tmp/gen" 2> "$tmp/gen.err" && grep -q "decode: 5 tokens" "$tmp/gen.err" && ok generate || bad generate
 [ $fail -eq 0 ] && echo "cli: all passed"
 exit $fail

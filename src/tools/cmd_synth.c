@@ -1,0 +1,189 @@
+/* cmd_synth.c: `ternpipe synth`: a model with the exact layout of the official
+ * ggml-model-i2_s.gguf (keys, names, I2_S ternary tensors with a per-tensor scale, F16
+ * token_embd, F32 norms, the Llama-3 vocab) and random weights, for benchmarks and tests. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ternpipe/gguf.h"
+#include "ternpipe/kernels.h"
+#include "ternpipe/rng.h"
+#include "ternpipe/tokenizer.h"
+#include "tools/commands.h"
+
+typedef struct shape {
+    const char *name;
+    uint32_t d, n_layer, n_ff, n_head, n_head_kv, n_ctx;
+} shape;
+
+static const shape shapes[] = {
+    {"2b4t", 2560, 30, 6912, 20, 5, 4096},
+    {"tiny", 256, 2, 768, 4, 1, 1024},
+};
+
+/* I2_S blob (spec 3.4): 128-element blocks, element 128b+32g+j in bits (6-2g) of byte
+ * 32b+j, code = t+1; f32 alpha at n/4; 28 zero bytes. Trits: ~1/3 zeros. */
+static uint8_t *make_i2s(tern_rng *r, uint64_t n, float alpha)
+{
+    uint8_t *p = calloc(1, n / 4 + 32);
+    if (!p) return NULL;
+    for (uint64_t b = 0; b < n / 128; b++)
+        for (int g = 0; g < 4; g++)
+            for (int j = 0; j < 32; j++) {
+                uint32_t code = (uint32_t)(tern_rng_next(r) % 3); /* 0,1,2 = -1,0,+1 */
+                p[b * 32 + (uint64_t)j] |= (uint8_t)(code << (6 - 2 * g));
+            }
+    memcpy(p + n / 4, &alpha, 4);
+    return p;
+}
+
+static float uniform(tern_rng *r, float lo, float hi)
+{
+    return lo + (hi - lo) * tern_rng_uniform(r);
+}
+
+static float *make_norm(tern_rng *r, uint32_t n, float lo, float hi)
+{
+    float *p = malloc(n * sizeof *p);
+    if (p)
+        for (uint32_t i = 0; i < n; i++) p[i] = uniform(r, lo, hi);
+    return p;
+}
+
+int tern_cmd_synth(int argc, char **argv)
+{
+    const char *shape_name = NULL, *out = NULL, *tiktoken = NULL;
+    uint64_t seed = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--shape") && i + 1 < argc)
+            shape_name = argv[++i];
+        else if (!strcmp(argv[i], "-o") && i + 1 < argc)
+            out = argv[++i];
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--tiktoken") && i + 1 < argc)
+            tiktoken = argv[++i];
+        else {
+            fprintf(stderr, "usage: ternpipe synth --shape 2b4t|tiny [--seed S] [--tiktoken RANKS] "
+                            "-o OUT.gguf\n");
+            return 2;
+        }
+    }
+    const shape *sh = NULL;
+    for (size_t i = 0; shape_name && i < sizeof shapes / sizeof shapes[0]; i++)
+        if (!strcmp(shape_name, shapes[i].name)) sh = &shapes[i];
+    if (!sh || !out) {
+        fprintf(stderr, "ternpipe synth: --shape 2b4t|tiny and -o OUT.gguf are required\n");
+        return 2;
+    }
+    static char default_rank[4096];
+    if (!tiktoken) {
+        const char *fx = getenv("TERN_FIXTURES");
+        snprintf(default_rank, sizeof default_rank, "%s/tokenizer/llama3.tiktoken",
+                 fx && *fx ? fx : "../shared/fixtures");
+        tiktoken = default_rank;
+    }
+    tern_status st = {0};
+    tern_gguf_writer *w = tern_gguf_writer_new();
+    if (!w) {
+        fprintf(stderr, "ternpipe: out of memory\n");
+        return 1;
+    }
+    const char *arch = "bitnet-b1.58";
+    const uint32_t n_vocab = 128256;
+    char key[128];
+#define K(s) (snprintf(key, sizeof key, "%s." s, arch), key)
+    tern_gguf_writer_add_str(w, "general.architecture", arch);
+    char name[64];
+    snprintf(name, sizeof name, "ternpipe-synth-%s-seed%llu", sh->name, (unsigned long long)seed);
+    tern_gguf_writer_add_str(w, "general.name", name);
+    tern_gguf_writer_add_u32(w, K("vocab_size"), n_vocab);
+    tern_gguf_writer_add_u32(w, K("context_length"), sh->n_ctx);
+    tern_gguf_writer_add_u32(w, K("embedding_length"), sh->d);
+    tern_gguf_writer_add_u32(w, K("block_count"), sh->n_layer);
+    tern_gguf_writer_add_u32(w, K("feed_forward_length"), sh->n_ff);
+    tern_gguf_writer_add_u32(w, K("rope.dimension_count"), sh->d / sh->n_head);
+    tern_gguf_writer_add_u32(w, K("attention.head_count"), sh->n_head);
+    tern_gguf_writer_add_u32(w, K("attention.head_count_kv"), sh->n_head_kv);
+    tern_gguf_writer_add_f32(w, K("attention.layer_norm_rms_epsilon"), 1e-5f);
+    tern_gguf_writer_add_f32(w, K("rope.freq_base"), 500000.0f);
+    tern_gguf_writer_add_u32(w, "general.file_type", 40);
+    tern_gguf_writer_add_u32(w, "general.quantization_version", 2);
+#undef K
+    int rc = 1;
+    if (tern_vocab_add_tiktoken(w, tiktoken, &st)) {
+        fprintf(stderr, "ternpipe: %s\n", st.msg);
+        tern_gguf_writer_free(w);
+        return 1;
+    }
+    tern_rng r;
+    tern_rng_seed(&r, seed);
+    /* every buffer lives until the write; freed at the end */
+    void **bufs = calloc(16 + (size_t)sh->n_layer * 11, sizeof *bufs);
+    size_t n_bufs = 0;
+    const uint64_t d = sh->d, ff = sh->n_ff, kv = (uint64_t)sh->d / sh->n_head * sh->n_head_kv;
+    /* embedding: normal(0, 1) in F16 (Box-Muller) */
+    uint16_t *emb = malloc(d * n_vocab * sizeof *emb);
+    bufs[n_bufs++] = emb;
+    if (!emb) goto oom;
+    for (uint64_t i = 0; i < d * n_vocab; i += 2) {
+        float u1 = tern_rng_uniform(&r), u2 = tern_rng_uniform(&r);
+        float rad = sqrtf(-2.0f * logf(u1 > 1e-12f ? u1 : 1e-12f));
+        float v[2] = {rad * cosf(6.2831853f * u2), rad * sinf(6.2831853f * u2)};
+        tern_f32_to_f16(v, emb + i, 2);
+    }
+    uint64_t ne_emb[2] = {d, n_vocab};
+    if (tern_gguf_writer_add_tensor(w, "token_embd.weight", TERN_TYPE_F16, 2, ne_emb, emb, &st))
+        goto fail;
+    float *onorm = make_norm(&r, sh->d, 0.5f, 1.5f);
+    bufs[n_bufs++] = onorm;
+    if (!onorm) goto oom;
+    uint64_t ne_d[1] = {d};
+    if (tern_gguf_writer_add_tensor(w, "output_norm.weight", TERN_TYPE_F32, 1, ne_d, onorm, &st))
+        goto fail;
+    for (uint32_t l = 0; l < sh->n_layer; l++) {
+        struct {
+            const char *name;
+            uint64_t k, n; /* ne0 (input), ne1 (output); n == 0: a norm of width k */
+            float lo, hi;
+        } ts[] = {
+            {"attn_norm", d, 0, 0.05f, 0.15f},     {"attn_q", d, d, 0.3f, 2.0f},
+            {"attn_k", d, kv, 0.3f, 2.0f},         {"attn_v", d, kv, 0.3f, 2.0f},
+            {"attn_output", d, d, 0.3f, 2.0f},     {"attn_sub_norm", d, 0, 0.1f, 0.3f},
+            {"ffn_norm", d, 0, 0.5f, 1.5f},        {"ffn_gate", d, ff, 0.3f, 2.0f},
+            {"ffn_up", d, ff, 0.3f, 2.0f},         {"ffn_down", ff, d, 0.3f, 2.0f},
+            {"ffn_sub_norm", ff, 0, 0.02f, 0.06f},
+        };
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            char tn[96];
+            snprintf(tn, sizeof tn, "blk.%u.%s.weight", l, ts[i].name);
+            void *p;
+            if (ts[i].n) {
+                p = make_i2s(&r, ts[i].k * ts[i].n, uniform(&r, ts[i].lo, ts[i].hi));
+                uint64_t ne[2] = {ts[i].k, ts[i].n};
+                bufs[n_bufs++] = p;
+                if (!p) goto oom;
+                if (tern_gguf_writer_add_tensor(w, tn, TERN_TYPE_I2_S, 2, ne, p, &st)) goto fail;
+            } else {
+                p = make_norm(&r, (uint32_t)ts[i].k, ts[i].lo, ts[i].hi);
+                uint64_t ne[1] = {ts[i].k};
+                bufs[n_bufs++] = p;
+                if (!p) goto oom;
+                if (tern_gguf_writer_add_tensor(w, tn, TERN_TYPE_F32, 1, ne, p, &st)) goto fail;
+            }
+        }
+    }
+    if (tern_gguf_writer_write(w, out, &st)) goto fail;
+    rc = 0;
+    goto done;
+oom:
+    tern_status_set(&st, TERN_ENOMEM, "synth: out of memory");
+fail:
+    fprintf(stderr, "ternpipe: %s\n", st.msg);
+done:
+    for (size_t i = 0; i < n_bufs; i++) free(bufs[i]);
+    free(bufs);
+    tern_gguf_writer_free(w);
+    return rc;
+}
