@@ -1,0 +1,158 @@
+/* test_server.c: the server's pure parts: request parsing (fields, defaults, type and range
+ * errors with the offending parameter, nesting depth, trailing text) and stop-string matching
+ * (split across pieces, held-back prefixes, the earliest of several stops). The HTTP side is
+ * tested end to end by tests/server/test_server.sh. */
+#include <string.h>
+
+#include "harness.h"
+#include "ternpipe/server.h"
+
+static tern_code parse(const char *body, bool chat, tern_parsed_request *r, char *param)
+{
+    char err[256];
+    tern_code rc =
+        tern_server_parse_request(body, strlen(body), chat, r, err, sizeof err, param, 64);
+    if (rc) CHECKF(err[0] != '\0', "no message for %s", body);
+    return rc;
+}
+
+static void expect_error(const char *body, bool chat, const char *want_param)
+{
+    tern_parsed_request r;
+    char param[64];
+    tern_code rc = parse(body, chat, &r, param);
+    CHECKF(rc == TERN_EINVAL, "accepted: %s", body);
+    CHECKF(!strcmp(param, want_param), "%s: param '%s', expected '%s'", body, param, want_param);
+    tern_parsed_request_free(&r);
+}
+
+static void test_completion_fields(void)
+{
+    tern_parsed_request r;
+    char param[64];
+    const char *b =
+        "{\"prompt\": \"Once upon\", \"max_tokens\": 7, \"temperature\": 0.5, "
+        "\"top_p\": 0.9, \"top_k\": 40, \"min_p\": 0.1, \"seed\": 99, \"stream\": true, "
+        "\"stream_options\": {\"include_usage\": true}, \"stop\": [\"\\n\", \"\", \"x\"], "
+        "\"unknown\": {\"deep\": [1, 2]}, \"user\": null}";
+    CHECK(parse(b, false, &r, param) == TERN_OK);
+    CHECK(r.prompt && !strcmp(r.prompt, "Once upon") && r.prompt_len == 9 && !r.prompt_ids);
+    CHECK(r.max_tokens == 7 && r.stream && r.include_usage && r.has_seed && r.sampling.seed == 99);
+    CHECK(r.sampling.temperature == 0.5f && r.sampling.top_k == 40);
+    CHECK(r.n_stop == 2 && !strcmp(r.stop[0], "\n") && !strcmp(r.stop[1], "x")); /* "" dropped */
+    tern_parsed_request_free(&r);
+
+    CHECK(parse("{\"prompt\": [1, 2, 3]}", false, &r, param) == TERN_OK);
+    CHECK(r.n_prompt_ids == 3 && r.prompt_ids[2] == 3 && !r.prompt);
+    CHECK(r.max_tokens == -1 && !r.stream && !r.has_seed && r.sampling.temperature == 1.0f);
+    tern_parsed_request_free(&r);
+    CHECK(parse("{\"prompt\": [\"one\"], \"stop\": \"END\", \"seed\": null}", false, &r, param) ==
+          TERN_OK);
+    CHECK(r.prompt && !strcmp(r.prompt, "one") && r.n_stop == 1 && !r.has_seed);
+    tern_parsed_request_free(&r);
+}
+
+static void test_chat_fields(void)
+{
+    tern_parsed_request r;
+    char param[64];
+    const char *b = "{\"messages\": [{\"role\": \"developer\", \"content\": \"sys\"}, "
+                    "{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}, "
+                    "{\"type\": \"text\", \"text\": \"b\"}]}, {\"role\": \"assistant\", "
+                    "\"content\": null}], \"max_completion_tokens\": 5}";
+    CHECK(parse(b, true, &r, param) == TERN_OK);
+    CHECK(r.n_messages == 3 && r.messages[0].role == TERN_ROLE_SYSTEM);
+    CHECK(r.messages[1].role == TERN_ROLE_USER && !strcmp(r.messages[1].content, "ab"));
+    CHECK(r.messages[2].role == TERN_ROLE_ASSISTANT && !strcmp(r.messages[2].content, ""));
+    CHECK(r.max_tokens == 5);
+    tern_parsed_request_free(&r);
+}
+
+static void test_errors(void)
+{
+    expect_error("", false, "");
+    expect_error("{\"prompt\": \"x\",", false, "");
+    expect_error("{\"prompt\": \"x\"} {}", false, "");
+    expect_error("[1]", false, "");
+    expect_error("{}", false, "prompt");
+    expect_error("{\"prompt\": {}}", false, "prompt");
+    expect_error("{\"prompt\": []}", false, "prompt");
+    expect_error("{\"prompt\": [1, -2]}", false, "prompt");
+    expect_error("{\"prompt\": [1, 2.5]}", false, "prompt");
+    expect_error("{\"prompt\": \"x\", \"temperature\": \"hot\"}", false, "temperature");
+    expect_error("{\"prompt\": \"x\", \"temperature\": -1}", false, "temperature");
+    expect_error("{\"prompt\": \"x\", \"max_tokens\": 1.5}", false, "max_tokens");
+    expect_error("{\"prompt\": \"x\", \"max_tokens\": -3}", false, "max_tokens");
+    expect_error("{\"prompt\": \"x\", \"top_p\": 0}", false, "top_p");
+    expect_error("{\"prompt\": \"x\", \"top_k\": true}", false, "top_k");
+    expect_error("{\"prompt\": \"x\", \"stream\": 1}", false, "stream");
+    expect_error("{\"prompt\": \"x\", \"stop\": [1]}", false, "stop");
+    expect_error("{\"prompt\": \"x\", \"n\": 3}", false, "n");
+    expect_error("{\"prompt\": \"x\", \"logprobs\": 5}", false, "logprobs");
+    expect_error("{\"prompt\": \"x\", \"seed\": 1e300}", false, "seed");
+    expect_error("{\"prompt\": \"x\", \"model\": 3}", false, "model");
+    expect_error("{\"messages\": {}}", true, "messages");
+    expect_error("{\"messages\": [{\"role\": \"tool\", \"content\": \"x\"}]}", true,
+                 "messages[0].role");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}",
+                 true, "messages[0].content");
+    /* deeper than the limit: refused before cJSON recurses */
+    char deep[400];
+    size_t n = 0;
+    n += (size_t)snprintf(deep, sizeof deep, "{\"prompt\": \"x\", \"e\": ");
+    for (int i = 0; i < 70; i++) deep[n++] = '[';
+    for (int i = 0; i < 70; i++) deep[n++] = ']';
+    deep[n++] = '}';
+    deep[n] = '\0';
+    expect_error(deep, false, "");
+    CHECK(tern_json_depth("{\"a\": \"[[[[\"}", 13, 64) == 1); /* brackets in strings */
+    CHECK(tern_json_depth("[[]][[[]]]", 10, 64) == 3);
+}
+
+/* feeds text in pieces of `step` bytes; returns the final visible length, *hit on a stop */
+static size_t feed(const char *const *stops, int32_t n_stop, const char *text, size_t step,
+                   bool *hit)
+{
+    tern_stop_match m;
+    tern_stop_init(&m, stops, n_stop);
+    size_t len = strlen(text), have = 0, vis = 0, shown = 0;
+    *hit = false;
+    while (have < len) {
+        have = have + step < len ? have + step : len;
+        *hit = tern_stop_scan(&m, text, have, &vis);
+        if (*hit) break;
+        CHECK(vis >= shown);
+        shown = vis;
+    }
+    CHECK(!*hit || vis >= shown);
+    return vis;
+}
+
+static void test_stop_strings(void)
+{
+    const char *s1[] = {"The end"};
+    bool hit;
+    for (size_t step = 1; step <= 12; step++) {
+        size_t v = feed(s1, 1, "and so. The end of it", step, &hit);
+        CHECKF(hit && v == 8, "step %zu: hit %d at %zu", step, hit, v);
+    }
+    size_t v = feed(s1, 1, "no stop here. The en", 3, &hit);
+    CHECK(!hit && v == 14); /* "The en" could still become the stop string */
+    const char *s2[] = {"xyz", "b", "\n\n"};
+    v = feed(s2, 3, "aaa\n\nbxyz", 2, &hit);
+    CHECK(hit && v == 3); /* the earliest of several */
+    const char *s3[] = {"aab"};
+    v = feed(s3, 1, "aaaab", 1, &hit); /* overlapping prefixes */
+    CHECK(hit && v == 2);
+    v = feed(s3, 0, "aaaab", 1, &hit);
+    CHECK(!hit && v == 5);
+}
+
+int main(void)
+{
+    test_completion_fields();
+    test_chat_fields();
+    test_errors();
+    test_stop_strings();
+    return tern_test_finish("test_server");
+}
