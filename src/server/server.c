@@ -63,7 +63,7 @@ struct tern_server {
     volatile sig_atomic_t stop; /* set from signal handlers */
     tern_engine *e;
     const tern_tokenizer *tok;
-    int32_t n_ctx, n_vocab, max_seqs, cap_active;
+    int32_t n_ctx, n_vocab, max_seqs, n_ranks, cap_active; /* copied at attach */
     int32_t stop_ids[4], n_stop_ids;
     pthread_mutex_t mu; /* state changes, the active list, n_open */
     req *active;        /* accepted requests the engine may still call back */
@@ -796,7 +796,7 @@ static enum MHD_Result models(tern_server *s, struct MHD_Connection *c, conn *k)
         cJSON_AddNumberToObject(meta, "n_ctx", s->n_ctx);
         cJSON_AddNumberToObject(meta, "n_vocab", s->n_vocab);
         cJSON_AddNumberToObject(meta, "max_seqs", s->max_seqs);
-        cJSON_AddNumberToObject(meta, "n_ranks", tern_engine_n_ranks(s->e));
+        cJSON_AddNumberToObject(meta, "n_ranks", s->n_ranks);
     }
     return send_json(s, c, k, 200, j);
 }
@@ -1065,6 +1065,7 @@ void tern_server_attach(tern_server *s, tern_engine *e, const tern_tokenizer *to
     s->n_ctx = tern_engine_n_ctx(e);
     s->n_vocab = tern_engine_hparams(e)->n_vocab;
     s->max_seqs = tern_engine_max_seqs(e);
+    s->n_ranks = tern_engine_n_ranks(e);
     s->cap_active = s->max_seqs + s->o.max_queue;
     s->n_stop_ids = 0;
     int32_t eos = tern_tokenizer_eos(tok), eot = tern_tokenizer_eot(tok);
