@@ -540,6 +540,7 @@ tern_code tern_engine_submit(tern_engine *e, const tern_request *r, int64_t *id,
                                e->queue_cap, e->queue_cap);
     }
     p->id = ++e->next_id;
+    int64_t new_id = p->id; /* p belongs to the engine thread once unlocked */
     if (e->inbox_tail)
         e->inbox_tail->next = p;
     else
@@ -548,7 +549,7 @@ tern_code tern_engine_submit(tern_engine *e, const tern_request *r, int64_t *id,
     e->inbox_n++;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    if (id) *id = p->id;
+    if (id) *id = new_id;
     return TERN_OK;
 }
 
