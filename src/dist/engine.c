@@ -990,7 +990,10 @@ int32_t tern_engine_max_seqs(const tern_engine *e)
 }
 double tern_engine_bytes_per_token(const tern_engine *e)
 {
-    return tern_plan_layer_cost(e->hp) * e->hp->n_layer + tern_plan_head_cost(e->hp);
+    double head = e->o.head_type == TERN_HEAD_Q8_0
+                      ? (double)e->hp->n_vocab * (e->hp->d + 4) /* int8 rows + scales */
+                      : tern_plan_head_cost(e->hp);
+    return tern_plan_layer_cost(e->hp) * e->hp->n_layer + head;
 }
 int tern_engine_n_ranks(const tern_engine *e)
 {
