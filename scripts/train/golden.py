@@ -23,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bpe import DEFAULT_CORPUS, Tokenizer, split_corpus, stories  # noqa: E402
 from export import model_from_gguf  # noqa: E402
+from model import bitlinears  # noqa: E402
 
 PROMPT_LENS = [64, 72, 80, 96, 112]
 N_GEN = 64
@@ -56,6 +57,16 @@ def val_loss(model, val_ids, ctx=256):
     return tot / cnt, cnt
 
 
+def to_double(model):
+    """fp64 arithmetic for everything that is not specified as a rounding step: the stored
+    fp16 embedding, F32 norms and (alpha, ternary) pairs convert exactly, and the int8
+    quantizer still rounds x*s to integers, so only the float summation error goes away."""
+    model.double()
+    for _, b in bitlinears(model):
+        a, t = b.quantized()
+        b.frozen = (a.double(), t.double())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/tinystories-bitnet.gguf")
@@ -64,10 +75,14 @@ def main():
     ap.add_argument("--val-loss", action="store_true", help="also report the held-out loss of the file's model")
     ap.add_argument("--samples", action="store_true", help="also print greedy samples")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--float32", action="store_true",
+                    help="reference arithmetic in fp32 (default: fp64, the exact reference the engine is held to)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     model, kv = model_from_gguf(args.model)
+    if not args.float32:
+        to_double(model)
     c = model.c
     tok = Tokenizer(kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.merges"],
                     kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"])
@@ -98,7 +113,7 @@ def main():
         blob += struct.pack("<I", L) + struct.pack(f"<{L}I", *p)
         blob += struct.pack("<5I", *pos)
         for q in pos:
-            blob += logits[q].numpy().astype("<f4").tobytes()
+            blob += logits[q].float().numpy().astype("<f4").tobytes()
         blob += struct.pack(f"<{N_GEN}I", *gen)
         blob += struct.pack(f"<{N_GEN}f", *margins)
         rng = float(logits[pos].max() - logits[pos].min())
