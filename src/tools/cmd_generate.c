@@ -132,6 +132,10 @@ int tern_cmd_generate(int argc, char **argv)
             rq.stop[rq.n_stop++] = tern_tokenizer_eos(tok);
             if (tern_tokenizer_eot(tok) >= 0) rq.stop[rq.n_stop++] = tern_tokenizer_eot(tok);
         }
+        if (!chat) { /* the text continues the prompt: show it first, as other engines do */
+            fputs(prompt, stdout);
+            fflush(stdout);
+        }
         double t0 = tern_now();
         if (tern_engine_submit(e, &rq, NULL, &st) || tern_engine_run(e, &st)) goto fail;
         double t1 = tern_now();

@@ -24,8 +24,11 @@ static const command commands[] = {
     {"bench", tern_cmd_bench, "bench [-m FILE] [--threads N] [--json]   throughput, RSS, roofline"},
     {"synth", tern_cmd_synth,
      "synth --shape 2b4t|tiny [--seed S] -o OUT.gguf   random model, official layout"},
+    {"serve", tern_cmd_serve,
+     "serve [-m FILE] [--host H] [--port P] [--api-key K]   OpenAI-compatible HTTP server"},
+    {"chat", tern_cmd_chat, "chat [-m FILE | --url URL]     interactive chat in the terminal"},
     {"demo", tern_cmd_demo,
-     "demo [-m FILE]                 short tour of the reader and tokenizer"},
+     "demo [-m FILE]                 model summary, prompt tokens, a generated story"},
 };
 
 static void usage(FILE *f)
