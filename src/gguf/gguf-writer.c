@@ -32,7 +32,8 @@ struct tern_gguf_writer {
 
 static void put(buf *b, const void *p, size_t n)
 {
-    if (b->oom) return;
+    /* n == 0 may come with p == NULL (an empty array): memcpy must not see it */
+    if (b->oom || n == 0) return;
     if (b->n + n > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->n + n) cap *= 2;

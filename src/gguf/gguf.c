@@ -461,11 +461,11 @@ static tern_code parse(tern_gguf *g, tern_status *st)
         char buf[80];
         if (t->offset > data_size || t->nbytes > data_size - t->offset) {
             free(order);
-            return fail(
-                &c,
-                "tensor '%s' data: got bytes [%" PRIu64 ", %" PRIu64
-                ") of the data section, expected within its %" PRIu64 " bytes (out of file)",
-                show(t->name, buf, sizeof buf), t->offset, t->offset + t->nbytes, data_size);
+            /* offset + nbytes may wrap: print the two terms, not their sum */
+            return fail(&c,
+                        "tensor '%s' data: got %" PRIu64 " bytes at offset %" PRIu64
+                        ", expected within the %" PRIu64 "-byte data section (out of file)",
+                        show(t->name, buf, sizeof buf), t->nbytes, t->offset, data_size);
         }
         t->data = g->base + g->data_offset + t->offset;
         order[i] = t;
@@ -503,12 +503,23 @@ static tern_code open_common(tern_gguf **out, tern_gguf *g, tern_status *st)
 tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return tern_status_set(st, TERN_EIO, "gguf: %s: open: %s", path, strerror(errno));
+    /* O_NONBLOCK: opening a FIFO would otherwise block until a writer appears; it has no
+     * effect on the regular files we accept */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return tern_status_set(st, TERN_EIO, "gguf: %s: open: got %s, expected a readable file",
+                               path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
         close(fd);
-        return tern_status_set(st, TERN_EIO, "gguf: %s: not a regular file", path);
+        return tern_status_set(st, TERN_EIO, "gguf: %s: stat: got %s, expected a readable file",
+                               path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return tern_status_set(st, TERN_EIO, "gguf: %s: file type: got %s, expected a regular file",
+                               path, S_ISDIR(sb.st_mode) ? "a directory" : "a special file");
     }
     if (sb.st_size < 24) {
         close(fd);
@@ -519,7 +530,8 @@ tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
     void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED)
-        return tern_status_set(st, TERN_EIO, "gguf: %s: mmap: %s", path, strerror(errno));
+        return tern_status_set(st, TERN_EIO, "gguf: %s: mmap: got %s, expected a mapping", path,
+                               strerror(errno));
     tern_gguf *g = calloc(1, sizeof *g);
     char *name = strdup(path);
     if (!g || !name) {
