@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "kernels/kernels-internal.h"
@@ -73,8 +75,30 @@ static void use(tern_simd v)
 
 /* ---- dispatch ---- */
 
+/* TERN_SIMD is read once per process: check it in a child (before any thread exists). */
+static int env_child(const char *value)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("TERN_SIMD", value, 1);
+        tern_simd v = TERN_SIMD_COUNT;
+        tern_status st;
+        tern_code rc = tern_kernels_init_checked(&v, &st);
+        if (rc == TERN_OK) _exit(v == tern_kernels_active() ? 10 + (int)v : 99);
+        _exit(tern_kernels_init() == TERN_SIMD_COUNT ? 20 + (int)rc : 98);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
+
 static void test_dispatch(void)
 {
+    /* first, while this process has not initialized the kernels (children inherit that) */
+    CHECK(env_child("ref") == 10 + TERN_SIMD_REF);
+    CHECK(env_child("bogus") == 20 + TERN_EINVAL);
+    CHECK(env_child("avx512") == (tern_simd_supported(TERN_SIMD_AVX512) ? 10 + TERN_SIMD_AVX512
+                                                                        : 20 + TERN_EUNSUPPORTED));
     CHECK(tern_simd_supported(TERN_SIMD_REF));
     CHECK(strcmp(tern_simd_name(TERN_SIMD_AVX512), "avx512") == 0);
     CHECK(strcmp(tern_simd_name(TERN_SIMD_COUNT), "?") == 0);
