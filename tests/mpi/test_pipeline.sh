@@ -54,7 +54,7 @@ for n in 1 2 3 4 5; do
 done
 if [ "$layers" -ge 6 ]; then
   check np3-uneven mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --split 1,5
-  check np4-uneven mpirun_ -np 4 "$TERNPIPE" logits -m "$model" "${common[@]}" --split 2,3,6
+  check np4-uneven mpirun_ -np 4 "$TERNPIPE" logits -m "$model" "${common[@]}" --split 2,3,5
 fi
 check np3-auto mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --split auto
 check np2-inflight4 mpirun_ -np 2 "$TERNPIPE" logits -m "$model" "${common[@]}" --inflight 4
