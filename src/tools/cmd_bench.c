@@ -204,6 +204,7 @@ int tern_cmd_bench(int argc, char **argv)
     static const int prefill_sizes[2] = {128, 512};
     static const int decode_seqs[4] = {1, 4, 16, 64};
     double prefill_tps[2] = {0}, decode_tps[4] = {0}, v[16];
+    long rss_single = 0;
     double busy[4][64] = {{0}}, bubble[4] = {0}, p50[4] = {0}, p99[4] = {0};
     for (int pi = 0; pi < 2; pi++) {
         int n = prefill_sizes[pi];
@@ -233,6 +234,11 @@ int tern_cmd_bench(int argc, char **argv)
             p50[di] = s1.hop_p50_ms, p99[di] = s1.hop_p99_ms;
         }
         decode_tps[di] = median(v, reps);
+        if (di == 0) { /* weights + one sequence's KV, before the concurrent runs grow the KV */
+            struct rusage ru1;
+            getrusage(RUSAGE_SELF, &ru1);
+            rss_single = ru1.ru_maxrss * 1024L;
+        }
     }
     int n_ranks = tern_engine_n_ranks(e);
     double bpt = tern_engine_bytes_per_token(e);
@@ -254,9 +260,9 @@ int tern_cmd_bench(int argc, char **argv)
             printf("], \"hop_p50_ms\": %.3f, \"hop_p99_ms\": %.3f}", p50[i], p99[i]);
         }
         printf(
-            "], \"peak_rss_bytes\": %ld, \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
+            "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
             "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f}\n",
-            rss, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
+            rss, rss_single, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
         for (int i = 0; i < 2; i++)
@@ -274,7 +280,9 @@ int tern_cmd_bench(int argc, char **argv)
         printf(
             "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
             bw, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
-        printf("peak RSS (rank 0): %.1f MB\n", (double)rss / 1e6);
+        printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
+               "(the rest is fp32 KV of the concurrent sequences)\n",
+               (double)rss / 1e6, (double)rss_single / 1e6);
     }
     rc = 0;
 done:
