@@ -128,8 +128,15 @@ static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
     uint16_t *p = walloc(m, (size_t)t->nbytes);
     if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
-    memcpy(p, t->data, (size_t)t->nbytes);
-    release_pages(t->data, t->nbytes);
+    /* in 16 MiB pieces, each piece's file pages dropped once copied: the 2B-4T embedding is
+     * 657 MB, and holding it twice would be the process's peak RSS */
+    const size_t piece = (size_t)16 << 20;
+    for (size_t off = 0; off < (size_t)t->nbytes; off += piece) {
+        size_t len = (size_t)t->nbytes - off < piece ? (size_t)t->nbytes - off : piece;
+        memcpy((char *)p + off, (const char *)t->data + off, len);
+        release_pages((const char *)t->data + off, len);
+    }
+    release_pages(t->data, t->nbytes); /* the pages that straddle piece edges */
     *out = p;
     return TERN_OK;
 }
@@ -277,6 +284,9 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
         for (uint64_t off = 0; off < t->nbytes; off += stride)
             MIX(p + off, t->nbytes - off < 64 ? t->nbytes - off : 64);
         if (t->nbytes >= 64) MIX(p + t->nbytes - 64, 64);
+        /* the kernel maps whole large folios around each sampled read: drop them again, or
+         * the file would sit in RSS beside the copies being made from it */
+        if (stride > 64) release_pages(p, t->nbytes);
     }
 #undef MIX
     return h;
