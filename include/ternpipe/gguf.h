@@ -141,6 +141,8 @@ bool tern_gguf_str_eq(tern_gguf_str s, const char *cstr);
 /* Type facts. */
 const char *tern_ggml_type_name(tern_ggml_type t); /* NULL when unknown */
 const char *tern_gguf_vtype_name(tern_gguf_vtype t);
+/* Bytes of one scalar of type t; 0 for STRING, ARRAY and unknown types. */
+size_t tern_gguf_vtype_size(tern_gguf_vtype t);
 /* Bytes of a tensor of `n_elements` whose rows have `ne0` elements; false when the type is
  * unknown, ne0 is not a multiple of the block size, or the size overflows. */
 bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out);

@@ -86,28 +86,6 @@ static tern_code key_header(tern_gguf_writer *w, const char *key, tern_gguf_vtyp
     return w->meta.oom ? TERN_ENOMEM : TERN_OK;
 }
 
-static size_t vsize(tern_gguf_vtype t)
-{
-    switch (t) {
-    case TERN_GGUF_UINT8:
-    case TERN_GGUF_INT8:
-    case TERN_GGUF_BOOL:
-        return 1;
-    case TERN_GGUF_UINT16:
-    case TERN_GGUF_INT16:
-        return 2;
-    case TERN_GGUF_UINT32:
-    case TERN_GGUF_INT32:
-    case TERN_GGUF_FLOAT32:
-        return 4;
-    case TERN_GGUF_UINT64:
-    case TERN_GGUF_INT64:
-    case TERN_GGUF_FLOAT64:
-        return 8;
-    default:
-        return 0;
-    }
-}
 
 void tern_gguf_writer_set_alignment(tern_gguf_writer *w, uint32_t alignment)
 {
@@ -118,7 +96,7 @@ void tern_gguf_writer_set_alignment(tern_gguf_writer *w, uint32_t alignment)
 tern_code tern_gguf_writer_add_scalar(tern_gguf_writer *w, const char *key, tern_gguf_vtype type,
                                       const void *raw)
 {
-    size_t n = vsize(type);
+    size_t n = tern_gguf_vtype_size(type);
     if (!n) return TERN_EINVAL;
     key_header(w, key, type);
     put(&w->meta, raw, n);
@@ -156,7 +134,7 @@ tern_code tern_gguf_writer_add_str(tern_gguf_writer *w, const char *key, const c
 tern_code tern_gguf_writer_add_arr(tern_gguf_writer *w, const char *key, tern_gguf_vtype type,
                                    const void *data, uint64_t n)
 {
-    size_t es = vsize(type);
+    size_t es = tern_gguf_vtype_size(type);
     if (!es) return TERN_EINVAL;
     key_header(w, key, TERN_GGUF_ARRAY);
     put_u32(&w->meta, (uint32_t)type);
@@ -185,7 +163,7 @@ static void put_value(buf *b, const tern_gguf_value *v)
     case TERN_GGUF_ARRAY: {
         put_u32(b, (uint32_t)v->v.arr.type);
         put_u64(b, v->v.arr.n);
-        size_t es = vsize(v->v.arr.type);
+        size_t es = tern_gguf_vtype_size(v->v.arr.type);
         if (es)
             put(b, v->v.arr.data, (size_t)(v->v.arr.n * es));
         else
@@ -203,7 +181,7 @@ static void put_value(buf *b, const tern_gguf_value *v)
     default: {
         /* integers and bool: little-endian low bytes of the 64-bit value */
         uint64_t u = v->v.u64;
-        put(b, &u, vsize(v->type));
+        put(b, &u, tern_gguf_vtype_size(v->type));
         break;
     }
     }

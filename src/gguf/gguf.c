@@ -107,7 +107,7 @@ static tern_code rd_str(cursor *c, tern_gguf_str *s, const char *what)
     return TERN_OK;
 }
 
-static size_t scalar_size(tern_gguf_vtype t)
+size_t tern_gguf_vtype_size(tern_gguf_vtype t)
 {
     switch (t) {
     case TERN_GGUF_UINT8:
@@ -222,7 +222,7 @@ static tern_code rd_array(cursor *c, tern_gguf_value *v, int depth, const char *
     v->v.arr.n = n;
     v->v.arr.data = NULL;
     v->v.arr.items = NULL;
-    size_t es = scalar_size((tern_gguf_vtype)et);
+    size_t es = tern_gguf_vtype_size((tern_gguf_vtype)et);
     if (es) {
         if (n > remaining(c) / es)
             return fail(c,
@@ -264,7 +264,7 @@ static tern_code rd_value(cursor *c, tern_gguf_vtype t, tern_gguf_value *v, int 
         return rd_str(c, &v->v.str, what);
     }
     if (t == TERN_GGUF_ARRAY) return rd_array(c, v, depth, what);
-    size_t es = scalar_size(t);
+    size_t es = tern_gguf_vtype_size(t);
     tern_code rc = need(c, es, what);
     if (rc) return rc;
     if (t == TERN_GGUF_BOOL && c->base[c->pos] > 1)
@@ -749,7 +749,7 @@ tern_code tern_gguf_get_arr(const tern_gguf *g, const char *key, tern_gguf_vtype
 int64_t tern_gguf_arr_int(const tern_gguf_value *arr, uint64_t i)
 {
     tern_gguf_value v;
-    size_t es = scalar_size(arr->v.arr.type);
+    size_t es = tern_gguf_vtype_size(arr->v.arr.type);
     decode_scalar(arr->v.arr.type, (const uint8_t *)arr->v.arr.data + i * es, &v);
     return is_signed(v.type) ? v.v.i64 : (int64_t)v.v.u64;
 }
@@ -757,7 +757,7 @@ int64_t tern_gguf_arr_int(const tern_gguf_value *arr, uint64_t i)
 double tern_gguf_arr_float(const tern_gguf_value *arr, uint64_t i)
 {
     tern_gguf_value v;
-    size_t es = scalar_size(arr->v.arr.type);
+    size_t es = tern_gguf_vtype_size(arr->v.arr.type);
     decode_scalar(arr->v.arr.type, (const uint8_t *)arr->v.arr.data + i * es, &v);
     return v.v.f64;
 }

@@ -197,28 +197,6 @@ static void tensor_case(const char *label, const tspec *ts, size_t nt, uint64_t 
 
 /* ---- value comparison ---- */
 
-static size_t scalar_size(tern_gguf_vtype t)
-{
-    switch (t) {
-    case TERN_GGUF_UINT8:
-    case TERN_GGUF_INT8:
-    case TERN_GGUF_BOOL:
-        return 1;
-    case TERN_GGUF_UINT16:
-    case TERN_GGUF_INT16:
-        return 2;
-    case TERN_GGUF_UINT32:
-    case TERN_GGUF_INT32:
-    case TERN_GGUF_FLOAT32:
-        return 4;
-    case TERN_GGUF_UINT64:
-    case TERN_GGUF_INT64:
-    case TERN_GGUF_FLOAT64:
-        return 8;
-    default:
-        return 0;
-    }
-}
 
 static bool is_signed_t(tern_gguf_vtype t)
 {
@@ -229,7 +207,7 @@ static bool is_signed_t(tern_gguf_vtype t)
 /* Independent decode of element i of raw little-endian data, to check tern_gguf_arr_int. */
 static int64_t raw_int(tern_gguf_vtype t, const void *data, uint64_t i)
 {
-    const uint8_t *p = (const uint8_t *)data + i * scalar_size(t);
+    const uint8_t *p = (const uint8_t *)data + i * tern_gguf_vtype_size(t);
     switch (t) {
     case TERN_GGUF_UINT8:
     case TERN_GGUF_BOOL:
@@ -263,7 +241,7 @@ static bool value_eq(const tern_gguf_value *a, const tern_gguf_value *b)
                (a->v.str.len == 0 || memcmp(a->v.str.ptr, b->v.str.ptr, a->v.str.len) == 0);
     case TERN_GGUF_ARRAY: {
         if (a->v.arr.type != b->v.arr.type || a->v.arr.n != b->v.arr.n) return false;
-        size_t es = scalar_size(a->v.arr.type);
+        size_t es = tern_gguf_vtype_size(a->v.arr.type);
         if (es) {
             if (a->v.arr.n && memcmp(a->v.arr.data, b->v.arr.data, a->v.arr.n * es) != 0)
                 return false;
@@ -602,7 +580,7 @@ static void test_roundtrip(void)
         "a.bool", NULL,   NULL,    "a.u64", "a.i64", "a.f64"};
     for (int t = 0; t < TERN_GGUF_VTYPE_COUNT; t++) {
         if (!arr_keys[t]) continue;
-        size_t es = scalar_size((tern_gguf_vtype)t);
+        size_t es = tern_gguf_vtype_size((tern_gguf_vtype)t);
         if (t == TERN_GGUF_FLOAT32)
             memcpy(arr_data[t], arr_f32, sizeof arr_f32);
         else if (t == TERN_GGUF_FLOAT64)
