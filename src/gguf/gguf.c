@@ -748,7 +748,7 @@ tern_code tern_gguf_get_arr(const tern_gguf *g, const char *key, tern_gguf_vtype
 
 int64_t tern_gguf_arr_int(const tern_gguf_value *arr, uint64_t i)
 {
-    tern_gguf_value v;
+    tern_gguf_value v = {0};
     size_t es = tern_gguf_vtype_size(arr->v.arr.type);
     decode_scalar(arr->v.arr.type, (const uint8_t *)arr->v.arr.data + i * es, &v);
     return is_signed(v.type) ? v.v.i64 : (int64_t)v.v.u64;
@@ -756,7 +756,7 @@ int64_t tern_gguf_arr_int(const tern_gguf_value *arr, uint64_t i)
 
 double tern_gguf_arr_float(const tern_gguf_value *arr, uint64_t i)
 {
-    tern_gguf_value v;
+    tern_gguf_value v = {0};
     size_t es = tern_gguf_vtype_size(arr->v.arr.type);
     decode_scalar(arr->v.arr.type, (const uint8_t *)arr->v.arr.data + i * es, &v);
     return v.v.f64;

@@ -44,7 +44,7 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
     if (!has) return 0;
     const char *v = argv[*i + 1];
     int r = 0;
-    int32_t tmp;
+    int32_t tmp = 0;
     if (!strcmp(a, "-m"))
         o->model_path = v, r = 1;
     else if (!strcmp(a, "--threads"))
