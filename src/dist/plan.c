@@ -20,6 +20,47 @@ double tern_plan_head_cost(const tern_hparams *hp)
     return (double)hp->n_vocab * hp->d * 2.0;
 }
 
+/* Splits layers [l0, L) over ranks 1..n_ranks-1, each at least one layer, minimizing the
+ * slowest worker's time (layer cost / speed); fills s/e[1..] and returns that time. */
+static double balance_workers(double lc, int l0, int L, int n_ranks, const double *speed,
+                              int32_t *s, int32_t *e)
+{
+    const int W = n_ranks - 1;
+    double min_sp = 1.0;
+    for (int r = 1; speed && r < n_ranks; r++)
+        min_sp = r == 1 || speed[r] < min_sp ? speed[r] : min_sp;
+    if (!(min_sp > 0)) min_sp = 1.0;
+    double lo = 0, hi = lc * (L - l0) / min_sp * 1.01, best = hi;
+    int32_t bs[TERN_PLAN_MAX], be[TERN_PLAN_MAX];
+    for (int it = 0; it < 100; it++) {
+        double T = it == 0 ? hi : 0.5 * (lo + hi);
+        int l = l0;
+        bool ok = true;
+        double worst = 0;
+        for (int r = 1; r <= W && ok; r++) {
+            double sp = speed && speed[r] > 0 ? speed[r] : 1.0, cost = lc;
+            bs[r] = l++;
+            if (r == W) {
+                cost = lc * (L - bs[r]);
+                l = L;
+            } else {
+                while (l < L - (W - r) && (cost + lc) / sp <= T) cost += lc, l++;
+            }
+            be[r] = l;
+            ok = cost / sp <= T;
+            if (cost / sp > worst) worst = cost / sp;
+        }
+        if (ok) {
+            hi = T, best = worst;
+            memcpy(s + 1, bs + 1, sizeof(int32_t) * (size_t)W);
+            memcpy(e + 1, be + 1, sizeof(int32_t) * (size_t)W);
+        } else {
+            lo = T;
+        }
+    }
+    return best;
+}
+
 tern_code tern_plan_make(const char *spec, int n_ranks, const tern_hparams *hp, const double *speed,
                          int32_t *start, int32_t *end, tern_status *st)
 {
@@ -41,39 +82,27 @@ tern_code tern_plan_make(const char *spec, int n_ranks, const tern_hparams *hp, 
         return TERN_OK;
     }
     if (!strcmp(spec, "auto")) {
-        /* binary search the smallest stage time T for which a greedy contiguous fill works;
-         * rank 0 carries the head and takes a prefix of layers only when it is cheap */
+        /* rank 0 carries the head and may take a prefix of k0 layers; for each k0 the other
+         * layers are split over the workers as evenly as their speeds allow (min-max by
+         * binary search on the stage time). The plan with the smallest slowest stage wins,
+         * ties going to the one whose slowest worker is fastest: when the head alone is the
+         * bottleneck, the workers still share the layers evenly. */
         double lc = tern_plan_layer_cost(hp), hc = tern_plan_head_cost(hp);
-        double min_sp = 1.0;
-        for (int r = 0; speed && r < n_ranks; r++)
-            min_sp = r == 0 || speed[r] < min_sp ? speed[r] : min_sp;
-        if (!(min_sp > 0)) min_sp = 1.0;
-        double lo = 0, hi = (hc + lc * L) / min_sp * 1.01; /* every plan fits under it */
-        int32_t bs[TERN_PLAN_MAX], be[TERN_PLAN_MAX];
-        for (int it = 0; it < 100; it++) {
-            double T = it == 0 ? hi : 0.5 * (lo + hi);
-            int l = 0;
-            bool ok = true;
-            for (int r = 0; r < n_ranks && ok; r++) {
-                double sp = speed ? speed[r] : 1.0, cost = r == 0 ? hc : 0;
-                bs[r] = l;
-                if (r == n_ranks - 1) {
-                    cost += lc * (L - l);
-                    l = L;
-                } else {
-                    /* a worker runs at least one layer; leave one for each later worker */
-                    if (r > 0) cost += lc, l++;
-                    while (l < L - (n_ranks - 1 - r) && (cost + lc) / sp <= T) cost += lc, l++;
-                }
-                be[r] = l;
-                ok = cost / sp <= T;
-            }
-            if (ok) {
-                hi = T;
-                memcpy(start, bs, sizeof(int32_t) * (size_t)n_ranks);
-                memcpy(end, be, sizeof(int32_t) * (size_t)n_ranks);
-            } else {
-                lo = T;
+        const int W = n_ranks - 1;
+        double best_all = -1, best_w = -1;
+        int32_t ws[TERN_PLAN_MAX], we[TERN_PLAN_MAX];
+        for (int k0 = 0; k0 <= L - W; k0++) {
+            double sp0 = speed && speed[0] > 0 ? speed[0] : 1.0;
+            double t0 = (hc + lc * k0) / sp0;
+            if (best_all >= 0 && t0 > best_all) break; /* only grows with k0 */
+            double tw = balance_workers(lc, k0, L, n_ranks, speed, ws, we);
+            double t_all = t0 > tw ? t0 : tw;
+            if (best_all < 0 || t_all < best_all * (1 - 1e-12) ||
+                (t_all <= best_all * (1 + 1e-12) && tw < best_w * (1 - 1e-12))) {
+                best_all = t_all, best_w = tw;
+                start[0] = 0, end[0] = k0;
+                memcpy(start + 1, ws + 1, sizeof(int32_t) * (size_t)W);
+                memcpy(end + 1, we + 1, sizeof(int32_t) * (size_t)W);
             }
         }
         return TERN_OK;
