@@ -62,6 +62,7 @@ struct tern_tokenizer {
     bool add_bos, ignore_merges;
     char pre[32];
     pcre2_code *re;
+    bool jit; /* JIT compiled: match with pcre2_jit_match (no per-call option checks) */
 };
 
 /* ---- GPT-2 bytes_to_unicode (spec 4.3) ---- */
@@ -393,8 +394,8 @@ tern_code tern_tokenizer_load(tern_tokenizer **out, const tern_gguf *g, tern_sta
                              (size_t)off);
         goto fail;
     }
-    pcre2_jit_compile(t->re,
-                      PCRE2_JIT_COMPLETE); /* optional speed-up; the interpreter is exact too */
+    /* optional speed-up; the interpreter is exact too */
+    t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
     *out = t;
     return TERN_OK;
 fail:
@@ -579,7 +580,8 @@ static tern_code encode_plain(const tern_tokenizer *t, const char *text, size_t 
 {
     size_t pos = 0;
     while (pos < len) {
-        int rc = pcre2_match(t->re, (PCRE2_SPTR)text, len, pos, 0, md, NULL);
+        int rc = t->jit ? pcre2_jit_match(t->re, (PCRE2_SPTR)text, len, pos, 0, md, NULL)
+                        : pcre2_match(t->re, (PCRE2_SPTR)text, len, pos, 0, md, NULL);
         size_t ms = len, me = len;
         if (rc >= 0) {
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
