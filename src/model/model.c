@@ -281,11 +281,15 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
          * and the last 64 (all of it would cost a second read of the model on every rank) */
         const uint8_t *p = t->data;
         uint64_t stride = size <= ((uint64_t)64 << 20) ? 64 : 256 * 1024;
-        for (uint64_t off = 0; off < t->nbytes; off += stride)
+        /* the kernel maps whole large folios around each sampled read: drop them every
+         * 16 MiB, or the file would sit in RSS beside the copies made from it */
+        const uint64_t piece = (uint64_t)16 << 20;
+        for (uint64_t off = 0; off < t->nbytes; off += stride) {
             MIX(p + off, t->nbytes - off < 64 ? t->nbytes - off : 64);
+            if (stride > 64 && off % piece + stride >= piece)
+                release_pages(p + off / piece * piece, piece);
+        }
         if (t->nbytes >= 64) MIX(p + t->nbytes - 64, 64);
-        /* the kernel maps whole large folios around each sampled read: drop them again, or
-         * the file would sit in RSS beside the copies being made from it */
         if (stride > 64) release_pages(p, t->nbytes);
     }
 #undef MIX
