@@ -312,9 +312,15 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
     if (given) r->sampling.top_k = (int32_t)v;
     if ((rc = get_number(e, root, "repeat_penalty", 0, 1e6, &given, &v))) return rc;
     if (given) r->sampling.repeat_penalty = (float)v;
-    /* accepted for compatibility; the sampler has no frequency/presence penalties */
-    if ((rc = get_number(e, root, "frequency_penalty", -2, 2, &given, &v))) return rc;
-    if ((rc = get_number(e, root, "presence_penalty", -2, 2, &given, &v))) return rc;
+    /* the sampler has no frequency/presence penalties: 0 (what clients send by default) is
+     * accepted, anything else is refused rather than silently ignored */
+    static const char *const unsupported[2] = {"frequency_penalty", "presence_penalty"};
+    for (int k = 0; k < 2; k++) {
+        if ((rc = get_number(e, root, unsupported[k], -2, 2, &given, &v))) return rc;
+        if (given && v != 0)
+            return fail(e, unsupported[k], "%s: got %g, expected 0 (not supported; use repeat_penalty)",
+                        unsupported[k], v);
+    }
     /* seeds above 2^53 lose their low bits in JSON's doubles; any integer is accepted */
     if ((rc = get_int(e, root, "seed", -9223372036854775808.0, 18446744073709551615.0, &given, &v)))
         return rc;

@@ -345,10 +345,12 @@ def cmd_basic(url):
     expect_error(url, "GET", "/v1/nothing", None, 404)
     expect_error(url, "GET", P, None, 405)
     expect_error(url, "POST", "/health", "{}", 405)
+    # penalties the sampler lacks are refused, not ignored (0 is accepted)
+    expect_error(url, "POST", P, {"prompt": "x", "frequency_penalty": 0.5}, 400, "frequency_penalty")
     # unknown fields are ignored, null is "not given"
     ok = complete(url, False, {"prompt": "x", "max_tokens": 2, "foo": {"bar": [1, None]},
                                "temperature": None, "stop": None, "user": "me",
-                               "frequency_penalty": 0.5, "logprobs": None})
+                               "frequency_penalty": 0, "logprobs": None})
     check(ok[2]["completion_tokens"] <= 2, f"unknown fields: {ok}")
     # default max_tokens fits the context whatever the prompt length
     long_ids = [1] * (n_ctx - 3)

@@ -88,6 +88,8 @@ static void test_errors(void)
     expect_error("{\"prompt\": \"x\", \"stream\": 1}", false, "stream");
     expect_error("{\"prompt\": \"x\", \"stop\": [1]}", false, "stop");
     expect_error("{\"prompt\": \"x\", \"n\": 3}", false, "n");
+    expect_error("{\"prompt\": \"x\", \"frequency_penalty\": 0.5}", false, "frequency_penalty");
+    expect_error("{\"prompt\": \"x\", \"presence_penalty\": -1}", false, "presence_penalty");
     expect_error("{\"prompt\": \"x\", \"logprobs\": 5}", false, "logprobs");
     expect_error("{\"prompt\": \"x\", \"seed\": 1e300}", false, "seed");
     expect_error("{\"prompt\": \"x\", \"model\": 3}", false, "model");
