@@ -9,6 +9,7 @@
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "ternpipe/tokenizer.h"
+#include "text/text-internal.h"
 
 #include <pcre2.h>
 #include <stdio.h>
@@ -86,13 +87,13 @@ static int utf8_put(uint32_t cp, char *o)
     return 3;
 }
 
-static void byte_maps(char utf8[256][3], uint8_t len[256], int16_t *cp_to_byte /* [512] */)
+void tern_gpt2_byte_maps(char utf8[256][3], uint8_t len[256], int16_t *cp_to_byte)
 {
-    for (int i = 0; i < 512; i++) cp_to_byte[i] = -1;
+    for (int i = 0; cp_to_byte && i < 512; i++) cp_to_byte[i] = -1;
     for (int b = 0; b < 256; b++) {
         uint32_t cp = byte_to_cp(b);
         len[b] = (uint8_t)utf8_put(cp, utf8[b]);
-        cp_to_byte[cp] = (int16_t)b;
+        if (cp_to_byte) cp_to_byte[cp] = (int16_t)b;
     }
 }
 
@@ -214,7 +215,7 @@ tern_code tern_tokenizer_load(tern_tokenizer **out, const tern_gguf *g, tern_sta
     if (!t) return tern_status_set(st, TERN_ENOMEM, "tokenizer: out of memory");
     t->n_vocab = (int32_t)n;
     int16_t cp_to_byte[512];
-    byte_maps(t->byte_utf8, t->byte_utf8_len, cp_to_byte);
+    tern_gpt2_byte_maps(t->byte_utf8, t->byte_utf8_len, cp_to_byte);
     size_t text_total = 0;
     for (uint64_t i = 0; i < n; i++) text_total += tokens->v.arr.items[i].v.str.len;
     t->text = calloc(n, sizeof *t->text);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ternpipe/tokenizer.h"
+#include "text/text-internal.h"
 
 #define N_SPECIAL 256
 
@@ -46,17 +47,6 @@ static int b64v(int c)
     if (c == '+') return 62;
     if (c == '/') return 63;
     return -1;
-}
-
-static uint32_t cp_of(int b)
-{
-    if ((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff))
-        return (uint32_t)b;
-    int n = 0;
-    for (int x = 0; x < b; x++)
-        if (!((x >= 0x21 && x <= 0x7e) || (x >= 0xa1 && x <= 0xac) || (x >= 0xae && x <= 0xff)))
-            n++;
-    return 256u + (uint32_t)n;
 }
 
 /* GPT-2 mapped text of raw bytes into out (3 bytes per input byte at most) */
@@ -180,14 +170,7 @@ tern_code tern_vocab_add_tiktoken(tern_gguf_writer *w, const char *path, tern_st
     /* texts: tokens then specials then merges, in one buffer */
     char u8[256][3];
     uint8_t u8len[256];
-    for (int b = 0; b < 256; b++) {
-        uint32_t cp = cp_of(b);
-        if (cp < 0x80)
-            u8[b][0] = (char)cp, u8len[b] = 1;
-        else
-            u8[b][0] = (char)(0xc0 | (cp >> 6)), u8[b][1] = (char)(0x80 | (cp & 0x3f)),
-            u8len[b] = 2;
-    }
+    tern_gpt2_byte_maps(u8, u8len, NULL);
     size_t total = 0;
     for (size_t r = 0; r < n; r++) total += 2 * (size_t)toks[r].len + 1;
     for (size_t i = 0; i < n_merges; i++)
