@@ -23,6 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bpe import DEFAULT_CORPUS, Tokenizer, split_corpus, stories  # noqa: E402
 from export import model_from_gguf  # noqa: E402
+import model as model_mod  # noqa: E402
 from model import bitlinears  # noqa: E402
 
 PROMPT_LENS = [64, 72, 80, 96, 112]
@@ -75,14 +76,16 @@ def main():
     ap.add_argument("--val-loss", action="store_true", help="also report the held-out loss of the file's model")
     ap.add_argument("--samples", action="store_true", help="also print greedy samples")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--float32", action="store_true",
-                    help="reference arithmetic in fp32 (default: fp64, the exact reference the engine is held to)")
+    ap.add_argument("--arith", choices=["engine", "fp64", "fp32"], default="engine",
+                    help="engine: fp32 in the C engine's specified order and rounding (model.py: ARITH), "
+                         "the reference the tests hold the engine to; fp64: exact arithmetic; fp32: plain torch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     model, kv = model_from_gguf(args.model)
-    if not args.float32:
+    if args.arith == "fp64":
         to_double(model)
+    model_mod.ARITH = "engine" if args.arith == "engine" else "torch"
     c = model.c
     tok = Tokenizer(kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.merges"],
                     kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"])

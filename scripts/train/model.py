@@ -38,6 +38,8 @@ class Config:
 
 
 def rmsnorm(x, w, eps):
+    if ARITH == "engine" and not torch.is_grad_enabled():
+        return _engine_rmsnorm(x, w, eps)
     scale = 1.0 / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return (x * scale) * w
 
@@ -59,11 +61,47 @@ def weight_quant(W):
     return alpha, t
 
 
-def act_quant(x):
+def act_quant(x, exact=False):
+    """exact: s = 127 / amax as one IEEE division (spec 2.3, what the engine computes).
+    Otherwise torch's scalar / tensor, which is 127 * (1 / amax), two roundings: training
+    used that, so it stays for training to keep runs repeatable."""
     amax = x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
-    s = 127.0 / amax
+    s = torch.full_like(amax, 127.0) / amax if exact else 127.0 / amax
     q = (x * s).round().clamp(-128, 127)
     return s, q
+
+
+# Eval arithmetic. "torch": plain torch ops in the model's dtype. "engine": the C engine's
+# specified order and rounding (include/ternpipe/kernels.h; the scalar reference variant), so
+# that the int8 quantizer sees bit-identical inputs and the comparison measures the engine,
+# not float noise: RMSNorm sums squares in double and rounds the mean to fp32; attention
+# scores are double dot products rounded to fp32, softmax exponentials are rounded from
+# double, sums in double, and the weighted sum of V runs position by position in fp32 without
+# fused multiply-add; the LM head is a double dot product rounded to fp32. Everything else
+# (quantizer, BitLinear epilogue, RoPE, relu^2, residual adds) is the same fp32 op either way.
+ARITH = "torch"
+
+
+def _engine_rmsnorm(x, w, eps):
+    mean = ((x.double() ** 2).sum(-1, keepdim=True) / x.shape[-1]).float()
+    scale = 1.0 / torch.sqrt(mean + eps)
+    return (x * scale) * w
+
+
+def _engine_attention(q, k, v, mask):
+    # q, k, v: [B, H, T, hd] fp32
+    hd = q.shape[-1]
+    scale = torch.tensor(1.0, dtype=torch.float32) / torch.sqrt(torch.tensor(float(hd), dtype=torch.float32))
+    att = (q.double() @ k.double().transpose(-1, -2)).float() * scale
+    att = att.masked_fill(mask, float("-inf"))
+    m = att.amax(-1, keepdim=True)
+    e = torch.exp((att - m).double()).float()
+    inv = (1.0 / e.double().sum(-1, keepdim=True)).float()
+    p = e * inv
+    out = torch.zeros_like(q)
+    for j in range(k.shape[2]):
+        out = out + p[..., j:j + 1] * v[:, :, j:j + 1, :]
+    return out
 
 
 class BitLinear(nn.Module):
@@ -95,7 +133,7 @@ class BitLinear(nn.Module):
             return F.linear(xq, wq)
         alpha, t = self.quantized()
         alpha, t = alpha.to(x.device), t.to(x.device)
-        s, q = act_quant(x)
+        s, q = act_quant(x, exact=True)
         return (F.linear(q, t) / s) * alpha
 
 
@@ -150,11 +188,14 @@ class Block(nn.Module):
         # query head i uses kv head i // g
         k = k[:, :, None].expand(B, c.n_head_kv, g, T, hd).reshape(B, c.n_head, T, hd)
         v = v[:, :, None].expand(B, c.n_head_kv, g, T, hd).reshape(B, c.n_head, T, hd)
-        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
-        att = att.masked_fill(mask, float("-inf"))
-        att = torch.softmax(att, dim=-1)
-        att = self.drop(att)
-        a = (att @ v).transpose(1, 2).reshape(B, T, c.d)
+        if ARITH == "engine" and not self.training:
+            a = _engine_attention(q, k, v, mask).transpose(1, 2).reshape(B, T, c.d)
+        else:
+            att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+            att = att.masked_fill(mask, float("-inf"))
+            att = torch.softmax(att, dim=-1)
+            att = self.drop(att)
+            a = (att @ v).transpose(1, 2).reshape(B, T, c.d)
         a = self.attn_sub_norm(a)
         x = x + self.drop(self.wo(a))
         h = self.ffn_norm(x)
@@ -182,6 +223,8 @@ class BitNet(nn.Module):
         for l in self.layers:
             x = l(x, cos, sin, mask)
         x = self.norm(x)
+        if ARITH == "engine" and not self.training:
+            return F.linear(x.double(), self.embed.weight.double()).float()
         return F.linear(x, self.embed.weight)  # tied LM head, full precision
 
     def round_embedding_fp16(self):

@@ -75,27 +75,46 @@ static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *
     }
 }
 
-/* exp for x <= 0: see ops-avx512.c. */
-AI __m256 exp_neg(__m256 x)
+/* exp(x) in double for x <= 0: see ops-avx512.c (2^n in two factors, each a normal double) */
+#define SET(v) _mm256_set1_pd(v)
+#define FMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+AI __m256d exp_pd(__m256d x)
 {
-    __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(keep, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    x = _mm256_max_pd(x, SET(-110.0));
+    __m256d n = _mm256_round_pd(_mm256_mul_pd(x, SET(1.4426950408889634)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256d r = _mm256_fnmadd_pd(n, SET(6.93147180369123816490e-01), x);
+    r = _mm256_fnmadd_pd(n, SET(1.90821492927058770002e-10), r);
+    __m256d p = SET(1.0 / 6227020800.0); /* 1/13! */
+    p = FMA(p, r, SET(1.0 / 479001600.0)); /* 1/12! */
+    p = FMA(p, r, SET(1.0 / 39916800.0));
+    p = FMA(p, r, SET(1.0 / 3628800.0));
+    p = FMA(p, r, SET(1.0 / 362880.0));
+    p = FMA(p, r, SET(1.0 / 40320.0));
+    p = FMA(p, r, SET(1.0 / 5040.0));
+    p = FMA(p, r, SET(1.0 / 720.0));
+    p = FMA(p, r, SET(1.0 / 120.0));
+    p = FMA(p, r, SET(1.0 / 24.0));
+    p = FMA(p, r, SET(1.0 / 6.0));
+    p = FMA(p, r, SET(0.5));
+    p = FMA(p, r, SET(1.0));
+    p = FMA(p, r, SET(1.0));
+    __m128i ni = _mm256_cvtpd_epi32(n), h1 = _mm_srai_epi32(ni, 1), h2 = _mm_sub_epi32(ni, h1);
+    const __m256i bias = _mm256_set1_epi64x(1023);
+    __m256d f1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h1), bias), 52));
+    __m256d f2 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h2), bias), 52));
+    return _mm256_mul_pd(_mm256_mul_pd(p, f1), f2);
+}
+#undef SET
+#undef FMA
+
+AI double hsum4d(__m256d t)
+{
+    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+    return _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
 }
 
+/* the reference's operations (see ops-avx512.c), four values at a time */
 static void softmax(float *x, int64_t n)
 {
     float mx = x[0];
@@ -108,20 +127,17 @@ static void softmax(float *x, int64_t n)
     _mm256_storeu_ps(lanes, mv);
     for (int j = 0; j < 8; j++)
         if (lanes[j] > mx) mx = lanes[j];
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    for (i = 0; i < n; i += 8) {
-        __m256i k = tail8(n - i);
-        __m256 e = _mm256_and_ps(_mm256_castsi256_ps(k),
-                                 exp_neg(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), m)));
-        _mm256_maskstore_ps(x + i, k, e);
-        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    const __m128 m = _mm_set1_ps(mx);
+    __m256d sum = _mm256_setzero_pd();
+    for (i = 0; i < n; i += 4) {
+        int64_t left = n - i;
+        __m128i k = _mm_cmpgt_epi32(_mm_set1_epi32(left < 4 ? (int)left : 4), _mm_setr_epi32(0, 1, 2, 3));
+        __m128 d = _mm_sub_ps(_mm_maskload_ps(x + i, k), m);
+        __m128 e = _mm_and_ps(_mm_castsi128_ps(k), _mm256_cvtpd_ps(exp_pd(_mm256_cvtps_pd(d))));
+        _mm_maskstore_ps(x + i, k, e);
+        sum = _mm256_add_pd(sum, _mm256_cvtps_pd(e));
     }
-    __m256d t = _mm256_add_pd(s0, s1);
-    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
-    double sum = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
-    const float inv = (float)(1.0 / sum);
+    const float inv = (float)(1.0 / hsum4d(sum));
     const __m256 iv = _mm256_set1_ps(inv);
     for (i = 0; i + 8 <= n; i += 8)
         _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), iv));
@@ -142,42 +158,25 @@ static void relu2_mul(const float *g, const float *u, int64_t n, float *m)
     }
 }
 
+/* dot products in double as the reference (see ops-avx512.c) */
 static float dot(const float *a, const float *b, int64_t n)
 {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    for (; i + 8 <= n; i += 8) {
+        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i)), _mm256_cvtps_pd(_mm_loadu_ps(b + i)), s0);
+        s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 4)),
+                             _mm256_cvtps_pd(_mm_loadu_ps(b + i + 4)), s1);
     }
-    for (; i < n; i += 8) {
-        __m256i k = tail8(n - i);
-        s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, k), _mm256_maskload_ps(b + i, k), s0);
-    }
-    return hsum8(_mm256_add_ps(s0, s1));
+    double tail = 0.0;
+    for (; i < n; i++) tail += (double)a[i] * (double)b[i];
+    return (float)(hsum4d(_mm256_add_pd(s0, s1)) + tail);
 }
 
 static void attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
                         float scale, float *out)
 {
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        const float *k0 = k + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t i = 0; i < d; i += 8) {
-            __m256i m = tail8(d - i);
-            __m256 qv = _mm256_maskload_ps(q + i, m);
-            a0 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k0 + i, m), a0);
-            a1 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k1 + i, m), a1);
-            a2 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k2 + i, m), a2);
-            a3 = _mm256_fmadd_ps(qv, _mm256_maskload_ps(k3 + i, m), a3);
-        }
-        out[j] = hsum8(a0) * scale;
-        out[j + 1] = hsum8(a1) * scale;
-        out[j + 2] = hsum8(a2) * scale;
-        out[j + 3] = hsum8(a3) * scale;
-    }
-    for (; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
+    for (int64_t j = 0; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
 }
 
 static void attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)

@@ -3,8 +3,9 @@
  * EXACT kernels (rmsnorm, rope, relu2_mul, axpy, attn_mix, f16 conversion) repeat the
  * reference's operations lane by lane in the reference's order, with no fused multiply-add
  * where the reference rounds twice (fma(x, x, acc) in double is fine: x*x is exact there).
- * The others (softmax, dot, attention scores, F16/int8 GEMM) keep fp32 lane sums with fma and
- * meet the bounds stated in kernels.h. Row-blocked GEMMs read each weight row once per call
+ * Softmax, dot and attention scores compute in double as the reference does (equal to it but
+ * for ~1e-16 ties, kernels.h); the F16/int8 GEMMs keep fp32 lane sums with fma and meet the
+ * bounds stated in kernels.h. Row-blocked GEMMs read each weight row once per call
  * and apply it to blocks of up to six tokens.
  */
 #include <immintrin.h>
@@ -65,46 +66,65 @@ static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *
     }
 }
 
-/* exp for x <= 0 (Cephes expf: round to nearest power of two, degree-6 polynomial on
- * |r| <= ln2/2); 0 below -87.3, where expf is subnormal (< 1.2e-38). */
-AI __m512 exp_neg(__m512 x)
+/* exp(x) in double for x <= 0: n = round(x log2 e), r = x - n ln2 (ln2 in two parts, exact
+ * for |n| < 2^11), Taylor series to r^13 (truncation < 2e-16 on |r| <= ln2/2), times 2^n.
+ * A few double ulps from exp(x), so rounded to float it equals the reference
+ * (float)exp((double)x) unless exp(x) lies within ~1e-16 (relative) of a float rounding
+ * boundary. Below -110 the float result is 0 either way (exp(-110) < 2^-158). */
+#define SET(v) _mm512_set1_pd(v)
+#define FMA(a, b, c) _mm512_fmadd_pd(a, b, c)
+AI __m512d exp_pd(__m512d x)
 {
-    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-    __m512 n =
-        _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e =
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps(keep, p, _mm512_castsi512_ps(e));
+    x = _mm512_max_pd(x, SET(-110.0));
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, SET(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, SET(6.93147180369123816490e-01), x);
+    r = _mm512_fnmadd_pd(n, SET(1.90821492927058770002e-10), r);
+    __m512d p = SET(1.0 / 6227020800.0); /* 1/13! */
+    p = FMA(p, r, SET(1.0 / 479001600.0)); /* 1/12! */
+    p = FMA(p, r, SET(1.0 / 39916800.0));
+    p = FMA(p, r, SET(1.0 / 3628800.0));
+    p = FMA(p, r, SET(1.0 / 362880.0));
+    p = FMA(p, r, SET(1.0 / 40320.0));
+    p = FMA(p, r, SET(1.0 / 5040.0));
+    p = FMA(p, r, SET(1.0 / 720.0));
+    p = FMA(p, r, SET(1.0 / 120.0));
+    p = FMA(p, r, SET(1.0 / 24.0));
+    p = FMA(p, r, SET(1.0 / 6.0));
+    p = FMA(p, r, SET(0.5));
+    p = FMA(p, r, SET(1.0));
+    p = FMA(p, r, SET(1.0));
+    return _mm512_scalef_pd(p, n);
+}
+#undef SET
+#undef FMA
+
+AI __m512d lo_pd(__m512 v)
+{
+    return _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+}
+AI __m512d hi_pd(__m512 v)
+{
+    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
 
+/* the reference's operations: x - m in float, exp in double rounded to float, the sum of the
+ * rounded values in double, one float reciprocal, float products */
 static void softmax(float *x, int64_t n)
 {
     __m512 mv = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < n; i += 16)
         mv = _mm512_mask_max_ps(mv, tail16(n - i), _mm512_maskz_loadu_ps(tail16(n - i), x + i), mv);
     const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        __m512 e =
-            _mm512_maskz_mov_ps(k, exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m)));
-        _mm512_mask_storeu_ps(x + i, k, e);
-        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-        s1 = _mm512_add_pd(
-            s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    __m512d sum = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 8) {
+        __mmask16 k = (__mmask16)(tail16(n - i) & 0xff);
+        __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m);
+        __m256 e = _mm512_cvtpd_ps(exp_pd(lo_pd(d)));
+        _mm512_mask_storeu_ps(x + i, k, _mm512_castps256_ps512(e));
+        sum = _mm512_mask_add_pd(sum, (__mmask8)k, sum, _mm512_cvtps_pd(e));
     }
-    const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(_mm512_add_pd(s0, s1))));
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(sum)));
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 k = tail16(n - i);
         _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
@@ -122,41 +142,41 @@ static void relu2_mul(const float *g, const float *u, int64_t n, float *m)
     }
 }
 
+/* dot products as the reference: products exact in double, sums in double (8 lanes, then a
+ * tree: a different order, so equal to the reference after rounding to float unless the
+ * double sum lies within ~1e-16 of a float rounding boundary) */
 static float dot(const float *a, const float *b, int64_t n)
 {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i < n; i += 16) {
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 16) {
         __mmask16 k = tail16(n - i);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s0);
+        __m512 av = _mm512_maskz_loadu_ps(k, a + i), bv = _mm512_maskz_loadu_ps(k, b + i);
+        s0 = _mm512_fmadd_pd(lo_pd(av), lo_pd(bv), s0);
+        s1 = _mm512_fmadd_pd(hi_pd(av), hi_pd(bv), s1);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    return (float)_mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
 static void attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
                         float scale, float *out)
 {
     int64_t j = 0;
-    /* four keys at a time share the query loads */
+    /* four keys at a time share the query loads and conversions */
     for (; j + 4 <= n; j += 4) {
-        const float *k0 = k + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m512d acc[4][2];
+        for (int c = 0; c < 4; c++) acc[c][0] = acc[c][1] = _mm512_setzero_pd();
         for (int64_t i = 0; i < d; i += 16) {
             __mmask16 m = tail16(d - i);
             __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-            a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k0 + i), a0);
-            a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k1 + i), a1);
-            a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k2 + i), a2);
-            a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(m, k3 + i), a3);
+            __m512d ql = lo_pd(qv), qh = hi_pd(qv);
+            for (int c = 0; c < 4; c++) {
+                __m512 kv = _mm512_maskz_loadu_ps(m, k + (j + c) * ldk + i);
+                acc[c][0] = _mm512_fmadd_pd(ql, lo_pd(kv), acc[c][0]);
+                acc[c][1] = _mm512_fmadd_pd(qh, hi_pd(kv), acc[c][1]);
+            }
         }
-        out[j] = _mm512_reduce_add_ps(a0) * scale;
-        out[j + 1] = _mm512_reduce_add_ps(a1) * scale;
-        out[j + 2] = _mm512_reduce_add_ps(a2) * scale;
-        out[j + 3] = _mm512_reduce_add_ps(a3) * scale;
+        for (int c = 0; c < 4; c++)
+            out[j + c] = (float)_mm512_reduce_add_pd(_mm512_add_pd(acc[c][0], acc[c][1])) * scale;
     }
     for (; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
 }

@@ -109,7 +109,7 @@ void tern_ref_softmax(float *x, int64_t n)
         if (x[i] > m) m = x[i];
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        x[i] = expf(x[i] - m);
+        x[i] = (float)exp((double)(x[i] - m)); /* correctly rounded but for ~1e-16 ties */
         sum += x[i];
     }
     float inv = (float)(1.0 / sum);

@@ -11,14 +11,14 @@
 #include "ternpipe/model.h"
 #include "ternpipe/runtime.h"
 
-/* Logit tolerance as a fraction of the logit range. The reference is the fp64 PyTorch eval
- * model; the engine computes in fp32. The per-token int8 quantizer is discontinuous: when
- * x*s lies within an fp32 rounding error of a .5 boundary the two round differently, and
- * the flipped code moves the logits by up to ~2e-3 of the range (measured 1.9e-3 worst over
- * these 25 rows, and about half the rows are identical). The issue aimed at 1e-3, which only
- * an engine with bit-identical float arithmetic can guarantee; 3e-3 still fails any
- * systematic error (which moves every row; see the exact-row check below). */
-#define TOL 3e-3
+/* Logit tolerance as a fraction of the logit range (the issue's 1e-3). The reference is the
+ * PyTorch eval model computing in the engine's specified arithmetic (scripts/train/model.py,
+ * ARITH = "engine"): with it the reference kernel variant is bit-identical, and the SIMD
+ * variants, whose float kernels equal the reference but for ~1e-16 ties, measured 1.2e-7 of
+ * the range on these 25 rows. The int8 quantizer is discontinuous: a single flipped code
+ * moves the logits by ~2e-3 of the range, so most rows must also be exact (below). */
+#define TOL 1e-3
+
 
 static uint32_t rd_u32(const unsigned char **p)
 {
@@ -137,7 +137,7 @@ int main(void)
      * (see the header) move some. Rows equal to the reference within 1e-5 of the range: */
     int exact = 0;
     for (int i = 0; i < n_rows; i++) exact += row_diff[i] <= 1e-5f;
-    CHECKF(exact * 5 >= n_rows, "only %d of %d logit rows equal the reference (expected at least a fifth)", exact, n_rows);
+    CHECKF(exact * 5 >= n_rows * 4, "only %d of %d logit rows equal the reference (expected at least 4/5)", exact, n_rows);
     printf("golden: %d of %d rows equal to 1e-5 of the range, ", exact, n_rows);
     printf("%d prompts, worst logit diff %.2e of the range, greedy steps matching %d/%u\n",
            compared, worst, total_gen_ok, n_prompts * n_gen);
