@@ -126,7 +126,9 @@ void tern_rope_neox(float *x /* [n_heads][head_dim] */, int64_t n_heads, int64_t
                     const float *sin_row /* [head_dim/2] */);
 
 /* In-place softmax, max-subtracted, fp32 in and out, n >= 1. Reference: d = x[i] - m in
- * float, e[i] = (float)exp((double)d), sum of the e[i] in double, x[i] = e[i] * (float)(1/sum).
+ * float, e[i] = (float)exp((double)d), sum of the e[i] in double, x[i] = e[i] * (float)(1/sum);
+ * e[i] and x[i] below FLT_MIN become 0 (subnormal weights would slow every product with V
+ * by a microcode assist, and change nothing that matters).
  * SIMD does the same operations with a double-precision polynomial exp (a few double ulps) and
  * lane sums in double, so it equals the reference except where a double result lies within
  * ~1e-16 (relative) of a float rounding boundary ("REFERENCE-EQUAL"; tests demand equality on

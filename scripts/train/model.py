@@ -96,8 +96,10 @@ def _engine_attention(q, k, v, mask):
     att = att.masked_fill(mask, float("-inf"))
     m = att.amax(-1, keepdim=True)
     e = torch.exp((att - m).double()).float()
+    e = torch.where(e >= torch.finfo(torch.float32).tiny, e, torch.zeros_like(e))  # no subnormals
     inv = (1.0 / e.double().sum(-1, keepdim=True)).float()
     p = e * inv
+    p = torch.where(p >= torch.finfo(torch.float32).tiny, p, torch.zeros_like(p))
     out = torch.zeros_like(q)
     for j in range(k.shape[2]):
         out = out + p[..., j:j + 1] * v[:, :, j:j + 1, :]

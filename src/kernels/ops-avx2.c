@@ -4,6 +4,7 @@
  * (no fma where the reference rounds twice; scalar tails call the same scalar operations),
  * the others keep fp32 lane sums with fma within the bounds of kernels.h.
  */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 
@@ -134,14 +135,21 @@ static void softmax(float *x, int64_t n)
         __m128i k = _mm_cmpgt_epi32(_mm_set1_epi32(left < 4 ? (int)left : 4), _mm_setr_epi32(0, 1, 2, 3));
         __m128 d = _mm_sub_ps(_mm_maskload_ps(x + i, k), m);
         __m128 e = _mm_and_ps(_mm_castsi128_ps(k), _mm256_cvtpd_ps(exp_pd(_mm256_cvtps_pd(d))));
+        e = _mm_and_ps(e, _mm_cmpge_ps(e, _mm_set1_ps(FLT_MIN)));
         _mm_maskstore_ps(x + i, k, e);
         sum = _mm256_add_pd(sum, _mm256_cvtps_pd(e));
     }
     const float inv = (float)(1.0 / hsum4d(sum));
     const __m256 iv = _mm256_set1_ps(inv);
-    for (i = 0; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), iv));
-    for (; i < n; i++) x[i] = x[i] * inv;
+    const __m256 tiny = _mm256_set1_ps(FLT_MIN);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x + i), iv);
+        _mm256_storeu_ps(x + i, _mm256_and_ps(p, _mm256_cmp_ps(p, tiny, _CMP_GE_OQ)));
+    }
+    for (; i < n; i++) {
+        float p = x[i] * inv;
+        x[i] = p >= FLT_MIN ? p : 0.0f;
+    }
 }
 
 static void relu2_mul(const float *g, const float *u, int64_t n, float *m)

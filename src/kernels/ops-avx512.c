@@ -8,6 +8,7 @@
  * bounds stated in kernels.h. Row-blocked GEMMs read each weight row once per call
  * and apply it to blocks of up to six tokens.
  */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 
@@ -121,13 +122,16 @@ static void softmax(float *x, int64_t n)
         __mmask16 k = (__mmask16)(tail16(n - i) & 0xff);
         __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m);
         __m256 e = _mm512_cvtpd_ps(exp_pd(lo_pd(d)));
+        e = _mm256_and_ps(e, _mm256_cmp_ps(e, _mm256_set1_ps(FLT_MIN), _CMP_GE_OQ));
         _mm512_mask_storeu_ps(x + i, k, _mm512_castps256_ps512(e));
         sum = _mm512_mask_add_pd(sum, (__mmask8)k, sum, _mm512_cvtps_pd(e));
     }
     const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(sum)));
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 k = tail16(n - i);
-        _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv));
+        __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv);
+        p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_set1_ps(FLT_MIN), _CMP_GE_OQ), p);
+        _mm512_mask_storeu_ps(x + i, k, p);
     }
 }
 

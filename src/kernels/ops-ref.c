@@ -3,6 +3,7 @@
  * (kernels.h) fix an operation order here that the SIMD variants reproduce; the others are
  * computed as accurately as is simple (double sums) and SIMD results are held to a bound.
  */
+#include <float.h>
 #include <math.h>
 
 #include "kernels/kernels-internal.h"
@@ -109,11 +110,15 @@ void tern_ref_softmax(float *x, int64_t n)
         if (x[i] > m) m = x[i];
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) {
-        x[i] = (float)exp((double)(x[i] - m)); /* correctly rounded but for ~1e-16 ties */
+        float e = (float)exp((double)(x[i] - m)); /* correctly rounded but for ~1e-16 ties */
+        x[i] = e >= FLT_MIN ? e : 0.0f; /* no subnormals: they would slow every later product */
         sum += x[i];
     }
     float inv = (float)(1.0 / sum);
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] * inv;
+    for (int64_t i = 0; i < n; i++) {
+        float p = x[i] * inv;
+        x[i] = p >= FLT_MIN ? p : 0.0f;
+    }
 }
 
 void tern_ref_relu2_mul(const float *g, const float *u, int64_t n, float *m)
