@@ -126,4 +126,17 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 /* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
 float tern_round_half_even(float v);
 
+/* exp(r) for |r| <= ln2/2 by its Taylor series to r^13 (truncation < 2e-16), Horner form, in
+ * the SIMD double type of the caller: SET broadcasts a constant, FMA(a, b, c) = a * b + c. */
+#define TERN_EXP_TAYLOR13(p, r, SET, FMA)                                                          \
+    do {                                                                                           \
+        static const double c_[14] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0,    \
+                                      1.0 / 3628800.0,    1.0 / 362880.0,    1.0 / 40320.0,       \
+                                      1.0 / 5040.0,       1.0 / 720.0,       1.0 / 120.0,         \
+                                      1.0 / 24.0,         1.0 / 6.0,         0.5,                 \
+                                      1.0,                1.0};                                   \
+        (p) = SET(c_[0]);                                                                          \
+        for (int i_ = 1; i_ < 14; i_++) (p) = FMA((p), (r), SET(c_[i_]));                          \
+    } while (0)
+
 #endif

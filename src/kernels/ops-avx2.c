@@ -86,20 +86,8 @@ AI __m256d exp_pd(__m256d x)
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256d r = _mm256_fnmadd_pd(n, SET(6.93147180369123816490e-01), x);
     r = _mm256_fnmadd_pd(n, SET(1.90821492927058770002e-10), r);
-    __m256d p = SET(1.0 / 6227020800.0); /* 1/13! */
-    p = FMA(p, r, SET(1.0 / 479001600.0)); /* 1/12! */
-    p = FMA(p, r, SET(1.0 / 39916800.0));
-    p = FMA(p, r, SET(1.0 / 3628800.0));
-    p = FMA(p, r, SET(1.0 / 362880.0));
-    p = FMA(p, r, SET(1.0 / 40320.0));
-    p = FMA(p, r, SET(1.0 / 5040.0));
-    p = FMA(p, r, SET(1.0 / 720.0));
-    p = FMA(p, r, SET(1.0 / 120.0));
-    p = FMA(p, r, SET(1.0 / 24.0));
-    p = FMA(p, r, SET(1.0 / 6.0));
-    p = FMA(p, r, SET(0.5));
-    p = FMA(p, r, SET(1.0));
-    p = FMA(p, r, SET(1.0));
+    __m256d p;
+    TERN_EXP_TAYLOR13(p, r, SET, FMA);
     __m128i ni = _mm256_cvtpd_epi32(n), h1 = _mm_srai_epi32(ni, 1), h2 = _mm_sub_epi32(ni, h1);
     const __m256i bias = _mm256_set1_epi64x(1023);
     __m256d f1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h1), bias), 52));

@@ -81,20 +81,8 @@ AI __m512d exp_pd(__m512d x)
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512d r = _mm512_fnmadd_pd(n, SET(6.93147180369123816490e-01), x);
     r = _mm512_fnmadd_pd(n, SET(1.90821492927058770002e-10), r);
-    __m512d p = SET(1.0 / 6227020800.0); /* 1/13! */
-    p = FMA(p, r, SET(1.0 / 479001600.0)); /* 1/12! */
-    p = FMA(p, r, SET(1.0 / 39916800.0));
-    p = FMA(p, r, SET(1.0 / 3628800.0));
-    p = FMA(p, r, SET(1.0 / 362880.0));
-    p = FMA(p, r, SET(1.0 / 40320.0));
-    p = FMA(p, r, SET(1.0 / 5040.0));
-    p = FMA(p, r, SET(1.0 / 720.0));
-    p = FMA(p, r, SET(1.0 / 120.0));
-    p = FMA(p, r, SET(1.0 / 24.0));
-    p = FMA(p, r, SET(1.0 / 6.0));
-    p = FMA(p, r, SET(0.5));
-    p = FMA(p, r, SET(1.0));
-    p = FMA(p, r, SET(1.0));
+    __m512d p;
+    TERN_EXP_TAYLOR13(p, r, SET, FMA);
     return _mm512_scalef_pd(p, n);
 }
 #undef SET
