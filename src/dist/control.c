@@ -71,6 +71,7 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
     sm.has_sent_at = 1, sm.sent_at = s->sent_at;
     sm.n_hop_at = (size_t)s->n_hops, sm.hop_at = (double *)s->hop_at;
     sm.n_busy_s = (size_t)s->n_hops, sm.busy_s = (double *)s->busy_s;
+    sm.n_peak_rss = (size_t)s->n_hops, sm.peak_rss = (uint64_t *)s->peak_rss;
     sm.has_shutdown = 1, sm.shutdown = s->shutdown != 0;
     Ternpipe__Control c = TERNPIPE__CONTROL__INIT;
     c.body_case = TERNPIPE__CONTROL__BODY_STEP;
@@ -116,7 +117,7 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, tern_step *s, void 
                                n);
     const Ternpipe__Step *sm = c->step;
     if ((int64_t)sm->n_seqs > s->cap_seqs || sm->n_hop_at > TERN_MAX_RANKS ||
-        sm->n_busy_s > TERN_MAX_RANKS)
+        sm->n_busy_s > TERN_MAX_RANKS || sm->n_peak_rss > TERN_MAX_RANKS)
         return tern_status_set(st, TERN_EFORMAT,
                                "pipeline: step: got %zu sequences, expected at most %d", sm->n_seqs,
                                s->cap_seqs);
@@ -133,6 +134,7 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, tern_step *s, void 
     s->n_hops = (int32_t)sm->n_hop_at;
     for (size_t i = 0; i < sm->n_hop_at; i++) s->hop_at[i] = sm->hop_at[i];
     for (size_t i = 0; i < sm->n_busy_s && i < sm->n_hop_at; i++) s->busy_s[i] = sm->busy_s[i];
+    for (size_t i = 0; i < sm->n_hop_at; i++) s->peak_rss[i] = i < sm->n_peak_rss ? sm->peak_rss[i] : 0;
     s->shutdown = sm->shutdown;
     /* the arena is reset by the next call: nothing to free */
     return TERN_OK;

@@ -38,6 +38,7 @@ typedef struct tern_step {
     int32_t n_hops;
     double hop_at[TERN_MAX_RANKS];
     double busy_s[TERN_MAX_RANKS];
+    uint64_t peak_rss[TERN_MAX_RANKS];
     int shutdown;
 } tern_step;
 

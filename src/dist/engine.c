@@ -17,6 +17,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -104,12 +105,20 @@ struct tern_engine {
     /* stats */
     double t_start, busy0;
     double worker_busy[TERN_MAX_RANKS];
+    uint64_t worker_rss[TERN_MAX_RANKS];
     float hops[HOP_RING];
     int64_t n_hops;
     int64_t steps, tok_prompt, tok_gen;
     int32_t rot;     /* rank 0: first slot the next micro-batch looks at */
     bool workers_up; /* rank 0: workers are in their loop and need a shutdown step */
 };
+
+/* this process's peak resident set in bytes (Linux reports kilobytes) */
+static uint64_t peak_rss(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (uint64_t)ru.ru_maxrss * 1024u : 0;
+}
 
 static double now(void)
 {
@@ -470,6 +479,7 @@ static tern_code worker_loop(tern_engine *e, tern_status *st)
         if (step.n_hops < TERN_MAX_RANKS) {
             step.hop_at[step.n_hops] = t_recv - step.sent_at; /* this hop's latency */
             step.busy_s[step.n_hops] = busy;
+            step.peak_rss[step.n_hops] = peak_rss();
             step.n_hops++;
         }
         step.sent_at = now();
@@ -857,6 +867,7 @@ static bool poll_return(tern_engine *e, bool block)
     for (int32_t h = 0; h < rs->n_hops; h++) {
         e->hops[e->n_hops++ % HOP_RING] = (float)rs->hop_at[h];
         e->worker_busy[h + 1] = rs->busy_s[h];
+        e->worker_rss[h + 1] = rs->peak_rss[h];
     }
     e->hops[e->n_hops++ % HOP_RING] = (float)(t_recv - rs->sent_at);
     if (rs->shutdown) return true;
@@ -1019,8 +1030,9 @@ void tern_engine_stats_get(tern_engine *e, tern_engine_stats *s)
     s->tokens_generated = e->tok_gen;
     s->wall_s = now() - e->t_start;
     s->busy_s[0] = e->busy0;
+    s->peak_rss[0] = peak_rss();
     for (int r = 0; r < e->n_ranks; r++) {
-        if (r > 0) s->busy_s[r] = e->worker_busy[r];
+        if (r > 0) s->busy_s[r] = e->worker_busy[r], s->peak_rss[r] = e->worker_rss[r];
         s->kv_used[r] = e->kv_reserved;
         s->kv_total[r] = e->kv_blocks;
         s->layer_start[r] = e->start[r];

@@ -241,12 +241,18 @@ int tern_cmd_bench(int argc, char **argv)
         }
     }
     int n_ranks = tern_engine_n_ranks(e);
+    tern_engine_stats fin;
+    tern_engine_stats_get(e, &fin);
     double bpt = tern_engine_bytes_per_token(e);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long rss = ru.ru_maxrss * 1024L;
     double bw = read_bandwidth(eo.n_threads);
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
+    char rss_list[64 * 24] = "";
+    for (int k = 0, o = 0; k < n_ranks && o < (int)sizeof rss_list - 24; k++)
+        o += snprintf(rss_list + o, sizeof rss_list - (size_t)o, "%s%llu", k ? ", " : "",
+                      (unsigned long long)fin.peak_rss[k]);
     if (json) {
         printf("{\"ranks\": %d, \"prefill\": [", n_ranks);
         for (int i = 0; i < 2; i++)
@@ -260,9 +266,9 @@ int tern_cmd_bench(int argc, char **argv)
             printf("], \"hop_p50_ms\": %.3f, \"hop_p99_ms\": %.3f}", p50[i], p99[i]);
         }
         printf(
-            "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
+            "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, \"peak_rss_per_rank\": [%s], \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
             "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f}\n",
-            rss, rss_single, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
+            rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
         for (int i = 0; i < 2; i++)
@@ -283,6 +289,11 @@ int tern_cmd_bench(int argc, char **argv)
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
                "(the rest is fp32 KV of the concurrent sequences)\n",
                (double)rss / 1e6, (double)rss_single / 1e6);
+        if (n_ranks > 1) {
+            printf("peak RSS per rank:");
+            for (int k = 0; k < n_ranks; k++) printf(" r%d %.1f MB", k, (double)fin.peak_rss[k] / 1e6);
+            printf("\n");
+        }
     }
     rc = 0;
 done:
