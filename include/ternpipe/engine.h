@@ -99,7 +99,7 @@ typedef struct tern_engine_stats {
     int32_t running, queued;
     int64_t steps, tokens_prompt, tokens_generated;
     double wall_s;
-    double busy_s[64]; /* per rank (0 = coordinator) */
+    double busy_s[64];     /* per rank (0 = coordinator) */
     uint64_t peak_rss[64]; /* per rank, bytes (workers: as of their last step) */
     int32_t kv_used[64], kv_total[64];
     double hop_p50_ms, hop_p99_ms;

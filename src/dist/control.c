@@ -134,7 +134,8 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, tern_step *s, void 
     s->n_hops = (int32_t)sm->n_hop_at;
     for (size_t i = 0; i < sm->n_hop_at; i++) s->hop_at[i] = sm->hop_at[i];
     for (size_t i = 0; i < sm->n_busy_s && i < sm->n_hop_at; i++) s->busy_s[i] = sm->busy_s[i];
-    for (size_t i = 0; i < sm->n_hop_at; i++) s->peak_rss[i] = i < sm->n_peak_rss ? sm->peak_rss[i] : 0;
+    for (size_t i = 0; i < sm->n_hop_at; i++)
+        s->peak_rss[i] = i < sm->n_peak_rss ? sm->peak_rss[i] : 0;
     s->shutdown = sm->shutdown;
     /* the arena is reset by the next call: nothing to free */
     return TERN_OK;

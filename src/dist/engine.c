@@ -17,9 +17,9 @@
 
 #include <pthread.h>
 #include <stdio.h>
-#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "dist/comm.h"
@@ -894,8 +894,7 @@ tern_code tern_engine_step(tern_engine *e, bool *idle, tern_status *st)
      * them, so a serving loop gets control back between steps (signals, stats) even under
      * endless load. */
     int32_t n_launched = 0;
-    while (e->n_ranks > 1 ? e->n_inflight < e->inflight_target
-                          : n_launched < e->inflight_target) {
+    while (e->n_ranks > 1 ? e->n_inflight < e->inflight_target : n_launched < e->inflight_target) {
         mbatch *b = NULL;
         for (int32_t i = 0; i < e->inflight_target && !b; i++)
             if (!e->mbs[i].busy) b = &e->mbs[i];

@@ -86,7 +86,6 @@ static tern_code key_header(tern_gguf_writer *w, const char *key, tern_gguf_vtyp
     return w->meta.oom ? TERN_ENOMEM : TERN_OK;
 }
 
-
 void tern_gguf_writer_set_alignment(tern_gguf_writer *w, uint32_t alignment)
 {
     w->alignment = alignment;

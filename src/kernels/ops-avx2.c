@@ -90,8 +90,10 @@ AI __m256d exp_pd(__m256d x)
     TERN_EXP_TAYLOR13(p, r, SET, FMA);
     __m128i ni = _mm256_cvtpd_epi32(n), h1 = _mm_srai_epi32(ni, 1), h2 = _mm_sub_epi32(ni, h1);
     const __m256i bias = _mm256_set1_epi64x(1023);
-    __m256d f1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h1), bias), 52));
-    __m256d f2 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h2), bias), 52));
+    __m256d f1 = _mm256_castsi256_pd(
+        _mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h1), bias), 52));
+    __m256d f2 = _mm256_castsi256_pd(
+        _mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(h2), bias), 52));
     return _mm256_mul_pd(_mm256_mul_pd(p, f1), f2);
 }
 #undef SET
@@ -120,7 +122,8 @@ static void softmax(float *x, int64_t n)
     __m256d sum = _mm256_setzero_pd();
     for (i = 0; i < n; i += 4) {
         int64_t left = n - i;
-        __m128i k = _mm_cmpgt_epi32(_mm_set1_epi32(left < 4 ? (int)left : 4), _mm_setr_epi32(0, 1, 2, 3));
+        __m128i k =
+            _mm_cmpgt_epi32(_mm_set1_epi32(left < 4 ? (int)left : 4), _mm_setr_epi32(0, 1, 2, 3));
         __m128 d = _mm_sub_ps(_mm_maskload_ps(x + i, k), m);
         __m128 e = _mm_and_ps(_mm_castsi128_ps(k), _mm256_cvtpd_ps(exp_pd(_mm256_cvtps_pd(d))));
         e = _mm_and_ps(e, _mm_cmpge_ps(e, _mm_set1_ps(FLT_MIN)));
@@ -160,7 +163,8 @@ static float dot(const float *a, const float *b, int64_t n)
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i)), _mm256_cvtps_pd(_mm_loadu_ps(b + i)), s0);
+        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i)),
+                             _mm256_cvtps_pd(_mm_loadu_ps(b + i)), s0);
         s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + i + 4)),
                              _mm256_cvtps_pd(_mm_loadu_ps(b + i + 4)), s1);
     }

@@ -318,7 +318,8 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
     for (int k = 0; k < 2; k++) {
         if ((rc = get_number(e, root, unsupported[k], -2, 2, &given, &v))) return rc;
         if (given && v != 0)
-            return fail(e, unsupported[k], "%s: got %g, expected 0 (not supported; use repeat_penalty)",
+            return fail(e, unsupported[k],
+                        "%s: got %g, expected 0 (not supported; use repeat_penalty)",
                         unsupported[k], v);
     }
     /* seeds above 2^53 lose their low bits in JSON's doubles; any integer is accepted */

@@ -266,7 +266,8 @@ int tern_cmd_bench(int argc, char **argv)
             printf("], \"hop_p50_ms\": %.3f, \"hop_p99_ms\": %.3f}", p50[i], p99[i]);
         }
         printf(
-            "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, \"peak_rss_per_rank\": [%s], \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
+            "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, "
+            "\"peak_rss_per_rank\": [%s], \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
             "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f}\n",
             rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
     } else {
@@ -291,7 +292,8 @@ int tern_cmd_bench(int argc, char **argv)
                (double)rss / 1e6, (double)rss_single / 1e6);
         if (n_ranks > 1) {
             printf("peak RSS per rank:");
-            for (int k = 0; k < n_ranks; k++) printf(" r%d %.1f MB", k, (double)fin.peak_rss[k] / 1e6);
+            for (int k = 0; k < n_ranks; k++)
+                printf(" r%d %.1f MB", k, (double)fin.peak_rss[k] / 1e6);
             printf("\n");
         }
     }

@@ -98,8 +98,10 @@ static void check_getters(const tern_gguf *g, const char *key, const tern_gguf_v
     tern_gguf_str s;
     const tern_gguf_value *arr;
     tern_code rc[6] = {
-        tern_gguf_get_u32(g, key, &u, &st), tern_gguf_get_i32(g, key, &i, &st),
-        tern_gguf_get_f32(g, key, &f, &st), tern_gguf_get_bool(g, key, &b, &st),
+        tern_gguf_get_u32(g, key, &u, &st),
+        tern_gguf_get_i32(g, key, &i, &st),
+        tern_gguf_get_f32(g, key, &f, &st),
+        tern_gguf_get_bool(g, key, &b, &st),
         tern_gguf_get_str(g, key, &s, &st),
         tern_gguf_get_arr(g, key, v->type == TERN_GGUF_ARRAY ? v->v.arr.type : TERN_GGUF_UINT8,
                           &arr, &st),
@@ -176,7 +178,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         REQUIRE(p >= buf && (uint64_t)(p - buf) <= size && t->nbytes <= size - (size_t)(p - buf));
         REQUIRE((uint64_t)(p - buf) % align == 0);
         sink += p[0] + p[t->nbytes - 1];
-        if (i < LOOKUPS && cstr(t->name, name, sizeof name)) REQUIRE(tern_gguf_find_tensor(g, name) == t);
+        if (i < LOOKUPS && cstr(t->name, name, sizeof name))
+            REQUIRE(tern_gguf_find_tensor(g, name) == t);
     }
     REQUIRE(tern_gguf_tensor_at(g, tern_gguf_n_tensors(g)) == NULL);
     tern_gguf_close(g);

@@ -11,8 +11,13 @@ int main(void)
     uint8_t buf[65536];
     static uint8_t arena[1 << 20];
 
-    tern_hello h = {.protocol_version = TERN_PROTOCOL_VERSION, .model_checksum = 0x0123456789abcdefULL,
-                    .n_layers = 30, .n_ranks = 3, .max_tokens = 512, .max_seqs = 64, .n_ctx = 4096,
+    tern_hello h = {.protocol_version = TERN_PROTOCOL_VERSION,
+                    .model_checksum = 0x0123456789abcdefULL,
+                    .n_layers = 30,
+                    .n_ranks = 3,
+                    .max_tokens = 512,
+                    .max_seqs = 64,
+                    .n_ctx = 4096,
                     .kv_blocks = 777};
     h.layer_start[1] = 0, h.layer_end[1] = 15, h.layer_start[2] = 15, h.layer_end[2] = 30;
     size_t n = tern_ctl_pack_hello(&h, buf, sizeof buf);
@@ -21,13 +26,19 @@ int main(void)
     memset(&h2, 0xff, sizeof h2);
     CHECK(tern_ctl_unpack_hello(buf, n, &h2, &st) == TERN_OK);
     CHECK(h2.protocol_version == h.protocol_version && h2.model_checksum == h.model_checksum);
-    CHECK(h2.n_ranks == 3 && h2.layer_end[1] == 15 && h2.layer_start[2] == 15 && h2.layer_end[2] == 30);
+    CHECK(h2.n_ranks == 3 && h2.layer_end[1] == 15 && h2.layer_start[2] == 15 &&
+          h2.layer_end[2] == 30);
     CHECK(h2.max_tokens == 512 && h2.max_seqs == 64 && h2.n_ctx == 4096 && h2.kv_blocks == 777);
     CHECK(tern_ctl_pack_hello(&h, buf, 4) == 0); /* does not fit */
 
     tern_step_seq seqs[8], seqs2[8];
-    tern_step s = {.id = 42, .n_seqs = 3, .seqs = seqs, .cap_seqs = 8, .n_tokens = 19,
-                   .sent_at = 123.25, .n_hops = 2};
+    tern_step s = {.id = 42,
+                   .n_seqs = 3,
+                   .seqs = seqs,
+                   .cap_seqs = 8,
+                   .n_tokens = 19,
+                   .sent_at = 123.25,
+                   .n_hops = 2};
     seqs[0] = (tern_step_seq){.slot = 0, .pos0 = 0, .n_tokens = 16, .flags = TERN_SEQ_NEW};
     seqs[1] = (tern_step_seq){.slot = 5, .pos0 = 300, .n_tokens = 1, .flags = 0};
     seqs[2] = (tern_step_seq){.slot = 63, .pos0 = 7, .n_tokens = 0, .flags = TERN_SEQ_CANCELLED};
@@ -38,7 +49,8 @@ int main(void)
     CHECK(n > 0);
     tern_step s2 = {.seqs = seqs2, .cap_seqs = 8};
     CHECK(tern_ctl_unpack_step(buf, n, &s2, arena, sizeof arena, &st) == TERN_OK);
-    CHECK(s2.id == 42 && s2.n_seqs == 3 && s2.n_tokens == 19 && s2.sent_at == 123.25 && !s2.shutdown);
+    CHECK(s2.id == 42 && s2.n_seqs == 3 && s2.n_tokens == 19 && s2.sent_at == 123.25 &&
+          !s2.shutdown);
     CHECK(s2.seqs[1].slot == 5 && s2.seqs[1].pos0 == 300 && s2.seqs[1].n_tokens == 1);
     CHECK(s2.seqs[0].flags == TERN_SEQ_NEW && s2.seqs[2].flags == TERN_SEQ_CANCELLED);
     CHECK(s2.n_hops == 2 && s2.hop_at[1] == 0.002 && s2.busy_s[0] == 1.5);

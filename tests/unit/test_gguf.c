@@ -197,7 +197,6 @@ static void tensor_case(const char *label, const tspec *ts, size_t nt, uint64_t 
 
 /* ---- value comparison ---- */
 
-
 static bool is_signed_t(tern_gguf_vtype t)
 {
     return t == TERN_GGUF_INT8 || t == TERN_GGUF_INT16 || t == TERN_GGUF_INT32 ||

@@ -19,7 +19,6 @@
  * moves the logits by ~2e-3 of the range, so most rows must also be exact (below). */
 #define TOL 1e-3
 
-
 static uint32_t rd_u32(const unsigned char **p)
 {
     uint32_t v;
@@ -34,7 +33,8 @@ int main(void)
     const char *src = getenv("TERN_SOURCE_DIR");
     char model_path[4096], golden_path[4096];
     snprintf(model_path, sizeof model_path, "%s/models/tinystories-bitnet.gguf", src ? src : ".");
-    snprintf(golden_path, sizeof golden_path, "%s/tests/golden/tinystories-golden.bin", src ? src : ".");
+    snprintf(golden_path, sizeof golden_path, "%s/tests/golden/tinystories-golden.bin",
+             src ? src : ".");
     size_t len;
     unsigned char *buf = tern_test_read_file(golden_path, &len);
     CHECK(buf != NULL && len > 68 && !memcmp(buf, "TPGOLDEN", 8));
@@ -77,7 +77,8 @@ int main(void)
         for (uint32_t i = 0; i < L; i++) ids[i] = (int32_t)rd_u32(&p);
         uint32_t pos[16];
         for (uint32_t i = 0; i < n_pos; i++) pos[i] = rd_u32(&p);
-        const float *ref = (const float *)p; /* the file is read into malloc'd memory: aligned enough for memcpy below */
+        const float *ref = (const float *)
+            p; /* the file is read into malloc'd memory: aligned enough for memcpy below */
         p += 4ull * n_pos * V;
         uint32_t gen[64];
         float margin[64];
@@ -101,12 +102,14 @@ int main(void)
             }
             maxd = fmaxf(maxd, pd);
             row_diff[n_rows++] = pd;
-            if (getenv("TERN_TEST_VERBOSE")) fprintf(stderr, "prompt %u pos %u: max |diff| %.5f\n", q, pos[i], pd);
+            if (getenv("TERN_TEST_VERBOSE"))
+                fprintf(stderr, "prompt %u pos %u: max |diff| %.5f\n", q, pos[i], pd);
         }
         for (int i = n_rows - (int)n_pos; i < n_rows; i++) row_diff[i] /= hi - lo;
         double rel = maxd / (hi - lo);
         if (rel > worst) worst = rel;
-        CHECKF(rel <= TOL, "prompt %u: max |diff| %.5f = %.2e of the range (limit %.0e)", q, maxd, rel, TOL);
+        CHECKF(rel <= TOL, "prompt %u: max |diff| %.5f = %.2e of the range (limit %.0e)", q, maxd,
+               rel, TOL);
         /* greedy with the KV cache, one token per step */
         int32_t n = (int32_t)L;
         float *last = lg + (size_t)(L - 1) * V;
@@ -117,8 +120,9 @@ int main(void)
                 if (last[v] > last[best]) best = (int)v;
             if (best != (int)gen[s]) {
                 /* a flip is legitimate only where the reference's top-2 margin is tiny */
-                CHECKF(margin[s] < 2 * TOL * (hi - lo), "prompt %u step %u: got %d, expected %u (margin %.4f)",
-                       q, s, best, gen[s], margin[s]);
+                CHECKF(margin[s] < 2 * TOL * (hi - lo),
+                       "prompt %u step %u: got %d, expected %u (margin %.4f)", q, s, best, gen[s],
+                       margin[s]);
                 break;
             }
             ok_steps++;
@@ -137,7 +141,8 @@ int main(void)
      * (see the header) move some. Rows equal to the reference within 1e-5 of the range: */
     int exact = 0;
     for (int i = 0; i < n_rows; i++) exact += row_diff[i] <= 1e-5f;
-    CHECKF(exact * 5 >= n_rows * 4, "only %d of %d logit rows equal the reference (expected at least 4/5)", exact, n_rows);
+    CHECKF(exact * 5 >= n_rows * 4,
+           "only %d of %d logit rows equal the reference (expected at least 4/5)", exact, n_rows);
     printf("golden: %d of %d rows equal to 1e-5 of the range, ", exact, n_rows);
     printf("%d prompts, worst logit diff %.2e of the range, greedy steps matching %d/%u\n",
            compared, worst, total_gen_ok, n_prompts * n_gen);

@@ -97,8 +97,8 @@ static void test_dispatch(void)
     /* first, while this process has not initialized the kernels (children inherit that) */
     CHECK(env_child("ref") == 10 + TERN_SIMD_REF);
     CHECK(env_child("bogus") == 20 + TERN_EINVAL);
-    CHECK(env_child("avx512") == (tern_simd_supported(TERN_SIMD_AVX512) ? 10 + TERN_SIMD_AVX512
-                                                                        : 20 + TERN_EUNSUPPORTED));
+    CHECK(env_child("avx512") ==
+          (tern_simd_supported(TERN_SIMD_AVX512) ? 10 + TERN_SIMD_AVX512 : 20 + TERN_EUNSUPPORTED));
     CHECK(tern_simd_supported(TERN_SIMD_REF));
     CHECK(strcmp(tern_simd_name(TERN_SIMD_AVX512), "avx512") == 0);
     CHECK(strcmp(tern_simd_name(TERN_SIMD_COUNT), "?") == 0);

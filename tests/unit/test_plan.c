@@ -10,8 +10,13 @@
 
 static tern_hparams shape(int L, int d, int ff, int vocab)
 {
-    tern_hparams hp = {.n_vocab = vocab, .d = d, .n_layer = L, .n_ff = ff, .n_head = d / 64,
-                       .n_head_kv = d / 256 > 0 ? d / 256 : 1, .head_dim = 64};
+    tern_hparams hp = {.n_vocab = vocab,
+                       .d = d,
+                       .n_layer = L,
+                       .n_ff = ff,
+                       .n_head = d / 64,
+                       .n_head_kv = d / 256 > 0 ? d / 256 : 1,
+                       .head_dim = 64};
     return hp;
 }
 
@@ -56,13 +61,19 @@ int main(void)
 
     /* 2B-4T: the F16 head (657 MB) outweighs all 30 layers (520 MB): rank 0 runs none and
      * the workers split the layers evenly */
-    tern_hparams b = {.n_vocab = 128256, .d = 2560, .n_layer = 30, .n_ff = 6912, .n_head = 20,
-                      .n_head_kv = 5, .head_dim = 128};
+    tern_hparams b = {.n_vocab = 128256,
+                      .d = 2560,
+                      .n_layer = 30,
+                      .n_ff = 6912,
+                      .n_head = 20,
+                      .n_head_kv = 5,
+                      .head_dim = 128};
     CHECK(tern_plan_make("auto", 3, &b, NULL, s, e, &st) == TERN_OK);
     CHECKF(e[0] == 0 && s[1] == 0 && e[1] == 15 && s[2] == 15 && e[2] == 30,
            "2b4t auto np3: got r0 [0,%d) r1 [%d,%d) r2 [%d,%d)", e[0], s[1], e[1], s[2], e[2]);
     CHECK(tern_plan_make("auto", 7, &b, NULL, s, e, &st) == TERN_OK);
-    for (int r = 1; r < 7; r++) CHECKF(e[r] - s[r] == 5, "2b4t auto np7: rank %d has %d layers", r, e[r] - s[r]);
+    for (int r = 1; r < 7; r++)
+        CHECKF(e[r] - s[r] == 5, "2b4t auto np7: rank %d has %d layers", r, e[r] - s[r]);
 
     /* exhaustive comparison on small shapes with random speeds */
     uint64_t x = 88172645463325252ull;
@@ -91,8 +102,10 @@ int main(void)
                     continue;
                 }
                 brute(&hp, n, sp, 0, 0, bs, be, &ba, &bw);
-                CHECKF(fabs(a - ba) <= 1e-9 * ba, "L %d n %d rep %d: slowest stage %.1f, best %.1f", L, n, rep, a, ba);
-                CHECKF(fabs(w - bw) <= 1e-9 * bw + 1e-9, "L %d n %d rep %d: slowest worker %.1f, best %.1f", L, n, rep, w, bw);
+                CHECKF(fabs(a - ba) <= 1e-9 * ba, "L %d n %d rep %d: slowest stage %.1f, best %.1f",
+                       L, n, rep, a, ba);
+                CHECKF(fabs(w - bw) <= 1e-9 * bw + 1e-9,
+                       "L %d n %d rep %d: slowest worker %.1f, best %.1f", L, n, rep, w, bw);
                 cases++;
             }
     CHECK(cases > 100);
