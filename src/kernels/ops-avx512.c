@@ -9,26 +9,9 @@
  * and apply it to blocks of up to six tokens.
  */
 #include <float.h>
-#include <immintrin.h>
 #include <math.h>
 
-#include "kernels/kernels-internal.h"
-
-#define AI static inline __attribute__((always_inline))
-
-void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s,
-                           int32_t *qsum);
-void tern_avx512_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
-                       int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
-
-static inline __mmask16 tail16(int64_t left)
-{
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-static inline __mmask8 tail8(int64_t left)
-{
-    return left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1);
-}
+#include "kernels/simd-avx512.h"
 
 static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
 {
@@ -107,7 +90,7 @@ static void softmax(float *x, int64_t n)
     const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
     __m512d sum = _mm512_setzero_pd();
     for (int64_t i = 0; i < n; i += 8) {
-        __mmask16 k = (__mmask16)(tail16(n - i) & 0xff);
+        __mmask16 k = (__mmask16)tail8(n - i);
         __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m);
         __m256 e = _mm512_cvtpd_ps(exp_pd(lo_pd(d)));
         e = _mm256_and_ps(e, _mm256_cmp_ps(e, _mm256_set1_ps(FLT_MIN), _CMP_GE_OQ));

@@ -9,22 +9,8 @@
  * TB tokens (H * TB <= 8 int16 accumulators fit 16 registers with the codes); the cache
  * blocking (four groups, passes over 1024 columns, chunks of 64 tokens) is tgemm-avx512.c's.
  */
-#include <immintrin.h>
 
-#include "kernels/kernels-internal.h"
-
-#define AI static inline __attribute__((always_inline))
-
-void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
-void tern_avx2_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
-                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
-
-/* Lane mask for a tail of `left` floats. */
-static inline __m256i tail8(int64_t left)
-{
-    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left >= 8 ? 8 : (int)left), idx);
-}
+#include "kernels/simd-avx2.h"
 
 void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
 {

@@ -16,21 +16,8 @@
  * (8 KiB) stay in L1 too. Exact int32 partial sums wait on the stack between passes. So
  * weights come from memory once per 64 tokens, and decode (n_tok = 1) makes a single pass.
  */
-#include <immintrin.h>
 
-#include "kernels/kernels-internal.h"
-
-#define AI static inline __attribute__((always_inline))
-
-void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s,
-                           int32_t *qsum);
-void tern_avx512_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
-                       int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
-
-static inline __mmask16 tail16(int64_t left)
-{
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
+#include "kernels/simd-avx512.h"
 
 void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
 {
