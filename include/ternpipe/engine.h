@@ -94,6 +94,11 @@ int32_t tern_engine_max_seqs(const tern_engine *e);
 double tern_engine_bytes_per_token(const tern_engine *e);
 int tern_engine_n_ranks(const tern_engine *e);
 
+/* This process's rank as its MPI launcher (mpirun, PMIx, PMI) announced it in the environment,
+ * readable before the engine starts MPI; 0 when no launcher started it. *launched (optional)
+ * says whether one did. */
+int tern_launcher_rank(bool *launched);
+
 typedef struct tern_engine_stats {
     int32_t n_ranks;
     int32_t running, queued;

@@ -113,6 +113,20 @@ struct tern_engine {
     bool workers_up; /* rank 0: workers are in their loop and need a shutdown step */
 };
 
+int tern_launcher_rank(bool *launched)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) {
+            if (launched) *launched = true;
+            return atoi(v);
+        }
+    }
+    if (launched) *launched = false;
+    return 0;
+}
+
 /* this process's peak resident set in bytes (Linux reports kilobytes) */
 static uint64_t peak_rss(void)
 {

@@ -341,7 +341,8 @@ int tern_cmd_chat(int argc, char **argv)
     if (system && push(&h, TERN_ROLE_SYSTEM, system)) return 1;
     int rc;
     bool remote = co.url != NULL;
-    bool launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
+    bool launched;
+    tern_launcher_rank(&launched);
     if (!remote && !eo.model_path && !launched) {
         /* no choice made: use a server on the default address if one is up (not under mpirun,
          * where every rank must make the same choice: they all load the model) */

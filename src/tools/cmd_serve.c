@@ -32,17 +32,6 @@ static void on_signal(int sig)
     }
 }
 
-/* the launcher's rank, before MPI is up (only to decide who binds the port early) */
-static int env_rank(void)
-{
-    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v) return atoi(v);
-    }
-    return 0;
-}
-
 static void usage(void)
 {
     fprintf(stderr,
@@ -140,8 +129,8 @@ int tern_cmd_serve(int argc, char **argv)
     tern_status st = {0};
     tern_server *srv = NULL;
     tern_code bind_rc = TERN_OK;
-    if (env_rank() == 0) bind_rc = tern_server_create(&srv, &so, &st);
-    bool rank0_guess = env_rank() == 0;
+    bool rank0_guess = tern_launcher_rank(NULL) == 0;
+    if (rank0_guess) bind_rc = tern_server_create(&srv, &so, &st);
     /* A graceful stop is a signal to rank 0 (its pid is in the "serving" log line): it drains
      * and closes the pipeline, and the workers return. A signal to mpirun (Open MPI 4.1) ends
      * every rank within about a second instead: it marks the job aborted, so even a drained
