@@ -105,6 +105,16 @@ tern_code tern_gguf_open_memory(tern_gguf **out, const void *data, size_t size, 
                                 tern_status *st);
 void tern_gguf_close(tern_gguf *g);
 
+/* Drops this process's mapping of the file pages under [data, data + nbytes) (whole pages
+ * inside the range; the part outside the file is ignored): for data that has been copied out,
+ * so that it neither counts in RSS nor is kept resident. They are read again if touched. A
+ * no-op for tern_gguf_open_memory, whose memory belongs to the caller. */
+void tern_gguf_drop_pages(const tern_gguf *g, const void *data, uint64_t nbytes);
+/* FNV-1a over the tensor table, the file size and the tensor data (whole tensors in files up
+ * to 64 MiB, 64 bytes every 256 KiB above): tells two model files apart in the pipeline
+ * handshake without reading the whole file again. */
+uint64_t tern_gguf_checksum(const tern_gguf *g);
+
 uint32_t tern_gguf_version(const tern_gguf *g);
 uint32_t tern_gguf_alignment(const tern_gguf *g);
 uint64_t tern_gguf_file_size(const tern_gguf *g);

@@ -67,7 +67,6 @@ uint64_t tern_model_bytes_per_token(const tern_model *m);
 /* Bytes of weight memory held. */
 uint64_t tern_model_weight_bytes(const tern_model *m);
 /* A checksum of the file's metadata and tensor table (for the pipeline handshake). */
-uint64_t tern_gguf_checksum(const tern_gguf *g);
 
 /* One sequence's part of a micro-batch: n_tokens consecutive positions from pos0, in the
  * KV slot `slot`. Tokens of the batch are laid out sequence after sequence. */

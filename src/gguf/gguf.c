@@ -762,6 +762,51 @@ double tern_gguf_arr_float(const tern_gguf_value *arr, uint64_t i)
     return v.v.f64;
 }
 
+void tern_gguf_drop_pages(const tern_gguf *g, const void *data, uint64_t nbytes)
+{
+    if (!g->mapped) return; /* memory the caller owns: never discard it */
+    uintptr_t lo = (uintptr_t)g->base, hi = lo + g->size, a0 = (uintptr_t)data;
+    if (a0 < lo || a0 >= hi) return;
+    uintptr_t a1 = nbytes > hi - a0 ? hi : a0 + (uintptr_t)nbytes;
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (a0 + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    uintptr_t b = a1 & ~((uintptr_t)pg - 1);
+    if (b > a) (void)madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+uint64_t tern_gguf_checksum(const tern_gguf *g)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+#define MIX(p, n)                                                                                  \
+    for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                                    \
+    h = (h ^ ((const uint8_t *)(p))[i_]) * 1099511628211ULL
+    uint64_t size = tern_gguf_file_size(g);
+    MIX(&size, 8);
+    for (uint64_t i = 0; i < tern_gguf_n_tensors(g); i++) {
+        const tern_gguf_tensor *t = tern_gguf_tensor_at(g, i);
+        MIX(t->name.ptr, t->name.len);
+        MIX(t->ne, sizeof t->ne);
+        MIX(&t->type, sizeof t->type);
+        MIX(&t->offset, 8);
+        /* the data: whole tensors in files up to 64 MiB; above that, 64 bytes every 256 KiB
+         * and the last 64 (all of it would cost a second read of the model on every rank) */
+        const uint8_t *p = t->data;
+        uint64_t stride = size <= ((uint64_t)64 << 20) ? 64 : 256 * 1024;
+        /* the kernel maps whole large folios around each sampled read: drop them every
+         * 16 MiB, or the file would sit in RSS beside the copies made from it */
+        const uint64_t piece = (uint64_t)16 << 20;
+        for (uint64_t off = 0; off < t->nbytes; off += stride) {
+            MIX(p + off, t->nbytes - off < 64 ? t->nbytes - off : 64);
+            if (stride > 64 && off % piece + stride >= piece)
+                tern_gguf_drop_pages(g, p + off / piece * piece, piece);
+        }
+        if (t->nbytes >= 64) MIX(p + t->nbytes - 64, 64);
+        if (stride > 64) tern_gguf_drop_pages(g, p, t->nbytes);
+    }
+#undef MIX
+    return h;
+}
+
 const char *tern_ggml_type_name(tern_ggml_type t)
 {
     switch (t) {

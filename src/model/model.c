@@ -34,16 +34,6 @@ static void *walloc(tern_model *m, size_t bytes)
     return p;
 }
 
-/* Drops the file pages behind a tensor once it has been copied (they would otherwise count
- * in RSS and be re-read from disk when reclaimed). */
-static void release_pages(const void *data, uint64_t nbytes)
-{
-    long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)data + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
-    uintptr_t b = ((uintptr_t)data + nbytes) & ~((uintptr_t)pg - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
-}
-
 static tern_code find(const tern_gguf *g, const char *name, const tern_gguf_tensor **out,
                       tern_status *st)
 {
@@ -111,7 +101,7 @@ static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *nam
                                kst.msg);
     m->weight_bytes += tern_tmat_bytes(*out);
     m->bytes_per_token += tern_tmat_bytes(*out);
-    release_pages(t->data, t->nbytes);
+    tern_gguf_drop_pages(g, t->data, t->nbytes);
     return TERN_OK;
 }
 
@@ -134,9 +124,9 @@ static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *
     for (size_t off = 0; off < (size_t)t->nbytes; off += piece) {
         size_t len = (size_t)t->nbytes - off < piece ? (size_t)t->nbytes - off : piece;
         memcpy((char *)p + off, (const char *)t->data + off, len);
-        release_pages((const char *)t->data + off, len);
+        tern_gguf_drop_pages(g, (const char *)t->data + off, len);
     }
-    release_pages(t->data, t->nbytes); /* the pages that straddle piece edges */
+    tern_gguf_drop_pages(g, t->data, t->nbytes); /* the pages that straddle piece edges */
     *out = p;
     return TERN_OK;
 }
@@ -259,39 +249,4 @@ uint64_t tern_model_bytes_per_token(const tern_model *m)
 uint64_t tern_model_weight_bytes(const tern_model *m)
 {
     return m->weight_bytes;
-}
-
-uint64_t tern_gguf_checksum(const tern_gguf *g)
-{
-    /* FNV-1a over the tensor table and the file size: cheap, and enough to tell two model
-     * files apart in the pipeline handshake */
-    uint64_t h = 1469598103934665603ULL;
-#define MIX(p, n)                                                                                  \
-    for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                                    \
-    h = (h ^ ((const uint8_t *)(p))[i_]) * 1099511628211ULL
-    uint64_t size = tern_gguf_file_size(g);
-    MIX(&size, 8);
-    for (uint64_t i = 0; i < tern_gguf_n_tensors(g); i++) {
-        const tern_gguf_tensor *t = tern_gguf_tensor_at(g, i);
-        MIX(t->name.ptr, t->name.len);
-        MIX(t->ne, sizeof t->ne);
-        MIX(&t->type, sizeof t->type);
-        MIX(&t->offset, 8);
-        /* the data: whole tensors in files up to 64 MiB; above that, 64 bytes every 256 KiB
-         * and the last 64 (all of it would cost a second read of the model on every rank) */
-        const uint8_t *p = t->data;
-        uint64_t stride = size <= ((uint64_t)64 << 20) ? 64 : 256 * 1024;
-        /* the kernel maps whole large folios around each sampled read: drop them every
-         * 16 MiB, or the file would sit in RSS beside the copies made from it */
-        const uint64_t piece = (uint64_t)16 << 20;
-        for (uint64_t off = 0; off < t->nbytes; off += stride) {
-            MIX(p + off, t->nbytes - off < 64 ? t->nbytes - off : 64);
-            if (stride > 64 && off % piece + stride >= piece)
-                release_pages(p + off / piece * piece, piece);
-        }
-        if (t->nbytes >= 64) MIX(p + t->nbytes - 64, 64);
-        if (stride > 64) release_pages(p, t->nbytes);
-    }
-#undef MIX
-    return h;
 }
