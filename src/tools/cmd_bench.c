@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 #include "ternpipe/rng.h"
 #include "ternpipe/runtime.h"
@@ -235,18 +234,14 @@ int tern_cmd_bench(int argc, char **argv)
         }
         decode_tps[di] = median(v, reps);
         if (di == 0) { /* weights + one sequence's KV, before the concurrent runs grow the KV */
-            struct rusage ru1;
-            getrusage(RUSAGE_SELF, &ru1);
-            rss_single = ru1.ru_maxrss * 1024L;
+            rss_single = (long)s1.peak_rss[0];
         }
     }
     int n_ranks = tern_engine_n_ranks(e);
     tern_engine_stats fin;
     tern_engine_stats_get(e, &fin);
     double bpt = tern_engine_bytes_per_token(e);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    long rss = ru.ru_maxrss * 1024L;
+    long rss = (long)fin.peak_rss[0];
     double bw = read_bandwidth(eo.n_threads);
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
     char rss_list[64 * 24] = "";

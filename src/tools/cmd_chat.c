@@ -104,25 +104,36 @@ static int command(const char *line, history *h)
     return -1;
 }
 
-/* ------------------------------------------------------------------ against a server */
-
-static int chat_remote(const tern_client_opts *co, history *h, bool tty)
+/* Reads lines until one is a user turn (appended to h; commands handled here). 1: a turn,
+ * 0: quit or end of input, -1: out of memory (reported). */
+static int next_turn(history *h, bool tty)
 {
     for (;;) {
         char *line = read_input(tty);
-        if (!line) break;
+        if (!line) return 0;
         int c = command(line, h);
         if (c >= 0 || !*line) {
             free(line);
-            if (c == 1) break;
+            if (c == 1) return 0;
             continue;
         }
         int pr = push(h, TERN_ROLE_USER, line);
         free(line);
         if (pr) {
             fprintf(stderr, "ternpipe chat: out of memory\n");
-            return 1;
+            return -1;
         }
+        return 1;
+    }
+}
+
+/* ------------------------------------------------------------------ against a server */
+
+static int chat_remote(const tern_client_opts *co, history *h, bool tty)
+{
+    for (;;) {
+        int turn = next_turn(h, tty);
+        if (turn <= 0) return turn < 0 ? 1 : 0;
         char *reply = NULL, finish[32];
         tern_status st = {0};
         if (tern_client_chat(co, h->m, h->n, print_text, NULL, &reply, finish, sizeof finish,
@@ -135,11 +146,10 @@ static int chat_remote(const tern_client_opts *co, history *h, bool tty)
         printf("\n");
         if (!strcmp(finish, "length")) fprintf(stderr, "(reply cut at max tokens)\n");
         fflush(stdout);
-        pr = push(h, TERN_ROLE_ASSISTANT, reply ? reply : "");
+        int pr = push(h, TERN_ROLE_ASSISTANT, reply ? reply : "");
         free(reply);
         if (pr) return 1;
     }
-    return 0;
 }
 
 /* ------------------------------------------------------------------ in this process */
@@ -192,17 +202,8 @@ static int chat_local(tern_engine *e, const tern_tokenizer *tok, history *h, int
 {
     int32_t n_ctx = tern_engine_n_ctx(e);
     for (;;) {
-        char *line = read_input(tty);
-        if (!line) break;
-        int c = command(line, h);
-        if (c >= 0 || !*line) {
-            free(line);
-            if (c == 1) break;
-            continue;
-        }
-        int pr = push(h, TERN_ROLE_USER, line);
-        free(line);
-        if (pr) return 1;
+        int turn = next_turn(h, tty);
+        if (turn <= 0) return turn < 0 ? 1 : 0;
         tern_status st = {0};
         tern_tokens ids = {0};
         /* an old conversation loses its oldest turns so the prompt and the reply fit */
@@ -257,11 +258,10 @@ static int chat_local(tern_engine *e, const tern_tokenizer *tok, history *h, int
         printf("\n");
         if (j.why == TERN_FINISH_LENGTH) fprintf(stderr, "(reply cut at max tokens)\n");
         fflush(stdout);
-        pr = push(h, TERN_ROLE_ASSISTANT, j.reply.s ? j.reply.s : "");
+        int pr = push(h, TERN_ROLE_ASSISTANT, j.reply.s ? j.reply.s : "");
         free(j.reply.s);
         if (pr) return 1;
     }
-    return 0;
 }
 
 static void usage(void)
