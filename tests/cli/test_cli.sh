@@ -4,6 +4,11 @@
 # exit for bad input (missing file, corrupt GGUF, bad ids, unsupported architecture).
 set -uo pipefail
 : "${TERNPIPE:?}" "${TERN_FIXTURES:?}"
+# every case below reads the shared fixtures (vocab, vectors, reference model)
+if [ ! -r "$TERN_FIXTURES/tokenizer/llama3.tiktoken" ]; then
+  echo "SKIP: fixtures missing at $TERN_FIXTURES (set TERN_FIXTURES to the shared fixtures folder)"
+  exit 77
+fi
 # commands that run a model start MPI, and Open MPI keeps allocations until exit: leak checking
 # is for the unit tests
 export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0

@@ -59,8 +59,12 @@ fi
 check np3-auto mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --split auto
 check np2-inflight4 mpirun_ -np 2 "$TERNPIPE" logits -m "$model" "${common[@]}" --inflight 4
 
-# handshake: rank 1 has a different model file
-other="$TERN_FIXTURES/reference/tiny-2b4t/model.gguf"
+# handshake: rank 1 has a different model file (the same one with its last data byte changed)
+other=$tmp/other.gguf
+cp "$model" "$other"
+size=$(stat -c %s "$other")
+printf '\x5a' | dd of="$other" bs=1 seek=$((size - 1)) conv=notrunc status=none
+cmp -s "$model" "$other" && printf '\xa5' | dd of="$other" bs=1 seek=$((size - 1)) conv=notrunc status=none
 set +e
 timeout 120 mpirun --oversubscribe --bind-to none -np 1 "$TERNPIPE" logits -m "$model" --ids "1 2 3" --out "$tmp/x.f32" : \
   -np 1 "$TERNPIPE" logits -m "$other" --ids "1 2 3" --out "$tmp/x.f32" >"$tmp/hs.out" 2>&1

@@ -31,6 +31,10 @@ extern int tern_test_checks;
 
 /* Path of a fixture under ../shared/fixtures (or $TERN_FIXTURES); static buffer. */
 const char *tern_test_fixture(const char *rel);
+/* 1 when the fixture exists; otherwise prints a SKIP line naming it, marks the test as
+ * skipped (tern_test_finish then returns 77, which ctest reports as skipped, unless a check
+ * failed) and returns 0, so the caller leaves out what needs it. */
+int tern_test_need(const char *rel);
 /* A scratch directory for this test process (created on first use). */
 const char *tern_test_tmpdir(void);
 /* Reads a whole file; NULL on failure. Caller frees. */

@@ -388,6 +388,7 @@ static bool write_file(const char *path, const void *data, size_t n)
 
 static void test_gpt2_fixture(void)
 {
+    if (!tern_test_need("gguf/ggml-vocab-gpt-2.gguf")) return;
     const char *path = tern_test_fixture("gguf/ggml-vocab-gpt-2.gguf");
     tern_gguf *g = NULL;
     tern_status st = {0};

@@ -269,6 +269,7 @@ static void expect_load_error(mutation what, const char *needle)
 int main(void)
 {
     tern_kernels_init();
+    if (!tern_test_need("reference/tiny-2b4t/model.gguf")) return tern_test_finish("test_model");
     test_reference();
     expect_load_error(DROP_TENSOR, "blk.1.ffn_up.weight");
     expect_load_error(BAD_SHAPE, "blk.2.attn_k.weight' shape: got {256, 128}, expected {256, 64}");

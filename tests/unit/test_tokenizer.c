@@ -155,6 +155,7 @@ static void test_streaming(void)
 
 static void test_gpt2_fixture(void)
 {
+    if (!tern_test_need("gguf/ggml-vocab-gpt-2.gguf")) return;
     tern_status st = {0};
     tern_gguf *g;
     CHECK(tern_gguf_open(&g, tern_test_fixture("gguf/ggml-vocab-gpt-2.gguf"), &st) == TERN_OK);
@@ -184,6 +185,8 @@ static void test_gpt2_fixture(void)
 
 int main(void)
 {
+    if (!tern_test_need("tokenizer/llama3.tiktoken") || !tern_test_need("tokenizer/llama-bpe.inp"))
+        return tern_test_finish("test_tokenizer");
     char path[512];
     snprintf(path, sizeof path, "%s/llama3.gguf", tern_test_tmpdir());
     tern_status st = {0};
