@@ -20,6 +20,7 @@ typedef struct perr {
     size_t cap;
     char *param;
     size_t pcap;
+    char nul[4]; /* UTF-8 of the character standing for NUL in this body ("" when none) */
 } perr;
 
 static tern_code fail(perr *e, const char *param, const char *fmt, ...)
@@ -128,6 +129,111 @@ static char *dup_str(const char *s)
     return d;
 }
 
+/* cJSON 1.7 keeps strings NUL-terminated without a length, so a "\u0000" escape would cut
+ * the string short. Before parsing, each \u0000 escape is rewritten (same length, so byte
+ * offsets in messages do not move) to the escape of a private-use character that occurs
+ * nowhere in the body, raw or escaped; text taken from the tree maps that character back to
+ * a NUL byte and carries an explicit length. */
+#define PUA_FIRST 0xe000u
+#define PUA_COUNT 0x1900u /* U+E000..U+F8FF */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+static long hex4(const char *s, size_t avail)
+{
+    if (avail < 4) return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(s[i]);
+        if (h < 0) return -1;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+/* Rewrites buf[len] in place as above; sets e->nul. False when every private-use character
+ * occurs already (then no stand-in exists). */
+static bool hide_nuls(char *buf, size_t len, perr *e)
+{
+    unsigned char used[PUA_COUNT / 8] = {0};
+    bool any = false, in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        long cp = -1;
+        if ((c == 0xee || c == 0xef) && i + 2 < len)
+            cp = (long)(c & 0x0fu) << 12 | (long)((unsigned char)buf[i + 1] & 0x3fu) << 6 |
+                 ((unsigned char)buf[i + 2] & 0x3fu);
+        if (in_str && c == '\\' && i + 1 < len) {
+            if (buf[i + 1] == 'u') {
+                cp = hex4(buf + i + 2, len - i - 2);
+                if (cp == 0) any = true;
+            }
+            i++;
+        } else if (c == '"') {
+            in_str = !in_str;
+        }
+        if (cp >= (long)PUA_FIRST && cp < (long)(PUA_FIRST + PUA_COUNT))
+            used[(cp - PUA_FIRST) / 8] |= (unsigned char)(1u << ((cp - PUA_FIRST) % 8));
+    }
+    e->nul[0] = '\0';
+    if (!any) return true;
+    unsigned k = 0;
+    while (k < PUA_COUNT && (used[k / 8] >> (k % 8) & 1u)) k++;
+    if (k == PUA_COUNT) return false;
+    unsigned cp = PUA_FIRST + k;
+    e->nul[0] = (char)(0xe0u | cp >> 12);
+    e->nul[1] = (char)(0x80u | (cp >> 6 & 0x3fu));
+    e->nul[2] = (char)(0x80u | (cp & 0x3fu));
+    e->nul[3] = '\0';
+    char hex[5];
+    snprintf(hex, sizeof hex, "%04x", cp);
+    in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        if (in_str && buf[i] == '\\' && i + 1 < len) {
+            if (buf[i + 1] == 'u' && hex4(buf + i + 2, len - i - 2) == 0)
+                memcpy(buf + i + 2, hex, 4);
+            i++;
+        } else if (buf[i] == '"') {
+            in_str = !in_str;
+        }
+    }
+    return true;
+}
+
+/* a copy of a string value with the NUL stand-in mapped back; *n its length */
+static char *take_text(const perr *e, const char *s, size_t *n)
+{
+    size_t len = strlen(s);
+    char *d = malloc(len + 1);
+    if (!d) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < len;) {
+        if (e->nul[0] && i + 3 <= len && !memcmp(s + i, e->nul, 3)) {
+            d[k++] = '\0';
+            i += 3;
+        } else {
+            d[k++] = s[i++];
+        }
+    }
+    d[k] = '\0';
+    *n = k;
+    return d;
+}
+
+/* true when the string value holds a NUL character (its byte offset in *at) */
+static bool has_nul(const perr *e, const char *s, size_t *at)
+{
+    const char *p = e->nul[0] ? strstr(s, e->nul) : NULL;
+    if (p) *at = (size_t)(p - s);
+    return p != NULL;
+}
+
 static tern_code parse_prompt(perr *e, const cJSON *j, tern_parsed_request *r)
 {
     if (!j) return fail(e, "prompt", "prompt: missing, expected a string or an array of token ids");
@@ -136,9 +242,8 @@ static tern_code parse_prompt(perr *e, const cJSON *j, tern_parsed_request *r)
         (cJSON_IsString(j->child) || cJSON_IsArray(j->child)))
         j = j->child;
     if (cJSON_IsString(j)) {
-        r->prompt = dup_str(j->valuestring);
+        r->prompt = take_text(e, j->valuestring, &r->prompt_len);
         if (!r->prompt) return fail(e, "prompt", "prompt: out of memory");
-        r->prompt_len = strlen(r->prompt);
         return TERN_OK;
     }
     if (!cJSON_IsArray(j))
@@ -207,6 +312,13 @@ static tern_code parse_content(perr *e, const cJSON *c, int m, char **out)
                     type_name(c));
     }
     if (!*out) return fail(e, pname, "%s: out of memory", pname);
+    /* the chat template takes NUL-terminated text: refused rather than cut short */
+    size_t at;
+    if (has_nul(e, *out, &at))
+        return fail(e, pname,
+                    "%s: got a NUL character (\\u0000) at byte %zu, expected text without NUL "
+                    "(a completions prompt may hold one)",
+                    pname, at);
     return TERN_OK;
 }
 
@@ -269,7 +381,10 @@ static tern_code parse_stop(perr *e, const cJSON *j, tern_parsed_request *r)
     for (const cJSON *s = one ? one : j->child; s && i < n; s = one ? NULL : s->next, i++) {
         if (!cJSON_IsString(s))
             return fail(e, "stop", "stop[%d]: got %s, expected a string", i, type_name(s));
-        size_t len = strlen(s->valuestring);
+        size_t len = strlen(s->valuestring), at;
+        if (has_nul(e, s->valuestring, &at))
+            return fail(e, "stop",
+                        "stop[%d]: got a NUL character (\\u0000), expected text without NUL", i);
         if (len > TERN_SERVER_MAX_STOP_LEN)
             return fail(e, "stop", "stop[%d]: got %zu bytes, expected at most %d", i, len,
                         TERN_SERVER_MAX_STOP_LEN);
@@ -277,6 +392,42 @@ static tern_code parse_stop(perr *e, const cJSON *j, tern_parsed_request *r)
         char *d = dup_str(s->valuestring);
         if (!d) return fail(e, "stop", "stop: out of memory");
         r->stop[r->n_stop++] = d;
+    }
+    return TERN_OK;
+}
+
+/* false, 0, "", [] and {} say "not used" as much as null does */
+static bool is_unset(const cJSON *j)
+{
+    return !j || cJSON_IsFalse(j) || (cJSON_IsNumber(j) && j->valuedouble == 0) ||
+           (cJSON_IsString(j) && !j->valuestring[0]) ||
+           ((cJSON_IsArray(j) || cJSON_IsObject(j)) && !j->child);
+}
+
+/* Fields of the OpenAI API this server does not implement: refused with a 400 naming them, not
+ * silently ignored (a client asking for JSON output or a tool call must not get plain text
+ * that merely looks like an answer). Their "off" values are accepted, since many clients
+ * send them by default. tools/response_format/logprobs belong to the API issue that follows;
+ * logit_bias would need the sampler. */
+static tern_code refuse_unsupported(perr *e, const cJSON *root)
+{
+    static const char *const names[] = {"tools",         "tool_choice",     "functions",
+                                        "function_call", "response_format", "logit_bias",
+                                        "suffix",        "best_of",         "top_logprobs"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const char *n = names[k];
+        const cJSON *j = field(root, n);
+        if (is_unset(j)) continue;
+        if (!strcmp(n, "best_of") && cJSON_IsNumber(j) && j->valuedouble == 1) continue;
+        if ((!strcmp(n, "tool_choice") || !strcmp(n, "function_call")) && cJSON_IsString(j) &&
+            !strcmp(j->valuestring, "none"))
+            continue;
+        if (!strcmp(n, "response_format") && cJSON_IsObject(j)) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "type");
+            if (cJSON_IsString(t) && !strcmp(t->valuestring, "text") && !j->child->next) continue;
+        }
+        return fail(e, n, "%s: got %s, expected it absent or null (not supported by this server)",
+                    n, type_name(j));
     }
     return TERN_OK;
 }
@@ -350,12 +501,14 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
     }
     const cJSON *lp = field(root, "logprobs");
     if (lp && !(cJSON_IsFalse(lp) || (cJSON_IsNumber(lp) && lp->valuedouble == 0)))
-        return fail(e, "logprobs", "logprobs: got %s, expected null or false (not supported)",
+        return fail(e, "logprobs",
+                    "logprobs: got %s, expected null or false (not supported by this server)",
                     type_name(lp));
     const cJSON *echo = field(root, "echo");
     if (!chat && echo && !cJSON_IsFalse(echo))
         return fail(e, "echo", "echo: got %s, expected false (not supported)", type_name(echo));
     if ((rc = parse_stop(e, field(root, "stop"), r))) return rc;
+    if ((rc = refuse_unsupported(e, root))) return rc;
     tern_status sst = {0};
     if (tern_sampling_validate(&r->sampling, &sst)) {
         char p[32];
@@ -370,7 +523,7 @@ tern_code tern_server_parse_request(const char *body, size_t len, bool chat,
                                     tern_parsed_request *out, char *err, size_t errcap, char *param,
                                     size_t paramcap)
 {
-    perr e = {err, errcap, param, paramcap};
+    perr e = {err, errcap, param, paramcap, {0}};
     memset(out, 0, sizeof *out);
     out->chat = chat;
     out->max_tokens = -1;
@@ -388,6 +541,12 @@ tern_code tern_server_parse_request(const char *body, size_t len, bool chat,
     if (!buf) return fail(&e, NULL, "body: out of memory for %zu bytes", len);
     memcpy(buf, body, len);
     buf[len] = '\0';
+    if (!hide_nuls(buf, len, &e)) {
+        free(buf);
+        return fail(&e, NULL,
+                    "body: got \\u0000 together with every private-use character U+E000..U+F8FF, "
+                    "expected fewer");
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len + 1, &end, 0);
     tern_code rc = TERN_OK;

@@ -24,6 +24,9 @@ typedef struct tern_sbuf {
 void tern_sbuf_add(tern_sbuf *b, const char *s, size_t n);
 void tern_sbuf_printf(tern_sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tern_sbuf_free(tern_sbuf *b);
+/* Appends s[n] (any bytes, NUL included) as a JSON string literal with its quotes: control
+ * characters escaped (NUL as \u0000), invalid UTF-8 replaced by U+FFFD. */
+void tern_json_quote(tern_sbuf *b, const char *s, size_t n);
 
 #define TERN_HIST_MAX 16
 

@@ -328,15 +328,32 @@ static bool wait_more(req *r)
     return news || !client_gone(r);
 }
 
-/* Replaces invalid UTF-8 with U+FFFD so every JSON string we write is valid. */
-static char *utf8_clean(const char *s, size_t n)
+void tern_json_quote(tern_sbuf *b, const char *s, size_t n)
 {
-    char *o = malloc(3 * n + 1);
-    if (!o) return NULL;
-    size_t k = 0;
+    static const char hex[] = "0123456789abcdef";
+    tern_sbuf_add(b, "\"", 1);
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (c < 0x80) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            if (c == '"' || c == '\\') {
+                char q[2] = {'\\', (char)c};
+                tern_sbuf_add(b, q, 2);
+            } else if (c == '\n') {
+                tern_sbuf_add(b, "\\n", 2);
+            } else if (c == '\r') {
+                tern_sbuf_add(b, "\\r", 2);
+            } else if (c == '\t') {
+                tern_sbuf_add(b, "\\t", 2);
+            } else if (c < 0x20 || c == 0x7f) { /* NUL included: never a raw 0 byte */
+                tern_sbuf_add(b, e, 6);
+            } else {
+                tern_sbuf_add(b, s + i, 1);
+            }
+            i++;
+            continue;
+        }
+        size_t len = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
         bool ok = len > 0 && i + len <= n && !(len == 2 && c < 0xc2);
         for (size_t j = 1; ok && j < len; j++) ok = ((unsigned char)s[i + j] >> 6) == 2;
         if (ok && len == 3) {
@@ -348,24 +365,24 @@ static char *utf8_clean(const char *s, size_t n)
             ok = cp >= 0x10000 && cp <= 0x10ffff;
         }
         if (ok) {
-            memcpy(o + k, s + i, len);
-            k += len;
+            tern_sbuf_add(b, s + i, len);
             i += len;
         } else {
-            memcpy(o + k, "\xef\xbf\xbd", 3);
-            k += 3;
+            tern_sbuf_add(b, "\xef\xbf\xbd", 3);
             i++;
         }
     }
-    o[k] = '\0';
-    return o;
+    tern_sbuf_add(b, "\"", 1);
 }
 
+/* Generated text may hold any byte, NUL included: the JSON string is written here with its
+ * explicit length and added as a raw value, because cJSON's strings end at the first NUL. */
 static cJSON *add_text(cJSON *obj, const char *name, const char *s, size_t n)
 {
-    char *c = utf8_clean(s, n);
-    cJSON *j = cJSON_AddStringToObject(obj, name, c ? c : "");
-    free(c);
+    tern_sbuf b = {0};
+    tern_json_quote(&b, s, n);
+    cJSON *j = cJSON_AddRawToObject(obj, name, b.oom || !b.s ? "\"\"" : b.s);
+    tern_sbuf_free(&b);
     return j;
 }
 

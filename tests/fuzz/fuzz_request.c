@@ -2,7 +2,8 @@
  * routes), the JSON depth scan and the incremental stop-string matcher.
  *
  * Invariants checked (a violation aborts, which libFuzzer reports):
- * - a request either parses into a consistent struct or fails with a message;
+ * - a request either parses into a consistent struct or fails with a message (a prompt may
+ *   hold NUL bytes from \u0000 and carries its length; chat text and stop strings never do);
  * - the stop matcher, fed the text in arbitrary pieces, finds exactly the earliest occurrence
  *   of any stop string, never shows text it later takes back, and never shows a byte of a
  *   stop string.
@@ -37,7 +38,9 @@ static void check_parse(const char *s, size_t n, bool chat)
             }
         } else {
             REQUIRE((r.prompt != NULL) != (r.prompt_ids != NULL));
-            if (r.prompt) REQUIRE(strlen(r.prompt) == r.prompt_len);
+            /* NUL bytes from \u0000 are part of the prompt: the length is explicit */
+            if (r.prompt)
+                REQUIRE(r.prompt[r.prompt_len] == '\0' && strlen(r.prompt) <= r.prompt_len);
             if (r.prompt_ids) REQUIRE(r.n_prompt_ids > 0);
         }
         REQUIRE(r.n_stop >= 0 && r.n_stop <= TERN_SERVER_MAX_STOP);
