@@ -108,7 +108,7 @@ bool tern_stop_scan(tern_stop_match *m, const char *text, size_t len, size_t *vi
 typedef struct tern_server_opts {
     const char *host;           /* bind address; NULL = "127.0.0.1" */
     int port;                   /* 0 = 8080 */
-    const char *api_key;        /* NULL: no authentication */
+    const char *api_key;        /* NULL: no authentication; else see tern_server_check_api_key */
     const char *model_name;     /* shown in responses and /v1/models; NULL = "ternpipe" */
     int32_t max_queue;          /* requests waiting beyond the engine's max_seqs; 0 = 256, -1 = 0 */
     int32_t default_max_tokens; /* 0 = 128 */
@@ -118,7 +118,15 @@ typedef struct tern_server_opts {
 
 typedef struct tern_server tern_server;
 
-/* Binds and starts the HTTP threads. Until tern_server_attach every route answers 503. */
+/* A key that no request can match must not start a server that looks protected, and an empty
+ * one (an unset shell variable) must not quietly turn authentication off: TERN_EINVAL for an
+ * empty or blank key, white space at either end (header values are trimmed) or a control
+ * character. what names the source in the message ("--api-key", "TERNPIPE_API_KEY"); the
+ * message never contains the key. */
+tern_code tern_server_check_api_key(const char *key, const char *what, tern_status *st);
+
+/* Binds and starts the HTTP threads. Until tern_server_attach every route answers 503. A
+ * non-NULL api_key is checked with tern_server_check_api_key. */
 tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_status *st);
 /* The engine is open (every rank has joined): requests are accepted from now on. tok is the
  * model's tokenizer (tern_tokenizer_load from tern_engine_gguf). */

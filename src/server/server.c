@@ -23,6 +23,7 @@
 #include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -112,6 +113,7 @@ struct req {
 
 typedef struct conn {
     tern_route route;
+    char *model_id; /* GET /v1/models/{id}: the id asked for (NULL for the list) */
     bool post, get;
     char *body;
     size_t len, cap, seen;
@@ -235,15 +237,17 @@ static void on_done(void *user, tern_finish why, const char *err)
 
 /* ------------------------------------------------------------------ HTTP side of a request */
 
+/* The peer closed (or reset) its side: POLLRDHUP is reported even while unread bytes (a
+ * pipelined request) wait in the socket, where a peeked byte would hide the FIN. A client that
+ * only half-closes after its request counts as gone too, as it did before. */
 static bool client_gone(req *r)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci) return false;
-    char b;
-    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) return true;
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0) return false;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
 static void cancel_req(req *r, tern_cancel_reason why)
@@ -312,7 +316,9 @@ static void consume(req *r)
 }
 
 /* Waits up to WAIT_MS for news from the engine; false when the client went away or the server
- * is closing for good. */
+ * is closing for good. The client is checked on every wake-up, tokens or not: with tokens
+ * flowing faster than one per WAIT_MS a check only on time-outs would never run, and a
+ * non-streamed request of a client that left would run to max_tokens. */
 static bool wait_more(req *r)
 {
     struct timespec ts;
@@ -320,12 +326,10 @@ static bool wait_more(req *r)
     ts.tv_nsec += WAIT_MS * 1000000L;
     if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
     pthread_mutex_lock(&r->mu);
-    bool news = r->n_pushed > r->n_taken || r->done;
-    if (!news) pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-    news = r->n_pushed > r->n_taken || r->done;
+    if (!(r->n_pushed > r->n_taken || r->done)) pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     pthread_mutex_unlock(&r->mu);
     if (atomic_load(&r->s->state) == ST_CLOSED) return false;
-    return news || !client_gone(r);
+    return !client_gone(r);
 }
 
 void tern_json_quote(tern_sbuf *b, const char *s, size_t n)
@@ -575,6 +579,9 @@ static enum MHD_Result send_error(tern_server *s, struct MHD_Connection *c, conn
 
 /* ------------------------------------------------------------------ generation routes */
 
+static enum MHD_Result model_not_found(tern_server *s, struct MHD_Connection *c, conn *k,
+                                       const char *id);
+
 static tern_code tokenize(tern_server *s, req *r, tern_tokens *ids, tern_status *st)
 {
     /* the tokenizer is immutable after load: HTTP threads encode concurrently */
@@ -648,6 +655,10 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     if (tern_server_parse_request(k->body, k->len, r->chat, &r->pr, err, sizeof err, param,
                                   sizeof param))
         return send_error(s, c, k, 400, param, err);
+    /* one model is served: absent or "" means it, any other name is an error, not served by
+     * whatever happens to be loaded */
+    if (r->pr.model && r->pr.model[0] && strcmp(r->pr.model, s->model) != 0)
+        return model_not_found(s, c, k, r->pr.model);
     r->stream = r->pr.stream;
     int busy = reserve(s, r);
     if (busy == 503)
@@ -797,13 +808,30 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
 
 /* ------------------------------------------------------------------ other routes */
 
+static enum MHD_Result model_not_found(tern_server *s, struct MHD_Connection *c, conn *k,
+                                       const char *id)
+{
+    char msg[400];
+    snprintf(msg, sizeof msg, "model: got '%.200s', expected '%s' (the model this server serves)",
+             id, s->model);
+    return send_json(s, c, k, 404,
+                     error_json("invalid_request_error", "model", "model_not_found", msg));
+}
+
+/* GET /v1/models (the list of one) and GET /v1/models/{id} (that one, or 404) */
 static enum MHD_Result models(tern_server *s, struct MHD_Connection *c, conn *k)
 {
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(j, "data");
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddItemToArray(data, m);
+    if (k->model_id && strcmp(k->model_id, s->model) != 0)
+        return model_not_found(s, c, k, k->model_id);
+    cJSON *j = NULL, *m = cJSON_CreateObject();
+    if (k->model_id) {
+        j = m;
+    } else {
+        j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "object", "list");
+        cJSON *data = cJSON_AddArrayToObject(j, "data");
+        cJSON_AddItemToArray(data, m);
+    }
     cJSON_AddStringToObject(m, "id", s->model);
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)s->started);
@@ -857,8 +885,16 @@ static bool key_ok(const tern_server *s, struct MHD_Connection *c)
     return diff == 0;
 }
 
-static tern_route route_of(const char *url)
+static tern_route route_of(const char *url, char **model_id)
 {
+    static const char *const prefixes[] = {"/v1/models/", "/models/"};
+    for (int i = 0; i < 2; i++) {
+        size_t n = strlen(prefixes[i]);
+        if (!strncmp(url, prefixes[i], n) && url[n]) {
+            *model_id = strdup(url + n); /* ids may hold '/' ("org/name") */
+            return TERN_ROUTE_MODELS;
+        }
+    }
     if (!strcmp(url, "/v1/completions") || !strcmp(url, "/completions"))
         return TERN_ROUTE_COMPLETIONS;
     if (!strcmp(url, "/v1/chat/completions") || !strcmp(url, "/chat/completions"))
@@ -880,7 +916,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         k = calloc(1, sizeof *k);
         if (!k) return MHD_NO;
         *con_cls = k;
-        k->route = route_of(url);
+        k->route = route_of(url, &k->model_id);
         k->post = !strcmp(method, MHD_HTTP_METHOD_POST);
         k->get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
@@ -939,7 +975,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         char msg[400];
         snprintf(msg, sizeof msg,
                  "route: got %.16s %.200s, expected one of POST /v1/completions, "
-                 "POST /v1/chat/completions, GET /v1/models, /health, /metrics",
+                 "POST /v1/chat/completions, GET /v1/models[/ID], /health, /metrics",
                  method, url);
         return send_error(s, c, k, 404, NULL, msg);
     }
@@ -982,6 +1018,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
         req_release(r);
     }
     free(k->body);
+    free(k->model_id);
     free(k);
     *con_cls = NULL;
 }
@@ -999,6 +1036,36 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ------------------------------------------------------------------ life cycle */
 
+tern_code tern_server_check_api_key(const char *key, const char *what, tern_status *st)
+{
+    size_t n = strlen(key), blank = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c == ' ' || c == '\t') {
+            blank++;
+        } else if (c < 0x20 || c == 0x7f) {
+            return tern_status_set(st, TERN_EINVAL,
+                                   "%s: got a control character at byte %zu, expected a key of "
+                                   "printable characters",
+                                   what, i);
+        }
+    }
+    if (n == 0)
+        return tern_status_set(st, TERN_EINVAL,
+                               "%s: got an empty key, expected a non-empty key (leave it unset "
+                               "to serve without authentication)",
+                               what);
+    if (blank == n)
+        return tern_status_set(st, TERN_EINVAL, "%s: got a blank key (%zu spaces), expected a key",
+                               what, n);
+    if (blank && (key[0] == ' ' || key[0] == '\t' || key[n - 1] == ' ' || key[n - 1] == '\t'))
+        return tern_status_set(st, TERN_EINVAL,
+                               "%s: got white space at the start or end of the key, expected "
+                               "none (no request could match it)",
+                               what);
+    return TERN_OK;
+}
+
 tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_status *st)
 {
     *out = NULL;
@@ -1013,7 +1080,11 @@ tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_
     if (s->o.default_max_tokens <= 0) s->o.default_max_tokens = 128;
     if (s->o.grace_s <= 0) s->o.grace_s = 30;
     if (s->o.max_body == 0) s->o.max_body = 1u << 20;
-    if (o->api_key && *o->api_key) {
+    if (o->api_key && tern_server_check_api_key(o->api_key, "api_key", st)) {
+        free(s);
+        return TERN_EINVAL;
+    }
+    if (o->api_key) {
         s->api_key = strdup(o->api_key);
         if (!s->api_key) {
             free(s);
@@ -1112,9 +1183,11 @@ static void snapshot(tern_server *s)
 tern_code tern_server_run(tern_server *s, tern_status *st)
 {
     if (!s->e) return tern_status_set(st, TERN_EINVAL, "server: run before attach");
-    tern_log(TERN_LOG_INFO, "serving %s on http://%s:%d (pid %d, %d ranks, context %d, %d slots)",
+    tern_log(TERN_LOG_INFO,
+             "serving %s on http://%s:%d (pid %d, %d ranks, context %d, %d slots, API key "
+             "authentication %s)",
              s->model, s->host, s->port, (int)getpid(), tern_engine_n_ranks(s->e), s->n_ctx,
-             s->max_seqs);
+             s->max_seqs, s->api_key ? "on" : "off");
     double last_stats = 0, deadline = 0;
     bool cancelled_all = false;
     tern_code rc = TERN_OK;

@@ -39,7 +39,8 @@ static void usage(void)
             "                      [--max-tokens N] [--grace S] [--alias NAME] %s\n"
             "  --host       address to bind (default 127.0.0.1; 0.0.0.0 for every interface)\n"
             "  --port       TCP port (default 8080)\n"
-            "  --api-key    require 'Authorization: Bearer KEY' on /v1/* (or $TERNPIPE_API_KEY)\n"
+            "  --api-key    require 'Authorization: Bearer KEY' on /v1/* (or $TERNPIPE_API_KEY;\n"
+            "               an empty or blank key is an error, not \"no authentication\")\n"
             "  --max-queue  requests waiting beyond --max-seqs before 429 (default 256)\n"
             "  --max-tokens default max_tokens of a request (default 128)\n"
             "  --grace      seconds running requests may finish after SIGTERM (default 30)\n"
@@ -76,6 +77,7 @@ int tern_cmd_serve(int argc, char **argv)
     tern_server_opts so = {0};
     const char *alias = NULL;
     so.api_key = getenv("TERNPIPE_API_KEY");
+    const char *key_from = "TERNPIPE_API_KEY";
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
         if (r < 0) return 2;
@@ -96,6 +98,7 @@ int tern_cmd_serve(int argc, char **argv)
             so.port = (int)x;
         } else if (!strcmp(a, "--api-key")) {
             so.api_key = v;
+            key_from = "--api-key";
         } else if (!strcmp(a, "--max-queue")) {
             if (int_arg(a, v, 0, 1 << 20, &x)) return 2;
             so.max_queue = x == 0 ? -1 : (int32_t)x; /* 0 means none here, default there */
@@ -112,6 +115,12 @@ int tern_cmd_serve(int argc, char **argv)
             return 2;
         }
         i++;
+    }
+    /* checked before the (long) model load; an empty key is an error, never "no auth" */
+    tern_status kst = {0};
+    if (so.api_key && tern_server_check_api_key(so.api_key, key_from, &kst)) {
+        fprintf(stderr, "ternpipe serve: %s\n", kst.msg);
+        return 2;
     }
     char name[128];
     if (alias)
