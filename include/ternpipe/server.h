@@ -114,6 +114,10 @@ typedef struct tern_server_opts {
     int32_t default_max_tokens; /* 0 = 128 */
     double grace_s;             /* after a stop, how long running requests may finish; 0 = 30 */
     size_t max_body;            /* request body bytes; 0 = 1 MiB */
+    int32_t max_conns;          /* open connections; past it 503; 0 = 1000 */
+    int32_t max_conns_per_ip;   /* open connections from one address; past it 429; 0 = 128,
+                                   -1 = no limit (behind a proxy every client has its address) */
+    double request_timeout_s;   /* from connecting to the whole request received; 0 = 30 */
 } tern_server_opts;
 
 typedef struct tern_server tern_server;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ternpipe/engine.h"
+#include "ternpipe/status.h"
 
 /* growable NUL-terminated text; on allocation failure it stays short and sets oom */
 typedef struct tern_sbuf {
@@ -96,5 +97,52 @@ void tern_metrics_finish(tern_metrics *m, tern_finish why, tern_cancel_reason ca
 void tern_metrics_engine(tern_metrics *m, const tern_engine_stats *s);
 /* Prometheus text exposition format 0.0.4 */
 void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbuf *out);
+
+/* ------------------------------------------------------------------ the gate (gate.c) */
+
+/* Limits on a request head, checked before libmicrohttpd sees it. A real client sends well
+ * under 2 kB of headers (browsers ~1 kB, SDKs ~0.5 kB); 16 kB leaves room for long bearer
+ * tokens and cookies while keeping the peek buffer and the per-connection pool small. The
+ * head must fit in libmicrohttpd's connection memory (TERN_HTTP_POOL in server.c) with room
+ * to spare, so it never answers 431 itself (in HTML). */
+#define TERN_HTTP_MAX_HEAD 16384 /* request line + header fields, bytes */
+#define TERN_HTTP_MAX_URI 8192   /* request target, bytes (every route is < 100) */
+#define TERN_HTTP_MAX_FIELDS 100 /* header fields (clients send < 20) */
+
+/* The head of a request in b[n] (possibly incomplete): 0 when more is needed, 200 when it is
+ * well formed (its length in *head_len), else the status to answer (400, 414, 431, 505) with
+ * a one-line message. Pure: no state, so it can be fuzzed. Rejects what libmicrohttpd would
+ * answer in HTML and what lets a proxy and this server split a stream differently:
+ * conflicting Content-Length values, Content-Length with Transfer-Encoding, several Host. */
+int tern_http_check_head(const char *b, size_t n, size_t *head_len, char *msg, size_t cap);
+
+struct MHD_Daemon;
+typedef struct tern_gate tern_gate;
+
+typedef struct tern_gate_limits {
+    int32_t max_conns;        /* connections held at once (being read + handed over) */
+    int32_t max_per_ip;       /* of those, from one address; <= 0: no limit */
+    double request_timeout_s; /* from accept to the whole head (and, in server.c, body) */
+} tern_gate_limits;
+
+/* what the gate knew of a connection it handed over */
+typedef struct tern_gate_conn {
+    uint8_t key[16]; /* peer address (IPv4 as ::ffff:a.b.c.d) */
+    double t0;       /* accepted at (CLOCK_MONOTONIC seconds); 0: unknown */
+} tern_gate_conn;
+
+/* Serves lfd (listening, non-blocking) on a thread of its own, handing good requests to d
+ * (started with MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC). */
+tern_code tern_gate_start(tern_gate **out, int lfd, struct MHD_Daemon *d,
+                          const tern_gate_limits *lim, tern_status *st);
+/* Stops the thread and closes the sockets it still holds (not lfd). NULL is allowed. */
+void tern_gate_stop(tern_gate *g);
+/* libmicrohttpd's start notification for fd: takes the gate's record of it */
+bool tern_gate_conn_info(tern_gate *g, int fd, tern_gate_conn *out);
+/* a handed-over connection closed: its place is free again */
+void tern_gate_release(tern_gate *g, const uint8_t key[16]);
+/* Raises RLIMIT_NOFILE as far as needed for max_conns (and the gate's own sockets); returns
+ * max_conns, or fewer when the hard limit does not allow it. */
+int tern_gate_fd_budget(int max_conns);
 
 #endif

@@ -50,6 +50,26 @@ enum { ST_LOADING = 0, ST_READY, ST_DRAINING, ST_CLOSED };
 #define STATS_PERIOD_S 0.010 /* engine stats snapshots at most this often while busy */
 #define HARD_BODY_FACTOR 64  /* bodies beyond max_body are read and dropped up to this */
 #define FLUSH_TIMEOUT_S 10.0 /* after draining: time left for the last responses */
+/* Connection limits (issue 10). Every connection is a thread here (libmicrohttpd's thread per
+ * connection), so the total bounds threads and descriptors: 1000 is far above what one
+ * engine serves at once (--max-seqs + --max-queue = 320 by default), so real clients never
+ * meet it, while a flood stops there and is answered 503 instead of exhausting the process.
+ * Per address, 128: more than any single client needs at once (a 64-stream benchmark fits
+ * twice), so a single host can take at most an eighth of the server; behind a reverse proxy
+ * every client shares one address, so it is an option (--max-conns-per-ip, -1 = none).
+ * The request deadline counts from accept to the whole request (head and body), and is not
+ * restarted by each byte as libmicrohttpd's idle time-out is: 30 s lets a 1 MiB body through
+ * a 40 kB/s link, while a client trickling bytes holds its place for at most that long. */
+#define DEFAULT_MAX_CONNS 1000
+#define DEFAULT_MAX_CONNS_PER_IP 128
+#define DEFAULT_REQUEST_TIMEOUT_S 30.0
+/* libmicrohttpd's own limit sits above ours, so it never meets it (it would reset) */
+#define MHD_LIMIT_MARGIN 16
+/* libmicrohttpd's idle time-out, for what comes after the request: a client that stops
+ * reading its response for this long is dropped */
+#define IDLE_TIMEOUT_S 120
+#define TERN_HTTP_POOL (4 * TERN_HTTP_MAX_HEAD) /* libmicrohttpd's memory per connection */
+#define LISTEN_BACKLOG 512
 
 typedef struct req req;
 
@@ -59,6 +79,8 @@ struct tern_server {
     char model[128];
     char *api_key;
     struct MHD_Daemon *d;
+    int lfd; /* the listening socket (the gate accepts on it) */
+    tern_gate *gate;
     int port;
     atomic_int state;
     volatile sig_atomic_t stop; /* set from signal handlers */
@@ -112,6 +134,7 @@ struct req {
 };
 
 typedef struct conn {
+    double deadline; /* the whole request by then (CLOCK_MONOTONIC); 0: none known */
     tern_route route;
     char *model_id; /* GET /v1/models/{id}: the id asked for (NULL for the list) */
     bool post, get;
@@ -539,6 +562,8 @@ static enum MHD_Result send_body(tern_server *s, struct MHD_Connection *c, conn 
         MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (!resp) return MHD_NO;
     MHD_add_response_header(resp, "Content-Type", type);
+    /* one request per connection, so each passes the gate (gate.c) */
+    MHD_add_response_header(resp, "Connection", "close");
     if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (status == 405)
@@ -768,6 +793,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         MHD_add_response_header(resp, "Content-Type", "text/event-stream");
         MHD_add_response_header(resp, "Cache-Control", "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        MHD_add_response_header(resp, "Connection", "close");
         enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, resp);
         MHD_destroy_response(resp);
         k->responded = true;
@@ -905,6 +931,37 @@ static tern_route route_of(const char *url, char **model_id)
     return TERN_ROUTE_OTHER;
 }
 
+/* A body still arriving at the deadline. libmicrohttpd sends a queued response only after the
+ * whole body, which a trickling client would postpone at will, so the answer is written here
+ * (this is the connection's own thread, and nothing else writes before a response is queued)
+ * and the connection closed. */
+static enum MHD_Result body_late(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    cJSON *j = error_json("invalid_request_error", NULL, NULL,
+                          "request: got no complete body within the deadline, expected it sooner "
+                          "(--request-timeout)");
+    char *b = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (ci && b) {
+        char head[256];
+        int n = snprintf(head, sizeof head,
+                         "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                         "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                         strlen(b));
+        if (send(ci->connect_fd, head, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n) {
+            ssize_t w = send(ci->connect_fd, b, strlen(b), MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+        }
+        shutdown(ci->connect_fd, SHUT_WR);
+    }
+    free(b);
+    k->responded = true;
+    tern_metrics_request(&s->m, k->route, 408);
+    return MHD_NO;
+}
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
                                const char *method, const char *version, const char *upload,
                                size_t *upload_size, void **con_cls)
@@ -916,6 +973,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         k = calloc(1, sizeof *k);
         if (!k) return MHD_NO;
         *con_cls = k;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        const tern_gate_conn *gc = ci ? ci->socket_context : NULL;
+        if (gc && gc->t0 > 0) {
+            /* the body shares the head's deadline; a body that stalls ends there too */
+            k->deadline = gc->t0 + s->o.request_timeout_s;
+            double left = k->deadline - mono_now();
+            MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+                                      (unsigned)(left > 1 ? ceil(left) : 1));
+        }
         k->route = route_of(url, &k->model_id);
         k->post = !strcmp(method, MHD_HTTP_METHOD_POST);
         k->get = !strcmp(method, MHD_HTTP_METHOD_GET) || !strcmp(method, MHD_HTTP_METHOD_HEAD);
@@ -939,6 +1006,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
+        if (k->deadline > 0 && mono_now() > k->deadline) return body_late(s, c, k);
         k->seen += n;
         if (k->too_large || k->len + n > s->o.max_body) {
             /* read and drop it, so the client gets to read our 413 instead of a reset */
@@ -958,6 +1026,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         k->len += n;
         return MHD_YES;
     }
+    if (k->deadline > 0) /* all of it is here: the idle time-out covers the answer */
+        MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S);
     if (k->too_large) {
         char msg[160];
         snprintf(msg, sizeof msg, "body: got %zu bytes, expected at most %zu", k->seen,
@@ -1023,6 +1093,29 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
+/* libmicrohttpd took over (or closed) a connection the gate handed it */
+static void notify_conn(void *cls, struct MHD_Connection *c, void **socket_context,
+                        enum MHD_ConnectionNotificationCode code)
+{
+    tern_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        tern_gate_conn *gc = malloc(sizeof *gc);
+        if (gc && ci && tern_gate_conn_info(s->gate, ci->connect_fd, gc)) {
+            *socket_context = gc;
+        } else {
+            free(gc);
+            *socket_context = NULL;
+        }
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        tern_gate_conn *gc = *socket_context;
+        if (gc) tern_gate_release(s->gate, gc->key);
+        free(gc);
+        *socket_context = NULL;
+    }
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
@@ -1080,6 +1173,10 @@ tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_
     if (s->o.default_max_tokens <= 0) s->o.default_max_tokens = 128;
     if (s->o.grace_s <= 0) s->o.grace_s = 30;
     if (s->o.max_body == 0) s->o.max_body = 1u << 20;
+    if (s->o.max_conns <= 0) s->o.max_conns = DEFAULT_MAX_CONNS;
+    if (s->o.max_conns_per_ip == 0) s->o.max_conns_per_ip = DEFAULT_MAX_CONNS_PER_IP;
+    if (s->o.request_timeout_s <= 0) s->o.request_timeout_s = DEFAULT_REQUEST_TIMEOUT_S;
+    s->lfd = -1;
     if (o->api_key && tern_server_check_api_key(o->api_key, "api_key", st)) {
         free(s);
         return TERN_EINVAL;
@@ -1118,25 +1215,58 @@ tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_
         tern_server_free(s);
         return TERN_EINVAL;
     }
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(
-        flags, (uint16_t)s->port, NULL, NULL, handler, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-        (unsigned)1, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    /* the gate accepts (gate.c): libmicrohttpd gets only connections with a good head */
+    s->lfd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (s->lfd >= 0) setsockopt(s->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (s->lfd >= 0 && ai->ai_family == AF_INET6)
+        setsockopt(s->lfd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    int bind_errno = 0;
+    if (s->lfd < 0 || bind(s->lfd, ai->ai_addr, ai->ai_addrlen) || listen(s->lfd, LISTEN_BACKLOG))
+        bind_errno = errno ? errno : EADDRINUSE;
     freeaddrinfo(ai);
-    if (!s->d) {
+    if (bind_errno) {
         tern_status_set(st, TERN_EIO,
                         "server: listening on %s port %d: got an error (%s), expected a free "
                         "port (--port)",
-                        s->host, s->port, strerror(errno ? errno : EADDRINUSE));
+                        s->host, s->port, strerror(bind_errno));
         tern_server_free(s);
         return TERN_EIO;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    if (di && di->port) s->port = di->port;
+    struct sockaddr_storage sa;
+    socklen_t sl = sizeof sa;
+    if (!getsockname(s->lfd, (struct sockaddr *)&sa, &sl))
+        s->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                                                 : ((struct sockaddr_in *)&sa)->sin_port);
+    int max_conns = tern_gate_fd_budget(s->o.max_conns);
+    if (max_conns < s->o.max_conns)
+        tern_log(TERN_LOG_WARN,
+                 "http: open files limit allows %d connections, expected %d (--max-conns; "
+                 "raise ulimit -n)",
+                 max_conns, s->o.max_conns);
+    s->o.max_conns = max_conns;
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
+    s->d = MHD_start_daemon(flags, 0, NULL, NULL, handler, s, MHD_OPTION_NOTIFY_COMPLETED,
+                            completed, s, MHD_OPTION_NOTIFY_CONNECTION, notify_conn, s,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_TIMEOUT_S,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)(max_conns + MHD_LIMIT_MARGIN),
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)TERN_HTTP_POOL,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    if (!s->d) {
+        tern_status_set(st, TERN_EIO, "server: starting the HTTP threads: got an error (%s)",
+                        strerror(errno ? errno : EIO));
+        tern_server_free(s);
+        return TERN_EIO;
+    }
+    tern_gate_limits lim = {.max_conns = max_conns,
+                            .max_per_ip = s->o.max_conns_per_ip,
+                            .request_timeout_s = s->o.request_timeout_s};
+    tern_code grc = tern_gate_start(&s->gate, s->lfd, s->d, &lim, st);
+    if (grc) {
+        tern_server_free(s);
+        return grc;
+    }
     *out = s;
     return TERN_OK;
 }
@@ -1252,6 +1382,8 @@ void tern_server_free(tern_server *s)
 {
     if (!s) return;
     atomic_store(&s->state, ST_CLOSED);
+    tern_gate_stop(s->gate); /* no new connections first */
+    if (s->lfd >= 0) close(s->lfd);
     if (s->d) MHD_stop_daemon(s->d);
     tern_metrics_destroy(&s->m);
     pthread_mutex_destroy(&s->mu);

@@ -36,7 +36,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ternpipe serve [--host ADDR] [--port N] [--api-key KEY] [--max-queue N]\n"
-            "                      [--max-tokens N] [--grace S] [--alias NAME] %s\n"
+            "                      [--max-tokens N] [--grace S] [--alias NAME] [--max-conns N]\n"
+            "                      [--max-conns-per-ip N] [--request-timeout S] %s\n"
             "  --host       address to bind (default 127.0.0.1; 0.0.0.0 for every interface)\n"
             "  --port       TCP port (default 8080)\n"
             "  --api-key    require 'Authorization: Bearer KEY' on /v1/* (or $TERNPIPE_API_KEY;\n"
@@ -44,7 +45,11 @@ static void usage(void)
             "  --max-queue  requests waiting beyond --max-seqs before 429 (default 256)\n"
             "  --max-tokens default max_tokens of a request (default 128)\n"
             "  --grace      seconds running requests may finish after SIGTERM (default 30)\n"
-            "  --alias      model name in responses (default: the file name)\n",
+            "  --alias      model name in responses (default: the file name)\n"
+            "  --max-conns  open connections before new ones get 503 (default 1000)\n"
+            "  --max-conns-per-ip  open connections from one address before 429 (default 128;\n"
+            "               0 = no limit, for a reverse proxy in front)\n"
+            "  --request-timeout  seconds from connecting to the whole request (default 30)\n",
             tern_engine_opts_usage());
 }
 
@@ -110,6 +115,15 @@ int tern_cmd_serve(int argc, char **argv)
             so.grace_s = x == 0 ? 1e-9 : (double)x;
         } else if (!strcmp(a, "--alias")) {
             alias = v;
+        } else if (!strcmp(a, "--max-conns")) {
+            if (int_arg(a, v, 1, 1 << 20, &x)) return 2;
+            so.max_conns = (int32_t)x;
+        } else if (!strcmp(a, "--max-conns-per-ip")) {
+            if (int_arg(a, v, 0, 1 << 20, &x)) return 2;
+            so.max_conns_per_ip = x == 0 ? -1 : (int32_t)x; /* 0 means none here */
+        } else if (!strcmp(a, "--request-timeout")) {
+            if (int_arg(a, v, 1, 3600, &x)) return 2;
+            so.request_timeout_s = (double)x;
         } else {
             usage();
             return 2;

@@ -1,6 +1,8 @@
 /* fuzz_request.c: libFuzzer target for the request parser (tern_server_parse_request, both
  * routes), the JSON depth scan and the incremental stop-string matcher.
  *
+ * The HTTP request-head check (tern_http_check_head) runs on the same input.
+ *
  * Invariants checked (a violation aborts, which libFuzzer reports):
  * - a request either parses into a consistent struct or fails with a message (a prompt may
  *   hold NUL bytes from \u0000 and carries its length; chat text and stop strings never do);
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/server-internal.h"
 #include "ternpipe/server.h"
 
 #define REQUIRE(c)                                                                                 \
@@ -121,9 +124,21 @@ static void check_stop(const uint8_t *d, size_t n)
     free(copy);
 }
 
+/* the HTTP head check: a status from its set, a head length inside the input */
+static void check_head(const char *s, size_t n)
+{
+    char msg[256];
+    size_t len = SIZE_MAX;
+    int st = tern_http_check_head(s, n, &len, msg, sizeof msg);
+    REQUIRE(st == 0 || st == 200 || st == 400 || st == 414 || st == 431 || st == 505);
+    if (st == 200) REQUIRE(len <= n && len > 0 && s[len - 1] == '\n');
+    if (st != 0 && st != 200) REQUIRE(msg[0] != '\0' && strlen(msg) < sizeof msg);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *s = (const char *)data;
+    check_head(s, size);
     int d = tern_json_depth(s, size, TERN_SERVER_MAX_DEPTH);
     REQUIRE(d >= 0);
     check_parse(s, size, false);

@@ -250,8 +250,11 @@ def cmd_protocol(url):
         (b"GET /health HTTP/1.1\r\nHost: x\r\nBad header\r\n\r\n", 400, "a header without ':'"),
         (b"GET /health HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400, "obsolete line folding"),
         (b"GET /health HTTP/1.1\r\n\r\n", 400, "HTTP/1.1 without Host"),
-        (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-         b"Content-Length: 60\r\n\r\n{\"prompt\": \"x\"}", 400, "conflicting Content-Length"),
+        # the first length alone is a valid request: a server using it would answer 200 and
+        # read what follows as a second, smuggled request
+        (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n"
+         b"Content-Length: 60\r\n\r\n{\"prompt\": \"x\"}GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+         400, "conflicting Content-Length"),
         (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 60\r\n\r\n{}", 400,
          "a Content-Length list"),
         (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
@@ -274,56 +277,63 @@ def cmd_protocol(url):
           "(400/414/431/505)")
 
 
-def cmd_slow(url, deadline):
-    deadline = float(deadline)
+def trickle(url, first, rest, deadline):
+    """sends first at once, then rest one byte per 0.25 s -> (seconds until the server
+    answered or closed, the answer's bytes)"""
     s = connect(url, timeout=deadline + 10)
     t0 = time.time()
-    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 1000
-    closed_at, i = None, 0
-    # one byte every 0.25 s: an idle time-out that each byte restarts would never fire
-    while time.time() - t0 < deadline + 8 and i < len(head):
-        try:
-            s.sendall(head[i:i + 1])
-        except (BrokenPipeError, ConnectionResetError):
-            closed_at = time.time()
-            break
-        i += 1
-        s.settimeout(0.25)
-        try:
-            got = s.recv(4096)
-            closed_at = time.time()
-            resp_start = got
-            break
-        except socket.timeout:
-            pass
-        except ConnectionResetError:
-            closed_at = time.time()
-            break
-    check(closed_at is not None,
-          f"slow: a header trickled one byte per 0.25 s was still open after "
-          f"{time.time() - t0:.1f} s, expected it cut off after {deadline} s")
-    took = closed_at - t0
-    check(deadline - 0.5 <= took <= deadline + 2.5,
-          f"slow: cut off after {took:.1f} s, expected about {deadline} s")
-    if "resp_start" in locals() and resp_start:
-        s.settimeout(2)
-        data = resp_start
-        try:
-            while True:
-                c = s.recv(4096)
-                if not c:
-                    break
-                data += c
-        except (socket.timeout, ConnectionResetError):
-            pass
-        head_, _, body = data.partition(b"\r\n\r\n")
-        check(head_.startswith(b"HTTP/1.1 408"), f"slow: answer {data[:80]!r}, expected a 408")
-        json.loads(body)["error"]
-    s.close()
+    got, closed_at, i = b"", None, 0
+    try:
+        s.sendall(first)
+        # an idle time-out that each byte restarts would never fire
+        while time.time() - t0 < deadline + 8 and i < len(rest):
+            try:
+                s.sendall(rest[i:i + 1])
+                i += 1
+                s.settimeout(0.25)
+                got = s.recv(4096)
+                closed_at = time.time()
+                break
+            except socket.timeout:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.time()
+                break
+        if got:
+            s.settimeout(2)
+            try:
+                while True:
+                    c = s.recv(4096)
+                    if not c:
+                        break
+                    got += c
+            except (socket.timeout, ConnectionResetError):
+                pass
+    finally:
+        s.close()
+    return (None if closed_at is None else closed_at - t0), got
+
+
+def cmd_slow(url, deadline):
+    deadline = float(deadline)
+    cases = [("header", b"", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 1000),
+             ("body", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+              b"Content-Type: application/json\r\n\r\n", b'{"prompt": "' + b"z" * 990)]
+    for what, first, rest in cases:
+        took, got = trickle(url, first, rest, deadline)
+        check(took is not None,
+              f"slow {what}: trickled one byte per 0.25 s, still open after {deadline + 8} s, "
+              f"expected it cut off after {deadline} s")
+        check(deadline - 0.5 <= took <= deadline + 2.5,
+              f"slow {what}: cut off after {took:.1f} s, expected about {deadline} s")
+        head_, _, body = got.partition(b"\r\n\r\n")
+        check(head_.startswith(b"HTTP/1.1 408"), f"slow {what}: answer {got[:80]!r}, expected a 408")
+        e = json.loads(body)["error"]
+        check(e["message"], f"slow {what}: {e}")
+        print(f"ok slow {what}: answered 408 (JSON) and closed after {took:.1f} s "
+              f"(deadline {deadline} s)")
     st, _, _ = request(url, "GET", "/health", timeout=5)
     check(st == 200, f"slow: /health after it: {st}")
-    print(f"ok slow: a trickled header was answered 408 and closed after {took:.1f} s "
-          f"(deadline {deadline} s)")
 
 
 def cmd_limits(url, per_ip, total):

@@ -84,4 +84,11 @@ run open fields "$url"
 run open nul "$url"
 run open gone "$url"
 
+# small limits, so the test can reach them: 8 per address, 40 in all, 3 s per request
+start gated --max-conns 40 --max-conns-per-ip 8 --request-timeout 3
+run gated protocol "$url"
+run gated slow "$url" 3
+run gated limits "$url" 8 40
+run gated fields "$url"
+
 echo "server hardening: all passed"

@@ -180,6 +180,72 @@ static void test_unsupported_fields(void)
     tern_parsed_request_free(&r);
 }
 
+static int head(const char *h)
+{
+    char msg[256];
+    size_t len = 0;
+    msg[0] = '\0';
+    int st = tern_http_check_head(h, strlen(h), &len, msg, sizeof msg);
+    CHECKF(st == 0 || st == 200 || msg[0], "no message for status %d", st);
+    CHECKF(st != 200 || len <= strlen(h), "head length %zu", len);
+    return st;
+}
+
+/* request heads checked before libmicrohttpd sees them (issue 10, item 10) */
+static void test_http_head(void)
+{
+    CHECK(head("GET /health HTTP/1.1\r\nHost: x\r\n\r\n") == 200);
+    CHECK(head("\r\nGET /health HTTP/1.0\r\n\r\n") == 200);
+    CHECK(head("GET /health HTTP/1.1\nHost: x\n\n") == 200); /* bare LF, as libmicrohttpd */
+    CHECK(head("GET /health HTTP/1.1\r\nHost: x\r\n") == 0); /* incomplete */
+    CHECK(head("GET /hea") == 0);
+    CHECK(head("GARBAGE\r\n\r\n") == 400);
+    CHECK(head("GET  / HTTP/1.1\r\nHost: x\r\n\r\n") == 400);
+    CHECK(head("GET / HTTP/1.1 x\r\nHost: x\r\n\r\n") == 400);
+    CHECK(head("GET / HTTP/2.0\r\nHost: x\r\n\r\n") == 505);
+    CHECK(head("GET / HTTP/0.9\r\n\r\n") == 505);
+    CHECK(head("GET / HTTX/1.1\r\nHost: x\r\n\r\n") == 400);
+    CHECK(head("GET / HTTP/1.1\r\n\r\n") == 400); /* no Host */
+    CHECK(head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == 400);
+    CHECK(head("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n") == 400);
+    CHECK(head("GET / HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n") == 400);
+    CHECK(head("GET / HTTP/1.1\r\nHost: x\r\nA: b\x01\r\n\r\n") == 400);
+    /* Content-Length: equal duplicates are one length; different ones are a smuggling risk */
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-length: 5\r\n\r\n") ==
+          200);
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n") ==
+          400);
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n") == 400);
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n") == 200);
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n") == 400);
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n") ==
+          400);
+    CHECK(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: "
+               "chunked\r\n\r\n") == 400);
+    /* sizes: a long URI is 414, long or many header fields 431 */
+    size_t big = TERN_HTTP_MAX_HEAD + 100;
+    char *b = malloc(big + 1);
+    CHECK(b != NULL);
+    if (!b) return;
+    memcpy(b, "GET /", 5);
+    memset(b + 5, 'a', big - 5);
+    b[big] = '\0';
+    char msg[256];
+    size_t len;
+    CHECK(tern_http_check_head(b, TERN_HTTP_MAX_HEAD, &len, msg, sizeof msg) == 414);
+    int n = snprintf(b, big, "GET /%0*d HTTP/1.1\r\nHost: x\r\n\r\n", TERN_HTTP_MAX_URI, 0);
+    CHECK(tern_http_check_head(b, (size_t)n, &len, msg, sizeof msg) == 414);
+    n = snprintf(b, big, "GET / HTTP/1.1\r\nHost: x\r\nX: ");
+    memset(b + n, 'b', big - (size_t)n);
+    CHECK(tern_http_check_head(b, TERN_HTTP_MAX_HEAD, &len, msg, sizeof msg) == 431);
+    n = snprintf(b, big, "GET / HTTP/1.1\r\nHost: x\r\n");
+    for (int i = 0; i < TERN_HTTP_MAX_FIELDS; i++)
+        n += snprintf(b + n, big - (size_t)n, "X: y\r\n");
+    snprintf(b + n, big - (size_t)n, "\r\n");
+    CHECK(head(b) == 431);
+    free(b);
+}
+
 /* feeds text in pieces of `step` bytes; returns the final visible length, *hit on a stop */
 static size_t feed(const char *const *stops, int32_t n_stop, const char *text, size_t step,
                    bool *hit)
@@ -228,5 +294,6 @@ int main(void)
     test_nul_prompt();
     test_json_quote();
     test_unsupported_fields();
+    test_http_head();
     return tern_test_finish("test_server");
 }
