@@ -1,8 +1,9 @@
 /* engine.h: the pipeline engine: one model served by N MPI ranks (DESIGN.md sections 1-3).
  *
- * Rank 0 (coordinator) owns the sequences, the scheduler, embedding lookup, LM head and
- * sampler; ranks 1..N-1 (workers) each own a contiguous slice of layers and its KV cache.
- * With one rank, rank 0 runs every layer itself through the same scheduler.
+ * Rank 0 (coordinator) owns the sequences, the scheduler, embedding lookup and the final choice
+ * of each token; ranks 1..N-1 (workers) each own a contiguous slice of layers and its KV cache
+ * and, after the last layer, slices of the LM head's rows (src/pipeline/plan.h). With one rank,
+ * rank 0 runs every layer and the whole head itself through the same code.
  *
  * Collectives: tern_dist_init, tern_engine_open and tern_engine_close are called by every
  * rank. On a worker rank tern_engine_open serves until rank 0 closes the engine and then
@@ -35,13 +36,14 @@ typedef struct tern_engine_opts {
     const char *model_path;
     int n_threads; /* per rank; <= 0: one per core of the rank's binding */
     tern_head_type head_type;
-    int32_t max_tokens; /* token budget of one micro-batch (chunked prefill) */
-    int32_t max_seqs;   /* concurrent sequences (KV slots) */
-    int32_t n_ctx;      /* positions per sequence; 0 = the model's */
-    int32_t kv_blocks;  /* per rank; 0 = max_seqs full contexts within kv_mem_mb */
-    int32_t kv_mem_mb;  /* KV budget for the default kv_blocks; 0 = 2048 */
-    const char *split;  /* "even", "auto" or "L0,L1,..." (first layer of each worker) */
-    int32_t inflight;   /* micro-batches in flight; 0 = number of ranks */
+    int32_t batch_tokens; /* token budget of one micro-batch (chunked prefill); 0 = 512 */
+    int32_t max_seqs;     /* concurrent sequences (KV slots) */
+    int32_t n_ctx;        /* positions per sequence; 0 = the model's */
+    int32_t kv_blocks;    /* per rank; 0 = max_seqs full contexts within kv_mem_mb */
+    int32_t kv_mem_mb;    /* KV budget for the default kv_blocks; 0 = 2048 */
+    const char *split;    /* plan.h: "auto" (default), "even" or "L1,L2,...", optionally
+                             ":even" or ":h1,h2,..." for the head rows */
+    int32_t inflight;     /* micro-batches in flight; 0 = number of ranks */
     bool verbose;
 } tern_engine_opts;
 
@@ -57,13 +59,15 @@ typedef struct tern_request {
     const int32_t *prompt; /* copied at submit */
     int32_t n_prompt;
     tern_sampling sampling;
-    int32_t max_tokens; /* new tokens to generate (0: prompt only, e.g. logits) */
-    bool all_logits;    /* deliver the logits of every position (prompt and generated) */
-    int32_t stop[4];    /* stop token ids (EOS, EOT): generation ends there, unemitted */
+    int32_t max_new; /* new tokens to generate (0: prompt only, e.g. logits) */
+    bool all_logits; /* deliver the logits of every position (prompt and generated) */
+    int32_t stop[4]; /* stop token ids (EOS, EOT): generation ends there, unemitted */
     int32_t n_stop;
     /* callbacks on the engine thread */
     void (*on_logits)(void *user, int32_t pos, const float *logits); /* with all_logits */
     void (*on_token)(void *user, int32_t token);
+    /* with sampling.n_logprobs > 0: each generated token's pick, just before on_token */
+    void (*on_logprobs)(void *user, const tern_pick *pick);
     void (*on_done)(void *user, tern_finish why, const char *error);
     void *user;
 } tern_request;
@@ -75,7 +79,7 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
 void tern_engine_close(tern_engine *e);
 
 /* Queues a request; *id identifies it for cancel. TERN_EBUSY when the queue is full,
- * TERN_ERANGE when prompt + max_tokens exceeds the context. */
+ * TERN_ERANGE when prompt + max_new exceeds the context. */
 tern_code tern_engine_submit(tern_engine *e, const tern_request *r, int64_t *id, tern_status *st);
 void tern_engine_cancel(tern_engine *e, int64_t id);
 /* One scheduling iteration: admits queued requests, launches micro-batches, completes those
@@ -99,18 +103,25 @@ int tern_engine_n_ranks(const tern_engine *e);
  * says whether one did. */
 int tern_launcher_rank(bool *launched);
 
+typedef struct tern_rank_stats {
+    double busy_s;     /* cumulative compute seconds */
+    uint64_t peak_rss; /* bytes (workers: as of their last step) */
+    int32_t kv_used, kv_total;
+    int32_t layer_start, layer_end, vocab_start, vocab_end; /* the plan */
+    double predicted; /* the plan's cost of this stage (bytes per token / relative speed) */
+} tern_rank_stats;
+
 typedef struct tern_engine_stats {
     int32_t n_ranks;
     int32_t running, queued;
-    int64_t steps, tokens_prompt, tokens_generated;
+    int64_t steps, tokens_prompt, tokens_generated, retries;
     double wall_s;
-    double busy_s[64];     /* per rank (0 = coordinator) */
-    uint64_t peak_rss[64]; /* per rank, bytes (workers: as of their last step) */
-    int32_t kv_used[64], kv_total[64];
+    tern_rank_stats *ranks; /* caller's array of cap_ranks (tern_engine_n_ranks) entries */
+    int32_t cap_ranks;
     double hop_p50_ms, hop_p99_ms;
-    int32_t layer_start[64], layer_end[64];
 } tern_engine_stats;
-/* Collects stats (asks the workers: call on the engine thread while idle). */
+/* Collects stats into s (s->ranks and s->cap_ranks set by the caller; the rest is filled). Call
+ * on the engine thread. */
 void tern_engine_stats_get(tern_engine *e, tern_engine_stats *s);
 
 #ifdef __cplusplus

@@ -48,9 +48,11 @@ typedef enum tern_head_type {
 } tern_head_type;
 
 typedef struct tern_model_opts {
-    int32_t l0, l1; /* layer slice [l0, l1); l1 = -1 means all layers */
-    bool embed;     /* keep the embedding for lookup */
-    bool head;      /* keep output_norm and the LM head */
+    int32_t l0, l1;           /* layer slice [l0, l1); l1 = -1 means all layers */
+    bool embed;               /* keep the embedding for lookup */
+    bool head;                /* keep output_norm and the LM head rows [head_v0, head_v1) */
+    int32_t head_v0, head_v1; /* head rows (vocabulary ids); 0, 0 = every row */
+    bool final_norm; /* keep output_norm (the rank that runs the last layer norms for the head) */
     tern_head_type head_type;
     const tern_topo *topo; /* NUMA placement; NULL = plain anonymous memory */
 } tern_model_opts;
@@ -107,8 +109,16 @@ void tern_embed(const tern_ctx *c, const int32_t *ids, int32_t n, float *x);
  * positions as needed (an error if a slot cannot grow). */
 tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, float *x,
                        tern_status *st);
-/* Final norm + LM head for n selected rows of x: logits [n][n_vocab]. */
+/* Final norm + LM head for n selected rows of x: logits [n][n_vocab] (the model holds every
+ * head row). */
 void tern_head(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *logits);
+/* out [n][d] <- final RMSNorm of rows x[rows[i]] (model with output_norm). */
+void tern_final_norm(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *out);
+/* The model's head rows on n normed rows: logits [n][head_v1 - head_v0]. Each logit is
+ * computed the same whatever the slice and thread split (boundaries are multiples of 16). */
+void tern_head_slice(tern_ctx *c, const float *hx, int32_t n, float *logits);
+/* The head rows this model holds: [*v0, *v1). */
+void tern_model_head_rows(const tern_model *m, int32_t *v0, int32_t *v1);
 
 #ifdef __cplusplus
 }

@@ -215,6 +215,7 @@ typedef struct job {
     const float *hx;
     const int32_t *rows;
     float *logits;
+    float *normed; /* [n_tok][d] output of the final norm */
 } job;
 
 static void task_norm_quant(void *arg, int task, int n_tasks, int thread)
@@ -428,7 +429,7 @@ static void task_head_norm(void *arg, int task, int n_tasks, int thread)
     tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
     for (int64_t t = t0; t < t1; t++)
         tern_rmsnorm(j->hx + (size_t)j->rows[t] * d, c->m->output_norm, (int64_t)d, c->m->hp.eps,
-                     c->head_x + (size_t)t * d);
+                     j->normed + (size_t)t * d);
 }
 
 static void task_head(void *arg, int task, int n_tasks, int thread)
@@ -437,14 +438,28 @@ static void task_head(void *arg, int task, int n_tasks, int thread)
     job *j = arg;
     tern_ctx *c = j->c;
     const tern_model *m = c->m;
+    const int64_t nv = m->head_v1 - m->head_v0;
     int64_t r0, r1;
-    /* rows in multiples of 16 keep the vector loops whole */
-    tern_split_rows(m->hp.n_vocab, 16, task, n_tasks, &r0, &r1);
+    /* rows in multiples of 16 keep the vector loops whole (slices start at multiples of 16) */
+    tern_split_rows(nv, 16, task, n_tasks, &r0, &r1);
     if (r1 <= r0) return;
     if (m->head_type == TERN_HEAD_Q8_0)
-        tern_gemm_i8(m->qhead, c->head_x, j->n_tok, j->logits, m->hp.n_vocab, r0, r1);
+        tern_gemm_i8(m->qhead, j->hx, j->n_tok, j->logits, nv, r0, r1);
     else
-        tern_gemm_f16(m->head, c->head_x, j->n_tok, m->hp.d, j->logits, m->hp.n_vocab, r0, r1);
+        tern_gemm_f16(m->head, j->hx, j->n_tok, m->hp.d, j->logits, nv, r0, r1);
+}
+
+void tern_final_norm(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *out)
+{
+    job j = {.c = c, .n_tok = n, .hx = x, .rows = rows, .normed = out};
+    if (n > 0) run(c, task_head_norm, &j);
+}
+
+void tern_head_slice(tern_ctx *c, const float *hx, int32_t n, float *logits)
+{
+    if (n <= 0 || c->m->head_v1 <= c->m->head_v0) return;
+    job j = {.c = c, .n_tok = n, .hx = hx, .logits = logits};
+    run(c, task_head, &j);
 }
 
 void tern_head(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *logits)
@@ -452,13 +467,8 @@ void tern_head(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, floa
     /* in chunks of the scratch size */
     for (int32_t done = 0; done < n;) {
         int32_t k = n - done < c->max_tokens ? n - done : c->max_tokens;
-        job j = {.c = c,
-                 .n_tok = k,
-                 .hx = x,
-                 .rows = rows + done,
-                 .logits = logits + (size_t)done * (size_t)c->m->hp.n_vocab};
-        run(c, task_head_norm, &j);
-        run(c, task_head, &j);
+        tern_final_norm(c, x, rows + done, k, c->head_x);
+        tern_head_slice(c, c->head_x, k, logits + (size_t)done * (size_t)c->m->hp.n_vocab);
         done += k;
     }
 }

@@ -23,7 +23,8 @@ struct tern_model {
     int32_t l0, l1;
     tern_layer *layers;   /* [l1 - l0] */
     const uint16_t *embd; /* [n_vocab][d] f16: lookup and the tied head */
-    const uint16_t *head; /* [n_vocab][d] f16: == embd unless output.weight exists */
+    const uint16_t *head; /* [head_v1 - head_v0][d] f16: rows of embd unless output.weight */
+    int32_t head_v0, head_v1;
     float *output_norm;   /* [d] */
     tern_head_type head_type;
     tern_i8mat *qhead; /* the int8 head when head_type == TERN_HEAD_Q8_0 */

@@ -105,8 +105,9 @@ static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *nam
     return TERN_OK;
 }
 
-static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *name,
-                                 const uint16_t **out, tern_status *st)
+/* rows [v0, v1) of an F16 [n_vocab][d] matrix */
+static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *name, int32_t v0,
+                                 int32_t v1, const uint16_t **out, tern_status *st)
 {
     const tern_gguf_tensor *t;
     tern_code rc = find(g, name, &t, st);
@@ -116,17 +117,19 @@ static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "model: %s: tensor '%s' type: got %s, expected F16",
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
-    uint16_t *p = walloc(m, (size_t)t->nbytes);
+    const size_t row = (size_t)m->hp.d * 2, bytes = (size_t)(v1 - v0) * row;
+    const char *src = (const char *)t->data + (size_t)v0 * row;
+    uint16_t *p = walloc(m, bytes ? bytes : 1);
     if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
     /* in 16 MiB pieces, each piece's file pages dropped once copied: the 2B-4T embedding is
      * 657 MB, and holding it twice would be the process's peak RSS */
     const size_t piece = (size_t)16 << 20;
-    for (size_t off = 0; off < (size_t)t->nbytes; off += piece) {
-        size_t len = (size_t)t->nbytes - off < piece ? (size_t)t->nbytes - off : piece;
-        memcpy((char *)p + off, (const char *)t->data + off, len);
-        tern_gguf_drop_pages(g, (const char *)t->data + off, len);
+    for (size_t off = 0; off < bytes; off += piece) {
+        size_t len = bytes - off < piece ? bytes - off : piece;
+        memcpy((char *)p + off, src + off, len);
+        tern_gguf_drop_pages(g, src + off, len);
     }
-    tern_gguf_drop_pages(g, t->data, t->nbytes); /* the pages that straddle piece edges */
+    tern_gguf_drop_pages(g, src, bytes); /* the pages that straddle piece edges */
     *out = p;
     return TERN_OK;
 }
@@ -151,6 +154,17 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
     }
     m->has_embed = o->embed;
     m->has_head = o->head;
+    m->head_v0 = 0, m->head_v1 = 0;
+    if (o->head) {
+        m->head_v0 = o->head_v0, m->head_v1 = o->head_v1;
+        if (m->head_v0 == 0 && m->head_v1 == 0) m->head_v1 = hp->n_vocab;
+        if (m->head_v0 < 0 || m->head_v0 > m->head_v1 || m->head_v1 > hp->n_vocab) {
+            rc = tern_status_set(st, TERN_EINVAL,
+                                 "model: head rows: got [%d, %d), expected within [0, %d]",
+                                 m->head_v0, m->head_v1, hp->n_vocab);
+            goto fail;
+        }
+    }
     m->head_type = o->head_type;
     int32_t nl = m->l1 - m->l0;
     m->layers = calloc(nl ? (size_t)nl : 1, sizeof *m->layers);
@@ -178,20 +192,27 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
 #undef NAME
     }
     bool untied = tern_gguf_find_tensor(g, "output.weight") != NULL;
-    if (m->has_embed || (m->has_head && !untied)) {
-        if ((rc = load_f16_matrix(m, g, "token_embd.weight", &m->embd, st))) goto fail;
+    const int32_t nh = m->head_v1 - m->head_v0;
+    if (m->has_embed) {
+        if ((rc = load_f16_matrix(m, g, "token_embd.weight", 0, hp->n_vocab, &m->embd, st)))
+            goto fail;
     }
-    if (m->has_head) {
+    if (m->has_head || o->final_norm) {
         if ((rc = load_norm(m, g, "output_norm.weight", d, &m->output_norm, st))) goto fail;
-        if (untied) {
-            if ((rc = load_f16_matrix(m, g, "output.weight", &m->head, st))) goto fail;
+    }
+    if (m->has_head && nh > 0) {
+        if (untied || !m->has_embed) {
+            /* only this rank's rows: of output.weight, or of the tied embedding */
+            if ((rc = load_f16_matrix(m, g, untied ? "output.weight" : "token_embd.weight",
+                                      m->head_v0, m->head_v1, &m->head, st)))
+                goto fail;
         } else {
-            m->head = m->embd;
+            m->head = m->embd + (size_t)m->head_v0 * (size_t)d;
         }
-        uint64_t head_bytes = (uint64_t)hp->n_vocab * (uint64_t)d * 2;
+        uint64_t head_bytes = (uint64_t)nh * (uint64_t)d * 2;
         if (m->head_type == TERN_HEAD_Q8_0) {
             tern_status kst = {0};
-            rc = tern_i8mat_from_f16(&m->qhead, m->head, hp->n_vocab, d, &kst);
+            rc = tern_i8mat_from_f16(&m->qhead, m->head, nh, d, &kst);
             if (rc) {
                 tern_status_set(st, rc, "model: int8 head: %s", kst.msg);
                 goto fail;
@@ -249,4 +270,9 @@ uint64_t tern_model_bytes_per_token(const tern_model *m)
 uint64_t tern_model_weight_bytes(const tern_model *m)
 {
     return m->weight_bytes;
+}
+void tern_model_head_rows(const tern_model *m, int32_t *v0, int32_t *v1)
+{
+    *v0 = m->head_v0;
+    *v1 = m->head_v1;
 }

@@ -92,6 +92,7 @@ void tern_metrics_init(tern_metrics *m)
 
 void tern_metrics_destroy(tern_metrics *m)
 {
+    free(m->ranks), free(m->scratch), free(m->busy_frac), free(m->win_busy);
     pthread_mutex_destroy(&m->mu);
 }
 
@@ -131,20 +132,37 @@ void tern_metrics_finish(tern_metrics *m, tern_finish why, tern_cancel_reason ca
     pthread_mutex_unlock(&m->mu);
 }
 
-void tern_metrics_engine(tern_metrics *m, const tern_engine_stats *s)
+void tern_metrics_snapshot(tern_metrics *m, tern_engine *e)
 {
+    int32_t n = tern_engine_n_ranks(e);
+    if (m->n_ranks != n) {
+        /* once, at attach: the rank count never changes while the engine is open */
+        pthread_mutex_lock(&m->mu);
+        free(m->ranks), free(m->scratch), free(m->busy_frac), free(m->win_busy);
+        m->ranks = calloc((size_t)n, sizeof *m->ranks);
+        m->scratch = calloc((size_t)n, sizeof *m->scratch);
+        m->busy_frac = calloc((size_t)n, sizeof *m->busy_frac);
+        m->win_busy = calloc((size_t)n, sizeof *m->win_busy);
+        m->n_ranks = m->ranks && m->scratch && m->busy_frac && m->win_busy ? n : 0;
+        m->have_stats = false;
+        pthread_mutex_unlock(&m->mu);
+        if (!m->n_ranks) return;
+    }
+    tern_engine_stats s = {.ranks = m->scratch, .cap_ranks = n};
+    tern_engine_stats_get(e, &s);
     pthread_mutex_lock(&m->mu);
-    m->stats = *s;
+    memcpy(m->ranks, m->scratch, (size_t)n * sizeof *m->ranks);
+    m->stats = s;
+    m->stats.ranks = m->ranks;
     m->have_stats = true;
-    int n = s->n_ranks < 64 ? s->n_ranks : 64;
-    double dt = s->wall_s - m->win_wall;
+    double dt = s.wall_s - m->win_wall;
     if (dt >= 1.0 || m->win_wall == 0) {
         for (int r = 0; r < n; r++) {
-            double db = s->busy_s[r] - m->win_busy[r];
+            double db = m->ranks[r].busy_s - m->win_busy[r];
             m->busy_frac[r] = dt > 0 && db > 0 ? (db < dt ? db / dt : 1.0) : 0.0;
-            m->win_busy[r] = s->busy_s[r];
+            m->win_busy[r] = m->ranks[r].busy_s;
         }
-        m->win_wall = s->wall_s;
+        m->win_wall = s.wall_s;
     }
     pthread_mutex_unlock(&m->mu);
 }
@@ -208,7 +226,8 @@ void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbu
     tern_sbuf_printf(b, "ternpipe_requests_in_flight %d\n", m->in_flight);
     if (m->have_stats) {
         const tern_engine_stats *s = &m->stats;
-        int n = s->n_ranks < 64 ? s->n_ranks : 64;
+        int n = s->n_ranks < m->n_ranks ? s->n_ranks : m->n_ranks;
+        const tern_rank_stats *rk = s->ranks;
         head(b, "ternpipe_queue_depth", "gauge", "Requests waiting for a sequence slot or KV.");
         tern_sbuf_printf(b, "ternpipe_queue_depth %d\n", s->queued);
         head(b, "ternpipe_running_sequences", "gauge", "Sequences admitted to the pipeline.");
@@ -221,20 +240,31 @@ void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbu
              "Layers per stage, with the slice [first, end) as labels.");
         for (int r = 0; r < n; r++)
             tern_sbuf_printf(b, "ternpipe_stage_layers{stage=\"%d\",first=\"%d\",end=\"%d\"} %d\n",
-                             r, s->layer_start[r], s->layer_end[r],
-                             s->layer_end[r] - s->layer_start[r]);
+                             r, rk[r].layer_start, rk[r].layer_end,
+                             rk[r].layer_end - rk[r].layer_start);
+        head(b, "ternpipe_stage_head_rows", "gauge",
+             "LM head rows (vocabulary ids) per stage, with the slice [first, end) as labels.");
+        for (int r = 0; r < n; r++)
+            tern_sbuf_printf(
+                b, "ternpipe_stage_head_rows{stage=\"%d\",first=\"%d\",end=\"%d\"} %d\n", r,
+                rk[r].vocab_start, rk[r].vocab_end, rk[r].vocab_end - rk[r].vocab_start);
+        head(b, "ternpipe_stage_planned_bytes_per_token", "gauge",
+             "The plan's cost of each stage: weight bytes read per token over its relative speed.");
+        for (int r = 0; r < n; r++)
+            tern_sbuf_printf(b, "ternpipe_stage_planned_bytes_per_token{stage=\"%d\"} %.0f\n", r,
+                             rk[r].predicted);
         head(b, "ternpipe_kv_blocks_used", "gauge", "KV-cache blocks reserved, per stage.");
         for (int r = 0; r < n; r++)
-            tern_sbuf_printf(b, "ternpipe_kv_blocks_used{stage=\"%d\"} %d\n", r, s->kv_used[r]);
+            tern_sbuf_printf(b, "ternpipe_kv_blocks_used{stage=\"%d\"} %d\n", r, rk[r].kv_used);
         head(b, "ternpipe_kv_blocks_free", "gauge", "KV-cache blocks free, per stage.");
         for (int r = 0; r < n; r++)
             tern_sbuf_printf(b, "ternpipe_kv_blocks_free{stage=\"%d\"} %d\n", r,
-                             s->kv_total[r] - s->kv_used[r]);
+                             rk[r].kv_total - rk[r].kv_used);
         head(b, "ternpipe_stage_busy_seconds_total", "counter",
              "Compute time per stage (rank 0 includes embedding, LM head and sampling).");
         for (int r = 0; r < n; r++)
             tern_sbuf_printf(b, "ternpipe_stage_busy_seconds_total{stage=\"%d\"} %.6f\n", r,
-                             s->busy_s[r]);
+                             rk[r].busy_s);
         head(b, "ternpipe_stage_busy_fraction", "gauge",
              "Fraction of wall time each stage computed, over the last second or so.");
         for (int r = 0; r < n; r++)

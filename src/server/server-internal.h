@@ -82,9 +82,12 @@ typedef struct tern_metrics {
     int32_t in_flight; /* generation requests accepted and not finished */
     /* engine snapshot (engine thread, throttled) */
     bool have_stats;
-    tern_engine_stats stats;
-    double busy_frac[64]; /* over the last window of about a second */
-    double win_wall, win_busy[64];
+    tern_engine_stats stats;  /* stats.ranks = ranks */
+    tern_rank_stats *ranks;   /* [n_ranks] copies, under mu */
+    tern_rank_stats *scratch; /* [n_ranks] the engine thread's fresh snapshot */
+    int32_t n_ranks;
+    double *busy_frac; /* [n_ranks] over the last window of about a second */
+    double win_wall, *win_busy;
 } tern_metrics;
 
 void tern_metrics_init(tern_metrics *m);
@@ -93,8 +96,8 @@ void tern_metrics_request(tern_metrics *m, tern_route route, int status);
 void tern_metrics_observe(tern_metrics *m, tern_hist *h, double seconds);
 /* engine thread: a sequence ended */
 void tern_metrics_finish(tern_metrics *m, tern_finish why, tern_cancel_reason cancel);
-/* engine thread: a fresh tern_engine_stats_get result */
-void tern_metrics_engine(tern_metrics *m, const tern_engine_stats *s);
+/* engine thread: takes a fresh tern_engine_stats_get snapshot (arrays sized on first use) */
+void tern_metrics_snapshot(tern_metrics *m, tern_engine *e);
 /* Prometheus text exposition format 0.0.4 */
 void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbuf *out);
 

@@ -748,7 +748,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     tern_request rq = {.prompt = prompt,
                        .n_prompt = n_prompt,
                        .sampling = r->pr.sampling,
-                       .max_tokens = max_tokens,
+                       .max_new = max_tokens,
                        .on_token = on_token,
                        .on_done = on_done,
                        .user = r};
@@ -1289,9 +1289,7 @@ void tern_server_attach(tern_server *s, tern_engine *e, const tern_tokenizer *to
     int32_t eos = tern_tokenizer_eos(tok), eot = tern_tokenizer_eot(tok);
     if (eos >= 0) s->stop_ids[s->n_stop_ids++] = eos;
     if (eot >= 0 && eot != eos) s->stop_ids[s->n_stop_ids++] = eot;
-    tern_engine_stats es;
-    tern_engine_stats_get(e, &es);
-    tern_metrics_engine(&s->m, &es);
+    tern_metrics_snapshot(&s->m, e);
     pthread_mutex_lock(&s->mu);
     int expected = ST_LOADING;
     atomic_compare_exchange_strong(&s->state, &expected, ST_READY);
@@ -1305,9 +1303,7 @@ void tern_server_stop(tern_server *s)
 
 static void snapshot(tern_server *s)
 {
-    tern_engine_stats es;
-    tern_engine_stats_get(s->e, &es);
-    tern_metrics_engine(&s->m, &es);
+    tern_metrics_snapshot(&s->m, s->e);
 }
 
 tern_code tern_server_run(tern_server *s, tern_status *st)

@@ -1,14 +1,9 @@
-/* sampler.c: repetition penalty, greedy, top-k, temperature, top-p, min-p and the seeded draw.
+/* sampler.c: the split sampler of sampler.h: counter-based uniforms, the per-slice fold and the
+ * resolution on rank 0.
  *
- * Work happens in `work` (a copy of the logits, NaN mapped to -inf, penalties applied), then in
- * probability space: work[i] = exp((logit_i - max) / T), so the most likely token has weight 1
- * and min-p is simply "weight >= min_p". Candidates are ordered by (weight or logit descending,
- * id ascending), a total order, so results never depend on sort stability.
- *
- * Cost per token for a 128k vocabulary: greedy is one linear pass (two when a penalty hits the
- * favourite). Top-k keeps a k-element heap in one pass. Without top-k, one exp pass gives the
- * normalizer and top-p adds two passes (a mass histogram, then collection) plus a heap over the
- * one histogram bin where the nucleus ends; nothing sorts the vocabulary.
+ * Cost per row and slice of n ids: greedy rows are one pass with a comparison per id (a
+ * candidate heap of 1); sampling rows add one exp per id (double) and a heap of
+ * TERN_SAMPLE_CANDS; Gumbel rows add a hash and two logs per id; logprob rows one more exp.
  */
 #include "ternpipe/sampler.h"
 
@@ -17,32 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ternpipe/rng.h"
-
-/* weight_bin() of weights in [0, 1] is at most 1016 */
-#define SAMPLER_BINS 1024
-
-typedef struct cand {
-    float v; /* logit, or weight once in probability space */
-    int32_t id;
-} cand;
-
-struct tern_sampler {
-    tern_sampling p; /* as given */
-    /* effective values, clamped so sample() is safe even with unvalidated parameters */
-    float temperature, top_p, min_p, penalty;
-    int32_t top_k, last_n;
-    int32_t n_vocab;
-    tern_rng rng;
-    float *work;     /* [n_vocab] */
-    cand *cand;      /* [n_vocab] */
-    uint32_t *stamp; /* [n_vocab] epoch of the last penalty applied to each token */
-    uint32_t epoch;
-    double bin_mass[SAMPLER_BINS]; /* top-p histogram, see weight_bin() */
-};
-
 void tern_sampling_default(tern_sampling *p)
 {
+    memset(p, 0, sizeof *p);
     p->temperature = 0.0f;
     p->top_k = 0;
     p->top_p = 1.0f;
@@ -50,6 +22,7 @@ void tern_sampling_default(tern_sampling *p)
     p->repeat_penalty = 1.0f;
     p->repeat_last_n = 64;
     p->seed = 0;
+    p->n_logprobs = 0;
 }
 
 tern_code tern_sampling_validate(const tern_sampling *p, tern_status *st)
@@ -59,9 +32,9 @@ tern_code tern_sampling_validate(const tern_sampling *p, tern_status *st)
         return tern_status_set(st, TERN_EINVAL,
                                "temperature: got %g, expected a finite value >= 0 (0 = greedy)",
                                (double)p->temperature);
-    if (p->top_k < 0)
-        return tern_status_set(st, TERN_EINVAL, "top_k: got %d, expected top_k >= 0 (0 = off)",
-                               (int)p->top_k);
+    if (p->top_k < 0 || p->top_k > TERN_MAX_TOP_K)
+        return tern_status_set(st, TERN_EINVAL, "top_k: got %d, expected 0..%d (0 = off)",
+                               (int)p->top_k, TERN_MAX_TOP_K);
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
         return tern_status_set(st, TERN_EINVAL, "top_p: got %g, expected 0 < top_p <= 1",
                                (double)p->top_p);
@@ -76,296 +49,317 @@ tern_code tern_sampling_validate(const tern_sampling *p, tern_status *st)
         return tern_status_set(st, TERN_EINVAL,
                                "repeat_last_n: got %d, expected >= -1 (0 = none, -1 = all)",
                                (int)p->repeat_last_n);
+    if (p->n_logprobs < 0 || p->n_logprobs > TERN_MAX_LOGPROBS)
+        return tern_status_set(st, TERN_EINVAL, "logprobs: got %d, expected 0..%d",
+                               (int)p->n_logprobs, TERN_MAX_LOGPROBS);
     return TERN_OK;
 }
 
-void tern_sampler_free(tern_sampler *s)
+/* ------------------------------------------------------------------ counter-based uniforms */
+
+static inline uint64_t mix64(uint64_t z)
 {
-    if (!s) return;
-    free(s->work);
-    free(s->cand);
-    free(s->stamp);
-    free(s);
+    /* splitmix64's finalizer: a bijection with full avalanche */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
 }
 
-void tern_sampler_reset(tern_sampler *s, const tern_sampling *p)
+double tern_sample_uniform(uint64_t seed, int64_t pos, int64_t id)
 {
-    s->p = *p;
-    s->temperature = p->temperature > 0.0f ? p->temperature : 0.0f; /* NaN -> greedy */
-    s->top_k = p->top_k > 0 && p->top_k < s->n_vocab ? p->top_k : 0;
-    s->top_p = p->top_p < 1.0f ? (p->top_p > 0.0f ? p->top_p : 0.0f) : 1.0f;
-    s->min_p = p->min_p > 0.0f ? (p->min_p < 1.0f ? p->min_p : 1.0f) : 0.0f;
-    s->penalty =
-        p->repeat_penalty > 0.0f && p->repeat_penalty <= FLT_MAX ? p->repeat_penalty : 1.0f;
-    s->last_n = p->repeat_last_n;
-    tern_rng_seed(&s->rng, p->seed);
+    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ULL);
+    h = mix64(h ^ ((uint64_t)pos * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
+    h = mix64(h ^ ((uint64_t)id * 0xaef17502108ef2d9ULL + 0x632be59bd9b4e019ULL));
+    /* the centre of one of 2^53 equal cells: strictly inside (0, 1) */
+    return ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
-tern_code tern_sampler_create(tern_sampler **out, const tern_sampling *p, int32_t n_vocab,
-                              tern_status *st)
+static inline double gumbel(uint64_t seed, int32_t pos, int32_t id)
 {
-    *out = NULL;
-    tern_code rc = tern_sampling_validate(p, st);
-    if (rc != TERN_OK) return rc;
-    if (n_vocab <= 0)
-        return tern_status_set(st, TERN_EINVAL, "n_vocab: got %d, expected > 0", (int)n_vocab);
-    tern_sampler *s = calloc(1, sizeof *s);
-    if (!s) return tern_status_set(st, TERN_ENOMEM, "sampler: out of memory");
-    s->n_vocab = n_vocab;
-    s->work = malloc((size_t)n_vocab * sizeof *s->work);
-    s->cand = malloc((size_t)n_vocab * sizeof *s->cand);
-    s->stamp = calloc((size_t)n_vocab, sizeof *s->stamp);
-    if (!s->work || !s->cand || !s->stamp) {
-        tern_sampler_free(s);
-        return tern_status_set(st, TERN_ENOMEM, "sampler: out of memory for %d tokens",
-                               (int)n_vocab);
-    }
-    tern_sampler_reset(s, p);
-    *out = s;
-    return TERN_OK;
+    return -log(-log(tern_sample_uniform(seed, pos, id)));
 }
 
-/* ---- heap on the total order "a before b" = larger value, then smaller id ---- */
+/* ------------------------------------------------------------------ penalty ids */
 
-static inline int before(cand a, cand b)
+static int cmp_i32(const void *a, const void *b)
 {
-    return a.v > b.v || (a.v == b.v && a.id < b.id);
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return x < y ? -1 : x > y;
 }
 
-/* Min-heap when worst_on_top: root is the candidate that comes last (top-k selection).
- * Max-heap otherwise: root comes first (popping the nucleus in order). */
-static void sift_down(cand *h, size_t n, size_t i, int worst_on_top)
+int32_t tern_penalty_ids(const tern_sampling *sp, const int32_t *history, int32_t n_history,
+                         int32_t n_vocab, int32_t *ids, int32_t cap)
 {
-    cand x = h[i];
+    if (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0 || !history || n_history <= 0)
+        return 0;
+    int32_t start = 0;
+    if (sp->repeat_last_n > 0 && n_history > sp->repeat_last_n)
+        start = n_history - sp->repeat_last_n;
+    int32_t n = 0;
+    /* newest first, so a cap (never reached when cap >= the window) keeps the recent ones */
+    for (int32_t j = n_history; j-- > start && n < cap;)
+        if (history[j] >= 0 && history[j] < n_vocab) ids[n++] = history[j];
+    qsort(ids, (size_t)n, sizeof *ids, cmp_i32);
+    int32_t m = 0;
+    for (int32_t j = 0; j < n; j++)
+        if (m == 0 || ids[j] != ids[m - 1]) ids[m++] = ids[j];
+    return m;
+}
+
+void tern_row_params_make(const tern_sampling *sp, int32_t pos, tern_row_params *p)
+{
+    bool greedy = !(sp->temperature > 0.0f);
+    p->temperature = greedy ? 0.0f : sp->temperature;
+    p->penalty = sp->repeat_penalty;
+    p->n_logprobs = sp->n_logprobs;
+    p->n_cand = greedy ? 1 : TERN_SAMPLE_CANDS;
+    p->gumbel = !greedy && sp->top_k == 0 && !(sp->top_p < 1.0f) && !(sp->min_p > 0.0f);
+    p->seed = sp->seed;
+    p->pos = pos;
+}
+
+/* ------------------------------------------------------------------ the fold */
+
+/* the total order: a before b when its value is larger, then when its id is smaller */
+static inline bool before_v(const tern_cand *a, const tern_cand *b)
+{
+    return a->v > b->v || (a->v == b->v && a->id < b->id);
+}
+static inline bool before_raw(const tern_cand *a, const tern_cand *b)
+{
+    return a->raw > b->raw || (a->raw == b->raw && a->id < b->id);
+}
+
+typedef bool (*order_fn)(const tern_cand *, const tern_cand *);
+
+/* min-heap of the kept candidates: the root is the one that comes last in the order */
+static void sift(tern_cand *h, int32_t n, int32_t i, order_fn before)
+{
+    tern_cand x = h[i];
     for (;;) {
-        size_t c = 2 * i + 1;
+        int32_t c = 2 * i + 1;
         if (c >= n) break;
-        if (c + 1 < n && (worst_on_top ? before(h[c], h[c + 1]) : before(h[c + 1], h[c]))) c++;
-        if (!(worst_on_top ? before(x, h[c]) : before(h[c], x))) break;
+        if (c + 1 < n && before(&h[c], &h[c + 1])) c++;
+        if (!before(&x, &h[c])) break;
         h[i] = h[c];
         i = c;
     }
     h[i] = x;
 }
 
-static void heapify(cand *h, size_t n, int worst_on_top)
+static void heapify(tern_cand *h, int32_t n, order_fn before)
 {
-    for (size_t i = n / 2; i-- > 0;) sift_down(h, n, i, worst_on_top);
+    for (int32_t i = n / 2; i-- > 0;) sift(h, n, i, before);
 }
 
-/* The k best (logit, id) of work, sorted best first into c[0..k). */
-static void select_top_k(const float *work, int32_t n, cand *c, int32_t k)
+/* sorted best-first list -> heap, and back (a heap sort of at most TERN_SAMPLE_CANDS) */
+static void heap_to_sorted(tern_cand *h, int32_t n, order_fn before)
 {
-    for (int32_t i = 0; i < k; i++) c[i] = (cand){work[i], i};
-    heapify(c, (size_t)k, 1);
-    for (int32_t i = k; i < n; i++) {
-        /* ids only grow, so an equal logit never beats the root: ties keep the lowest ids */
-        if (work[i] > c[0].v) {
-            c[0] = (cand){work[i], i};
-            sift_down(c, (size_t)k, 0, 1);
+    for (int32_t m = n; m > 1; m--) {
+        tern_cand t = h[0];
+        h[0] = h[m - 1];
+        h[m - 1] = t;
+        sift(h, m - 1, 0, before);
+    }
+}
+
+/* offers c to the heap h of size *n and capacity cap */
+static inline void offer(tern_cand *h, int32_t *n, int32_t cap, const tern_cand *c, order_fn before)
+{
+    if (*n < cap) {
+        /* sift up */
+        int32_t i = (*n)++;
+        while (i > 0) {
+            int32_t parent = (i - 1) / 2;
+            if (!before(&h[parent], c)) break;
+            h[i] = h[parent];
+            i = parent;
+        }
+        h[i] = *c;
+    } else if (cap > 0 && before(c, &h[0])) {
+        h[0] = *c;
+        sift(h, *n, 0, before);
+    }
+}
+
+void tern_row_sum_init(tern_row_sum *s)
+{
+    memset(s, 0, sizeof *s);
+    s->mx = -INFINITY, s->z = 0.0;
+    s->mraw = -INFINITY, s->zraw = 0.0;
+    s->g = -INFINITY;
+    s->gc = (tern_cand){-INFINITY, -INFINITY, -1};
+}
+
+/* one step of an online softmax in double: (m, z) absorbs exp(x - m) */
+static inline void lse_add(double *m, double *z, double x)
+{
+    if (!(x > -INFINITY)) return; /* -inf (and NaN, already mapped) adds nothing */
+    if (x > *m) {
+        *z = *z * exp(*m - x) + 1.0;
+        *m = x;
+    } else {
+        *z += exp(x - *m);
+    }
+}
+
+void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
+                       int32_t n)
+{
+    const bool sampling = p->temperature > 0.0f;
+    const double inv_t = sampling ? fmin(1.0 / (double)p->temperature, 1e30) : 0.0;
+    int32_t cap = p->n_cand < 1 ? 1 : p->n_cand > TERN_SAMPLE_CANDS ? TERN_SAMPLE_CANDS : p->n_cand;
+    int32_t rcap = p->n_logprobs < 0                   ? 0
+                   : p->n_logprobs > TERN_MAX_LOGPROBS ? TERN_MAX_LOGPROBS
+                                                       : p->n_logprobs;
+    /* the lists are kept sorted between folds; a heap during one */
+    heapify(s->cand, s->n_cand, before_v);
+    heapify(s->rawc, s->n_raw, before_raw);
+    int32_t pk = 0; /* next penalty id at or after v0 */
+    while (pk < p->n_pen && p->pen_ids[pk] < v0) pk++;
+    const bool pen = p->penalty != 1.0f && p->n_pen > 0;
+    for (int32_t i = 0; i < n; i++) {
+        const int32_t id = v0 + i;
+        float raw = logits[i];
+        raw = raw == raw ? raw : -INFINITY;
+        float v = raw;
+        if (pen && pk < p->n_pen && p->pen_ids[pk] == id) {
+            v = v > 0.0f ? v / p->penalty : v * p->penalty;
+            pk++;
+        }
+        tern_cand c = {v, raw, id};
+        offer(s->cand, &s->n_cand, cap, &c, before_v);
+        if (rcap) {
+            offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
+            lse_add(&s->mraw, &s->zraw, (double)raw);
+        }
+        if (sampling) {
+            double x = (double)v * inv_t;
+            lse_add(&s->mx, &s->z, x);
+            if (p->gumbel && x > -INFINITY) {
+                double g = x + gumbel(p->seed, p->pos, id);
+                if (g > s->g) s->g = g, s->gc = c; /* strict: the lowest id wins ties */
+            }
         }
     }
-    /* heap sort: the worst goes to the end each time, leaving c best-first */
-    for (size_t m = (size_t)k; m > 1; m--) {
-        cand t = c[0];
-        c[0] = c[m - 1];
-        c[m - 1] = t;
-        sift_down(c, m - 1, 0, 1);
+    heap_to_sorted(s->cand, s->n_cand, before_v);
+    heap_to_sorted(s->rawc, s->n_raw, before_raw);
+    s->n_seen = v0 + n;
+}
+
+/* ------------------------------------------------------------------ resolution */
+
+static void fill_logprobs(const tern_row_sum *s, const tern_sampling *sp, float chosen_raw,
+                          tern_pick *out)
+{
+    out->n_top = 0;
+    out->logprob = 0.0f;
+    if (sp->n_logprobs <= 0) return;
+    const double lz = s->mraw + log(s->zraw);
+    out->logprob = (float)((double)chosen_raw - lz);
+    for (int32_t j = 0; j < s->n_raw && j < sp->n_logprobs; j++)
+        out->top[out->n_top++] =
+            (tern_logprob){s->rawc[j].id, (float)((double)s->rawc[j].raw - lz)};
+}
+
+/* The choice from a record whose candidates are cand[0..n) (the exact best n of the order);
+ * complete: they are every id. Returns false when the kept set may reach past cand[n-1]. */
+static bool resolve_core(const tern_row_sum *s, const tern_cand *cand, int32_t n, bool complete,
+                         const tern_sampling *sp, const tern_row_params *p, tern_pick *out)
+{
+    if (n < 1) return false;
+    if (!(p->temperature > 0.0f) || !isfinite(s->mx)) {
+        /* greedy, or nothing finite to weigh (all -inf, or +inf dominating) */
+        out->token = cand[0].id;
+        fill_logprobs(s, sp, cand[0].raw, out);
+        return true;
     }
-}
-
-/* Draws from c[0..m) with weights c[].v. */
-static int32_t draw_cands(const cand *c, size_t m, double u)
-{
-    double total = 0.0;
-    for (size_t j = 0; j < m; j++) total += c[j].v;
-    double r = u * total, cum = 0.0;
-    size_t last = 0;
-    for (size_t j = 0; j < m; j++) {
-        if (c[j].v <= 0.0f) continue;
-        cum += c[j].v;
-        last = j;
-        if (r < cum) return c[j].id;
+    if (p->gumbel) {
+        out->token = s->gc.id;
+        fill_logprobs(s, sp, s->gc.raw, out);
+        return true;
     }
-    return c[last].id; /* r fell past the end by rounding */
-}
-
-/* Draws from the whole vocabulary, in id order, with weights w[] >= min_w. */
-static int32_t draw_vocab(const float *w, int32_t n, float min_w, double total, double u)
-{
-    double r = u * total, cum = 0.0;
-    int32_t last = -1;
-    for (int32_t i = 0; i < n; i++) {
-        if (w[i] < min_w || w[i] <= 0.0f) continue;
-        cum += w[i];
-        last = i;
-        if (r < cum) return i;
+    const double inv_t = fmin(1.0 / (double)p->temperature, 1e30);
+    int32_t limit = n;
+    bool have_k = false;
+    if (sp->top_k > 0) {
+        if (sp->top_k <= n)
+            limit = sp->top_k, have_k = true;
+        else if (!complete)
+            return false;
     }
-    return last;
-}
-
-static int32_t argmax(const float *w, int32_t n)
-{
-    int32_t best = 0;
-    float bv = w[0];
-    for (int32_t i = 1; i < n; i++)
-        if (w[i] > bv) bv = w[i], best = i; /* strict: lowest id wins ties */
-    return best;
-}
-
-/* exp(x) for x <= 0, flushed to 0 where it would be subnormal (below 1e-38 of the most likely
- * token: no draw can tell) so no later arithmetic runs on the slow subnormal path. */
-static inline float weight(float x)
-{
-    return x > -87.0f ? expf(x) : 0.0f;
-}
-
-/* Returns whether any logit changed. */
-static int apply_penalty(tern_sampler *s, const int32_t *history, size_t n_history)
-{
-    if (s->penalty == 1.0f || s->last_n == 0 || !history || n_history == 0) return 0;
-    size_t start = 0;
-    if (s->last_n > 0 && n_history > (size_t)s->last_n) start = n_history - (size_t)s->last_n;
-    /* the stamp marks tokens already penalized in this call: once per distinct token, as
-     * llama.cpp does, however often it repeats */
-    if (++s->epoch == 0) {
-        memset(s->stamp, 0, (size_t)s->n_vocab * sizeof *s->stamp);
-        s->epoch = 1;
+    double zref = s->z;
+    if (sp->top_k > 0) {
+        zref = 0.0;
+        for (int32_t j = 0; j < limit; j++) zref += exp((double)cand[j].v * inv_t - s->mx);
     }
-    int changed = 0;
-    for (size_t j = start; j < n_history; j++) {
-        int32_t t = history[j];
-        if (t < 0 || t >= s->n_vocab || s->stamp[t] == s->epoch) continue;
-        s->stamp[t] = s->epoch;
-        float v = s->work[t];
-        s->work[t] = v > 0.0f ? v / s->penalty : v * s->penalty;
-        changed = 1;
-    }
-    return changed;
-}
-
-/* Histogram bin of a weight in [0, 1]: for non-negative floats the bit pattern orders like the
- * value, so the exponent and top 3 mantissa bits give 8 bins per octave (1.0 is bin 1016). */
-static inline uint32_t weight_bin(float w)
-{
-    uint32_t bits;
-    memcpy(&bits, &w, sizeof bits);
-    return bits >> 20;
-}
-
-/* Top-p (and min-p) over the whole vocabulary; work[] holds weights, z their sum. One pass builds
- * a histogram of the mass per bin; walking it from the top finds the bin where the cumulative
- * mass reaches the target. Every token in a higher bin is in the nucleus (they form a prefix with
- * less than the target), every token in a lower bin is out, and only the crossing bin, whose
- * weights lie within 9% of each other, is heapified and popped in order. Linear, no sort of the
- * vocabulary. */
-static int32_t sample_top_p_vocab(tern_sampler *s, double z, double u)
-{
-    const int32_t n = s->n_vocab;
-    const float *w = s->work;
-    const double target = (double)s->top_p * z;
-    memset(s->bin_mass, 0, sizeof s->bin_mass);
-    for (int32_t i = 0; i < n; i++) s->bin_mass[weight_bin(w[i])] += w[i];
-    uint32_t cross = 0;
-    double above = 0.0; /* mass of the bins above `cross` */
-    for (uint32_t b = SAMPLER_BINS; b-- > 0;) {
-        if (above + s->bin_mass[b] >= target) {
-            cross = b;
+    const double target = sp->top_p < 1.0f ? (double)sp->top_p * zref : INFINITY;
+    double cum = 0.0;
+    int32_t kept = 0;
+    bool ended = false;
+    for (int32_t j = 0; j < limit; j++) {
+        double w = exp((double)cand[j].v * inv_t - s->mx);
+        if (j > 0 && w < (double)sp->min_p) {
+            ended = true;
             break;
         }
-        above += s->bin_mass[b];
+        kept = j + 1;
+        cum += w;
+        if (cum >= target) {
+            ended = true;
+            break;
+        }
     }
-    /* sure tokens go to the front of cand (id order), the crossing bin to the back */
-    size_t n_sure = 0;
-    cand *back = s->cand + n;
-    for (int32_t i = 0; i < n; i++) {
-        uint32_t b = weight_bin(w[i]);
-        if (b < cross) continue;
-        /* min-p and top-p both keep a prefix of the order, so the result is the shorter one:
-         * filtering by min-p here is the same as applying it after top-p */
-        if (w[i] < s->min_p) continue;
-        if (b > cross)
-            s->cand[n_sure++] = (cand){w[i], i};
-        else
-            *--back = (cand){w[i], i};
+    if (!ended && !have_k && !complete) return false;
+    /* Gumbel-max over the kept prefix */
+    double best = -INFINITY;
+    int32_t bj = 0;
+    for (int32_t j = 0; j < kept; j++) {
+        double x = (double)cand[j].v * inv_t;
+        if (!(x > -INFINITY)) continue;
+        double g = x + gumbel(p->seed, p->pos, cand[j].id);
+        if (g > best || (g == best && cand[j].id < cand[bj].id)) best = g, bj = j;
     }
-    const size_t n_cross = (size_t)(s->cand + n - back);
-    /* pop the crossing bin in order until the target is reached (popped items collect at its
-     * end); a token dropped by min-p above ends the nucleus anyway, since everything after it
-     * in the order is smaller */
-    heapify(back, n_cross, 0);
-    double cum = above;
-    size_t size = n_cross;
-    while (size > 0 && cum < target) {
-        cand top = back[0];
-        back[0] = back[size - 1];
-        back[size - 1] = top;
-        size--;
-        sift_down(back, size, 0, 0);
-        cum += top.v;
-    }
-    size_t popped = n_cross - size;
-    memmove(s->cand + n_sure, back + size, popped * sizeof *back);
-    size_t kept = n_sure + popped;
-    if (kept == 0) return argmax(w, n); /* top_p rounded to 0: the most likely token */
-    return draw_cands(s->cand, kept, u);
+    out->token = cand[bj].id;
+    fill_logprobs(s, sp, cand[bj].raw, out);
+    return true;
 }
 
-int32_t tern_sampler_sample(tern_sampler *s, const float *logits, const int32_t *history,
-                            size_t n_history)
+bool tern_row_resolve(const tern_row_sum *s, const tern_sampling *sp, const tern_row_params *p,
+                      int32_t n_vocab, tern_pick *out)
 {
-    const int32_t n = s->n_vocab;
-    float *w = s->work;
-    int32_t best = 0;
-    float max = -INFINITY;
-    for (int32_t i = 0; i < n; i++) {
-        float v = logits[i];
-        v = v == v ? v : -INFINITY;
-        w[i] = v;
-        if (v > max) max = v, best = i; /* strict: lowest id wins ties */
-    }
-    if (apply_penalty(s, history, n_history)) {
-        best = argmax(w, n);
-        max = w[best];
-    }
-    /* greedy, or nothing finite to sample from (all -inf, or +inf dominating) */
-    if (s->temperature <= 0.0f || !isfinite(max)) return best;
+    bool complete = s->n_cand >= n_vocab;
+    return resolve_core(s, s->cand, s->n_cand, complete, sp, p, out);
+}
 
-    /* clamped so a tiny temperature gives 0 * scale = 0 for the max, never NaN */
-    const float scale = (float)fmin(1.0 / (double)s->temperature, 1e30);
-    const double u = tern_rng_uniform_double(&s->rng);
+static int cmp_cand(const void *a, const void *b)
+{
+    const tern_cand *x = a, *y = b;
+    return before_v(x, y) ? -1 : before_v(y, x) ? 1 : 0;
+}
 
-    if (s->top_k > 0) {
-        const int32_t k = s->top_k;
-        select_top_k(w, n, s->cand, k);
-        double z = 0.0;
-        for (int32_t j = 0; j < k; j++) {
-            s->cand[j].v = weight((s->cand[j].v - max) * scale);
-            z += s->cand[j].v;
+void tern_row_resolve_full(const float *logits, const tern_sampling *sp, const tern_row_params *p,
+                           int32_t n_vocab, tern_cand *scratch, tern_pick *out)
+{
+    tern_row_sum s;
+    tern_row_sum_init(&s);
+    tern_row_sum_fold(&s, p, logits, 0, n_vocab);
+    /* every id as a candidate, with the values the fold used */
+    int32_t pk = 0;
+    const bool pen = p->penalty != 1.0f && p->n_pen > 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        float raw = logits[i];
+        raw = raw == raw ? raw : -INFINITY;
+        float v = raw;
+        if (pen && pk < p->n_pen && p->pen_ids[pk] == i) {
+            v = v > 0.0f ? v / p->penalty : v * p->penalty;
+            pk++;
         }
-        const double target = s->top_p < 1.0f ? (double)s->top_p * z : INFINITY;
-        double cum = 0.0;
-        int32_t kept = 0;
-        for (int32_t j = 0; j < k; j++) {
-            if (j > 0 && s->cand[j].v < s->min_p) break;
-            kept++;
-            cum += s->cand[j].v;
-            if (cum >= target) break;
-        }
-        return draw_cands(s->cand, (size_t)kept, u);
+        scratch[i] = (tern_cand){v, raw, i};
     }
-
-    double z = 0.0;
-    for (int32_t i = 0; i < n; i++) {
-        w[i] = weight((w[i] - max) * scale);
-        z += w[i];
+    qsort(scratch, (size_t)n_vocab, sizeof *scratch, cmp_cand);
+    if (!resolve_core(&s, scratch, n_vocab, true, sp, p, out)) {
+        out->token = scratch[0].id; /* unreachable: a complete list always resolves */
+        fill_logprobs(&s, sp, scratch[0].raw, out);
     }
-    if (s->top_p < 1.0f) return sample_top_p_vocab(s, z, u);
-    if (s->min_p > 0.0f) {
-        z = 0.0;
-        for (int32_t i = 0; i < n; i++)
-            if (w[i] >= s->min_p) z += w[i];
-    }
-    int32_t tok = draw_vocab(w, n, s->min_p, z, u);
-    return tok >= 0 ? tok : best;
 }

@@ -144,7 +144,7 @@ static int run_batch(tern_engine *e, const int32_t *ids, int S, int prompt, int 
         tern_request rq = {.prompt = ids + s * 7,
                            .n_prompt = prompt,
                            .sampling = sp,
-                           .max_tokens = gen,
+                           .max_new = gen,
                            .on_token = on_token,
                            .on_done = on_done,
                            .user = &users[s]};
@@ -168,7 +168,7 @@ int tern_cmd_bench(int argc, char **argv)
 {
     bool json = false;
     int reps = 3;
-    tern_engine_opts eo = {.max_seqs = 64, .max_tokens = 512};
+    tern_engine_opts eo = {.max_seqs = 64, .batch_tokens = 512};
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
         if (r < 0) return 2;
@@ -204,7 +204,15 @@ int tern_cmd_bench(int argc, char **argv)
     static const int decode_seqs[4] = {1, 4, 16, 64};
     double prefill_tps[2] = {0}, decode_tps[4] = {0}, v[16];
     long rss_single = 0;
-    double busy[4][64] = {{0}}, bubble[4] = {0}, p50[4] = {0}, p99[4] = {0};
+    int n_ranks = tern_engine_n_ranks(e);
+    size_t nr = (size_t)n_ranks;
+    double *busy = calloc(4 * nr, sizeof *busy), bubble[4] = {0}, p50[4] = {0}, p99[4] = {0};
+    tern_rank_stats *rk0 = calloc(nr, sizeof *rk0), *rk1 = calloc(nr, sizeof *rk1);
+    char *rss_list = calloc(nr, 24);
+    if (!ids || !busy || !rk0 || !rk1 || !rss_list) {
+        fprintf(stderr, "ternpipe: out of memory\n");
+        goto done;
+    }
     for (int pi = 0; pi < 2; pi++) {
         int n = prefill_sizes[pi];
         if (n + 2 > n_ctx) continue;
@@ -218,15 +226,16 @@ int tern_cmd_bench(int argc, char **argv)
     for (int di = 0; di < 4; di++) {
         int S = decode_seqs[di], gen = S == 1 ? 33 : 17;
         if (16 + gen > n_ctx) gen = n_ctx - 16;
-        tern_engine_stats s0, s1;
+        tern_engine_stats s0 = {.ranks = rk0, .cap_ranks = n_ranks},
+                          s1 = {.ranks = rk1, .cap_ranks = n_ranks};
         for (int r = 0; r < reps; r++) {
             tern_engine_stats_get(e, &s0);
             if (run_batch(e, ids, S, 16, gen, &v[r], NULL)) goto done;
             tern_engine_stats_get(e, &s1);
             double wall = s1.wall_s - s0.wall_s, sum = 0;
             for (int k = 0; k < s1.n_ranks; k++) {
-                double b = wall > 0 ? (s1.busy_s[k] - s0.busy_s[k]) / wall : 0;
-                busy[di][k] += b / reps;
+                double b = wall > 0 ? (s1.ranks[k].busy_s - s0.ranks[k].busy_s) / wall : 0;
+                busy[di * nr + (size_t)k] += b / reps;
                 sum += b;
             }
             bubble[di] += (1.0 - sum / s1.n_ranks) / reps;
@@ -234,20 +243,18 @@ int tern_cmd_bench(int argc, char **argv)
         }
         decode_tps[di] = median(v, reps);
         if (di == 0) { /* weights + one sequence's KV, before the concurrent runs grow the KV */
-            rss_single = (long)s1.peak_rss[0];
+            rss_single = (long)s1.ranks[0].peak_rss;
         }
     }
-    int n_ranks = tern_engine_n_ranks(e);
-    tern_engine_stats fin;
+    tern_engine_stats fin = {.ranks = rk1, .cap_ranks = n_ranks};
     tern_engine_stats_get(e, &fin);
     double bpt = tern_engine_bytes_per_token(e);
-    long rss = (long)fin.peak_rss[0];
+    long rss = (long)fin.ranks[0].peak_rss;
     double bw = read_bandwidth(eo.n_threads);
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
-    char rss_list[64 * 24] = "";
-    for (int k = 0, o = 0; k < n_ranks && o < (int)sizeof rss_list - 24; k++)
-        o += snprintf(rss_list + o, sizeof rss_list - (size_t)o, "%s%llu", k ? ", " : "",
-                      (unsigned long long)fin.peak_rss[k]);
+    for (int k = 0, o = 0; k < n_ranks && o < (int)(nr * 24) - 24; k++)
+        o += snprintf(rss_list + o, nr * 24 - (size_t)o, "%s%llu", k ? ", " : "",
+                      (unsigned long long)fin.ranks[k].peak_rss);
     if (json) {
         printf("{\"ranks\": %d, \"prefill\": [", n_ranks);
         for (int i = 0; i < 2; i++)
@@ -257,7 +264,8 @@ int tern_cmd_bench(int argc, char **argv)
         for (int i = 0; i < 4; i++) {
             printf("%s{\"sequences\": %d, \"tok_s\": %.2f, \"bubble_fraction\": %.3f, \"busy\": [",
                    i ? ", " : "", decode_seqs[i], decode_tps[i], bubble[i]);
-            for (int k = 0; k < n_ranks; k++) printf("%s%.3f", k ? ", " : "", busy[i][k]);
+            for (int k = 0; k < n_ranks; k++)
+                printf("%s%.3f", k ? ", " : "", busy[(size_t)i * nr + (size_t)k]);
             printf("], \"hop_p50_ms\": %.3f, \"hop_p99_ms\": %.3f}", p50[i], p99[i]);
         }
         printf(
@@ -273,7 +281,8 @@ int tern_cmd_bench(int argc, char **argv)
             printf("decode %3d sequences: %8.1f tok/s", decode_seqs[i], decode_tps[i]);
             if (n_ranks > 1) {
                 printf("  busy");
-                for (int k = 0; k < n_ranks; k++) printf(" r%d %.0f%%", k, 100 * busy[i][k]);
+                for (int k = 0; k < n_ranks; k++)
+                    printf(" r%d %.0f%%", k, 100 * busy[(size_t)i * nr + (size_t)k]);
                 printf("  bubble %.0f%%  hop p50 %.3f ms p99 %.3f ms", 100 * bubble[i], p50[i],
                        p99[i]);
             }
@@ -288,13 +297,19 @@ int tern_cmd_bench(int argc, char **argv)
         if (n_ranks > 1) {
             printf("peak RSS per rank:");
             for (int k = 0; k < n_ranks; k++)
-                printf(" r%d %.1f MB", k, (double)fin.peak_rss[k] / 1e6);
+                printf(" r%d %.1f MB", k, (double)fin.ranks[k].peak_rss / 1e6);
+            printf("\n");
+            printf("plan (bytes read per token):");
+            for (int k = 0; k < n_ranks; k++)
+                printf(" r%d layers [%d,%d) head [%d,%d) %.1f MB", k, fin.ranks[k].layer_start,
+                       fin.ranks[k].layer_end, fin.ranks[k].vocab_start, fin.ranks[k].vocab_end,
+                       fin.ranks[k].predicted / 1e6);
             printf("\n");
         }
     }
     rc = 0;
 done:
-    free(ids);
+    free(ids), free(busy), free(rk0), free(rk1), free(rss_list);
     tern_run_close(e);
     return rc;
 }

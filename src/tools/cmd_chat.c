@@ -236,7 +236,7 @@ static int chat_local(tern_engine *e, const tern_tokenizer *tok, history *h, int
         tern_request rq = {.prompt = ids.ids,
                            .n_prompt = (int32_t)ids.n,
                            .sampling = *sp,
-                           .max_tokens = n_new,
+                           .max_new = n_new,
                            .on_token = lj_token,
                            .on_done = lj_done,
                            .user = &j};

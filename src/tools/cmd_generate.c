@@ -124,7 +124,7 @@ int tern_cmd_generate(int argc, char **argv)
         tern_request rq = {.prompt = ids.ids,
                            .n_prompt = (int32_t)ids.n,
                            .sampling = sp,
-                           .max_tokens = n_predict,
+                           .max_new = n_predict,
                            .on_token = on_token,
                            .on_done = on_done,
                            .user = &j};

@@ -147,7 +147,7 @@ int tern_cmd_logits(int argc, char **argv)
             tern_request rq = {.prompt = q->ids.ids,
                                .n_prompt = (int32_t)q->ids.n,
                                .sampling = sp,
-                               .max_tokens = q->n_gen,
+                               .max_new = q->n_gen,
                                .all_logits = true,
                                .on_logits = lseq_logits,
                                .on_token = lseq_token,

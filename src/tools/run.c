@@ -50,7 +50,7 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
     else if (!strcmp(a, "--threads"))
         r = parse_int(a, v, 0, 1024, &tmp), o->n_threads = tmp;
     else if (!strcmp(a, "--batch"))
-        r = parse_int(a, v, 1, 65536, &o->max_tokens);
+        r = parse_int(a, v, 1, 65536, &o->batch_tokens);
     else if (!strcmp(a, "--max-seqs"))
         r = parse_int(a, v, 1, 4096, &o->max_seqs);
     else if (!strcmp(a, "--ctx"))

@@ -1,12 +1,14 @@
-/* test_plan.c: the layer plan. `auto` against an exhaustive search over every contiguous split
- * (small models, random speeds): the same slowest stage, and among such plans the fastest
- * slowest worker; the 2B-4T shape on 3 ranks gives each worker 15 layers; `even` and explicit
- * splits, and their errors. */
+/* test_plan.c: the plan of layers and head rows. `auto` against an exhaustive search over every
+ * valid plan (small models, random speeds: the same slowest stage); the 2B-4T shape: auto
+ * splits the head and beats the head-on-rank-0 plan; `even`, explicit layer and head splits,
+ * and their errors. */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "dist/plan.h"
 #include "harness.h"
+#include "pipeline/plan.h"
 
 static tern_hparams shape(int L, int d, int ff, int vocab)
 {
@@ -20,104 +22,144 @@ static tern_hparams shape(int L, int d, int ff, int vocab)
     return hp;
 }
 
-/* stage times of a plan */
-static void times(const tern_hparams *hp, int n, const double *sp, const int32_t *s,
-                  const int32_t *e, double *all, double *workers)
+typedef struct search {
+    const tern_plan_costs *c;
+    const double *sp;
+    int N, L, G, V;
+    double best;
+} search;
+
+static double rows_of(const search *s, int g0, int g1) /* granules [g0, g1) as rows */
 {
-    double lc = tern_plan_layer_cost(hp), hc = tern_plan_head_cost(hp);
-    *all = 0, *workers = 0;
-    for (int r = 0; r < n; r++) {
-        double t = (lc * (e[r] - s[r]) + (r == 0 ? hc : 0)) / sp[r];
-        if (t > *all) *all = t;
-        if (r > 0 && t > *workers) *workers = t;
+    int a = g0 * TERN_PLAN_ROW_GRAIN, b = g1 * TERN_PLAN_ROW_GRAIN;
+    if (b > s->V) b = s->V;
+    if (a > s->V) a = s->V;
+    return b - a;
+}
+
+/* ranks r..N-1 split the units [u, L + G0) (layers then granules) contiguously */
+static void rec(search *s, int r, int u, int G0, double worst)
+{
+    int end = s->L + G0;
+    if (r == s->N) {
+        if (u == end && worst < s->best) s->best = worst;
+        return;
+    }
+    for (int v = u; v <= end; v++) {
+        if (r == s->N - 1 && v != end) continue;
+        int l0 = u < s->L ? u : s->L, l1 = v < s->L ? v : s->L;
+        int g0 = u > s->L ? u - s->L : 0, g1 = v > s->L ? v - s->L : 0;
+        double t = (s->c->layer * (l1 - l0) + s->c->head_row * rows_of(s, g0, g1)) / s->sp[r];
+        rec(s, r + 1, v, G0, t > worst ? t : worst);
     }
 }
 
-/* exhaustive: rank 0 takes [0,k0), workers each >= 1 layer, contiguous */
-static void brute(const tern_hparams *hp, int n, const double *sp, int r, int l, int32_t *s,
-                  int32_t *e, double *best_all, double *best_w)
+static double brute(search *s)
 {
-    int L = hp->n_layer;
-    if (r == n) {
-        if (l != L) return;
-        double a, w;
-        times(hp, n, sp, s, e, &a, &w);
-        if (a < *best_all - 1e-9 || (fabs(a - *best_all) <= 1e-9 && w < *best_w - 1e-9))
-            *best_all = a, *best_w = w;
-        return;
-    }
-    int min_len = r == 0 ? 0 : 1, left = n - 1 - r;
-    for (int len = min_len; l + len <= L - left; len++) {
-        if (r == n - 1 && l + len != L) continue;
-        s[r] = l, e[r] = l + len;
-        brute(hp, n, sp, r + 1, l + len, s, e, best_all, best_w);
-    }
+    s->best = INFINITY;
+    for (int k0 = 0; k0 <= s->L; k0++)
+        for (int t0 = 0; t0 <= s->G; t0++) {
+            double t = (s->c->layer * k0 + s->c->head_row * rows_of(s, s->G - t0, s->G)) / s->sp[0];
+            if (s->N == 1) {
+                if (k0 == s->L && t0 == s->G && t < s->best) s->best = t;
+                continue;
+            }
+            rec(s, 1, k0, s->G - t0, t);
+        }
+    return s->best;
 }
 
 int main(void)
 {
     tern_status st = {0};
-    int32_t s[TERN_PLAN_MAX], e[TERN_PLAN_MAX], bs[TERN_PLAN_MAX], be[TERN_PLAN_MAX];
-
-    /* 2B-4T: the F16 head (657 MB) outweighs all 30 layers (520 MB): rank 0 runs none and
-     * the workers split the layers evenly */
-    tern_hparams b = {.n_vocab = 128256,
-                      .d = 2560,
-                      .n_layer = 30,
-                      .n_ff = 6912,
-                      .n_head = 20,
-                      .n_head_kv = 5,
-                      .head_dim = 128};
-    CHECK(tern_plan_make("auto", 3, &b, NULL, s, e, &st) == TERN_OK);
-    CHECKF(e[0] == 0 && s[1] == 0 && e[1] == 15 && s[2] == 15 && e[2] == 30,
-           "2b4t auto np3: got r0 [0,%d) r1 [%d,%d) r2 [%d,%d)", e[0], s[1], e[1], s[2], e[2]);
-    CHECK(tern_plan_make("auto", 7, &b, NULL, s, e, &st) == TERN_OK);
-    for (int r = 1; r < 7; r++)
-        CHECKF(e[r] - s[r] == 5, "2b4t auto np7: rank %d has %d layers", r, e[r] - s[r]);
-
-    /* exhaustive comparison on small shapes with random speeds */
-    uint64_t x = 88172645463325252ull;
+    unsigned seed = 7;
+    /* auto == exhaustive optimum */
     int cases = 0;
-    for (int L = 1; L <= 9; L++)
-        for (int n = 1; n <= L + 1 && n <= 5; n++)
-            for (int rep = 0; rep < 6; rep++) {
-                /* head cost from cheap to dominant */
-                int vocab = rep % 3 == 0 ? 64 : rep % 3 == 1 ? 4096 : 200000;
-                tern_hparams hp = shape(L, 256, 768, vocab);
-                double sp[8];
-                for (int r = 0; r < n; r++) {
-                    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-                    sp[r] = rep < 3 ? 1.0 : 0.5 + (double)(x % 1000) / 1000.0;
+    for (int N = 1; N <= 4; N++)
+        for (int L = 1; L <= 4; L++)
+            for (int G = 1; G <= 5; G++) {
+                int V = G * TERN_PLAN_ROW_GRAIN - (G % 2 ? 5 : 0); /* a partial last granule too */
+                tern_hparams hp = shape(L, 256, 512, V);
+                for (int trial = 0; trial < 3; trial++) {
+                    double sp[4];
+                    for (int r = 0; r < N; r++) {
+                        seed = seed * 1103515245u + 12345u;
+                        sp[r] = 0.5 + (seed >> 16) % 1000 / 500.0;
+                    }
+                    tern_plan_costs c = {1000.0 + trial * 700.0, 30.0 + 40.0 * trial};
+                    tern_plan p;
+                    CHECK(tern_plan_init(&p, N, &hp, &st) == TERN_OK);
+                    CHECKF(tern_plan_make("auto", &c, sp, &p, &st) == TERN_OK, "%s", st.msg);
+                    double got = tern_plan_stage_costs(&p, &c, sp);
+                    search s = {&c, sp, N, L, G, V, 0};
+                    double want = brute(&s);
+                    CHECKF(fabs(got - want) <= 1e-9 * want, "N %d L %d V %d: auto %.6f, best %.6f",
+                           N, L, V, got, want);
+                    CHECK(tern_plan_check(&p, &st) == TERN_OK);
+                    tern_plan_free(&p);
+                    cases++;
                 }
-                CHECK(tern_plan_make("auto", n, &hp, rep < 3 ? NULL : sp, s, e, &st) == TERN_OK);
-                /* a valid plan: contiguous, covering, workers non-empty */
-                int ok = s[0] == 0 && e[n - 1] == L;
-                for (int r = 0; r < n; r++) ok &= e[r] >= s[r] && (r == 0 || n == 1 || e[r] > s[r]);
-                for (int r = 1; r < n; r++) ok &= s[r] == e[r - 1];
-                CHECKF(ok, "L %d n %d rep %d: invalid plan", L, n, rep);
-                double a, w, ba = INFINITY, bw = INFINITY;
-                times(&hp, n, sp, s, e, &a, &w);
-                if (n == 1) {
-                    CHECK(s[0] == 0 && e[0] == L);
-                    continue;
-                }
-                brute(&hp, n, sp, 0, 0, bs, be, &ba, &bw);
-                CHECKF(fabs(a - ba) <= 1e-9 * ba, "L %d n %d rep %d: slowest stage %.1f, best %.1f",
-                       L, n, rep, a, ba);
-                CHECKF(fabs(w - bw) <= 1e-9 * bw + 1e-9,
-                       "L %d n %d rep %d: slowest worker %.1f, best %.1f", L, n, rep, w, bw);
-                cases++;
             }
-    CHECK(cases > 100);
+    CHECK(cases == 4 * 4 * 5 * 3);
 
-    /* even and explicit */
-    tern_hparams six = shape(6, 256, 768, 4096);
-    CHECK(tern_plan_make("even", 3, &six, NULL, s, e, &st) == TERN_OK);
-    CHECK(e[0] == 0 && s[1] == 0 && e[1] == 3 && s[2] == 3 && e[2] == 6);
-    CHECK(tern_plan_make("2,4", 3, &six, NULL, s, e, &st) == TERN_OK);
-    CHECK(e[0] == 2 && s[1] == 2 && e[1] == 4 && s[2] == 4 && e[2] == 6);
-    CHECK(tern_plan_make("4,2", 3, &six, NULL, s, e, &st) != TERN_OK && strstr(st.msg, "--split"));
-    CHECK(tern_plan_make("1,x", 3, &six, NULL, s, e, &st) != TERN_OK && strstr(st.msg, "--split"));
-    CHECK(tern_plan_make("even", 8, &six, NULL, s, e, &st) != TERN_OK && strstr(st.msg, "ranks"));
+    /* 2B-4T: auto splits the head and is faster than everything on rank 0 */
+    tern_hparams big = shape(30, 2560, 6912, 128256);
+    big.n_head = 20, big.n_head_kv = 5, big.head_dim = 128;
+    tern_plan_costs c = {tern_plan_layer_cost(&big), tern_plan_head_row_cost(&big, TERN_HEAD_F16)};
+    for (int N = 2; N <= 31; N++) {
+        tern_plan a, e;
+        CHECK(tern_plan_init(&a, N, &big, &st) == TERN_OK && tern_plan_init(&e, N, &big, &st) == 0);
+        CHECK(tern_plan_make("auto", &c, NULL, &a, &st) == TERN_OK);
+        CHECK(tern_plan_make("even", &c, NULL, &e, &st) == TERN_OK);
+        double ta = tern_plan_stage_costs(&a, &c, NULL), te = tern_plan_stage_costs(&e, &c, NULL);
+        double total = c.layer * 30 + c.head_row * 128256;
+        CHECKF(ta < te, "N %d: auto %.0f, even %.0f", N, ta, te);
+        /* within one layer of the perfect split */
+        CHECKF(ta <= total / N + c.layer, "N %d: auto %.0f, ideal %.0f", N, ta, total / N);
+        if (N == 3) CHECK(a.vocab_end[0] - a.vocab_start[0] < 128256);
+        tern_plan_free(&a), tern_plan_free(&e);
+    }
+
+    /* even and explicit plans on the 6-layer shape with 4096 rows */
+    tern_hparams six = shape(6, 384, 1024, 4096);
+    tern_plan p;
+    CHECK(tern_plan_init(&p, 3, &six, &st) == TERN_OK);
+    CHECK(tern_plan_make("even", &c, NULL, &p, &st) == TERN_OK);
+    CHECK(p.layer_end[0] == 0 && p.layer_start[1] == 0 && p.layer_end[1] == 3 &&
+          p.layer_end[2] == 6 && p.vocab_start[0] == 0 && p.vocab_end[0] == 4096);
+    CHECK(tern_plan_make("1,5", &c, NULL, &p, &st) == TERN_OK);
+    CHECK(p.layer_end[0] == 1 && p.layer_end[1] == 5 && p.layer_end[2] == 6);
+    CHECK(tern_plan_make("2,4:even", &c, NULL, &p, &st) == TERN_OK);
+    CHECK(p.vocab_start[2] == 0 && p.vocab_end[2] == 2048 && p.vocab_start[0] == 2048 &&
+          p.vocab_end[0] == 4096 && p.vocab_end[1] == p.vocab_start[1]);
+    CHECK(tern_plan_make("2,4:0,1024", &c, NULL, &p, &st) == TERN_OK);
+    CHECK(p.vocab_end[2] == 1024 && p.vocab_start[0] == 1024);
+    /* errors, one line each naming what is wrong */
+    struct {
+        const char *spec, *what;
+    } bad[] = {{"2,4:16,0", "comes before rank 2"},
+               {"2,4:0,10", "multiple of 16"},
+               {"2,4:0,5000", "at most the vocabulary"},
+               {"2,4:16", "got 1 values, expected 2"},
+               {"4,2", "out of order"},
+               {"2,7", "out of order"},
+               {"auto:even", "no head part with auto"},
+               {"x", "non-negative integers"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECKF(tern_plan_make(bad[i].spec, &c, NULL, &p, &st) == TERN_EINVAL, "%s accepted",
+               bad[i].spec);
+        CHECKF(strstr(st.msg, bad[i].what) != NULL, "%s: expected '%s' in '%s'", bad[i].spec,
+               bad[i].what, st.msg);
+    }
+    tern_plan_free(&p);
+    /* the head over every rank: layers on ranks 0 and 1 only, five head slices */
+    CHECK(tern_plan_init(&p, 5, &six, &st) == TERN_OK);
+    CHECKF(tern_plan_make("3,6,6,6:16,32,48,64", &c, NULL, &p, &st) == TERN_OK, "%s", st.msg);
+    CHECK(p.vocab_end[1] == 16 && p.vocab_end[4] == 160 && p.vocab_start[0] == 160);
+    CHECK(tern_plan_last_layer_rank(&p) == 1);
+    char line[512];
+    tern_plan_describe(&p, line, sizeof line);
+    CHECKF(strstr(line, "r1 layers [3,6) head [0,16)") != NULL, "%s", line);
+    tern_plan_free(&p);
     return tern_test_finish("test_plan");
 }

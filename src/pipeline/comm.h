@@ -1,8 +1,9 @@
 /* comm.h: the MPI transport of the pipeline. comm.c is the only file that calls MPI; every
  * call comes from the one engine thread of a rank. Control messages travel on TAG_CTL,
- * activations (raw fp32 rows) on TAG_ACT. */
-#ifndef TERN_DIST_COMM_H
-#define TERN_DIST_COMM_H
+ * activations (raw fp32 rows) on TAG_ACT, sampler records on TAG_SUM, full logits on
+ * TAG_LOGITS. */
+#ifndef TERN_PIPELINE_COMM_H
+#define TERN_PIPELINE_COMM_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,12 +16,17 @@ typedef struct tern_req {
 
 int tern_comm_rank(void);
 int tern_comm_size(void);
-double tern_comm_now(void); /* seconds, wall clock shared by ranks on one host */
+double tern_comm_now(void); /* seconds, monotonic (shared by the ranks of one host) */
 
 void tern_comm_isend_ctl(int dest, const void *buf, size_t n, tern_req *r);
 void tern_comm_isend_act(int dest, const float *buf, size_t n_floats, tern_req *r);
 void tern_comm_irecv_ctl(int src, void *buf, size_t cap, tern_req *r);
 void tern_comm_irecv_act(int src, float *buf, size_t cap_floats, tern_req *r);
+/* the sampler's per-row records (bytes) along the ring, full logits rows (floats) to rank 0 */
+void tern_comm_isend_sum(int dest, const void *buf, size_t n, tern_req *r);
+void tern_comm_irecv_sum(int src, void *buf, size_t cap, tern_req *r);
+void tern_comm_isend_logits(int dest, const float *buf, size_t n, tern_req *r);
+void tern_comm_irecv_logits(int src, float *buf, size_t cap, tern_req *r);
 /* true when done; *count = bytes (ctl) or floats (act) received */
 bool tern_comm_test(tern_req *r, size_t *count);
 void tern_comm_wait(tern_req *r, size_t *count);

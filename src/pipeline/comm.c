@@ -1,5 +1,5 @@
 /* comm.c: see comm.h. The only MPI user besides tern_dist_init/finalize (engine entry). */
-#include "dist/comm.h"
+#include "pipeline/comm.h"
 
 #include <mpi.h>
 #include <stdlib.h>
@@ -8,7 +8,7 @@
 #include "ternpipe/engine.h"
 #include "ternpipe/log.h"
 
-enum { TAG_CTL = 11, TAG_ACT = 12 };
+enum { TAG_CTL = 11, TAG_ACT = 12, TAG_SUM = 13, TAG_LOGITS = 14 };
 
 static bool g_mpi_up = false;
 static int g_rank = 0, g_size = 1;
@@ -59,7 +59,7 @@ int tern_comm_size(void)
 double tern_comm_now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -73,31 +73,59 @@ static MPI_Request *req_of(tern_req *r)
     return r->impl;
 }
 
+static int icount(size_t n)
+{
+    if (n > (size_t)0x7fffffff)
+        tern_die("comm: message of %zu elements exceeds MPI's int count", n);
+    return (int)n;
+}
+
 void tern_comm_isend_ctl(int dest, const void *buf, size_t n, tern_req *r)
 {
-    MPI_Isend(buf, (int)n, MPI_BYTE, dest, TAG_CTL, MPI_COMM_WORLD, req_of(r));
+    MPI_Isend(buf, icount(n), MPI_BYTE, dest, TAG_CTL, MPI_COMM_WORLD, req_of(r));
     r->active = true;
 }
 void tern_comm_isend_act(int dest, const float *buf, size_t n, tern_req *r)
 {
-    MPI_Isend(buf, (int)n, MPI_FLOAT, dest, TAG_ACT, MPI_COMM_WORLD, req_of(r));
+    MPI_Isend(buf, icount(n), MPI_FLOAT, dest, TAG_ACT, MPI_COMM_WORLD, req_of(r));
     r->active = true;
 }
+void tern_comm_isend_sum(int dest, const void *buf, size_t n, tern_req *r)
+{
+    MPI_Isend(buf, icount(n), MPI_BYTE, dest, TAG_SUM, MPI_COMM_WORLD, req_of(r));
+    r->active = true;
+}
+void tern_comm_irecv_sum(int src, void *buf, size_t cap, tern_req *r)
+{
+    MPI_Irecv(buf, icount(cap), MPI_BYTE, src, TAG_SUM, MPI_COMM_WORLD, req_of(r));
+    r->active = true;
+}
+void tern_comm_isend_logits(int dest, const float *buf, size_t n, tern_req *r)
+{
+    MPI_Isend(buf, icount(n), MPI_FLOAT, dest, TAG_LOGITS, MPI_COMM_WORLD, req_of(r));
+    r->active = true;
+}
+void tern_comm_irecv_logits(int src, float *buf, size_t cap, tern_req *r)
+{
+    MPI_Irecv(buf, icount(cap), MPI_FLOAT, src, TAG_LOGITS, MPI_COMM_WORLD, req_of(r));
+    r->active = true;
+}
+
 void tern_comm_irecv_ctl(int src, void *buf, size_t cap, tern_req *r)
 {
-    MPI_Irecv(buf, (int)cap, MPI_BYTE, src, TAG_CTL, MPI_COMM_WORLD, req_of(r));
+    MPI_Irecv(buf, icount(cap), MPI_BYTE, src, TAG_CTL, MPI_COMM_WORLD, req_of(r));
     r->active = true;
 }
 void tern_comm_irecv_act(int src, float *buf, size_t cap, tern_req *r)
 {
-    MPI_Irecv(buf, (int)cap, MPI_FLOAT, src, TAG_ACT, MPI_COMM_WORLD, req_of(r));
+    MPI_Irecv(buf, icount(cap), MPI_FLOAT, src, TAG_ACT, MPI_COMM_WORLD, req_of(r));
     r->active = true;
 }
 
 static size_t count_of(MPI_Status *s)
 {
     int n = 0;
-    MPI_Datatype t = s->MPI_TAG == TAG_ACT ? MPI_FLOAT : MPI_BYTE;
+    MPI_Datatype t = s->MPI_TAG == TAG_ACT || s->MPI_TAG == TAG_LOGITS ? MPI_FLOAT : MPI_BYTE;
     MPI_Get_count(s, t, &n);
     return n < 0 ? 0 : (size_t)n;
 }

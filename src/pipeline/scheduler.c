@@ -1,0 +1,455 @@
+/* scheduler.c: see scheduler.h. */
+#include "pipeline/scheduler.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct pending {
+    struct pending *next;
+    int64_t id;
+    tern_request req;
+    int32_t *prompt; /* owned copy */
+} pending;
+
+typedef struct seq {
+    bool used;
+    int64_t id;
+    tern_request req;
+    int32_t *tokens; /* [n_ctx]: prompt then generated */
+    int32_t n_tokens, n_past, n_gen, kv_blocks;
+    int32_t n_logits; /* positions whose logits were delivered (all_logits) */
+    bool inflight, cancelled, fresh, stopped, retry;
+} seq;
+
+struct tern_sched {
+    tern_limits lim;
+    /* the inbox: any thread, under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pending *inbox_head, *inbox_tail;
+    int32_t inbox_n;
+    int64_t *cancels;
+    int32_t n_cancels, cap_cancels;
+    int64_t next_id;
+    /* engine thread only */
+    pending *wait_head, *wait_tail;
+    int32_t wait_n; /* read under mu by stats */
+    seq *seqs;      /* [max_seqs] */
+    int32_t n_running, kv_reserved;
+    tern_step_seq *releases; /* [max_seqs] */
+    int32_t n_releases;
+    int32_t rot;
+    int64_t tok_prompt, tok_gen, retries;
+};
+
+static int32_t blocks_for(int32_t n_pos)
+{
+    return (n_pos + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
+}
+
+tern_code tern_sched_create(tern_sched **out, const tern_limits *lim, tern_status *st)
+{
+    *out = NULL;
+    tern_sched *s = calloc(1, sizeof *s);
+    if (!s) return tern_status_set(st, TERN_ENOMEM, "scheduler: out of memory");
+    s->lim = *lim;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->next_id = 1;
+    s->cap_cancels = lim->queue_cap + lim->max_seqs;
+    s->cancels = calloc((size_t)s->cap_cancels, sizeof *s->cancels);
+    s->seqs = calloc((size_t)lim->max_seqs, sizeof *s->seqs);
+    s->releases = calloc((size_t)lim->max_seqs, sizeof *s->releases);
+    bool ok = s->cancels && s->seqs && s->releases;
+    for (int32_t i = 0; ok && i < lim->max_seqs; i++) {
+        s->seqs[i].tokens = malloc((size_t)lim->n_ctx * sizeof(int32_t));
+        ok = s->seqs[i].tokens != NULL;
+    }
+    if (!ok) {
+        tern_sched_free(s);
+        return tern_status_set(st, TERN_ENOMEM,
+                               "scheduler: out of memory for %d sequences of %d positions",
+                               lim->max_seqs, lim->n_ctx);
+    }
+    *out = s;
+    return TERN_OK;
+}
+
+void tern_sched_free(tern_sched *s)
+{
+    if (!s) return;
+    if (s->seqs)
+        for (int32_t i = 0; i < s->lim.max_seqs; i++) free(s->seqs[i].tokens);
+    for (pending *p = s->inbox_head, *n; p; p = n) n = p->next, free(p->prompt), free(p);
+    for (pending *p = s->wait_head, *n; p; p = n) n = p->next, free(p->prompt), free(p);
+    free(s->seqs), free(s->releases), free(s->cancels);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+}
+
+tern_code tern_sched_submit(tern_sched *s, const tern_request *r, int64_t *id, tern_status *st)
+{
+    const tern_limits *L = &s->lim;
+    if (r->n_prompt < 1)
+        return tern_status_set(st, TERN_EINVAL, "prompt: got 0 tokens, expected at least 1");
+    if (r->max_new < 0)
+        return tern_status_set(st, TERN_EINVAL, "max_new: got %d, expected >= 0", r->max_new);
+    if ((int64_t)r->n_prompt + r->max_new > L->n_ctx)
+        return tern_status_set(st, TERN_ERANGE,
+                               "context: got %d prompt tokens + %d new, expected at most %d",
+                               r->n_prompt, r->max_new, L->n_ctx);
+    if (blocks_for(r->n_prompt + r->max_new) > L->kv_blocks)
+        return tern_status_set(st, TERN_ERANGE,
+                               "KV cache: got a request needing %d blocks, expected at most %d "
+                               "(the pool)",
+                               blocks_for(r->n_prompt + r->max_new), L->kv_blocks);
+    if (r->n_stop < 0 || r->n_stop > 4)
+        return tern_status_set(st, TERN_EINVAL, "stop ids: got %d, expected 0..4", r->n_stop);
+    tern_code rc = tern_sampling_validate(&r->sampling, st);
+    if (rc) return rc;
+    for (int32_t i = 0; i < r->n_prompt; i++)
+        if (r->prompt[i] < 0 || r->prompt[i] >= L->n_vocab)
+            return tern_status_set(st, TERN_EINVAL, "prompt token %d: got id %d, expected 0..%d", i,
+                                   r->prompt[i], L->n_vocab - 1);
+    pending *p = calloc(1, sizeof *p);
+    int32_t *prompt = p ? malloc((size_t)r->n_prompt * sizeof(int32_t)) : NULL;
+    if (!prompt) {
+        free(p);
+        return tern_status_set(st, TERN_ENOMEM, "scheduler: out of memory for a request");
+    }
+    memcpy(prompt, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    p->req = *r;
+    p->prompt = prompt;
+    p->req.prompt = prompt;
+    pthread_mutex_lock(&s->mu);
+    if (s->inbox_n + s->wait_n >= L->queue_cap) {
+        pthread_mutex_unlock(&s->mu);
+        free(prompt), free(p);
+        return tern_status_set(st, TERN_EBUSY, "queue: got %d waiting requests, expected < %d",
+                               L->queue_cap, L->queue_cap);
+    }
+    p->id = s->next_id++;
+    if (s->inbox_tail)
+        s->inbox_tail->next = p;
+    else
+        s->inbox_head = p;
+    s->inbox_tail = p;
+    s->inbox_n++;
+    if (id) *id = p->id;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return TERN_OK;
+}
+
+void tern_sched_cancel(tern_sched *s, int64_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->n_cancels < s->cap_cancels) s->cancels[s->n_cancels++] = id;
+    /* a full list only happens with more cancels than requests: the extra ones are stale */
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void tern_sched_wait(tern_sched *s, int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&s->mu);
+    while (!s->inbox_n && !s->n_cancels)
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* A sequence ends: callback, and its KV slot is released on every stage by the next step. */
+static void finish(tern_sched *s, seq *q, tern_finish why)
+{
+    s->releases[s->n_releases++] = (tern_step_seq){
+        .slot = (int32_t)(q - s->seqs),
+        .flags = why == TERN_FINISH_CANCELLED ? TERN_SEQ_CANCELLED : TERN_SEQ_FINISHED};
+    q->used = false;
+    s->kv_reserved -= q->kv_blocks;
+    s->n_running--;
+    if (q->req.on_done) q->req.on_done(q->req.user, why, NULL);
+}
+
+void tern_sched_admit(tern_sched *s)
+{
+    /* take the inbox and the cancels in one go */
+    pthread_mutex_lock(&s->mu);
+    pending *in = s->inbox_head;
+    int32_t n_in = s->inbox_n;
+    s->inbox_head = s->inbox_tail = NULL;
+    s->inbox_n = 0;
+    if (in) {
+        pending *t = in;
+        while (t->next) t = t->next;
+        if (s->wait_tail)
+            s->wait_tail->next = in;
+        else
+            s->wait_head = in;
+        s->wait_tail = t;
+        s->wait_n += n_in;
+    }
+    int32_t nc = s->n_cancels;
+    s->n_cancels = 0;
+    pthread_mutex_unlock(&s->mu);
+    for (int32_t c = 0; c < nc; c++) {
+        int64_t id = s->cancels[c];
+        bool found = false;
+        for (int32_t i = 0; i < s->lim.max_seqs && !found; i++) {
+            seq *q = &s->seqs[i];
+            if (q->used && q->id == id) {
+                found = true;
+                q->cancelled = true;
+                if (!q->inflight) finish(s, q, TERN_FINISH_CANCELLED);
+            }
+        }
+        for (pending **pp = &s->wait_head; !found && *pp; pp = &(*pp)->next) {
+            pending *p = *pp;
+            if (p->id != id) continue;
+            found = true;
+            pthread_mutex_lock(&s->mu);
+            *pp = p->next;
+            if (s->wait_tail == p) {
+                s->wait_tail = NULL;
+                for (pending *t = s->wait_head; t; t = t->next) s->wait_tail = t;
+            }
+            s->wait_n--;
+            pthread_mutex_unlock(&s->mu);
+            if (p->req.on_done) p->req.on_done(p->req.user, TERN_FINISH_CANCELLED, NULL);
+            free(p->prompt), free(p);
+            break;
+        }
+    }
+    /* FIFO admission: the head waits until a slot and its KV fit */
+    while (s->wait_head) {
+        pending *p = s->wait_head;
+        int32_t need = blocks_for(p->req.n_prompt + p->req.max_new);
+        int32_t slot = -1;
+        for (int32_t i = 0; i < s->lim.max_seqs && slot < 0; i++)
+            if (!s->seqs[i].used) slot = i;
+        if (slot < 0 || s->kv_reserved + need > s->lim.kv_blocks) break;
+        pthread_mutex_lock(&s->mu);
+        s->wait_head = p->next;
+        if (!s->wait_head) s->wait_tail = NULL;
+        s->wait_n--;
+        pthread_mutex_unlock(&s->mu);
+        seq *q = &s->seqs[slot];
+        int32_t *tokens = q->tokens;
+        *q = (seq){.used = true,
+                   .id = p->id,
+                   .req = p->req,
+                   .tokens = tokens,
+                   .n_tokens = p->req.n_prompt,
+                   .kv_blocks = need,
+                   .fresh = true};
+        memcpy(q->tokens, p->prompt, (size_t)p->req.n_prompt * sizeof(int32_t));
+        q->req.prompt = q->tokens;
+        s->kv_reserved += need;
+        s->n_running++;
+        s->tok_prompt += p->req.n_prompt;
+        free(p->prompt), free(p);
+    }
+}
+
+int32_t tern_sched_pending_releases(const tern_sched *s)
+{
+    return s->n_releases;
+}
+
+static bool ready(const seq *q)
+{
+    return q->used && !q->inflight && !q->cancelled && q->n_past < q->n_tokens;
+}
+
+/* Adds sequence q's next chunk (at most n tokens) to the step; returns its full-logits rows,
+ * -1 when nothing could be added. */
+static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, tern_step *st,
+                         int32_t *ids)
+{
+    const tern_request *r = &q->req;
+    int32_t pos0 = q->n_past;
+    /* an all_logits request needs full rows for every position: its chunk is cut to the rows
+     * the step can still carry */
+    if (r->all_logits && n > full_left) n = full_left;
+    if (n <= 0) return -1;
+    bool last = pos0 + n == q->n_tokens;
+    bool sample = last && q->n_gen < r->max_new;
+    tern_step_seq e = {.slot = (int32_t)(q - s->seqs),
+                       .pos0 = pos0,
+                       .n_tokens = n,
+                       .flags = q->fresh ? TERN_SEQ_NEW : 0};
+    if (r->all_logits) {
+        e.n_head = n;
+        e.flags |= TERN_SEQ_FULL;
+    } else if (sample) {
+        e.n_head = 1;
+        if (q->retry) e.flags |= TERN_SEQ_FULL;
+    }
+    if (sample) {
+        tern_row_params rp;
+        tern_row_params_make(&r->sampling, q->n_tokens, &rp);
+        int32_t cap = st->cap_pen - st->n_pen;
+        int32_t np =
+            tern_penalty_ids(&r->sampling, q->tokens, q->n_tokens, s->lim.n_vocab,
+                             st->pen_ids + st->n_pen, cap < s->lim.pen_row ? cap : s->lim.pen_row);
+        e.flags |= TERN_SEQ_SAMPLE;
+        e.temperature = rp.temperature, e.penalty = rp.penalty;
+        e.n_cand = rp.n_cand, e.n_logprobs = rp.n_logprobs;
+        e.gumbel = rp.gumbel, e.seed = rp.seed;
+        e.n_pen = np;
+        st->n_pen += np;
+    }
+    memcpy(ids + st->n_tokens, q->tokens + pos0, (size_t)n * sizeof(int32_t));
+    st->seqs[st->n_seqs++] = e;
+    st->n_tokens += n;
+    q->fresh = false;
+    q->inflight = true;
+    return e.flags & TERN_SEQ_FULL ? e.n_head : 0;
+}
+
+/* a sampled row's window must fit the step's penalty ids */
+static bool pen_fits(const tern_sched *s, const seq *q, const tern_step *st)
+{
+    const tern_sampling *sp = &q->req.sampling;
+    if (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0) return true;
+    int32_t w =
+        sp->repeat_last_n < 0 || sp->repeat_last_n > q->n_tokens ? q->n_tokens : sp->repeat_last_n;
+    if (w > s->lim.pen_row) w = s->lim.pen_row;
+    return st->n_pen + w <= st->cap_pen;
+}
+
+bool tern_sched_build(tern_sched *s, int32_t free_mbs, tern_step *st, int32_t *ids)
+{
+    const tern_limits *L = &s->lim;
+    st->n_seqs = st->n_tokens = st->n_hops = st->n_pen = 0;
+    st->shutdown = 0;
+    /* releases first: they are applied before the forward pass */
+    for (int32_t i = 0; i < s->n_releases; i++) st->seqs[st->n_seqs++] = s->releases[i];
+    s->n_releases = 0;
+    int32_t n_dec = 0, n_pre = 0;
+    for (int32_t i = 0; i < L->max_seqs; i++) {
+        const seq *q = &s->seqs[i];
+        if (!ready(q)) continue;
+        if (q->n_tokens - q->n_past == 1)
+            n_dec++;
+        else
+            n_pre++;
+    }
+    /* ready sequences are spread over the micro-batches still to launch */
+    if (free_mbs < 1) free_mbs = 1;
+    int32_t share = (n_dec + n_pre + free_mbs - 1) / free_mbs;
+    int32_t budget = L->batch_tokens, full_left = L->full_rows, taken = 0;
+    int32_t reserve =
+        n_pre > 0 ? (L->batch_tokens + TERN_SCHED_PREFILL_SHARE - 1) / TERN_SCHED_PREFILL_SHARE : 0;
+    int32_t rot = s->rot;
+    /* pass 0: decodes (one token each), leaving the prefill reserve; pass 1: prefill chunks */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int32_t k = 0; k < L->max_seqs && taken < share && st->n_tokens < budget; k++) {
+            seq *q = &s->seqs[(rot + k) % L->max_seqs];
+            if (!ready(q)) continue;
+            int32_t left = q->n_tokens - q->n_past;
+            if ((left == 1) != (pass == 0)) continue;
+            int32_t room = budget - st->n_tokens;
+            if (pass == 0 && room <= reserve && reserve < budget) continue;
+            if (left > room) left = room;
+            bool will_sample = q->n_past + left == q->n_tokens && q->n_gen < q->req.max_new;
+            if (will_sample && !pen_fits(s, q, st)) continue;
+            if (will_sample && q->retry && full_left < 1) continue;
+            int32_t full = add_entry(s, q, left, full_left, st, ids);
+            if (full >= 0) full_left -= full, taken++;
+        }
+    }
+    s->rot = (rot + 1) % L->max_seqs;
+    tern_ctl_step_totals(st);
+    return st->n_seqs > 0;
+}
+
+const tern_request *tern_sched_request(const tern_sched *s, int32_t slot)
+{
+    return &s->seqs[slot].req;
+}
+
+void tern_sched_deliver_logits(tern_sched *s, int32_t slot, int32_t pos, const float *logits)
+{
+    seq *q = &s->seqs[slot];
+    if (!q->used || q->cancelled || pos != q->n_logits) return; /* once per position */
+    q->n_logits++;
+    if (q->req.on_logits) q->req.on_logits(q->req.user, pos, logits);
+}
+
+void tern_sched_complete(tern_sched *s, const tern_step *st, const tern_pick *picks,
+                         const bool *resolved)
+{
+    int32_t k = 0;
+    for (int32_t i = 0; i < st->n_seqs; i++) {
+        const tern_step_seq *e = &st->seqs[i];
+        if (e->n_tokens == 0) continue;
+        seq *q = &s->seqs[e->slot];
+        q->inflight = false;
+        q->n_past = e->pos0 + e->n_tokens;
+        if (e->flags & TERN_SEQ_SAMPLE) {
+            const tern_pick *pk = &picks[k];
+            bool ok = resolved[k];
+            k++;
+            if (q->cancelled) {
+                /* nothing to emit */
+            } else if (!ok) {
+                /* the kept set reached past the candidates: the last token runs again and its
+                 * head rows come back in full (its KV entry is rewritten with equal values) */
+                q->retry = true;
+                q->n_past = q->n_tokens - 1;
+                s->retries++;
+            } else {
+                q->retry = false;
+                bool stop = false;
+                for (int32_t j = 0; j < q->req.n_stop; j++) stop |= pk->token == q->req.stop[j];
+                if (stop) {
+                    q->stopped = true;
+                } else {
+                    q->tokens[q->n_tokens++] = pk->token;
+                    q->n_gen++;
+                    s->tok_gen++;
+                    if (q->req.on_logprobs && q->req.sampling.n_logprobs > 0)
+                        q->req.on_logprobs(q->req.user, pk);
+                    if (q->req.on_token) q->req.on_token(q->req.user, pk->token);
+                }
+            }
+        }
+        if (q->cancelled)
+            finish(s, q, TERN_FINISH_CANCELLED);
+        else if (q->stopped)
+            finish(s, q, TERN_FINISH_STOP);
+        else if (q->n_past >= q->n_tokens && q->n_gen >= q->req.max_new)
+            finish(s, q, TERN_FINISH_LENGTH);
+        else if (q->n_tokens >= s->lim.n_ctx && q->n_past >= q->n_tokens)
+            finish(s, q, TERN_FINISH_LENGTH);
+    }
+}
+
+void tern_sched_stats_get(tern_sched *s, tern_sched_stats *out)
+{
+    pthread_mutex_lock(&s->mu);
+    out->queued = s->inbox_n + s->wait_n;
+    pthread_mutex_unlock(&s->mu);
+    out->running = s->n_running;
+    out->kv_reserved = s->kv_reserved;
+    out->tokens_prompt = s->tok_prompt;
+    out->tokens_generated = s->tok_gen;
+    out->retries = s->retries;
+}
+
+bool tern_sched_idle(tern_sched *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool queued = s->inbox_n + s->wait_n > 0 || s->n_cancels > 0;
+    pthread_mutex_unlock(&s->mu);
+    return !queued && s->n_running == 0;
+}
