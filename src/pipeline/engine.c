@@ -275,6 +275,13 @@ void tern_engine_close(tern_engine *e)
 {
     if (!e) return;
     tern_engine_fixed *f = &e->f;
+    if (e->sched) {
+        tern_sched_stats ss;
+        tern_sched_stats_get(e->sched, &ss);
+        if (ss.retries > 0)
+            tern_log(TERN_LOG_INFO, "sampler: %lld rows drawn again from their full logits",
+                     (long long)ss.retries);
+    }
     if (e->coord) tern_coord_shutdown(e->coord);
     tern_coord_free(e->coord);
     tern_sched_free(e->sched);

@@ -47,6 +47,7 @@ int tern_cmd_generate(int argc, char **argv)
     tern_engine_opts eo = {.max_seqs = 1};
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
+        if (r == 0) r = tern_parse_sampling_opt(argc, argv, &i, &sp);
         if (r < 0) return 2;
         if (r) continue;
         const char *a = argv[i];
@@ -55,27 +56,14 @@ int tern_cmd_generate(int argc, char **argv)
             prompt = argv[++i];
         else if (!strcmp(a, "-n") && has)
             n_predict = atoi(argv[++i]);
-        else if (!strcmp(a, "--temp") && has)
-            sp.temperature = strtof(argv[++i], NULL);
-        else if (!strcmp(a, "--top-k") && has)
-            sp.top_k = atoi(argv[++i]);
-        else if (!strcmp(a, "--top-p") && has)
-            sp.top_p = strtof(argv[++i], NULL);
-        else if (!strcmp(a, "--min-p") && has)
-            sp.min_p = strtof(argv[++i], NULL);
-        else if (!strcmp(a, "--repeat-penalty") && has)
-            sp.repeat_penalty = strtof(argv[++i], NULL);
-        else if (!strcmp(a, "--seed") && has)
-            sp.seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(a, "--chat"))
             chat = true;
         else if (!strcmp(a, "--ignore-eos"))
             ignore_eos = true;
         else {
             fprintf(stderr,
-                    "usage: ternpipe generate -p TEXT [-n N] [--temp T] [--top-k K] [--top-p P] "
-                    "[--min-p P] [--repeat-penalty R] [--seed S] [--chat] [--ignore-eos] %s\n",
-                    tern_engine_opts_usage());
+                    "usage: ternpipe generate -p TEXT [-n N] [--chat] [--ignore-eos] %s %s\n",
+                    tern_sampling_opts_usage(), tern_engine_opts_usage());
             return 2;
         }
     }

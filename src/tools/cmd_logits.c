@@ -1,8 +1,12 @@
 /* cmd_logits.c: `ternpipe logits`: fp32 logits of every position of one or more id sequences
  * run concurrently through the pipeline engine (the same code with one rank or under mpirun),
- * optionally with greedy continuations. The contract used by tests: one --ids and --out give
- * [n_ids][n_vocab] little-endian fp32. */
+ * optionally with continuations, greedy or sampled (sequence k uses seed S + k), and their
+ * log-probabilities. The contract used by tests: one --ids and --out give [n_ids][n_vocab]
+ * little-endian fp32; --out-ids one line of ids per sequence; --out-logprobs one line per
+ * sequence of "id:logprob" per token (logprobs as exact hex floats), each followed by its top
+ * alternatives "|id:logprob". Without --out no logits are kept (the sampler's split path). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +64,8 @@ typedef struct lseq {
     int32_t n_rows;
     int32_t n_vocab;
     idvec out;
+    char *lp; /* --out-logprobs text */
+    size_t lp_n, lp_cap;
     bool done;
     tern_finish why;
 } lseq;
@@ -70,6 +76,31 @@ static void lseq_logits(void *user, int32_t pos, const float *logits)
     if (pos != q->n_rows) return; /* positions arrive in order; anything else is a bug */
     memcpy(q->rows + (size_t)pos * (size_t)q->n_vocab, logits, (size_t)q->n_vocab * sizeof(float));
     q->n_rows++;
+}
+static void lp_printf(lseq *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void lp_printf(lseq *q, const char *fmt, ...)
+{
+    char tmp[64];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n <= 0) return;
+    if (q->lp_n + (size_t)n + 1 > q->lp_cap) {
+        size_t cap = (q->lp_cap + (size_t)n + 1) * 2;
+        char *p = realloc(q->lp, cap);
+        if (!p) return;
+        q->lp = p, q->lp_cap = cap;
+    }
+    memcpy(q->lp + q->lp_n, tmp, (size_t)n + 1);
+    q->lp_n += (size_t)n;
+}
+static void lseq_logprobs(void *user, const tern_pick *pk)
+{
+    lseq *q = user;
+    lp_printf(q, "%s%d:%a", q->lp_n ? " " : "", pk->token, (double)pk->logprob);
+    for (int32_t j = 0; j < pk->n_top; j++)
+        lp_printf(q, "|%d:%a", pk->top[j].id, (double)pk->top[j].logprob);
 }
 static void lseq_token(void *user, int32_t tok)
 {
@@ -85,8 +116,10 @@ static void lseq_done(void *user, tern_finish why, const char *err)
 
 int tern_cmd_logits(int argc, char **argv)
 {
-    const char *out_path = NULL, *ids_path = NULL, *n_list = NULL;
-    enum { MAXQ = 256 };
+    const char *out_path = NULL, *ids_path = NULL, *n_list = NULL, *lp_path = NULL;
+    enum { MAXQ = 8192 };
+    tern_sampling sp;
+    tern_sampling_default(&sp);
     const char *id_args[MAXQ];
     int n_seq = 0;
     tern_engine_opts eo = {0};
@@ -100,18 +133,23 @@ int tern_cmd_logits(int argc, char **argv)
             out_path = argv[++i];
         else if (!strcmp(argv[i], "--out-ids") && i + 1 < argc)
             ids_path = argv[++i];
-        else if (!strcmp(argv[i], "-n") && i + 1 < argc)
+        else if (!strcmp(argv[i], "--out-logprobs") && i + 1 < argc)
+            lp_path = argv[++i];
+        else if ((r = tern_parse_sampling_opt(argc, argv, &i, &sp)) != 0) {
+            if (r < 0) return 2;
+        } else if (!strcmp(argv[i], "-n") && i + 1 < argc)
             n_list = argv[++i];
         else {
             fprintf(stderr,
-                    "usage: ternpipe logits --ids \"ID ID ...\" [--ids ...] --out OUT "
-                    "[-n N|N1,N2,...] [--out-ids FILE] %s\n",
-                    tern_engine_opts_usage());
+                    "usage: ternpipe logits --ids \"ID ID ...\" [--ids ...] [--out OUT] "
+                    "[-n N|N1,N2,...] [--out-ids FILE] [--out-logprobs FILE] %s %s\n",
+                    tern_sampling_opts_usage(), tern_engine_opts_usage());
             return 2;
         }
     }
-    if (!n_seq || !out_path) {
-        fprintf(stderr, "ternpipe logits: --ids and --out are required\n");
+    if (!n_seq || (!out_path && !ids_path && !lp_path)) {
+        fprintf(stderr, "ternpipe logits: --ids and one of --out, --out-ids, --out-logprobs are "
+                        "required\n");
         return 2;
     }
     lseq *qs = calloc((size_t)n_seq, sizeof *qs);
@@ -137,24 +175,26 @@ int tern_cmd_logits(int argc, char **argv)
     if (rank == 0) {
         tern_status st = {0};
         int32_t V = tern_engine_hparams(e)->n_vocab;
-        tern_sampling sp;
-        tern_sampling_default(&sp);
         bool ok = true;
         for (int k = 0; k < n_seq && ok; k++) {
             lseq *q = &qs[k];
             q->n_vocab = V;
-            q->rows = malloc(((size_t)q->ids.n + (size_t)q->n_gen) * (size_t)V * sizeof(float));
+            if (out_path)
+                q->rows = malloc(((size_t)q->ids.n + (size_t)q->n_gen) * (size_t)V * sizeof(float));
             tern_request rq = {.prompt = q->ids.ids,
                                .n_prompt = (int32_t)q->ids.n,
                                .sampling = sp,
                                .max_new = q->n_gen,
-                               .all_logits = true,
+                               .all_logits = out_path != NULL,
                                .on_logits = lseq_logits,
                                .on_token = lseq_token,
+                               .on_logprobs = lseq_logprobs,
                                .on_done = lseq_done,
                                .user = q};
-            if (!q->rows || tern_engine_submit(e, &rq, NULL, &st)) {
-                fprintf(stderr, "ternpipe: --ids: %s\n", q->rows ? st.msg : "out of memory");
+            rq.sampling.seed = sp.seed + (uint64_t)k;
+            if ((out_path && !q->rows) || tern_engine_submit(e, &rq, NULL, &st)) {
+                fprintf(stderr, "ternpipe: --ids: %s\n",
+                        !out_path || q->rows ? st.msg : "out of memory");
                 ok = false;
             }
         }
@@ -162,13 +202,24 @@ int tern_cmd_logits(int argc, char **argv)
             fprintf(stderr, "ternpipe: %s\n", st.msg);
             ok = false;
         }
-        FILE *out = ok ? fopen(out_path, "wb") : NULL;
-        if (ok && !out) fprintf(stderr, "ternpipe: %s: %s\n", out_path, strerror(errno));
+        FILE *out = ok && out_path ? fopen(out_path, "wb") : NULL;
+        if (ok && out_path && !out) {
+            fprintf(stderr, "ternpipe: %s: %s\n", out_path, strerror(errno));
+            ok = false;
+        }
         for (int k = 0; out && k < n_seq; k++)
             if (fwrite(qs[k].rows, sizeof(float) * (size_t)V, (size_t)qs[k].n_rows, out) !=
                 (size_t)qs[k].n_rows)
                 ok = false;
         if (out && fclose(out) != 0) ok = false;
+        if (ok && lp_path) {
+            FILE *f = fopen(lp_path, "w");
+            for (int k = 0; f && k < n_seq; k++) fprintf(f, "%s\n", qs[k].lp ? qs[k].lp : "");
+            if (!f || fclose(f) != 0) {
+                fprintf(stderr, "ternpipe: %s: cannot write\n", lp_path);
+                ok = false;
+            }
+        }
         if (ok && ids_path) {
             FILE *f = fopen(ids_path, "w");
             for (int k = 0; f && k < n_seq; k++) {
@@ -181,7 +232,7 @@ int tern_cmd_logits(int argc, char **argv)
                 ok = false;
             }
         }
-        rc = ok && out ? 0 : 1;
+        rc = ok ? 0 : 1;
     } else {
         rc = 0;
     }
@@ -191,6 +242,7 @@ free_out:
         free(qs[k].ids.ids);
         free(qs[k].out.ids);
         free(qs[k].rows);
+        free(qs[k].lp);
     }
     free(qs);
     return rc;

@@ -52,7 +52,7 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
     else if (!strcmp(a, "--batch"))
         r = parse_int(a, v, 1, 65536, &o->batch_tokens);
     else if (!strcmp(a, "--max-seqs"))
-        r = parse_int(a, v, 1, 4096, &o->max_seqs);
+        r = parse_int(a, v, 1, 1 << 30, &o->max_seqs); /* the engine names its limit */
     else if (!strcmp(a, "--ctx"))
         r = parse_int(a, v, 1, 1 << 20, &o->n_ctx);
     else if (!strcmp(a, "--kv-mem"))
@@ -70,6 +70,57 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
             fprintf(stderr, "ternpipe: --head-type: got '%s', expected f16 or q8_0\n", v);
             r = -1;
         }
+    }
+    if (r == 1) (*i)++;
+    return r;
+}
+
+const char *tern_sampling_opts_usage(void)
+{
+    return "[--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] "
+           "[--repeat-last-n N] [--seed S] [--logprobs N]";
+}
+
+static int parse_float(const char *name, const char *v, float *out)
+{
+    char *end;
+    float x = strtof(v, &end);
+    if (end == v || *end) {
+        fprintf(stderr, "ternpipe: %s: got '%s', expected a number\n", name, v);
+        return -1;
+    }
+    *out = x;
+    return 1;
+}
+
+int tern_parse_sampling_opt(int argc, char **argv, int *i, tern_sampling *sp)
+{
+    if (*i + 1 >= argc) return 0;
+    const char *a = argv[*i], *v = argv[*i + 1];
+    int r = 0;
+    if (!strcmp(a, "--temp"))
+        r = parse_float(a, v, &sp->temperature);
+    else if (!strcmp(a, "--top-k"))
+        r = parse_int(a, v, 0, 1 << 30, &sp->top_k);
+    else if (!strcmp(a, "--top-p"))
+        r = parse_float(a, v, &sp->top_p);
+    else if (!strcmp(a, "--min-p"))
+        r = parse_float(a, v, &sp->min_p);
+    else if (!strcmp(a, "--repeat-penalty"))
+        r = parse_float(a, v, &sp->repeat_penalty);
+    else if (!strcmp(a, "--repeat-last-n"))
+        r = parse_int(a, v, -1, 1 << 30, &sp->repeat_last_n);
+    else if (!strcmp(a, "--logprobs"))
+        r = parse_int(a, v, 0, 1 << 30, &sp->n_logprobs);
+    else if (!strcmp(a, "--seed")) {
+        char *end;
+        unsigned long long x = strtoull(v, &end, 10);
+        if (end == v || *end || *v == '-') {
+            fprintf(stderr, "ternpipe: --seed: got '%s', expected a non-negative integer\n", v);
+            return -1;
+        }
+        sp->seed = x;
+        r = 1;
     }
     if (r == 1) (*i)++;
     return r;

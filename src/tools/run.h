@@ -11,6 +11,10 @@
  * one, 0 when not, -1 on a bad value (message printed). */
 int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o);
 const char *tern_engine_opts_usage(void);
+/* The same for sampling options: --temp --top-k --top-p --min-p --repeat-penalty
+ * --repeat-last-n --seed --logprobs (values range-checked later by tern_sampling_validate). */
+int tern_parse_sampling_opt(int argc, char **argv, int *i, tern_sampling *sp);
+const char *tern_sampling_opts_usage(void);
 
 /* MPI init + engine open. On worker ranks it serves and returns 0 with *e NULL; on rank 0
  * with *e set. Prints the one-line error itself (rank 0) and returns non-zero on failure. */
