@@ -349,7 +349,7 @@ bool tern_sched_build(tern_sched *s, int32_t free_mbs, tern_step *st, int32_t *i
     int32_t budget = L->batch_tokens, full_left = L->full_rows, taken = 0;
     int32_t reserve =
         n_pre > 0 ? (L->batch_tokens + TERN_SCHED_PREFILL_SHARE - 1) / TERN_SCHED_PREFILL_SHARE : 0;
-    int32_t rot = s->rot;
+    int32_t rot = s->rot, last = -1;
     /* pass 0: decodes (one token each), leaving the prefill reserve; pass 1: prefill chunks */
     for (int pass = 0; pass < 2; pass++) {
         for (int32_t k = 0; k < L->max_seqs && taken < share && st->n_tokens < budget; k++) {
@@ -364,10 +364,11 @@ bool tern_sched_build(tern_sched *s, int32_t free_mbs, tern_step *st, int32_t *i
             if (will_sample && !pen_fits(s, q, st)) continue;
             if (will_sample && q->retry && full_left < 1) continue;
             int32_t full = add_entry(s, q, left, full_left, st, ids);
-            if (full >= 0) full_left -= full, taken++;
+            if (full >= 0) full_left -= full, taken++, last = (rot + k) % L->max_seqs;
         }
     }
-    s->rot = (rot + 1) % L->max_seqs;
+    /* round robin: the next micro-batch starts after the last sequence this one took */
+    s->rot = last >= 0 ? (last + 1) % L->max_seqs : (rot + 1) % L->max_seqs;
     tern_ctl_step_totals(st);
     return st->n_seqs > 0;
 }
@@ -423,13 +424,13 @@ void tern_sched_complete(tern_sched *s, const tern_step *st, const tern_pick *pi
                 }
             }
         }
+        /* the last generated token runs through the layers only when its logits are wanted */
+        bool done_feeding = q->n_past >= q->n_tokens || !q->req.all_logits;
         if (q->cancelled)
             finish(s, q, TERN_FINISH_CANCELLED);
         else if (q->stopped)
             finish(s, q, TERN_FINISH_STOP);
-        else if (q->n_past >= q->n_tokens && q->n_gen >= q->req.max_new)
-            finish(s, q, TERN_FINISH_LENGTH);
-        else if (q->n_tokens >= s->lim.n_ctx && q->n_past >= q->n_tokens)
+        else if (done_feeding && (q->n_gen >= q->req.max_new || q->n_tokens >= s->lim.n_ctx))
             finish(s, q, TERN_FINISH_LENGTH);
     }
 }

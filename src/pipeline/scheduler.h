@@ -14,7 +14,10 @@
  *   and the new one's first entry (NEW) follows the release in pipeline order.
  * - Decodes go first in a micro-batch, then prefill chunks, and while a prompt waits at least
  *   TERN_SCHED_PREFILL_SHARE of the budget is left for prefill: neither starves the other.
- *   The starting sequence rotates, so a tight budget serves every sequence in turn.
+ *   Round robin: each micro-batch starts after the last sequence the previous one took, so a
+ *   tight budget serves every sequence in turn.
+ * - A sequence ends as soon as its last token is drawn; that token runs through the layers
+ *   only for requests that want the logits of every position.
  * - Nothing allocates after tern_sched_create except the inbox entries of submit.
  */
 #ifndef TERN_PIPELINE_SCHEDULER_H
