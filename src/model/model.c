@@ -2,6 +2,8 @@
  * (NUMA-local) memory, repacking ternary tensors into the kernels' layout. File pages are
  * dropped after each copy so peak RSS stays near one copy of the weights. */
 #include <inttypes.h>
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +69,46 @@ static tern_code check_shape(const tern_gguf *g, const tern_gguf_tensor *t, cons
     return TERN_OK;
 }
 
+/* Non-finite values in a float tensor (a flipped exponent bit, a bad export) would load
+ * silently and turn every later activation into NaN: each F16/F32 copy the loader makes anyway
+ * is scanned once, and the first bad element is reported with the tensor's name. */
+static tern_code bad_value(const tern_gguf *g, const char *name, bool nan, uint64_t at,
+                           tern_status *st)
+{
+    return tern_status_set(st, TERN_EFORMAT,
+                           "model: %s: tensor '%s': got %s at element %" PRIu64
+                           ", expected finite values",
+                           tern_gguf_path(g), name, nan ? "NaN" : "Inf", at);
+}
+
+static tern_code check_f32(const tern_gguf *g, const char *name, const float *p, size_t n,
+                           tern_status *st)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) { /* no early exit: the common (clean) case vectorizes */
+        uint32_t u;
+        memcpy(&u, &p[i], 4);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (!bad) return TERN_OK;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(p[i])) return bad_value(g, name, isnan(p[i]), (uint64_t)i, st);
+    return TERN_OK;
+}
+
+/* n halves at p; first is the element index of p[0] in the tensor */
+static tern_code check_f16(const tern_gguf *g, const char *name, const uint16_t *p, size_t n,
+                           uint64_t first, tern_status *st)
+{
+    unsigned bad = 0;
+    for (size_t i = 0; i < n; i++) bad |= (p[i] & 0x7c00u) == 0x7c00u;
+    if (!bad) return TERN_OK;
+    for (size_t i = 0; i < n; i++)
+        if ((p[i] & 0x7c00u) == 0x7c00u)
+            return bad_value(g, name, (p[i] & 0x03ffu) != 0, first + i, st);
+    return TERN_OK;
+}
+
 static tern_code load_norm(tern_model *m, const tern_gguf *g, const char *name, int32_t n,
                            float **out, tern_status *st)
 {
@@ -80,6 +122,7 @@ static tern_code load_norm(tern_model *m, const tern_gguf *g, const char *name, 
     float *p = walloc(m, (size_t)n * sizeof(float));
     if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
     memcpy(p, t->data, (size_t)n * sizeof(float));
+    if ((rc = check_f32(g, name, p, (size_t)n, st))) return rc;
     *out = p;
     return TERN_OK;
 }
@@ -128,6 +171,9 @@ static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *
         size_t len = bytes - off < piece ? bytes - off : piece;
         memcpy((char *)p + off, src + off, len);
         tern_gguf_drop_pages(g, src + off, len);
+        if ((rc = check_f16(g, name, (const uint16_t *)((const char *)p + off), len / 2,
+                            (uint64_t)v0 * (uint64_t)m->hp.d + off / 2, st)))
+            return rc;
     }
     tern_gguf_drop_pages(g, src, bytes); /* the pages that straddle piece edges */
     *out = p;
