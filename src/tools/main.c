@@ -26,6 +26,8 @@ static const command commands[] = {
      "synth --shape 2b4t|tiny [--seed S] -o OUT.gguf   random model, official layout"},
     {"serve", tern_cmd_serve,
      "serve [-m FILE] [--host H] [--port P] [--api-key K]   OpenAI-compatible HTTP server"},
+    {"plan", tern_cmd_plan,
+     "plan [-m FILE | --shape 2b4t] [--ranks A..B] [--bw GB/s]   predicted pipeline plans"},
     {"chat", tern_cmd_chat, "chat [-m FILE | --url URL]     interactive chat in the terminal"},
     {"demo", tern_cmd_demo,
      "demo [-m FILE]                 model summary, prompt tokens, a generated story"},
