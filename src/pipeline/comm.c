@@ -1,9 +1,14 @@
-/* comm.c: see comm.h. The only MPI user besides tern_dist_init/finalize (engine entry). */
+/* comm.c: see comm.h. The only file that includes <mpi.h>; tern_dist_init/finalize/abort live
+ * here too. Without a launcher (one process) MPI is never initialized: the pipeline of one
+ * rank sends nothing, and the collectives are copies. */
 #include "pipeline/comm.h"
 
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ternpipe/engine.h"
 #include "ternpipe/log.h"
@@ -18,8 +23,79 @@ static void abort_hook(void)
     MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
+/* A comma list holds a name ("self,vader,tcp" holds "tcp") */
+static bool list_has(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n)) return true;
+        p = e ? e + 1 : NULL;
+    }
+    return false;
+}
+
+/* Every rank on this host (Open MPI says so in the environment): ranks talk through shared
+ * memory (vader wins over tcp for local peers anyway), and the TCP transport would only add
+ * a listener on every interface (Open MPI 4.1 binds it to INADDR_ANY whatever
+ * btl_tcp_if_include says). So tcp leaves the transport list unless the user's list needs it
+ * (no vader in it); then it is kept to loopback unless the user named interfaces. --mca btl
+ * reaches the ranks as OMPI_MCA_btl, so a user's choice is seen here and wins. */
+static void local_transports(void)
+{
+    const char *size = getenv("OMPI_COMM_WORLD_SIZE");
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!size || !local || strcmp(size, local) != 0) return;
+    /* Open MPI's default picks UCX where it is built in, and UCX opens TCP listeners on every
+     * interface too; one host needs ob1 over shared memory only */
+    if (!getenv("OMPI_MCA_pml")) setenv("OMPI_MCA_pml", "ob1", 1);
+    const char *btl = getenv("OMPI_MCA_btl");
+    char list[TERN_COMM_BTL_LIST];
+    if (!btl || !*btl) {
+        setenv("OMPI_MCA_btl", "self,vader", 1);
+        return;
+    }
+    if (btl[0] == '^' && !list_has(btl + 1, "vader")) {
+        /* "all but X": on one host that is self and shared memory (tcp and ofi would listen) */
+        setenv("OMPI_MCA_btl", "self,vader", 1);
+        return;
+    }
+    if (btl[0] != '^' && list_has(btl, "tcp") && list_has(btl, "vader") &&
+        strlen(btl) < sizeof list) {
+        size_t n = 0;
+        list[0] = 0;
+        for (const char *p = btl; p && *p;) {
+            const char *e = strchr(p, ',');
+            size_t len = e ? (size_t)(e - p) : strlen(p);
+            if (!(len == 3 && !strncmp(p, "tcp", 3)) && len > 0) {
+                n += (size_t)snprintf(list + n, sizeof list - n, "%s%.*s", n ? "," : "", (int)len,
+                                      p);
+            }
+            p = e ? e + 1 : NULL;
+        }
+        setenv("OMPI_MCA_btl", list, 1);
+        return;
+    }
+    if (!getenv("OMPI_MCA_btl_tcp_if_include") && !getenv("OMPI_MCA_btl_tcp_if_exclude"))
+        setenv("OMPI_MCA_btl_tcp_if_include", TERN_COMM_LOCAL_IF, 0);
+}
+
 tern_code tern_dist_init(int *argc, char ***argv, int *rank, int *size, tern_status *st)
 {
+    bool launched = false;
+    tern_launcher_rank(&launched);
+    if (!launched) {
+        /* One process and no launcher: no MPI at all. MPI_Init in singleton mode would start
+         * an orted and a TCP listener on every interface for a job that never talks to
+         * anyone; with one rank the pipeline sends nothing, and the collectives below are
+         * copies. */
+        g_mpi_up = false;
+        g_rank = 0, g_size = 1;
+        *rank = 0, *size = 1;
+        return TERN_OK;
+    }
+    local_transports();
     int provided = 0;
     /* one thread calls MPI; the HTTP and pool threads never do */
     if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
@@ -44,7 +120,10 @@ void tern_dist_finalize(void)
 
 void tern_dist_abort(int code)
 {
-    MPI_Abort(MPI_COMM_WORLD, code);
+    if (g_mpi_up) MPI_Abort(MPI_COMM_WORLD, code);
+    /* one process without MPI: what MPI_Abort does for a job of one */
+    fflush(stderr);
+    _exit(code ? code : 1);
 }
 
 int tern_comm_rank(void)
@@ -65,6 +144,7 @@ double tern_comm_now(void)
 
 static MPI_Request *req_of(tern_req *r)
 {
+    if (!g_mpi_up) tern_die("comm: a message without MPI (one rank sends nothing)");
     if (!r->impl) {
         r->impl = malloc(sizeof(MPI_Request)); /* once per request object, at set-up */
         if (!r->impl) tern_die("comm: out of memory");
@@ -142,13 +222,35 @@ bool tern_comm_test(tern_req *r, size_t *count)
     return true;
 }
 
+/* Sleeps a little longer each time nothing has arrived: MPI_Wait would spin in the progress
+ * engine (an idle worker burnt a third of a core), and a wait that returns can have a
+ * deadline. The first TERN_COMM_SPIN_S keep testing without sleeping, so a busy pipeline,
+ * whose messages come within a step, pays no latency. */
+void tern_comm_backoff(tern_backoff *b)
+{
+    double t = tern_comm_now();
+    if (b->since == 0) b->since = t;
+    if (t - b->since < TERN_COMM_SPIN_S) return;
+    long us = b->sleep_us ? b->sleep_us * 2 : TERN_COMM_SLEEP_MIN_US;
+    if (us > TERN_COMM_SLEEP_MAX_US) us = TERN_COMM_SLEEP_MAX_US;
+    b->sleep_us = us;
+    struct timespec ts = {0, us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+bool tern_comm_wait_until(tern_req *r, size_t *count, double deadline)
+{
+    tern_backoff b = {0};
+    for (;;) {
+        if (tern_comm_test(r, count)) return true;
+        if (deadline > 0 && tern_comm_now() >= deadline) return false;
+        tern_comm_backoff(&b);
+    }
+}
+
 void tern_comm_wait(tern_req *r, size_t *count)
 {
-    if (!r->active) return;
-    MPI_Status s;
-    MPI_Wait(req_of(r), &s);
-    r->active = false;
-    if (count) *count = count_of(&s);
+    tern_comm_wait_until(r, count, 0);
 }
 
 void tern_comm_cancel(tern_req *r)
@@ -168,17 +270,27 @@ void tern_comm_req_free(tern_req *r)
 
 void tern_comm_bcast(void *buf, size_t n, int root)
 {
+    if (!g_mpi_up) return;
     MPI_Bcast(buf, (int)n, MPI_BYTE, root, MPI_COMM_WORLD);
 }
 void tern_comm_allgather_u64(uint64_t mine, uint64_t *all)
 {
+    if (!g_mpi_up) {
+        all[0] = mine;
+        return;
+    }
     MPI_Allgather(&mine, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, MPI_COMM_WORLD);
 }
 void tern_comm_allgather_f64(double mine, double *all)
 {
+    if (!g_mpi_up) {
+        all[0] = mine;
+        return;
+    }
     MPI_Allgather(&mine, 1, MPI_DOUBLE, all, 1, MPI_DOUBLE, MPI_COMM_WORLD);
 }
 void tern_comm_barrier(void)
 {
+    if (!g_mpi_up) return;
     MPI_Barrier(MPI_COMM_WORLD);
 }

@@ -9,6 +9,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Waiting: test without sleeping for TERN_COMM_SPIN_S, then sleep between tests from
+ * TERN_COMM_SLEEP_MIN_US doubling up to TERN_COMM_SLEEP_MAX_US (the most a message waits
+ * unseen by an idle rank; what an idle rank wakes up for about 1000 times a second). */
+#define TERN_COMM_SPIN_S 0.0005
+#define TERN_COMM_SLEEP_MIN_US 20
+#define TERN_COMM_SLEEP_MAX_US 1000
+/* One host: the interface of the TCP transport when the user's transports need it and name no
+ * interface; the longest OMPI_MCA_btl list rewritten (longer ones are left as they are) */
+#define TERN_COMM_LOCAL_IF "lo"
+#define TERN_COMM_BTL_LIST 256
+
+typedef struct tern_backoff {
+    double since; /* 0: not started */
+    long sleep_us;
+} tern_backoff;
+/* One round of a test loop: returns at once during the spin, then sleeps a growing while. */
+void tern_comm_backoff(tern_backoff *b);
+
 typedef struct tern_req {
     void *impl; /* MPI_Request, boxed so <mpi.h> stays in comm.c */
     bool active;
@@ -29,7 +47,10 @@ void tern_comm_isend_logits(int dest, const float *buf, size_t n, tern_req *r);
 void tern_comm_irecv_logits(int src, float *buf, size_t cap, tern_req *r);
 /* true when done; *count = bytes (ctl) or floats (act) received */
 bool tern_comm_test(tern_req *r, size_t *count);
+/* Test loops with tern_comm_backoff (never MPI_Wait, which spins). wait_until gives up at
+ * deadline (tern_comm_now seconds; <= 0: none) and returns false, the request still active. */
 void tern_comm_wait(tern_req *r, size_t *count);
+bool tern_comm_wait_until(tern_req *r, size_t *count, double deadline);
 void tern_comm_cancel(tern_req *r);
 void tern_comm_req_free(tern_req *r);
 
