@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "ternpipe/status.h"
+#include "ternpipe/types.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -41,19 +42,6 @@ typedef enum tern_gguf_vtype {
     TERN_GGUF_FLOAT64 = 12,
     TERN_GGUF_VTYPE_COUNT
 } tern_gguf_vtype;
-
-/* Tensor types (ggml ids). Only the ones ternpipe reads are listed; others are rejected
- * as "unknown tensor type". I2_S is bitnet.cpp's id 36 (blob = n/4 + 32 bytes). */
-typedef enum tern_ggml_type {
-    TERN_TYPE_F32 = 0,
-    TERN_TYPE_F16 = 1,
-    TERN_TYPE_Q8_0 = 8,
-    TERN_TYPE_BF16 = 30,
-    TERN_TYPE_TQ1_0 = 34,
-    TERN_TYPE_TQ2_0 = 35,
-    TERN_TYPE_I2_S = 36,
-    TERN_TYPE_ID_COUNT = 37 /* sizes id-indexed tables */
-} tern_ggml_type;
 
 #define TERN_GGUF_MAX_DIMS 4
 #define TERN_GGUF_DEFAULT_ALIGNMENT 32
@@ -149,13 +137,10 @@ double tern_gguf_arr_float(const tern_gguf_value *arr, uint64_t i); /* FLOAT32/6
 bool tern_gguf_str_eq(tern_gguf_str s, const char *cstr);
 
 /* Type facts. */
-const char *tern_ggml_type_name(tern_ggml_type t); /* NULL when unknown */
 const char *tern_gguf_vtype_name(tern_gguf_vtype t);
 /* Bytes of one scalar of type t; 0 for STRING, ARRAY and unknown types. */
 size_t tern_gguf_vtype_size(tern_gguf_vtype t);
-/* Bytes of a tensor of `n_elements` whose rows have `ne0` elements; false when the type is
- * unknown, ne0 is not a multiple of the block size, or the size overflows. */
-bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out);
+/* Tensor types: ternpipe/types.h (tern_type_traits_of, tern_ggml_nbytes). */
 
 /* ---- writer ---- */
 typedef struct tern_gguf_writer tern_gguf_writer;

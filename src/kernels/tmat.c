@@ -233,12 +233,14 @@ tern_code tern_tmat_from_ggml(tern_tmat **out, tern_ggml_type type, const void *
                               uint64_t nbytes, int64_t k, int64_t n, tern_status *st)
 {
     *out = NULL;
-    const char *name = tern_ggml_type_name(type);
-    if (type != TERN_TYPE_I2_S && type != TERN_TYPE_TQ2_0 && type != TERN_TYPE_TQ1_0)
+    const tern_type_traits *tr = tern_type_traits_of(type);
+    const char *name = tr ? tr->name : "unknown";
+    if (!tr || !tr->ternary)
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "ternary matrix: got type %s (%d), expected I2_S, TQ2_0 or TQ1_0",
-                               name ? name : "unknown", (int)type);
-    tern_code rc = check_shape(k, n, type == TERN_TYPE_I2_S ? 128 : 256, st);
+                               name, (int)type);
+    /* rows of whole blocks: the decoders walk a row block by block */
+    tern_code rc = check_shape(k, n, tr->blck, st);
     if (rc != TERN_OK) return rc;
     uint64_t need = 0;
     if (!tern_ggml_nbytes(type, (uint64_t)k, (uint64_t)k * (uint64_t)n, &need) || nbytes != need)
@@ -259,11 +261,11 @@ tern_code tern_tmat_from_ggml(tern_tmat **out, tern_ggml_type type, const void *
         m->alpha = alpha;
         rc = pack_all(m, p, decode_i2s, "I2_S", st);
     } else if (type == TERN_TYPE_TQ2_0) {
-        rc = tq_scales(&m, p, k, n, 66, 64, "TQ2_0", st);
+        rc = tq_scales(&m, p, k, n, tr->bytes, tr->bytes - 2, "TQ2_0", st);
         if (rc != TERN_OK) return rc;
         rc = pack_all(m, p, decode_tq2, "TQ2_0", st);
     } else {
-        rc = tq_scales(&m, p, k, n, 54, 52, "TQ1_0", st);
+        rc = tq_scales(&m, p, k, n, tr->bytes, tr->bytes - 2, "TQ1_0", st);
         if (rc != TERN_OK) return rc;
         rc = pack_all(m, p, decode_tq1, "TQ1_0", st);
     }

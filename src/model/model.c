@@ -133,7 +133,7 @@ static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *nam
     const tern_gguf_tensor *t;
     tern_code rc = find(g, name, &t, st);
     if (rc || (rc = check_shape(g, t, name, (uint64_t)k, (uint64_t)n, st))) return rc;
-    if (t->type != TERN_TYPE_I2_S && t->type != TERN_TYPE_TQ2_0 && t->type != TERN_TYPE_TQ1_0)
+    if (!tern_type_is_ternary(t->type))
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "model: %s: tensor '%s' type: got %s, expected I2_S, TQ2_0 or TQ1_0",
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));

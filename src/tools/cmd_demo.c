@@ -43,7 +43,7 @@ int tern_cmd_demo(int argc, char **argv)
     for (uint64_t i = 0; i < tern_gguf_n_tensors(g); i++) {
         const tern_gguf_tensor *t = tern_gguf_tensor_at(g, i);
         uint64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
-        if (t->type == TERN_TYPE_I2_S || t->type == TERN_TYPE_TQ1_0 || t->type == TERN_TYPE_TQ2_0)
+        if (tern_type_is_ternary(t->type))
             ternary += n;
         else
             other += n;

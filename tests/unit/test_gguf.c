@@ -1279,6 +1279,23 @@ static void test_type_facts(void)
     CHECK(strcmp(tern_ggml_type_name(TERN_TYPE_I2_S), "I2_S") == 0);
     CHECK(strcmp(tern_ggml_type_name(TERN_TYPE_TQ1_0), "TQ1_0") == 0);
     CHECK(tern_ggml_type_name((tern_ggml_type)2) == NULL);
+    /* the traits table: the ternary types are exactly I2_S, TQ1_0, TQ2_0; the type list in
+     * messages names every known id and only those */
+    int known = 0;
+    char want[160] = "";
+    for (int t = -1; t <= TERN_TYPE_ID_COUNT; t++) {
+        const tern_type_traits *tr = tern_type_traits_of((tern_ggml_type)t);
+        bool tern = t == TERN_TYPE_I2_S || t == TERN_TYPE_TQ1_0 || t == TERN_TYPE_TQ2_0;
+        CHECKF(tern_type_is_ternary((tern_ggml_type)t) == tern, "type %d", t);
+        if (!tr) continue;
+        known++;
+        CHECK(tr->blck >= 1 && tr->bytes >= 1 && tr->ternary == tern);
+        CHECK(tr->is_float == (t == TERN_TYPE_F32 || t == TERN_TYPE_F16 || t == TERN_TYPE_BF16));
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s %d", known > 1 ? ", " : "",
+                 tr->name, t);
+    }
+    CHECK(known == 7);
+    CHECKF(strcmp(tern_type_list(), want) == 0, "'%s' vs '%s'", tern_type_list(), want);
     CHECK(strcmp(tern_gguf_vtype_name(TERN_GGUF_FLOAT64), "float64") == 0);
     CHECK(strcmp(tern_gguf_vtype_name((tern_gguf_vtype)99), "unknown") == 0);
     tern_gguf_str s = {"abc", 3};

@@ -109,25 +109,9 @@ static tern_code rd_str(cursor *c, tern_gguf_str *s, const char *what)
 
 size_t tern_gguf_vtype_size(tern_gguf_vtype t)
 {
-    switch (t) {
-    case TERN_GGUF_UINT8:
-    case TERN_GGUF_INT8:
-    case TERN_GGUF_BOOL:
-        return 1;
-    case TERN_GGUF_UINT16:
-    case TERN_GGUF_INT16:
-        return 2;
-    case TERN_GGUF_UINT32:
-    case TERN_GGUF_INT32:
-    case TERN_GGUF_FLOAT32:
-        return 4;
-    case TERN_GGUF_UINT64:
-    case TERN_GGUF_INT64:
-    case TERN_GGUF_FLOAT64:
-        return 8;
-    default:
-        return 0;
-    }
+    /* metadata value types: bytes of one scalar (0: string, array) */
+    static const uint8_t size[TERN_GGUF_VTYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    return (t >= 0 && t < TERN_GGUF_VTYPE_COUNT) ? size[t] : 0;
 }
 
 /* Decodes one scalar of type t from raw little-endian bytes into v. */
@@ -413,21 +397,21 @@ static tern_code parse(tern_gguf *g, tern_status *st)
         uint32_t type;
         snprintf(what, sizeof what, "tensor '%s' type", nm);
         if ((rc = rd_u32(&c, &type, what))) return rc;
-        if (type >= TERN_TYPE_ID_COUNT || !tern_ggml_type_name((tern_ggml_type)type))
+        if (type >= TERN_TYPE_ID_COUNT || !tern_type_traits_of((tern_ggml_type)type))
             return fail(&c,
-                        "tensor '%s' type: got %u, expected a known type "
-                        "(F32 0, F16 1, Q8_0 8, BF16 30, TQ1_0 34, TQ2_0 35, I2_S 36) (unknown "
+                        "tensor '%s' type: got %u, expected a known type (%s) (unknown "
                         "tensor type)",
-                        nm, type);
+                        nm, type, tern_type_list());
         t->type = (tern_ggml_type)type;
         snprintf(what, sizeof what, "tensor '%s' offset", nm);
         if ((rc = rd_u64(&c, &t->offset, what))) return rc;
         if (!tern_ggml_nbytes(t->type, t->ne[0], n_el, &t->nbytes)) {
-            if (t->type == TERN_TYPE_I2_S)
+            const tern_type_traits *tr = tern_type_traits_of(t->type);
+            if (tr->flat)
                 return fail(&c,
                             "tensor '%s' element count: got %" PRIu64
-                            ", expected a multiple of 128 for I2_S",
-                            nm, n_el);
+                            ", expected a multiple of %u for %s",
+                            nm, n_el, tr->blck, tr->name);
             return fail(
                 &c, "tensor '%s' ne[0]: got %" PRIu64 ", expected a multiple of the %s block size",
                 nm, t->ne[0], tern_ggml_type_name(t->type));
@@ -807,68 +791,10 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
     return h;
 }
 
-const char *tern_ggml_type_name(tern_ggml_type t)
-{
-    switch (t) {
-    case TERN_TYPE_F32:
-        return "F32";
-    case TERN_TYPE_F16:
-        return "F16";
-    case TERN_TYPE_Q8_0:
-        return "Q8_0";
-    case TERN_TYPE_BF16:
-        return "BF16";
-    case TERN_TYPE_TQ1_0:
-        return "TQ1_0";
-    case TERN_TYPE_TQ2_0:
-        return "TQ2_0";
-    case TERN_TYPE_I2_S:
-        return "I2_S";
-    default:
-        return NULL;
-    }
-}
-
 const char *tern_gguf_vtype_name(tern_gguf_vtype t)
 {
     static const char *const names[TERN_GGUF_VTYPE_COUNT] = {
         "uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
         "bool",  "string", "array",  "uint64", "int64",  "float64"};
     return (t >= 0 && t < TERN_GGUF_VTYPE_COUNT) ? names[t] : "unknown";
-}
-
-bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out)
-{
-    uint64_t blck, size;
-    switch (t) {
-    case TERN_TYPE_F32:
-        blck = 1, size = 4;
-        break;
-    case TERN_TYPE_F16:
-    case TERN_TYPE_BF16:
-        blck = 1, size = 2;
-        break;
-    case TERN_TYPE_Q8_0:
-        blck = 32, size = 34;
-        break;
-    case TERN_TYPE_TQ1_0:
-        blck = 256, size = 54;
-        break;
-    case TERN_TYPE_TQ2_0:
-        blck = 256, size = 66;
-        break;
-    case TERN_TYPE_I2_S:
-        /* bitnet.cpp special case: 2 bits per element plus a 32-byte tail holding the f32
-         * scale (spec 3.4); whole 128-element blocks. */
-        if (n_elements % 128 != 0) return false;
-        *out = n_elements / 4 + 32;
-        return true;
-    default:
-        return false;
-    }
-    if (ne0 % blck != 0 || n_elements % blck != 0) return false;
-    uint64_t blocks = n_elements / blck;
-    if (blocks > UINT64_MAX / size) return false;
-    *out = blocks * size;
-    return true;
 }
