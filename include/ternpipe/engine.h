@@ -36,14 +36,16 @@ typedef struct tern_engine_opts {
     const char *model_path;
     int n_threads; /* per rank; <= 0: one per core of the rank's binding */
     tern_head_type head_type;
-    int32_t batch_tokens; /* token budget of one micro-batch (chunked prefill); 0 = 512 */
-    int32_t max_seqs;     /* concurrent sequences (KV slots) */
-    int32_t n_ctx;        /* positions per sequence; 0 = the model's */
-    int32_t kv_blocks;    /* per rank; 0 = max_seqs full contexts within kv_mem_mb */
-    int32_t kv_mem_mb;    /* KV budget for the default kv_blocks; 0 = 2048 */
-    const char *split;    /* plan.h: "auto" (default), "even" or "L1,L2,...", optionally
-                             ":even" or ":h1,h2,..." for the head rows */
-    int32_t inflight;     /* micro-batches in flight; 0 = number of ranks */
+    int32_t batch_tokens;  /* token budget of one micro-batch (chunked prefill); 0 = 512 */
+    int32_t max_seqs;      /* concurrent sequences (KV slots) */
+    int32_t n_ctx;         /* positions per sequence; 0 = the model's */
+    int32_t kv_blocks;     /* per rank; 0 = max_seqs full contexts within kv_mem_mb */
+    int32_t kv_mem_mb;     /* KV budget for the default kv_blocks; 0 = 2048 */
+    const char *split;     /* plan.h: "auto" (default), "even" or "L1,L2,...", optionally
+                              ":even" or ":h1,h2,..." for the head rows */
+    int32_t inflight;      /* micro-batches in flight; 0 = number of ranks */
+    double step_timeout_s; /* ceiling of the step deadline (a hung rank becomes an error);
+                              0 = 120 s; the deadline adapts below it, to at least 5 s */
     bool verbose;
 } tern_engine_opts;
 
@@ -83,7 +85,13 @@ void tern_engine_close(tern_engine *e);
 tern_code tern_engine_submit(tern_engine *e, const tern_request *r, int64_t *id, tern_status *st);
 void tern_engine_cancel(tern_engine *e, int64_t id);
 /* One scheduling iteration: admits queued requests, launches micro-batches, completes those
- * that came back. Returns TERN_OK; *idle says nothing is queued or running. */
+ * that came back; it waits for the pipeline a short while at most (50 ms). Returns TERN_OK;
+ * *idle says nothing is queued or running.
+ * A micro-batch in flight past its step deadline (opts.step_timeout_s: a rank hung or died)
+ * fails the engine: this and every later call return TERN_EIO with a one-line message, and
+ * no callback comes any more for the requests the engine held (the caller answers them,
+ * on_done included, since it knows them). tern_engine_close of a failed engine ends every rank
+ * of the job (MPI_Abort) instead of the shutdown step that would never come back. */
 tern_code tern_engine_step(tern_engine *e, bool *idle, tern_status *st);
 /* Blocks up to timeout_ms until a request or cancel arrives (for an idle serving loop). */
 void tern_engine_wait(tern_engine *e, int timeout_ms);
@@ -97,6 +105,12 @@ int32_t tern_engine_max_seqs(const tern_engine *e);
 /* weights read per decoded token by the whole pipeline (the bandwidth roofline) */
 double tern_engine_bytes_per_token(const tern_engine *e);
 int tern_engine_n_ranks(const tern_engine *e);
+
+/* Collective: ranks 0 and 1 ping-pong messages of floats[k] fp32 values through the pipeline's
+ * transport (the path of activations); rank 0 gets the least one-way time of reps trips per
+ * size in one_way_s. Returns n_sizes on rank 0, 0 elsewhere or with one rank, -1 without memory.
+ * Call after tern_dist_init, outside an open engine. */
+int tern_hop_probe(const size_t *floats, int n_sizes, int reps, double *one_way_s);
 
 /* This process's rank as its MPI launcher (mpirun, PMIx, PMI) announced it in the environment,
  * readable before the engine starts MPI; 0 when no launcher started it. *launched (optional)

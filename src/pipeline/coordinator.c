@@ -3,7 +3,16 @@
  * come back: its own head slice (the last in vocabulary order), the full rows the head ranks
  * sent, the final choice of every sampled row (sampler.h), and the scheduler's bookkeeping.
  * With one rank, a micro-batch is launched and completed in place by the same code.
+ *
+ * Deadlines (issue 10): every wait is a test loop that gives up at the step deadline of the
+ * oldest micro-batch in flight (step_bound: adaptive to the measured round trips, within a
+ * floor and a ceiling), and a step blocks at most TERN_COORD_SLICE_S, so the serving loop
+ * sees its stop flag even while the pipeline is stuck. A micro-batch past its deadline fails
+ * the engine: every later step returns that error, no request gets another callback, and
+ * closing the engine ends every rank instead of the shutdown step (engine.c).
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +23,7 @@
 
 typedef struct mbatch {
     bool busy;
+    double deadline; /* tern_comm_now() by which it must be back */
     tern_step step;
     int32_t *ids;       /* [batch_tokens] */
     float *x;           /* [batch_tokens][d] */
@@ -53,7 +63,72 @@ struct tern_coord {
     float *hops, *hops_sort; /* [HOP_RING] */
     int64_t n_hops, steps;
     bool workers_up;
+    /* step deadline */
+    double rate_s;            /* slowest recent round trip per token (decaying); 0: none yet */
+    double shutdown_deadline; /* while the shutdown step travels */
+    bool failed;
+    tern_status fail; /* why, once failed */
 };
+
+/* The longest a micro-batch of n_tokens may be in flight: TERN_STEP_TIMEOUT_FACTOR times what
+ * the slowest recent step took per token, never below the floor (scheduling noise, page
+ * faults, a busy host) nor above the ceiling (--step-timeout), which also holds until a step
+ * has been measured (the first prefill of a large model on a slow rank). */
+static double step_bound(const tern_coord *c, int32_t n_tokens)
+{
+    double ceil_s = c->f->o.step_timeout_s > 0 ? c->f->o.step_timeout_s : TERN_STEP_TIMEOUT_CEIL_S;
+    double floor_s = TERN_STEP_TIMEOUT_FLOOR_S < ceil_s ? TERN_STEP_TIMEOUT_FLOOR_S : ceil_s;
+    if (c->rate_s <= 0) return ceil_s;
+    double b = TERN_STEP_TIMEOUT_FACTOR * c->rate_s * (double)(n_tokens > 1 ? n_tokens : 1);
+    return b < floor_s ? floor_s : b > ceil_s ? ceil_s : b;
+}
+
+static int fail(tern_coord *c, const char *fmt, ...)
+{
+    if (!c->failed) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->fail.msg, sizeof c->fail.msg, fmt, ap);
+        va_end(ap);
+        c->fail.code = TERN_EIO;
+        c->failed = true;
+        tern_log(TERN_LOG_ERROR, "%s", c->fail.msg);
+    }
+    return -1;
+}
+
+/* the oldest micro-batch in flight (returns come back in launch order) */
+static mbatch *oldest(tern_coord *c)
+{
+    mbatch *o = NULL;
+    for (int32_t i = 0; i < c->f->lim.inflight; i++)
+        if (c->mbs[i].busy && (!o || c->mbs[i].step.id < o->step.id)) o = &c->mbs[i];
+    return o;
+}
+
+static double deadline_now(tern_coord *c)
+{
+    mbatch *o = oldest(c);
+    if (o) return o->deadline;
+    if (c->shutdown_deadline > 0) return c->shutdown_deadline;
+    return tern_comm_now() + step_bound(c, 0);
+}
+
+static int step_timeout(tern_coord *c)
+{
+    mbatch *o = oldest(c);
+    double now = tern_comm_now();
+    if (!o)
+        return fail(c,
+                    "engine: the shutdown step: got no answer from the ring within %.1f s, "
+                    "expected one (a rank stopped answering)",
+                    now - (c->shutdown_deadline - step_bound(c, 0)));
+    return fail(c,
+                "engine: step %llu (%d sequences, %d tokens): in flight for %.1f s, expected at "
+                "most %.1f s (--step-timeout): a rank stopped answering",
+                (unsigned long long)o->step.id, o->step.n_seqs, o->step.n_tokens,
+                now - o->step.sent_at, o->deadline - o->step.sent_at);
+}
 
 static bool alloc_step(tern_step *s, const tern_limits *L)
 {
@@ -149,7 +224,8 @@ tern_code tern_coord_create(tern_coord **out, tern_engine_fixed *f, tern_sched *
 /* ------------------------------------------------------------------ completion */
 
 /* logits, sampling and bookkeeping for a step whose head rows hx are final */
-static void complete(tern_coord *c, const tern_step *st, const float *hx, tern_row_sum *sums)
+static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_row_sum *sums,
+                     double deadline)
 {
     tern_engine_fixed *f = c->f;
     const size_t V = (size_t)f->lim.n_vocab;
@@ -163,7 +239,10 @@ static void complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
             if (!w) continue;
             size_t got = 0;
             tern_comm_irecv_logits(r, c->staging, (size_t)st->n_full * w, &c->lreq);
-            tern_comm_wait(&c->lreq, &got);
+            if (deadline > 0 && !tern_comm_wait_until(&c->lreq, &got, deadline)) {
+                tern_comm_cancel(&c->lreq);
+                return false;
+            }
             if (got != (size_t)st->n_full * w)
                 tern_die("engine: step %llu: rank %d sent %zu logits, expected %zu",
                          (unsigned long long)st->id, r, got, (size_t)st->n_full * w);
@@ -197,6 +276,7 @@ static void complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
     tern_sched_complete(c->sched, st, c->picks, c->resolved);
     c->steps++;
     c->busy0 += tern_comm_now() - t0;
+    return true;
 }
 
 /* ------------------------------------------------------------------ launch and return */
@@ -231,11 +311,12 @@ static void launch(tern_coord *c, mbatch *b)
     }
     c->busy0 += tern_comm_now() - t0;
     if (f->n_ranks == 1) {
-        complete(c, st, b->hx, b->sums);
+        complete(c, st, b->hx, b->sums, 0);
         return;
     }
     st->id = c->next_mb++;
     st->sent_at = tern_comm_now();
+    b->deadline = st->sent_at + step_bound(c, st->n_tokens);
     size_t len = tern_ctl_pack_step(st, b->ctl, f->lim.ctl_bytes);
     if (!len) tern_die("engine: step header does not fit %zu bytes", f->lim.ctl_bytes);
     tern_comm_isend_ctl(1, b->ctl, len, &b->req_ctl);
@@ -245,18 +326,21 @@ static void launch(tern_coord *c, mbatch *b)
     c->n_inflight++;
 }
 
-/* a step came back from the last rank: complete its micro-batch */
-static bool poll_return(tern_coord *c, bool block)
+/* A step came back from the last rank: complete its micro-batch. until <= 0: only test;
+ * otherwise wait up to until. 1: completed one (or the shutdown step came back), 0: nothing
+ * yet, -1: the oldest micro-batch is past its deadline and the engine failed. */
+static int poll_return(tern_coord *c, double until)
 {
     tern_engine_fixed *f = c->f;
     int k = c->ret_i;
     size_t n_ctl = 0, n_act = 0, n_sum = 0;
-    if (block)
-        tern_comm_wait(&c->ret_rc[k], &n_ctl);
-    else if (!tern_comm_test(&c->ret_rc[k], &n_ctl))
-        return false;
-    tern_comm_wait(&c->ret_ra[k], &n_act);
-    tern_comm_wait(&c->ret_rs[k], &n_sum);
+    double dl = deadline_now(c);
+    bool got = until <= 0 ? tern_comm_test(&c->ret_rc[k], &n_ctl)
+                          : tern_comm_wait_until(&c->ret_rc[k], &n_ctl, until < dl ? until : dl);
+    if (!got) return tern_comm_now() >= dl ? step_timeout(c) : 0;
+    if (!tern_comm_wait_until(&c->ret_ra[k], &n_act, dl) ||
+        !tern_comm_wait_until(&c->ret_rs[k], &n_sum, dl))
+        return step_timeout(c);
     double t_recv = tern_comm_now();
     tern_status st = {0};
     tern_step *rs = &c->ret_step;
@@ -277,25 +361,30 @@ static bool poll_return(tern_coord *c, bool block)
         c->worker_rss[h + 1] = rs->peak_rss[h];
     }
     c->hops[c->n_hops++ % HOP_RING] = (float)(t_recv - rs->sent_at);
-    if (rs->shutdown) return true;
+    if (rs->shutdown) return 1;
     mbatch *b = NULL;
     for (int32_t i = 0; i < f->lim.inflight; i++)
         if (c->mbs[i].busy && c->mbs[i].step.id == rs->id) b = &c->mbs[i];
     if (!b)
         tern_die("engine: step %llu came back but is not in flight", (unsigned long long)rs->id);
-    tern_comm_wait(&b->req_ctl, NULL);
-    tern_comm_wait(&b->req_act, NULL);
-    tern_comm_wait(&b->req_sum, NULL);
+    if (!tern_comm_wait_until(&b->req_ctl, NULL, dl) ||
+        !tern_comm_wait_until(&b->req_act, NULL, dl) ||
+        !tern_comm_wait_until(&b->req_sum, NULL, dl))
+        return step_timeout(c);
+    /* the step deadline learns from this round trip (per token: prefill and decode differ) */
+    double per = (t_recv - b->step.sent_at) / (double)(b->step.n_tokens > 1 ? b->step.n_tokens : 1);
+    c->rate_s = per > c->rate_s * TERN_STEP_RATE_DECAY ? per : c->rate_s * TERN_STEP_RATE_DECAY;
     /* the returned header is the one we sent (validated): complete with ours */
-    complete(c, &b->step, c->ret_x[k], c->ret_sum[k]);
+    if (!complete(c, &b->step, c->ret_x[k], c->ret_sum[k], dl)) return step_timeout(c);
     b->busy = false;
     c->n_inflight--;
-    return true;
+    return 1;
 }
 
 tern_code tern_coord_step(tern_coord *c, bool *idle, tern_status *st)
 {
-    (void)st;
+    *idle = false;
+    if (c->failed) return tern_status_set(st, c->fail.code, "%s", c->fail.msg);
     tern_engine_fixed *f = c->f;
     tern_sched_admit(c->sched);
     bool launched = false;
@@ -314,30 +403,42 @@ tern_code tern_coord_step(tern_coord *c, bool *idle, tern_status *st)
         if (f->n_ranks == 1) tern_sched_admit(c->sched); /* finished ones free slots */
     }
     if (f->n_ranks > 1 && c->n_inflight > 0) {
-        /* block only when nothing else can happen: every stage is busy or nothing is ready */
-        bool got = poll_return(c, false);
-        if (!got && !launched) poll_return(c, true);
-        while (poll_return(c, false)) {
-        }
+        /* wait only when nothing else can happen: every stage is busy or nothing is ready;
+         * and only for a slice, so the caller sees signals while the pipeline is slow */
+        int got = poll_return(c, 0);
+        if (!got && !launched) got = poll_return(c, tern_comm_now() + TERN_COORD_SLICE_S);
+        while (got > 0) got = poll_return(c, 0);
+        if (got < 0) return tern_status_set(st, c->fail.code, "%s", c->fail.msg);
     }
     *idle = c->n_inflight == 0 && tern_sched_idle(c->sched);
-    /* releases with no step left to carry them: send an empty step */
+    /* releases with no step left to carry them: send an empty step (the next steps bring it
+     * back; the engine is not idle until then) */
     if (*idle && tern_sched_pending_releases(c->sched) > 0 && f->n_ranks > 1) {
-        mbatch *b = &c->mbs[0];
-        tern_sched_build(c->sched, 1, &b->step, b->ids);
-        launch(c, b);
-        poll_return(c, true);
+        mbatch *b = NULL;
+        for (int32_t i = 0; i < f->lim.inflight && !b; i++)
+            if (!c->mbs[i].busy) b = &c->mbs[i];
+        if (b && tern_sched_build(c->sched, 1, &b->step, b->ids)) {
+            launch(c, b);
+            *idle = false;
+        }
     }
     return TERN_OK;
 }
 
+bool tern_coord_failed(const tern_coord *c, tern_status *st)
+{
+    if (!c || !c->failed) return false;
+    if (st) tern_status_set(st, c->fail.code, "%s", c->fail.msg);
+    return true;
+}
+
 void tern_coord_shutdown(tern_coord *c)
 {
-    if (!c || !c->workers_up) return;
+    if (!c || !c->workers_up || c->failed) return;
     tern_status st = {0};
     for (int guard = 0; guard < 1 << 30; guard++) {
         bool idle;
-        tern_coord_step(c, &idle, &st);
+        if (tern_coord_step(c, &idle, &st)) return; /* failed: engine close ends the ranks */
         if (idle) break;
     }
     mbatch *b = &c->mbs[0];
@@ -345,16 +446,22 @@ void tern_coord_shutdown(tern_coord *c)
     b->step.shutdown = 1;
     tern_ctl_step_totals(&b->step);
     b->step.sent_at = tern_comm_now();
+    c->shutdown_deadline = b->step.sent_at + step_bound(c, 0);
     size_t len = tern_ctl_pack_step(&b->step, b->ctl, c->f->lim.ctl_bytes);
     tern_comm_isend_ctl(1, b->ctl, len, &b->req_ctl);
     tern_comm_isend_act(1, b->x, 0, &b->req_act);
     tern_comm_isend_sum(1, b->sums, 0, &b->req_sum);
-    tern_comm_wait(&b->req_ctl, NULL);
-    tern_comm_wait(&b->req_act, NULL);
-    tern_comm_wait(&b->req_sum, NULL);
+    double dl = c->shutdown_deadline;
+    if (!tern_comm_wait_until(&b->req_ctl, NULL, dl) ||
+        !tern_comm_wait_until(&b->req_act, NULL, dl) ||
+        !tern_comm_wait_until(&b->req_sum, NULL, dl)) {
+        step_timeout(c);
+        return;
+    }
     /* the shutdown travels the ring and comes back: then every worker has stopped */
-    poll_return(c, true);
-    c->workers_up = false;
+    int got = 0;
+    for (int guard = 0; guard < 1 << 30 && got == 0; guard++) got = poll_return(c, dl);
+    if (got > 0) c->workers_up = false;
 }
 
 void tern_coord_free(tern_coord *c)

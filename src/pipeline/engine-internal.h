@@ -27,6 +27,18 @@
 
 #define TERN_HEAD_CHUNK 64 /* head rows computed at once (bounds the logits scratch) */
 
+/* The step deadline on rank 0 (coordinator.c step_bound): a micro-batch in flight longer than
+ * FACTOR times the slowest recent round trip per token (times its tokens) has met a hung or
+ * dead rank. Never below FLOOR_S (noise: scheduling, page faults, a loaded host), never above
+ * the ceiling: --step-timeout, or CEIL_S, which also bounds steps before one was measured. */
+#define TERN_STEP_TIMEOUT_FLOOR_S 5.0
+#define TERN_STEP_TIMEOUT_CEIL_S 120.0
+#define TERN_STEP_TIMEOUT_FACTOR 20.0
+#define TERN_STEP_RATE_DECAY 0.999 /* per step: an old slow step fades out */
+#define TERN_ENGINE_ABORT_CODE 3   /* exit status of every rank after a failed engine */
+/* The longest one tern_coord_step waits for a return (how late the serving loop sees a stop) */
+#define TERN_COORD_SLICE_S 0.05
+
 typedef struct tern_engine_fixed {
     tern_engine_opts o;
     int rank, n_ranks;
@@ -68,6 +80,8 @@ tern_code tern_coord_create(tern_coord **out, tern_engine_fixed *f, tern_sched *
 void tern_coord_shutdown(tern_coord *c);
 void tern_coord_free(tern_coord *c);
 tern_code tern_coord_step(tern_coord *c, bool *idle, tern_status *st);
+/* True once a step missed its deadline (st, optional, gets why): nothing more is sent. */
+bool tern_coord_failed(const tern_coord *c, tern_status *st);
 void tern_coord_stats(tern_coord *c, tern_engine_stats *s);
 
 /* A worker's loop: serves steps until the shutdown step has passed. */

@@ -283,6 +283,14 @@ void tern_engine_close(tern_engine *e)
                      (long long)ss.retries);
     }
     if (e->coord) tern_coord_shutdown(e->coord);
+    tern_status fst = {0};
+    if (f->n_ranks > 1 && tern_coord_failed(e->coord, &fst)) {
+        /* a rank does not answer: the shutdown step would never come back and MPI_Finalize
+         * would wait for it forever. The clients have been told (the server answers every
+         * request it held before it closes the engine); end the job. */
+        tern_log(TERN_LOG_ERROR, "engine: ending every rank of the job after: %s", fst.msg);
+        tern_dist_abort(TERN_ENGINE_ABORT_CODE);
+    }
     tern_coord_free(e->coord);
     tern_sched_free(e->sched);
     tern_ctx_free(f->c);

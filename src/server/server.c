@@ -18,6 +18,11 @@
  *   server lock (so no request can slip into the engine afterwards), waits for running
  *   requests up to the grace period, cancels the rest, waits until the engine holds no request
  *   and the last responses are written, then returns.
+ * - Engine failure (a step past its deadline: a hung or dead rank): the engine calls nobody
+ *   back any more, so the loop answers every request it held itself (an error event and
+ *   [DONE] on streams, a 500 on the others), /health says 503 with the reason, new requests
+ *   get 503, and once the answers are written (FAIL_FLUSH_S at most) tern_server_run returns
+ *   the error; closing the engine then ends every rank.
  */
 #include <errno.h>
 #include <math.h>
@@ -43,13 +48,15 @@
 #include "ternpipe/server.h"
 #include "ternpipe/tokenizer.h"
 
-enum { ST_LOADING = 0, ST_READY, ST_DRAINING, ST_CLOSED };
+enum { ST_LOADING = 0, ST_READY, ST_DRAINING, ST_FAILED, ST_CLOSED };
 
 #define TEXT_CHUNK 8192      /* bytes one detokenized token may produce */
 #define WAIT_MS 100          /* how often a waiting HTTP thread checks its client */
 #define STATS_PERIOD_S 0.010 /* engine stats snapshots at most this often while busy */
 #define HARD_BODY_FACTOR 64  /* bodies beyond max_body are read and dropped up to this */
 #define FLUSH_TIMEOUT_S 10.0 /* after draining: time left for the last responses */
+#define FAIL_FLUSH_S 5.0     /* after an engine failure: time left for the error answers */
+#define FAIL_HOLD_S 1.0      /* and at least this long /health says why (monitors, probes) */
 /* Connection limits (issue 10). Every connection is a thread here (libmicrohttpd's thread per
  * connection), so the total bounds threads and descriptors: 1000 is far above what one
  * engine serves at once (--max-seqs + --max-queue = 320 by default), so real clients never
@@ -85,6 +92,7 @@ struct tern_server {
     atomic_int state;
     volatile sig_atomic_t stop; /* set from signal handlers */
     tern_engine *e;
+    char failure[TERN_STATUS_MSG_MAX]; /* why the engine failed (ST_FAILED; set before it) */
     const tern_tokenizer *tok;
     int32_t n_ctx, n_vocab, max_seqs, n_ranks, cap_active; /* copied at attach */
     int32_t stop_ids[4], n_stop_ids;
@@ -109,12 +117,13 @@ struct req {
     int32_t cap, n_pushed;
     bool done;
     tern_finish why;
-    char err[256];
+    char err[TERN_STATUS_MSG_MAX];
     /* engine thread only */
     double t_submit, t_last;
     /* server's active list, under s->mu */
     req *prev, *next;
     bool listed, submitted, cancel_asked, open_counted;
+    bool failed_out; /* answered by fail_all: the engine will never call back */
     tern_cancel_reason cancel_why;
     int64_t id;
     /* HTTP thread only */
@@ -631,6 +640,15 @@ static tern_code tokenize(tern_server *s, req *r, tern_tokens *ids, tern_status 
     return rc;
 }
 
+/* why a request is refused with 503 */
+static const char *not_serving(tern_server *s)
+{
+    int st = atomic_load(&s->state);
+    if (st == ST_LOADING) return "server: the model is loading, try again shortly";
+    if (st == ST_FAILED) return s->failure;
+    return "server: shutting down, not accepting requests";
+}
+
 /* Takes a place among the accepted requests: 503 while not serving, 429 when full. */
 static int reserve(tern_server *s, req *r)
 {
@@ -686,11 +704,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         return model_not_found(s, c, k, r->pr.model);
     r->stream = r->pr.stream;
     int busy = reserve(s, r);
-    if (busy == 503)
-        return send_error(s, c, k, 503, NULL,
-                          atomic_load(&s->state) == ST_LOADING
-                              ? "server: the model is loading, try again shortly"
-                              : "server: shutting down, not accepting requests");
+    if (busy == 503) return send_error(s, c, k, 503, NULL, not_serving(s));
     if (busy == 429) {
         char msg[160];
         snprintf(msg, sizeof msg,
@@ -778,7 +792,9 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     r->id = id;
     r->submitted = r->listed; /* on_done may already have unlisted it */
     bool cancel = r->cancel_asked && r->listed;
+    bool orphan = r->failed_out; /* the engine failed meanwhile and will not call back */
     pthread_mutex_unlock(&s->mu);
+    if (orphan) req_ref(r, -1);               /* the engine's (the connection still holds one) */
     if (cancel) tern_engine_cancel(s->e, id); /* the grace period ran out meanwhile */
 
     if (r->stream) {
@@ -811,7 +827,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         }
     }
     if (r->failed)
-        return send_error(s, c, k, atomic_load(&s->state) >= ST_DRAINING ? 503 : 500, NULL,
+        return send_error(s, c, k, atomic_load(&s->state) == ST_DRAINING ? 503 : 500, NULL,
                           failure_message(r));
     cJSON *j = envelope(r, r->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(j, "choices");
@@ -879,7 +895,9 @@ static enum MHD_Result health(tern_server *s, struct MHD_Connection *c, conn *k)
     cJSON_AddStringToObject(j, "status",
                             st == ST_READY     ? "ok"
                             : st == ST_LOADING ? "loading"
+                            : st == ST_FAILED  ? "failed"
                                                : "stopping");
+    if (st == ST_FAILED) cJSON_AddStringToObject(j, "reason", s->failure);
     return send_json(s, c, k, st == ST_READY ? 200 : 503, j);
 }
 
@@ -1061,11 +1079,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return models(s, c, k);
     }
     if (!k->post) return send_error(s, c, k, 405, NULL, "method: expected POST");
-    if (atomic_load(&s->state) != ST_READY)
-        return send_error(s, c, k, 503, NULL,
-                          atomic_load(&s->state) == ST_LOADING
-                              ? "server: the model is loading, try again shortly"
-                              : "server: shutting down, not accepting requests");
+    if (atomic_load(&s->state) != ST_READY) return send_error(s, c, k, 503, NULL, not_serving(s));
     return generate(s, c, k);
 }
 
@@ -1306,6 +1320,36 @@ static void snapshot(tern_server *s)
     tern_metrics_snapshot(&s->m, s->e);
 }
 
+/* The engine failed and will call no request back: answer each one it held (or was about to
+ * get) as on_done would with an error, and refuse everything from now on. */
+static void fail_all(tern_server *s, const char *why)
+{
+    pthread_mutex_lock(&s->mu);
+    snprintf(s->failure, sizeof s->failure, "%s", why);
+    atomic_store(&s->state, ST_FAILED);
+    int32_t n = 0;
+    while (s->active) {
+        req *r = s->active;
+        unlist(s, r);
+        bool held = r->submitted; /* else its HTTP thread drops the engine's ref after submit */
+        r->failed_out = true;
+        tern_cancel_reason cw = r->cancel_asked ? r->cancel_why : TERN_CANCEL_NONE;
+        pthread_mutex_unlock(&s->mu);
+        tern_metrics_finish(&s->m, TERN_FINISH_ERROR, cw);
+        pthread_mutex_lock(&r->mu);
+        r->done = true;
+        r->why = TERN_FINISH_ERROR;
+        snprintf(r->err, sizeof r->err, "%s", why);
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        if (held) req_release(r); /* the engine's */
+        n++;
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    tern_log(TERN_LOG_ERROR, "engine failed, %d requests answered with the error: %s", n, why);
+}
+
 tern_code tern_server_run(tern_server *s, tern_status *st)
 {
     if (!s->e) return tern_status_set(st, TERN_EINVAL, "server: run before attach");
@@ -1320,10 +1364,10 @@ tern_code tern_server_run(tern_server *s, tern_status *st)
     for (;;) {
         bool idle = false;
         tern_status est = {0};
-        if (tern_engine_step(s->e, &idle, &est) && !rc) {
+        if (tern_engine_step(s->e, &idle, &est)) {
             rc = tern_status_set(st, est.code, "%s", est.msg);
-            tern_log(TERN_LOG_ERROR, "engine: %s", est.msg);
-            s->stop = 1;
+            fail_all(s, est.msg);
+            break;
         }
         double t = mono_now();
         if (idle || t - last_stats >= STATS_PERIOD_S) {
@@ -1359,12 +1403,14 @@ tern_code tern_server_run(tern_server *s, tern_status *st)
         if (idle) tern_engine_wait(s->e, 50);
     }
     /* the engine holds no request now; let the last responses reach their clients */
-    double until = mono_now() + FLUSH_TIMEOUT_S;
+    double t_end = mono_now();
+    double until = t_end + (rc ? FAIL_FLUSH_S : FLUSH_TIMEOUT_S), hold = rc ? FAIL_HOLD_S : 0;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         int32_t n = s->n_open;
         pthread_mutex_unlock(&s->mu);
-        if (n <= 0 || mono_now() > until) break;
+        double t = mono_now();
+        if ((n <= 0 && t >= t_end + hold) || t > until) break;
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }

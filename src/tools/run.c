@@ -18,7 +18,8 @@ double tern_now(void)
 const char *tern_engine_opts_usage(void)
 {
     return "[-m FILE] [--threads N] [--head-type f16|q8_0] [--batch TOKENS] [--max-seqs N] "
-           "[--ctx N] [--kv-mem MB] [--split even|auto|L1,L2,...] [--inflight N] [--verbose]";
+           "[--ctx N] [--kv-mem MB] [--split even|auto|L1,L2,...] [--inflight N] "
+           "[--step-timeout SECONDS] [--verbose]";
 }
 
 static int parse_int(const char *name, const char *v, int lo, int hi, int32_t *out)
@@ -61,7 +62,18 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
         r = parse_int(a, v, 1, 64, &o->inflight);
     else if (!strcmp(a, "--split"))
         o->split = v, r = 1;
-    else if (!strcmp(a, "--head-type")) {
+    else if (!strcmp(a, "--step-timeout")) {
+        /* the ceiling of rank 0's step deadline (engine.h) */
+        char *end;
+        double x = strtod(v, &end);
+        if (end == v || *end || !(x > 0 && x <= 86400)) {
+            fprintf(stderr, "ternpipe: --step-timeout: got '%s', expected seconds in (0, 86400]\n",
+                    v);
+            r = -1;
+        } else {
+            o->step_timeout_s = x, r = 1;
+        }
+    } else if (!strcmp(a, "--head-type")) {
         if (!strcmp(v, "f16"))
             o->head_type = TERN_HEAD_F16, r = 1;
         else if (!strcmp(v, "q8_0"))

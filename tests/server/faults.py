@@ -100,7 +100,7 @@ def mark_time(out):
         return None
 
 
-BODY = {"prompt": "Once upon a time", "max_tokens": 100000, "temperature": 0}
+BODY = {"prompt": "Once upon a time", "max_tokens": int(os.environ.get("TERN_FAULT_TOKENS", "500")), "temperature": 0}
 
 
 def stream_one(url, out, results, i, first):
