@@ -9,6 +9,7 @@
 
 #include "ternpipe/rng.h"
 #include "ternpipe/runtime.h"
+#include "tools/bench.h"
 #include "tools/commands.h"
 #include "tools/run.h"
 
@@ -164,10 +165,29 @@ static int run_batch(tern_engine *e, const int32_t *ids, int S, int prompt, int 
     return 0;
 }
 
+/* "1,16,64" -> values; returns the count */
+static int parse_list(const char *s, int32_t *v, int cap)
+{
+    int n = 0;
+    while (*s && n < cap) {
+        char *e;
+        long x = strtol(s, &e, 10);
+        if (e == s || x < 1 || x > 1 << 20) return -1;
+        v[n++] = (int32_t)x;
+        s = *e == ',' ? e + 1 : e;
+        if (*e && *e != ',') return -1;
+    }
+    return n;
+}
+
 int tern_cmd_bench(int argc, char **argv)
 {
     bool json = false;
     int reps = 3;
+    int32_t npl[64], npp = 64, ntg = 32;
+    int n_npl = 0;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--profile")) return tern_bench_profile(argc, argv);
     tern_engine_opts eo = {.max_seqs = 64, .batch_tokens = 512};
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
@@ -177,11 +197,38 @@ int tern_cmd_bench(int argc, char **argv)
             json = true;
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
             reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--npl") && i + 1 < argc) {
+            if ((n_npl = parse_list(argv[++i], npl, 64)) < 1) {
+                fprintf(stderr, "ternpipe: --npl: got '%s', expected counts like 1,16,64\n",
+                        argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "--npp") && i + 1 < argc)
+            npp = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--ntg") && i + 1 < argc)
+            ntg = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: ternpipe bench [--json] [--reps R] %s\n",
+            fprintf(stderr,
+                    "usage: ternpipe bench [--json] [--reps R] [--npl S1,S2,... [--npp P] [--ntg "
+                    "G]] [--profile ...] %s\n",
                     tern_engine_opts_usage());
             return 2;
         }
+    }
+    if (n_npl > 0) {
+        /* workloads only: S sequences of P + G tokens each */
+        int32_t most = 0;
+        for (int k = 0; k < n_npl; k++) most = npl[k] > most ? npl[k] : most;
+        if (eo.max_seqs < most) eo.max_seqs = most;
+        tern_engine *e;
+        int rank;
+        if (tern_run_open(&argc, &argv, &eo, &e, &rank)) return 1;
+        int rc = 0;
+        for (int k = 0; rank == 0 && k < n_npl && !rc; k++)
+            for (int r = 0; r < reps && !rc; r++)
+                rc = tern_bench_workload(e, npl[k], npp, ntg, json);
+        tern_run_close(e);
+        return rc;
     }
     if (reps < 1) reps = 1;
     if (reps > 15) reps = 15;

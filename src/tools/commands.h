@@ -15,6 +15,7 @@ int tern_cmd_synth(int argc, char **argv);
 int tern_cmd_serve(int argc, char **argv);
 int tern_cmd_chat(int argc, char **argv);
 int tern_cmd_plan(int argc, char **argv);
+int tern_cmd_simulate(int argc, char **argv);
 
 /* The model used when -m is not given: the embedded default (models/ in the source tree or
  * the installed copy). NULL when neither exists. */

@@ -28,6 +28,8 @@ static const command commands[] = {
      "serve [-m FILE] [--host H] [--port P] [--api-key K]   OpenAI-compatible HTTP server"},
     {"plan", tern_cmd_plan,
      "plan [-m FILE | --shape 2b4t] [--ranks A..B] [--bw GB/s]   predicted pipeline plans"},
+    {"simulate", tern_cmd_simulate,
+     "simulate --profile FILE --ranks N [--npl S,...] [--link 25g]   predicted throughput"},
     {"chat", tern_cmd_chat, "chat [-m FILE | --url URL]     interactive chat in the terminal"},
     {"demo", tern_cmd_demo,
      "demo [-m FILE]                 model summary, prompt tokens, a generated story"},

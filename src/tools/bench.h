@@ -1,0 +1,15 @@
+/* bench.h: the parts of `ternpipe bench` beyond its fixed suite. */
+#ifndef TERN_TOOLS_BENCH_H
+#define TERN_TOOLS_BENCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ternpipe/engine.h"
+
+/* S concurrent sequences of P prompt and G new tokens (rank 0, engine open). */
+int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json);
+/* `bench --profile`: stage costs of this machine and model (before the engine opens). */
+int tern_bench_profile(int argc, char **argv);
+
+#endif
