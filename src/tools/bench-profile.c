@@ -190,16 +190,18 @@ int tern_bench_profile(int argc, char **argv)
         }
         fold[kind] = med(v, PROF_REPS);
     }
+    double bw = tern_bench_read_bandwidth(n_threads);
     FILE *f = out_path ? fopen(out_path, "w") : stdout;
     if (!f) {
         fprintf(stderr, "ternpipe: %s: cannot write\n", out_path);
         goto out;
     }
     fprintf(f,
-            "{\"model\": \"%s\", \"threads\": %d, \"hparams\": {\"n_layer\": %d, \"d\": %d, "
+            "{\"model\": \"%s\", \"threads\": %d, \"read_bandwidth_gbs\": %.3f, \"hparams\": "
+            "{\"n_layer\": %d, \"d\": %d, "
             "\"n_ff\": %d, \"n_vocab\": %d, \"n_head\": %d, \"n_head_kv\": %d, \"head_dim\": "
             "%d, \"n_ctx\": %d},\n",
-            path, tern_pool_size(pool), hp->n_layer, hp->d, hp->n_ff, hp->n_vocab, hp->n_head,
+            path, tern_pool_size(pool), bw, hp->n_layer, hp->d, hp->n_ff, hp->n_vocab, hp->n_head,
             hp->n_head_kv, hp->head_dim, hp->n_ctx);
     double tk[NT], rw[NR];
     for (int k = 0; k < NT; k++) tk[k] = toks[k];

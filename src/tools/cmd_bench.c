@@ -76,7 +76,7 @@ static void bw_task(void *arg, int task, int n_tasks, int thread)
         __builtin_cpu_supports("avx2") ? sum_avx2(j->buf + a, b - a) : sum_sse2(j->buf + a, b - a);
 }
 
-static double read_bandwidth(int n_threads)
+double tern_bench_read_bandwidth(int n_threads)
 {
     tern_topo *topo = NULL;
     tern_pool *pool = NULL;
@@ -297,7 +297,7 @@ int tern_cmd_bench(int argc, char **argv)
     tern_engine_stats_get(e, &fin);
     double bpt = tern_engine_bytes_per_token(e);
     long rss = (long)fin.ranks[0].peak_rss;
-    double bw = read_bandwidth(eo.n_threads);
+    double bw = tern_bench_read_bandwidth(eo.n_threads);
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
     for (int k = 0, o = 0; k < n_ranks && o < (int)(nr * 24) - 24; k++)
         o += snprintf(rss_list + o, nr * 24 - (size_t)o, "%s%llu", k ? ", " : "",
