@@ -64,7 +64,7 @@ static double pct(double *v, int64_t n, double p)
     return v[i < n ? i : n - 1];
 }
 
-int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json)
+int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json, bool quiet)
 {
     const tern_hparams *hp = tern_engine_hparams(e);
     int n_ranks = tern_engine_n_ranks(e);
@@ -122,7 +122,9 @@ int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool js
     double stat_wall = s1.wall_s - s0.wall_s, busy_sum = 0;
     double ttft50 = pct(run.ttft, S, 0.5), ttft99 = pct(run.ttft, S, 0.99);
     double itl50 = pct(run.itl, run.n_itl, 0.5), itl99 = pct(run.itl, run.n_itl, 0.99);
-    if (json) {
+    if (quiet) {
+        /* a warm-up: nothing to report */
+    } else if (json) {
         printf("{\"ranks\": %d, \"streams\": %d, \"npp\": %d, \"ntg\": %d, \"tok_s\": %.3f, "
                "\"decode_tok_s\": %.3f, \"wall_s\": %.4f, \"ttft_p50_ms\": %.3f, "
                "\"ttft_p99_ms\": %.3f, \"itl_p50_ms\": %.3f, \"itl_p99_ms\": %.3f, \"busy\": [",

@@ -7,8 +7,9 @@
 
 #include "ternpipe/engine.h"
 
-/* S concurrent sequences of P prompt and G new tokens (rank 0, engine open). */
-int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json);
+/* S concurrent sequences of P prompt and G new tokens (rank 0, engine open); quiet: print
+ * nothing (a warm-up). */
+int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json, bool quiet);
 /* GB/s of this machine's read bandwidth with n_threads (median of 7 passes over 1 GiB). */
 double tern_bench_read_bandwidth(int n_threads);
 /* `bench --profile`: stage costs of this machine and model (before the engine opens). */

@@ -223,10 +223,11 @@ int tern_cmd_bench(int argc, char **argv)
         tern_engine *e;
         int rank;
         if (tern_run_open(&argc, &argv, &eo, &e, &rank)) return 1;
-        int rc = 0;
+        /* a warm-up run first: the first tokens after open pay page faults and thread wake-ups */
+        int rc = rank == 0 ? tern_bench_workload(e, 1, npp, 2, false, true) : 0;
         for (int k = 0; rank == 0 && k < n_npl && !rc; k++)
             for (int r = 0; r < reps && !rc; r++)
-                rc = tern_bench_workload(e, npl[k], npp, ntg, json);
+                rc = tern_bench_workload(e, npl[k], npp, ntg, json, false);
         tern_run_close(e);
         return rc;
     }
