@@ -1,6 +1,7 @@
-/* tokenizer.h: byte-level BPE tokenizer built from GGUF metadata (GPT-2 / Llama-3 style),
- * the BitNet chat format, streaming detokenization, and the Llama-3 vocab from a tiktoken
- * rank file.
+/* tokenizer.h: byte-level BPE tokenizer built from GGUF metadata (GPT-2 / Llama-3 style) and
+ * SentencePiece BPE with byte fallback (spec 8: GGUF tokenizer.ggml.model = "llama", or a
+ * tokenizer.model with the HF added-token files), the BitNet chat format, streaming
+ * detokenization, and the Llama-3 vocab from a tiktoken rank file.
  *
  * A tern_tokenizer is immutable after load: encode/decode may run on many threads at once
  * (each call uses its own scratch).
@@ -31,7 +32,15 @@ void tern_tokens_free(tern_tokens *t);
 
 enum { TERN_TOK_ADD_BOS = 1u, TERN_TOK_PARSE_SPECIAL = 2u };
 
+/* From GGUF metadata: tokenizer.ggml.model "gpt2" (byte-level BPE) or "llama" (SentencePiece). */
 tern_code tern_tokenizer_load(tern_tokenizer **out, const tern_gguf *g, tern_status *st);
+/* A SentencePiece tokenizer.model (BPE only: a unigram model, a normalizer other than
+ * "identity" or whitespace rewriting is refused with TERN_EUNSUPPORTED and a clear message). */
+tern_code tern_tokenizer_load_spm_file(tern_tokenizer **out, const char *path, tern_status *st);
+/* A Hugging Face directory: tokenizer.model plus added_tokens.json and tokenizer_config.json
+ * (added tokens keyed by text; special ones split out only with TERN_TOK_PARSE_SPECIAL;
+ * bos/eos named by text; legacy false: no dummy space after a special token). */
+tern_code tern_tokenizer_load_dir(tern_tokenizer **out, const char *dir, tern_status *st);
 void tern_tokenizer_free(tern_tokenizer *tok);
 /* Appends the ids of text to out. */
 tern_code tern_tokenizer_encode(const tern_tokenizer *tok, const char *text, size_t len,
@@ -46,6 +55,11 @@ const char *tern_tokenizer_pre_name(const tern_tokenizer *tok);
 /* Raw bytes of a token (byte mapping reversed; special tokens give their text). NULL and
  * *len 0 for an id out of range. */
 const char *tern_tokenizer_token_bytes(const tern_tokenizer *tok, int32_t id, size_t *len);
+
+/* Whole-sequence decode into out (at most cap bytes; returns bytes written). SentencePiece:
+ * the dummy-prefix space before the first piece is dropped, CONTROL pieces give nothing. */
+size_t tern_tokenizer_decode(const tern_tokenizer *tok, const int32_t *ids, size_t n, char *out,
+                             size_t cap);
 
 /* Streaming decoder: holds back an incomplete UTF-8 sequence until the next token. */
 typedef struct tern_detok {

@@ -63,7 +63,9 @@ struct tern_tokenizer {
     bool add_bos, ignore_merges;
     char pre[32];
     pcre2_code *re;
-    bool jit; /* JIT compiled: match with pcre2_jit_match (no per-call option checks) */
+    bool jit;          /* JIT compiled: match with pcre2_jit_match (no per-call option checks) */
+    tern_spm_tok *spm; /* SentencePiece: encode, bytes and ids come from it (spm.c) */
+    bool spm_dummy_prefix;
 };
 
 /* ---- GPT-2 bytes_to_unicode (spec 4.3) ---- */
@@ -199,9 +201,11 @@ tern_code tern_tokenizer_load(tern_tokenizer **out, const tern_gguf *g, tern_sta
     tern_gguf_str model;
     tern_code rc = tern_gguf_get_str(g, "tokenizer.ggml.model", &model, st);
     if (rc) return rc;
+    if (tern_gguf_str_eq(model, "llama")) return tern_spm_load_gguf(out, g, st);
     if (!tern_gguf_str_eq(model, "gpt2"))
         return tern_status_set(st, TERN_EUNSUPPORTED,
-                               "tokenizer: %s: tokenizer.ggml.model: got '%.*s', expected 'gpt2'",
+                               "tokenizer: %s: tokenizer.ggml.model: got '%.*s', expected 'gpt2' "
+                               "or 'llama'",
                                tern_gguf_path(g), (int)(model.len > 32 ? 32 : model.len),
                                model.ptr);
     const tern_gguf_value *tokens, *merges;
@@ -404,9 +408,30 @@ fail:
     return rc;
 }
 
+tern_code tern_tokenizer_wrap_spm(tern_tokenizer **out, tern_spm_tok *spm, int32_t n_vocab,
+                                  int32_t bos, int32_t eos, bool add_bos, bool dummy_prefix,
+                                  const char *pre, tern_status *st)
+{
+    *out = NULL;
+    tern_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        tern_spm_tok_free(spm);
+        return tern_status_set(st, TERN_ENOMEM, "tokenizer: out of memory");
+    }
+    t->spm = spm;
+    t->n_vocab = n_vocab;
+    t->bos = bos, t->eos = eos, t->eot = -1;
+    t->add_bos = add_bos;
+    t->spm_dummy_prefix = dummy_prefix;
+    snprintf(t->pre, sizeof t->pre, "%s", pre);
+    *out = t;
+    return TERN_OK;
+}
+
 void tern_tokenizer_free(tern_tokenizer *t)
 {
     if (!t) return;
+    tern_spm_tok_free(t->spm);
     free(t->text), free(t->text_len), free(t->bytes), free(t->bytes_len), free(t->arena);
     free(t->tokmap), free(t->merges), free(t->specials);
     if (t->re) pcre2_code_free(t->re);
@@ -448,8 +473,28 @@ const char *tern_tokenizer_token_bytes(const tern_tokenizer *t, int32_t id, size
         *len = 0;
         return NULL;
     }
+    if (t->spm) return tern_spm_tok_bytes(t->spm, id, len);
     *len = t->bytes_len[id];
     return t->bytes[id];
+}
+
+size_t tern_tokenizer_decode(const tern_tokenizer *t, const int32_t *ids, size_t n, char *out,
+                             size_t cap)
+{
+    size_t m = 0;
+    bool first = true;
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *b = tern_tokenizer_token_bytes(t, ids[i], &len);
+        /* the dummy prefix: the first text piece's leading space is not part of the text */
+        bool text = len > 0; /* CONTROL pieces (BOS) decode to nothing and do not count */
+        if (t->spm && t->spm_dummy_prefix && first && len && b[0] == ' ') b++, len--;
+        if (text) first = false;
+        if (len > cap - m) len = cap - m;
+        if (len) memcpy(out + m, b, len);
+        m += len;
+    }
+    return m;
 }
 
 /* ---- BPE of one pre-token ---- */
@@ -607,6 +652,7 @@ tern_code tern_tokenizer_encode(const tern_tokenizer *t, const char *text, size_
 {
     if ((flags & TERN_TOK_ADD_BOS) && t->bos >= 0 && tern_tokens_push(out, t->bos))
         return tern_status_set(st, TERN_ENOMEM, "tokenizer: out of memory");
+    if (t->spm) return tern_spm_tok_encode(t->spm, text, len, flags, out, st);
     scratch s = {0};
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(t->re, NULL);
     if (!md) return tern_status_set(st, TERN_ENOMEM, "tokenizer: out of memory");
