@@ -34,23 +34,24 @@ static void on_signal(int sig)
 
 static void usage(void)
 {
-    fprintf(stderr,
-            "usage: ternpipe serve [--host ADDR] [--port N] [--api-key KEY] [--max-queue N]\n"
-            "                      [--max-tokens N] [--grace S] [--alias NAME] [--max-conns N]\n"
-            "                      [--max-conns-per-ip N] [--request-timeout S] %s\n"
-            "  --host       address to bind (default 127.0.0.1; 0.0.0.0 for every interface)\n"
-            "  --port       TCP port (default 8080)\n"
-            "  --api-key    require 'Authorization: Bearer KEY' on /v1/* (or $TERNPIPE_API_KEY;\n"
-            "               an empty or blank key is an error, not \"no authentication\")\n"
-            "  --max-queue  requests waiting beyond --max-seqs before 429 (default 256)\n"
-            "  --max-tokens default max_tokens of a request (default 128)\n"
-            "  --grace      seconds running requests may finish after SIGTERM (default 30)\n"
-            "  --alias      model name in responses (default: the file name)\n"
-            "  --max-conns  open connections before new ones get 503 (default 1000)\n"
-            "  --max-conns-per-ip  open connections from one address before 429 (default 128;\n"
-            "               0 = no limit, for a reverse proxy in front)\n"
-            "  --request-timeout  seconds from connecting to the whole request (default 30)\n",
-            tern_engine_opts_usage());
+    fprintf(
+        stderr,
+        "usage: ternpipe serve [--host ADDR] [--port N] [--api-key KEY] [--max-queue N]\n"
+        "                      [--max-tokens N] [--grace S] [--alias NAME] [--max-conns N]\n"
+        "                      [--max-conns-per-ip N] [--request-timeout S] %s\n"
+        "  --host       address to bind (default 127.0.0.1; 0.0.0.0 for every interface)\n"
+        "  --port       TCP port (default 8080)\n"
+        "  --api-key    require 'Authorization: Bearer KEY' on /v1/* (or $TERNPIPE_API_KEY;\n"
+        "               an empty or blank key is an error, not \"no authentication\")\n"
+        "  --max-queue  requests waiting beyond --max-seqs before 429 (default 256)\n"
+        "  --max-tokens default max_tokens of a request (default 128)\n"
+        "  --grace      seconds running requests may finish after SIGTERM/SIGUSR2 (default 30)\n"
+        "  --alias      model name in responses (default: the file name)\n"
+        "  --max-conns  open connections before new ones get 503 (default 1000)\n"
+        "  --max-conns-per-ip  open connections from one address before 429 (default 128;\n"
+        "               0 = no limit, for a reverse proxy in front)\n"
+        "  --request-timeout  seconds from connecting to the whole request (default 30)\n",
+        tern_engine_opts_usage());
 }
 
 static int int_arg(const char *name, const char *v, long lo, long hi, long *out)
@@ -154,15 +155,28 @@ int tern_cmd_serve(int argc, char **argv)
     tern_code bind_rc = TERN_OK;
     bool rank0_guess = tern_launcher_rank(NULL) == 0;
     if (rank0_guess) bind_rc = tern_server_create(&srv, &so, &st);
-    /* A graceful stop is a signal to rank 0 (its pid is in the "serving" log line): it drains
-     * and closes the pipeline, and the workers return. A signal to mpirun (Open MPI 4.1) ends
-     * every rank within about a second instead: it marks the job aborted, so even a drained
-     * rank 0 could not finalize cleanly. */
+    /* A graceful stop is SIGTERM or SIGINT to rank 0 (its pid is in the "serving" log line),
+     * or SIGUSR2 to mpirun, which forwards it to every rank at once (cluster/launch turns its
+     * own SIGTERM into that): rank 0 drains and closes the pipeline, the workers return, and
+     * the job exits 0. SIGTERM to mpirun (Open MPI 4.1) instead sends SIGCONT, waits
+     * odls_base_sigkill_timeout (1 s by default), sends SIGTERM, waits as long again and
+     * kills every rank: rank 0 drains in that second window (--grace shorter than it), the
+     * workers ignore it and serve until the shutdown step, and mpirun exits 1 however cleanly
+     * the ranks stopped (cluster/README.md). */
     if (rank0_guess) {
         sa.sa_handler = on_signal;
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGUSR2, &sa, NULL);
+    } else {
+        /* mpirun forwards SIGTERM (and turns SIGINT into one) to every rank: a worker keeps
+         * serving until rank 0 has drained and sent the shutdown step (the job's end, or
+         * mpirun's SIGKILL after odls_base_sigkill_timeout, still stops it) */
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGUSR2, &sa, NULL);
     }
 
     tern_engine *e = NULL;
@@ -183,6 +197,7 @@ int tern_cmd_serve(int argc, char **argv)
         sigemptyset(&sa.sa_mask);
         sigaction(SIGTERM, &sa, NULL);
         sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGUSR2, &sa, NULL);
     }
     int rc = 1;
     tern_tokenizer *tok = NULL;

@@ -77,8 +77,24 @@ gone() {
   echo "ok $1: every rank gone $dt s after the fault (exit $rc)"
 }
 
-# 1. streams and non-streamed requests in flight, a worker stopped
+# 0. idle workers sleep in their test loops instead of spinning in MPI_Wait (issue 10: ~37% of
+# a core each before)
 start hang
+python3 - "$url" <<'PY'
+import http.client, json, sys, urllib.parse
+u = urllib.parse.urlsplit(sys.argv[1])
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+c.request("POST", "/v1/completions", json.dumps({"prompt": "Once", "max_tokens": 8}))
+assert c.getresponse().status == 200
+PY
+sleep 0.5
+for r in 1 2; do
+  cpu=$(python3 "$faults" cpu "${ranks[$r]}" 3)
+  echo "idle rank $r: $cpu% of a core"
+  awk -v c="$cpu" 'BEGIN {exit !(c < 10)}' || { echo "FAIL idle: rank $r busy at $cpu% while idle, expected < 10%"; exit 1; }
+done
+
+# 1. streams and non-streamed requests in flight, a worker stopped
 out=$tmp/clients
 python3 "$faults" streams "$url" 4 "$out" &
 cl=$!
