@@ -239,10 +239,8 @@ static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
             if (!w) continue;
             size_t got = 0;
             tern_comm_irecv_logits(r, c->staging, (size_t)st->n_full * w, &c->lreq);
-            if (deadline > 0 && !tern_comm_wait_until(&c->lreq, &got, deadline)) {
-                tern_comm_cancel(&c->lreq);
-                return false;
-            }
+            /* on a time-out the receive stays posted: the engine fails and the job ends */
+            if (deadline > 0 && !tern_comm_wait_until(&c->lreq, &got, deadline)) return false;
             if (got != (size_t)st->n_full * w)
                 tern_die("engine: step %llu: rank %d sent %zu logits, expected %zu",
                          (unsigned long long)st->id, r, got, (size_t)st->n_full * w);
