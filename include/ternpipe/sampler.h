@@ -9,6 +9,10 @@
  * - The draw is Gumbel-max: token = argmax over the kept set K of x_i + g_i with x_i = v_i / T
  *   (v = logit after the repetition penalty) and g_i = -log(-log(u_i)). This is an exact draw
  *   from softmax(x) restricted to K and needs only a max, so slices merge by comparison.
+ * - v is the raw logit adjusted per id: the repetition penalty (v > 0 ? v / p : v * p for ids
+ *   in the window), then one additive term: logit_bias - presence_penalty * [count > 0] -
+ *   frequency_penalty * count, with count the id's occurrences in the generated text so far
+ *   (OpenAI's definitions). The adjusted ids of a row travel with it (tern_adjust).
  * - K is a prefix of the total order "v descending, id ascending": top-k, then top-p (the
  *   smallest prefix whose mass reaches top_p of the total; of the top-k mass when top-k is on),
  *   then min-p (drop w < min_p * w_max), at least one token.
@@ -44,6 +48,11 @@
 extern "C" {
 #endif
 
+typedef struct tern_logit_bias {
+    int32_t id;
+    float bias; /* added to the logit; -100..100 */
+} tern_logit_bias;
+
 typedef struct tern_sampling {
     float temperature;     /* <= 0: greedy */
     int32_t top_k;         /* 0: off */
@@ -52,12 +61,17 @@ typedef struct tern_sampling {
     float repeat_penalty;  /* 1: off; > 0 */
     int32_t repeat_last_n; /* tokens of history penalized; 0: none, -1: all */
     uint64_t seed;
-    int32_t n_logprobs; /* 0: none; else the chosen token's and this many top log-probs */
+    int32_t n_logprobs;      /* 0: none; else the chosen token's and this many top log-probs */
+    float presence_penalty;  /* -2..2, 0: off */
+    float frequency_penalty; /* -2..2, 0: off */
+    const tern_logit_bias *logit_bias; /* [n_logit_bias], copied at submit */
+    int32_t n_logit_bias;              /* 0..TERN_MAX_LOGIT_BIAS */
 } tern_sampling;
 
-#define TERN_SAMPLE_CANDS 128 /* candidates a head slice keeps per sampled row */
-#define TERN_MAX_LOGPROBS 20  /* top log-probabilities per token (OpenAI's limit) */
-#define TERN_MAX_TOP_K 4096   /* top_k above this is refused */
+#define TERN_SAMPLE_CANDS 128   /* candidates a head slice keeps per sampled row */
+#define TERN_MAX_LOGPROBS 20    /* top log-probabilities per token (OpenAI's limit) */
+#define TERN_MAX_TOP_K 4096     /* top_k above this is refused */
+#define TERN_MAX_LOGIT_BIAS 300 /* logit_bias entries per request (OpenAI's limit) */
 
 /* Greedy: temperature 0, top_k 0, top_p 1, min_p 0, repeat_penalty 1, repeat_last_n 64,
  * seed 0, no logprobs. */
@@ -74,6 +88,13 @@ typedef struct tern_cand {
     int32_t id;
 } tern_cand;
 
+/* One adjusted id of a row: rep = the repetition penalty applies, then add is added. */
+typedef struct tern_adjust {
+    int32_t id;
+    float add;
+    bool rep;
+} tern_adjust;
+
 /* What the head ranks need to know of one sampled row (filled by tern_row_params_make on
  * rank 0, sent with the step). */
 typedef struct tern_row_params {
@@ -84,8 +105,8 @@ typedef struct tern_row_params {
     bool gumbel; /* no truncation: track the best Gumbel score over every id */
     uint64_t seed;
     int32_t pos;            /* position of the token being drawn */
-    const int32_t *pen_ids; /* distinct penalized ids, ascending */
-    int32_t n_pen;
+    const tern_adjust *adj; /* distinct adjusted ids, ascending */
+    int32_t n_adj;
 } tern_row_params;
 
 typedef struct tern_row_sum {
@@ -99,12 +120,18 @@ typedef struct tern_row_sum {
     tern_cand rawc[TERN_MAX_LOGPROBS]; /* by raw logit, best first */
 } tern_row_sum;
 
-/* Distinct ids of the penalty window of history (the last repeat_last_n tokens, all with -1),
- * sorted ascending, into ids[cap]; returns the count (ids outside [0, n_vocab) are dropped;
- * at most cap). */
-int32_t tern_penalty_ids(const tern_sampling *sp, const int32_t *history, int32_t n_history,
-                         int32_t n_vocab, int32_t *ids, int32_t cap);
-/* The head ranks' part of the parameters (pen_ids/n_pen set by the caller). */
+/* Entries a row's adjustment needs at most before merging: the repetition window, the
+ * generated tokens and the logit biases. */
+int32_t tern_adjust_scratch(const tern_sampling *sp, int32_t n_history, int32_t n_prompt);
+/* The row's adjusted ids, distinct and ascending, into out[cap] (scratch: at least
+ * tern_adjust_scratch entries; out may be scratch): the repetition window (the last
+ * repeat_last_n tokens of history, all with -1), the counts of the generated tokens
+ * history[n_prompt..] for the presence and frequency penalties, and the logit biases. Ids
+ * outside [0, n_vocab) are dropped. Returns the count (at most cap: the lowest ids). */
+int32_t tern_row_adjust(const tern_sampling *sp, const int32_t *history, int32_t n_history,
+                        int32_t n_prompt, int32_t n_vocab, tern_adjust *scratch, tern_adjust *out,
+                        int32_t cap);
+/* The head ranks' part of the parameters (adj/n_adj set by the caller). */
 void tern_row_params_make(const tern_sampling *sp, int32_t pos, tern_row_params *p);
 
 void tern_row_sum_init(tern_row_sum *s);

@@ -84,8 +84,9 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
     Ternpipe__SeqEntry *ents = malloc(ns * sizeof *ents);
     Ternpipe__SeqEntry **ptrs = malloc(ns * sizeof *ptrs);
     uint32_t *pen = malloc((s->n_pen > 0 ? (size_t)s->n_pen : 1) * sizeof *pen);
+    float *add = malloc((s->n_pen > 0 ? (size_t)s->n_pen : 1) * sizeof *add);
     size_t n = 0;
-    if (!ents || !ptrs || !pen) goto out;
+    if (!ents || !ptrs || !pen || !add) goto out;
     for (int i = 0; i < s->n_seqs; i++) {
         const tern_step_seq *q = &s->seqs[i];
         Ternpipe__SeqEntry e = TERNPIPE__SEQ_ENTRY__INIT;
@@ -106,7 +107,11 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
         ents[i] = e;
         ptrs[i] = &ents[i];
     }
-    for (int32_t i = 0; i < s->n_pen; i++) pen[i] = (uint32_t)s->pen_ids[i];
+    /* the id, with the top bit for "the repetition penalty applies" */
+    for (int32_t i = 0; i < s->n_pen; i++) {
+        pen[i] = (uint32_t)s->pen_ids[i].id | (s->pen_ids[i].rep ? 0x80000000u : 0u);
+        add[i] = s->pen_ids[i].add;
+    }
     sm.has_microbatch_id = 1, sm.microbatch_id = s->id;
     sm.n_seqs = (size_t)s->n_seqs, sm.seqs = ptrs;
     sm.has_n_tokens = 1, sm.n_tokens = (uint32_t)s->n_tokens;
@@ -116,12 +121,13 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
     sm.n_peak_rss = (size_t)s->n_hops, sm.peak_rss = s->peak_rss;
     sm.has_shutdown = 1, sm.shutdown = s->shutdown != 0;
     sm.n_pen_ids = (size_t)s->n_pen, sm.pen_ids = pen;
+    sm.n_pen_add = (size_t)s->n_pen, sm.pen_add = add;
     Ternpipe__Control c = TERNPIPE__CONTROL__INIT;
     c.body_case = TERNPIPE__CONTROL__BODY_STEP;
     c.step = &sm;
     n = pack_control(&c, buf, cap);
 out:
-    free(ents), free(ptrs), free(pen);
+    free(ents), free(ptrs), free(pen), free(add);
     return n;
 }
 
@@ -192,9 +198,11 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
         sm->n_peak_rss != sm->n_hop_at || (int64_t)sm->n_hop_at > lim->n_ranks)
         return BAD("pipeline: step: got %zu/%zu/%zu hop records, expected equal counts <= %d",
                    sm->n_hop_at, sm->n_busy_s, sm->n_peak_rss, lim->n_ranks);
-    if ((int64_t)sm->n_pen_ids > s->cap_pen || (int64_t)sm->n_pen_ids > lim->pen_ids)
-        return BAD("pipeline: step: got %zu penalty ids, expected at most %d", sm->n_pen_ids,
-                   lim->pen_ids);
+    if ((int64_t)sm->n_pen_ids > s->cap_pen || (int64_t)sm->n_pen_ids > lim->pen_ids ||
+        sm->n_pen_add != sm->n_pen_ids)
+        return BAD("pipeline: step: got %zu penalty ids and %zu additions, expected equal counts "
+                   "at most %d",
+                   sm->n_pen_ids, sm->n_pen_add, lim->pen_ids);
     if (sm->n_tokens > (uint32_t)lim->batch_tokens)
         return BAD("pipeline: step: got %u tokens, expected at most %d (the batch)", sm->n_tokens,
                    lim->batch_tokens);
@@ -246,11 +254,21 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
     if (pen != (int64_t)sm->n_pen_ids)
         return BAD("pipeline: step: got %zu penalty ids, expected %lld (its entries' sum)",
                    sm->n_pen_ids, (long long)pen);
-    for (size_t i = 0; i < sm->n_pen_ids; i++) {
-        if (sm->pen_ids[i] >= (uint32_t)lim->n_vocab)
-            return BAD("pipeline: step penalty id %zu: got %u, expected < %d", i, sm->pen_ids[i],
-                       lim->n_vocab);
-        s->pen_ids[i] = (int32_t)sm->pen_ids[i];
+    /* each sampled entry's run of ids is ascending (the fold walks them in order) */
+    size_t at = 0;
+    for (int32_t k = 0; k < s->n_seqs; k++) {
+        const tern_step_seq *q = &s->seqs[k];
+        if (!(q->flags & TERN_SEQ_SAMPLE)) continue;
+        for (int32_t j = 0; j < q->n_pen; j++, at++) {
+            uint32_t id = sm->pen_ids[at] & 0x7fffffffu;
+            if (id >= (uint32_t)lim->n_vocab || !isfinite(sm->pen_add[at]) ||
+                (j > 0 && (int32_t)id <= s->pen_ids[at - 1].id))
+                return BAD("pipeline: step penalty id %zu: got %u (add %g), expected ascending "
+                           "ids < %d with finite additions",
+                           at, id, (double)sm->pen_add[at], lim->n_vocab);
+            s->pen_ids[at] =
+                (tern_adjust){(int32_t)id, sm->pen_add[at], (sm->pen_ids[at] >> 31) != 0};
+        }
     }
     s->n_pen = (int32_t)sm->n_pen_ids;
     s->n_tokens = (int32_t)sm->n_tokens;

@@ -12,6 +12,7 @@
 
 #include "pipeline/limits.h"
 #include "pipeline/plan.h"
+#include "ternpipe/sampler.h"
 #include "ternpipe/status.h"
 
 #define TERN_PROTOCOL_VERSION 2
@@ -43,7 +44,7 @@ typedef struct tern_step_seq {
     int32_t n_cand, n_logprobs;
     bool gumbel;
     uint64_t seed;
-    int32_t n_pen; /* its ids: the next n_pen of tern_step.pen_ids */
+    int32_t n_pen; /* its adjusted ids: the next n_pen of tern_step.pen_ids */
 } tern_step_seq;
 
 typedef struct tern_step {
@@ -54,7 +55,7 @@ typedef struct tern_step {
     int32_t n_tokens;
     /* derived by pack/unpack from the entries */
     int32_t n_head, n_sample, n_full;
-    int32_t *pen_ids; /* [cap_pen], caller-owned */
+    tern_adjust *pen_ids; /* [cap_pen], caller-owned: the sampled rows' adjusted ids */
     int32_t n_pen, cap_pen;
     double sent_at;
     int32_t n_hops, cap_hops; /* per-rank arrays below: [cap_hops] = n_ranks, caller-owned */

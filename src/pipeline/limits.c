@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "ternpipe/sampler.h"
+
 tern_code tern_limits_compute(tern_limits *l, int32_t n_ranks, int32_t n_vocab, int32_t d,
                               int32_t n_layer, int32_t max_seqs, int32_t batch_tokens,
                               int32_t n_ctx, int32_t kv_blocks, int32_t inflight, tern_status *st)
@@ -31,7 +33,9 @@ tern_code tern_limits_compute(tern_limits *l, int32_t n_ranks, int32_t n_vocab, 
     l->head_rows = batch_tokens;
     l->sample_rows = seqs;
     l->full_rows = TERN_FULL_ROWS < batch_tokens ? TERN_FULL_ROWS : batch_tokens;
-    l->pen_row = n_ctx < n_vocab ? n_ctx : n_vocab;
+    /* a row's adjusted ids: its window or history, and the logit biases; distinct ids */
+    int64_t row = (int64_t)n_ctx + TERN_MAX_LOGIT_BIAS;
+    l->pen_row = (int32_t)(row < n_vocab ? row : n_vocab);
     /* a step carries the windows of its sampled rows up to this many ids; the scheduler
      * defers a row that does not fit (one whole window always fits) */
     int64_t pen = (int64_t)seqs * 64;
@@ -39,12 +43,12 @@ tern_code tern_limits_compute(tern_limits *l, int32_t n_ranks, int32_t n_vocab, 
     if (pen > (1 << 20)) pen = 1 << 20 > l->pen_row ? 1 << 20 : l->pen_row;
     l->pen_ids = (int32_t)pen;
     /* protobuf worst cases: a SeqEntry is at most ~100 bytes of varints, doubles and tags;
-     * each penalty id at most 5 bytes; per-rank stats 3 x 10 bytes */
+     * each adjusted id at most 5 bytes and 4 for its addition; per-rank stats 3 x 10 bytes */
     l->ctl_bytes =
         256 + (size_t)l->step_entries * 112 + (size_t)l->pen_ids * 5 + (size_t)n_ranks * 40;
-    /* unpacked: per entry the struct and its pointer, per id 4 bytes, per rank 3 x 8 bytes,
-     * alignment slack */
-    l->arena_bytes = 4096 + (size_t)l->step_entries * (128 + 16) + (size_t)l->pen_ids * 4 +
+    /* unpacked: per entry the struct and its pointer, per adjusted id 8 bytes, per rank 3 x 8
+     * bytes, alignment slack */
+    l->arena_bytes = 4096 + (size_t)l->step_entries * (128 + 16) + (size_t)l->pen_ids * 8 +
                      (size_t)n_ranks * 32 + 64 * 16;
     return TERN_OK;
 }

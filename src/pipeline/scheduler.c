@@ -11,14 +11,16 @@ typedef struct pending {
     struct pending *next;
     int64_t id;
     tern_request req;
-    int32_t *prompt; /* owned copy */
+    int32_t *prompt;       /* owned copy */
+    tern_logit_bias *bias; /* owned copy of req.sampling.logit_bias (or NULL) */
 } pending;
 
 typedef struct seq {
     bool used;
     int64_t id;
     tern_request req;
-    int32_t *tokens; /* [n_ctx]: prompt then generated */
+    int32_t *tokens;       /* [n_ctx]: prompt then generated */
+    tern_logit_bias *bias; /* owned, from the pending request */
     int32_t n_tokens, n_past, n_gen, kv_blocks;
     int32_t n_logits; /* positions whose logits were delivered (all_logits) */
     bool inflight, cancelled, fresh, stopped, retry;
@@ -43,7 +45,13 @@ struct tern_sched {
     int32_t n_releases;
     int32_t rot;
     int64_t tok_prompt, tok_gen, retries;
+    tern_adjust *adj_scratch; /* [2 * n_ctx + TERN_MAX_LOGIT_BIAS + 1] */
 };
+
+static void pending_free(pending *p)
+{
+    free(p->prompt), free(p->bias), free(p);
+}
 
 static int32_t blocks_for(int32_t n_pos)
 {
@@ -63,7 +71,9 @@ tern_code tern_sched_create(tern_sched **out, const tern_limits *lim, tern_statu
     s->cancels = calloc((size_t)s->cap_cancels, sizeof *s->cancels);
     s->seqs = calloc((size_t)lim->max_seqs, sizeof *s->seqs);
     s->releases = calloc((size_t)lim->max_seqs, sizeof *s->releases);
-    bool ok = s->cancels && s->seqs && s->releases;
+    s->adj_scratch =
+        malloc(((size_t)lim->n_ctx * 2 + TERN_MAX_LOGIT_BIAS + 1) * sizeof *s->adj_scratch);
+    bool ok = s->cancels && s->seqs && s->releases && s->adj_scratch;
     for (int32_t i = 0; ok && i < lim->max_seqs; i++) {
         s->seqs[i].tokens = malloc((size_t)lim->n_ctx * sizeof(int32_t));
         ok = s->seqs[i].tokens != NULL;
@@ -82,10 +92,11 @@ void tern_sched_free(tern_sched *s)
 {
     if (!s) return;
     if (s->seqs)
-        for (int32_t i = 0; i < s->lim.max_seqs; i++) free(s->seqs[i].tokens);
-    for (pending *p = s->inbox_head, *n; p; p = n) n = p->next, free(p->prompt), free(p);
-    for (pending *p = s->wait_head, *n; p; p = n) n = p->next, free(p->prompt), free(p);
-    free(s->seqs), free(s->releases), free(s->cancels);
+        for (int32_t i = 0; i < s->lim.max_seqs; i++)
+            free(s->seqs[i].tokens), free(s->seqs[i].bias);
+    for (pending *p = s->inbox_head, *n; p; p = n) n = p->next, pending_free(p);
+    for (pending *p = s->wait_head, *n; p; p = n) n = p->next, pending_free(p);
+    free(s->seqs), free(s->releases), free(s->cancels), free(s->adj_scratch);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);
@@ -115,20 +126,29 @@ tern_code tern_sched_submit(tern_sched *s, const tern_request *r, int64_t *id, t
         if (r->prompt[i] < 0 || r->prompt[i] >= L->n_vocab)
             return tern_status_set(st, TERN_EINVAL, "prompt token %d: got id %d, expected 0..%d", i,
                                    r->prompt[i], L->n_vocab - 1);
+    for (int32_t i = 0; i < r->sampling.n_logit_bias; i++)
+        if (r->sampling.logit_bias[i].id >= L->n_vocab)
+            return tern_status_set(st, TERN_EINVAL, "logit_bias: token %d: got it, expected 0..%d",
+                                   r->sampling.logit_bias[i].id, L->n_vocab - 1);
     pending *p = calloc(1, sizeof *p);
     int32_t *prompt = p ? malloc((size_t)r->n_prompt * sizeof(int32_t)) : NULL;
-    if (!prompt) {
-        free(p);
+    size_t nb = (size_t)r->sampling.n_logit_bias;
+    tern_logit_bias *bias = nb ? malloc(nb * sizeof *bias) : NULL;
+    if (!prompt || (nb && !bias)) {
+        free(p), free(prompt), free(bias);
         return tern_status_set(st, TERN_ENOMEM, "scheduler: out of memory for a request");
     }
     memcpy(prompt, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
+    if (nb) memcpy(bias, r->sampling.logit_bias, nb * sizeof *bias);
     p->req = *r;
     p->prompt = prompt;
     p->req.prompt = prompt;
+    p->bias = bias;
+    p->req.sampling.logit_bias = bias;
     pthread_mutex_lock(&s->mu);
     if (s->inbox_n + s->wait_n >= L->queue_cap) {
         pthread_mutex_unlock(&s->mu);
-        free(prompt), free(p);
+        pending_free(p);
         return tern_status_set(st, TERN_EBUSY, "queue: got %d waiting requests, expected < %d",
                                L->queue_cap, L->queue_cap);
     }
@@ -174,6 +194,8 @@ static void finish(tern_sched *s, seq *q, tern_finish why)
         .slot = (int32_t)(q - s->seqs),
         .flags = why == TERN_FINISH_CANCELLED ? TERN_SEQ_CANCELLED : TERN_SEQ_FINISHED};
     q->used = false;
+    free(q->bias);
+    q->bias = NULL;
     s->kv_reserved -= q->kv_blocks;
     s->n_running--;
     if (q->req.on_done) q->req.on_done(q->req.user, why, NULL);
@@ -224,7 +246,7 @@ void tern_sched_admit(tern_sched *s)
             s->wait_n--;
             pthread_mutex_unlock(&s->mu);
             if (p->req.on_done) p->req.on_done(p->req.user, TERN_FINISH_CANCELLED, NULL);
-            free(p->prompt), free(p);
+            pending_free(p);
             break;
         }
     }
@@ -247,15 +269,17 @@ void tern_sched_admit(tern_sched *s)
                    .id = p->id,
                    .req = p->req,
                    .tokens = tokens,
+                   .bias = p->bias,
                    .n_tokens = p->req.n_prompt,
                    .kv_blocks = need,
                    .fresh = true};
+        p->bias = NULL; /* the sequence owns it now */
         memcpy(q->tokens, p->prompt, (size_t)p->req.n_prompt * sizeof(int32_t));
         q->req.prompt = q->tokens;
         s->kv_reserved += need;
         s->n_running++;
         s->tok_prompt += p->req.n_prompt;
-        free(p->prompt), free(p);
+        pending_free(p);
     }
 }
 
@@ -297,9 +321,9 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
         tern_row_params rp;
         tern_row_params_make(&r->sampling, q->n_tokens, &rp);
         int32_t cap = st->cap_pen - st->n_pen;
-        int32_t np =
-            tern_penalty_ids(&r->sampling, q->tokens, q->n_tokens, s->lim.n_vocab,
-                             st->pen_ids + st->n_pen, cap < s->lim.pen_row ? cap : s->lim.pen_row);
+        int32_t np = tern_row_adjust(&r->sampling, q->tokens, q->n_tokens, r->n_prompt,
+                                     s->lim.n_vocab, s->adj_scratch, st->pen_ids + st->n_pen,
+                                     cap < s->lim.pen_row ? cap : s->lim.pen_row);
         e.flags |= TERN_SEQ_SAMPLE;
         e.temperature = rp.temperature, e.penalty = rp.penalty;
         e.n_cand = rp.n_cand, e.n_logprobs = rp.n_logprobs;
@@ -315,13 +339,15 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
     return e.flags & TERN_SEQ_FULL ? e.n_head : 0;
 }
 
-/* a sampled row's window must fit the step's penalty ids */
+/* a sampled row's adjusted ids (at most) must fit the step */
 static bool pen_fits(const tern_sched *s, const seq *q, const tern_step *st)
 {
     const tern_sampling *sp = &q->req.sampling;
-    if (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0) return true;
-    int32_t w =
-        sp->repeat_last_n < 0 || sp->repeat_last_n > q->n_tokens ? q->n_tokens : sp->repeat_last_n;
+    bool any = (sp->repeat_penalty != 1.0f && sp->repeat_last_n != 0) ||
+               sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f ||
+               sp->n_logit_bias > 0;
+    if (!any) return true;
+    int32_t w = tern_adjust_scratch(sp, q->n_tokens, q->req.n_prompt);
     if (w > s->lim.pen_row) w = s->lim.pen_row;
     return st->n_pen + w <= st->cap_pen;
 }

@@ -55,8 +55,8 @@ void tern_stage_params(const tern_step *step, tern_row_params *p)
                                    .gumbel = q->gumbel,
                                    .seed = q->seed,
                                    .pos = q->pos0 + q->n_tokens,
-                                   .pen_ids = step->pen_ids + pen,
-                                   .n_pen = q->n_pen};
+                                   .adj = step->pen_ids + pen,
+                                   .n_adj = q->n_pen};
         pen += q->n_pen;
     }
 }

@@ -52,6 +52,23 @@ tern_code tern_sampling_validate(const tern_sampling *p, tern_status *st)
     if (p->n_logprobs < 0 || p->n_logprobs > TERN_MAX_LOGPROBS)
         return tern_status_set(st, TERN_EINVAL, "logprobs: got %d, expected 0..%d",
                                (int)p->n_logprobs, TERN_MAX_LOGPROBS);
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
+        return tern_status_set(st, TERN_EINVAL, "presence_penalty: got %g, expected -2..2",
+                               (double)p->presence_penalty);
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return tern_status_set(st, TERN_EINVAL, "frequency_penalty: got %g, expected -2..2",
+                               (double)p->frequency_penalty);
+    if (p->n_logit_bias < 0 || p->n_logit_bias > TERN_MAX_LOGIT_BIAS ||
+        (p->n_logit_bias > 0 && !p->logit_bias))
+        return tern_status_set(st, TERN_EINVAL, "logit_bias: got %d entries, expected 0..%d",
+                               (int)p->n_logit_bias, TERN_MAX_LOGIT_BIAS);
+    for (int32_t i = 0; i < p->n_logit_bias; i++)
+        if (!(p->logit_bias[i].bias >= -100.0f && p->logit_bias[i].bias <= 100.0f) ||
+            p->logit_bias[i].id < 0)
+            return tern_status_set(st, TERN_EINVAL,
+                                   "logit_bias: token %d: got bias %g, expected a token id >= 0 "
+                                   "and a bias in -100..100",
+                                   (int)p->logit_bias[i].id, (double)p->logit_bias[i].bias);
     return TERN_OK;
 }
 
@@ -79,30 +96,63 @@ static inline double gumbel(uint64_t seed, int32_t pos, int32_t id)
     return -log(-log(tern_sample_uniform(seed, pos, id)));
 }
 
-/* ------------------------------------------------------------------ penalty ids */
+/* ------------------------------------------------------------------ adjusted ids */
 
-static int cmp_i32(const void *a, const void *b)
+static int cmp_adj(const void *a, const void *b)
 {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return x < y ? -1 : x > y;
+    const tern_adjust *x = a, *y = b;
+    return x->id < y->id ? -1 : x->id > y->id;
 }
 
-int32_t tern_penalty_ids(const tern_sampling *sp, const int32_t *history, int32_t n_history,
-                         int32_t n_vocab, int32_t *ids, int32_t cap)
+int32_t tern_adjust_scratch(const tern_sampling *sp, int32_t n_history, int32_t n_prompt)
 {
-    if (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0 || !history || n_history <= 0)
-        return 0;
-    int32_t start = 0;
-    if (sp->repeat_last_n > 0 && n_history > sp->repeat_last_n)
-        start = n_history - sp->repeat_last_n;
+    int32_t gen = n_history > n_prompt ? n_history - n_prompt : 0;
+    return n_history + gen + sp->n_logit_bias + 1;
+}
+
+int32_t tern_row_adjust(const tern_sampling *sp, const int32_t *history, int32_t n_history,
+                        int32_t n_prompt, int32_t n_vocab, tern_adjust *scratch, tern_adjust *out,
+                        int32_t cap)
+{
     int32_t n = 0;
-    /* newest first, so a cap (never reached when cap >= the window) keeps the recent ones */
-    for (int32_t j = n_history; j-- > start && n < cap;)
-        if (history[j] >= 0 && history[j] < n_vocab) ids[n++] = history[j];
-    qsort(ids, (size_t)n, sizeof *ids, cmp_i32);
+    if (sp->repeat_penalty != 1.0f && sp->repeat_last_n != 0 && history) {
+        int32_t start = 0;
+        if (sp->repeat_last_n > 0 && n_history > sp->repeat_last_n)
+            start = n_history - sp->repeat_last_n;
+        for (int32_t j = start; j < n_history; j++)
+            if (history[j] >= 0 && history[j] < n_vocab)
+                scratch[n++] = (tern_adjust){history[j], 0.0f, true};
+    }
+    /* presence and frequency: one entry per generated token; merged below into counts */
+    const bool pf = sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f;
+    for (int32_t j = n_prompt; pf && history && j < n_history; j++)
+        if (history[j] >= 0 && history[j] < n_vocab)
+            scratch[n++] = (tern_adjust){history[j], 1.0f, false}; /* add marks a count */
+    for (int32_t j = 0; j < sp->n_logit_bias; j++)
+        if (sp->logit_bias[j].id >= 0 && sp->logit_bias[j].id < n_vocab)
+            scratch[n++] = (tern_adjust){sp->logit_bias[j].id, 0.0f, false};
+    /* the bias values, by id, come from the request again after the sort (they carry no
+     * count): sort entries of every kind together, then fold each id's run */
+    qsort(scratch, (size_t)n, sizeof *scratch, cmp_adj);
     int32_t m = 0;
-    for (int32_t j = 0; j < n; j++)
-        if (m == 0 || ids[j] != ids[m - 1]) ids[m++] = ids[j];
+    for (int32_t i = 0; i < n;) {
+        int32_t id = scratch[i].id, count = 0;
+        bool rep = false;
+        for (; i < n && scratch[i].id == id; i++) {
+            rep |= scratch[i].rep;
+            count += !scratch[i].rep && scratch[i].add == 1.0f;
+        }
+        float bias = 0.0f;
+        bool biased = false;
+        for (int32_t j = 0; j < sp->n_logit_bias; j++)
+            if (sp->logit_bias[j].id == id) bias = sp->logit_bias[j].bias, biased = true;
+        /* OpenAI: mu - c * frequency - [c > 0] * presence, in float as the fold adds it */
+        float add =
+            bias - (float)count * sp->frequency_penalty - (count > 0 ? sp->presence_penalty : 0.0f);
+        if (!rep && add == 0.0f && !biased) continue;
+        if (m >= cap) break;
+        out[m++] = (tern_adjust){id, add, rep && sp->repeat_penalty != 1.0f};
+    }
     return m;
 }
 
@@ -215,16 +265,16 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
     /* the lists are kept sorted between folds; a heap during one */
     heapify(s->cand, s->n_cand, before_v);
     heapify(s->rawc, s->n_raw, before_raw);
-    int32_t pk = 0; /* next penalty id at or after v0 */
-    while (pk < p->n_pen && p->pen_ids[pk] < v0) pk++;
-    const bool pen = p->penalty != 1.0f && p->n_pen > 0;
+    int32_t pk = 0; /* next adjusted id at or after v0 */
+    while (pk < p->n_adj && p->adj[pk].id < v0) pk++;
     for (int32_t i = 0; i < n; i++) {
         const int32_t id = v0 + i;
         float raw = logits[i];
         raw = raw == raw ? raw : -INFINITY;
         float v = raw;
-        if (pen && pk < p->n_pen && p->pen_ids[pk] == id) {
-            v = v > 0.0f ? v / p->penalty : v * p->penalty;
+        if (pk < p->n_adj && p->adj[pk].id == id) {
+            if (p->adj[pk].rep) v = v > 0.0f ? v / p->penalty : v * p->penalty;
+            v += p->adj[pk].add;
             pk++;
         }
         tern_cand c = {v, raw, id};
@@ -346,13 +396,13 @@ void tern_row_resolve_full(const float *logits, const tern_sampling *sp, const t
     tern_row_sum_fold(&s, p, logits, 0, n_vocab);
     /* every id as a candidate, with the values the fold used */
     int32_t pk = 0;
-    const bool pen = p->penalty != 1.0f && p->n_pen > 0;
     for (int32_t i = 0; i < n_vocab; i++) {
         float raw = logits[i];
         raw = raw == raw ? raw : -INFINITY;
         float v = raw;
-        if (pen && pk < p->n_pen && p->pen_ids[pk] == i) {
-            v = v > 0.0f ? v / p->penalty : v * p->penalty;
+        if (pk < p->n_adj && p->adj[pk].id == i) {
+            if (p->adj[pk].rep) v = v > 0.0f ? v / p->penalty : v * p->penalty;
+            v += p->adj[pk].add;
             pk++;
         }
         scratch[i] = (tern_cand){v, raw, i};

@@ -180,7 +180,7 @@ int tern_bench_profile(int argc, char **argv)
         if (kind) sp.temperature = 0.8f, sp.top_k = 40;
         tern_row_params rp;
         tern_row_params_make(&sp, 0, &rp);
-        rp.pen_ids = NULL, rp.n_pen = 0;
+        rp.adj = NULL, rp.n_adj = 0;
         for (int r = 0; r < PROF_REPS; r++) {
             tern_row_sum s;
             tern_row_sum_init(&s);

@@ -90,7 +90,8 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
 const char *tern_sampling_opts_usage(void)
 {
     return "[--temp T] [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty R] "
-           "[--repeat-last-n N] [--seed S] [--logprobs N]";
+           "[--repeat-last-n N] [--presence-penalty P] [--frequency-penalty F] "
+           "[--logit-bias ID:BIAS,...] [--seed S] [--logprobs N]";
 }
 
 static int parse_float(const char *name, const char *v, float *out)
@@ -124,7 +125,36 @@ int tern_parse_sampling_opt(int argc, char **argv, int *i, tern_sampling *sp)
         r = parse_int(a, v, -1, 1 << 30, &sp->repeat_last_n);
     else if (!strcmp(a, "--logprobs"))
         r = parse_int(a, v, 0, 1 << 30, &sp->n_logprobs);
-    else if (!strcmp(a, "--seed")) {
+    else if (!strcmp(a, "--presence-penalty"))
+        r = parse_float(a, v, &sp->presence_penalty);
+    else if (!strcmp(a, "--frequency-penalty"))
+        r = parse_float(a, v, &sp->frequency_penalty);
+    else if (!strcmp(a, "--logit-bias")) {
+        /* one list per process: the sampling struct points at it */
+        static tern_logit_bias bias[TERN_MAX_LOGIT_BIAS];
+        int32_t n = 0;
+        const char *q = v;
+        while (*q) {
+            char *e;
+            long id = strtol(q, &e, 10);
+            if (e == q || *e != ':' || id < 0 || id > INT32_MAX || n >= TERN_MAX_LOGIT_BIAS) {
+                fprintf(stderr,
+                        "ternpipe: --logit-bias: got '%s', expected ID:BIAS,... (at most %d)\n", v,
+                        TERN_MAX_LOGIT_BIAS);
+                return -1;
+            }
+            q = e + 1;
+            float b = strtof(q, &e);
+            if (e == q || (*e && *e != ',')) {
+                fprintf(stderr, "ternpipe: --logit-bias: got '%s', expected ID:BIAS,...\n", v);
+                return -1;
+            }
+            bias[n++] = (tern_logit_bias){(int32_t)id, b};
+            q = *e == ',' ? e + 1 : e;
+        }
+        sp->logit_bias = bias, sp->n_logit_bias = n;
+        r = 1;
+    } else if (!strcmp(a, "--seed")) {
         char *end;
         unsigned long long x = strtoull(v, &end, 10);
         if (end == v || *end || *v == '-') {

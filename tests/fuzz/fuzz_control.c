@@ -8,6 +8,7 @@
  * - an accepted step packs again and unpacks to the same step;
  * - a hello either fails or yields a plan that passes tern_plan_check.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +28,7 @@ enum { CAP = 64, RANKS = 3 };
 
 typedef struct bufs {
     tern_step_seq seqs[CAP];
-    int32_t pen[256];
+    tern_adjust pen[256];
     double hop[RANKS], busy[RANKS];
     uint64_t rss[RANKS];
 } bufs;
@@ -68,7 +69,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (q->flags & TERN_SEQ_SAMPLE) pen += q->n_pen;
         }
         REQUIRE(tokens == s.n_tokens && s.n_tokens <= lim.batch_tokens && pen == s.n_pen);
-        for (int32_t i = 0; i < s.n_pen; i++) REQUIRE(s.pen_ids[i] >= 0 && s.pen_ids[i] < 1000);
+        for (int32_t i = 0; i < s.n_pen; i++)
+            REQUIRE(s.pen_ids[i].id >= 0 && s.pen_ids[i].id < 1000 && isfinite(s.pen_ids[i].add));
         size_t n = tern_ctl_pack_step(&s, out, sizeof out);
         REQUIRE(n > 0);
         tern_step s2 = step_of(&b2);

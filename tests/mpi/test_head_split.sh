@@ -2,7 +2,8 @@
 # The LM head split by vocabulary rows, and sampling that no split can change (issue 9):
 # - logits of every position and greedy tokens bitwise equal for N = 1..5 ranks with the head
 #   on rank 0 and split over 2..N ranks;
-# - seeded sampling (temperature 0.8, top-k 40, top-p 0.9, min-p 0.05, repetition penalty 1.1)
+# - seeded sampling (temperature 0.8, top-k 40, top-p 0.9, min-p 0.05, repetition penalty 1.1;
+#   and presence/frequency penalties with a logit bias)
 #   gives bitwise identical tokens and log-probabilities (chosen + top 20) for N = 1..5, every
 #   head split, and for a request run alone or among 63 others;
 # - a wide nucleus (temperature 1.5, top-p 0.995, no top-k) takes the full-row path and is
@@ -33,6 +34,8 @@ done
 common=("${ids[@]}" -n 9,14,3,20,6,11 --batch 16 --threads 1)
 sampled=(--temp 0.8 --top-k 40 --top-p 0.9 --min-p 0.05 --repeat-penalty 1.1 --seed 4242 --logprobs 20)
 wide=(--temp 1.5 --top-p 0.995 --seed 99 --logprobs 2)
+penal=(--temp 0.8 --top-k 40 --presence-penalty 0.5 --frequency-penalty 0.3 --repeat-penalty 1.2 \
+  --logit-bias "11:2.5,300:-5,46:1" --seed 5 --logprobs 5)
 
 same() { # name, reference prefix, candidate prefix, extensions...
   local name=$1 ref=$2 got=$3; shift 3
@@ -70,6 +73,12 @@ for np in 2 3 4 5; do
     run "s$np" "$np" "$sp" "${common[@]}" "${sampled[@]}" --out-ids "$tmp/s$np.ids" --out-logprobs "$tmp/s$np.lp"
     same "np$np split $sp sampled tokens+logprobs" "$tmp/sref" "$tmp/s$np" ids lp
   done
+done
+run pref 1 "" "${common[@]}" "${penal[@]}" --out-ids "$tmp/pref.ids" --out-logprobs "$tmp/pref.lp"
+cmp -s "$tmp/pref.ids" "$tmp/sref.ids" && { echo "FAIL: the penalties changed nothing"; exit 1; }
+for sp in "3,6:16,1024" "2,4:even"; do
+  run p3 3 "$sp" "${common[@]}" "${penal[@]}" --out-ids "$tmp/p3.ids" --out-logprobs "$tmp/p3.lp"
+  same "np3 split $sp presence/frequency/repetition penalties and logit bias" "$tmp/pref" "$tmp/p3" ids lp
 done
 run w3 3 "3,6:16,1024" "${common[@]}" "${wide[@]}" --out-ids "$tmp/w3.ids" --out-logprobs "$tmp/w3.lp"
 same "np3 wide nucleus (full-row path)" "$tmp/wref" "$tmp/w3" ids lp

@@ -10,7 +10,7 @@
 
 static tern_limits lim;
 
-static tern_step make_step(tern_step_seq *seqs, int32_t *pen, double *hops, double *busy,
+static tern_step make_step(tern_step_seq *seqs, tern_adjust *pen, double *hops, double *busy,
                            uint64_t *rss, int cap)
 {
     tern_step s = {.seqs = seqs,
@@ -29,7 +29,7 @@ static void expect_bad(const tern_step *good, void (*f)(tern_step *), const char
 {
     static uint8_t buf[1 << 16], arena[1 << 20];
     tern_step_seq seqs[8], seqs2[8];
-    int32_t pen[64], pen2[64];
+    tern_adjust pen[64], pen2[64];
     double h[3], b[3], h2[3], b2[3];
     uint64_t r[3], r2[3];
     tern_step s = make_step(seqs, pen, h, b, r, 8);
@@ -80,7 +80,7 @@ static void bad_sample(tern_step *s)
 }
 static void bad_pen_id(tern_step *s)
 {
-    s->pen_ids[1] = 32000;
+    s->pen_ids[1].id = 32000;
 }
 static void bad_pen_sum(tern_step *s)
 {
@@ -89,6 +89,10 @@ static void bad_pen_sum(tern_step *s)
 static void bad_logprobs(tern_step *s)
 {
     s->seqs[1].n_logprobs = 21;
+}
+static void bad_order(tern_step *s)
+{
+    s->pen_ids[1].id = 5; /* not ascending */
 }
 static void bad_temp(tern_step *s)
 {
@@ -143,7 +147,7 @@ int main(void)
     CHECK(tern_ctl_unpack_hello(buf, n, &h2, &st) == TERN_EINVAL && strstr(st.msg, "head"));
 
     tern_step_seq seqs[8], seqs2[8];
-    int32_t pen[64] = {5, 77}, pen2[64];
+    tern_adjust pen[64] = {{5, 0.0f, true}, {77, -0.5f, false}}, pen2[64];
     double hops[3] = {0.001, 0.002}, busy[3] = {1.5, 2.5}, hops2[3], busy2[3];
     uint64_t rss[3] = {303000000ULL, 5000000000ULL}, rss2[3];
     tern_step s = make_step(seqs, pen, hops, busy, rss, 8);
@@ -174,7 +178,8 @@ int main(void)
     CHECK(s2.seqs[1].temperature == 0.8f && s2.seqs[1].penalty == 1.1f &&
           s2.seqs[1].n_cand == 128 && s2.seqs[1].n_logprobs == 20 && s2.seqs[1].gumbel &&
           s2.seqs[1].seed == 0xfeedfacecafebeefULL && s2.seqs[1].n_pen == 2);
-    CHECK(s2.n_pen == 2 && s2.pen_ids[0] == 5 && s2.pen_ids[1] == 77);
+    CHECK(s2.n_pen == 2 && s2.pen_ids[0].id == 5 && s2.pen_ids[1].id == 77);
+    CHECK(s2.pen_ids[0].rep && !s2.pen_ids[1].rep && s2.pen_ids[1].add == -0.5f);
     CHECK(s2.n_head == 1 && s2.n_sample == 1 && s2.n_full == 1);
     CHECK(s2.n_hops == 2 && s2.hop_at[1] == 0.002 && s2.busy_s[0] == 1.5);
     CHECK(s2.peak_rss[0] == 303000000ULL && s2.peak_rss[1] == 5000000000ULL);
@@ -191,6 +196,7 @@ int main(void)
     expect_bad(&s, bad_pen_sum, "penalty ids");
     expect_bad(&s, bad_logprobs, "sampling");
     expect_bad(&s, bad_temp, "sampling");
+    expect_bad(&s, bad_order, "ascending");
     expect_bad(&s, bad_hops, "hop records");
 
     /* more sequences than the receiver holds, and bytes that are not a Step */

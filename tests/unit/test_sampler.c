@@ -34,15 +34,16 @@ static void random_logits(tern_rng *r, float *l, int32_t n, float scale)
 /* The whole protocol on slices [cuts[i], cuts[i+1]): fold in order, resolve, and when needed
  * resolve from the full row. */
 static tern_cand *g_scratch;
+static int32_t g_n_prompt; /* history[g_n_prompt..] is generated text */
 static tern_pick draw_split(const float *l, int32_t n, const tern_sampling *sp, int32_t pos,
                             const int32_t *hist, int32_t nh, const int32_t *cuts, int n_cuts,
                             tern_row_sum *out_sum, bool *resolved)
 {
-    int32_t pen[4096];
+    static tern_adjust adj[8192], scratch[8192];
     tern_row_params rp;
     tern_row_params_make(sp, pos, &rp);
-    rp.n_pen = tern_penalty_ids(sp, hist, nh, n, pen, 4096);
-    rp.pen_ids = pen;
+    rp.n_adj = tern_row_adjust(sp, hist, nh, g_n_prompt, n, scratch, adj, 8192);
+    rp.adj = adj;
     tern_row_sum s;
     tern_row_sum_init(&s);
     for (int c = 0; c + 1 < n_cuts; c++)
@@ -216,6 +217,78 @@ static void test_distributions(void)
     }
 }
 
+/* presence, frequency and logit bias (OpenAI's definitions) and the repetition penalty change
+ * the distribution exactly as defined: draws follow the reference chain on the adjusted logits */
+static void test_penalties(void)
+{
+    const float l[6] = {2.0f, 1.0f, 0.5f, 0.0f, -0.5f, 1.5f};
+    /* prompt 0 1, then generated 1 1 2 5: counts 1 -> 2, 2 -> 1, 5 -> 1 (the prompt's 0 and 1
+     * do not count) */
+    const int32_t hist[6] = {0, 1, 1, 1, 2, 5};
+    tern_logit_bias bias[2] = {{3, 2.25f}, {0, -1.0f}};
+    tern_sampling sp = params(0.9f, 0, 1.0f, 0.0f, 77);
+    sp.presence_penalty = 0.5f, sp.frequency_penalty = 0.25f;
+    sp.logit_bias = bias, sp.n_logit_bias = 2;
+    sp.repeat_penalty = 1.25f, sp.repeat_last_n = 2; /* window: ids 2 and 5 */
+    float want[6];
+    memcpy(want, l, sizeof want);
+    want[0] += -1.0f;                      /* bias */
+    want[1] += -2 * 0.25f - 0.5f;          /* frequency 2, presence */
+    want[2] = 0.5f / 1.25f - 0.25f - 0.5f; /* repetition, then frequency 1 and presence */
+    want[3] += 2.25f;                      /* bias */
+    want[5] = 1.5f / 1.25f - 0.25f - 0.5f;
+    static tern_adjust adj[64], scratch[64];
+    int32_t n = tern_row_adjust(&sp, hist, 6, 2, 6, scratch, adj, 64);
+    CHECK(n == 5 && adj[0].id == 0 && adj[4].id == 5 && adj[2].rep && adj[4].rep && !adj[1].rep);
+    /* the fold's adjusted values are exactly these */
+    tern_row_params rp;
+    tern_row_params_make(&sp, 0, &rp);
+    rp.adj = adj, rp.n_adj = n;
+    tern_row_sum sum;
+    tern_row_sum_init(&sum);
+    tern_row_sum_fold(&sum, &rp, l, 0, 6);
+    CHECK(sum.n_cand == 6);
+    for (int32_t j = 0; j < sum.n_cand; j++) {
+        const tern_cand *c = &sum.cand[j];
+        CHECKF(c->v == want[c->id], "id %d: adjusted %g, expected %g", c->id, (double)c->v,
+               (double)want[c->id]);
+        CHECK(c->raw == l[c->id]);
+    }
+    /* and draws over positions follow softmax(want / T) */
+    double prob[6];
+    tern_sampling ref = sp;
+    ref.logit_bias = NULL, ref.n_logit_bias = 0, ref.presence_penalty = 0,
+    ref.frequency_penalty = 0;
+    ref.repeat_penalty = 1.0f;
+    reference_probs(want, 6, &ref, prob);
+    long hits[6] = {0};
+    int32_t cuts[3] = {0, 4, 6};
+    g_n_prompt = 2;
+    for (int i = 0; i < 40000; i++)
+        hits[draw_split(l, 6, &sp, i, hist, 6, cuts, 3, NULL, NULL).token]++;
+    for (int i = 0; i < 6; i++)
+        CHECKF(fabs(hits[i] / 40000.0 - prob[i]) < 0.01, "id %d: frequency %.4f, expected %.4f", i,
+               hits[i] / 40000.0, prob[i]);
+    /* greedy: a +100 bias wins, a -100 bias loses */
+    tern_sampling g = params(0.0f, 0, 1.0f, 0.0f, 0);
+    tern_logit_bias up = {4, 100.0f}, down = {0, -100.0f};
+    g.logit_bias = &up, g.n_logit_bias = 1;
+    CHECK(draw_split(l, 6, &g, 0, hist, 6, cuts, 3, NULL, NULL).token == 4);
+    g.logit_bias = &down;
+    CHECK(draw_split(l, 6, &g, 0, hist, 6, cuts, 3, NULL, NULL).token == 5);
+    g_n_prompt = 0;
+    /* validation */
+    tern_status st = {0};
+    tern_sampling v = params(0.0f, 0, 1.0f, 0.0f, 0);
+    v.presence_penalty = 2.5f;
+    CHECK(tern_sampling_validate(&v, &st) == TERN_EINVAL && strstr(st.msg, "presence_penalty"));
+    v.presence_penalty = 0, v.frequency_penalty = -3;
+    CHECK(tern_sampling_validate(&v, &st) == TERN_EINVAL && strstr(st.msg, "frequency_penalty"));
+    tern_logit_bias big = {1, 101.0f};
+    v.frequency_penalty = 0, v.logit_bias = &big, v.n_logit_bias = 1;
+    CHECK(tern_sampling_validate(&v, &st) == TERN_EINVAL && strstr(st.msg, "logit_bias"));
+}
+
 /* every split of the vocabulary gives bitwise the same record and choice */
 static void test_split_invariance(void)
 {
@@ -234,6 +307,14 @@ static void test_split_invariance(void)
                    t % 3 ? 0.5f + 0.5f * tern_rng_uniform(&r) : 1.0f,
                    t % 4 == 2 ? 0.1f * tern_rng_uniform(&r) : 0.0f, tern_rng_next(&r));
         if (t % 2) sp.repeat_penalty = 1.1f;
+        static tern_logit_bias lb[8];
+        if (t % 3 == 1) {
+            sp.presence_penalty = 0.4f, sp.frequency_penalty = 0.3f;
+            for (int j = 0; j < 8; j++)
+                lb[j] = (tern_logit_bias){(int32_t)tern_rng_below(&r, V), (float)(j - 4) * 1.5f};
+            sp.logit_bias = lb, sp.n_logit_bias = 8;
+        }
+        g_n_prompt = 120; /* the last 80 of the 200 history ids are generated */
         sp.n_logprobs = t % 7 == 0 ? 0 : 1 + t % 20;
         if (t == 7) sp.top_p = 0.9f, sp.top_k = 40, sp.min_p = 0.05f, sp.temperature = 0.8f;
         int32_t one[2] = {0, V};
@@ -294,7 +375,7 @@ static void bench_vocab(void)
     for (int v = 0; v < 4; v++) {
         tern_row_params rp;
         tern_row_params_make(&sps[v], 0, &rp);
-        rp.n_pen = 0, rp.pen_ids = NULL;
+        rp.n_adj = 0, rp.adj = NULL;
         double t0 = now_s();
         tern_row_sum s;
         for (int i = 0; i < 10; i++) {
@@ -311,6 +392,7 @@ int main(void)
     test_validation();
     test_greedy_and_penalty();
     test_distributions();
+    test_penalties();
     test_split_invariance();
     bench_vocab();
     free(g_scratch);
