@@ -139,6 +139,10 @@ void tern_softmax(float *x /* [n] */, int64_t n);
 /* m = max(g, 0)^2 * u, as (r * r) * u, EXACT. m may alias g or u. */
 void tern_relu2_mul(const float *g /* [n] */, const float *u /* [n] */, int64_t n,
                     float *m /* [n] */);
+/* m = silu(g) * u = (g / (1 + expf(-g))) * u (the 1bitLLM models' gated SiLU, spec 7.3), one
+ * scalar implementation in every variant (so EXACT by construction). m may alias g or u. */
+void tern_silu_mul(const float *g /* [n] */, const float *u /* [n] */, int64_t n,
+                   float *m /* [n] */);
 
 /* Attention helpers (the model loops over heads and KV blocks). fp32 K/V rows with a stride.
  * tern_dot_f32: products exact in double, sums in double, rounded once to float; SIMD sums

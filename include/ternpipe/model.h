@@ -24,8 +24,13 @@
 extern "C" {
 #endif
 
+/* The FFN's gate activation: relu(g)^2 * u (2B-4T) or silu(g) * u (1bitLLM, spec 7.3). */
+typedef enum tern_ffn_act { TERN_ACT_RELU2 = 0, TERN_ACT_SILU, TERN_ACT_COUNT } tern_ffn_act;
+
 typedef struct tern_hparams {
     char arch[32];
+    tern_ffn_act act;
+    char act_rule[64]; /* which rule chose act (spec 7.4), for logs */
     int32_t n_vocab;
     int32_t n_ctx; /* training context: the maximum positions served */
     int32_t d;     /* hidden size */
@@ -38,7 +43,11 @@ typedef struct tern_hparams {
     float rope_theta;
 } tern_hparams;
 
-/* Reads and validates the hyperparameters (architectures bitnet-b1.58 and bitnet-25). */
+/* Reads and validates the hyperparameters (architectures bitnet-b1.58, bitnet-25 and upstream
+ * llama.cpp's bitnet). The FFN activation: the key <arch>.hidden_act ("silu" or "relu2") when
+ * present; else spec 7.4's rule: arch bitnet -> SiLU (upstream's default); bitnet-b1.58 /
+ * bitnet-25 -> relu^2, unless the shapes are 1bitLLM's (no GQA and a SentencePiece vocab),
+ * which bitnet.cpp's converter mislabels since 2026-07 -> SiLU. */
 tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *st);
 
 typedef enum tern_head_type {

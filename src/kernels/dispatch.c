@@ -6,6 +6,7 @@
  * call through the table, so every variant sees the same validated arguments.
  */
 #include <cpuid.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -182,6 +183,12 @@ void tern_relu2_mul(const float *g, const float *u, int64_t n, float *m)
     TERN_ASSERT(n >= 0);
     if (n == 0) return;
     tern_kernels_vt()->relu2_mul(g, u, n, m);
+}
+
+void tern_silu_mul(const float *g, const float *u, int64_t n, float *m)
+{
+    TERN_ASSERT(n >= 0);
+    for (int64_t i = 0; i < n; i++) m[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i];
 }
 
 float tern_dot_f32(const float *a, const float *b, int64_t n)

@@ -322,9 +322,14 @@ static void task_relu2(void *arg, int task, int n_tasks, int thread)
     const size_t ff = (size_t)c->m->hp.n_ff;
     int64_t t0, t1;
     tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
-    for (int64_t t = t0; t < t1; t++)
-        tern_relu2_mul(c->g + (size_t)t * ff, c->u + (size_t)t * ff, (int64_t)ff,
-                       c->g + (size_t)t * ff);
+    const bool silu = c->m->hp.act == TERN_ACT_SILU; /* spec 7.3 */
+    for (int64_t t = t0; t < t1; t++) {
+        float *g = c->g + (size_t)t * ff, *u = c->u + (size_t)t * ff;
+        if (silu)
+            tern_silu_mul(g, u, (int64_t)ff, g);
+        else
+            tern_relu2_mul(g, u, (int64_t)ff, g);
+    }
 }
 
 static void run(tern_ctx *c, tern_pool_fn fn, job *j)

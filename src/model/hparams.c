@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "ternpipe/log.h"
 #include "ternpipe/model.h"
 
 static tern_code get_u32_key(const tern_gguf *g, const char *arch, const char *suffix, int32_t *out,
@@ -46,12 +47,14 @@ tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *s
     tern_gguf_str arch;
     tern_code rc = tern_gguf_get_str(g, "general.architecture", &arch, st);
     if (rc) return rc;
-    if (!tern_gguf_str_eq(arch, "bitnet-b1.58") && !tern_gguf_str_eq(arch, "bitnet-25")) {
+    bool upstream = tern_gguf_str_eq(arch, "bitnet");
+    if (!tern_gguf_str_eq(arch, "bitnet-b1.58") && !tern_gguf_str_eq(arch, "bitnet-25") &&
+        !upstream) {
         char shown[40];
         snprintf(shown, sizeof shown, "%.*s", (int)(arch.len > 32 ? 32 : arch.len), arch.ptr);
         return tern_status_set(st, TERN_EUNSUPPORTED,
-                               "model: %s: architecture: got '%s', expected 'bitnet-b1.58' or "
-                               "'bitnet-25'",
+                               "model: %s: architecture: got '%s', expected 'bitnet-b1.58', "
+                               "'bitnet-25' or 'bitnet'",
                                path, shown);
     }
     snprintf(hp->arch, sizeof hp->arch, "%.*s", (int)arch.len, arch.ptr);
@@ -102,6 +105,31 @@ tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *s
         return tern_status_set(st, TERN_ERANGE,
                                "model: %s: layer_norm_rms_epsilon: got %g, expected (0, 1)", path,
                                (double)hp->eps);
+    /* the FFN activation (spec 7.4) */
+    char key[64];
+    snprintf(key, sizeof key, "%s.hidden_act", hp->arch);
+    tern_gguf_str act, tm = {"", 0};
+    if (tern_gguf_find(g, key)) {
+        if ((rc = tern_gguf_get_str(g, key, &act, st))) return rc;
+        if (!tern_gguf_str_eq(act, "silu") && !tern_gguf_str_eq(act, "relu2"))
+            return tern_status_set(st, TERN_EUNSUPPORTED,
+                                   "model: %s: %s: got '%.*s', expected 'silu' or 'relu2'", path,
+                                   key, (int)(act.len > 16 ? 16 : act.len), act.ptr);
+        hp->act = tern_gguf_str_eq(act, "silu") ? TERN_ACT_SILU : TERN_ACT_RELU2;
+        snprintf(hp->act_rule, sizeof hp->act_rule, "the key <arch>.hidden_act");
+    } else if (upstream) {
+        hp->act = TERN_ACT_SILU;
+        snprintf(hp->act_rule, sizeof hp->act_rule, "arch bitnet without a key");
+    } else {
+        tern_gguf_get_str(g, "tokenizer.ggml.model", &tm, NULL);
+        bool spm_shapes = hp->n_head_kv == hp->n_head && tern_gguf_str_eq(tm, "llama");
+        hp->act = spm_shapes ? TERN_ACT_SILU : TERN_ACT_RELU2;
+        snprintf(hp->act_rule, sizeof hp->act_rule, "%s",
+                 spm_shapes ? "1bitLLM shapes (no GQA, SentencePiece vocab)"
+                            : "2B-4T layout (arch default)");
+    }
+    tern_log(TERN_LOG_DEBUG, "model: %s: FFN activation %s (%s)", path,
+             hp->act == TERN_ACT_SILU ? "silu" : "relu2", hp->act_rule);
     if (!(hp->rope_theta > 1.0f))
         return tern_status_set(st, TERN_ERANGE, "model: %s: rope.freq_base: got %g, expected > 1",
                                path, (double)hp->rope_theta);

@@ -808,6 +808,22 @@ static void test_elementwise(void)
             tern_relu2_mul(m1, u, n, m1);
             CHECK(same_bits(m0, m1, n));
         }
+        /* silu_mul against double precision; every variant gives the same bits, aliasing ok */
+        if (n > 2) g[2] = 1.0f;
+        tern_silu_mul(g, u, n, m0);
+        double worst = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+            double x = g[i], want = x / (1.0 + exp(-x)) * (double)u[i];
+            double err = fabs(m0[i] - want) / (fabs(want) + 1e-30);
+            if (want != 0.0 && err > worst) worst = err;
+        }
+        CHECKF(worst < 4e-7, "silu_mul: relative error %g", worst);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            memcpy(m1, g, (size_t)n * 4);
+            tern_silu_mul(m1, u, n, m1);
+            CHECK(same_bits(m0, m1, n));
+        }
         /* axpy */
         float a = rndn();
         memcpy(m0, u, (size_t)n * 4);
