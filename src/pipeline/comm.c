@@ -4,6 +4,7 @@
 #include "pipeline/comm.h"
 
 #include <mpi.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,16 +223,23 @@ bool tern_comm_test(tern_req *r, size_t *count)
     return true;
 }
 
-/* Sleeps a little longer each time nothing has arrived: MPI_Wait would spin in the progress
- * engine (an idle worker burnt a third of a core), and a wait that returns can have a
- * deadline. The first TERN_COMM_SPIN_S keep testing without sleeping, so a busy pipeline,
- * whose messages come within a step, pays no latency. */
+/* Sleeps between tests, longer the longer nothing has arrived: MPI_Wait would spin in the
+ * progress engine (an idle worker burnt a third of a core), and a wait that returns can have a
+ * deadline. The first TERN_COMM_SPIN_S only yield, so a busy pipeline, whose messages come
+ * within a step, pays no latency; then each sleep is a TERN_COMM_SLEEP_SHARE of the time
+ * waited so far, so a message is seen at most that share late (at most
+ * TERN_COMM_SLEEP_MAX_US once idle). */
 void tern_comm_backoff(tern_backoff *b)
 {
     double t = tern_comm_now();
     if (b->since == 0) b->since = t;
-    if (t - b->since < TERN_COMM_SPIN_S) return;
-    long us = b->sleep_us ? b->sleep_us * 2 : TERN_COMM_SLEEP_MIN_US;
+    double waited = t - b->since;
+    if (waited < TERN_COMM_SPIN_S) {
+        sched_yield(); /* ranks sharing cores (oversubscribed) get the core back at once */
+        return;
+    }
+    long us = (long)(waited * 1e6 / TERN_COMM_SLEEP_SHARE);
+    if (us < TERN_COMM_SLEEP_MIN_US) us = TERN_COMM_SLEEP_MIN_US;
     if (us > TERN_COMM_SLEEP_MAX_US) us = TERN_COMM_SLEEP_MAX_US;
     b->sleep_us = us;
     struct timespec ts = {0, us * 1000L};

@@ -9,10 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Waiting: test without sleeping for TERN_COMM_SPIN_S, then sleep between tests from
- * TERN_COMM_SLEEP_MIN_US doubling up to TERN_COMM_SLEEP_MAX_US (the most a message waits
- * unseen by an idle rank; what an idle rank wakes up for about 1000 times a second). */
-#define TERN_COMM_SPIN_S 0.0005
+/* Waiting (tern_comm_backoff): test and yield for TERN_COMM_SPIN_S, then sleep between tests
+ * for 1/TERN_COMM_SLEEP_SHARE of the time waited so far, from TERN_COMM_SLEEP_MIN_US up to
+ * TERN_COMM_SLEEP_MAX_US (how late an idle rank sees a message, and why it wakes about 1000
+ * times a second: about 1% of a core). */
+#define TERN_COMM_SPIN_S 0.0002
+#define TERN_COMM_SLEEP_SHARE 8
 #define TERN_COMM_SLEEP_MIN_US 20
 #define TERN_COMM_SLEEP_MAX_US 1000
 /* One host: the interface of the TCP transport when the user's transports need it and name no
