@@ -82,6 +82,19 @@ typedef struct inflight {
     tern_step step;
 } inflight;
 
+/* relative speed of rank r: its own, times the share of cores it gets on its host */
+static double speed_of(const tern_sim_opts *o, int r, int n_ranks)
+{
+    double sp = o->speed && o->speed[r] > 0 ? o->speed[r] : 1.0;
+    if (o->cores_per_host > 0 && o->threads > 0) {
+        int rph = o->ranks_per_host > 0 ? o->ranks_per_host : n_ranks;
+        int first = r / rph * rph, on_host = n_ranks - first < rph ? n_ranks - first : rph;
+        double want = (double)on_host * o->threads;
+        if (want > o->cores_per_host) sp *= o->cores_per_host / want;
+    }
+    return sp;
+}
+
 static double hop_time(const tern_sim_opts *o, int from, int to, double bytes)
 {
     int rph = o->ranks_per_host;
@@ -163,7 +176,7 @@ tern_code tern_sim_run(const tern_sim_costs *c, const tern_sim_opts *o, tern_sim
             double fold_full = c->fold_greedy_s * t->n_sample;
             double arr = 0;
             for (int r = 0; r < N; r++) {
-                double sp = o->speed && o->speed[r] > 0 ? o->speed[r] : 1.0;
+                double sp = speed_of(o, r, N);
                 double work = layer * (p->layer_end[r] - p->layer_start[r]);
                 if (r == last) work += norm;
                 double share = (double)(p->vocab_end[r] - p->vocab_start[r]) / c->n_vocab;
@@ -202,7 +215,7 @@ tern_code tern_sim_run(const tern_sim_costs *c, const tern_sim_opts *o, tern_sim
         for (int32_t i = 0; i < L.inflight; i++)
             if (mbs[i].busy && (!b || mbs[i].t_back < b->t_back)) b = &mbs[i];
         const tern_step *t = &b->step;
-        double sp0 = o->speed && o->speed[0] > 0 ? o->speed[0] : 1.0;
+        double sp0 = speed_of(o, 0, N);
         double share0 = (double)(p->vocab_end[0] - p->vocab_start[0]) / c->n_vocab;
         double head_full = t->n_head > 0 ? interp(c->rows, c->head_s, c->n_rows, t->n_head) : 0;
         double work = (head_full + c->fold_greedy_s * t->n_sample) * share0 / sp0;

@@ -44,6 +44,9 @@ typedef struct tern_sim_opts {
     const double *speed; /* [n_ranks] relative to the profiled machine; NULL = 1 */
     tern_sim_link shm, net;
     int ranks_per_host; /* consecutive ranks share a host; <= 0: all on one */
+    /* cores of a host and threads per rank: ranks sharing too few cores run proportionally
+     * slower (speed x cores / (ranks on the host x threads)); 0 = enough cores */
+    int cores_per_host, threads;
     int32_t streams, npp, ntg;
     int32_t batch_tokens, inflight, max_seqs, n_ctx;
 } tern_sim_opts;

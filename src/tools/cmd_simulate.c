@@ -17,8 +17,8 @@ static int usage(void)
     fprintf(stderr,
             "usage: ternpipe simulate --profile FILE --ranks N [--split SPEC] [--npl S1,S2,...] "
             "[--npp P] [--ntg G] [--batch B] [--inflight K] [--max-seqs M] [--link shm|10g|25g|"
-            "100g|LAT_US:GBPS] [--ranks-per-host R] [--speeds s0,s1,...] [--head-type f16|q8_0] "
-            "[--json]\n");
+            "100g|LAT_US:GBPS] [--ranks-per-host R] [--cores-per-host C --threads T] "
+            "[--speeds s0,s1,... | --speed S] [--json]\n");
     return 2;
 }
 
@@ -103,11 +103,11 @@ static int parse_doubles(const char *s, double *v, int cap)
 int tern_cmd_simulate(int argc, char **argv)
 {
     const char *prof = NULL, *split = "auto", *link = "25g";
-    int ranks = 1, rph = 1, n_npl = 0, n_speeds = 0;
+    int ranks = 1, rph = 1, n_npl = 0, n_speeds = 0, cores = 0, threads = 0;
+    double speed_all = 0;
     double npl_d[64], speeds[4096];
     int32_t npp = 64, ntg = 32, batch = 512, inflight = 0, max_seqs = 0;
     bool json = false;
-    tern_head_type ht = TERN_HEAD_F16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
@@ -135,15 +135,22 @@ int tern_cmd_simulate(int argc, char **argv)
             rph = atoi(argv[++i]);
         else if (!strcmp(a, "--speeds") && has)
             n_speeds = parse_doubles(argv[++i], speeds, 4096);
-        else if (!strcmp(a, "--head-type") && has)
-            ht = !strcmp(argv[++i], "q8_0") ? TERN_HEAD_Q8_0 : TERN_HEAD_F16;
+        else if (!strcmp(a, "--speed") && has)
+            speed_all = atof(argv[++i]);
+        else if (!strcmp(a, "--cores-per-host") && has)
+            cores = atoi(argv[++i]);
+        else if (!strcmp(a, "--threads") && has)
+            threads = atoi(argv[++i]);
         else if (!strcmp(a, "--json"))
             json = true;
         else
             return usage();
     }
-    if (!prof || ranks < 1 || n_npl < 0 || n_speeds < 0 || (n_speeds && n_speeds != ranks))
+    if (!prof || ranks < 1 || ranks > 4096 || n_npl < 0 || n_speeds < 0 ||
+        (n_speeds && n_speeds != ranks) || speed_all < 0)
         return usage();
+    if (speed_all > 0 && !n_speeds)
+        for (int r = 0; r < ranks; r++) speeds[r] = speed_all, n_speeds = ranks;
     if (n_npl == 0) npl_d[0] = 1, n_npl = 1;
     tern_sim_costs c;
     tern_sim_link shm = {2e-6, 10}, net;
@@ -162,8 +169,8 @@ int tern_cmd_simulate(int argc, char **argv)
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         return 1;
     }
+    /* the plan's cost model in the profile's own units: one layer's and one head row's time */
     tern_plan_costs pc = {c.decode_s[0], c.head_s[0] / c.n_vocab};
-    (void)ht;
     if (tern_plan_make(split, &pc, n_speeds ? speeds : NULL, &p, &st)) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         tern_plan_free(&p);
@@ -178,6 +185,8 @@ int tern_cmd_simulate(int argc, char **argv)
                            .shm = shm,
                            .net = net,
                            .ranks_per_host = rph,
+                           .cores_per_host = cores,
+                           .threads = threads,
                            .streams = S,
                            .npp = npp,
                            .ntg = ntg,

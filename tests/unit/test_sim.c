@@ -1,7 +1,7 @@
 /* test_sim.c: the pipeline simulator (src/pipeline/sim.h) with synthetic costs: one stage's time
  * is the sum of its costs; P identical stages with enough micro-batches reach P times one
  * stage's throughput; the slowest stage bounds throughput; a slow link adds its latency per hop;
- * results are deterministic. */
+ * ranks sharing too few cores slow down by their share; results are deterministic. */
 #include <math.h>
 #include <string.h>
 
@@ -20,6 +20,8 @@ static tern_sim_costs costs(int n_layer, double head_s, double fixed)
     return c;
 }
 
+static int g_cores, g_threads; /* cores per host, threads per rank (0: enough cores) */
+
 static tern_sim_result run(const tern_sim_costs *c, tern_plan *p, const char *split,
                            const double *speed, tern_sim_link net, int rph, int streams, int npp,
                            int ntg, int inflight, double *busy)
@@ -32,6 +34,8 @@ static tern_sim_result run(const tern_sim_costs *c, tern_plan *p, const char *sp
                        .shm = {0, 1e9},
                        .net = net,
                        .ranks_per_host = rph,
+                       .cores_per_host = g_cores,
+                       .threads = g_threads,
                        .streams = streams,
                        .npp = npp,
                        .ntg = ntg,
@@ -96,6 +100,13 @@ int main(void)
     tern_sim_result pairs = run(&c0, &p5, "1,2,3,4", NULL, lan, 2, 1, 4, 1, 5, busy);
     CHECKF(fabs(pairs.wall_s - near.wall_s - 3e-3) < 5e-6, "2 ranks per host added %.6f s",
            pairs.wall_s - near.wall_s);
+
+    /* 5 one-thread ranks sharing a 2-core host run at 2/5 of their speed */
+    g_cores = 2, g_threads = 1;
+    tern_sim_result shared = run(&c0, &p5, "1,2,3,4", NULL, zero, 5, 64, 4, 64, 8, busy);
+    g_cores = g_threads = 0;
+    double share = shared.decode_tok_s / five.decode_tok_s;
+    CHECKF(fabs(share - 0.4) < 0.02, "2 cores for 5 ranks: %.3f of the speed, expected 0.4", share);
 
     /* deterministic */
     tern_sim_result a = run(&c, &p5, "auto", NULL, lan, 2, 33, 17, 9, 5, busy);
