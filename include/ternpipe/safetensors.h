@@ -115,6 +115,15 @@ tern_code tern_hf_config_read(const char *path, tern_hf_config *cfg, tern_status
 tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, tern_hf_config *cfg,
                                tern_status *st);
 
+/* ---- Hugging Face checkpoint -> GGUF (src/formats/hf-gguf.c) ----
+ * DIR (config.json, safetensors, tokenizer.model + added tokens when present) -> out_path:
+ * 2B-4T (hidden_act relu2) in the official layout (arch bitnet-b1.58), the 1bitLLM models
+ * (silu) in upstream llama.cpp's bitnet layout; projections ternary as `type` (I2_S, TQ2_0 or
+ * TQ1_0; packed U8 + weight_scale unpacked exactly, float masters ternarized as spec 7.3),
+ * embedding F16, norms F32. tern_gguf_open() on a directory goes through this. */
+tern_code tern_hf_convert(const char *dir, const char *out_path, int type /* tern_ggml_type */,
+                          tern_status *st);
+
 #ifdef __cplusplus
 }
 #endif

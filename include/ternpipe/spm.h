@@ -58,6 +58,21 @@ tern_code tern_spm_model_parse(const void *data, size_t len, const char *name, t
 tern_code tern_spm_model_read(const char *path, tern_spm_model *m, tern_status *st);
 void tern_spm_model_free(tern_spm_model *m); /* zeroes m; a zeroed model is fine */
 
+/* What a Hugging Face directory says beside the model. */
+typedef struct tern_spm_hf {
+    int32_t bos, eos; /* by the text of tokenizer_config.json's bos_token/eos_token */
+    bool add_bos;     /* add_bos_token (default true) */
+    bool legacy;      /* legacy (default true): false = no dummy space after special tokens */
+    int32_t n_added;  /* tokens appended after the model's pieces */
+} tern_spm_hf;
+
+/* DIR/tokenizer.model with DIR/added_tokens.json and DIR/tokenizer_config.json (both optional):
+ * the pieces get the added tokens (special ones as CONTROL, others USER_DEFINED, score -1000),
+ * keyed by text: an id inside the model must name a piece with the same text, ids past it
+ * must continue without gaps. */
+tern_code tern_spm_model_read_dir(const char *dir, tern_spm_model *m, tern_spm_hf *hf,
+                                  tern_status *st);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,7 @@
  * bounded. Every failure leaves "gguf: FILE: WHAT: got X, expected Y" in the status.
  */
 #include "ternpipe/gguf.h"
+#include "ternpipe/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -484,6 +485,43 @@ static tern_code open_common(tern_gguf **out, tern_gguf *g, tern_status *st)
     return TERN_OK;
 }
 
+/* A Hugging Face checkpoint directory: converted (hf-gguf.c) into an unlinked temporary
+ * GGUF, which the mapping keeps alive; messages name the directory. Every rank converts the
+ * same files the same way, so the checksum handshake still compares like with like. */
+static tern_code open_hf_dir(tern_gguf **out, const char *dir, tern_status *st)
+{
+    char cfg[4096];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (access(cfg, F_OK) != 0)
+        return tern_status_set(st, TERN_EIO,
+                               "gguf: %s: file type: got a directory without config.json, "
+                               "expected a regular file or a Hugging Face checkpoint directory",
+                               dir);
+    const char *tmp = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/ternpipe-hf-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return tern_status_set(st, TERN_EIO,
+                               "gguf: %s: temporary file %s: got %s, expected a writable file", dir,
+                               path, strerror(errno));
+    close(fd);
+    tern_code rc = tern_hf_convert(dir, path, TERN_TYPE_I2_S, st);
+    if (!rc) rc = tern_gguf_open(out, path, st);
+    unlink(path);
+    if (!rc) {
+        char *name = strdup(dir);
+        if (!name) {
+            tern_gguf_close(*out);
+            *out = NULL;
+            return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", dir);
+        }
+        free((*out)->path);
+        (*out)->path = name;
+    }
+    return rc;
+}
+
 tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
 {
     *out = NULL;
@@ -499,6 +537,10 @@ tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
         close(fd);
         return tern_status_set(st, TERN_EIO, "gguf: %s: stat: got %s, expected a readable file",
                                path, strerror(e));
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        close(fd);
+        return open_hf_dir(out, path, st);
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);
