@@ -44,6 +44,8 @@ typedef struct tern_engine_opts {
     const char *split;     /* plan.h: "auto" (default), "even" or "L1,L2,...", optionally
                               ":even" or ":h1,h2,..." for the head rows */
     int32_t inflight;      /* micro-batches in flight; 0 = number of ranks */
+    int32_t spec_drafts;   /* speculative decoding: draft tokens per step at most; 0 = the
+                              default (8), -1 = off */
     double step_timeout_s; /* ceiling of the step deadline (a hung rank becomes an error);
                               0 = 120 s; the deadline adapts below it, to at least 5 s */
     bool verbose;

@@ -72,7 +72,7 @@ void tern_ctl_step_totals(tern_step *s)
     for (int32_t i = 0; i < s->n_seqs; i++) {
         const tern_step_seq *q = &s->seqs[i];
         s->n_head += q->n_head;
-        s->n_sample += (q->flags & TERN_SEQ_SAMPLE) != 0;
+        if (q->flags & TERN_SEQ_SAMPLE) s->n_sample += q->flags & TERN_SEQ_SPEC ? q->n_head : 1;
         if (q->flags & TERN_SEQ_FULL) s->n_full += q->n_head;
     }
 }
@@ -222,10 +222,13 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
         if (e->flags & ~(uint32_t)TERN_SEQ_FLAGS_ALL)
             return BAD("pipeline: step entry %zu flags: got %#x, expected bits of %#x", i, e->flags,
                        TERN_SEQ_FLAGS_ALL);
-        if (e->n_head > e->n_tokens || ((e->flags & TERN_SEQ_SAMPLE) && e->n_head < 1))
-            return BAD("pipeline: step entry %zu head rows: got %u, expected 0..%u (>= 1 when "
-                       "sampled)",
-                       i, e->n_head, e->n_tokens);
+        if (e->n_head > e->n_tokens || ((e->flags & TERN_SEQ_SAMPLE) && e->n_head < 1) ||
+            ((e->flags & TERN_SEQ_SPEC) &&
+             (!(e->flags & TERN_SEQ_SAMPLE) || (e->flags & TERN_SEQ_FULL) ||
+              e->n_head != e->n_tokens)))
+            return BAD("pipeline: step entry %zu head rows: got %u (flags %#x), expected 0..%u "
+                       "(>= 1 when sampled, every row when speculative)",
+                       i, e->n_head, e->flags, e->n_tokens);
         if (e->n_cand > TERN_SAMPLE_CANDS || e->n_logprobs > TERN_MAX_LOGPROBS ||
             e->n_pen > (uint32_t)lim->pen_row ||
             ((e->flags & TERN_SEQ_SAMPLE) &&

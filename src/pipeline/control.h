@@ -23,7 +23,8 @@ enum {
     TERN_SEQ_CANCELLED = 4, /* release entry, the client went away */
     TERN_SEQ_SAMPLE = 8,    /* the entry's last row is sampled */
     TERN_SEQ_FULL = 16,     /* its head rows' full logits go to rank 0 */
-    TERN_SEQ_FLAGS_ALL = 31
+    TERN_SEQ_SPEC = 32,     /* speculative: every row is sampled (the last token + drafts) */
+    TERN_SEQ_FLAGS_ALL = 63
 };
 
 typedef struct tern_hello {

@@ -223,7 +223,8 @@ tern_code tern_coord_create(tern_coord **out, tern_engine_fixed *f, tern_sched *
 
 /* ------------------------------------------------------------------ completion */
 
-/* logits, sampling and bookkeeping for a step whose head rows hx are final */
+/* logits, sampling and bookkeeping for a step whose head rows hx are final; false when the
+ * head ranks' full rows did not come by deadline (<= 0: none) */
 static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_row_sum *sums,
                      double deadline)
 {
@@ -240,7 +241,7 @@ static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
             size_t got = 0;
             tern_comm_irecv_logits(r, c->staging, (size_t)st->n_full * w, &c->lreq);
             /* on a time-out the receive stays posted: the engine fails and the job ends */
-            if (deadline > 0 && !tern_comm_wait_until(&c->lreq, &got, deadline)) return false;
+            if (!tern_comm_wait_until(&c->lreq, &got, deadline)) return false;
             if (got != (size_t)st->n_full * w)
                 tern_die("engine: step %llu: rank %d sent %zu logits, expected %zu",
                          (unsigned long long)st->id, r, got, (size_t)st->n_full * w);
@@ -259,7 +260,9 @@ static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
             for (int32_t h = 0; h < q->n_head; h++)
                 tern_sched_deliver_logits(c->sched, q->slot, q->pos0 + q->n_tokens - q->n_head + h,
                                           c->full + (size_t)(j + h) * V);
-        if (q->flags & TERN_SEQ_SAMPLE) {
+        /* a speculative entry samples every row (never with full rows); others their last */
+        int32_t rows = !(q->flags & TERN_SEQ_SAMPLE) ? 0 : q->flags & TERN_SEQ_SPEC ? q->n_head : 1;
+        for (int32_t h = 0; h < rows; h++, k++) {
             c->resolved[k] = tern_row_resolve(&sums[k], &r->sampling, &c->stage.params[k],
                                               (int32_t)V, &c->picks[k]);
             if (!c->resolved[k] && full) {
@@ -267,7 +270,6 @@ static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
                                       &c->stage.params[k], (int32_t)V, c->scratch, &c->picks[k]);
                 c->resolved[k] = true;
             }
-            k++;
         }
         if (full) j += q->n_head;
     }

@@ -258,8 +258,9 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
         tern_engine_close(e);
         return rc;
     }
-    if ((rc = tern_sched_create(&e->sched, &f->lim, st)) ||
-        (rc = tern_coord_create(&e->coord, f, e->sched, st))) {
+    if (!(rc = tern_sched_create(&e->sched, &f->lim, st)) && o->spec_drafts)
+        tern_sched_set_spec(e->sched, o->spec_drafts < 0 ? 0 : o->spec_drafts);
+    if (rc || (rc = tern_coord_create(&e->coord, f, e->sched, st))) {
         /* rank 0 alone failed (memory) while the workers are in their loop: stop them */
         if (!e->coord && f->n_ranks > 1) tern_die("engine: %s", st->msg);
         goto fail;
@@ -281,6 +282,9 @@ void tern_engine_close(tern_engine *e)
         if (ss.retries > 0)
             tern_log(TERN_LOG_INFO, "sampler: %lld rows drawn again from their full logits",
                      (long long)ss.retries);
+        if (ss.drafted > 0)
+            tern_log(TERN_LOG_INFO, "speculative decoding: %lld of %lld drafts accepted",
+                     (long long)ss.accepted, (long long)ss.drafted);
     }
     if (e->coord) tern_coord_shutdown(e->coord);
     tern_status fst = {0};

@@ -31,7 +31,9 @@ tern_code tern_limits_compute(tern_limits *l, int32_t n_ranks, int32_t n_vocab, 
     int32_t seqs = max_seqs < batch_tokens ? max_seqs : batch_tokens;
     l->step_entries = max_seqs + seqs;
     l->head_rows = batch_tokens;
-    l->sample_rows = seqs;
+    /* sampled rows: one per sequence, or the last token and its drafts when speculative */
+    int64_t rows = (int64_t)seqs * (1 + TERN_SPEC_MAX_DRAFT);
+    l->sample_rows = (int32_t)(rows < batch_tokens ? rows : batch_tokens);
     l->full_rows = TERN_FULL_ROWS < batch_tokens ? TERN_FULL_ROWS : batch_tokens;
     /* a row's adjusted ids: its window or history, and the logit biases; distinct ids */
     int64_t row = (int64_t)n_ctx + TERN_MAX_LOGIT_BIAS;

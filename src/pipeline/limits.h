@@ -18,6 +18,7 @@
 #define TERN_DEFAULT_BATCH 512
 #define TERN_DEFAULT_SEQS 64
 #define TERN_DEFAULT_KV_MB 2048
+#define TERN_SPEC_MAX_DRAFT 8 /* draft tokens a speculative decode step verifies at most */
 
 typedef struct tern_limits {
     int32_t n_ranks;

@@ -24,6 +24,10 @@ typedef struct seq {
     int32_t n_tokens, n_past, n_gen, kv_blocks;
     int32_t n_logits; /* positions whose logits were delivered (all_logits) */
     bool inflight, cancelled, fresh, stopped, retry;
+    /* speculative decoding: the drafts in flight, the adaptive draft length, and how many
+     * steps to wait after drafts that failed */
+    int32_t draft[TERN_SPEC_MAX_DRAFT], n_draft;
+    int32_t spec_k, spec_miss, spec_wait;
 } seq;
 
 struct tern_sched {
@@ -44,7 +48,8 @@ struct tern_sched {
     tern_step_seq *releases; /* [max_seqs] */
     int32_t n_releases;
     int32_t rot;
-    int64_t tok_prompt, tok_gen, retries;
+    int64_t tok_prompt, tok_gen, retries, drafted, accepted;
+    int32_t spec_max;         /* draft tokens per step at most; 0: off */
     tern_adjust *adj_scratch; /* [2 * n_ctx + TERN_MAX_LOGIT_BIAS + 1] */
 };
 
@@ -67,6 +72,7 @@ tern_code tern_sched_create(tern_sched **out, const tern_limits *lim, tern_statu
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->next_id = 1;
+    s->spec_max = TERN_SPEC_MAX_DRAFT;
     s->cap_cancels = lim->queue_cap + lim->max_seqs;
     s->cancels = calloc((size_t)s->cap_cancels, sizeof *s->cancels);
     s->seqs = calloc((size_t)lim->max_seqs, sizeof *s->seqs);
@@ -266,6 +272,7 @@ void tern_sched_admit(tern_sched *s)
         seq *q = &s->seqs[slot];
         int32_t *tokens = q->tokens;
         *q = (seq){.used = true,
+                   .spec_k = TERN_SPEC_MAX_DRAFT / 2,
                    .id = p->id,
                    .req = p->req,
                    .tokens = tokens,
@@ -293,6 +300,42 @@ static bool ready(const seq *q)
     return q->used && !q->inflight && !q->cancelled && q->n_past < q->n_tokens;
 }
 
+void tern_sched_set_spec(tern_sched *s, int32_t max_drafts)
+{
+    s->spec_max = max_drafts < 0                     ? 0
+                  : max_drafts > TERN_SPEC_MAX_DRAFT ? TERN_SPEC_MAX_DRAFT
+                                                     : max_drafts;
+}
+
+/* May q's next decode verify drafts? Only where every row's adjustments are the same (they
+ * must not depend on the history the drafts would change), only for few streams (one batched
+ * pass of 1 + k tokens costs about one token's weight reads only while decoding is
+ * bandwidth-bound), and not while a row is redrawn from its full logits. */
+static bool spec_ok(const tern_sched *s, const seq *q)
+{
+    const tern_sampling *sp = &q->req.sampling;
+    return s->spec_max > 0 && !q->req.all_logits && !q->retry && s->n_running <= TERN_SPEC_SEQS &&
+           (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0) && sp->presence_penalty == 0.0f &&
+           sp->frequency_penalty == 0.0f;
+}
+
+/* Drafts by n-gram lookup: the tokens that followed the latest earlier occurrence of the
+ * sequence's last TERN_SPEC_NGRAM (down to TERN_SPEC_NGRAM_MIN) tokens, at most k. */
+static int32_t find_drafts(const int32_t *t, int32_t n, int32_t k, int32_t *out)
+{
+    for (int32_t g = TERN_SPEC_NGRAM; g >= TERN_SPEC_NGRAM_MIN; g--) {
+        if (n <= g) continue;
+        const int32_t *tail = t + n - g;
+        for (int32_t j = n - g - 1; j >= 0; j--) {
+            if (memcmp(t + j, tail, (size_t)g * sizeof *t)) continue;
+            int32_t m = 0;
+            while (m < k && j + g + m < n) out[m] = t[j + g + m], m++;
+            if (m > 0) return m;
+        }
+    }
+    return 0;
+}
+
 /* Adds sequence q's next chunk (at most n tokens) to the step; returns its full-logits rows,
  * -1 when nothing could be added. */
 static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, tern_step *st,
@@ -306,11 +349,34 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
     if (n <= 0) return -1;
     bool last = pos0 + n == q->n_tokens;
     bool sample = last && q->n_gen < r->max_new;
+    /* speculative: the last token and up to spec_k drafts, each row sampled */
+    int32_t nd = 0;
+    q->n_draft = 0;
+    if (sample && n == 1 && spec_ok(s, q)) {
+        if (q->spec_wait > 0) {
+            q->spec_wait--;
+        } else {
+            int32_t k = q->spec_k < s->spec_max ? q->spec_k : s->spec_max;
+            int32_t room = s->lim.batch_tokens - st->n_tokens - 1;
+            int32_t rows = s->lim.sample_rows - st->n_sample - 1;
+            int32_t left = r->max_new - q->n_gen - 1, ctx = s->lim.n_ctx - q->n_tokens - 1;
+            k = k < room ? k : room;
+            k = k < rows ? k : rows;
+            k = k < left ? k : left;
+            k = k < ctx ? k : ctx;
+            if (k > 0) nd = find_drafts(q->tokens, q->n_tokens, k, q->draft);
+        }
+    }
     tern_step_seq e = {.slot = (int32_t)(q - s->seqs),
                        .pos0 = pos0,
-                       .n_tokens = n,
+                       .n_tokens = n + nd,
                        .flags = q->fresh ? TERN_SEQ_NEW : 0};
-    if (r->all_logits) {
+    if (nd > 0) {
+        e.n_head = 1 + nd;
+        e.flags |= TERN_SEQ_SPEC;
+        q->n_draft = nd;
+        s->drafted += nd;
+    } else if (r->all_logits) {
         e.n_head = n;
         e.flags |= TERN_SEQ_FULL;
     } else if (sample) {
@@ -332,8 +398,10 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
         st->n_pen += np;
     }
     memcpy(ids + st->n_tokens, q->tokens + pos0, (size_t)n * sizeof(int32_t));
+    if (nd > 0) memcpy(ids + st->n_tokens + n, q->draft, (size_t)nd * sizeof(int32_t));
     st->seqs[st->n_seqs++] = e;
-    st->n_tokens += n;
+    st->n_tokens += n + nd;
+    st->n_sample += sample ? 1 + nd : 0;
     q->fresh = false;
     q->inflight = true;
     return e.flags & TERN_SEQ_FULL ? e.n_head : 0;
@@ -355,7 +423,7 @@ static bool pen_fits(const tern_sched *s, const seq *q, const tern_step *st)
 bool tern_sched_build(tern_sched *s, int32_t free_mbs, tern_step *st, int32_t *ids)
 {
     const tern_limits *L = &s->lim;
-    st->n_seqs = st->n_tokens = st->n_hops = st->n_pen = 0;
+    st->n_seqs = st->n_tokens = st->n_hops = st->n_pen = st->n_sample = 0;
     st->shutdown = 0;
     /* releases first: they are applied before the forward pass */
     for (int32_t i = 0; i < s->n_releases; i++) st->seqs[st->n_seqs++] = s->releases[i];
@@ -423,32 +491,62 @@ void tern_sched_complete(tern_sched *s, const tern_step *st, const tern_pick *pi
         q->inflight = false;
         q->n_past = e->pos0 + e->n_tokens;
         if (e->flags & TERN_SEQ_SAMPLE) {
-            const tern_pick *pk = &picks[k];
-            bool ok = resolved[k];
-            k++;
-            if (q->cancelled) {
-                /* nothing to emit */
-            } else if (!ok) {
-                /* the kept set reached past the candidates: the last token runs again and its
-                 * head rows come back in full (its KV entry is rewritten with equal values) */
-                q->retry = true;
-                q->n_past = q->n_tokens - 1;
-                s->retries++;
-            } else {
-                q->retry = false;
+            /* one row, or the last token and its drafts: row r draws position pos0 + r + 1; a
+             * draft is kept while the drawn token equals it, so every token is the one plain
+             * decoding would draw (same logits, same counter-based draw) */
+            int32_t rows = e->flags & TERN_SEQ_SPEC ? e->n_head : 1;
+            int32_t nd = rows - 1, used = 0;
+            bool retry = false;
+            for (int32_t r = 0; r < rows && !q->cancelled; r++) {
+                const tern_pick *pk = &picks[k + r];
+                used = r + 1;
+                if (!resolved[k + r]) {
+                    /* the kept set reached past the candidates: the token at this row's input
+                     * position runs again and its head row comes back in full (its KV entry is
+                     * rewritten with equal values) */
+                    retry = true;
+                    q->n_past = e->pos0 + e->n_tokens - rows + r;
+                    s->retries++;
+                    break;
+                }
                 bool stop = false;
                 for (int32_t j = 0; j < q->req.n_stop; j++) stop |= pk->token == q->req.stop[j];
                 if (stop) {
                     q->stopped = true;
+                    break;
+                }
+                q->tokens[q->n_tokens++] = pk->token;
+                q->n_gen++;
+                s->tok_gen++;
+                if (q->req.on_logprobs && q->req.sampling.n_logprobs > 0)
+                    q->req.on_logprobs(q->req.user, pk);
+                if (q->req.on_token) q->req.on_token(q->req.user, pk->token);
+                if (q->n_gen >= q->req.max_new || q->n_tokens >= s->lim.n_ctx) break;
+                if (r < nd && pk->token != q->draft[r]) break; /* the correction ends it */
+                if (r < nd) s->accepted++;
+            }
+            k += rows;
+            q->retry = retry;
+            if (nd > 0 && !retry) {
+                /* the KV of the fed tokens up to the last row used is valid */
+                q->n_past = e->pos0 + used;
+                int32_t acc = used - 1;
+                if (acc >= nd) {
+                    q->spec_k =
+                        q->spec_k + 2 < TERN_SPEC_MAX_DRAFT ? q->spec_k + 2 : TERN_SPEC_MAX_DRAFT;
+                    q->spec_miss = 0;
+                } else if (acc == 0) {
+                    q->spec_k = q->spec_k > 2 ? q->spec_k / 2 : 1;
+                    q->spec_miss++;
+                    /* drafts that keep failing cost a little each time: back off */
+                    if (q->spec_miss >= 2)
+                        q->spec_wait = 1 << (q->spec_miss < 5 ? q->spec_miss : 5);
                 } else {
-                    q->tokens[q->n_tokens++] = pk->token;
-                    q->n_gen++;
-                    s->tok_gen++;
-                    if (q->req.on_logprobs && q->req.sampling.n_logprobs > 0)
-                        q->req.on_logprobs(q->req.user, pk);
-                    if (q->req.on_token) q->req.on_token(q->req.user, pk->token);
+                    q->spec_k = acc + 1;
+                    q->spec_miss = 0;
                 }
             }
+            q->n_draft = 0;
         }
         /* the last generated token runs through the layers only when its logits are wanted */
         bool done_feeding = q->n_past >= q->n_tokens || !q->req.all_logits;
@@ -471,6 +569,8 @@ void tern_sched_stats_get(tern_sched *s, tern_sched_stats *out)
     out->tokens_prompt = s->tok_prompt;
     out->tokens_generated = s->tok_gen;
     out->retries = s->retries;
+    out->drafted = s->drafted;
+    out->accepted = s->accepted;
 }
 
 bool tern_sched_idle(tern_sched *s)

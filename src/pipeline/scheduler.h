@@ -16,6 +16,11 @@
  *   TERN_SCHED_PREFILL_SHARE of the budget is left for prefill: neither starves the other.
  *   Round robin: each micro-batch starts after the last sequence the previous one took, so a
  *   tight budget serves every sequence in turn.
+ * - Exact speculative decoding for few streams: a decode step may feed the last token and up to
+ *   TERN_SPEC_MAX_DRAFT drafts found by n-gram lookup in the sequence's own tokens, every row
+ *   sampled; drafts are kept while each drawn token equals them. Tokens are bitwise those of
+ *   plain decoding (the logits of a position do not depend on the batch, and draws are
+ *   counter-based); the draft length adapts to the acceptance, and failing drafts back off.
  * - A sequence ends as soon as its last token is drawn; that token runs through the layers
  *   only for requests that want the logits of every position.
  * - Nothing allocates after tern_sched_create except the inbox entries of submit.
@@ -32,6 +37,9 @@
 #include "ternpipe/sampler.h"
 
 #define TERN_SCHED_PREFILL_SHARE 8 /* 1/8 of a micro-batch's budget kept for waiting prompts */
+#define TERN_SPEC_SEQS 4      /* speculative decoding only while at most this many sequences run */
+#define TERN_SPEC_NGRAM 3     /* the longest suffix the draft lookup matches */
+#define TERN_SPEC_NGRAM_MIN 2 /* and the shortest (one token predicts too poorly) */
 
 typedef struct tern_sched tern_sched;
 
@@ -51,6 +59,9 @@ void tern_sched_admit(tern_sched *s);
  * decodes and prefill chunks within the token budget; ids [batch_tokens] get its tokens.
  * Returns whether the step has entries. */
 bool tern_sched_build(tern_sched *s, int32_t free_mbs, tern_step *step, int32_t *ids);
+/* Draft tokens per speculative step at most (0 turns speculative decoding off; default
+ * TERN_SPEC_MAX_DRAFT). */
+void tern_sched_set_spec(tern_sched *s, int32_t max_drafts);
 /* Pending releases (an idle engine sends them in an empty step). */
 int32_t tern_sched_pending_releases(const tern_sched *s);
 
@@ -65,7 +76,7 @@ void tern_sched_deliver_logits(tern_sched *s, int32_t slot, int32_t pos, const f
 
 typedef struct tern_sched_stats {
     int32_t running, queued, kv_reserved;
-    int64_t tokens_prompt, tokens_generated, retries;
+    int64_t tokens_prompt, tokens_generated, retries, drafted, accepted;
 } tern_sched_stats;
 void tern_sched_stats_get(tern_sched *s, tern_sched_stats *out);
 bool tern_sched_idle(tern_sched *s);

@@ -48,15 +48,19 @@ void tern_stage_params(const tern_step *step, tern_row_params *p)
     for (int32_t i = 0; i < step->n_seqs; i++) {
         const tern_step_seq *q = &step->seqs[i];
         if (!(q->flags & TERN_SEQ_SAMPLE)) continue;
-        p[k++] = (tern_row_params){.temperature = q->temperature,
-                                   .penalty = q->penalty,
-                                   .n_cand = q->n_cand,
-                                   .n_logprobs = q->n_logprobs,
-                                   .gumbel = q->gumbel,
-                                   .seed = q->seed,
-                                   .pos = q->pos0 + q->n_tokens,
-                                   .adj = step->pen_ids + pen,
-                                   .n_adj = q->n_pen};
+        /* a speculative entry samples every row: row r draws the token at pos0 + r + 1 (its
+         * adjustments do not depend on history, so every row shares them) */
+        int32_t rows = q->flags & TERN_SEQ_SPEC ? q->n_head : 1;
+        for (int32_t r = 0; r < rows; r++)
+            p[k++] = (tern_row_params){.temperature = q->temperature,
+                                       .penalty = q->penalty,
+                                       .n_cand = q->n_cand,
+                                       .n_logprobs = q->n_logprobs,
+                                       .gumbel = q->gumbel,
+                                       .seed = q->seed,
+                                       .pos = q->pos0 + q->n_tokens - rows + r + 1,
+                                       .adj = step->pen_ids + pen,
+                                       .n_adj = q->n_pen};
         pen += q->n_pen;
     }
 }
@@ -95,7 +99,8 @@ void tern_stage_head(tern_stage *s, const tern_engine_fixed *f, const tern_step 
         for (int32_t r = 0; r < n; r++) {
             const tern_step_seq *q = &step->seqs[e];
             bool last = in_e == q->n_head - 1;
-            row_k[r] = last && (q->flags & TERN_SEQ_SAMPLE) ? k++ : -1;
+            bool sampled = (q->flags & TERN_SEQ_SAMPLE) && (last || (q->flags & TERN_SEQ_SPEC));
+            row_k[r] = sampled ? k++ : -1;
             row_j[r] = q->flags & TERN_SEQ_FULL ? j++ : -1;
             if (last) {
                 in_e = 0;

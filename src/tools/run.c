@@ -19,7 +19,7 @@ const char *tern_engine_opts_usage(void)
 {
     return "[-m FILE] [--threads N] [--head-type f16|q8_0] [--batch TOKENS] [--max-seqs N] "
            "[--ctx N] [--kv-mem MB] [--split even|auto|L1,L2,...] [--inflight N] "
-           "[--step-timeout SECONDS] [--verbose]";
+           "[--step-timeout SECONDS] [--spec DRAFTS] [--verbose]";
 }
 
 static int parse_int(const char *name, const char *v, int lo, int hi, int32_t *out)
@@ -58,7 +58,10 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
         r = parse_int(a, v, 1, 1 << 20, &o->n_ctx);
     else if (!strcmp(a, "--kv-mem"))
         r = parse_int(a, v, 1, 1 << 24, &o->kv_mem_mb);
-    else if (!strcmp(a, "--inflight"))
+    else if (!strcmp(a, "--spec")) {
+        r = parse_int(a, v, 0, 64, &tmp); /* 0 = off; the engine clamps to its most */
+        o->spec_drafts = tmp == 0 ? -1 : tmp;
+    } else if (!strcmp(a, "--inflight"))
         r = parse_int(a, v, 1, 64, &o->inflight);
     else if (!strcmp(a, "--split"))
         o->split = v, r = 1;

@@ -3,6 +3,7 @@
  * sequence finishing mid-micro-batch, a long prompt not starving decodes and decodes not
  * starving prefill, 4,096 sequences in one micro-batch, releases reaching the next step,
  * the full-row retry, and the submit errors. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,18 +72,103 @@ static int64_t submit(tern_sched *s, int32_t n_prompt, int32_t max_new, rec *r, 
     return id;
 }
 
-/* completes the built step: every sampled row picks `tok` (stop_slot's row picks the stop id) */
+/* completes the built step: every sampled row picks `tok` (stop_slot's rows pick the stop id) */
 static void complete(tern_sched *s, int32_t tok, int32_t stop_slot, bool resolved)
 {
     int32_t k = 0;
     for (int32_t i = 0; i < g_step.n_seqs; i++)
         if (g_step.seqs[i].flags & TERN_SEQ_SAMPLE) {
-            g_picks[k].token = g_step.seqs[i].slot == stop_slot ? 999 : tok;
-            g_ok[k] = resolved;
-            k++;
+            int32_t rows = g_step.seqs[i].flags & TERN_SEQ_SPEC ? g_step.seqs[i].n_head : 1;
+            for (int32_t r = 0; r < rows; r++, k++) {
+                g_picks[k].token = g_step.seqs[i].slot == stop_slot ? 999 : tok;
+                g_ok[k] = resolved;
+            }
         }
     CHECK(k == g_step.n_sample);
     tern_sched_complete(s, &g_step, g_picks, g_ok);
+}
+
+/* speculative decoding: the "model" continues a fixed script; drafts come from the sequence's
+ * own n-grams, the emitted tokens are exactly the script whatever was drafted, and a repeating
+ * script needs fewer steps than tokens */
+static int32_t script(int32_t pos) /* the token the model draws at position pos */
+{
+    static const int32_t period[5] = {11, 12, 13, 14, 15};
+    return pos < 40 ? period[pos % 5] : 20 + pos % 7; /* repeating, then a new pattern */
+}
+
+typedef struct scripted {
+    int32_t got[128], n;
+} scripted;
+static void on_script(void *u, int32_t t)
+{
+    scripted *q = u;
+    if (q->n < 128) q->got[q->n++] = t;
+}
+
+static void test_speculative(void)
+{
+    tern_sched *s = make(4, 64, 256, 100);
+    int32_t prompt[5] = {11, 12, 13, 14, 15};
+    scripted out = {{0}, 0};
+    tern_request rq = {
+        .prompt = prompt, .n_prompt = 5, .max_new = 60, .on_token = on_script, .user = &out};
+    tern_sampling_default(&rq.sampling);
+    tern_status st = {0};
+    CHECK(tern_sched_submit(s, &rq, NULL, &st) == TERN_OK);
+    tern_sched_admit(s);
+    int steps = 0, spec_steps = 0;
+    while (tern_sched_build(s, 1, &g_step, g_ids) && steps < 200) {
+        steps += g_step.n_tokens > 0;
+        int32_t k = 0;
+        for (int32_t i = 0; i < g_step.n_seqs; i++) {
+            const tern_step_seq *e = &g_step.seqs[i];
+            if (!(e->flags & TERN_SEQ_SAMPLE)) continue;
+            int32_t rows = e->flags & TERN_SEQ_SPEC ? e->n_head : 1;
+            spec_steps += rows > 1;
+            if (rows > 1) CHECK(e->n_tokens == rows && g_step.n_sample == rows);
+            for (int32_t r = 0; r < rows; r++, k++) {
+                /* row r has seen the fed tokens up to pos0 + n_tokens - rows + r */
+                int32_t pos = e->pos0 + e->n_tokens - rows + r + 1;
+                g_picks[k].token = script(pos);
+                g_ok[k] = true;
+            }
+        }
+        tern_sched_complete(s, &g_step, g_picks, g_ok);
+        tern_sched_admit(s);
+    }
+    CHECK(out.n == 60);
+    int bad = 0;
+    for (int32_t i = 0; i < out.n; i++) bad += out.got[i] != script(5 + i);
+    CHECKF(bad == 0, "%d of 60 tokens differ from the script", bad);
+    tern_sched_stats ss;
+    tern_sched_stats_get(s, &ss);
+    CHECKF(spec_steps > 0 && ss.accepted > 20 && steps < 45,
+           "%d steps (%d speculative) for 60 tokens, %lld of %lld drafts accepted", steps,
+           spec_steps, (long long)ss.accepted, (long long)ss.drafted);
+    printf("speculative: 60 tokens in %d steps, %lld of %lld drafts accepted\n", steps,
+           (long long)ss.accepted, (long long)ss.drafted);
+    tern_sched_free(s);
+
+    /* off: one token per step */
+    s = make(4, 64, 256, 100);
+    tern_sched_set_spec(s, 0);
+    scripted out2 = {{0}, 0};
+    rq.user = &out2;
+    CHECK(tern_sched_submit(s, &rq, NULL, &st) == TERN_OK);
+    tern_sched_admit(s);
+    steps = 0;
+    while (tern_sched_build(s, 1, &g_step, g_ids) && steps < 200) {
+        steps += g_step.n_tokens > 0; /* not the last, release-only step */
+        CHECK(g_step.n_sample <= 1 && !(g_step.seqs[g_step.n_seqs - 1].flags & TERN_SEQ_SPEC));
+        g_picks[0].token =
+            script(g_step.seqs[g_step.n_seqs - 1].pos0 + g_step.seqs[g_step.n_seqs - 1].n_tokens);
+        g_ok[0] = true;
+        tern_sched_complete(s, &g_step, g_picks, g_ok);
+        tern_sched_admit(s);
+    }
+    CHECK(out2.n == 60 && memcmp(out.got, out2.got, sizeof(int32_t) * 60) == 0 && steps == 60);
+    tern_sched_free(s);
 }
 
 static int32_t count_flag(uint32_t flag)
@@ -315,6 +401,7 @@ int main(void)
     test_starvation();
     test_4096();
     test_retry_and_errors();
+    test_speculative();
     free(g_step.seqs), free(g_step.pen_ids), free(g_ids), free(g_picks), free(g_ok);
     return tern_test_finish("test_scheduler");
 }
