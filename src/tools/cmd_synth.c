@@ -1,6 +1,8 @@
 /* cmd_synth.c: `ternpipe synth`: a model with the exact layout of the official
  * ggml-model-i2_s.gguf (keys, names, I2_S ternary tensors with a per-tensor scale, F16
- * token_embd, F32 norms, the Llama-3 vocab) and random weights, for benchmarks and tests. */
+ * token_embd, F32 norms, the Llama-3 vocab) and random weights, for benchmarks and tests;
+ * --shape large / 3b: the 1bitLLM shapes (spec 7.1) in llama.cpp's bitnet layout with the
+ * Llama-2 SentencePiece vocab (+ <pad>, </line>: 32002) and SiLU. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +17,62 @@
 typedef struct shape {
     const char *name;
     uint32_t d, n_layer, n_ff, n_head, n_head_kv, n_ctx;
+    bool spm; /* 1bitLLM: arch bitnet, SiLU, theta 1e4, SentencePiece vocab of 32002 */
 } shape;
 
 static const shape shapes[] = {
-    {"2b4t", 2560, 30, 6912, 20, 5, 4096},
-    {"tiny", 256, 2, 768, 4, 1, 1024},
+    {"2b4t", 2560, 30, 6912, 20, 5, 4096, false},
+    {"tiny", 256, 2, 768, 4, 1, 1024, false},
+    {"large", 1536, 24, 4096, 16, 16, 2048, true},
+    {"3b", 3200, 26, 8640, 32, 32, 2048, true},
 };
+
+/* The Llama-2 vocab of a vocab-only GGUF (tokenizer.* keys copied) plus <pad> and </line>
+ * as CONTROL tokens at 32000/32001 (HF's order, spec 7.1). Returns the token count. */
+static uint32_t add_spm_vocab(tern_gguf_writer *w, const char *path, tern_status *st)
+{
+    tern_gguf *g = NULL;
+    if (tern_gguf_open(&g, path, st)) return 0;
+    const tern_gguf_value *tok = NULL, *sc = NULL, *ty = NULL;
+    uint32_t n = 0;
+    if (tern_gguf_get_arr(g, "tokenizer.ggml.tokens", TERN_GGUF_STRING, &tok, st) ||
+        tern_gguf_get_arr(g, "tokenizer.ggml.scores", TERN_GGUF_FLOAT32, &sc, st) ||
+        tern_gguf_get_arr(g, "tokenizer.ggml.token_type", TERN_GGUF_INT32, &ty, st))
+        goto out;
+    uint64_t m = tok->v.arr.n;
+    const char **strs = malloc((m + 2) * sizeof *strs);
+    uint64_t *lens = malloc((m + 2) * sizeof *lens);
+    float *scores = malloc((m + 2) * sizeof *scores);
+    int32_t *types = malloc((m + 2) * sizeof *types);
+    if (strs && lens && scores && types && sc->v.arr.n == m && ty->v.arr.n == m) {
+        for (uint64_t i = 0; i < m; i++) {
+            strs[i] = tok->v.arr.items[i].v.str.ptr, lens[i] = tok->v.arr.items[i].v.str.len;
+            scores[i] = (float)tern_gguf_arr_float(sc, i);
+            types[i] = (int32_t)tern_gguf_arr_int(ty, i);
+        }
+        strs[m] = "<pad>", lens[m] = 5, strs[m + 1] = "</line>", lens[m + 1] = 7;
+        scores[m] = scores[m + 1] = -1000.0f, types[m] = types[m + 1] = 3;
+        tern_gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
+        tern_gguf_writer_add_str(w, "tokenizer.ggml.pre", "default");
+        tern_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", strs, lens, m + 2);
+        tern_gguf_writer_add_arr(w, "tokenizer.ggml.scores", TERN_GGUF_FLOAT32, scores, m + 2);
+        tern_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", TERN_GGUF_INT32, types, m + 2);
+        tern_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", 1);
+        tern_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", 2);
+        tern_gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)m);
+        tern_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", true);
+        n = (uint32_t)m + 2; /* the writer copied everything */
+    } else {
+        tern_status_set(st, TERN_EFORMAT,
+                        "synth: %s: got an unusable vocab, expected tokens, "
+                        "scores and types of one length",
+                        path);
+    }
+    free(strs), free(lens), free(scores), free(types);
+out:
+    tern_gguf_close(g);
+    return n;
+}
 
 /* I2_S blob (spec 3.4): 128-element blocks, element 128b+32g+j in bits (6-2g) of byte
  * 32b+j, code = t+1; f32 alpha at n/4; 28 zero bytes. Trits: ~1/3 zeros. */
@@ -53,7 +105,7 @@ static float *make_norm(tern_rng *r, uint32_t n, float lo, float hi)
 
 int tern_cmd_synth(int argc, char **argv)
 {
-    const char *shape_name = NULL, *out = NULL, *tiktoken = NULL;
+    const char *shape_name = NULL, *out = NULL, *tiktoken = NULL, *spm_vocab = NULL;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc)
@@ -64,9 +116,11 @@ int tern_cmd_synth(int argc, char **argv)
             seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--tiktoken") && i + 1 < argc)
             tiktoken = argv[++i];
+        else if (!strcmp(argv[i], "--vocab") && i + 1 < argc)
+            spm_vocab = argv[++i];
         else {
-            fprintf(stderr, "usage: ternpipe synth --shape 2b4t|tiny [--seed S] [--tiktoken RANKS] "
-                            "-o OUT.gguf\n");
+            fprintf(stderr, "usage: ternpipe synth --shape 2b4t|tiny|large|3b [--seed S] "
+                            "[--tiktoken RANKS | --vocab SPM.gguf] -o OUT.gguf\n");
             return 2;
         }
     }
@@ -74,15 +128,21 @@ int tern_cmd_synth(int argc, char **argv)
     for (size_t i = 0; shape_name && i < sizeof shapes / sizeof shapes[0]; i++)
         if (!strcmp(shape_name, shapes[i].name)) sh = &shapes[i];
     if (!sh || !out) {
-        fprintf(stderr, "ternpipe synth: --shape 2b4t|tiny and -o OUT.gguf are required\n");
+        fprintf(stderr,
+                "ternpipe synth: --shape 2b4t|tiny|large|3b and -o OUT.gguf are required\n");
         return 2;
     }
-    static char default_rank[4096];
+    static char default_rank[4096], default_spm[4096];
+    const char *fx = getenv("TERN_FIXTURES");
     if (!tiktoken) {
-        const char *fx = getenv("TERN_FIXTURES");
         snprintf(default_rank, sizeof default_rank, "%s/tokenizer/llama3.tiktoken",
                  fx && *fx ? fx : "../shared/fixtures");
         tiktoken = default_rank;
+    }
+    if (!spm_vocab) {
+        snprintf(default_spm, sizeof default_spm, "%s/tokenizer/ggml-vocab-llama-spm.gguf",
+                 fx && *fx ? fx : "../shared/fixtures");
+        spm_vocab = default_spm;
     }
     tern_status st = {0};
     tern_gguf_writer *w = tern_gguf_writer_new();
@@ -90,8 +150,13 @@ int tern_cmd_synth(int argc, char **argv)
         fprintf(stderr, "ternpipe: out of memory\n");
         return 1;
     }
-    const char *arch = "bitnet-b1.58";
-    const uint32_t n_vocab = 128256;
+    const char *arch = sh->spm ? "bitnet" : "bitnet-b1.58";
+    uint32_t n_vocab = 128256;
+    if (sh->spm && !(n_vocab = add_spm_vocab(w, spm_vocab, &st))) {
+        fprintf(stderr, "ternpipe: %s\n", st.msg);
+        tern_gguf_writer_free(w);
+        return 1;
+    }
     char key[128];
 #define K(s) (snprintf(key, sizeof key, "%s." s, arch), key)
     tern_gguf_writer_add_str(w, "general.architecture", arch);
@@ -107,12 +172,13 @@ int tern_cmd_synth(int argc, char **argv)
     tern_gguf_writer_add_u32(w, K("attention.head_count"), sh->n_head);
     tern_gguf_writer_add_u32(w, K("attention.head_count_kv"), sh->n_head_kv);
     tern_gguf_writer_add_f32(w, K("attention.layer_norm_rms_epsilon"), 1e-5f);
-    tern_gguf_writer_add_f32(w, K("rope.freq_base"), 500000.0f);
+    tern_gguf_writer_add_f32(w, K("rope.freq_base"), sh->spm ? 10000.0f : 500000.0f);
+    if (sh->spm) tern_gguf_writer_add_str(w, K("hidden_act"), "silu");
     tern_gguf_writer_add_u32(w, "general.file_type", 40);
     tern_gguf_writer_add_u32(w, "general.quantization_version", 2);
 #undef K
     int rc = 1;
-    if (tern_vocab_add_tiktoken(w, tiktoken, &st)) {
+    if (!sh->spm && tern_vocab_add_tiktoken(w, tiktoken, &st)) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         tern_gguf_writer_free(w);
         return 1;
