@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "pipeline/scheduler.h"
+#include "ternpipe/stats.h"
 
 tern_code tern_sim_link_parse(const char *s, tern_sim_link *out, tern_status *st)
 {
@@ -61,19 +62,6 @@ static void on_token(void *u, int32_t tok)
         r->itl[(*r->n_itl)++] = t - r->t_last;
     r->t_last = t;
     r->n++;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double pct(double *v, int64_t n, double p)
-{
-    if (n <= 0) return 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    int64_t i = (int64_t)(p * (double)(n - 1) + 0.5);
-    return v[i < n ? i : n - 1];
 }
 
 typedef struct inflight {
@@ -250,11 +238,11 @@ tern_code tern_sim_run(const tern_sim_costs *c, const tern_sim_opts *o, tern_sim
     res->decode_tok_s = wall > t_all_first && tokens > o->streams
                             ? (double)(tokens - o->streams) / (wall - t_all_first)
                             : 0;
-    res->ttft_p50_s = pct(ttft, o->streams, 0.5);
-    res->ttft_p99_s = pct(ttft, o->streams, 0.99);
-    res->itl_p50_s = pct(itl, n_itl, 0.5);
-    res->itl_p99_s = pct(itl, n_itl, 0.99);
-    res->hop_p50_s = pct(hops, n_hops < 4096 ? n_hops : 4096, 0.5);
+    res->ttft_p50_s = tern_percentile(ttft, o->streams, 0.5);
+    res->ttft_p99_s = tern_percentile(ttft, o->streams, 0.99);
+    res->itl_p50_s = tern_percentile(itl, n_itl, 0.5);
+    res->itl_p99_s = tern_percentile(itl, n_itl, 0.99);
+    res->hop_p50_s = tern_percentile(hops, n_hops < 4096 ? n_hops : 4096, 0.5);
     if (res->busy)
         for (int r = 0; r < N; r++) res->busy[r] = wall > 0 ? busy[r] / wall : 0;
 out:

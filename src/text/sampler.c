@@ -232,6 +232,21 @@ static inline void offer(tern_cand *h, int32_t *n, int32_t cap, const tern_cand 
     }
 }
 
+/* The raw logit (NaN as -inf) and its adjusted value; *pk walks p->adj along ascending ids. */
+static inline tern_cand adjusted(const tern_row_params *p, const float *logits, int32_t i,
+                                 int32_t id, int32_t *pk)
+{
+    float raw = logits[i];
+    raw = raw == raw ? raw : -INFINITY;
+    float v = raw;
+    if (*pk < p->n_adj && p->adj[*pk].id == id) {
+        if (p->adj[*pk].rep) v = v > 0.0f ? v / p->penalty : v * p->penalty;
+        v += p->adj[*pk].add;
+        (*pk)++;
+    }
+    return (tern_cand){v, raw, id};
+}
+
 void tern_row_sum_init(tern_row_sum *s)
 {
     memset(s, 0, sizeof *s);
@@ -269,15 +284,8 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
     while (pk < p->n_adj && p->adj[pk].id < v0) pk++;
     for (int32_t i = 0; i < n; i++) {
         const int32_t id = v0 + i;
-        float raw = logits[i];
-        raw = raw == raw ? raw : -INFINITY;
-        float v = raw;
-        if (pk < p->n_adj && p->adj[pk].id == id) {
-            if (p->adj[pk].rep) v = v > 0.0f ? v / p->penalty : v * p->penalty;
-            v += p->adj[pk].add;
-            pk++;
-        }
-        tern_cand c = {v, raw, id};
+        tern_cand c = adjusted(p, logits, i, id, &pk);
+        const float v = c.v, raw = c.raw;
         offer(s->cand, &s->n_cand, cap, &c, before_v);
         if (rcap) {
             offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
@@ -396,17 +404,7 @@ void tern_row_resolve_full(const float *logits, const tern_sampling *sp, const t
     tern_row_sum_fold(&s, p, logits, 0, n_vocab);
     /* every id as a candidate, with the values the fold used */
     int32_t pk = 0;
-    for (int32_t i = 0; i < n_vocab; i++) {
-        float raw = logits[i];
-        raw = raw == raw ? raw : -INFINITY;
-        float v = raw;
-        if (pk < p->n_adj && p->adj[pk].id == i) {
-            if (p->adj[pk].rep) v = v > 0.0f ? v / p->penalty : v * p->penalty;
-            v += p->adj[pk].add;
-            pk++;
-        }
-        scratch[i] = (tern_cand){v, raw, i};
-    }
+    for (int32_t i = 0; i < n_vocab; i++) scratch[i] = adjusted(p, logits, i, i, &pk);
     qsort(scratch, (size_t)n_vocab, sizeof *scratch, cmp_cand);
     if (!resolve_core(&s, scratch, n_vocab, true, sp, p, out)) {
         out->token = scratch[0].id; /* unreachable: a complete list always resolves */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ternpipe/rng.h"
+#include "ternpipe/stats.h"
 #include "tools/bench.h"
 #include "tools/run.h"
 
@@ -48,20 +49,6 @@ static void wl_done(void *user, tern_finish why, const char *err)
 {
     (void)user, (void)why;
     if (err) fprintf(stderr, "ternpipe: bench: %s\n", err);
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int64_t n, double p)
-{
-    if (n <= 0) return 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    int64_t i = (int64_t)(p * (double)(n - 1) + 0.5);
-    return v[i < n ? i : n - 1];
 }
 
 int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json, bool quiet)
@@ -120,8 +107,9 @@ int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool js
                      ? (double)(run.tokens - S) / (t1 - run.t_all_first)
                      : 0;
     double stat_wall = s1.wall_s - s0.wall_s, busy_sum = 0;
-    double ttft50 = pct(run.ttft, S, 0.5), ttft99 = pct(run.ttft, S, 0.99);
-    double itl50 = pct(run.itl, run.n_itl, 0.5), itl99 = pct(run.itl, run.n_itl, 0.99);
+    double ttft50 = tern_percentile(run.ttft, S, 0.5), ttft99 = tern_percentile(run.ttft, S, 0.99);
+    double itl50 = tern_percentile(run.itl, run.n_itl, 0.5),
+           itl99 = tern_percentile(run.itl, run.n_itl, 0.99);
     if (quiet) {
         /* a warm-up: nothing to report */
     } else if (json) {
