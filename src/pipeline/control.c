@@ -52,7 +52,7 @@ size_t tern_ctl_pack_hello(const tern_hello *h, uint8_t *buf, size_t cap)
     hm.n_layer_start = hm.n_layer_end = hm.n_vocab_start = hm.n_vocab_end = (size_t)N;
     hm.layer_start = v, hm.layer_end = v + N, hm.vocab_start = v + 2 * N;
     hm.vocab_end = v + 3 * N;
-    hm.has_max_tokens = 1, hm.max_tokens = h->max_tokens;
+    hm.has_batch_tokens = 1, hm.batch_tokens = h->batch_tokens;
     hm.has_max_seqs = 1, hm.max_seqs = h->max_seqs;
     hm.has_n_ctx = 1, hm.n_ctx = h->n_ctx;
     hm.has_kv_blocks = 1, hm.kv_blocks = h->kv_blocks;
@@ -169,7 +169,7 @@ tern_code tern_ctl_unpack_hello(const uint8_t *buf, size_t n, tern_hello *h, ter
         plan->vocab_start[r] = (int32_t)hm->vocab_start[r];
         plan->vocab_end[r] = (int32_t)hm->vocab_end[r];
     }
-    h->max_tokens = hm->max_tokens, h->max_seqs = hm->max_seqs;
+    h->batch_tokens = hm->batch_tokens, h->max_seqs = hm->max_seqs;
     h->n_ctx = hm->n_ctx, h->kv_blocks = hm->kv_blocks, h->inflight = hm->inflight;
     rc = tern_plan_check(plan, st);
 out:

@@ -32,7 +32,7 @@ typedef struct tern_hello {
     uint64_t model_checksum;
     uint32_t n_layers;
     int32_t n_ranks;
-    uint32_t max_tokens, max_seqs, n_ctx, kv_blocks, inflight; /* max_tokens: the batch */
+    uint32_t batch_tokens, max_seqs, n_ctx, kv_blocks, inflight;
     tern_plan *plan; /* caller's, tern_plan_init'ed for n_ranks */
 } tern_hello;
 

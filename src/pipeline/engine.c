@@ -142,7 +142,7 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
                         .model_checksum = sums[0],
                         .n_layers = (uint32_t)hp.n_layer,
                         .n_ranks = f->n_ranks,
-                        .max_tokens = (uint32_t)batch,
+                        .batch_tokens = (uint32_t)batch,
                         .max_seqs = (uint32_t)max_seqs,
                         .n_ctx = (uint32_t)n_ctx,
                         .kv_blocks = (uint32_t)kv_blocks,
@@ -171,7 +171,7 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
         goto out;
     }
     if ((rc = tern_limits_compute(&f->lim, f->n_ranks, hp.n_vocab, hp.d, hp.n_layer,
-                                  (int32_t)h.max_seqs, (int32_t)h.max_tokens, (int32_t)h.n_ctx,
+                                  (int32_t)h.max_seqs, (int32_t)h.batch_tokens, (int32_t)h.n_ctx,
                                   (int32_t)h.kv_blocks, (int32_t)h.inflight, st)))
         goto out;
     if (h.n_ctx > (uint32_t)hp.n_ctx) {
@@ -179,6 +179,9 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
                              hp.n_ctx);
         goto out;
     }
+    /* speeds relative to rank 0's, so a stage's cost reads as bytes per token */
+    for (int r = f->n_ranks; probe && r-- > 0;)
+        speeds[r] = speeds[0] > 0 ? speeds[r] / speeds[0] : 1.0;
     tern_plan_stage_costs(&f->plan, &costs, probe ? speeds : NULL);
     f->last_layer = tern_plan_last_layer_rank(&f->plan);
     f->v0 = f->plan.vocab_start[f->rank], f->v1 = f->plan.vocab_end[f->rank];

@@ -122,7 +122,7 @@ int main(void)
                     .model_checksum = 0x0123456789abcdefULL,
                     .n_layers = 30,
                     .n_ranks = 3,
-                    .max_tokens = 512,
+                    .batch_tokens = 512,
                     .max_seqs = 64,
                     .n_ctx = 4096,
                     .kv_blocks = 777,
@@ -135,7 +135,7 @@ int main(void)
     CHECK(h2.protocol_version == h.protocol_version && h2.model_checksum == h.model_checksum);
     CHECK(h2.n_ranks == 3 && p2.layer_end[1] == 15 && p2.layer_start[2] == 15 &&
           p2.layer_end[2] == 30 && p2.vocab_end[2] == 16000 && p2.vocab_start[0] == 16000);
-    CHECK(h2.max_tokens == 512 && h2.max_seqs == 64 && h2.n_ctx == 4096 && h2.kv_blocks == 777 &&
+    CHECK(h2.batch_tokens == 512 && h2.max_seqs == 64 && h2.n_ctx == 4096 && h2.kv_blocks == 777 &&
           h2.inflight == 4);
     CHECK(tern_ctl_pack_hello(&h, buf, 4) == 0); /* does not fit */
     /* a receiver with another rank count refuses the plan */
