@@ -10,7 +10,9 @@
  * Then encoded as I2_S (exact: one f32 scale), TQ2_0 or TQ1_0 (one f16 scale per 256-block,
  * all equal to alpha rounded to f16). The embedding (and an untied lm_head) are written as F16
  * (F32 and BF16 are rounded to nearest even; a value beyond F16's range is refused), norms as
- * F32. Every tensor's name, dtype and shape is checked against config.json first.
+ * F32. Every tensor's name, dtype and shape is checked against config.json first. The vocab:
+ * tokenizer.model (+ added tokens) as llama.cpp's "llama" vocab, else tokenizer.json as a
+ * byte-level BPE ("gpt2") vocab (hf-tokjson.c).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -21,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "formats/formats-internal.h"
 #include "ternpipe/gguf.h"
 #include "ternpipe/safetensors.h"
 #include "ternpipe/spm.h"
@@ -333,7 +336,9 @@ static tern_code tokenizer(conv *c, const char *arch_unused)
     (void)arch_unused;
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.model", c->dir);
-    if (access(path, F_OK) != 0) return TERN_OK; /* no SentencePiece vocab: weights only */
+    /* no SentencePiece vocab: tokenizer.json when present, else weights only */
+    if (access(path, F_OK) != 0)
+        return tern_hf_tokjson_add(c->w, c->dir, c->cfg.vocab_size, c->status);
     tern_spm_model m;
     tern_spm_hf hf;
     tern_code rc = tern_spm_model_read_dir(c->dir, &m, &hf, c->status);

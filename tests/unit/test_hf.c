@@ -126,6 +126,36 @@ static void test_2b4t(void)
     printf("tiny-2b4t-hf: %d/%d tensors and all %d x 1024 logits bitwise equal to model.gguf\n",
            same, (int)tern_gguf_n_tensors(gg), n);
     free(la), free(lb);
+    /* the vocab from tokenizer.json encodes like the GGUF's own vocab: every llama-bpe case,
+     * with and without special-token parsing */
+    tern_tokenizer *ta = NULL, *tb = NULL;
+    CHECKF(tern_tokenizer_load(&ta, hf, &st) == TERN_OK, "%s", st.msg);
+    CHECK(tern_tokenizer_load(&tb, gg, &st) == TERN_OK);
+    size_t li;
+    char *inp = (char *)tern_test_read_file(tern_test_fixture("tokenizer/llama-bpe.inp"), &li);
+    int cases = 0, same_ids = 0;
+    for (char *p = inp, *e; ta && tb && p && (e = strstr(p, "\n__ggml_vocab_test__\n"));
+         p = e + 21, cases++) {
+        for (unsigned fl = 0; fl < 4; fl++) {
+            tern_tokens x = {0}, y = {0};
+            CHECK(tern_tokenizer_encode(ta, p, (size_t)(e - p), fl, &x, &st) == TERN_OK);
+            CHECK(tern_tokenizer_encode(tb, p, (size_t)(e - p), fl, &y, &st) == TERN_OK);
+            bool eq = x.n == y.n && !memcmp(x.ids, y.ids, x.n * 4);
+            CHECKF(eq, "case %d flags %u: tokenizer.json and GGUF vocab disagree", cases, fl);
+            same_ids += eq && fl == 0;
+            tern_tokens_free(&x), tern_tokens_free(&y);
+        }
+    }
+    CHECK(cases == 46 && same_ids == 46);
+    CHECK(ta && tb && tern_tokenizer_bos(ta) == tern_tokenizer_bos(tb) &&
+          tern_tokenizer_eos(ta) == tern_tokenizer_eos(tb) &&
+          tern_tokenizer_eot(ta) == tern_tokenizer_eot(tb) &&
+          !strcmp(tern_tokenizer_pre_name(ta), tern_tokenizer_pre_name(tb)));
+    printf("tiny-2b4t-hf tokenizer.json: %d/%d llama-bpe cases encode as the GGUF vocab\n",
+           same_ids, cases);
+    free(inp);
+    tern_tokenizer_free(ta);
+    tern_tokenizer_free(tb);
 out:
     tern_gguf_close(hf);
     tern_gguf_close(gg);
@@ -311,6 +341,38 @@ static void test_broken(void)
                    strstr(st.msg, ", expected ") && !strchr(st.msg, '\n'),
                "case %zu: '%s'", i, st.msg);
     }
+    /* tokenizer.json that ternpipe cannot reproduce is refused, not guessed */
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *cf = fopen(p, "wb");
+    fwrite(cfg, 1, cl, cf);
+    fclose(cf);
+    size_t tl;
+    char *tj = (char *)tern_test_read_file(
+        tern_test_fixture("reference/tiny-2b4t-hf/tokenizer.json"), &tl);
+    struct {
+        const char *from, *to, *want;
+    } ts[] = {
+        {"\"type\": \"BPE\"", "\"type\": \"WordPiece\"", "model: got something other than BPE"},
+        {"\"Split\"", "\"Punctuation\"", "pre_tokenizer: got another pre-tokenizer"},
+        {"\"id\": 1015", "\"id\": 1014", "ids: got id 1014"},
+        {"\"id\": 1015", "\"id\": 4096", "added_tokens: got '<|end_of_text|>' with id 4096"},
+    };
+    for (size_t i = 0; tj && i < sizeof ts / sizeof ts[0]; i++) {
+        char *at = strstr(tj, ts[i].from);
+        CHECKF(at != NULL, "'%s' not in tokenizer.json", ts[i].from);
+        if (!at) continue;
+        snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+        FILE *f = fopen(p, "wb");
+        fprintf(f, "%.*s%s%s", (int)(at - tj), tj, ts[i].to, at + strlen(ts[i].from));
+        fclose(f);
+        CHECK(tern_gguf_open(&g, dir, &st) != TERN_OK && !g);
+        CHECKF(strstr(st.msg, ts[i].want) && !strncmp(st.msg, "tokenizer.json: ", 16) &&
+                   !strchr(st.msg, '\n'),
+               "tokenizer.json case %zu: '%s'", i, st.msg);
+    }
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    unlink(p);
+    free(tj);
     /* code 3 in a packed projection */
     snprintf(p, sizeof p, "%s/config.json", dir);
     FILE *f = fopen(p, "wb");
