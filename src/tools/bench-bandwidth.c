@@ -1,0 +1,93 @@
+/* bench-bandwidth.c: this machine's read bandwidth (the decode roofline), measured by every
+ * pool thread summing its share of a 1 GiB buffer; see bench.h. */
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ternpipe/runtime.h"
+#include "tools/bench.h"
+#include "tools/run.h"
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- read bandwidth: every pool thread sums its share of a large buffer ---- */
+typedef struct bw_job {
+    const uint64_t *buf;
+    size_t n;
+    uint64_t sums[256];
+} bw_job;
+
+/* AVX2 where the CPU has it (a scalar or SSE2 loop cannot keep enough loads in flight to
+ * saturate memory, which would understate the roofline); SSE2 otherwise */
+__attribute__((target("avx2"))) static uint64_t sum_avx2(const uint64_t *p, int64_t n)
+{
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m256i *q = (const __m256i *)(p + i);
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256(q));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256(q + 1));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256(q + 2));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256(q + 3));
+    }
+    __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    uint64_t out[4];
+    _mm256_storeu_si256((__m256i *)out, s);
+    return out[0] + out[1] + out[2] + out[3];
+}
+
+static uint64_t sum_sse2(const uint64_t *p, int64_t n)
+{
+    __m128i s0 = _mm_setzero_si128(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m128i *q = (const __m128i *)(p + i);
+        s0 = _mm_add_epi64(s0, _mm_load_si128(q));
+        s1 = _mm_add_epi64(s1, _mm_load_si128(q + 1));
+        s2 = _mm_add_epi64(s2, _mm_load_si128(q + 2));
+        s3 = _mm_add_epi64(s3, _mm_load_si128(q + 3));
+    }
+    __m128i s = _mm_add_epi64(_mm_add_epi64(s0, s1), _mm_add_epi64(s2, s3));
+    uint64_t out[2];
+    _mm_storeu_si128((__m128i *)out, s);
+    return out[0] + out[1];
+}
+
+static void bw_task(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    bw_job *j = arg;
+    int64_t a, b;
+    tern_split_rows((int64_t)j->n, 64, task, n_tasks, &a, &b);
+    if (b <= a) return;
+    j->sums[task & 255] =
+        __builtin_cpu_supports("avx2") ? sum_avx2(j->buf + a, b - a) : sum_sse2(j->buf + a, b - a);
+}
+
+double tern_bench_read_bandwidth(int n_threads)
+{
+    tern_topo *topo = NULL;
+    tern_pool *pool = NULL;
+    double bw = 0;
+    if (tern_topo_discover(&topo, NULL) || tern_pool_create(&pool, topo, n_threads, NULL)) goto out;
+    size_t bytes = (size_t)1 << 30;
+    uint64_t *buf = aligned_alloc(64, bytes);
+    if (!buf) goto out;
+    memset(buf, 1, bytes);
+    bw_job j = {.buf = buf, .n = bytes / 8};
+    double v[7];
+    for (int r = 0; r < 7; r++) {
+        double t0 = tern_now();
+        tern_pool_run(pool, bw_task, &j, tern_pool_size(pool));
+        v[r] = (double)bytes / (tern_now() - t0) / 1e9;
+    }
+    qsort(v, 7, sizeof *v, cmp_d);
+    bw = v[3];
+    free(buf);
+out:
+    tern_pool_free(pool);
+    tern_topo_free(topo);
+    return bw;
+}
