@@ -2,7 +2,6 @@
  * (one rank or under mpirun), peak RSS, this machine's read bandwidth and decode b=1 as a
  * fraction of the bandwidth roofline, and with several ranks the per-stage busy %, bubble
  * fraction and hop latency. Medians of repeated runs. */
-#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
