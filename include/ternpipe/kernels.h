@@ -73,8 +73,10 @@ const char *tern_simd_name(tern_simd v); /* "ref", "avx2", "avx512"; "?" out of 
 typedef struct tern_tmat tern_tmat;
 
 /* From a GGUF tensor blob: type I2_S (36, spec 3.4), TQ2_0 (35) or TQ1_0 (34, spec 3.5).
- * k = ne0 (columns, input features), n = ne1 (rows, outputs). Requires k % 128 == 0 (k % 256
- * for TQ types), 128 <= k <= 131072, n >= 1, nbytes equal to the type's exact size, codes in
+ * k = ne0 (columns, input features), n = ne1 (rows, outputs). Requires k % 16 == 0 (k % 256
+ * for TQ types; I2_S's 128-blocks run over the flattened tensor, so its rows need not start on
+ * one: the 3B sibling's 8640 columns), 16 <= k <= 131072, n >= 1, nbytes equal to the type's
+ * exact size, codes in
  * {-1,0,+1} (I2_S/TQ2_0 code 3 is rejected) and finite scales. */
 tern_code tern_tmat_from_ggml(tern_tmat **out, tern_ggml_type type, const void *data,
                               uint64_t nbytes, int64_t k, int64_t n, tern_status *st);

@@ -10,7 +10,8 @@
  * Padding rows (past n) hold code 1 (t = 0). Block scales (when kept): rs[(g * nb + b) * 16 + r]
  * = r[o][b] and dmax[o] = D[o] (formula in kernels.h), nb = k / 256.
  *
- * Invariants: k % 128 == 0, 128 <= k <= TERN_TMAT_MAX_K, n >= 1, codes <= 2, buffers 64-byte
+ * Invariants: k % 16 == 0 (k % 256 with block scales), 16 <= k <= TERN_TMAT_MAX_K, n >= 1,
+ * codes <= 2, buffers 64-byte
  * aligned, immutable after construction.
  */
 #ifndef TERN_KERNELS_INTERNAL_H

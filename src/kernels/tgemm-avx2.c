@@ -105,7 +105,7 @@ static inline const uint8_t *half_base(const tern_tmat *w, int64_t hb)
     return w->codes + (hb / 2) * w->kc * TERN_TG_BYTES + (hb % 2) * 32;
 }
 
-/* One pass of the single-scale GEMM over chunks [c0, c1) (multiples of 8). Exact int32 sums
+/* One pass of the single-scale GEMM over chunks [c0, c1) (c0 a multiple of 8). Exact int32 sums
  * live in part[token - tbase][half - hbase][8] across passes. */
 typedef struct {
     const tern_tmat *w;
@@ -145,7 +145,9 @@ AI void tile_single(const pass *p, int64_t h, const int H, int64_t t0, const int
         for (int hi = 0; hi < H; hi++)
 #pragma GCC unroll 8
             for (int ti = 0; ti < TB; ti++) a16[hi][ti] = _mm256_setzero_si256();
-        for (int64_t c = c8; c < c8 + 8; c++) {
+        /* up to 8 chunks: fewer at the end of k when k % 128 != 0 (the 3B sibling's 8640) */
+        const int64_t cend = c8 + 8 < p->c1 ? c8 + 8 : p->c1;
+        for (int64_t c = c8; c < cend; c++) {
 #pragma GCC unroll 8
             for (int hi = 0; hi < H; hi++) {
                 __m256i cc[4];

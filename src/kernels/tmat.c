@@ -33,11 +33,11 @@ void tern_tmat_free(tern_tmat *m)
 
 static tern_code check_shape(int64_t k, int64_t n, int64_t kmul, tern_status *st)
 {
-    if (k < 128 || k > TERN_TMAT_MAX_K || k % kmul != 0)
+    if (k < TERN_TG_COLS || k > TERN_TMAT_MAX_K || k % kmul != 0)
         return tern_status_set(st, TERN_EINVAL,
                                "ternary matrix: got %lld columns, expected a multiple of %lld in "
-                               "[128, %d]",
-                               (long long)k, (long long)kmul, TERN_TMAT_MAX_K);
+                               "[%d, %d]",
+                               (long long)k, (long long)kmul, TERN_TG_COLS, TERN_TMAT_MAX_K);
     if (n < 1 || n > (INT64_C(1) << 31))
         return tern_status_set(st, TERN_EINVAL, "ternary matrix: got %lld rows, expected 1..2^31",
                                (long long)n);
@@ -98,8 +98,19 @@ static bool decode_i2s(const uint8_t *data, int64_t k, int64_t o, int8_t *t)
 {
     /* spec 3.4: elements flattened row-major, 128-element blocks of 32 bytes; byte j holds
      * elements j, j+32, j+64, j+96 in bits 7-6, 5-4, 3-2, 1-0; code 0,1,2 = -1,0,+1 */
-    const uint8_t *row = data + (uint64_t)o * (uint64_t)k / 4;
     bool ok = true;
+    if (k % 128 != 0) {
+        /* rows that do not start on a block (the 3B sibling's 8640 columns): element by
+         * element from its flat index */
+        for (int64_t c = 0; c < k; c++) {
+            uint64_t e = (uint64_t)o * (uint64_t)k + (uint64_t)c, i = e % 128;
+            int code = (data[e / 128 * 32 + i % 32] >> (6 - 2 * (int)(i / 32))) & 3;
+            ok &= code != 3;
+            t[c] = (int8_t)(code - 1);
+        }
+        return ok;
+    }
+    const uint8_t *row = data + (uint64_t)o * (uint64_t)k / 4;
     for (int64_t b = 0; b < k / 128; b++)
         for (int j = 0; j < 32; j++) {
             uint8_t v = row[b * 32 + j];
@@ -239,8 +250,9 @@ tern_code tern_tmat_from_ggml(tern_tmat **out, tern_ggml_type type, const void *
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "ternary matrix: got type %s (%d), expected I2_S, TQ2_0 or TQ1_0",
                                name, (int)type);
-    /* rows of whole blocks: the decoders walk a row block by block */
-    tern_code rc = check_shape(k, n, tr->blck, st);
+    /* TQ rows are whole blocks (the decoders walk a row block by block); I2_S blocks run over
+     * the flattened tensor, so its rows only need the layout's 16 columns */
+    tern_code rc = check_shape(k, n, tr->flat ? TERN_TG_COLS : tr->blck, st);
     if (rc != TERN_OK) return rc;
     uint64_t need = 0;
     if (!tern_ggml_nbytes(type, (uint64_t)k, (uint64_t)k * (uint64_t)n, &need) || nbytes != need)
@@ -287,7 +299,7 @@ tern_code tern_tmat_from_trits(tern_tmat **out, const int8_t *t, int64_t n, int6
                                tern_status *st)
 {
     *out = NULL;
-    tern_code rc = check_shape(k, n, 128, st);
+    tern_code rc = check_shape(k, n, TERN_TG_COLS, st);
     if (rc != TERN_OK) return rc;
     if (!isfinite(alpha))
         return tern_status_set(st, TERN_EINVAL, "trits: scale is %g, expected finite",

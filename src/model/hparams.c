@@ -95,11 +95,12 @@ tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *s
                                "model: %s: rope.dimension_count: got %d, expected head_dim %d "
                                "(even; partial rotary is not part of BitNet)",
                                path, rope_dims, hp->head_dim);
-    /* the ternary kernels work on whole 128-element blocks of the input dimension */
-    if (hp->d % 128 != 0 || hp->n_ff % 128 != 0)
+    /* the ternary layout packs 16 input columns per chunk (any multiple of 16 works: the 3B
+     * sibling's 3200 and 8640 are not multiples of 256 or even 128) */
+    if (hp->d % 16 != 0 || hp->n_ff % 16 != 0)
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "model: %s: embedding_length %d / feed_forward_length %d: got "
-                               "sizes that are not multiples of 128, expected multiples of 128",
+                               "sizes that are not multiples of 16, expected multiples of 16",
                                path, hp->d, hp->n_ff);
     if (!(hp->eps > 0.0f && hp->eps < 1.0f))
         return tern_status_set(st, TERN_ERANGE,

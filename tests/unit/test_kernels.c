@@ -361,9 +361,11 @@ static void check_tgemm(const tern_tmat *m, const int8_t *q, const float *s, con
 
 static void test_tgemm_random(void)
 {
-    static const int64_t ks[] = {128, 256, 384, 512, 640, 1024, 2560};
+    /* 16 * odd, 3200 and 8640: the 3B sibling's hidden and intermediate sizes (not multiples
+     * of 256, 8640 not even of 128) */
+    static const int64_t ks[] = {128, 256, 384, 512, 640, 1024, 2560, 16, 208, 3200, 8640};
     for (int it = 0; it < 160; it++) {
-        int64_t k = it < 4 ? 128 : ks[rndi(0, 6)];
+        int64_t k = it < 4 ? 128 : ks[rndi(0, 10)];
         int64_t n = it < 4 ? 1 : rndi(1, it % 3 ? 70 : 200);
         int64_t n_tok = it < 4 ? 1 : (it % 5 == 0 ? rndi(60, 90) : rndi(1, 35));
         int8_t *t = xmalloc((size_t)(n * k));
@@ -416,6 +418,45 @@ static void test_tgemm_random(void)
         free(qsum);
         free(t);
         tern_tmat_free(m);
+    }
+}
+
+/* I2_S rows that do not start on a 128-block (k % 128 != 0): the flat layout decodes to the
+ * same trits as the plain path, and the GEMM agrees with the trits. */
+static void test_i2s_flat(void)
+{
+    static const int64_t ks[] = {16, 48, 208, 8640};
+    for (int it = 0; it < 12; it++) {
+        int64_t k = ks[it % 4], n = 8 * rndi(1, it % 4 == 3 ? 3 : 9);
+        int8_t *t = xmalloc((size_t)(n * k)), *row = xmalloc((size_t)k);
+        rand_trits(t, n * k, it % 4);
+        uint64_t nb;
+        uint8_t *i2 = enc_i2s(t, n, k, 0.625f, &nb);
+        tern_tmat *a = NULL, *b = NULL;
+        tern_status st;
+        CHECKF(tern_tmat_from_ggml(&a, TERN_TYPE_I2_S, i2, nb, k, n, &st) == TERN_OK, "%s", st.msg);
+        CHECK(tern_tmat_from_trits(&b, t, n, k, 0.625f, &st) == TERN_OK);
+        bool same = a && b;
+        for (int64_t o = 0; same && o < n; o++) {
+            tern_tmat_unpack_row(a, o, row);
+            same = !memcmp(row, t + o * k, (size_t)k);
+        }
+        CHECKF(same, "I2_S flat k=%lld n=%lld", (long long)k, (long long)n);
+        if (a) {
+            int64_t n_tok = rndi(1, 9);
+            int8_t *q = xmalloc((size_t)(n_tok * k));
+            float *s = xmalloc((size_t)n_tok * 4), *yn = xmalloc((size_t)(n_tok * n) * 4);
+            int32_t *qsum = xmalloc((size_t)n_tok * 4);
+            make_q(q, s, qsum, n_tok, k, it % 5);
+            naive_tgemm(t, n, k, 0.625f, q, s, n_tok, yn);
+            check_tgemm(a, q, s, qsum, n_tok, 0, n, "flat");
+            float *y = xmalloc((size_t)(n_tok * n) * 4);
+            tern_ref_tgemm(a, q, s, qsum, n_tok, y, n, 0, n);
+            CHECK(same_bits(yn, y, n_tok * n));
+            free(q), free(s), free(yn), free(qsum), free(y);
+        }
+        tern_tmat_free(a), tern_tmat_free(b);
+        free(t), free(row), free(i2);
     }
 }
 
@@ -572,7 +613,7 @@ static void test_reject(void)
     CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ2_0, tq2, b2 - 66, k, n, &st) == TERN_EFORMAT);
     CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ1_0, tq1, b3 + 54, k, n, &st) == TERN_EFORMAT);
     /* shapes */
-    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, 192, 4, &st) == TERN_EINVAL);
+    CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, 200, 4, &st) == TERN_EINVAL);
     CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_TQ2_0, tq2, b2, 128, 6, &st) == TERN_EINVAL);
     CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, k, 0, &st) == TERN_EINVAL);
     CHECK(tern_tmat_from_ggml(&m, TERN_TYPE_I2_S, i2, b1, 0, n, &st) == TERN_EINVAL);
@@ -997,6 +1038,7 @@ int main(void)
     test_act_quant();
     test_tgemm_random();
     test_repack();
+    test_i2s_flat();
     test_block_scales();
     test_reject();
     test_f16();
