@@ -124,6 +124,10 @@ tern_code tern_sched_submit(tern_sched *s, const tern_request *r, int64_t *id, t
                                "KV cache: got a request needing %d blocks, expected at most %d "
                                "(the pool)",
                                blocks_for(r->n_prompt + r->max_new), L->kv_blocks);
+    if (r->resumed < 0 || r->resumed >= r->n_prompt)
+        return tern_status_set(st, TERN_EINVAL,
+                               "resumed: got %d tokens, expected 0..%d (fewer than the prompt)",
+                               r->resumed, r->n_prompt - 1);
     if (r->n_stop < 0 || r->n_stop > 4)
         return tern_status_set(st, TERN_EINVAL, "stop ids: got %d, expected 0..4", r->n_stop);
     tern_code rc = tern_sampling_validate(&r->sampling, st);
@@ -387,7 +391,7 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
         tern_row_params rp;
         tern_row_params_make(&r->sampling, q->n_tokens, &rp);
         int32_t cap = st->cap_pen - st->n_pen;
-        int32_t np = tern_row_adjust(&r->sampling, q->tokens, q->n_tokens, r->n_prompt,
+        int32_t np = tern_row_adjust(&r->sampling, q->tokens, q->n_tokens, r->n_prompt - r->resumed,
                                      s->lim.n_vocab, s->adj_scratch, st->pen_ids + st->n_pen,
                                      cap < s->lim.pen_row ? cap : s->lim.pen_row);
         e.flags |= TERN_SEQ_SAMPLE;
@@ -415,7 +419,7 @@ static bool pen_fits(const tern_sched *s, const seq *q, const tern_step *st)
                sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f ||
                sp->n_logit_bias > 0;
     if (!any) return true;
-    int32_t w = tern_adjust_scratch(sp, q->n_tokens, q->req.n_prompt);
+    int32_t w = tern_adjust_scratch(sp, q->n_tokens, q->req.n_prompt - q->req.resumed);
     if (w > s->lim.pen_row) w = s->lim.pen_row;
     return st->n_pen + w <= st->cap_pen;
 }

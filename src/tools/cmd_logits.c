@@ -117,6 +117,7 @@ static void lseq_done(void *user, tern_finish why, const char *err)
 int tern_cmd_logits(int argc, char **argv)
 {
     const char *out_path = NULL, *ids_path = NULL, *n_list = NULL, *lp_path = NULL;
+    int32_t resumed = 0; /* the last R ids of every sequence were generated before (a replay) */
     enum { MAXQ = 8192 };
     tern_sampling sp;
     tern_sampling_default(&sp);
@@ -135,6 +136,8 @@ int tern_cmd_logits(int argc, char **argv)
             ids_path = argv[++i];
         else if (!strcmp(argv[i], "--out-logprobs") && i + 1 < argc)
             lp_path = argv[++i];
+        else if (!strcmp(argv[i], "--resumed") && i + 1 < argc)
+            resumed = atoi(argv[++i]);
         else if ((r = tern_parse_sampling_opt(argc, argv, &i, &sp)) != 0) {
             if (r < 0) return 2;
         } else if (!strcmp(argv[i], "-n") && i + 1 < argc)
@@ -142,7 +145,7 @@ int tern_cmd_logits(int argc, char **argv)
         else {
             fprintf(stderr,
                     "usage: ternpipe logits --ids \"ID ID ...\" [--ids ...] [--out OUT] "
-                    "[-n N|N1,N2,...] [--out-ids FILE] [--out-logprobs FILE] %s %s\n",
+                    "[-n N|N1,N2,...] [--out-ids FILE] [--out-logprobs FILE] [--resumed R] %s %s\n",
                     tern_sampling_opts_usage(), tern_engine_opts_usage());
             return 2;
         }
@@ -192,6 +195,7 @@ int tern_cmd_logits(int argc, char **argv)
                                .on_done = lseq_done,
                                .user = q};
             rq.sampling.seed = sp.seed + (uint64_t)k;
+            rq.resumed = resumed;
             if ((out_path && !q->rows) || tern_engine_submit(e, &rq, NULL, &st)) {
                 fprintf(stderr, "ternpipe: --ids: %s\n",
                         !out_path || q->rows ? st.msg : "out of memory");
