@@ -101,7 +101,8 @@ tern_code tern_journal_add(tern_journal *j, const tern_jrequest *r, tern_status 
     e->order = j->next_order++;
     e->n_prompt = r->n_prompt, e->n_gen = 0, e->max_new = r->max_new;
     e->sampling = r->sampling;
-    memcpy(e->bias, r->sampling.logit_bias, (size_t)r->sampling.n_logit_bias * sizeof *e->bias);
+    if (r->sampling.n_logit_bias > 0)
+        memcpy(e->bias, r->sampling.logit_bias, (size_t)r->sampling.n_logit_bias * sizeof *e->bias);
     e->sampling.logit_bias = e->bias;
     memcpy(e->stop, r->stop, sizeof e->stop);
     e->n_stop = r->n_stop;
