@@ -82,6 +82,21 @@ static void local_transports(void)
         setenv("OMPI_MCA_btl_tcp_if_include", TERN_COMM_LOCAL_IF, 0);
 }
 
+/* the launcher's environment: read before MPI starts (one process started alone has none) */
+int tern_launcher_rank(bool *launched)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) {
+            if (launched) *launched = true;
+            return atoi(v);
+        }
+    }
+    if (launched) *launched = false;
+    return 0;
+}
+
 tern_code tern_dist_init(int *argc, char ***argv, int *rank, int *size, tern_status *st)
 {
     bool launched = false;

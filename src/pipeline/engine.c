@@ -17,20 +17,6 @@ struct tern_engine {
     tern_coord *coord; /* rank 0 */
 };
 
-int tern_launcher_rank(bool *launched)
-{
-    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *v = getenv(vars[i]);
-        if (v && *v) {
-            if (launched) *launched = true;
-            return atoi(v);
-        }
-    }
-    if (launched) *launched = false;
-    return 0;
-}
-
 /* A short probe of this rank's ternary GEMM speed for the auto split. */
 static double speed_probe(void)
 {

@@ -153,7 +153,7 @@ tern_code tern_sv_reader_feed(tern_sv_reader *r, const uint8_t *data, size_t n, 
         if (!b) return tern_status_set(st, TERN_ENOMEM, "supervise: out of memory for a frame");
         r->buf = b, r->cap = cap;
     }
-    memcpy(r->buf + r->n, data, n);
+    if (n) memcpy(r->buf + r->n, data, n);
     r->n += n;
     return TERN_OK;
 }
