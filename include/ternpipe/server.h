@@ -61,8 +61,9 @@ typedef struct tern_parsed_request {
     int32_t n_prompt_ids;
     tern_chat_message *messages; /* chat: [n_messages] */
     int32_t n_messages;
-    int32_t max_tokens; /* -1: not given (the server's default, clamped to the context) */
-    tern_sampling sampling;
+    int32_t max_tokens;          /* -1: not given (the server's default, clamped to the context) */
+    tern_sampling sampling;      /* its logit_bias points at logit_bias below */
+    tern_logit_bias *logit_bias; /* [sampling.n_logit_bias], owned */
     bool has_seed;
     char *stop[TERN_SERVER_MAX_STOP]; /* non-empty stop strings */
     int32_t n_stop;

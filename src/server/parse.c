@@ -407,13 +407,11 @@ static bool is_unset(const cJSON *j)
 /* Fields of the OpenAI API this server does not implement: refused with a 400 naming them, not
  * silently ignored (a client asking for JSON output or a tool call must not get plain text
  * that merely looks like an answer). Their "off" values are accepted, since many clients
- * send them by default. tools/response_format/logprobs belong to the API issue that follows;
- * logit_bias would need the sampler. */
+ * send them by default. tools/response_format/logprobs belong to the API issue that follows. */
 static tern_code refuse_unsupported(perr *e, const cJSON *root)
 {
-    static const char *const names[] = {"tools",         "tool_choice",     "functions",
-                                        "function_call", "response_format", "logit_bias",
-                                        "suffix",        "best_of",         "top_logprobs"};
+    static const char *const names[] = {"tools",  "tool_choice", "functions",       "function_call",
+                                        "suffix", "best_of",     "response_format", "top_logprobs"};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         const char *n = names[k];
         const cJSON *j = field(root, n);
@@ -463,15 +461,39 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
     if (given) r->sampling.top_k = (int32_t)v;
     if ((rc = get_number(e, root, "repeat_penalty", 0, 1e6, &given, &v))) return rc;
     if (given) r->sampling.repeat_penalty = (float)v;
-    /* the sampler has no frequency/presence penalties: 0 (what clients send by default) is
-     * accepted, anything else is refused rather than silently ignored */
-    static const char *const unsupported[2] = {"frequency_penalty", "presence_penalty"};
-    for (int k = 0; k < 2; k++) {
-        if ((rc = get_number(e, root, unsupported[k], -2, 2, &given, &v))) return rc;
-        if (given && v != 0)
-            return fail(e, unsupported[k],
-                        "%s: got %g, expected 0 (not supported; use repeat_penalty)",
-                        unsupported[k], v);
+    /* OpenAI's presence and frequency penalties, -2..2 */
+    if ((rc = get_number(e, root, "presence_penalty", -2, 2, &given, &v))) return rc;
+    if (given) r->sampling.presence_penalty = (float)v;
+    if ((rc = get_number(e, root, "frequency_penalty", -2, 2, &given, &v))) return rc;
+    if (given) r->sampling.frequency_penalty = (float)v;
+    /* logit_bias: {"token id": bias in -100..100}, at most TERN_MAX_LOGIT_BIAS entries (ids
+     * are range-checked against the vocabulary by the engine) */
+    const cJSON *lb = field(root, "logit_bias");
+    if (lb) {
+        if (!cJSON_IsObject(lb))
+            return fail(e, "logit_bias", "logit_bias: got %s, expected an object of token ids",
+                        type_name(lb));
+        int n = cJSON_GetArraySize(lb);
+        if (n > TERN_MAX_LOGIT_BIAS)
+            return fail(e, "logit_bias", "logit_bias: got %d entries, expected at most %d", n,
+                        TERN_MAX_LOGIT_BIAS);
+        if (n > 0 && !(r->logit_bias = calloc((size_t)n, sizeof *r->logit_bias)))
+            return fail(e, "logit_bias", "out of memory");
+        int k = 0;
+        for (const cJSON *it = lb->child; it; it = it->next) {
+            char *end = NULL;
+            long id = it->string ? strtol(it->string, &end, 10) : -1;
+            if (!it->string || !*it->string || *end || id < 0 || id > INT32_MAX)
+                return fail(e, "logit_bias", "logit_bias: key '%.32s': expected a token id",
+                            it->string ? it->string : "");
+            if (!cJSON_IsNumber(it) || !(it->valuedouble >= -100 && it->valuedouble <= 100))
+                return fail(e, "logit_bias",
+                            "logit_bias: token %ld: got %s, expected a number "
+                            "in -100..100",
+                            id, type_name(it));
+            r->logit_bias[k++] = (tern_logit_bias){(int32_t)id, (float)it->valuedouble};
+        }
+        r->sampling.logit_bias = r->logit_bias, r->sampling.n_logit_bias = k;
     }
     /* seeds above 2^53 lose their low bits in JSON's doubles; any integer is accepted */
     if ((rc = get_int(e, root, "seed", -9223372036854775808.0, 18446744073709551615.0, &given, &v)))
@@ -584,6 +606,7 @@ void tern_parsed_request_free(tern_parsed_request *r)
     free(r->messages);
     for (int32_t i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->model);
+    free(r->logit_bias);
     memset(r, 0, sizeof *r);
 }
 

@@ -345,8 +345,18 @@ def cmd_basic(url):
     expect_error(url, "GET", "/v1/nothing", None, 404)
     expect_error(url, "GET", P, None, 405)
     expect_error(url, "POST", "/health", "{}", 405)
-    # penalties the sampler lacks are refused, not ignored (0 is accepted)
-    expect_error(url, "POST", P, {"prompt": "x", "frequency_penalty": 0.5}, 400, "frequency_penalty")
+    # OpenAI's penalties and logit_bias are implemented; out of range they are refused
+    expect_error(url, "POST", P, {"prompt": "x", "frequency_penalty": 2.5}, 400, "frequency_penalty")
+    expect_error(url, "POST", P, {"prompt": "x", "logit_bias": {"5": 200}}, 400, "logit_bias")
+    # a +100 bias on one token makes greedy text that token alone
+    biased = complete(url, False, {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0,
+                                   "logit_bias": {"46": 100}})
+    plain = complete(url, False, {"prompt": "Once upon a time", "max_tokens": 4, "temperature": 0})
+    check(biased[0] != plain[0], f"logit_bias changed nothing: {biased[0]!r}")
+    pen = complete(url, False, {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0,
+                                "frequency_penalty": 2, "presence_penalty": 2})
+    plain = complete(url, False, {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 0})
+    check(pen[0] != plain[0], f"penalties changed nothing: {pen[0]!r}")
     # unknown fields are ignored, null is "not given"
     ok = complete(url, False, {"prompt": "x", "max_tokens": 2, "foo": {"bar": [1, None]},
                                "temperature": None, "stop": None, "user": "me",

@@ -156,7 +156,7 @@ def cmd_fields(url):
     P, C = "/v1/completions", "/v1/chat/completions"
     msgs = [{"role": "user", "content": "hi"}]
     refused = {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
-               "response_format": {"type": "json_object"}, "logit_bias": {"11": 5},
+               "response_format": {"type": "json_object"},
                "suffix": "The end.", "best_of": 2, "top_logprobs": 3, "logprobs": True}
     for name, val in refused.items():
         for path, base in ((P, {"prompt": "Once"}), (C, {"messages": msgs})):

@@ -90,8 +90,11 @@ static void test_errors(void)
     expect_error("{\"prompt\": \"x\", \"stream\": 1}", false, "stream");
     expect_error("{\"prompt\": \"x\", \"stop\": [1]}", false, "stop");
     expect_error("{\"prompt\": \"x\", \"n\": 3}", false, "n");
-    expect_error("{\"prompt\": \"x\", \"frequency_penalty\": 0.5}", false, "frequency_penalty");
-    expect_error("{\"prompt\": \"x\", \"presence_penalty\": -1}", false, "presence_penalty");
+    expect_error("{\"prompt\": \"x\", \"frequency_penalty\": 2.5}", false, "frequency_penalty");
+    expect_error("{\"prompt\": \"x\", \"presence_penalty\": -3}", false, "presence_penalty");
+    expect_error("{\"prompt\": \"x\", \"logit_bias\": {\"12\": 101}}", false, "logit_bias");
+    expect_error("{\"prompt\": \"x\", \"logit_bias\": {\"a\": 1}}", false, "logit_bias");
+    expect_error("{\"prompt\": \"x\", \"logit_bias\": [1]}", false, "logit_bias");
     expect_error("{\"prompt\": \"x\", \"logprobs\": 5}", false, "logprobs");
     expect_error("{\"prompt\": \"x\", \"seed\": 1e300}", false, "seed");
     expect_error("{\"prompt\": \"x\", \"model\": 3}", false, "model");
@@ -154,7 +157,6 @@ static void test_unsupported_fields(void)
         {"tools", "[{\"type\": \"function\"}]"},
         {"tool_choice", "\"auto\""},
         {"response_format", "{\"type\": \"json_object\"}"},
-        {"logit_bias", "{\"50256\": -100}"},
         {"suffix", "\"end\""},
         {"best_of", "3"},
         {"top_logprobs", "2"},
