@@ -42,7 +42,8 @@ static double num(const cJSON *o, const char *name)
 }
 
 /* the profile JSON -> costs; the hop fit, when present, becomes the shared-memory link */
-static int load_profile(const char *path, tern_sim_costs *c, tern_sim_link *shm, bool *have_hop)
+static int load_profile(const char *path, tern_sim_costs *c, tern_hparams *hpo, tern_sim_link *shm,
+                        bool *have_hop)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -63,6 +64,14 @@ static int load_profile(const char *path, tern_sim_costs *c, tern_sim_link *shm,
     if (!bad) {
         c->d = (int32_t)num(hp, "d"), c->n_vocab = (int32_t)num(hp, "n_vocab");
         c->n_layer = (int32_t)num(hp, "n_layer");
+        /* the shape, for the engine's own plan cost model */
+        *hpo = (tern_hparams){.n_layer = c->n_layer,
+                              .n_vocab = c->n_vocab,
+                              .d = c->d,
+                              .n_ff = (int32_t)num(hp, "n_ff"),
+                              .n_head = (int32_t)num(hp, "n_head"),
+                              .n_head_kv = (int32_t)num(hp, "n_head_kv"),
+                              .head_dim = (int32_t)num(hp, "head_dim")};
         c->n_tok = read_list(layer, "tokens", c->tokens, TERN_SIM_TABLE);
         bad |= read_list(layer, "decode_s", c->decode_s, TERN_SIM_TABLE) != c->n_tok;
         bad |= read_list(layer, "prefill_s", c->prefill_s, TERN_SIM_TABLE) != c->n_tok;
@@ -156,21 +165,21 @@ int tern_cmd_simulate(int argc, char **argv)
     tern_sim_link shm = {2e-6, 10}, net;
     bool have_hop = false;
     tern_status st = {0};
-    if (load_profile(prof, &c, &shm, &have_hop)) return 1;
+    tern_hparams hp = {0};
+    if (load_profile(prof, &c, &hp, &shm, &have_hop)) return 1;
     if (tern_sim_link_parse(link, &net, &st)) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         return 2;
     }
     if (!strcmp(link, "shm")) net = shm;
-    tern_hparams hp = {.n_layer = c.n_layer, .n_vocab = c.n_vocab, .d = c.d};
-    /* the plan's cost model needs the layer shape: take it from the measured times instead */
     tern_plan p;
     if (tern_plan_init(&p, ranks, &hp, &st)) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         return 1;
     }
-    /* the plan's cost model in the profile's own units: one layer's and one head row's time */
-    tern_plan_costs pc = {c.decode_s[0], c.head_s[0] / c.n_vocab};
+    /* the engine's own plan: its cost model (bytes read per token) on the model's shape, so a
+     * simulated point runs the plan a measured one ran (with equal rank speeds) */
+    tern_plan_costs pc = {tern_plan_layer_cost(&hp), tern_plan_head_row_cost(&hp, TERN_HEAD_F16)};
     if (tern_plan_make(split, &pc, n_speeds ? speeds : NULL, &p, &st)) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         tern_plan_free(&p);
