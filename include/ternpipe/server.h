@@ -64,6 +64,9 @@ typedef struct tern_parsed_request {
     int32_t max_tokens;          /* -1: not given (the server's default, clamped to the context) */
     tern_sampling sampling;      /* its logit_bias points at logit_bias below */
     tern_logit_bias *logit_bias; /* [sampling.n_logit_bias], owned */
+    int32_t logprobs;            /* -1: off; else the top alternatives to report with each token's
+                                    log-probability (completions: logprobs N; chat: logprobs true with
+                                    top_logprobs N) */
     bool has_seed;
     char *stop[TERN_SERVER_MAX_STOP]; /* non-empty stop strings */
     int32_t n_stop;

@@ -407,11 +407,11 @@ static bool is_unset(const cJSON *j)
 /* Fields of the OpenAI API this server does not implement: refused with a 400 naming them, not
  * silently ignored (a client asking for JSON output or a tool call must not get plain text
  * that merely looks like an answer). Their "off" values are accepted, since many clients
- * send them by default. tools/response_format/logprobs belong to the API issue that follows. */
+ * send them by default. tools and response_format belong to the API issue that follows. */
 static tern_code refuse_unsupported(perr *e, const cJSON *root)
 {
-    static const char *const names[] = {"tools",  "tool_choice", "functions",       "function_call",
-                                        "suffix", "best_of",     "response_format", "top_logprobs"};
+    static const char *const names[] = {"tools",  "tool_choice", "functions",      "function_call",
+                                        "suffix", "best_of",     "response_format"};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         const char *n = names[k];
         const cJSON *j = field(root, n);
@@ -521,11 +521,27 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
                         type_name(iu));
         r->include_usage = cJSON_IsTrue(iu);
     }
+    /* log-probabilities: completions take logprobs = N alternatives (0 = the chosen token's
+     * only); chat takes logprobs true with top_logprobs = N */
+    r->logprobs = -1;
     const cJSON *lp = field(root, "logprobs");
-    if (lp && !(cJSON_IsFalse(lp) || (cJSON_IsNumber(lp) && lp->valuedouble == 0)))
-        return fail(e, "logprobs",
-                    "logprobs: got %s, expected null or false (not supported by this server)",
-                    type_name(lp));
+    if (!chat) {
+        if (!cJSON_IsFalse(lp)) {
+            if ((rc = get_int(e, root, "logprobs", 0, TERN_MAX_LOGPROBS, &given, &v))) return rc;
+            if (given) r->logprobs = (int32_t)v;
+        }
+        if (!is_unset(field(root, "top_logprobs")))
+            return fail(e, "top_logprobs",
+                        "top_logprobs: got it with /v1/completions, expected logprobs N there");
+    } else {
+        if (lp && !cJSON_IsBool(lp))
+            return fail(e, "logprobs", "logprobs: got %s, expected true or false", type_name(lp));
+        if ((rc = get_int(e, root, "top_logprobs", 0, TERN_MAX_LOGPROBS, &given, &v))) return rc;
+        if (given && !cJSON_IsTrue(lp) && v > 0)
+            return fail(e, "top_logprobs", "top_logprobs: got %g, expected logprobs true with it",
+                        v);
+        if (cJSON_IsTrue(lp)) r->logprobs = given ? (int32_t)v : 0;
+    }
     const cJSON *echo = field(root, "echo");
     if (!chat && echo && !cJSON_IsFalse(echo))
         return fail(e, "echo", "echo: got %s, expected false (not supported)", type_name(echo));
@@ -549,6 +565,7 @@ tern_code tern_server_parse_request(const char *body, size_t len, bool chat,
     memset(out, 0, sizeof *out);
     out->chat = chat;
     out->max_tokens = -1;
+    out->logprobs = -1;
     tern_sampling_default(&out->sampling);
     out->sampling.temperature = 1.0f; /* OpenAI's default; 0 is greedy */
     if (err && errcap) err[0] = '\0';
@@ -593,6 +610,7 @@ tern_code tern_server_parse_request(const char *body, size_t len, bool chat,
         tern_parsed_request_free(out);
         out->chat = chat;
         out->max_tokens = -1;
+        out->logprobs = -1;
     }
     return rc;
 }

@@ -113,7 +113,8 @@ struct req {
     pthread_cond_t cv;
     int refs;
     /* engine -> HTTP, under mu */
-    int32_t *toks; /* [cap] */
+    int32_t *toks;  /* [cap] */
+    tern_pick *lps; /* [cap] each token's log-probabilities (requests that asked), else NULL */
     int32_t cap, n_pushed;
     bool done;
     tern_finish why;
@@ -133,6 +134,8 @@ struct req {
     long long created;
     int32_t n_prompt, max_tokens, n_taken;
     tern_detok dt;
+    int32_t *tok_end; /* [cap] byte offset in text where each taken token's piece ends */
+    int32_t lp_done;  /* tokens whose logprobs were sent (streaming) */
     tern_stop_match sm;
     tern_sbuf text;
     size_t visible, emitted;
@@ -185,7 +188,7 @@ static void req_release(req *r)
     tern_parsed_request_free(&r->pr);
     tern_sbuf_free(&r->text);
     tern_sbuf_free(&r->out);
-    free(r->toks);
+    free(r->toks), free(r->tok_end), free(r->lps);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     free(r);
@@ -246,6 +249,15 @@ static void on_token(void *user, int32_t tok)
     pthread_mutex_lock(&s->m.mu);
     s->m.generated_tokens++;
     pthread_mutex_unlock(&s->m.mu);
+}
+
+/* just before on_token of the same token: its pick goes at the index that token takes */
+static void on_logprobs(void *user, const tern_pick *pick)
+{
+    req *r = user;
+    pthread_mutex_lock(&r->mu);
+    if (r->lps && r->n_pushed < r->cap) r->lps[r->n_pushed] = *pick;
+    pthread_mutex_unlock(&r->mu);
 }
 
 static void on_done(void *user, tern_finish why, const char *err)
@@ -316,6 +328,12 @@ static void consume(req *r)
     /* token ids below n_pushed are never written again: read them without the lock */
     while (r->n_taken < n) {
         int32_t t = r->toks[r->n_taken++];
+        if (r->tok_end) {
+            size_t pl = 0;
+            tern_tokenizer_token_bytes(s->tok, t, &pl);
+            int32_t start = r->n_taken > 1 ? r->tok_end[r->n_taken - 2] : 0;
+            r->tok_end[r->n_taken - 1] = start + (int32_t)pl;
+        }
         size_t w = tern_detok_push(s->tok, &r->dt, t, buf, sizeof buf);
         tern_sbuf_add(&r->text, buf, w);
         if (tern_stop_scan(&r->sm, r->text.s ? r->text.s : "", r->text.len, &vis)) {
@@ -468,6 +486,112 @@ static const char *failure_message(req *r)
 }
 
 /* one SSE event: "data: JSON\n\n" (the JSON is consumed) */
+/* A token's piece as JSON text: bytes of an incomplete UTF-8 sequence become U+FFFD (the exact
+ * bytes go in "bytes" for chat) */
+static void add_piece(cJSON *o, const char *name, const char *p, size_t n)
+{
+    tern_sbuf b = {0};
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)p[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = k > 0 && i + k <= n;
+        for (size_t j = 1; ok && j < k; j++) ok = ((unsigned char)p[i + j] >> 6) == 2;
+        if (ok && c) {
+            tern_sbuf_add(&b, p + i, k);
+            i += k;
+        } else {
+            tern_sbuf_add(&b, "\xef\xbf\xbd", 3);
+            i++;
+        }
+    }
+    add_text(o, name, b.s ? b.s : "", b.len);
+    free(b.s);
+}
+
+/* a log-probability, printed so it reads back as the exact float (cJSON's 15 digits would not) */
+static cJSON *lp_number(float v)
+{
+    char b[40];
+    snprintf(b, sizeof b, "%.17g", (double)v);
+    return cJSON_CreateRaw(b);
+}
+
+static cJSON *piece_bytes(const char *p, size_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((unsigned char)p[i]));
+    return a;
+}
+
+/* OpenAI's logprobs object for taken tokens [from, to): completions' tokens / token_logprobs /
+ * top_logprobs / text_offset, or chat's content list; NULL when the request did not ask */
+static cJSON *logprobs_json(req *r, int32_t from, int32_t to)
+{
+    if (!r->lps || r->pr.logprobs < 0) return NULL;
+    const tern_tokenizer *tok = r->s->tok;
+    cJSON *o = cJSON_CreateObject();
+    if (r->chat) {
+        cJSON *content = cJSON_AddArrayToObject(o, "content");
+        for (int32_t i = from; i < to; i++) {
+            const tern_pick *pk = &r->lps[i];
+            size_t n = 0;
+            const char *p = tern_tokenizer_token_bytes(tok, r->toks[i], &n);
+            cJSON *t = cJSON_CreateObject();
+            add_piece(t, "token", p ? p : "", p ? n : 0);
+            cJSON_AddItemToObject(t, "logprob", lp_number(pk->logprob));
+            cJSON_AddItemToObject(t, "bytes", piece_bytes(p ? p : "", p ? n : 0));
+            cJSON *top = cJSON_AddArrayToObject(t, "top_logprobs");
+            for (int32_t k = 0; k < pk->n_top && k < r->pr.logprobs; k++) {
+                size_t m = 0;
+                const char *q = tern_tokenizer_token_bytes(tok, pk->top[k].id, &m);
+                cJSON *a = cJSON_CreateObject();
+                add_piece(a, "token", q ? q : "", q ? m : 0);
+                cJSON_AddItemToObject(a, "logprob", lp_number(pk->top[k].logprob));
+                cJSON_AddItemToObject(a, "bytes", piece_bytes(q ? q : "", q ? m : 0));
+                cJSON_AddItemToArray(top, a);
+            }
+            cJSON_AddItemToArray(content, t);
+        }
+        return o;
+    }
+    cJSON *tokens = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
+    for (int32_t i = from; i < to; i++) {
+        const tern_pick *pk = &r->lps[i];
+        size_t n = 0;
+        const char *p = tern_tokenizer_token_bytes(tok, r->toks[i], &n);
+        cJSON *holder = cJSON_CreateObject();
+        add_piece(holder, "t", p ? p : "", p ? n : 0);
+        cJSON_AddItemToArray(tokens, cJSON_DetachItemFromObject(holder, "t"));
+        cJSON_Delete(holder);
+        cJSON_AddItemToArray(lps, lp_number(pk->logprob));
+        cJSON *top = cJSON_CreateObject();
+        for (int32_t k = 0; k < pk->n_top && k < r->pr.logprobs; k++) {
+            size_t m = 0;
+            const char *q = tern_tokenizer_token_bytes(tok, pk->top[k].id, &m);
+            tern_sbuf key = {0};
+            tern_sbuf_add(&key, q ? q : "", q ? m : 0);
+            tern_sbuf_add(&key, "", 1); /* NUL-terminated key; a NUL inside cuts it */
+            if (!cJSON_GetObjectItemCaseSensitive(top, key.s))
+                cJSON_AddItemToObject(top, key.s, lp_number(pk->top[k].logprob));
+            free(key.s);
+        }
+        cJSON_AddItemToArray(tops, top);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber(i > 0 ? r->tok_end[i - 1] : 0));
+    }
+    return o;
+}
+
+/* tokens whose piece begins inside the visible text (a stop string cuts the rest) */
+static int32_t visible_tokens(const req *r)
+{
+    int32_t n = 0;
+    while (n < r->n_taken && (n == 0 ? 0 : r->tok_end[n - 1]) < (int32_t)r->visible) n++;
+    return n;
+}
+
 static void sse_event(req *r, cJSON *j)
 {
     char *t = cJSON_PrintUnformatted(j);
@@ -478,7 +602,8 @@ static void sse_event(req *r, cJSON *j)
     free(t);
 }
 
-static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bool role)
+static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bool role,
+                      int32_t lp_to)
 {
     cJSON *j = envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(j, "choices");
@@ -492,7 +617,13 @@ static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bo
     } else {
         add_text(c, "text", text ? text : "", text ? n : 0);
     }
-    cJSON_AddNullToObject(c, "logprobs");
+    cJSON *lp = lp_to > r->lp_done ? logprobs_json(r, r->lp_done, lp_to) : NULL;
+    if (lp) {
+        cJSON_AddItemToObject(c, "logprobs", lp);
+        r->lp_done = lp_to;
+    } else {
+        cJSON_AddNullToObject(c, "logprobs");
+    }
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
@@ -506,19 +637,24 @@ static void sse_produce(req *r)
 {
     if (r->chat && !r->sent_role) {
         r->sent_role = true;
-        sse_chunk(r, "", 0, NULL, true);
+        sse_chunk(r, "", 0, NULL, true, 0);
         return;
     }
     consume(r);
     if (r->visible > r->emitted) {
-        sse_chunk(r, r->text.s + r->emitted, r->visible - r->emitted, NULL, false);
+        /* the tokens whose pieces the emitted text now holds whole */
+        int32_t lp_to = r->lp_done;
+        while (r->tok_end && lp_to < r->n_taken && r->tok_end[lp_to] <= (int32_t)r->visible)
+            lp_to++;
+        sse_chunk(r, r->text.s + r->emitted, r->visible - r->emitted, NULL, false, lp_to);
         r->emitted = r->visible;
     }
     if (r->finished) {
         if (r->failed) {
             sse_event(r, error_json("server_error", NULL, NULL, failure_message(r)));
         } else {
-            sse_chunk(r, r->chat ? NULL : "", 0, r->finish_reason, false);
+            sse_chunk(r, r->chat ? NULL : "", 0, r->finish_reason, false,
+                      r->tok_end ? visible_tokens(r) : 0);
             if (r->pr.include_usage) {
                 cJSON *j = envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
                 cJSON_AddArrayToObject(j, "choices");
@@ -747,7 +883,13 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     r->max_tokens = max_tokens;
     r->cap = max_tokens > 0 ? max_tokens : 1;
     r->toks = malloc((size_t)r->cap * sizeof *r->toks);
-    if (!r->toks) {
+    r->tok_end = malloc((size_t)r->cap * sizeof *r->tok_end);
+    if (r->pr.logprobs >= 0) {
+        r->lps = calloc((size_t)r->cap, sizeof *r->lps);
+        /* the engine reports the chosen token's log-probability with any n >= 1 */
+        r->pr.sampling.n_logprobs = r->pr.logprobs > 0 ? r->pr.logprobs : 1;
+    }
+    if (!r->toks || !r->tok_end || (r->pr.logprobs >= 0 && !r->lps)) {
         unreserve(s, r);
         tern_tokens_free(&ids);
         return send_error(s, c, k, 500, NULL, "server: out of memory");
@@ -764,6 +906,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
                        .sampling = r->pr.sampling,
                        .max_new = max_tokens,
                        .on_token = on_token,
+                       .on_logprobs = r->lps ? on_logprobs : NULL,
                        .on_done = on_done,
                        .user = r};
     for (int32_t i = 0; i < s->n_stop_ids; i++) rq.stop[rq.n_stop++] = s->stop_ids[i];
@@ -842,7 +985,11 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     } else {
         add_text(ch, "text", text, r->visible);
     }
-    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON *lp = logprobs_json(r, 0, visible_tokens(r));
+    if (lp)
+        cJSON_AddItemToObject(ch, "logprobs", lp);
+    else
+        cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddStringToObject(ch, "finish_reason", r->finish_reason);
     cJSON_AddItemToObject(j, "usage", usage_json(r));
     return send_json(s, c, k, 200, j);

@@ -600,6 +600,62 @@ def cmd_drain(url, pid, key=None):
     print("ok drain: in-flight streams finished after SIGTERM; new requests got 503")
 
 
+def cmd_logprobs(url, ternpipe, model, np_):
+    """logprobs of /v1/completions (ids prompt, greedy and seeded sampling, streamed and not)
+    and of chat equal what `ternpipe logits --out-logprobs` computes for the same request: the
+    chosen token's log-softmax and the top alternatives, to the bit"""
+    import subprocess, tempfile
+    ids = [4094, 426, 448, 258, 400, 44]
+    for extra in ({"temperature": 0}, {"temperature": 0.8, "top_k": 40, "seed": 21}):
+        body = dict({"prompt": ids, "max_tokens": 6, "logprobs": 3}, **extra)
+        _, _, j = post(url, "/v1/completions", body)
+        lp = j["choices"][0]["logprobs"]
+        check(len(lp["tokens"]) == 6 and len(lp["token_logprobs"]) == 6 and
+              len(lp["top_logprobs"]) == 6 and len(lp["text_offset"]) == 6, f"shape: {lp}")
+        with tempfile.TemporaryDirectory() as d:
+            cmd = [ternpipe, "logits", "-m", model, "--ids", " ".join(map(str, ids)), "-n", "6",
+                   "--threads", "1", "--logprobs", "3", "--out-logprobs", d + "/lp",
+                   "--temp", str(extra["temperature"])]
+            if "top_k" in extra:
+                cmd += ["--top-k", str(extra["top_k"]), "--seed", str(extra["seed"])]
+            if int(np_) > 1:
+                cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", np_] + cmd
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=240)
+            ref = open(d + "/lp").read().split()
+        check(len(ref) == 6, f"reference: {ref}")
+        for i, tok in enumerate(ref):
+            parts = tok.split("|")
+            want = float.fromhex(parts[0].split(":")[1])
+            got = lp["token_logprobs"][i]
+            check(got == want, f"token {i}: logprob {got!r}, expected {want!r} ({extra})")
+            tops = sorted(lp["top_logprobs"][i].values(), reverse=True)
+            wtops = [float.fromhex(p.split(":")[1]) for p in parts[1:]]
+            check(len(tops) <= 3 and all(a == b for a, b in zip(tops, wtops)),
+                  f"token {i}: top {tops}, expected {wtops}")
+        # streamed: the same numbers, chunk by chunk
+        st, _, data = request(url, "POST", "/v1/completions",
+                              json.dumps(dict(body, stream=True)).encode())
+        got = []
+        for line in data.decode().splitlines():
+            if line.startswith("data: {"):
+                c = json.loads(line[6:])["choices"]
+                if c and c[0].get("logprobs"):
+                    got += c[0]["logprobs"]["token_logprobs"]
+        check(got == lp["token_logprobs"], f"streamed logprobs {got}, expected {lp['token_logprobs']}")
+    # chat: logprobs true with top_logprobs
+    _, _, j = post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                 "max_tokens": 3, "temperature": 0,
+                                                 "logprobs": True, "top_logprobs": 2})
+    content = j["choices"][0]["logprobs"]["content"]
+    check(len(content) == 3 and all(len(t["top_logprobs"]) == 2 and t["logprob"] <= 0 and
+                                    bytes(t["bytes"]).decode("utf-8", "replace") for t in content),
+          f"chat logprobs: {content}")
+    check(content[0]["top_logprobs"][0]["logprob"] == content[0]["logprob"],
+          "greedy: the chosen token is the most likely")
+    print(f"ok logprobs: completions (greedy, sampled, streamed) equal ternpipe logits on {np_} rank(s); chat shape")
+
+
 def main(argv):
     global KEY
     if len(argv) < 3:
@@ -608,7 +664,8 @@ def main(argv):
     cmd, url, rest = argv[1], argv[2], argv[3:]
     KEY = os.environ.get("TERN_TEST_API_KEY") or None
     fn = {"wait": cmd_wait, "basic": cmd_basic, "concurrent": cmd_concurrent, "cancel": cmd_cancel,
-          "auth": cmd_auth, "flood": cmd_flood, "drain": cmd_drain}.get(cmd)
+          "auth": cmd_auth, "flood": cmd_flood, "drain": cmd_drain,
+          "logprobs": cmd_logprobs}.get(cmd)
     if not fn:
         print(__doc__)
         return 2

@@ -157,7 +157,7 @@ def cmd_fields(url):
     msgs = [{"role": "user", "content": "hi"}]
     refused = {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
                "response_format": {"type": "json_object"},
-               "suffix": "The end.", "best_of": 2, "top_logprobs": 3, "logprobs": True}
+               "suffix": "The end.", "best_of": 2, "top_logprobs": 3}
     for name, val in refused.items():
         for path, base in ((P, {"prompt": "Once"}), (C, {"messages": msgs})):
             st, _, j = post_json(url, path, dict(base, max_tokens=2, **{name: val}))

@@ -95,7 +95,12 @@ static void test_errors(void)
     expect_error("{\"prompt\": \"x\", \"logit_bias\": {\"12\": 101}}", false, "logit_bias");
     expect_error("{\"prompt\": \"x\", \"logit_bias\": {\"a\": 1}}", false, "logit_bias");
     expect_error("{\"prompt\": \"x\", \"logit_bias\": [1]}", false, "logit_bias");
-    expect_error("{\"prompt\": \"x\", \"logprobs\": 5}", false, "logprobs");
+    expect_error("{\"prompt\": \"x\", \"logprobs\": 21}", false, "logprobs");
+    expect_error("{\"prompt\": \"x\", \"top_logprobs\": 2}", false, "top_logprobs");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"top_logprobs\": 2}",
+                 true, "top_logprobs");
+    expect_error("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"logprobs\": 3}",
+                 true, "logprobs");
     expect_error("{\"prompt\": \"x\", \"seed\": 1e300}", false, "seed");
     expect_error("{\"prompt\": \"x\", \"model\": 3}", false, "model");
     expect_error("{\"messages\": {}}", true, "messages");
@@ -159,8 +164,6 @@ static void test_unsupported_fields(void)
         {"response_format", "{\"type\": \"json_object\"}"},
         {"suffix", "\"end\""},
         {"best_of", "3"},
-        {"top_logprobs", "2"},
-        {"logprobs", "true"},
         {"functions", "[{\"name\": \"f\"}]"},
     };
     char b[256];
