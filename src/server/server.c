@@ -1035,6 +1035,117 @@ static enum MHD_Result models(tern_server *s, struct MHD_Connection *c, conn *k)
     return send_json(s, c, k, 200, j);
 }
 
+/* llama-server's extras. POST /tokenize {"content": text, "add_special": false,
+ * "with_pieces": false} -> {"tokens": [ids]} (or [{"id", "piece"}]); POST /detokenize
+ * {"tokens": [ids]} -> {"content": text}; GET /props: what this server runs. */
+static enum MHD_Result tokenize_route(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    cJSON *in = cJSON_ParseWithLength(k->body ? k->body : "", k->len);
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(in, "content");
+    if (!cJSON_IsObject(in) || !cJSON_IsString(content)) {
+        cJSON_Delete(in);
+        return send_error(s, c, k, 400, "content",
+                          "content: got no string, expected {\"content\": \"text\"}");
+    }
+    bool add_special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(in, "add_special"));
+    bool pieces = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(in, "with_pieces"));
+    tern_tokens ids = {0};
+    tern_status st = {0};
+    tern_code rc = TERN_OK;
+    if (add_special && tern_tokenizer_add_bos(s->tok) && tern_tokenizer_bos(s->tok) >= 0)
+        rc = tern_tokens_push(&ids, tern_tokenizer_bos(s->tok));
+    if (!rc)
+        rc = tern_tokenizer_encode(s->tok, content->valuestring, strlen(content->valuestring), 0,
+                                   &ids, &st);
+    cJSON_Delete(in);
+    if (rc) {
+        tern_tokens_free(&ids);
+        return send_error(s, c, k, 400, "content", st.msg[0] ? st.msg : "tokenize: failed");
+    }
+    cJSON *j = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(j, "tokens");
+    for (size_t i = 0; i < ids.n; i++) {
+        if (!pieces) {
+            cJSON_AddItemToArray(a, cJSON_CreateNumber(ids.ids[i]));
+            continue;
+        }
+        size_t n = 0;
+        const char *p = tern_tokenizer_token_bytes(s->tok, ids.ids[i], &n);
+        cJSON *t = cJSON_CreateObject();
+        cJSON_AddNumberToObject(t, "id", ids.ids[i]);
+        add_piece(t, "piece", p ? p : "", p ? n : 0);
+        cJSON_AddItemToArray(a, t);
+    }
+    tern_tokens_free(&ids);
+    return send_json(s, c, k, 200, j);
+}
+
+static enum MHD_Result detokenize_route(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    cJSON *in = cJSON_ParseWithLength(k->body ? k->body : "", k->len);
+    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(in, "tokens");
+    int n = cJSON_IsArray(toks) ? cJSON_GetArraySize(toks) : -1;
+    if (!cJSON_IsObject(in) || n < 0 || n > s->n_ctx) {
+        cJSON_Delete(in);
+        char msg[160];
+        snprintf(msg, sizeof msg, "tokens: got %s, expected an array of at most %d token ids",
+                 n < 0 ? "no array" : "too many", s->n_ctx);
+        return send_error(s, c, k, 400, "tokens", msg);
+    }
+    int32_t *ids = malloc(((size_t)n + 1) * sizeof *ids);
+    int i = 0;
+    for (const cJSON *t = toks ? toks->child : NULL; ids && t; t = t->next, i++) {
+        if (!cJSON_IsNumber(t) || t->valuedouble != (double)(int32_t)t->valuedouble ||
+            t->valuedouble < 0 || t->valuedouble >= s->n_vocab) {
+            free(ids);
+            cJSON_Delete(in);
+            char msg[160];
+            snprintf(msg, sizeof msg, "tokens[%d]: got %s, expected a token id 0..%d", i,
+                     cJSON_IsNumber(t) ? "an out-of-range number" : "a non-number", s->n_vocab - 1);
+            return send_error(s, c, k, 400, "tokens", msg);
+        }
+        ids[i] = (int32_t)t->valuedouble;
+    }
+    cJSON_Delete(in);
+    size_t cap = (size_t)n * 64 + 16;
+    char *out = ids ? malloc(cap) : NULL;
+    if (!out) {
+        free(ids);
+        return send_error(s, c, k, 500, NULL, "server: out of memory");
+    }
+    size_t len = tern_tokenizer_decode(s->tok, ids, (size_t)n, out, cap);
+    cJSON *j = cJSON_CreateObject();
+    add_piece(j, "content", out, len);
+    free(ids), free(out);
+    return send_json(s, c, k, 200, j);
+}
+
+static enum MHD_Result props(tern_server *s, struct MHD_Connection *c, conn *k)
+{
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", s->model);
+    cJSON_AddNumberToObject(j, "n_ctx", s->n_ctx);
+    cJSON_AddNumberToObject(j, "n_vocab", s->n_vocab);
+    cJSON_AddNumberToObject(j, "total_slots", s->max_seqs);
+    cJSON_AddNumberToObject(j, "n_ranks", s->n_ranks);
+    cJSON_AddNumberToObject(j, "default_max_tokens", s->o.default_max_tokens);
+    pthread_mutex_lock(&s->m.mu);
+    cJSON *plan = cJSON_AddArrayToObject(j, "plan");
+    for (int r = 0; s->m.have_stats && r < s->m.n_ranks; r++) {
+        const tern_rank_stats *rk = &s->m.ranks[r];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "rank", r);
+        cJSON *l = cJSON_AddArrayToObject(o, "layers");
+        cJSON_AddItemToArray(l, cJSON_CreateNumber(rk->layer_start));
+        cJSON_AddItemToArray(l, cJSON_CreateNumber(rk->layer_end));
+        cJSON *h = cJSON_AddArrayToObject(o, "head_rows");
+        cJSON_AddItemToArray(h, cJSON_CreateNumber(rk->vocab_start));
+        cJSON_AddItemToArray(h, cJSON_CreateNumber(rk->vocab_end));
+        cJSON_AddItemToArray(plan, o);
+    }
+    pthread_mutex_unlock(&s->m.mu);
+    return send_json(s, c, k, 200, j);
+}
+
 static enum MHD_Result health(tern_server *s, struct MHD_Connection *c, conn *k)
 {
     int st = atomic_load(&s->state);
@@ -1093,6 +1204,9 @@ static tern_route route_of(const char *url, char **model_id)
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return TERN_ROUTE_MODELS;
     if (!strcmp(url, "/health")) return TERN_ROUTE_HEALTH;
     if (!strcmp(url, "/metrics")) return TERN_ROUTE_METRICS;
+    if (!strcmp(url, "/tokenize")) return TERN_ROUTE_TOKENIZE;
+    if (!strcmp(url, "/detokenize")) return TERN_ROUTE_DETOKENIZE;
+    if (!strcmp(url, "/props")) return TERN_ROUTE_PROPS;
     return TERN_ROUTE_OTHER;
 }
 
@@ -1208,10 +1322,12 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         return metrics(s, c, k);
     case TERN_ROUTE_OTHER: {
         char msg[400];
-        snprintf(msg, sizeof msg,
-                 "route: got %.16s %.200s, expected one of POST /v1/completions, "
-                 "POST /v1/chat/completions, GET /v1/models[/ID], /health, /metrics",
-                 method, url);
+        snprintf(
+            msg, sizeof msg,
+            "route: got %.16s %.200s, expected one of POST /v1/completions, "
+            "POST /v1/chat/completions, GET /v1/models[/ID], POST /tokenize, POST /detokenize, "
+            "GET /props, /health, /metrics",
+            method, url);
         return send_error(s, c, k, 404, NULL, msg);
     }
     default:
@@ -1224,6 +1340,20 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
     if (k->route == TERN_ROUTE_MODELS) {
         if (!k->get) return send_error(s, c, k, 405, NULL, "method: expected GET");
         return models(s, c, k);
+    }
+    if (k->route == TERN_ROUTE_PROPS) {
+        if (!k->get) return send_error(s, c, k, 405, NULL, "method: expected GET");
+        if (atomic_load(&s->state) == ST_LOADING)
+            return send_error(s, c, k, 503, NULL, not_serving(s));
+        return props(s, c, k);
+    }
+    if ((k->route == TERN_ROUTE_TOKENIZE || k->route == TERN_ROUTE_DETOKENIZE) && !k->post)
+        return send_error(s, c, k, 405, NULL, "method: expected POST");
+    if (k->route == TERN_ROUTE_TOKENIZE || k->route == TERN_ROUTE_DETOKENIZE) {
+        if (atomic_load(&s->state) == ST_LOADING)
+            return send_error(s, c, k, 503, NULL, not_serving(s));
+        return k->route == TERN_ROUTE_TOKENIZE ? tokenize_route(s, c, k)
+                                               : detokenize_route(s, c, k);
     }
     if (!k->post) return send_error(s, c, k, 405, NULL, "method: expected POST");
     if (atomic_load(&s->state) != ST_READY) return send_error(s, c, k, 503, NULL, not_serving(s));

@@ -653,7 +653,19 @@ def cmd_logprobs(url, ternpipe, model, np_):
           f"chat logprobs: {content}")
     check(content[0]["top_logprobs"][0]["logprob"] == content[0]["logprob"],
           "greedy: the chosen token is the most likely")
-    print(f"ok logprobs: completions (greedy, sampled, streamed) equal ternpipe logits on {np_} rank(s); chat shape")
+    # llama-server's extras: /tokenize, /detokenize round trip; /props shows the plan
+    _, _, t = post(url, "/tokenize", {"content": "Once upon a time, a cat", "with_pieces": True})
+    pieces = t["tokens"]
+    check("".join(p["piece"] for p in pieces) == "Once upon a time, a cat", f"pieces: {pieces}")
+    _, _, d = post(url, "/detokenize", {"tokens": [p["id"] for p in pieces]})
+    check(d["content"] == "Once upon a time, a cat", f"detokenize: {d}")
+    st, _, d = post(url, "/detokenize", {"tokens": [1, -4]})
+    check(st == 400 and d["error"]["param"] == "tokens", f"bad ids: {st} {d}")
+    st, _, pr = request(url, "GET", "/props")
+    pr = json.loads(pr)
+    check(st == 200 and pr["n_ranks"] == int(np_) and len(pr["plan"]) == int(np_) and
+          pr["plan"][-1]["layers"][1] >= 1, f"props: {pr}")
+    print(f"ok logprobs: completions (greedy, sampled, streamed) equal ternpipe logits on {np_} rank(s); chat shape; tokenize/detokenize/props")
 
 
 def main(argv):
