@@ -55,6 +55,7 @@ typedef struct tern_parsed_request {
     bool chat;           /* /v1/chat/completions */
     bool stream;         /* server-sent events */
     bool include_usage;  /* stream_options.include_usage */
+    bool echo;           /* completions: the prompt's text before the completion */
     char *prompt;        /* completions: text prompt, or NULL when prompt_ids are given */
     size_t prompt_len;   /* bytes of prompt (it may contain NUL characters from \u0000) */
     int32_t *prompt_ids; /* completions: [n_prompt_ids] token ids (range checked by the engine) */

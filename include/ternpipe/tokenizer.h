@@ -52,6 +52,9 @@ int32_t tern_tokenizer_eot(const tern_tokenizer *tok); /* -1 if none */
 bool tern_tokenizer_add_bos(const tern_tokenizer *tok);
 bool tern_tokenizer_is_stop(const tern_tokenizer *tok, int32_t id);
 const char *tern_tokenizer_pre_name(const tern_tokenizer *tok);
+/* Whether the vocabulary has the BitNet chat format (byte-level BPE, not SentencePiece); chat
+ * encoding for a base model without one is refused. */
+bool tern_tokenizer_has_chat(const tern_tokenizer *tok);
 /* Raw bytes of a token (byte mapping reversed; special tokens give their text). NULL and
  * *len 0 for an id out of range. */
 const char *tern_tokenizer_token_bytes(const tern_tokenizer *tok, int32_t id, size_t *len);

@@ -543,8 +543,17 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
         if (cJSON_IsTrue(lp)) r->logprobs = given ? (int32_t)v : 0;
     }
     const cJSON *echo = field(root, "echo");
-    if (!chat && echo && !cJSON_IsFalse(echo))
-        return fail(e, "echo", "echo: got %s, expected false (not supported)", type_name(echo));
+    if (echo && !cJSON_IsBool(echo))
+        return fail(e, "echo", "echo: got %s, expected true or false", type_name(echo));
+    if (chat && cJSON_IsTrue(echo))
+        return fail(e, "echo",
+                    "echo: got true with /v1/chat/completions, expected it only with "
+                    "/v1/completions");
+    r->echo = cJSON_IsTrue(echo);
+    if (r->echo && r->logprobs >= 0)
+        return fail(e, "echo",
+                    "echo: got true with logprobs, expected one of them (the prompt's "
+                    "log-probabilities are not reported)");
     if ((rc = parse_stop(e, field(root, "stop"), r))) return rc;
     if ((rc = refuse_unsupported(e, root))) return rc;
     tern_status sst = {0};

@@ -138,6 +138,7 @@ struct req {
     int32_t lp_done;  /* tokens whose logprobs were sent (streaming) */
     tern_stop_match sm;
     tern_sbuf text;
+    tern_sbuf echo; /* echo: the prompt's text, sent before the completion */
     size_t visible, emitted;
     bool finished, stop_hit, failed, sent_role, sse_done, aborted;
     const char *finish_reason;
@@ -187,6 +188,7 @@ static void req_release(req *r)
     if (left > 0) return;
     tern_parsed_request_free(&r->pr);
     tern_sbuf_free(&r->text);
+    tern_sbuf_free(&r->echo);
     tern_sbuf_free(&r->out);
     free(r->toks), free(r->tok_end), free(r->lps);
     pthread_mutex_destroy(&r->mu);
@@ -640,6 +642,11 @@ static void sse_produce(req *r)
         sse_chunk(r, "", 0, NULL, true, 0);
         return;
     }
+    if (r->echo.len && !r->sent_role) {
+        r->sent_role = true;
+        sse_chunk(r, r->echo.s, r->echo.len, NULL, false, 0);
+        return;
+    }
     consume(r);
     if (r->visible > r->emitted) {
         /* the tokens whose pieces the emitted text now holds whole */
@@ -867,6 +874,18 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         n_prompt = (int32_t)ids.n;
     }
     r->n_prompt = n_prompt;
+    if (r->pr.echo) {
+        if (r->pr.prompt) {
+            tern_sbuf_add(&r->echo, r->pr.prompt, r->pr.prompt_len);
+        } else {
+            size_t cap = (size_t)n_prompt * 64 + 16;
+            char *t = malloc(cap);
+            if (t)
+                tern_sbuf_add(&r->echo, t,
+                              tern_tokenizer_decode(s->tok, prompt, (size_t)n_prompt, t, cap));
+            free(t);
+        }
+    }
     int32_t max_tokens = r->pr.max_tokens;
     if (max_tokens < 0) {
         if (n_prompt >= s->n_ctx) {
@@ -982,6 +1001,12 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         cJSON *msg = cJSON_AddObjectToObject(ch, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
         add_text(msg, "content", text, r->visible);
+    } else if (r->echo.len) {
+        tern_sbuf both = {0};
+        tern_sbuf_add(&both, r->echo.s, r->echo.len);
+        tern_sbuf_add(&both, text, r->visible);
+        add_text(ch, "text", both.s, both.len);
+        tern_sbuf_free(&both);
     } else {
         add_text(ch, "text", text, r->visible);
     }

@@ -724,9 +724,21 @@ size_t tern_detok_flush(tern_detok *d, char *out, size_t cap)
 
 /* ---- chat format (spec 4.6) ---- */
 
+bool tern_tokenizer_has_chat(const tern_tokenizer *t)
+{
+    /* the BitNet chat format belongs to the Llama-3 style byte-level BPE vocabularies (2B-4T and
+     * the default model); a SentencePiece base model (1bitLLM) has no chat template, and none
+     * is made up for it */
+    return t->spm == NULL;
+}
+
 tern_code tern_chat_encode(const tern_tokenizer *t, const tern_chat_msg *msgs, size_t n,
                            bool add_generation_prompt, tern_tokens *out, tern_status *st)
 {
+    if (!tern_tokenizer_has_chat(t))
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "chat: this model has no chat template (a base model), expected "
+                               "plain completions (/v1/completions)");
     if (t->bos >= 0 && tern_tokens_push(out, t->bos))
         return tern_status_set(st, TERN_ENOMEM, "tokenizer: out of memory");
     for (size_t i = 0; i < n; i++) {

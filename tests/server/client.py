@@ -653,6 +653,17 @@ def cmd_logprobs(url, ternpipe, model, np_):
           f"chat logprobs: {content}")
     check(content[0]["top_logprobs"][0]["logprob"] == content[0]["logprob"],
           "greedy: the chosen token is the most likely")
+    # echo: the prompt's text, then the completion (streamed too)
+    plain = complete(url, False, {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0})
+    echoed = complete(url, False, {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0,
+                                   "echo": True})
+    check(echoed[0] == "Once upon a time" + plain[0], f"echo: {echoed[0]!r}")
+    check(streamed(url, False, {"prompt": "Once upon a time", "max_tokens": 5, "temperature": 0,
+                                "echo": True})[0] == echoed[0], "echo streamed")
+    ids_echo = complete(url, False, {"prompt": [426, 448], "max_tokens": 2, "temperature": 0, "echo": True})
+    check(ids_echo[0].startswith("Once upon"), f"echo of ids: {ids_echo[0]!r}")
+    st, _, j = post(url, "/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1})
+    check(st == 400 and j["error"]["param"] == "echo", f"echo with logprobs: {st} {j}")
     # llama-server's extras: /tokenize, /detokenize round trip; /props shows the plan
     _, _, t = post(url, "/tokenize", {"content": "Once upon a time, a cat", "with_pieces": True})
     pieces = t["tokens"]
@@ -668,6 +679,16 @@ def cmd_logprobs(url, ternpipe, model, np_):
     print(f"ok logprobs: completions (greedy, sampled, streamed) equal ternpipe logits on {np_} rank(s); chat shape; tokenize/detokenize/props")
 
 
+def cmd_basemodel(url):
+    """a base model without a chat template: chat is refused with a clear 400, completions work"""
+    st, _, j = post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}],
+                                                  "max_tokens": 2})
+    check(st == 400 and "chat template" in j["error"]["message"], f"chat on a base model: {st} {j}")
+    _, _, j = post(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 3, "temperature": 0})
+    check(j["usage"]["completion_tokens"] == 3, f"completions on a base model: {j}")
+    print("ok basemodel: chat refused (no template), completions served")
+
+
 def main(argv):
     global KEY
     if len(argv) < 3:
@@ -677,7 +698,7 @@ def main(argv):
     KEY = os.environ.get("TERN_TEST_API_KEY") or None
     fn = {"wait": cmd_wait, "basic": cmd_basic, "concurrent": cmd_concurrent, "cancel": cmd_cancel,
           "auth": cmd_auth, "flood": cmd_flood, "drain": cmd_drain,
-          "logprobs": cmd_logprobs}.get(cmd)
+          "logprobs": cmd_logprobs, "basemodel": cmd_basemodel}.get(cmd)
     if not fn:
         print(__doc__)
         return 2

@@ -350,6 +350,10 @@ def cmd_limits(url, per_ip, total):
         # another address is not affected
         resp = raw(url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.2")
         check(resp is not None and resp[0] == 200, f"/health from 127.0.0.2: {resp}")
+        # the two probes must be gone from the server's count before the fill (a refused
+        # connection is drained for up to 2 s): else one of them closing later frees a place
+        # and a probe past the total is served
+        time.sleep(2.5)
         # more addresses fill the server up to its total
         k = 3
         while len(held) < total:

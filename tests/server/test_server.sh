@@ -124,6 +124,19 @@ run small flood "$url" "$key"
 run small drain "$url" "$pid0" "$key"
 stop_and_wait small "$pid0" TERM
 
+# a base model (SentencePiece, no chat template): chat is refused, completions are served
+base=${TERN_FIXTURES:-$TERN_SOURCE_DIR/../shared/fixtures}/reference/tiny-large-hf
+if [ -d "$base" ]; then
+  saved=$model
+  model=$base
+  start base 0
+  run base basemodel "$url"
+  stop_and_wait base "$pid0" TERM
+  model=$saved
+else
+  echo "SKIP base model check: fixture $base is missing"
+fi
+
 # SIGTERM to mpirun itself ends every rank quickly (Open MPI aborts the job: any status)
 start np2 2
 stop_and_wait np2 "$lead" TERM any
