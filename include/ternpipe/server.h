@@ -164,6 +164,8 @@ typedef struct tern_client_opts {
     bool has_seed;
     uint64_t seed;
     double timeout_s; /* connect, and silence while waiting for tokens; 0 = 300 */
+    /* the rest of the sampling parameters, sent when not at their defaults (NULL: none) */
+    const tern_sampling *sampling;
 } tern_client_opts;
 
 /* GET /health: TERN_OK when the server answers 200. */

@@ -330,6 +330,28 @@ tern_code tern_client_chat(const tern_client_opts *o, const tern_chat_message *m
     if (o->max_tokens > 0) cJSON_AddNumberToObject(j, "max_tokens", o->max_tokens);
     if (o->temperature >= 0) cJSON_AddNumberToObject(j, "temperature", o->temperature);
     if (o->has_seed) cJSON_AddNumberToObject(j, "seed", (double)o->seed);
+    const tern_sampling *sp = o->sampling;
+    if (sp) {
+        tern_sampling d;
+        tern_sampling_default(&d);
+        if (sp->top_k != d.top_k) cJSON_AddNumberToObject(j, "top_k", sp->top_k);
+        if (sp->top_p != d.top_p) cJSON_AddNumberToObject(j, "top_p", sp->top_p);
+        if (sp->min_p != d.min_p) cJSON_AddNumberToObject(j, "min_p", sp->min_p);
+        if (sp->repeat_penalty != d.repeat_penalty)
+            cJSON_AddNumberToObject(j, "repeat_penalty", sp->repeat_penalty);
+        if (sp->presence_penalty != 0)
+            cJSON_AddNumberToObject(j, "presence_penalty", sp->presence_penalty);
+        if (sp->frequency_penalty != 0)
+            cJSON_AddNumberToObject(j, "frequency_penalty", sp->frequency_penalty);
+        if (sp->n_logit_bias > 0) {
+            cJSON *lb = cJSON_AddObjectToObject(j, "logit_bias");
+            for (int32_t i = 0; i < sp->n_logit_bias; i++) {
+                char id[16];
+                snprintf(id, sizeof id, "%d", sp->logit_bias[i].id);
+                cJSON_AddNumberToObject(lb, id, sp->logit_bias[i].bias);
+            }
+        }
+    }
     char *body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     if (!body) return tern_status_set(st, TERN_ENOMEM, "request: out of memory");

@@ -163,6 +163,7 @@ typedef struct local_job {
     } reply;
     tern_finish why;
     bool done;
+    int32_t n_tokens;
 } local_job;
 
 static void lj_add(local_job *j, const char *s, size_t n)
@@ -184,6 +185,7 @@ static void lj_add(local_job *j, const char *s, size_t n)
 static void lj_token(void *user, int32_t tok)
 {
     local_job *j = user;
+    j->n_tokens++;
     char buf[8192];
     size_t w = tern_detok_push(j->tok, &j->dt, tok, buf, sizeof buf);
     lj_add(j, buf, w);
@@ -233,6 +235,7 @@ static int chat_local(tern_engine *e, const tern_tokenizer *tok, history *h, int
         }
         int32_t n_new = n_ctx - (int32_t)ids.n < max_tokens ? n_ctx - (int32_t)ids.n : max_tokens;
         local_job j = {.tok = tok};
+        double t0 = tern_now();
         tern_request rq = {.prompt = ids.ids,
                            .n_prompt = (int32_t)ids.n,
                            .sampling = *sp,
@@ -257,6 +260,11 @@ static int chat_local(tern_engine *e, const tern_tokenizer *tok, history *h, int
         lj_add(&j, buf, w);
         printf("\n");
         if (j.why == TERN_FINISH_LENGTH) fprintf(stderr, "(reply cut at max tokens)\n");
+        if (tty) {
+            double dt = tern_now() - t0;
+            fprintf(stderr, "(%d tokens, %.1f tok/s)\n", j.n_tokens,
+                    dt > 0 ? j.n_tokens / dt : 0.0);
+        }
         fflush(stdout);
         int pr = push(h, TERN_ROLE_ASSISTANT, j.reply.s ? j.reply.s : "");
         free(j.reply.s);
@@ -268,11 +276,12 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ternpipe chat [--url http://HOST:PORT] [--api-key KEY] [--system TEXT]\n"
-            "                     [--max-tokens N] [--temp T] [--seed S] [-m FILE %s]\n"
+            "                     [--max-tokens N] [--temp T] [--seed S] %s [-m FILE %s]\n"
             "  talks to the server at --url (default %s when one answers there);\n"
             "  with -m, or when no server answers, loads the model in this process.\n"
-            "  /reset clears the conversation; /quit or end of input leaves.\n",
-            "(engine options)", DEFAULT_URL);
+            "  /reset clears the conversation; /quit or end of input leaves; on a terminal each\n"
+            "  reply ends with its token count and tok/s (in-process).\n",
+            tern_sampling_opts_usage(), "(engine options)", DEFAULT_URL);
 }
 
 int tern_cmd_chat(int argc, char **argv)
@@ -289,6 +298,9 @@ int tern_cmd_chat(int argc, char **argv)
     co.api_key = getenv("TERNPIPE_API_KEY");
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
+        /* --temp and --seed below also tell the client mode they were given */
+        if (r == 0 && strcmp(argv[i], "--temp") && strcmp(argv[i], "--seed"))
+            r = tern_parse_sampling_opt(argc, argv, &i, &sp);
         if (r < 0) return 2;
         if (r) continue;
         const char *a = argv[i];
@@ -362,6 +374,7 @@ int tern_cmd_chat(int argc, char **argv)
         co.max_tokens = max_tokens;
         co.temperature = temp_given ? sp.temperature : -1.0f;
         co.seed = sp.seed;
+        co.sampling = &sp;
         tern_status st = {0};
         if (tern_client_health(&co, &st)) {
             fprintf(stderr, "ternpipe chat: %s\n", st.msg);
