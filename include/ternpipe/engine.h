@@ -49,6 +49,9 @@ typedef struct tern_engine_opts {
     double step_timeout_s; /* ceiling of the step deadline (a hung rank becomes an error);
                               0 = 120 s; the deadline adapts below it, to at least 5 s */
     bool verbose;
+    /* rank 0's load progress (model.h); NULL: none */
+    void (*progress)(void *user, int32_t done, int32_t total);
+    void *progress_user;
 } tern_engine_opts;
 
 typedef enum tern_finish {

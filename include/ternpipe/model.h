@@ -64,6 +64,9 @@ typedef struct tern_model_opts {
     bool final_norm; /* keep output_norm (the rank that runs the last layer norms for the head) */
     tern_head_type head_type;
     const tern_topo *topo; /* NUMA placement; NULL = plain anonymous memory */
+    /* called after each layer and after the embedding/head (done of total steps); NULL: none */
+    void (*progress)(void *user, int32_t done, int32_t total);
+    void *progress_user;
 } tern_model_opts;
 
 typedef struct tern_model tern_model;

@@ -236,6 +236,7 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
             (rc = load_norm(m, g, NAME("ffn_sub_norm"), ff, &L->ffn_sub_norm, st)))
             goto fail;
 #undef NAME
+        if (o->progress) o->progress(o->progress_user, l - m->l0 + 1, m->l1 - m->l0 + 1);
     }
     bool untied = tern_gguf_find_tensor(g, "output.weight") != NULL;
     const int32_t nh = m->head_v1 - m->head_v0;
@@ -269,6 +270,7 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
         }
         m->bytes_per_token += head_bytes;
     }
+    if (o->progress) o->progress(o->progress_user, m->l1 - m->l0 + 1, m->l1 - m->l0 + 1);
     *out = m;
     return TERN_OK;
 fail:

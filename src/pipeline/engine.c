@@ -208,7 +208,9 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
                               .head_v1 = f->v1,
                               .final_norm = f->rank == f->last_layer,
                               .head_type = o->head_type,
-                              .topo = f->topo};
+                              .topo = f->topo,
+                              .progress = f->rank == 0 ? o->progress : NULL,
+                              .progress_user = o->progress_user};
         tern_status lst = {0};
         rc = tern_model_load(&f->m, f->g, &mo, &lst);
         if (!rc) {

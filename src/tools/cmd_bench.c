@@ -183,7 +183,9 @@ int tern_cmd_bench(int argc, char **argv)
         fprintf(stderr, "ternpipe: out of memory\n");
         goto done;
     }
+    tern_progress_line pl = {0};
     for (int pi = 0; pi < 2; pi++) {
+        tern_progress(&pl, "bench: prefill and decode runs", pi, 6);
         int n = prefill_sizes[pi];
         if (n + 2 > n_ctx) continue;
         for (int r = 0; r < reps; r++) {
@@ -194,6 +196,7 @@ int tern_cmd_bench(int argc, char **argv)
         prefill_tps[pi] = median(v, reps);
     }
     for (int di = 0; di < 4; di++) {
+        tern_progress(&pl, "bench: prefill and decode runs", 2 + di, 6);
         int S = decode_seqs[di], gen = S == 1 ? 33 : 17;
         if (16 + gen > n_ctx) gen = n_ctx - 16;
         tern_engine_stats s0 = {.ranks = rk0, .cap_ranks = n_ranks},
@@ -220,6 +223,7 @@ int tern_cmd_bench(int argc, char **argv)
     tern_engine_stats_get(e, &fin);
     double bpt = tern_engine_bytes_per_token(e);
     long rss = (long)fin.ranks[0].peak_rss;
+    tern_progress(&pl, "bench: prefill and decode runs", 6, 6);
     double bw = tern_bench_read_bandwidth(eo.n_threads);
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
     for (int k = 0, o = 0; k < n_ranks && o < (int)(nr * 24) - 24; k++)

@@ -13,6 +13,7 @@
 #include "ternpipe/rng.h"
 #include "ternpipe/tokenizer.h"
 #include "tools/commands.h"
+#include "tools/run.h"
 
 typedef struct shape {
     const char *name;
@@ -208,7 +209,9 @@ int tern_cmd_synth(int argc, char **argv)
     uint64_t ne_d[1] = {d};
     if (tern_gguf_writer_add_tensor(w, "output_norm.weight", TERN_TYPE_F32, 1, ne_d, onorm, &st))
         goto fail;
+    tern_progress_line pl = {0};
     for (uint32_t l = 0; l < sh->n_layer; l++) {
+        tern_progress(&pl, "synth: making layers", l, sh->n_layer);
         struct {
             const char *name;
             uint64_t k, n; /* ne0 (input), ne1 (output); n == 0: a norm of width k */
@@ -240,6 +243,7 @@ int tern_cmd_synth(int argc, char **argv)
             }
         }
     }
+    tern_progress(&pl, "synth: making layers", sh->n_layer, sh->n_layer);
     if (tern_gguf_writer_write(w, out, &st)) goto fail;
     rc = 0;
     goto done;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tools/commands.h"
 
@@ -171,6 +172,25 @@ int tern_parse_sampling_opt(int argc, char **argv, int *i, tern_sampling *sp)
     return r;
 }
 
+void tern_progress(tern_progress_line *p, const char *what, int64_t done, int64_t total)
+{
+    /* a terminal only, and only for runs that take over a second: nothing for pipes and logs */
+    double t = tern_now();
+    if (p->t0 == 0) p->t0 = t;
+    if (!isatty(2) || t - p->t0 < 1.0) return;
+    if (done < total && t - p->last < 0.1) return;
+    p->last = t;
+    fprintf(stderr, "\r%s: %lld/%lld (%.0f%%) %.1f s%s", what, (long long)done, (long long)total,
+            total > 0 ? 100.0 * (double)done / (double)total : 0.0, t - p->t0,
+            done >= total ? "\n" : "");
+    p->shown = done < total;
+}
+
+static void load_progress(void *user, int32_t done, int32_t total)
+{
+    tern_progress(user, "loading the model (layers)", done, total);
+}
+
 int tern_run_open(int *argc, char ***argv, const tern_engine_opts *o, tern_engine **e, int *rank)
 {
     tern_status st = {0};
@@ -178,6 +198,8 @@ int tern_run_open(int *argc, char ***argv, const tern_engine_opts *o, tern_engin
     *e = NULL;
     *rank = 0;
     tern_engine_opts oo = *o;
+    static tern_progress_line load_line;
+    if (!oo.progress) oo.progress = load_progress, oo.progress_user = &load_line;
     if (!oo.model_path) oo.model_path = tern_default_model_path();
     if (tern_dist_init(argc, argv, rank, &size, &st)) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);

@@ -23,4 +23,11 @@ int tern_run_open(int *argc, char ***argv, const tern_engine_opts *o, tern_engin
 void tern_run_close(tern_engine *e);
 double tern_now(void);
 
+/* A progress line on a terminal (stderr) for runs over a second: "what: done/total (p%) t s". */
+typedef struct tern_progress_line {
+    double t0, last;
+    bool shown;
+} tern_progress_line;
+void tern_progress(tern_progress_line *p, const char *what, int64_t done, int64_t total);
+
 #endif
