@@ -1,9 +1,11 @@
-/* bench-bandwidth.c: this machine's read bandwidth (the decode roofline), measured by every
- * pool thread summing its share of a 1 GiB buffer; see bench.h. */
+/* bench-bandwidth.c: this machine's limits, measured in the same run as the benchmarks: the read
+ * bandwidth (every pool thread sums its share of a 1 GiB buffer: the decode roofline) and the
+ * compute ceilings of the ternary GEMM and the F16 head GEMM on 64 tokens; see bench.h. */
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ternpipe/kernels.h"
 #include "ternpipe/runtime.h"
 #include "tools/bench.h"
 #include "tools/run.h"
@@ -90,4 +92,80 @@ out:
     tern_pool_free(pool);
     tern_topo_free(topo);
     return bw;
+}
+
+/* ---- compute ceilings: the ternary GEMM (int8 MACs) and the F16 head GEMM (fp32 FMA) ---- */
+
+typedef struct gemm_job {
+    const tern_tmat *w;
+    const int8_t *q;
+    const float *s;
+    const int32_t *qs;
+    const uint16_t *h; /* F16 head rows */
+    const float *x;
+    float *y;
+    int64_t n, k, t;
+} gemm_job;
+
+static void tgemm_task(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    gemm_job *j = arg;
+    int64_t r0, r1;
+    tern_split_rows(j->n, tern_tmat_row_granularity(j->w), task, n_tasks, &r0, &r1);
+    if (r1 > r0) tern_tgemm(j->w, j->q, j->s, j->qs, j->t, j->y, j->n, r0, r1);
+}
+
+static void f16_task(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    gemm_job *j = arg;
+    int64_t r0, r1;
+    tern_split_rows(j->n, 16, task, n_tasks, &r0, &r1);
+    if (r1 > r0) tern_gemm_f16(j->h, j->x, j->t, j->k, j->y, j->n, r0, r1);
+}
+
+void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs)
+{
+    enum { N = 4096, K = 2560, T = 64 };
+    *tgemm_gmacs = *f16_gmacs = 0;
+    tern_topo *topo = NULL;
+    tern_pool *pool = NULL;
+    int8_t *tr = malloc((size_t)N * K), *q = malloc((size_t)T * K);
+    float *x = malloc(sizeof(float) * T * K), *y = malloc(sizeof(float) * T * N), s[T];
+    uint16_t *h = malloc(sizeof(uint16_t) * (size_t)N * K);
+    int32_t qs[T];
+    tern_tmat *w = NULL;
+    if (!tr || !q || !x || !y || !h || tern_topo_discover(&topo, NULL) ||
+        tern_pool_create(&pool, topo, n_threads, NULL))
+        goto out;
+    uint64_t z = 88172645463325252ULL;
+    for (size_t i = 0; i < (size_t)N * K; i++) {
+        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+        tr[i] = (int8_t)(z % 3) - 1;
+        h[i] = tern_f32_to_f16_1((float)((int)(z >> 20) % 200 - 100) * 1e-3f);
+    }
+    for (size_t i = 0; i < (size_t)T * K; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f;
+    tern_act_quant(x, T, K, q, s, qs);
+    if (tern_tmat_from_trits(&w, tr, N, K, 1.0f, NULL)) goto out;
+    gemm_job j = {.w = w, .q = q, .s = s, .qs = qs, .h = h, .x = x, .y = y, .n = N, .k = K, .t = T};
+    for (int kind = 0; kind < 2; kind++) {
+        double best = 0;
+        for (int r = 0; r < 5; r++) {
+            double t0 = tern_now();
+            tern_pool_run(pool, kind ? f16_task : tgemm_task, &j, tern_pool_size(pool));
+            double dt = tern_now() - t0;
+            double rate = dt > 0 ? (double)N * K * T / dt / 1e9 : 0;
+            if (rate > best) best = rate;
+        }
+        if (kind)
+            *f16_gmacs = best;
+        else
+            *tgemm_gmacs = best;
+    }
+out:
+    tern_tmat_free(w);
+    tern_pool_free(pool);
+    tern_topo_free(topo);
+    free(tr), free(q), free(x), free(y), free(h);
 }
