@@ -109,7 +109,7 @@ void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbu
 /* Limits on a request head, checked before libmicrohttpd sees it. A real client sends well
  * under 2 kB of headers (browsers ~1 kB, SDKs ~0.5 kB); 16 kB leaves room for long bearer
  * tokens and cookies while keeping the peek buffer and the per-connection pool small. The
- * head must fit in libmicrohttpd's connection memory (TERN_HTTP_POOL in server.c) with room
+ * head must fit in libmicrohttpd's connection memory (TERN_HTTP_POOL in http-internal.h) with room
  * to spare, so it never answers 431 itself (in HTML). */
 #define TERN_HTTP_MAX_HEAD 16384 /* request line + header fields, bytes */
 #define TERN_HTTP_MAX_URI 8192   /* request target, bytes (every route is < 100) */
@@ -128,7 +128,7 @@ typedef struct tern_gate tern_gate;
 typedef struct tern_gate_limits {
     int32_t max_conns;        /* connections held at once (being read + handed over) */
     int32_t max_per_ip;       /* of those, from one address; <= 0: no limit */
-    double request_timeout_s; /* from accept to the whole head (and, in server.c, body) */
+    double request_timeout_s; /* from accept to the whole head (and, in routes.c, body) */
 } tern_gate_limits;
 
 /* what the gate knew of a connection it handed over */
