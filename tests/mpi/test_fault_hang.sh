@@ -12,10 +12,8 @@ model=${TERN_PIPELINE_MODEL:-$TERN_SOURCE_DIR/models/tinystories-bitnet.gguf}
 [ -f "$model" ] || { echo "SKIP: no model $model"; exit 77; }
 faults=$TERN_SOURCE_DIR/tests/server/faults.py
 tmp=$(mktemp -d)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_vader_single_copy_mechanism=none
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+. "$(dirname "${BASH_SOURCE[0]}")/mpi-env.sh"
+export OMPI_MCA_btl=self,vader,tcp
 export TERN_FAULT_WAIT=40
 STEP=3    # --step-timeout
 BOUND=15  # seconds from the fault to every rank gone

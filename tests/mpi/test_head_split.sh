@@ -15,10 +15,8 @@ set -euo pipefail
 model=${TERN_PIPELINE_MODEL:-$TERN_SOURCE_DIR/models/tinystories-bitnet.gguf}
 tmp=$(mktemp -d)
 trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_vader_single_copy_mechanism=none
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+. "$(dirname "${BASH_SOURCE[0]}")/mpi-env.sh"
+export OMPI_MCA_btl=self,vader,tcp
 mpirun_() { timeout 600 mpirun --oversubscribe --bind-to none "$@"; }
 layers=$("$TERNPIPE" info "$model" | awk -F' = ' '/\.block_count/ {print $2}')
 [ "$layers" = 6 ] || { echo "this test's splits are written for a 6-layer model, got '$layers'"; exit 1; }

@@ -9,11 +9,8 @@ set -euo pipefail
 model=${TERN_PIPELINE_MODEL:-$TERN_SOURCE_DIR/models/tinystories-bitnet.gguf}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_vader_single_copy_mechanism=none
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
-# Open MPI keeps allocations until exit; leak checking is for the unit tests
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+. "$(dirname "${BASH_SOURCE[0]}")/mpi-env.sh"
+export OMPI_MCA_btl=self,vader,tcp
 mpirun_() { timeout 600 mpirun --oversubscribe --bind-to none "$@"; }
 
 layers=$("$TERNPIPE" info "$model" | awk -F' = ' '/\.block_count/ {print $2}')

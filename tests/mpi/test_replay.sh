@@ -8,10 +8,7 @@ set -euo pipefail
 model=${TERN_PIPELINE_MODEL:-$TERN_SOURCE_DIR/models/tinystories-bitnet.gguf}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_hwloc_base_binding_policy=none
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+. "$(dirname "${BASH_SOURCE[0]}")/mpi-env.sh"
 prompt=$(printf 'One day, a little bird found a shiny stone.' | "$TERNPIPE" tokenize -m "$model" 2>/dev/null)
 sampled=(--temp 0.9 --top-k 50 --top-p 0.95 --presence-penalty 0.4 --frequency-penalty 0.3 --repeat-penalty 1.15 --seed 12 --logprobs 2)
 greedy=(--temp 0 --frequency-penalty 0.5)

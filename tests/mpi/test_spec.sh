@@ -7,10 +7,7 @@ set -euo pipefail
 model=${TERN_PIPELINE_MODEL:-$TERN_SOURCE_DIR/models/tinystories-bitnet.gguf}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1
-export OMPI_MCA_hwloc_base_binding_policy=none
-export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0
+. "$(dirname "${BASH_SOURCE[0]}")/mpi-env.sh"
 p1=$(printf 'Once upon a time, there was a little girl named Lily. She loved to play outside.' | "$TERNPIPE" tokenize -m "$model" 2>/dev/null)
 p2=$(printf 'Tom and his dog went to the park. Tom said, "Let us play!"' | "$TERNPIPE" tokenize -m "$model" 2>/dev/null)
 [ -n "$p1" ] && [ -n "$p2" ] || { echo "FAIL: tokenize"; exit 1; }
