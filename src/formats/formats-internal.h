@@ -33,4 +33,9 @@ struct tern_gguf {
 /* Decodes one scalar of type t from raw little-endian bytes into v. */
 void tern_gguf_decode_scalar(tern_gguf_vtype t, const uint8_t *p, tern_gguf_value *v);
 
+/* What a parsed JSON value is, for messages ("a number", "an object", ...; "nothing" for NULL),
+ * shared by the safetensors header, index and config.json readers (safetensors.c). */
+struct cJSON;
+const char *tern_json_kind(const struct cJSON *j);
+
 #endif

@@ -2,7 +2,7 @@
  * tensor tables, typed getters that name the key and the expected type on a mismatch, array
  * items, the content checksum ranks compare, and page dropping for mapped files. Parsing and
  * opening live in gguf.c. */
-#include "formats-internal.h"
+#include "formats/formats-internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>

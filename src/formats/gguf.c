@@ -6,7 +6,7 @@
  * count can ask for more memory than a small multiple of the file size); nesting is
  * bounded. Every failure leaves "gguf: FILE: WHAT: got X, expected Y" in the status.
  */
-#include "formats-internal.h"
+#include "formats/formats-internal.h"
 #include "ternpipe/safetensors.h"
 
 #include <errno.h>

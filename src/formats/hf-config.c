@@ -9,20 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/formats-internal.h"
 #include "ternpipe/safetensors.h"
 
 #define CFG_MAX_BYTES (1u << 20)
-
-static const char *kind(const cJSON *j)
-{
-    if (cJSON_IsNumber(j)) return "a number";
-    if (cJSON_IsString(j)) return "a string";
-    if (cJSON_IsArray(j)) return "an array";
-    if (cJSON_IsObject(j)) return "an object";
-    if (cJSON_IsBool(j)) return "a bool";
-    if (cJSON_IsNull(j)) return "null";
-    return "something else";
-}
 
 static tern_code bad(tern_status *st, const char *name, const char *key, const char *got,
                      const char *want)
@@ -44,7 +34,7 @@ static tern_code get_int(const cJSON *root, const char *name, const char *key, i
     if (cJSON_IsArray(j) && cJSON_GetArraySize(j) > 0) j = j->child; /* eos_token_id: [a, b] */
     char got[64], want[64];
     snprintf(want, sizeof want, "an integer in %lld..%lld", (long long)lo, (long long)hi);
-    if (!cJSON_IsNumber(j)) return bad(st, name, key, kind(j), want);
+    if (!cJSON_IsNumber(j)) return bad(st, name, key, tern_json_kind(j), want);
     double d = j->valuedouble;
     if (d != floor(d) || d < (double)lo || d > (double)hi) {
         snprintf(got, sizeof got, "%.17g", d);
@@ -64,7 +54,7 @@ static tern_code get_float(const cJSON *root, const char *name, const char *key,
     }
     char got[64], want[64];
     snprintf(want, sizeof want, "a number in (%g, %g)", lo, hi);
-    if (!cJSON_IsNumber(j)) return bad(st, name, key, kind(j), want);
+    if (!cJSON_IsNumber(j)) return bad(st, name, key, tern_json_kind(j), want);
     double d = j->valuedouble;
     if (!(d > lo && d < hi)) {
         snprintf(got, sizeof got, "%.17g", d);
@@ -79,7 +69,7 @@ static tern_code get_str(const cJSON *root, const char *name, const char *key, c
 {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!j || cJSON_IsNull(j)) return TERN_OK;
-    if (!cJSON_IsString(j)) return bad(st, name, key, kind(j), "a string");
+    if (!cJSON_IsString(j)) return bad(st, name, key, tern_json_kind(j), "a string");
     if (strlen(j->valuestring) >= cap) {
         char want[48];
         snprintf(want, sizeof want, "at most %zu bytes", cap - 1);
@@ -97,7 +87,7 @@ tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, t
     tern_code rc = TERN_OK;
     if (!cJSON_IsObject(root)) {
         rc = tern_status_set(st, TERN_EFORMAT, "config: %s: got %s, expected a JSON object", name,
-                             root ? kind(root) : "invalid JSON");
+                             root ? tern_json_kind(root) : "invalid JSON");
         goto out;
     }
     /* cJSON keeps both copies of a repeated key and finds the first: refuse the ambiguity
@@ -121,7 +111,7 @@ tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, t
     if (arch && !cJSON_IsNull(arch)) {
         if (!cJSON_IsArray(arch) || !cJSON_IsString(arch->child) ||
             strlen(arch->child->valuestring) >= sizeof cfg->architecture) {
-            rc = bad(st, name, "architectures", kind(arch), "an array of class names");
+            rc = bad(st, name, "architectures", tern_json_kind(arch), "an array of class names");
             goto out;
         }
         snprintf(cfg->architecture, sizeof cfg->architecture, "%s", arch->child->valuestring);
@@ -151,7 +141,7 @@ tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, t
         goto out;
     const cJSON *tie = cJSON_GetObjectItemCaseSensitive(root, "tie_word_embeddings");
     if (tie && !cJSON_IsBool(tie)) {
-        rc = bad(st, name, "tie_word_embeddings", kind(tie), "a bool");
+        rc = bad(st, name, "tie_word_embeddings", tern_json_kind(tie), "a bool");
         goto out;
     }
     /* HF's default is false, but then lm_head.weight must exist; the loader checks that */
@@ -161,7 +151,7 @@ tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, t
         rc = tern_status_set(st, TERN_EUNSUPPORTED,
                              "config: %s: key 'rope_scaling': got %s, expected null (no RoPE "
                              "scaling in BitNet)",
-                             name, kind(rs));
+                             name, tern_json_kind(rs));
         goto out;
     }
 out:

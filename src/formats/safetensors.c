@@ -8,6 +8,7 @@
  * "safetensors: FILE: [tensor 'x': ]WHAT: got X, expected Y" in the status.
  */
 #include "ternpipe/safetensors.h"
+#include "formats/formats-internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -107,7 +108,7 @@ static bool json_u64(const cJSON *j, uint64_t *out)
     return true;
 }
 
-static const char *json_kind(const cJSON *j)
+const char *tern_json_kind(const cJSON *j)
 {
     if (!j) return "nothing";
     if (cJSON_IsNumber(j)) return "a number";
@@ -145,7 +146,7 @@ static tern_code parse_entry(tern_st *s, uint32_t fi, const cJSON *e, uint64_t d
         return fail(st, f->path, "tensor name length: got %zu, expected 1..%d", klen, ST_MAX_NAME);
     const char *nm = show(key, nb, sizeof nb);
     if (!cJSON_IsObject(e))
-        return fail(st, f->path, "tensor '%s': got %s, expected an object", nm, json_kind(e));
+        return fail(st, f->path, "tensor '%s': got %s, expected an object", nm, tern_json_kind(e));
     const cJSON *dtype = NULL, *shape = NULL, *offs = NULL;
     for (const cJSON *c = e->child; c; c = c->next) {
         const cJSON **slot = !strcmp(c->string, "dtype")          ? &dtype
@@ -181,7 +182,7 @@ static tern_code parse_entry(tern_st *s, uint32_t fi, const cJSON *e, uint64_t d
         if (cJSON_IsString(dtype))
             snprintf(got, sizeof got, "'%s'", show(dtype->valuestring, db, sizeof db));
         else
-            snprintf(got, sizeof got, "%s", json_kind(dtype));
+            snprintf(got, sizeof got, "%s", tern_json_kind(dtype));
         return fail(st, f->path,
                     "tensor '%s': dtype: got %s, expected one of BOOL U8 I8 F8_E4M3 F8_E5M2 "
                     "I16 U16 F16 BF16 I32 U32 F32 I64 U64 F64",
@@ -189,7 +190,7 @@ static tern_code parse_entry(tern_st *s, uint32_t fi, const cJSON *e, uint64_t d
     }
     if (!cJSON_IsArray(shape))
         return fail(st, f->path, "tensor '%s': shape: got %s, expected an array", nm,
-                    json_kind(shape));
+                    tern_json_kind(shape));
     int nd = cJSON_GetArraySize(shape);
     if (nd > TERN_ST_MAX_DIMS)
         return fail(st, f->path, "tensor '%s': shape: got %d dims, expected at most %d", nm, nd,
@@ -202,9 +203,9 @@ static tern_code parse_entry(tern_st *s, uint32_t fi, const cJSON *e, uint64_t d
     int d = 0;
     for (const cJSON *c = shape->child; c; c = c->next, d++) {
         if (!json_u64(c, &t->shape[d]))
-            return fail(st, f->path, "tensor '%s': shape[%d]: got %s, expected an integer >= 0", nm,
-                        d,
-                        cJSON_IsNumber(c) ? "a negative, fractional or huge number" : json_kind(c));
+            return fail(
+                st, f->path, "tensor '%s': shape[%d]: got %s, expected an integer >= 0", nm, d,
+                cJSON_IsNumber(c) ? "a negative, fractional or huge number" : tern_json_kind(c));
         if (t->shape[d] == 0) zero = true;
         if (!big && t->shape[d] && n_el > (data_size / es) / t->shape[d])
             big = true;
@@ -224,7 +225,7 @@ static tern_code parse_entry(tern_st *s, uint32_t fi, const cJSON *e, uint64_t d
         !json_u64(offs->child->next, &en))
         return fail(st, f->path,
                     "tensor '%s': data_offsets: got %s, expected [begin, end] (two integers >= 0)",
-                    nm, cJSON_IsArray(offs) ? "another array" : json_kind(offs));
+                    nm, cJSON_IsArray(offs) ? "another array" : tern_json_kind(offs));
     if (b > en || en > data_size)
         return fail(st, f->path,
                     "tensor '%s': data_offsets: got [%" PRIu64 ", %" PRIu64
@@ -335,7 +336,7 @@ static tern_code parse_file(tern_st *s, uint32_t fi, tern_status *st)
             goto out;
         }
     if (!cJSON_IsObject(root)) {
-        rc = fail(st, f->path, "header: got %s, expected an object", json_kind(root));
+        rc = fail(st, f->path, "header: got %s, expected an object", tern_json_kind(root));
         goto out;
     }
     uint64_t first = s->n_tensors;
@@ -352,7 +353,7 @@ static tern_code parse_file(tern_st *s, uint32_t fi, tern_status *st)
         had_meta = true;
         if (!cJSON_IsObject(e)) {
             rc = fail(st, f->path, "__metadata__: got %s, expected an object of strings",
-                      json_kind(e));
+                      tern_json_kind(e));
             break;
         }
         size_t n = 0;
@@ -360,7 +361,7 @@ static tern_code parse_file(tern_st *s, uint32_t fi, tern_status *st)
             if (!cJSON_IsString(c)) {
                 char kb[64];
                 rc = fail(st, f->path, "__metadata__ '%s': got %s, expected a string",
-                          show(c->string, kb, sizeof kb), json_kind(c));
+                          show(c->string, kb, sizeof kb), tern_json_kind(c));
                 break;
             }
         if (rc || fi != 0) continue;
@@ -560,11 +561,11 @@ static tern_code open_index(tern_st **out, const char *dir, const char *ipath, t
     const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!root || !cJSON_IsObject(root)) {
         rc = fail(st, ipath, "index: got %s, expected a JSON object",
-                  root ? json_kind(root) : "invalid JSON");
+                  root ? tern_json_kind(root) : "invalid JSON");
         goto out;
     }
     if (!cJSON_IsObject(wm)) {
-        rc = fail(st, ipath, "index: weight_map: got %s, expected an object", json_kind(wm));
+        rc = fail(st, ipath, "index: weight_map: got %s, expected an object", tern_json_kind(wm));
         goto out;
     }
     int n_map = cJSON_GetArraySize(wm);
@@ -581,7 +582,7 @@ static tern_code open_index(tern_st **out, const char *dir, const char *ipath, t
                       "index: tensor '%s': file: got %s%s%s, expected a file name inside the "
                       "directory",
                       show(e->string, nb, sizeof nb), fn ? "'" : "",
-                      fn ? show(fn, fb, sizeof fb) : json_kind(e), fn ? "'" : "");
+                      fn ? show(fn, fb, sizeof fb) : tern_json_kind(e), fn ? "'" : "");
             goto out;
         }
         uint32_t k = 0;
