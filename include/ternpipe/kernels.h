@@ -4,8 +4,9 @@
  * - Every kernel has a scalar reference ("ref", the specification) and SIMD variants chosen at
  *   run time (tern_kernels_init; env TERN_SIMD=ref|avx2|avx512 forces one). Kernels marked EXACT
  *   give bit-identical results in every variant: activation quantization, the ternary GEMM,
- *   RMSNorm, RoPE, relu2_mul, axpy/attn_mix and the f16 conversions. The others state an error
- *   bound against their reference next to their declaration.
+ *   RMSNorm, RoPE, relu2_mul, axpy/attn_mix (V in f32, f16 or int8), the KV int8 quantizer and
+ *   the f16 conversions. The others state an error bound against their reference next to their
+ *   declaration.
  * - Kernels allocate nothing (callers own scratch and outputs), keep no mutable state, are safe
  *   to call from many threads at once, and never exit. Row-range kernels compute output rows
  *   [o0, o1) and write nothing else, so a thread pool may split rows between threads and the
@@ -159,6 +160,32 @@ void tern_attn_mix(const float *p /* [n] */, const float *v /* [n][ldv] */, int6
                    int64_t ldv, float *out /* [d] */);
 /* y[i] = y[i] + a * x[i] (no fma), EXACT. */
 void tern_axpy_f32(float *y /* [n] */, float a, const float *x /* [n] */, int64_t n);
+
+/* The same over a KV cache stored as F16 (IEEE binary16) or int8 rows with one float scale per
+ * row (one head at one position). Converting an F16 or int8 element to float is exact, so:
+ * - tern_attn_scores_f16: out[j] = (float)(sum_i (double)q[i] * (double)f32(k[j][i])) * scale,
+ *   tern_attn_scores_q8: out[j] = ((float)(sum_i (double)q[i] * (double)k[j][i]) * ks[j*ldks])
+ *   * scale; the products are exact in double, so SIMD is REFERENCE-EQUAL as tern_dot_f32 and
+ *   always within |out - ref| <= 2^-24 * |ref| + d * 2^-52 * scale' * sum_i |q_i * k_ji|
+ *   (scale' = scale, times ks[j*ldks] for q8).
+ * - tern_attn_mix_f16: out[i] = out[i] + p[j] * f32(v[j][i]), tern_attn_mix_q8: w = p[j] *
+ *   vs[j*ldvs], out[i] = out[i] + w * (float)v[j][i]; j in order, no fma: EXACT. */
+void tern_attn_scores_f16(const float *q /* [d] */, const uint16_t *k /* [n][ldk] */, int64_t n,
+                          int64_t d, int64_t ldk, float scale, float *out /* [n] */);
+void tern_attn_mix_f16(const float *p /* [n] */, const uint16_t *v /* [n][ldv] */, int64_t n,
+                       int64_t d, int64_t ldv, float *out /* [d] */);
+void tern_attn_scores_q8(const float *q /* [d] */, const int8_t *k /* [n][ldk] */,
+                         const float *ks /* [n][ldks] */, int64_t ldks, int64_t n, int64_t d,
+                         int64_t ldk, float scale, float *out /* [n] */);
+void tern_attn_mix_q8(const float *p /* [n] */, const int8_t *v /* [n][ldv] */,
+                      const float *vs /* [n][ldvs] */, int64_t ldvs, int64_t n, int64_t d,
+                      int64_t ldv, float *out /* [d] */);
+/* int8 KV rows: for each of n rows of d values, amax = max_i |x_i|; when amax is positive and
+ * finite, scale = amax / 127 and q_i = clamp(round_half_even(x_i * (127 / amax)), -127, 127),
+ * else scale = 0 and q = 0 (NaN elements quantize to 0). One scalar implementation in every
+ * variant: EXACT by construction, so a row quantizes the same on every rank and thread. */
+void tern_kv_quant_q8(const float *x /* [n][d] */, int64_t n, int64_t d, int8_t *q /* [n][d] */,
+                      float *scale /* [n] */);
 
 /* ---- LM head ---- */
 

@@ -220,6 +220,66 @@ void tern_axpy_f32(float *y, float a, const float *x, int64_t n)
     tern_kernels_vt()->axpy(y, a, x, n);
 }
 
+void tern_attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
+                          float scale, float *out)
+{
+    TERN_ASSERT(n >= 0 && d >= 1 && (n <= 1 || ldk >= d));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_scores_f16(q, k, n, d, ldk, scale, out);
+}
+
+void tern_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
+                       float *out)
+{
+    TERN_ASSERT(n >= 0 && d >= 1 && (n <= 1 || ldv >= d));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_mix_f16(p, v, n, d, ldv, out);
+}
+
+void tern_attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks, int64_t n,
+                         int64_t d, int64_t ldk, float scale, float *out)
+{
+    TERN_ASSERT(n >= 0 && d >= 1 && (n <= 1 || (ldk >= d && ldks >= 1)));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_scores_q8(q, k, ks, ldks, n, d, ldk, scale, out);
+}
+
+void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
+                      int64_t d, int64_t ldv, float *out)
+{
+    TERN_ASSERT(n >= 0 && d >= 1 && (n <= 1 || (ldv >= d && ldvs >= 1)));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_mix_q8(p, v, vs, ldvs, n, d, ldv, out);
+}
+
+void tern_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale)
+{
+    TERN_ASSERT(n >= 0 && d >= 1);
+    /* one scalar code for every variant (kernels.h): a handful of rows per token and layer */
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * d;
+        int8_t *qr = q + r * d;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            float a = fabsf(xr[i]);
+            if (a > amax) amax = a; /* NaN compares false: it does not count */
+        }
+        if (!(amax > 0.0f) || !isfinite(amax)) {
+            memset(qr, 0, (size_t)d);
+            scale[r] = 0.0f;
+            continue;
+        }
+        const float s = 127.0f / amax;
+        for (int64_t i = 0; i < d; i++) {
+            float v = tern_round_half_even(xr[i] * s);
+            if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
+            if (v > 127.0f) v = 127.0f;
+            qr[i] = (int8_t)(int32_t)v;
+        }
+        scale[r] = amax / 127.0f;
+    }
+}
+
 void tern_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                    int64_t ldy, int64_t o0, int64_t o1)
 {

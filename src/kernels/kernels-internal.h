@@ -87,6 +87,14 @@ typedef struct tern_kernel_vtable {
                         float scale, float *out);
     void (*attn_mix)(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out);
     void (*axpy)(float *y, float a, const float *x, int64_t n);
+    void (*attn_scores_f16)(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
+                            float scale, float *out);
+    void (*attn_mix_f16)(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
+                         float *out);
+    void (*attn_scores_q8)(const float *q, const int8_t *k, const float *ks, int64_t ldks,
+                           int64_t n, int64_t d, int64_t ldk, float scale, float *out);
+    void (*attn_mix_q8)(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
+                        int64_t d, int64_t ldv, float *out);
     void (*gemm_f16)(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                      int64_t ldy, int64_t o0, int64_t o1);
     void (*gemm_i8)(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
@@ -117,6 +125,14 @@ void tern_ref_attn_scores(const float *q, const float *k, int64_t n, int64_t d, 
 void tern_ref_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv,
                        float *out);
 void tern_ref_axpy(float *y, float a, const float *x, int64_t n);
+void tern_ref_attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
+                              float scale, float *out);
+void tern_ref_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
+                           float *out);
+void tern_ref_attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks,
+                             int64_t n, int64_t d, int64_t ldk, float scale, float *out);
+void tern_ref_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
+                          int64_t d, int64_t ldv, float *out);
 void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                        int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,

@@ -177,6 +177,88 @@ static void attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64
     }
 }
 
+/* ---- attention over an F16 or int8 KV cache: the f32 kernels above with a converting load
+ * (exact), so the scores are REFERENCE-EQUAL and the mixes EXACT as theirs ---- */
+
+enum { KV_F16, KV_Q8 };
+
+AI __m512 load_kv(const void *p, int64_t off, __mmask16 m, const int KT)
+{
+    if (KT == KV_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off));
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)p + off)));
+}
+
+/* out[j] = (float)dot(q, k_j) * ks[j*ldks] (q8) * scale, four keys at a time */
+AI void scores_kv(const float *q, const void *k, const float *ks, int64_t ldks, int64_t n,
+                  int64_t d, int64_t ldk, float scale, float *out, const int KT)
+{
+    int64_t j = 0;
+    for (; j < n; j += 4) {
+        const int nc = n - j < 4 ? (int)(n - j) : 4;
+        __m512d acc[4][2];
+        for (int c = 0; c < 4; c++) acc[c][0] = acc[c][1] = _mm512_setzero_pd();
+        for (int64_t i = 0; i < d; i += 16) {
+            __mmask16 m = tail16(d - i);
+            __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
+            __m512d ql = lo_pd(qv), qh = hi_pd(qv);
+            for (int c = 0; c < nc; c++) {
+                __m512 kv = load_kv(k, (j + c) * ldk + i, m, KT);
+                acc[c][0] = _mm512_fmadd_pd(ql, lo_pd(kv), acc[c][0]);
+                acc[c][1] = _mm512_fmadd_pd(qh, hi_pd(kv), acc[c][1]);
+            }
+        }
+        for (int c = 0; c < nc; c++) {
+            float v = (float)_mm512_reduce_add_pd(_mm512_add_pd(acc[c][0], acc[c][1]));
+            if (KT == KV_Q8) v = v * ks[(j + c) * ldks];
+            out[j + c] = v * scale;
+        }
+    }
+}
+
+/* out[i] = out[i] + w_j * v[j][i], w_j = p[j] (f16) or p[j] * vs[j*ldvs] (q8) */
+AI void mix_kv(const float *p, const void *v, const float *vs, int64_t ldvs, int64_t n, int64_t d,
+               int64_t ldv, float *out, const int KT)
+{
+    for (int64_t i = 0; i < d; i += 64) {
+        __mmask16 m[4];
+        __m512 acc[4];
+        for (int c = 0; c < 4; c++) {
+            m[c] = i + 16 * c < d ? tail16(d - i - 16 * c) : 0;
+            acc[c] = _mm512_maskz_loadu_ps(m[c], out + i + 16 * c);
+        }
+        for (int64_t j = 0; j < n; j++) {
+            const __m512 wj = _mm512_set1_ps(KT == KV_Q8 ? p[j] * vs[j * ldvs] : p[j]);
+            for (int c = 0; c < 4; c++)
+                acc[c] = _mm512_add_ps(
+                    acc[c], _mm512_mul_ps(wj, load_kv(v, j * ldv + i + 16 * c, m[c], KT)));
+        }
+        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + i + 16 * c, m[c], acc[c]);
+    }
+}
+
+static void attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
+                            float scale, float *out)
+{
+    scores_kv(q, k, NULL, 0, n, d, ldk, scale, out, KV_F16);
+}
+static void attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
+                         float *out)
+{
+    mix_kv(p, v, NULL, 0, n, d, ldv, out, KV_F16);
+}
+static void attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks,
+                           int64_t n, int64_t d, int64_t ldk, float scale, float *out)
+{
+    scores_kv(q, k, ks, ldks, n, d, ldk, scale, out, KV_Q8);
+}
+static void attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
+                        int64_t d, int64_t ldv, float *out)
+{
+    mix_kv(p, v, vs, ldvs, n, d, ldv, out, KV_Q8);
+}
+
 static void axpy(float *y, float a, const float *x, int64_t n)
 {
     const __m512 av = _mm512_set1_ps(a);
@@ -309,6 +391,10 @@ const tern_kernel_vtable tern_kernels_avx512 = {
     .attn_scores = attn_scores,
     .attn_mix = attn_mix,
     .axpy = axpy,
+    .attn_scores_f16 = attn_scores_f16,
+    .attn_mix_f16 = attn_mix_f16,
+    .attn_scores_q8 = attn_scores_q8,
+    .attn_mix_q8 = attn_mix_q8,
     .gemm_f16 = gemm_f16,
     .gemm_i8 = gemm_i8,
     .f16_to_f32 = f16_to_f32,

@@ -1,7 +1,8 @@
 /* ops-ref.c: scalar references for the float kernels (norm, RoPE, softmax, relu^2, attention
- * helpers, F16/int8 LM head, f16 conversion) and the reference entry table. EXACT kernels
- * (kernels.h) fix an operation order here that the SIMD variants reproduce; the others are
- * computed as accurately as is simple (double sums) and SIMD results are held to a bound.
+ * helpers over f32/f16/int8 KV, F16/int8 LM head, f16 conversion) and the reference entry table.
+ * EXACT kernels (kernels.h) fix an operation order here that the SIMD variants reproduce; the
+ * others are computed as accurately as is simple (double sums) and SIMD results are held to a
+ * bound.
  */
 #include <float.h>
 #include <math.h>
@@ -154,6 +155,46 @@ void tern_ref_axpy(float *y, float a, const float *x, int64_t n)
     for (int64_t i = 0; i < n; i++) y[i] = y[i] + a * x[i];
 }
 
+/* KV in F16 or int8: every element converts exactly to float, so these are the f32 kernels'
+ * operations on the converted values (kernels.h) */
+void tern_ref_attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
+                              float scale, float *out)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t *kj = k + j * ldk;
+        double acc = 0.0;
+        for (int64_t i = 0; i < d; i++) acc += (double)q[i] * (double)tern_f16_to_f32_1(kj[i]);
+        out[j] = (float)acc * scale;
+    }
+}
+
+void tern_ref_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
+                           float *out)
+{
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) out[i] = out[i] + p[j] * tern_f16_to_f32_1(v[j * ldv + i]);
+}
+
+void tern_ref_attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks,
+                             int64_t n, int64_t d, int64_t ldk, float scale, float *out)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const int8_t *kj = k + j * ldk;
+        double acc = 0.0;
+        for (int64_t i = 0; i < d; i++) acc += (double)q[i] * (double)kj[i];
+        out[j] = ((float)acc * ks[j * ldks]) * scale;
+    }
+}
+
+void tern_ref_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
+                          int64_t d, int64_t ldv, float *out)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const float w = p[j] * vs[j * ldvs];
+        for (int64_t i = 0; i < d; i++) out[i] = out[i] + w * (float)v[j * ldv + i];
+    }
+}
+
 void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                        int64_t ldy, int64_t o0, int64_t o1)
 {
@@ -194,6 +235,10 @@ const tern_kernel_vtable tern_kernels_ref = {
     .attn_scores = tern_ref_attn_scores,
     .attn_mix = tern_ref_attn_mix,
     .axpy = tern_ref_axpy,
+    .attn_scores_f16 = tern_ref_attn_scores_f16,
+    .attn_mix_f16 = tern_ref_attn_mix_f16,
+    .attn_scores_q8 = tern_ref_attn_scores_q8,
+    .attn_mix_q8 = tern_ref_attn_mix_q8,
     .gemm_f16 = tern_ref_gemm_f16,
     .gemm_i8 = tern_ref_gemm_i8,
     .f16_to_f32 = tern_ref_f16_to_f32,

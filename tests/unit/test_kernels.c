@@ -936,6 +936,110 @@ static void test_attention(void)
     printf("attn_scores: worst error %.3f of the bound\n", worst);
 }
 
+/* Attention over F16 and int8 KV rows: scores REFERENCE-EQUAL (and within the bound of
+ * kernels.h), mixes bit-identical to the reference; the int8 quantizer's rows reconstruct
+ * within half a step and match its definition. */
+static void test_attention_kv(void)
+{
+    double worst = 0.0;
+    for (int it = 0; it < 120; it++) {
+        int64_t d = it % 3 ? 128 : rndi(1, 200), nk = rndi(1, 70), ld = d + rndi(0, 9) * (it % 2);
+        int64_t lds = 1 + rndi(0, 6);
+        float *q = xmalloc((size_t)d * 4), *x = xmalloc((size_t)(nk * ld) * 4),
+              *p = xmalloc((size_t)nk * 4), *o0 = xmalloc((size_t)nk * 4),
+              *o1 = xmalloc((size_t)nk * 4), *ks = xmalloc((size_t)(nk * lds) * 4);
+        uint16_t *kh = xmalloc((size_t)(nk * ld) * 2);
+        int8_t *k8 = xmalloc((size_t)(nk * ld));
+        for (int64_t i = 0; i < d; i++) q[i] = rndn();
+        for (int64_t i = 0; i < nk * ld; i++) x[i] = rndn();
+        for (int64_t i = 0; i < nk; i++) p[i] = fabsf(rndf());
+        tern_ref_f32_to_f16(x, kh, nk * ld);
+        /* rows quantized one by one, each scale at stride lds */
+        for (int64_t j = 0; j < nk; j++) {
+            float sc;
+            tern_kv_quant_q8(x + j * ld, 1, d, k8 + j * ld, &sc);
+            ks[j * lds] = sc;
+            float amax = 0;
+            for (int64_t i = 0; i < d; i++) amax = fmaxf(amax, fabsf(x[j * ld + i]));
+            CHECK(sc == amax / 127.0f);
+            for (int64_t i = 0; i < d; i++) {
+                float r = tern_round_half_even(x[j * ld + i] * (127.0f / amax));
+                CHECK(k8[j * ld + i] == (int8_t)(int32_t)r);
+                CHECK(fabsf((float)k8[j * ld + i] * sc - x[j * ld + i]) <= 0.5f * sc * 1.0001f);
+            }
+            for (int64_t i = d; i < ld; i++) k8[j * ld + i] = (int8_t)rndi(-127, 127);
+        }
+        float scale = 1.0f / sqrtf((float)d);
+        float *m0 = xmalloc((size_t)d * 4), *m1 = xmalloc((size_t)d * 4),
+              *mi = xmalloc((size_t)d * 4);
+        for (int64_t i = 0; i < d; i++) mi[i] = rndf();
+        for (int kt = 0; kt < 2; kt++) {
+            if (kt == 0)
+                tern_ref_attn_scores_f16(q, kh, nk, d, ld, scale, o0);
+            else
+                tern_ref_attn_scores_q8(q, k8, ks, lds, nk, d, ld, scale, o0);
+            memcpy(m0, mi, (size_t)d * 4);
+            if (kt == 0)
+                tern_ref_attn_mix_f16(p, kh, nk, d, ld, m0);
+            else
+                tern_ref_attn_mix_q8(p, k8, ks, lds, nk, d, ld, m0);
+            for (int vi = 0; vi < g_nvariants; vi++) {
+                use(g_variants[vi]);
+                const char *vn = tern_simd_name(g_variants[vi]);
+                if (kt == 0)
+                    tern_attn_scores_f16(q, kh, nk, d, ld, scale, o1);
+                else
+                    tern_attn_scores_q8(q, k8, ks, lds, nk, d, ld, scale, o1);
+                for (int64_t j = 0; j < nk; j++) {
+                    double sa = 0.0, sk = kt ? ks[j * lds] : 1.0;
+                    for (int64_t i = 0; i < d; i++)
+                        sa += fabs((double)q[i] * (kt ? (double)k8[j * ld + i]
+                                                      : (double)tern_f16_to_f32_1(kh[j * ld + i])));
+                    double lim = (double)d * 0x1p-52 * sa * sk * scale + 0x1p-24 * fabs(o0[j]);
+                    double err = fabs((double)o1[j] - o0[j]);
+                    CHECKF(err <= lim, "attn_scores_%s %s d=%lld: %g > %g", kt ? "q8" : "f16", vn,
+                           (long long)d, err, lim);
+                    CHECKF(o1[j] == o0[j], "attn_scores_%s %s d=%lld: %a, reference %a",
+                           kt ? "q8" : "f16", vn, (long long)d, o1[j], o0[j]);
+                    if (lim > 0 && err / lim > worst) worst = err / lim;
+                }
+                memcpy(m1, mi, (size_t)d * 4);
+                if (kt == 0)
+                    tern_attn_mix_f16(p, kh, nk, d, ld, m1);
+                else
+                    tern_attn_mix_q8(p, k8, ks, lds, nk, d, ld, m1);
+                CHECKF(same_bits(m0, m1, d), "attn_mix_%s %s d=%lld n=%lld", kt ? "q8" : "f16", vn,
+                       (long long)d, (long long)nk);
+            }
+        }
+        /* f16 scores equal the f32 kernel on the converted rows */
+        {
+            float *kf = xmalloc((size_t)(nk * ld) * 4);
+            tern_ref_f16_to_f32(kh, kf, nk * ld);
+            tern_ref_attn_scores(q, kf, nk, d, ld, scale, o1);
+            tern_ref_attn_scores_f16(q, kh, nk, d, ld, scale, o0);
+            CHECK(same_bits(o0, o1, nk));
+            free(kf);
+        }
+        free(q), free(x), free(p), free(o0), free(o1), free(ks), free(kh), free(k8);
+        free(m0), free(m1), free(mi);
+    }
+    /* quantizer edge cases: zero, non-finite and NaN elements */
+    {
+        float sc[2];
+        int8_t qz[16];
+        float rows[16] = {0}; /* a zero row, then one with an infinity */
+        rows[8] = 1, rows[9] = 2, rows[10] = INFINITY;
+        tern_kv_quant_q8(rows, 2, 8, qz, sc);
+        CHECK(sc[0] == 0.0f && sc[1] == 0.0f);
+        for (int i = 0; i < 16; i++) CHECK(qz[i] == 0);
+        float nan_row[4] = {NAN, 1.0f, -2.0f, 0.5f};
+        tern_kv_quant_q8(nan_row, 1, 4, qz, sc);
+        CHECK(sc[0] == 2.0f / 127.0f && qz[0] == 0 && qz[2] == -127 && qz[1] == 64);
+    }
+    printf("attn_scores f16/q8: worst error %.3f of the bound\n", worst);
+}
+
 /* The F16 head and the int8 head, each against its reference; int8 against F16. */
 static void test_head(void)
 {
@@ -1047,6 +1151,7 @@ int main(void)
     test_softmax();
     test_elementwise();
     test_attention();
+    test_attention_kv();
     test_head();
     return tern_test_finish("test_kernels");
 }
