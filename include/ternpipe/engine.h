@@ -41,6 +41,7 @@ typedef struct tern_engine_opts {
     int32_t n_ctx;         /* positions per sequence; 0 = the model's */
     int32_t kv_blocks;     /* per rank; 0 = max_seqs full contexts within kv_mem_mb */
     int32_t kv_mem_mb;     /* KV budget for the default kv_blocks; 0 = 2048 */
+    tern_kv_type kv_type;  /* KV element type (every rank the same); 0 = F16 */
     const char *split;     /* plan.h: "auto" (default), "even" or "L1,L2,...", optionally
                               ":even" or ":h1,h2,..." for the head rows */
     int32_t inflight;      /* micro-batches in flight; 0 = number of ranks */

@@ -90,15 +90,35 @@ typedef struct tern_batch_seq {
     int32_t n_tokens;
 } tern_batch_seq;
 
+/* How the KV cache stores K and V (kernels.h: the attention kernels over each). Every element
+ * is converted once, when its token is appended, by an EXACT kernel, so a cache holds the same
+ * bits whatever the thread count, rank split or batching, and prefill and decode read alike. */
+typedef enum tern_kv_type {
+    TERN_KV_F16 = 0, /* IEEE binary16, round to nearest even (the default, as bitnet.cpp) */
+    TERN_KV_F32,     /* the activations as computed (the golden reference's arithmetic) */
+    TERN_KV_Q8,      /* int8 with one float scale per head and position (absmax / 127) */
+    TERN_KV_TYPE_COUNT
+} tern_kv_type;
+
+/* "f16", "f32", "q8"; "?" out of range */
+const char *tern_kv_type_name(tern_kv_type t);
+/* From its name; TERN_KV_TYPE_COUNT for an unknown one. */
+tern_kv_type tern_kv_type_parse(const char *name);
+
 typedef struct tern_ctx_opts {
     int32_t max_tokens; /* tokens per micro-batch (token budget) */
     int32_t max_seqs;   /* KV slots */
     int32_t kv_blocks;  /* KV pool size in blocks of TERN_KV_BLOCK positions; 0 = enough for
                            max_seqs full contexts */
     int32_t n_ctx;      /* positions per sequence; 0 = the model's */
+    tern_kv_type kv_type;
 } tern_ctx_opts;
 
 #define TERN_KV_BLOCK 32
+
+/* Bytes of one KV block (TERN_KV_BLOCK positions, K and V) for n_layers layers of a model
+ * stored as type t: what the pool holds per block (memory accounting of kv_blocks). */
+uint64_t tern_kv_block_bytes(const tern_hparams *hp, int32_t n_layers, tern_kv_type t);
 
 typedef struct tern_ctx tern_ctx;
 

@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 
 #include "model/model-internal.h"
+#include "ternpipe/log.h"
 
 struct tern_ctx {
     const tern_model *m;
@@ -20,10 +21,14 @@ struct tern_ctx {
     int32_t max_tokens, max_seqs, n_ctx;
     int32_t n_local; /* layers in the slice */
     int32_t kv_dim;
-    /* paged KV: block b holds, for every local layer, TERN_KV_BLOCK positions of K then V:
-     * kv_pool[b][layer][2][TERN_KV_BLOCK][kv_dim] */
-    float *kv_pool;
-    size_t block_floats;
+    /* paged KV: block b holds, for every local layer, TERN_KV_BLOCK positions of K then V,
+     * each part kv_part bytes: [TERN_KV_BLOCK][kv_dim] elements of kv_type, then (q8 only)
+     * their scales [TERN_KV_BLOCK][n_head_kv] float. kv_pool[b][layer][2][kv_part] */
+    uint8_t *kv_pool;
+    tern_kv_type kv_type;
+    size_t kv_elem; /* bytes per element */
+    size_t kv_part; /* bytes of one (layer, K or V) part of a block */
+    size_t block_bytes;
     int32_t n_blocks;
     int32_t *free_blocks; /* stack of free block ids */
     int32_t n_free;
@@ -51,6 +56,35 @@ struct tern_ctx {
 
 #define MAXF(a, b) ((a) > (b) ? (a) : (b))
 
+static const char *const kv_names[TERN_KV_TYPE_COUNT] = {"f16", "f32", "q8"};
+static const size_t kv_elem_bytes[TERN_KV_TYPE_COUNT] = {2, 4, 1};
+
+const char *tern_kv_type_name(tern_kv_type t)
+{
+    return t >= 0 && t < TERN_KV_TYPE_COUNT ? kv_names[t] : "?";
+}
+
+tern_kv_type tern_kv_type_parse(const char *name)
+{
+    int t = 0;
+    while (t < TERN_KV_TYPE_COUNT && strcmp(name, kv_names[t]) != 0) t++;
+    return (tern_kv_type)t;
+}
+
+/* one (layer, K or V) part of a block */
+static uint64_t kv_part_bytes(const tern_hparams *hp, tern_kv_type t)
+{
+    uint64_t rows = (uint64_t)TERN_KV_BLOCK * (uint64_t)hp->n_head_kv;
+    uint64_t data = rows * (uint64_t)hp->head_dim * kv_elem_bytes[t];
+    return data + (t == TERN_KV_Q8 ? rows * sizeof(float) : 0);
+}
+
+uint64_t tern_kv_block_bytes(const tern_hparams *hp, int32_t n_layers, tern_kv_type t)
+{
+    TERN_ASSERT(t >= 0 && t < TERN_KV_TYPE_COUNT && n_layers >= 0);
+    return (uint64_t)n_layers * 2 * kv_part_bytes(hp, t);
+}
+
 static void *xcalloc(size_t n, size_t size)
 {
     return calloc(n ? n : 1, size);
@@ -73,13 +107,21 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->kv_dim = hp->n_head_kv * hp->head_dim;
     c->max_blocks_per_seq = (c->n_ctx + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
     c->n_blocks = o->kv_blocks > 0 ? o->kv_blocks : c->max_seqs * c->max_blocks_per_seq;
-    c->block_floats = (size_t)c->n_local * 2 * TERN_KV_BLOCK * (size_t)c->kv_dim;
+    if (o->kv_type < 0 || o->kv_type >= TERN_KV_TYPE_COUNT) {
+        free(c);
+        return tern_status_set(st, TERN_EINVAL, "ctx: KV type: got %d, expected 0..%d",
+                               (int)o->kv_type, TERN_KV_TYPE_COUNT - 1);
+    }
+    c->kv_type = o->kv_type;
+    c->kv_elem = kv_elem_bytes[c->kv_type];
+    c->kv_part = (size_t)kv_part_bytes(hp, c->kv_type);
+    c->block_bytes = (size_t)tern_kv_block_bytes(hp, c->n_local, c->kv_type);
     const size_t T = (size_t)c->max_tokens, d = (size_t)hp->d, ff = (size_t)hp->n_ff;
     const size_t wide = MAXF(d, ff), kvd = (size_t)c->kv_dim, half = (size_t)hp->head_dim / 2;
     if (c->n_local > 0) {
         /* untouched anonymous memory: pages are placed on first touch by this rank's own
          * (bound) threads, and only the blocks in use count in RSS */
-        size_t bytes = (size_t)c->n_blocks * c->block_floats * sizeof(float);
+        size_t bytes = (size_t)c->n_blocks * c->block_bytes;
         c->kv_pool =
             bytes ? mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
                   : NULL;
@@ -130,7 +172,7 @@ void tern_ctx_free(tern_ctx *c)
 {
     if (!c) return;
     if (c->kv_pool) {
-        munmap(c->kv_pool, (size_t)c->n_blocks * c->block_floats * sizeof(float));
+        munmap(c->kv_pool, (size_t)c->n_blocks * c->block_bytes);
     }
     free(c->free_blocks), free(c->block_table), free(c->seq_blocks);
     free(c->rope_cos), free(c->rope_sin);
@@ -183,14 +225,43 @@ void tern_kv_release(tern_ctx *c, int32_t slot)
     }
 }
 
-/* K (which = 0) or V (1) vector of local layer li, slot, position p */
-static inline float *kv_at(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which)
+/* The K (which = 0) or V (1) part of local layer li in the block of slot holding position p:
+ * rows of positions p - p % TERN_KV_BLOCK onwards */
+static inline uint8_t *kv_part(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which)
 {
     int32_t b =
         c->block_table[(size_t)slot * (size_t)c->max_blocks_per_seq + (size_t)(p / TERN_KV_BLOCK)];
-    return c->kv_pool + (size_t)b * c->block_floats +
-           (((size_t)li * 2 + (size_t)which) * TERN_KV_BLOCK + (size_t)(p % TERN_KV_BLOCK)) *
-               (size_t)c->kv_dim;
+    return c->kv_pool + (size_t)b * c->block_bytes + ((size_t)li * 2 + (size_t)which) * c->kv_part;
+}
+
+/* q8 parts: the scales [TERN_KV_BLOCK][n_head_kv] after the int8 rows */
+static inline float *kv_scales(const tern_ctx *c, uint8_t *part)
+{
+    return (float *)(void *)(part + (size_t)TERN_KV_BLOCK * (size_t)c->kv_dim);
+}
+
+/* appends one position's K or V row (kv_dim floats) in the cache's type */
+static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which,
+                     const float *x)
+{
+    uint8_t *part = kv_part(c, li, slot, p, which);
+    const size_t r = (size_t)(p % TERN_KV_BLOCK), kvd = (size_t)c->kv_dim;
+    uint8_t *row = part + r * kvd * c->kv_elem;
+    switch (c->kv_type) {
+    case TERN_KV_F32:
+        memcpy(row, x, kvd * sizeof(float));
+        break;
+    case TERN_KV_F16:
+        tern_f32_to_f16(x, (uint16_t *)(void *)row, (int64_t)kvd);
+        break;
+    case TERN_KV_Q8: {
+        const int32_t nh = c->m->hp.n_head_kv;
+        tern_kv_quant_q8(x, nh, c->m->hp.head_dim, (int8_t *)row,
+                         kv_scales(c, part) + r * (size_t)nh);
+    } break;
+    default:
+        TERN_ASSERT(0);
+    }
 }
 
 /* ---- parallel steps ---- */
@@ -278,8 +349,8 @@ static void task_rope_store(void *arg, int task, int n_tasks, int thread)
         const float *cs = c->rope_cos + (size_t)p * half, *sn = c->rope_sin + (size_t)p * half;
         tern_rope_neox(c->q + (size_t)t * d, hp->n_head, hp->head_dim, cs, sn);
         tern_rope_neox(c->k + (size_t)t * kvd, hp->n_head_kv, hp->head_dim, cs, sn);
-        memcpy(kv_at(c, j->li, c->tok_slot[t], p, 0), c->k + (size_t)t * kvd, kvd * sizeof(float));
-        memcpy(kv_at(c, j->li, c->tok_slot[t], p, 1), c->v + (size_t)t * kvd, kvd * sizeof(float));
+        kv_store(c, j->li, c->tok_slot[t], p, 0, c->k + (size_t)t * kvd);
+        kv_store(c, j->li, c->tok_slot[t], p, 1, c->v + (size_t)t * kvd);
     }
 }
 
@@ -298,18 +369,36 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
         int32_t t = (int32_t)(u / hp->n_head), h = (int32_t)(u % hp->n_head);
         int32_t kvh = h / group, p = c->tok_pos[t], slot = c->tok_slot[t];
         const float *qv = c->q + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
-        /* scores block by block: positions of a block are contiguous rows */
+        const size_t off = (size_t)kvh * (size_t)hd, kvd = (size_t)c->kv_dim;
+        const int32_t nh = hp->n_head_kv;
+        /* block by block: positions of a block are contiguous rows */
         for (int32_t s0 = 0; s0 <= p; s0 += TERN_KV_BLOCK) {
             int32_t n = p + 1 - s0 < TERN_KV_BLOCK ? p + 1 - s0 : TERN_KV_BLOCK;
-            const float *kb = kv_at(c, j->li, slot, s0, 0) + (size_t)kvh * (size_t)hd;
-            tern_attn_scores(qv, kb, n, hd, c->kv_dim, scale, scores + s0);
+            uint8_t *kb = kv_part(c, j->li, slot, s0, 0);
+            if (c->kv_type == TERN_KV_F16)
+                tern_attn_scores_f16(qv, (const uint16_t *)(void *)kb + off, n, hd, kvd, scale,
+                                     scores + s0);
+            else if (c->kv_type == TERN_KV_Q8)
+                tern_attn_scores_q8(qv, (const int8_t *)kb + off, kv_scales(c, kb) + kvh, nh, n, hd,
+                                    kvd, scale, scores + s0);
+            else
+                tern_attn_scores(qv, (const float *)(void *)kb + off, n, hd, kvd, scale,
+                                 scores + s0);
         }
         tern_softmax(scores, p + 1);
         float *out = c->att + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
         memset(out, 0, (size_t)hd * sizeof(float));
-        for (int32_t s = 0; s <= p; s++) {
-            const float *vv = kv_at(c, j->li, slot, s, 1) + (size_t)kvh * (size_t)hd;
-            tern_axpy_f32(out, scores[s], vv, hd);
+        /* out = out + p_s * v_s for s in order (EXACT kernels, so the same in every variant) */
+        for (int32_t s0 = 0; s0 <= p; s0 += TERN_KV_BLOCK) {
+            int32_t n = p + 1 - s0 < TERN_KV_BLOCK ? p + 1 - s0 : TERN_KV_BLOCK;
+            uint8_t *vb = kv_part(c, j->li, slot, s0, 1);
+            if (c->kv_type == TERN_KV_F16)
+                tern_attn_mix_f16(scores + s0, (const uint16_t *)(void *)vb + off, n, hd, kvd, out);
+            else if (c->kv_type == TERN_KV_Q8)
+                tern_attn_mix_q8(scores + s0, (const int8_t *)vb + off, kv_scales(c, vb) + kvh, nh,
+                                 n, hd, kvd, out);
+            else
+                tern_attn_mix(scores + s0, (const float *)(void *)vb + off, n, hd, kvd, out);
         }
     }
 }

@@ -80,9 +80,10 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
     uint64_t mine = rc ? 0 : tern_gguf_checksum(f->g);
     if ((rc = agree(f, rc, "could not open the model", &lst, st))) return rc;
     uint64_t *sums = calloc((size_t)f->n_ranks, sizeof *sums);
+    uint64_t *kvt = calloc((size_t)f->n_ranks, sizeof *kvt);
     double *speeds = calloc((size_t)f->n_ranks, sizeof *speeds);
     uint8_t *buf = NULL;
-    if (!sums || !speeds) tern_die("engine: out of memory");
+    if (!sums || !kvt || !speeds) tern_die("engine: out of memory");
     tern_comm_allgather_u64(mine, sums);
     for (int r = 0; r < f->n_ranks; r++)
         if (sums[r] != sums[0]) {
@@ -90,6 +91,16 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
                                  "handshake: rank %d model checksum: got %016llx, expected %016llx "
                                  "(rank 0's; every rank needs the same model file)",
                                  r, (unsigned long long)sums[r], (unsigned long long)sums[0]);
+            goto out;
+        }
+    /* every rank stores its KV as rank 0 does (the Hello has no field for it: each rank reads
+     * it from its own command line, so check that they agree) */
+    tern_comm_allgather_u64((uint64_t)o->kv_type, kvt);
+    for (int r = 0; r < f->n_ranks; r++)
+        if (kvt[r] != kvt[0] || kvt[r] >= TERN_KV_TYPE_COUNT) {
+            rc = tern_status_set(
+                st, TERN_EINVAL, "handshake: rank %d KV type: got %s, expected %s (rank 0's)", r,
+                tern_kv_type_name((tern_kv_type)kvt[r]), tern_kv_type_name((tern_kv_type)kvt[0]));
             goto out;
         }
     if ((rc = tern_plan_init(&f->plan, f->n_ranks, &hp, st))) goto out;
@@ -104,8 +115,7 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
          * holding every layer; ranks with a slice use proportionally less) */
         int64_t one = (n_ctx + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
         int64_t full = (int64_t)max_seqs * one;
-        double block_bytes =
-            (double)hp.n_layer * 2 * TERN_KV_BLOCK * hp.n_head_kv * hp.head_dim * 4;
+        double block_bytes = (double)tern_kv_block_bytes(&hp, hp.n_layer, o->kv_type);
         double budget = (o->kv_mem_mb > 0 ? o->kv_mem_mb : TERN_DEFAULT_KV_MB) * 1048576.0;
         int64_t fit = (int64_t)(budget / block_bytes);
         int64_t kb = full < fit ? full : (fit > one ? fit : one);
@@ -179,7 +189,7 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
         tern_log(TERN_LOG_INFO, "%s", line);
     }
 out:
-    free(sums), free(speeds), free(buf);
+    free(sums), free(kvt), free(speeds), free(buf);
     return rc;
 }
 
@@ -218,7 +228,8 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
             tern_ctx_opts co = {.max_tokens = f->lim.batch_tokens,
                                 .max_seqs = f->lim.max_seqs,
                                 .kv_blocks = f->lim.kv_blocks,
-                                .n_ctx = f->lim.n_ctx};
+                                .n_ctx = f->lim.n_ctx,
+                                .kv_type = o->kv_type};
             rc = tern_ctx_create(&f->c, f->m, f->pool, &co, &lst);
         }
         if ((rc = agree(f, rc, "failed to load its slice", &lst, st))) goto fail;
@@ -239,11 +250,17 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
         }
     }
     if (o->verbose)
-        tern_log(TERN_LOG_INFO,
-                 "layers [%d,%d), head rows [%d,%d): %.1f MB of weights, KV pool %d "
-                 "blocks",
-                 f->plan.layer_start[f->rank], f->plan.layer_end[f->rank], f->v0, f->v1,
-                 (double)tern_model_weight_bytes(f->m) / 1e6, f->lim.kv_blocks);
+        tern_log(
+            TERN_LOG_INFO,
+            "layers [%d,%d), head rows [%d,%d): %.1f MB of weights, KV pool %d "
+            "blocks of %s (%.1f MB)",
+            f->plan.layer_start[f->rank], f->plan.layer_end[f->rank], f->v0, f->v1,
+            (double)tern_model_weight_bytes(f->m) / 1e6, f->lim.kv_blocks,
+            tern_kv_type_name(o->kv_type),
+            (double)f->lim.kv_blocks *
+                (double)tern_kv_block_bytes(
+                    f->hp, f->plan.layer_end[f->rank] - f->plan.layer_start[f->rank], o->kv_type) /
+                1e6);
     if (f->rank != 0) {
         rc = tern_worker_run(f, st);
         tern_engine_close(e);

@@ -19,7 +19,8 @@ double tern_now(void)
 const char *tern_engine_opts_usage(void)
 {
     return "[-m FILE] [--threads N] [--head-type f16|q8_0] [--batch TOKENS] [--max-seqs N] "
-           "[--ctx N] [--kv-mem MB] [--split even|auto|L1,L2,...] [--inflight N] "
+           "[--ctx N] [--kv-mem MB] [--kv-type f16|f32|q8] [--split even|auto|L1,L2,...] "
+           "[--inflight N] "
            "[--step-timeout SECONDS] [--spec DRAFTS] [--verbose]";
 }
 
@@ -76,6 +77,14 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
             r = -1;
         } else {
             o->step_timeout_s = x, r = 1;
+        }
+    } else if (!strcmp(a, "--kv-type")) {
+        tern_kv_type t = tern_kv_type_parse(v);
+        if (t == TERN_KV_TYPE_COUNT) {
+            fprintf(stderr, "ternpipe: --kv-type: got '%s', expected f16, f32 or q8\n", v);
+            r = -1;
+        } else {
+            o->kv_type = t, r = 1;
         }
     } else if (!strcmp(a, "--head-type")) {
         if (!strcmp(v, "f16"))

@@ -2,8 +2,9 @@
 # Pipeline equivalence: 8 concurrent sequences of different lengths (some longer than the
 # token budget, more sequences than fit one micro-batch, different generation lengths so some
 # finish while others continue) give bitwise identical logits at every position and identical
-# greedy tokens for 1..5 ranks, even and uneven splits. Also: a handshake with a different
-# model file on one rank ends every rank with one clear message, without hanging.
+# greedy tokens for 1..5 ranks, even and uneven splits (with the default F16 KV cache; f32 and
+# q8 on 3 ranks). Also: a handshake with a different model file, or a different KV type, on
+# one rank ends every rank with one clear message, without hanging.
 set -euo pipefail
 : "${TERNPIPE:?}" "${TERN_SOURCE_DIR:?}"
 model=${TERN_PIPELINE_MODEL:-$TERN_SOURCE_DIR/models/tinystories-bitnet.gguf}
@@ -55,6 +56,28 @@ if [ "$layers" -ge 6 ]; then
 fi
 check np3-auto mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --split auto
 check np2-inflight4 mpirun_ -np 2 "$TERNPIPE" logits -m "$model" "${common[@]}" --inflight 4
+
+# the other KV cache types are as deterministic: 3 ranks (auto split) equal 1 rank, bitwise
+for kt in f32 q8; do
+  "$TERNPIPE" logits -m "$model" "${common[@]}" --kv-type $kt --out "$tmp/ref-$kt.f32" \
+    --out-ids "$tmp/ref-$kt.ids" 2>"$tmp/ref-$kt.err" || { echo "FAIL kv $kt"; cat "$tmp/ref-$kt.err"; exit 1; }
+  if cmp -s "$tmp/ref.f32" "$tmp/ref-$kt.f32"; then echo "FAIL kv $kt: the same logits as f16"; exit 1; fi
+  mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --kv-type $kt --out "$tmp/np3-$kt.f32" \
+    --out-ids "$tmp/np3-$kt.ids" 2>"$tmp/np3-$kt.err" || { echo "FAIL np3 kv $kt"; cat "$tmp/np3-$kt.err"; exit 1; }
+  if ! cmp -s "$tmp/ref-$kt.f32" "$tmp/np3-$kt.f32" || ! cmp -s "$tmp/ref-$kt.ids" "$tmp/np3-$kt.ids"; then
+    echo "FAIL np3 kv $kt: logits or tokens differ from the single-process run"; exit 1
+  fi
+  echo "ok np3-kv-$kt"
+done
+# ranks that disagree on the KV type end with one clear message, without hanging
+set +e
+timeout 120 mpirun --oversubscribe --bind-to none -np 1 "$TERNPIPE" logits -m "$model" --ids "1 2 3" --out "$tmp/x.f32" : \
+  -np 1 "$TERNPIPE" logits -m "$model" --kv-type q8 --ids "1 2 3" --out "$tmp/x.f32" >"$tmp/kt.out" 2>&1
+rc=$?
+set -e
+if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then echo "FAIL kv-type handshake: exit $rc"; cat "$tmp/kt.out"; exit 1; fi
+grep -q "handshake: rank 1 KV type: got q8, expected f16" "$tmp/kt.out" || { echo "FAIL kv-type handshake message:"; cat "$tmp/kt.out"; exit 1; }
+echo "ok kv-type handshake"
 
 # handshake: rank 1 has a different model file (the same one with its last data byte changed)
 other=$tmp/other.gguf
