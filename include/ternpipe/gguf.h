@@ -2,11 +2,14 @@
  *
  * The reader maps the file (or borrows a caller's buffer) and validates every count,
  * length, offset and size against the file size with overflow-safe arithmetic before use.
+ * A Hugging Face checkpoint directory opens as the GGUF it converts to, its tensors made on
+ * demand by tern_gguf_tensor_read (their data pointers are NULL).
  * A bad file yields one line "gguf: FILE: WHAT: got X, expected Y" in the tern_status.
  * All pointers handed out (strings, array data, tensor data) point into the mapping and
  * stay valid until tern_gguf_close(). Strings are NOT NUL-terminated: use (ptr, len).
  * Scalar array data may be unaligned: read it with the tern_gguf_arr_* accessors.
- * Thread-safety: a tern_gguf is immutable after open; concurrent readers are fine.
+ * Thread-safety: a tern_gguf is immutable after open (but for a directory's record of what
+ * was read, which is locked); concurrent readers are fine.
  *
  * The writer collects metadata and tensors (data pointers are borrowed until write) and
  * writes a GGUF v3 file with the given alignment; it round-trips with the reader.
@@ -81,7 +84,7 @@ typedef struct tern_gguf_tensor {
     tern_ggml_type type;
     uint64_t offset; /* relative to the data section */
     uint64_t nbytes;
-    const void *data; /* into the mapping */
+    const void *data; /* into the mapping; NULL for a directory: use tern_gguf_tensor_read */
 } tern_gguf_tensor;
 
 typedef struct tern_gguf tern_gguf;
@@ -112,6 +115,20 @@ uint64_t tern_gguf_n_kv(const tern_gguf *g);
 const tern_gguf_kv *tern_gguf_kv_at(const tern_gguf *g, uint64_t i);
 /* NULL when the key is absent. */
 const tern_gguf_value *tern_gguf_find(const tern_gguf *g, const char *key);
+
+/* Rows [r0, r1) of tensor t (a row: ne[0] elements; an I2_S tensor only whole, its scale
+ * being a tail of the whole) in its GGUF encoding, copied into dst. From a file: out of the
+ * mapping in 16 MiB pieces, each piece's pages dropped once copied. From a Hugging Face
+ * directory (tern_gguf_open on a directory), whose tensors have data == NULL: converted from
+ * the checkpoint tensors when asked (safetensors.h, tern_hf_convert), so a process reads only
+ * what it asks for; errors only the data shows (a packed code 3, non-finite masters) come
+ * from here, naming the checkpoint tensor. Safe from several threads. */
+tern_code tern_gguf_tensor_read(const tern_gguf *g, const tern_gguf_tensor *t, uint64_t r0,
+                                uint64_t r1, void *dst, tern_status *st);
+/* For a directory: "read T of N checkpoint tensors (X of Y MB): layers [a,b), <name> rows
+ * [v0,v1), ...", what tern_gguf_tensor_read has converted so far (the length snprintf would
+ * write); for a file 0 and an empty string. */
+size_t tern_gguf_describe_reads(const tern_gguf *g, char *buf, size_t cap);
 
 uint64_t tern_gguf_n_tensors(const tern_gguf *g);
 const tern_gguf_tensor *tern_gguf_tensor_at(const tern_gguf *g, uint64_t i);

@@ -120,7 +120,9 @@ tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, t
  * 2B-4T (hidden_act relu2) in the official layout (arch bitnet-b1.58), the 1bitLLM models
  * (silu) in upstream llama.cpp's bitnet layout; projections ternary as `type` (I2_S, TQ2_0 or
  * TQ1_0; packed U8 + weight_scale unpacked exactly, float masters ternarized as spec 7.3),
- * embedding F16, norms F32. tern_gguf_open() on a directory goes through this. */
+ * embedding F16, norms F32. tern_gguf_open() on a directory opens the same GGUF without
+ * writing it: the tensors are converted one by one as tern_gguf_tensor_read() asks, so a
+ * pipeline rank converts only its slice. */
 tern_code tern_hf_convert(const char *dir, const char *out_path, int type /* tern_ggml_type */,
                           tern_status *st);
 

@@ -3,6 +3,7 @@
  * items, the content checksum ranks compare, and page dropping for mapped files. Parsing and
  * opening live in gguf.c. */
 #include "formats/formats-internal.h"
+#include "ternpipe/log.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -20,7 +21,7 @@ uint32_t tern_gguf_alignment(const tern_gguf *g)
 }
 uint64_t tern_gguf_file_size(const tern_gguf *g)
 {
-    return g->size;
+    return g->hf ? g->file_size : g->size;
 }
 const char *tern_gguf_path(const tern_gguf *g)
 {
@@ -222,6 +223,7 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
         MIX(t->ne, sizeof t->ne);
         MIX(&t->type, sizeof t->type);
         MIX(&t->offset, 8);
+        if (g->hf) continue; /* the checkpoint's data is mixed below */
         /* the data: whole tensors in files up to 64 MiB; above that, 64 bytes every 256 KiB
          * and the last 64 (all of it would cost a second read of the model on every rank) */
         const uint8_t *p = t->data;
@@ -238,7 +240,46 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
         if (stride > 64) tern_gguf_drop_pages(g, p, t->nbytes);
     }
 #undef MIX
-    return h;
+    return g->hf ? tern_hf_checksum(g->hf, h) : h;
+}
+
+tern_code tern_gguf_tensor_read(const tern_gguf *g, const tern_gguf_tensor *t, uint64_t r0,
+                                uint64_t r1, void *dst, tern_status *st)
+{
+    if (t < g->tensors || t >= g->tensors + g->n_tensors)
+        tern_die("gguf: tern_gguf_tensor_read: a tensor of another file");
+    const tern_type_traits *tr = tern_type_traits_of(t->type);
+    uint64_t rows = t->ne[1] * t->ne[2] * t->ne[3]; /* parse bounded the product by 2^50 */
+    if (r0 > r1 || r1 > rows || (tr->flat && (r0 != 0 || r1 != rows)))
+        return tern_status_set(st, TERN_EINVAL,
+                               "gguf: %s: tensor '%.*s' rows: got [%" PRIu64 ", %" PRIu64
+                               "), expected within [0, %" PRIu64 ")%s",
+                               g->path, (int)t->name.len, t->name.ptr, r0, r1, rows,
+                               tr->flat ? " and whole (its type has a tail)" : "");
+    if (g->hf) return tern_hf_read(g->hf, (uint64_t)(t - g->tensors), r0, r1, dst, st);
+    /* blocks never straddle rows in a non-flat type, so a row is nbytes / rows */
+    const uint64_t row = tr->flat ? t->nbytes : t->nbytes / rows;
+    const uint8_t *src = (const uint8_t *)t->data + r0 * row;
+    const uint64_t bytes = (r1 - r0) * row;
+    /* in 16 MiB pieces, each piece's file pages dropped once copied: the 2B-4T embedding is
+     * 657 MB, and holding it twice would be the process's peak RSS */
+    const uint64_t piece = (uint64_t)16 << 20;
+    for (uint64_t off = 0; off < bytes; off += piece) {
+        uint64_t len = bytes - off < piece ? bytes - off : piece;
+        memcpy((uint8_t *)dst + off, src + off, (size_t)len);
+        tern_gguf_drop_pages(g, src + off, len);
+    }
+    tern_gguf_drop_pages(g, src, bytes); /* the pages that straddle piece edges */
+    return TERN_OK;
+}
+
+size_t tern_gguf_describe_reads(const tern_gguf *g, char *buf, size_t cap)
+{
+    if (!g->hf) {
+        if (cap) buf[0] = '\0';
+        return 0;
+    }
+    return tern_hf_describe_reads(g->hf, buf, cap);
 }
 
 const char *tern_gguf_vtype_name(tern_gguf_vtype t)

@@ -1,5 +1,6 @@
 /* gguf-writer.c: GGUF v3 writer (used by convert and synth). Metadata is serialized as it is
  * added; tensor data is borrowed and streamed at write time, each blob aligned. */
+#include "formats/formats-internal.h"
 #include "ternpipe/gguf.h"
 
 #include <errno.h>
@@ -234,36 +235,81 @@ static uint64_t align_up(uint64_t x, uint64_t a)
     return (x + a - 1) / a * a;
 }
 
-tern_code tern_gguf_writer_write(tern_gguf_writer *w, const char *path, tern_status *st)
+tern_code tern_gguf_writer_set_data(tern_gguf_writer *w, uint64_t i, const void *data,
+                                    tern_status *st)
+{
+    if (i >= w->n_tensors)
+        return tern_status_set(st, TERN_EINVAL, "gguf writer: tensor %llu: got no such tensor",
+                               (unsigned long long)i);
+    w->tensors[i].data = data;
+    return TERN_OK;
+}
+
+/* magic, counts, metadata, tensor infos, padding to the alignment; *size: the whole file */
+static tern_code header(tern_gguf_writer *w, buf *head, uint64_t *size, tern_status *st)
 {
     if (w->meta.oom) return tern_status_set(st, TERN_ENOMEM, "gguf writer: out of memory");
-    buf head = {0};
-    put(&head, "GGUF", 4);
-    put_u32(&head, 3);
-    put_u64(&head, w->n_tensors);
-    put_u64(&head, w->n_kv);
-    put(&head, w->meta.p, w->meta.n);
+    put(head, "GGUF", 4);
+    put_u32(head, 3);
+    put_u64(head, w->n_tensors);
+    put_u64(head, w->n_kv);
+    put(head, w->meta.p, w->meta.n);
     uint64_t off = 0;
     for (size_t i = 0; i < w->n_tensors; i++) {
         wtensor *t = &w->tensors[i];
-        put_str(&head, t->name, strlen(t->name));
-        put_u32(&head, t->n_dims);
-        for (uint32_t d = 0; d < t->n_dims; d++) put_u64(&head, t->ne[d]);
-        put_u32(&head, (uint32_t)t->type);
-        put_u64(&head, off);
+        put_str(head, t->name, strlen(t->name));
+        put_u32(head, t->n_dims);
+        for (uint32_t d = 0; d < t->n_dims; d++) put_u64(head, t->ne[d]);
+        put_u32(head, (uint32_t)t->type);
+        put_u64(head, off);
+        if (t->nbytes > UINT64_MAX - off - w->alignment) {
+            free(head->p);
+            return tern_status_set(st, TERN_EINVAL,
+                                   "gguf writer: tensor '%s': got a data "
+                                   "section over 2^64 bytes, expected less",
+                                   t->name);
+        }
         off = align_up(off + t->nbytes, w->alignment);
     }
     static const uint8_t zeros[64] = {0};
-    uint64_t pad = align_up(head.n, w->alignment) - head.n;
+    uint64_t pad = align_up(head->n, w->alignment) - head->n;
     while (pad > 0) {
         size_t k = pad > sizeof zeros ? sizeof zeros : (size_t)pad;
-        put(&head, zeros, k);
+        put(head, zeros, k);
         pad -= k;
     }
-    if (head.oom) {
-        free(head.p);
+    if (head->oom) {
+        free(head->p);
         return tern_status_set(st, TERN_ENOMEM, "gguf writer: out of memory");
     }
+    *size = head->n + off;
+    return TERN_OK;
+}
+
+tern_code tern_gguf_writer_header(tern_gguf_writer *w, uint8_t **out, size_t *len,
+                                  uint64_t *file_size, tern_status *st)
+{
+    buf head = {0};
+    tern_code rc = header(w, &head, file_size, st);
+    *out = rc ? NULL : head.p;
+    *len = rc ? 0 : head.n;
+    return rc;
+}
+
+tern_code tern_gguf_writer_write(tern_gguf_writer *w, const char *path, tern_status *st)
+{
+    buf head = {0};
+    uint64_t size;
+    tern_code rc = header(w, &head, &size, st);
+    if (rc) return rc;
+    for (size_t i = 0; i < w->n_tensors; i++)
+        if (!w->tensors[i].data && w->tensors[i].nbytes) {
+            free(head.p);
+            return tern_status_set(st, TERN_EINVAL,
+                                   "gguf writer: tensor '%s': got no data, expected its bytes",
+                                   w->tensors[i].name);
+        }
+    static const uint8_t zeros[64] = {0};
     FILE *f = fopen(path, "wb");
     if (!f) {
         free(head.p);

@@ -417,10 +417,13 @@ static tern_code parse(tern_gguf *g, tern_status *st)
     uint64_t pad = (g->alignment - c.pos % g->alignment) % g->alignment;
     g->data_offset = c.pos + pad;
     if (g->n_tensors == 0) return TERN_OK;
-    if (g->data_offset > g->size)
-        return fail(&c, "data section start: got %" PRIu64 ", expected at most the file size %zu",
-                    g->data_offset, g->size);
-    uint64_t data_size = g->size - g->data_offset;
+    /* a directory's header describes data that is made on demand */
+    const uint64_t file_size = g->hf ? g->file_size : (uint64_t)g->size;
+    if (g->data_offset > file_size)
+        return fail(&c,
+                    "data section start: got %" PRIu64 ", expected at most the file size %" PRIu64,
+                    g->data_offset, file_size);
+    uint64_t data_size = file_size - g->data_offset;
     const tern_gguf_tensor **order = malloc((size_t)g->n_tensors * sizeof *order);
     if (!order) return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", g->path);
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -434,7 +437,7 @@ static tern_code parse(tern_gguf *g, tern_status *st)
                         ", expected within the %" PRIu64 "-byte data section (out of file)",
                         show(t->name, buf, sizeof buf), t->nbytes, t->offset, data_size);
         }
-        t->data = g->base + g->data_offset + t->offset;
+        t->data = g->hf ? NULL : g->base + g->data_offset + t->offset;
         order[i] = t;
     }
     qsort(order, (size_t)g->n_tensors, sizeof *order, cmp_offset);
@@ -467,9 +470,11 @@ static tern_code open_common(tern_gguf **out, tern_gguf *g, tern_status *st)
     return TERN_OK;
 }
 
-/* A Hugging Face checkpoint directory: converted (hf-gguf.c) into an unlinked temporary
- * GGUF, which the mapping keeps alive; messages name the directory. Every rank converts the
- * same files the same way, so the checksum handshake still compares like with like. */
+/* A Hugging Face checkpoint directory: hf-gguf.c checks it against config.json and lays out
+ * the GGUF it converts to (metadata and tensor table, parsed here like a file's header); the
+ * tensors are converted when tern_gguf_tensor_read asks for them, so each rank reads only the
+ * tensors of its slice. Messages name the directory. Every rank lays out the same files the
+ * same way, so the checksum handshake still compares like with like. */
 static tern_code open_hf_dir(tern_gguf **out, const char *dir, tern_status *st)
 {
     char cfg[4096];
@@ -479,28 +484,24 @@ static tern_code open_hf_dir(tern_gguf **out, const char *dir, tern_status *st)
                                "gguf: %s: file type: got a directory without config.json, "
                                "expected a regular file or a Hugging Face checkpoint directory",
                                dir);
-    const char *tmp = getenv("TMPDIR");
-    char path[4096];
-    snprintf(path, sizeof path, "%s/ternpipe-hf-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    int fd = mkstemp(path);
-    if (fd < 0)
-        return tern_status_set(st, TERN_EIO,
-                               "gguf: %s: temporary file %s: got %s, expected a writable file", dir,
-                               path, strerror(errno));
-    close(fd);
-    tern_code rc = tern_hf_convert(dir, path, TERN_TYPE_I2_S, st);
-    if (!rc) rc = tern_gguf_open(out, path, st);
-    unlink(path);
-    if (!rc) {
-        char *name = strdup(dir);
-        if (!name) {
-            tern_gguf_close(*out);
-            *out = NULL;
-            return tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", dir);
-        }
-        free((*out)->path);
-        (*out)->path = name;
+    tern_gguf *g = calloc(1, sizeof *g);
+    tern_gguf_writer *w = tern_gguf_writer_new();
+    uint8_t *head = NULL;
+    size_t len = 0;
+    tern_code rc = TERN_OK;
+    if (!g || !w || !(g->path = strdup(dir))) {
+        rc = tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", dir);
+        goto fail;
     }
+    if ((rc = tern_hf_open(&g->hf, dir, TERN_TYPE_I2_S, w, st)) ||
+        (rc = tern_gguf_writer_header(w, &head, &len, &g->file_size, st)))
+        goto fail;
+    tern_gguf_writer_free(w);
+    g->base = head, g->size = len, g->owned = true;
+    return open_common(out, g, st);
+fail:
+    tern_gguf_writer_free(w);
+    tern_gguf_close(g);
     return rc;
 }
 
@@ -576,6 +577,8 @@ void tern_gguf_close(tern_gguf *g)
 {
     if (!g) return;
     if (g->mapped && g->base) munmap((void *)g->base, g->size);
+    if (g->owned) free((void *)g->base);
+    tern_hf_close(g->hf);
     for (size_t i = 0; i < g->n_blocks; i++) free(g->blocks[i]);
     free(g->blocks);
     free(g->kvs);

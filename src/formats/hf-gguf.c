@@ -1,22 +1,30 @@
-/* hf-gguf.c: a Hugging Face BitNet checkpoint directory -> GGUF (spec 3.1-3.3, 7).
+/* hf-gguf.c: a Hugging Face BitNet checkpoint directory as a GGUF (spec 3.1-3.3, 7).
  *
- * Reads config.json, the safetensors (one file or shards) and the tokenizer files, and writes
- * the GGUF the official tools read: 2B-4T (hidden_act relu2) in the official layout (arch
- * bitnet-b1.58, I2_S), the 1bitLLM models (hidden_act silu) in upstream llama.cpp's `bitnet`
- * layout. Projections become ternary with one scale per matrix:
+ * Reads config.json, the safetensors (one file or shards) and the tokenizer files, and
+ * describes the GGUF the official tools read: 2B-4T (hidden_act relu2) in the official layout
+ * (arch bitnet-b1.58, I2_S), the 1bitLLM models (hidden_act silu) in upstream llama.cpp's
+ * `bitnet` layout. Projections become ternary with one scale per matrix:
  *   - packed U8 [out/4, in] + weight_scale (2B-4T, spec 3.1): unpacked exactly;
  *   - F32/F16/BF16 masters [out, in] (spec 3.2, 7.3): alpha = max(mean|W|, 1e-5) (the mean in
  *     double, rounded to float), t = clamp(rint(W / alpha), -1, 1) in float.
  * Then encoded as I2_S (exact: one f32 scale), TQ2_0 or TQ1_0 (one f16 scale per 256-block,
- * all equal to alpha rounded to f16). The embedding (and an untied lm_head) are written as F16
- * (F32 and BF16 are rounded to nearest even; a value beyond F16's range is refused), norms as
- * F32. Every tensor's name, dtype and shape is checked against config.json first. The vocab:
- * tokenizer.model (+ added tokens) as llama.cpp's "llama" vocab, else tokenizer.json as a
- * byte-level BPE ("gpt2") vocab (hf-tokjson.c).
+ * all equal to alpha rounded to f16). The embedding (and an untied lm_head) are F16 (F32 and
+ * BF16 are rounded to nearest even; a value beyond F16's range is refused), norms F32. The
+ * vocab: tokenizer.model (+ added tokens) as llama.cpp's "llama" vocab, else tokenizer.json as
+ * a byte-level BPE ("gpt2") vocab (hf-tokjson.c).
+ *
+ * Two uses. tern_hf_open() checks every tensor's name, dtype and shape against config.json
+ * and lays out the GGUF (metadata and tensor table) without touching tensor data; each
+ * tensor is converted when tern_hf_read() asks for it (tern_gguf_open on a directory), so a
+ * pipeline rank reads and ternarizes only its layer slice and its head rows. Errors that only
+ * the data shows (a code 3, non-finite masters, a value F16 cannot hold) surface there, on the
+ * rank that reads the tensor. tern_hf_convert() converts everything into a GGUF file.
+ * Thread-safety: reads may run concurrently; the read bookkeeping is under a lock.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,16 +33,48 @@
 
 #include "formats/formats-internal.h"
 #include "ternpipe/gguf.h"
+#include "ternpipe/log.h"
 #include "ternpipe/safetensors.h"
 #include "ternpipe/spm.h"
 
-typedef struct conv {
-    const char *dir;
+/* How a GGUF tensor is made from its checkpoint tensor. */
+typedef enum hf_kind {
+    HF_NORM = 0, /* float vector -> F32 */
+    HF_F16,      /* float matrix [rows][cols] -> F16, by rows */
+    HF_PROJ,     /* projection [out][in] -> ternary (the whole matrix: one scale) */
+    HF_KIND_COUNT
+} hf_kind;
+
+typedef struct hf_tensor {
+    char name[96]; /* the GGUF name */
+    hf_kind kind;
+    int32_t layer;               /* -1: not in a layer */
+    const tern_st_tensor *src;   /* the checkpoint tensor */
+    const tern_st_tensor *scale; /* packed U8: its weight_scale; else NULL */
+    uint64_t rows, cols;         /* GGUF ne = {cols, rows}; a norm has one row */
+    tern_ggml_type type;         /* GGUF type */
+    uint64_t nbytes;             /* in the GGUF encoding */
+    /* reads so far (under tern_hf.lock): the hull of the rows read */
+    bool read;
+    uint64_t r0, r1;
+} hf_tensor;
+
+struct tern_hf {
+    char *dir;
     tern_st *st;
     tern_hf_config cfg;
+    tern_ggml_type type; /* of the projections */
+    hf_tensor *t;        /* [n] in GGUF order */
+    size_t n, cap;
+    uint64_t src_bytes; /* checkpoint bytes of all the tensors above */
+    pthread_mutex_t lock;
+};
+
+/* open-time context: buffers the writer borrows until it serializes */
+typedef struct conv {
+    tern_hf *h;
     tern_gguf_writer *w;
-    tern_ggml_type type;
-    void **bufs; /* data the writer borrows until write */
+    void **bufs;
     size_t n_bufs, cap_bufs;
     tern_status *status;
 } conv;
@@ -52,9 +92,21 @@ static void *keep(conv *c, size_t bytes)
     return p;
 }
 
+static void drop_bufs(conv *c)
+{
+    for (size_t i = 0; i < c->n_bufs; i++) free(c->bufs[i]);
+    free(c->bufs);
+    c->bufs = NULL, c->n_bufs = c->cap_bufs = 0;
+}
+
+static tern_code oom(const tern_hf *h, tern_status *st)
+{
+    return tern_status_set(st, TERN_ENOMEM, "convert: %s: out of memory", h->dir);
+}
+
 static tern_code nomem(conv *c)
 {
-    return tern_status_set(c->status, TERN_ENOMEM, "convert: %s: out of memory", c->dir);
+    return oom(c->h, c->status);
 }
 
 static uint16_t f32_to_f16(float f)
@@ -81,12 +133,12 @@ static uint16_t f32_to_f16(float f)
 static const tern_st_tensor *need(conv *c, const char *name, uint64_t d0, uint64_t d1,
                                   tern_code *rc)
 {
-    const tern_st_tensor *t = tern_st_find(c->st, name);
+    const tern_st_tensor *t = tern_st_find(c->h->st, name);
     *rc = TERN_OK;
     if (!t) {
         *rc = tern_status_set(c->status, TERN_EFORMAT,
-                              "convert: %s: tensor '%s': got nothing, expected the tensor", c->dir,
-                              name);
+                              "convert: %s: tensor '%s': got nothing, expected the tensor",
+                              c->h->dir, name);
         return NULL;
     }
     bool ok = d1 ? (t->n_dims == 2 && t->shape[0] == d0 && t->shape[1] == d1)
@@ -103,7 +155,7 @@ static const tern_st_tensor *need(conv *c, const char *name, uint64_t d0, uint64
             snprintf(want, sizeof want, "[%" PRIu64 "]", d0);
         *rc = tern_status_set(c->status, TERN_EFORMAT,
                               "convert: %s: tensor '%s' shape: got %s, expected %s (config.json)",
-                              c->dir, name, got, want);
+                              c->h->dir, name, got, want);
         return NULL;
     }
     return t;
@@ -115,55 +167,79 @@ static tern_code want_float(conv *c, const tern_st_tensor *t)
         return TERN_OK;
     return tern_status_set(c->status, TERN_EUNSUPPORTED,
                            "convert: %s: tensor '%s' dtype: got %s, expected F32, F16 or BF16",
-                           c->dir, t->name, tern_st_dtype_name(t->dtype));
+                           c->h->dir, t->name, tern_st_dtype_name(t->dtype));
 }
 
-static tern_code add(conv *c, const char *name, tern_ggml_type type, uint32_t nd,
-                     const uint64_t *ne, const void *data)
+/* appends a tensor to the plan; its size in the GGUF encoding is checked here */
+static tern_code plan_add(conv *c, const char *gg, hf_kind kind, int32_t layer,
+                          const tern_st_tensor *src, const tern_st_tensor *scale, uint64_t rows,
+                          uint64_t cols)
 {
-    return tern_gguf_writer_add_tensor(c->w, name, type, nd, ne, data, c->status);
+    tern_hf *h = c->h;
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 64;
+        hf_tensor *nt = realloc(h->t, cap * sizeof *nt);
+        if (!nt) return nomem(c);
+        h->t = nt, h->cap = cap;
+    }
+    hf_tensor *t = &h->t[h->n];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", gg);
+    t->kind = kind, t->layer = layer, t->src = src, t->scale = scale;
+    t->rows = rows, t->cols = cols;
+    t->type = kind == HF_NORM ? TERN_TYPE_F32 : kind == HF_F16 ? TERN_TYPE_F16 : h->type;
+    /* rows * cols: both come from config.json integers below 2^24 */
+    if (!tern_ggml_nbytes(t->type, cols, rows * cols, &t->nbytes))
+        return tern_status_set(c->status, TERN_EUNSUPPORTED,
+                               "convert: %s: tensor '%s': got %" PRIu64 " columns, expected a "
+                               "multiple of %s's block size",
+                               h->dir, src->name, cols, tern_ggml_type_name(t->type));
+    h->src_bytes += src->nbytes + (scale ? scale->nbytes : 0);
+    h->n++;
+    return TERN_OK;
 }
 
 /* norms and other small float vectors: F32 */
-static tern_code norm(conv *c, const char *hf, const char *gg, uint64_t n)
+static tern_code norm(conv *c, const char *hf, const char *gg, int32_t layer, uint64_t n)
 {
     tern_code rc;
     const tern_st_tensor *t = need(c, hf, n, 0, &rc);
     if (!t || (rc = want_float(c, t))) return rc;
-    float *p = keep(c, (size_t)n * 4);
-    if (!p) return nomem(c);
-    tern_st_read_f32(t, 0, n, p);
-    uint64_t ne[1] = {n};
-    return add(c, gg, TERN_TYPE_F32, 1, ne, p);
+    return plan_add(c, gg, HF_NORM, layer, t, NULL, 1, n);
 }
 
 /* [rows][cols] float matrix -> F16 */
 static tern_code f16_matrix(conv *c, const tern_st_tensor *t, const char *gg)
 {
     tern_code rc = want_float(c, t);
-    if (rc) return rc;
-    uint64_t rows = t->shape[0], cols = t->shape[1];
-    uint16_t *p = keep(c, (size_t)(rows * cols) * 2);
-    if (!p) return nomem(c);
-    if (t->dtype == TERN_ST_F16) {
-        memcpy(p, t->data, (size_t)(rows * cols) * 2); /* stored unchanged: exact */
-    } else {
-        float buf[1024];
-        for (uint64_t i = 0; i < rows * cols; i += 1024) {
-            uint64_t k = rows * cols - i < 1024 ? rows * cols - i : 1024;
-            tern_st_read_f32(t, i, k, buf);
-            for (uint64_t j = 0; j < k; j++) {
-                p[i + j] = f32_to_f16(buf[j]);
-                if ((p[i + j] & 0x7c00u) == 0x7c00u)
-                    return tern_status_set(c->status, TERN_ERANGE,
-                                           "convert: %s: tensor '%s' element %" PRIu64
-                                           ": got %g, expected a value F16 can hold",
-                                           c->dir, t->name, i + j, (double)buf[j]);
-            }
-        }
+    return rc ? rc : plan_add(c, gg, HF_F16, -1, t, NULL, t->shape[0], t->shape[1]);
+}
+
+/* one projection [out][in]: packed U8 + weight_scale or float masters */
+static tern_code projection(conv *c, const char *hf, const char *gg, int32_t layer, uint64_t out,
+                            uint64_t in)
+{
+    tern_code rc;
+    const tern_st_tensor *t = tern_st_find(c->h->st, hf), *s = NULL;
+    if (t && t->dtype == TERN_ST_U8) {
+        if (out % 4)
+            return tern_status_set(c->status, TERN_EFORMAT,
+                                   "convert: %s: tensor '%s': got %" PRIu64
+                                   " rows, expected a multiple of 4 (packed U8)",
+                                   c->h->dir, hf, out);
+        if (!(t = need(c, hf, out / 4, in, &rc))) return rc;
+        char sn[160];
+        snprintf(sn, sizeof sn, "%.*s_scale", (int)strlen(hf), hf); /* weight -> weight_scale */
+        s = tern_st_find(c->h->st, sn);
+        if (!s || s->n_elements != 1 || want_float(c, s))
+            return tern_status_set(c->status, TERN_EFORMAT,
+                                   "convert: %s: tensor '%s': got %s, expected one float "
+                                   "(the packed weight's scale)",
+                                   c->h->dir, sn, s ? "another shape or dtype" : "nothing");
+    } else if (!(t = need(c, hf, out, in, &rc)) || (rc = want_float(c, t))) {
+        return rc;
     }
-    uint64_t ne[2] = {cols, rows};
-    return add(c, gg, TERN_TYPE_F16, 2, ne, p);
+    return plan_add(c, gg, HF_PROJ, layer, t, s, out, in);
 }
 
 /* ---- ternary encoders (the decoders are in src/kernels/tmat.c) ---- */
@@ -220,136 +296,25 @@ static void enc_tq1(const int8_t *t, uint64_t n, uint16_t d, uint8_t *out)
     }
 }
 
-/* One projection [out][in] -> a ternary GGUF tensor. */
-static tern_code projection(conv *c, const char *hf, const char *gg, uint64_t out, uint64_t in)
-{
-    tern_code rc;
-    const tern_st_tensor *t = tern_st_find(c->st, hf);
-    uint64_t n = out * in;
-    int8_t *tr = malloc((size_t)n);
-    if (!tr) return nomem(c);
-    float alpha = 0.0f;
-    if (t && t->dtype == TERN_ST_U8) {
-        /* spec 3.1: t[i*P + r][col] = ((B[r][col] >> 2i) & 3) - 1, P = out / 4 */
-        if (out % 4 || !(t = need(c, hf, out / 4, in, &rc))) {
-            free(tr);
-            return out % 4 ? tern_status_set(c->status, TERN_EFORMAT,
-                                             "convert: %s: tensor '%s': got %" PRIu64
-                                             " rows, expected a multiple of 4 (packed U8)",
-                                             c->dir, hf, out)
-                           : rc;
-        }
-        char sn[160];
-        snprintf(sn, sizeof sn, "%.*s_scale", (int)strlen(hf), hf); /* weight -> weight_scale */
-        const tern_st_tensor *s = tern_st_find(c->st, sn);
-        if (!s || s->n_elements != 1 || want_float(c, s)) {
-            free(tr);
-            return tern_status_set(c->status, TERN_EFORMAT,
-                                   "convert: %s: tensor '%s': got %s, expected one float "
-                                   "(the packed weight's scale)",
-                                   c->dir, sn, s ? "another shape or dtype" : "nothing");
-        }
-        tern_st_read_f32(s, 0, 1, &alpha);
-        const uint8_t *B = t->data;
-        uint64_t P = out / 4;
-        for (uint64_t r = 0; r < P; r++)
-            for (uint64_t col = 0; col < in; col++) {
-                uint8_t v = B[r * in + col];
-                for (int i = 0; i < 4; i++) {
-                    int code = (v >> (2 * i)) & 3;
-                    if (code == 3) {
-                        free(tr);
-                        return tern_status_set(c->status, TERN_EFORMAT,
-                                               "convert: %s: tensor '%s' byte [%" PRIu64
-                                               "][%" PRIu64 "]: got code 3, expected 0..2",
-                                               c->dir, hf, r, col);
-                    }
-                    tr[((uint64_t)i * P + r) * in + col] = (int8_t)(code - 1);
-                }
-            }
-    } else {
-        if (!(t = need(c, hf, out, in, &rc)) || (rc = want_float(c, t))) {
-            free(tr);
-            return rc;
-        }
-        /* spec 7.3: alpha over the whole matrix, mean in double rounded to float */
-        float *row = malloc((size_t)in * 4);
-        if (!row) {
-            free(tr);
-            return nomem(c);
-        }
-        double sum = 0.0;
-        for (uint64_t o = 0; o < out; o++) {
-            tern_st_read_f32(t, o * in, in, row);
-            for (uint64_t k = 0; k < in; k++) sum += fabs((double)row[k]);
-        }
-        alpha = (float)(sum / (double)n);
-        if (!(alpha >= 1e-5f)) alpha = 1e-5f; /* also NaN: caught below */
-        if (!isfinite(sum)) {
-            free(row), free(tr);
-            return tern_status_set(c->status, TERN_EFORMAT,
-                                   "convert: %s: tensor '%s': got non-finite values, expected "
-                                   "finite masters",
-                                   c->dir, hf);
-        }
-        for (uint64_t o = 0; o < out; o++) {
-            tern_st_read_f32(t, o * in, in, row);
-            for (uint64_t k = 0; k < in; k++) {
-                float v = rintf(row[k] / alpha);
-                tr[o * in + k] = (int8_t)(v > 1.0f ? 1 : v < -1.0f ? -1 : (int)v);
-            }
-        }
-        free(row);
-    }
-    if (!isfinite(alpha)) {
-        free(tr);
-        return tern_status_set(c->status, TERN_EFORMAT,
-                               "convert: %s: tensor '%s' scale: got %g, expected finite", c->dir,
-                               hf, (double)alpha);
-    }
-    uint64_t nbytes = 0, ne[2] = {in, out};
-    if (!tern_ggml_nbytes(c->type, in, n, &nbytes)) {
-        free(tr);
-        return tern_status_set(c->status, TERN_EUNSUPPORTED,
-                               "convert: %s: tensor '%s': got %" PRIu64 " columns, expected a "
-                               "multiple of %s's block size",
-                               c->dir, hf, in, tern_ggml_type_name(c->type));
-    }
-    uint8_t *blob = keep(c, (size_t)nbytes);
-    if (!blob) {
-        free(tr);
-        return nomem(c);
-    }
-    if (c->type == TERN_TYPE_I2_S)
-        enc_i2s(tr, n, alpha, blob);
-    else if (c->type == TERN_TYPE_TQ2_0)
-        enc_tq2(tr, n, f32_to_f16(alpha), blob);
-    else
-        enc_tq1(tr, n, f32_to_f16(alpha), blob);
-    free(tr);
-    return add(c, gg, c->type, 2, ne, blob);
-}
-
 /* tokenizer.model + added tokens -> tokenizer.ggml.* (llama.cpp's "llama" vocab) */
-static tern_code tokenizer(conv *c, const char *arch_unused)
+static tern_code tokenizer(conv *c)
 {
-    (void)arch_unused;
     char path[4096];
-    snprintf(path, sizeof path, "%s/tokenizer.model", c->dir);
+    snprintf(path, sizeof path, "%s/tokenizer.model", c->h->dir);
     /* no SentencePiece vocab: tokenizer.json when present, else weights only */
     if (access(path, F_OK) != 0)
-        return tern_hf_tokjson_add(c->w, c->dir, c->cfg.vocab_size, c->status);
+        return tern_hf_tokjson_add(c->w, c->h->dir, c->h->cfg.vocab_size, c->status);
     tern_spm_model m;
     tern_spm_hf hf;
-    tern_code rc = tern_spm_model_read_dir(c->dir, &m, &hf, c->status);
+    tern_code rc = tern_spm_model_read_dir(c->h->dir, &m, &hf, c->status);
     if (rc) return rc;
-    int32_t n = m.n_pieces, nv = c->cfg.vocab_size;
+    int32_t n = m.n_pieces, nv = c->h->cfg.vocab_size;
     if (n > nv) {
         tern_spm_model_free(&m);
         return tern_status_set(c->status, TERN_EFORMAT,
                                "convert: %s: tokenizer: got %d tokens, expected at most "
                                "vocab_size %d",
-                               c->dir, n, nv);
+                               c->h->dir, n, nv);
     }
     char **texts = keep(c, (size_t)nv * sizeof *texts);
     uint64_t *lens = keep(c, (size_t)nv * sizeof *lens);
@@ -387,9 +352,9 @@ static tern_code tokenizer(conv *c, const char *arch_unused)
     if (hf.eos >= 0) tern_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)hf.eos);
     if (m.unk_id >= 0)
         tern_gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)m.unk_id);
-    if (c->cfg.pad_token_id >= 0 && c->cfg.pad_token_id < nv)
+    if (c->h->cfg.pad_token_id >= 0 && c->h->cfg.pad_token_id < nv)
         tern_gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id",
-                                 (uint32_t)c->cfg.pad_token_id);
+                                 (uint32_t)c->h->cfg.pad_token_id);
     tern_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", hf.add_bos);
     tern_gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", false);
     rc = tern_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", m.add_dummy_prefix)
@@ -399,22 +364,24 @@ static tern_code tokenizer(conv *c, const char *arch_unused)
     return rc;
 }
 
-static tern_code convert(conv *c)
+/* metadata into the writer and every tensor into the plan, nothing read */
+static tern_code plan(conv *c)
 {
-    const tern_hf_config *h = &c->cfg;
+    const tern_hf_config *h = &c->h->cfg;
+    const char *dir = c->h->dir;
     bool silu = !strcmp(h->hidden_act, "silu");
     if (!silu && strcmp(h->hidden_act, "relu2"))
         return tern_status_set(c->status, TERN_EUNSUPPORTED,
-                               "convert: %s: hidden_act: got '%s', expected 'silu' or 'relu2'",
-                               c->dir, h->hidden_act);
+                               "convert: %s: hidden_act: got '%s', expected 'silu' or 'relu2'", dir,
+                               h->hidden_act);
     if (h->hidden_size % h->num_attention_heads ||
         h->num_attention_heads % h->num_key_value_heads ||
         (h->head_dim && h->head_dim != h->hidden_size / h->num_attention_heads))
         return tern_status_set(c->status, TERN_EUNSUPPORTED,
                                "convert: %s: heads: got hidden %d, %d heads, %d kv heads, head_dim "
                                "%d, expected head_dim = hidden / heads and heads %% kv heads = 0",
-                               c->dir, h->hidden_size, h->num_attention_heads,
-                               h->num_key_value_heads, h->head_dim);
+                               dir, h->hidden_size, h->num_attention_heads, h->num_key_value_heads,
+                               h->head_dim);
     /* 1bitLLM: upstream llama.cpp's layout; 2B-4T: the official one */
     const char *arch = silu ? "bitnet" : "bitnet-b1.58";
     const uint64_t d = (uint64_t)h->hidden_size, ff = (uint64_t)h->intermediate_size,
@@ -424,9 +391,9 @@ static tern_code convert(conv *c)
     char key[128], hn[160], gn[96];
 #define KEY(s) (snprintf(key, sizeof key, "%s." s, arch), key)
     tern_gguf_writer_add_str(w, "general.architecture", arch);
-    const char *base = strrchr(c->dir, '/');
-    tern_gguf_writer_add_str(w, "general.name", base && base[1] ? base + 1 : c->dir);
-    if (c->type == TERN_TYPE_I2_S) tern_gguf_writer_add_u32(w, "general.file_type", 40);
+    const char *base = strrchr(dir, '/');
+    tern_gguf_writer_add_str(w, "general.name", base && base[1] ? base + 1 : dir);
+    if (c->h->type == TERN_TYPE_I2_S) tern_gguf_writer_add_u32(w, "general.file_type", 40);
     tern_gguf_writer_add_u32(w, "general.quantization_version", 2);
     tern_gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)nv);
     tern_gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)h->max_position_embeddings);
@@ -444,8 +411,8 @@ static tern_code convert(conv *c)
     tern_code rc;
     const tern_st_tensor *e = need(c, "model.embed_tokens.weight", nv, d, &rc);
     if (!e || (rc = f16_matrix(c, e, "token_embd.weight"))) return rc;
-    if ((rc = norm(c, "model.norm.weight", "output_norm.weight", d))) return rc;
-    const tern_st_tensor *lm = tern_st_find(c->st, "lm_head.weight");
+    if ((rc = norm(c, "model.norm.weight", "output_norm.weight", -1, d))) return rc;
+    const tern_st_tensor *lm = tern_st_find(c->h->st, "lm_head.weight");
     if (lm && !h->tie_word_embeddings) {
         if (!(lm = need(c, "lm_head.weight", nv, d, &rc)) ||
             (rc = f16_matrix(c, lm, "output.weight")))
@@ -454,7 +421,7 @@ static tern_code convert(conv *c)
         return tern_status_set(c->status, TERN_EFORMAT,
                                "convert: %s: lm_head.weight: got nothing and "
                                "tie_word_embeddings false, expected one of them",
-                               c->dir);
+                               dir);
     }
     for (int l = 0; l < h->num_hidden_layers; l++) {
 #define HF(s) (snprintf(hn, sizeof hn, "model.layers.%d." s, l), hn)
@@ -465,42 +432,315 @@ static tern_code convert(conv *c)
         char an[96], fn[96];
         snprintf(an, sizeof an, "model.layers.%d.%s.weight", l, asub);
         snprintf(fn, sizeof fn, "model.layers.%d.%s.weight", l, fsub);
-        if ((rc = norm(c, HF("input_layernorm.weight"), GG("attn_norm"), d)) ||
-            (rc = projection(c, HF("self_attn.q_proj.weight"), GG("attn_q"), d, d)) ||
-            (rc = projection(c, HF("self_attn.k_proj.weight"), GG("attn_k"), kv, d)) ||
-            (rc = projection(c, HF("self_attn.v_proj.weight"), GG("attn_v"), kv, d)) ||
-            (rc = projection(c, HF("self_attn.o_proj.weight"), GG("attn_output"), d, d)) ||
-            (rc = norm(c, an, GG("attn_sub_norm"), d)) ||
-            (rc = norm(c, HF("post_attention_layernorm.weight"), GG("ffn_norm"), d)) ||
-            (rc = projection(c, HF("mlp.gate_proj.weight"), GG("ffn_gate"), ff, d)) ||
-            (rc = projection(c, HF("mlp.up_proj.weight"), GG("ffn_up"), ff, d)) ||
-            (rc = projection(c, HF("mlp.down_proj.weight"), GG("ffn_down"), d, ff)) ||
-            (rc = norm(c, fn, GG("ffn_sub_norm"), ff)))
+        if ((rc = norm(c, HF("input_layernorm.weight"), GG("attn_norm"), l, d)) ||
+            (rc = projection(c, HF("self_attn.q_proj.weight"), GG("attn_q"), l, d, d)) ||
+            (rc = projection(c, HF("self_attn.k_proj.weight"), GG("attn_k"), l, kv, d)) ||
+            (rc = projection(c, HF("self_attn.v_proj.weight"), GG("attn_v"), l, kv, d)) ||
+            (rc = projection(c, HF("self_attn.o_proj.weight"), GG("attn_output"), l, d, d)) ||
+            (rc = norm(c, an, GG("attn_sub_norm"), l, d)) ||
+            (rc = norm(c, HF("post_attention_layernorm.weight"), GG("ffn_norm"), l, d)) ||
+            (rc = projection(c, HF("mlp.gate_proj.weight"), GG("ffn_gate"), l, ff, d)) ||
+            (rc = projection(c, HF("mlp.up_proj.weight"), GG("ffn_up"), l, ff, d)) ||
+            (rc = projection(c, HF("mlp.down_proj.weight"), GG("ffn_down"), l, d, ff)) ||
+            (rc = norm(c, fn, GG("ffn_sub_norm"), l, ff)))
             return rc;
 #undef HF
 #undef GG
     }
-    return tokenizer(c, arch);
+    return tokenizer(c);
 }
 
-tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, tern_status *st)
+/* ---- reading one tensor ---- */
+
+static tern_code read_norm(const tern_hf *h, const hf_tensor *t, float *dst, tern_status *st)
 {
+    (void)h, (void)st;
+    tern_st_read_f32(t->src, 0, t->cols, dst);
+    return TERN_OK;
+}
+
+static tern_code read_f16(const tern_hf *h, const hf_tensor *t, uint64_t r0, uint64_t r1,
+                          uint16_t *dst, tern_status *st)
+{
+    const uint64_t cols = t->cols, i0 = r0 * cols, n = (r1 - r0) * cols;
+    if (t->src->dtype == TERN_ST_F16) {
+        memcpy(dst, (const uint8_t *)t->src->data + i0 * 2, (size_t)n * 2); /* exact */
+        return TERN_OK;
+    }
+    float buf[1024];
+    for (uint64_t i = 0; i < n; i += 1024) {
+        uint64_t k = n - i < 1024 ? n - i : 1024;
+        tern_st_read_f32(t->src, i0 + i, k, buf);
+        for (uint64_t j = 0; j < k; j++) {
+            dst[i + j] = f32_to_f16(buf[j]);
+            if ((dst[i + j] & 0x7c00u) == 0x7c00u)
+                return tern_status_set(st, TERN_ERANGE,
+                                       "convert: %s: tensor '%s' element %" PRIu64
+                                       ": got %g, expected a value F16 can hold",
+                                       h->dir, t->src->name, i0 + i + j, (double)buf[j]);
+        }
+    }
+    return TERN_OK;
+}
+
+/* trits [out][in] and the scale of a projection */
+static tern_code trits(const tern_hf *h, const hf_tensor *t, int8_t *tr, float *alpha_out,
+                       tern_status *st)
+{
+    const char *hf = t->src->name;
+    const uint64_t out = t->rows, in = t->cols, n = out * in;
+    float alpha = 0.0f;
+    if (t->scale) {
+        /* spec 3.1: t[i*P + r][col] = ((B[r][col] >> 2i) & 3) - 1, P = out / 4 */
+        tern_st_read_f32(t->scale, 0, 1, &alpha);
+        const uint8_t *B = t->src->data;
+        uint64_t P = out / 4;
+        for (uint64_t r = 0; r < P; r++)
+            for (uint64_t col = 0; col < in; col++) {
+                uint8_t v = B[r * in + col];
+                for (int i = 0; i < 4; i++) {
+                    int code = (v >> (2 * i)) & 3;
+                    if (code == 3)
+                        return tern_status_set(st, TERN_EFORMAT,
+                                               "convert: %s: tensor '%s' byte [%" PRIu64
+                                               "][%" PRIu64 "]: got code 3, expected 0..2",
+                                               h->dir, hf, r, col);
+                    tr[((uint64_t)i * P + r) * in + col] = (int8_t)(code - 1);
+                }
+            }
+    } else {
+        /* spec 7.3: alpha over the whole matrix, mean in double rounded to float */
+        float *row = malloc((size_t)in * 4);
+        if (!row) return oom(h, st);
+        double sum = 0.0;
+        for (uint64_t o = 0; o < out; o++) {
+            tern_st_read_f32(t->src, o * in, in, row);
+            for (uint64_t k = 0; k < in; k++) sum += fabs((double)row[k]);
+        }
+        alpha = (float)(sum / (double)n);
+        if (!(alpha >= 1e-5f)) alpha = 1e-5f; /* also NaN: caught below */
+        if (!isfinite(sum)) {
+            free(row);
+            return tern_status_set(st, TERN_EFORMAT,
+                                   "convert: %s: tensor '%s': got non-finite values, expected "
+                                   "finite masters",
+                                   h->dir, hf);
+        }
+        for (uint64_t o = 0; o < out; o++) {
+            tern_st_read_f32(t->src, o * in, in, row);
+            for (uint64_t k = 0; k < in; k++) {
+                float v = rintf(row[k] / alpha);
+                tr[o * in + k] = (int8_t)(v > 1.0f ? 1 : v < -1.0f ? -1 : (int)v);
+            }
+        }
+        free(row);
+    }
+    if (!isfinite(alpha))
+        return tern_status_set(st, TERN_EFORMAT,
+                               "convert: %s: tensor '%s' scale: got %g, expected finite", h->dir,
+                               hf, (double)alpha);
+    *alpha_out = alpha;
+    return TERN_OK;
+}
+
+static tern_code read_proj(const tern_hf *h, const hf_tensor *t, uint8_t *dst, tern_status *st)
+{
+    const uint64_t n = t->rows * t->cols;
+    int8_t *tr = malloc((size_t)n);
+    if (!tr) return oom(h, st);
+    float alpha = 0.0f;
+    tern_code rc = trits(h, t, tr, &alpha, st);
+    if (!rc) {
+        memset(dst, 0, (size_t)t->nbytes);
+        if (t->type == TERN_TYPE_I2_S)
+            enc_i2s(tr, n, alpha, dst);
+        else if (t->type == TERN_TYPE_TQ2_0)
+            enc_tq2(tr, n, f32_to_f16(alpha), dst);
+        else
+            enc_tq1(tr, n, f32_to_f16(alpha), dst);
+    }
+    free(tr);
+    return rc;
+}
+
+tern_code tern_hf_read(tern_hf *h, uint64_t i, uint64_t r0, uint64_t r1, void *dst, tern_status *st)
+{
+    if (i >= h->n) tern_die("hf: tensor %" PRIu64 " of %zu", i, h->n);
+    const hf_tensor *t = &h->t[i];
+    /* the caller (tern_gguf_tensor_read) checked the rows; a projection is read whole */
+    TERN_ASSERT(r0 <= r1 && r1 <= t->rows && (t->kind != HF_PROJ || (r0 == 0 && r1 == t->rows)));
+    tern_code rc = t->kind == HF_NORM  ? read_norm(h, t, dst, st)
+                   : t->kind == HF_F16 ? read_f16(h, t, r0, r1, dst, st)
+                                       : read_proj(h, t, dst, st);
+    /* the checkpoint's pages of this tensor are not needed again */
+    tern_st_drop_pages(h->st, t->src);
+    pthread_mutex_lock(&h->lock);
+    hf_tensor *m = &h->t[i];
+    if (r1 > r0) {
+        m->r0 = m->read && m->r0 < r0 ? m->r0 : r0;
+        m->r1 = m->read && m->r1 > r1 ? m->r1 : r1;
+        m->read = true;
+    }
+    pthread_mutex_unlock(&h->lock);
+    return rc;
+}
+
+/* ---- open, convert, close ---- */
+
+tern_code tern_hf_open(tern_hf **out, const char *dir, int type_id, tern_gguf_writer *w,
+                       tern_status *st)
+{
+    *out = NULL;
     tern_ggml_type type = (tern_ggml_type)type_id;
     if (type != TERN_TYPE_I2_S && type != TERN_TYPE_TQ2_0 && type != TERN_TYPE_TQ1_0)
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "convert: type: got %s, expected I2_S, TQ2_0 or TQ1_0",
                                tern_ggml_type_name(type) ? tern_ggml_type_name(type) : "unknown");
-    conv c = {.dir = dir, .type = type, .status = st};
+    tern_hf *h = calloc(1, sizeof *h);
+    if (!h || !(h->dir = strdup(dir))) {
+        free(h);
+        return tern_status_set(st, TERN_ENOMEM, "convert: %s: out of memory", dir);
+    }
+    h->type = type;
+    pthread_mutex_init(&h->lock, NULL);
+    conv c = {.h = h, .w = w, .status = st};
     char cp[4096];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
-    tern_code rc = tern_hf_config_read(cp, &c.cfg, st);
-    if (!rc) rc = tern_st_open_dir(&c.st, dir, st);
-    if (!rc && !(c.w = tern_gguf_writer_new())) rc = nomem(&c);
-    if (!rc) rc = convert(&c);
-    if (!rc) rc = tern_gguf_writer_write(c.w, out_path, st);
-    tern_gguf_writer_free(c.w);
-    tern_st_close(c.st);
-    for (size_t i = 0; i < c.n_bufs; i++) free(c.bufs[i]);
-    free(c.bufs);
+    tern_code rc = tern_hf_config_read(cp, &h->cfg, st);
+    if (!rc) rc = tern_st_open_dir(&h->st, dir, st);
+    if (!rc) rc = plan(&c);
+    /* the writer has copied the vocab */
+    drop_bufs(&c);
+    if (rc) {
+        tern_hf_close(h);
+        return rc;
+    }
+    for (size_t i = 0; i < h->n; i++) {
+        const hf_tensor *t = &h->t[i];
+        uint64_t ne[2] = {t->cols, t->rows};
+        if ((rc = tern_gguf_writer_add_tensor(w, t->name, t->type, t->kind == HF_NORM ? 1 : 2, ne,
+                                              NULL, st))) {
+            tern_hf_close(h);
+            return rc;
+        }
+    }
+    *out = h;
+    return TERN_OK;
+}
+
+void tern_hf_close(tern_hf *h)
+{
+    if (!h) return;
+    tern_st_close(h->st);
+    pthread_mutex_destroy(&h->lock);
+    free(h->t);
+    free(h->dir);
+    free(h);
+}
+
+uint64_t tern_hf_n_tensors(const tern_hf *h)
+{
+    return h->n;
+}
+
+tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, tern_status *st)
+{
+    tern_hf *h = NULL;
+    tern_gguf_writer *w = tern_gguf_writer_new();
+    if (!w) return tern_status_set(st, TERN_ENOMEM, "convert: %s: out of memory", dir);
+    tern_code rc = tern_hf_open(&h, dir, type_id, w, st);
+    void **data = h ? calloc(h->n ? h->n : 1, sizeof *data) : NULL;
+    if (!rc && !data) rc = oom(h, st);
+    for (size_t i = 0; !rc && i < h->n; i++) {
+        if (!(data[i] = malloc((size_t)h->t[i].nbytes ? (size_t)h->t[i].nbytes : 1)))
+            rc = oom(h, st);
+        else if (!(rc = tern_hf_read(h, i, 0, h->t[i].rows, data[i], st)))
+            rc = tern_gguf_writer_set_data(w, i, data[i], st);
+    }
+    if (!rc) rc = tern_gguf_writer_write(w, out_path, st);
+    for (size_t i = 0; data && i < h->n; i++) free(data[i]);
+    free(data);
+    tern_gguf_writer_free(w);
+    tern_hf_close(h);
     return rc;
+}
+
+/* ---- what was read; the handshake checksum ---- */
+
+size_t tern_hf_describe_reads(const tern_hf *h, char *buf, size_t cap)
+{
+    tern_hf *m = (tern_hf *)h; /* the lock only */
+    pthread_mutex_lock(&m->lock);
+    uint64_t n_read = 0, n_all = 0; /* checkpoint tensors: a packed weight's scale too */
+    uint64_t bytes = 0;             /* of the rows read, each counted once */
+    for (size_t i = 0; i < h->n; i++) {
+        const hf_tensor *t = &h->t[i];
+        uint64_t k = t->scale ? 2 : 1;
+        n_all += k, n_read += t->read ? k : 0;
+        if (t->read)
+            bytes += t->kind == HF_F16
+                         ? (t->r1 - t->r0) * t->cols * tern_st_dtype_size(t->src->dtype)
+                         : t->src->nbytes + (t->scale ? t->scale->nbytes : 0);
+    }
+    size_t len = 0;
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        int k_ = snprintf(buf + len, len < cap ? cap - len : 0, __VA_ARGS__);                      \
+        if (k_ > 0) len += (size_t)k_;                                                             \
+    } while (0)
+    PUT("read %" PRIu64 " of %" PRIu64 " checkpoint tensors (%.1f of %.1f MB): layers", n_read,
+        n_all, (double)bytes / 1e6, (double)h->src_bytes / 1e6);
+    /* the layers any of whose tensors were read, as ranges [a,b) */
+    int32_t nl = h->cfg.num_hidden_layers, run = -1, n_runs = 0;
+    for (int32_t l = 0; l <= nl; l++) {
+        bool any = false;
+        for (size_t i = 0; l < nl && i < h->n; i++) any |= h->t[i].layer == l && h->t[i].read;
+        if (any && run < 0) run = l;
+        if (!any && run >= 0) {
+            PUT("%s[%d,%d)", n_runs++ ? "," : " ", run, l);
+            run = -1;
+        }
+    }
+    if (!n_runs) PUT(" none");
+    for (size_t i = 0; i < h->n; i++) {
+        const hf_tensor *t = &h->t[i];
+        if (t->layer >= 0 || !t->read) continue;
+        if (t->kind == HF_F16)
+            PUT(", %s rows [%" PRIu64 ",%" PRIu64 ")", t->src->name, t->r0, t->r1);
+        else
+            PUT(", %s", t->src->name);
+    }
+#undef PUT
+    pthread_mutex_unlock(&m->lock);
+    return len;
+}
+
+uint64_t tern_hf_checksum(const tern_hf *h, uint64_t hash)
+{
+    /* FNV-1a over the checkpoint tensors the GGUF is made of, with tern_gguf_checksum's
+     * rule for the data: whole tensors when they total up to 64 MiB, else 64 bytes every
+     * 256 KiB and the last 64, the sampled pages dropped every 16 MiB */
+#define MIX(p, n)                                                                                  \
+    for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                                    \
+    hash = (hash ^ ((const uint8_t *)(p))[i_]) * 1099511628211ULL
+    MIX(&h->src_bytes, 8);
+    const uint64_t stride = h->src_bytes <= ((uint64_t)64 << 20) ? 64 : 256 * 1024;
+    const uint64_t piece = (uint64_t)16 << 20;
+    for (size_t i = 0; i < 2 * h->n; i++) {
+        const tern_st_tensor *s = i % 2 ? h->t[i / 2].scale : h->t[i / 2].src;
+        if (!s) continue;
+        MIX(s->name, strlen(s->name));
+        MIX(&s->dtype, sizeof s->dtype);
+        MIX(s->shape, sizeof s->shape);
+        const uint8_t *p = s->data;
+        for (uint64_t off = 0; off < s->nbytes; off += stride) {
+            MIX(p + off, s->nbytes - off < 64 ? s->nbytes - off : 64);
+            if (stride > 64 && off % piece + stride >= piece)
+                tern_st_drop_range(h->st, s, off / piece * piece, piece);
+        }
+        if (s->nbytes >= 64) MIX(p + s->nbytes - 64, 64);
+        if (stride > 64) tern_st_drop_pages(h->st, s);
+    }
+#undef MIX
+    return hash;
 }

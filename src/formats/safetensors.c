@@ -722,10 +722,16 @@ const char *tern_st_file_path(const tern_st *s, uint32_t file)
 
 void tern_st_drop_pages(const tern_st *s, const tern_st_tensor *t)
 {
+    tern_st_drop_range(s, t, 0, t->nbytes);
+}
+
+void tern_st_drop_range(const tern_st *s, const tern_st_tensor *t, uint64_t off, uint64_t n)
+{
     const st_file *f = &s->files[t->file];
-    if (!f->mapped || t->nbytes == 0) return;
+    if (!f->mapped || off >= t->nbytes) return;
+    if (n > t->nbytes - off) n = t->nbytes - off; /* clipped to the tensor */
     long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a0 = (uintptr_t)t->data, a1 = a0 + (uintptr_t)t->nbytes;
+    uintptr_t a0 = (uintptr_t)t->data + (uintptr_t)off, a1 = a0 + (uintptr_t)n;
     uintptr_t a = (a0 + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
     uintptr_t b = a1 & ~((uintptr_t)pg - 1);
     if (b > a) (void)madvise((void *)a, b - a, MADV_DONTNEED);

@@ -1,6 +1,8 @@
 /* model.c: binds and validates the tensors of a layer slice and copies them into anonymous
  * (NUMA-local) memory, repacking ternary tensors into the kernels' layout. File pages are
- * dropped after each copy so peak RSS stays near one copy of the weights. */
+ * dropped after each copy so peak RSS stays near one copy of the weights. Only the slice's
+ * tensors (and the head's rows) are read: from a Hugging Face directory, only they are
+ * converted (tern_gguf_tensor_read). */
 #include <inttypes.h>
 #include <math.h>
 #include <stdbool.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "model/model-internal.h"
+#include "ternpipe/log.h"
 
 static void *walloc(tern_model *m, size_t bytes)
 {
@@ -121,8 +124,9 @@ static tern_code load_norm(tern_model *m, const tern_gguf *g, const char *name, 
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
     float *p = walloc(m, (size_t)n * sizeof(float));
     if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
-    memcpy(p, t->data, (size_t)n * sizeof(float));
-    if ((rc = check_f32(g, name, p, (size_t)n, st))) return rc;
+    if ((rc = tern_gguf_tensor_read(g, t, 0, 1, p, st)) ||
+        (rc = check_f32(g, name, p, (size_t)n, st)))
+        return rc;
     *out = p;
     return TERN_OK;
 }
@@ -137,8 +141,19 @@ static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *nam
         return tern_status_set(st, TERN_EUNSUPPORTED,
                                "model: %s: tensor '%s' type: got %s, expected I2_S, TQ2_0 or TQ1_0",
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
+    /* a file's blob is repacked from the mapping; a directory's is converted first */
+    void *blob = NULL;
+    if (!t->data) {
+        if (!(blob = malloc((size_t)t->nbytes)))
+            return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
+        if ((rc = tern_gguf_tensor_read(g, t, 0, (uint64_t)n, blob, st))) {
+            free(blob);
+            return rc;
+        }
+    }
     tern_status kst = {0};
-    rc = tern_tmat_from_ggml(out, t->type, t->data, t->nbytes, k, n, &kst);
+    rc = tern_tmat_from_ggml(out, t->type, blob ? blob : t->data, t->nbytes, k, n, &kst);
+    free(blob);
     if (rc)
         return tern_status_set(st, rc, "model: %s: tensor '%s': %s", tern_gguf_path(g), name,
                                kst.msg);
@@ -161,21 +176,14 @@ static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *
                                "model: %s: tensor '%s' type: got %s, expected F16",
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
     const size_t row = (size_t)m->hp.d * 2, bytes = (size_t)(v1 - v0) * row;
-    const char *src = (const char *)t->data + (size_t)v0 * row;
     uint16_t *p = walloc(m, bytes ? bytes : 1);
     if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
-    /* in 16 MiB pieces, each piece's file pages dropped once copied: the 2B-4T embedding is
-     * 657 MB, and holding it twice would be the process's peak RSS */
-    const size_t piece = (size_t)16 << 20;
-    for (size_t off = 0; off < bytes; off += piece) {
-        size_t len = bytes - off < piece ? bytes - off : piece;
-        memcpy((char *)p + off, src + off, len);
-        tern_gguf_drop_pages(g, src + off, len);
-        if ((rc = check_f16(g, name, (const uint16_t *)((const char *)p + off), len / 2,
-                            (uint64_t)v0 * (uint64_t)m->hp.d + off / 2, st)))
-            return rc;
-    }
-    tern_gguf_drop_pages(g, src, bytes); /* the pages that straddle piece edges */
+    /* straight into the NUMA-local copy: from a file piece by piece, its pages dropped as it
+     * goes (the 2B-4T embedding is 657 MB: held twice it would be the peak RSS); from a
+     * directory converted row by row */
+    if ((rc = tern_gguf_tensor_read(g, t, (uint64_t)v0, (uint64_t)v1, p, st)) ||
+        (rc = check_f16(g, name, p, bytes / 2, (uint64_t)v0 * (uint64_t)m->hp.d, st)))
+        return rc;
     *out = p;
     return TERN_OK;
 }
@@ -271,6 +279,10 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
         m->bytes_per_token += head_bytes;
     }
     if (o->progress) o->progress(o->progress_user, m->l1 - m->l0 + 1, m->l1 - m->l0 + 1);
+    /* a directory: which checkpoint tensors this process converted (its slice's) */
+    char reads[512];
+    if (tern_gguf_describe_reads(g, reads, sizeof reads))
+        tern_log(TERN_LOG_INFO, "model: %s: %s", tern_gguf_path(g), reads);
     *out = m;
     return TERN_OK;
 fail:

@@ -8,8 +8,12 @@
  *   references there: numpy with int8 activations and upstream llama.cpp;
  * - converted GGUFs round-trip: I2_S reread gives the same logits; TQ2_0 and TQ1_0 hold the
  *   same trits with the scale rounded to f16; the converted vocab reproduces ids.txt;
- * - broken directories (shape against config.json, code 3, a missing tensor, a bad
- *   hidden_act) are refused with one line naming the tensor or key. */
+ * - each process converts only the tensors of its slice (three slices of tiny-large-hf, each
+ *   with its own handle, read only their layers and head rows and give the whole model's
+ *   logits bitwise);
+ * - broken directories (shape against config.json, a missing tensor, a bad hidden_act) are
+ *   refused at open with one line naming the tensor or key; a code 3 only by the process that
+ *   loads its layer (and by convert). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,11 +114,19 @@ static void test_2b4t(void)
         const tern_gguf_tensor *b = tern_gguf_find_tensor(hf, name);
         /* I2_S: codes and scale; bitnet.cpp leaves the 28 tail bytes after the scale unset */
         uint64_t cmp_bytes = a->type == TERN_TYPE_I2_S ? a->nbytes - 28 : a->nbytes;
-        bool eq = b && b->type == a->type && b->nbytes == a->nbytes &&
-                  !memcmp(b->ne, a->ne, sizeof a->ne) && !memcmp(a->data, b->data, cmp_bytes);
+        bool eq = b && !b->data && b->type == a->type && b->nbytes == a->nbytes &&
+                  !memcmp(b->ne, a->ne, sizeof a->ne);
+        void *bb = eq ? malloc((size_t)b->nbytes) : NULL;
+        eq = eq && bb && tern_gguf_tensor_read(hf, b, 0, b->ne[1], bb, &st) == TERN_OK &&
+             !memcmp(a->data, bb, cmp_bytes);
+        free(bb);
         CHECKF(eq, "tensor %s differs", name);
         same += eq;
     }
+    char reads[512];
+    tern_gguf_describe_reads(hf, reads, sizeof reads);
+    CHECKF(strstr(reads, "read 56 of 56 checkpoint tensors") && strstr(reads, "layers [0,3)"), "%s",
+           reads);
     CHECK(same == (int)tern_gguf_n_tensors(gg) &&
           tern_gguf_n_tensors(hf) == tern_gguf_n_tensors(gg));
     int32_t ids[64];
@@ -290,6 +302,87 @@ static void test_large(void)
     tern_gguf_close(g);
 }
 
+/* Three processes' worth of a pipeline in one, each with its own handle on tiny-large-hf:
+ * A (embedding, layers [0,1)), B (layers [1,3), final norm, head rows [1024,2002)), C (head
+ * rows [0,1024) only). Each converts only its own tensors, as its record of reads says, and
+ * together they give the whole-model logits bitwise. */
+static void test_slices(void)
+{
+    if (!tern_test_need("reference/tiny-large-hf/model.safetensors")) return;
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", tern_test_fixture("reference/tiny-large-hf"));
+    tern_status st = {0};
+    int32_t ids[64];
+    int n = read_ids("reference/tiny-large-hf/ids.txt", ids, 64), V = 0;
+    tern_gguf *g[4] = {NULL, NULL, NULL, NULL};
+    for (int k = 0; k < 4; k++) CHECKF(tern_gguf_open(&g[k], dir, &st) == TERN_OK, "%s", st.msg);
+    if (!g[0] || !g[1] || !g[2] || !g[3]) goto out;
+    float *ref = logits_of(g[3], ids, n, &V);
+    char reads[512];
+    tern_gguf_describe_reads(g[3], reads, sizeof reads);
+    CHECKF(strstr(reads, "read 35 of 35 checkpoint tensors") && strstr(reads, "layers [0,3)") &&
+               strstr(reads, "model.embed_tokens.weight rows [0,2002)"),
+           "whole model: %s", reads);
+    const tern_model_opts mo[3] = {
+        {.l0 = 0, .l1 = 1, .embed = true},
+        {.l0 = 1, .l1 = 3, .head = true, .head_v0 = 1024, .head_v1 = 2002, .final_norm = true},
+        {.l0 = 0, .l1 = 0, .head = true, .head_v0 = 0, .head_v1 = 1024},
+    };
+    const char *want[3][3] = {
+        {"read 12 of 35 ", ": layers [0,1), model.embed_tokens.weight rows [0,2002)", NULL},
+        {"read 24 of 35 ", ": layers [1,3), model.embed_tokens.weight rows [1024,2002), "
+                           "model.norm.weight"},
+        {"read 2 of 35 ", ": layers none, model.embed_tokens.weight rows [0,1024), "
+                          "model.norm.weight"},
+    };
+    tern_topo *topo = NULL;
+    tern_pool *pool = NULL;
+    tern_model *m[3] = {NULL, NULL, NULL};
+    tern_ctx *c[3] = {NULL, NULL, NULL};
+    tern_ctx_opts co = {.max_tokens = 16, .max_seqs = 1};
+    bool ok = ref && !tern_topo_discover(&topo, &st) && !tern_pool_create(&pool, topo, 2, &st);
+    for (int k = 0; ok && k < 3; k++) {
+        ok = !tern_model_load(&m[k], g[k], &mo[k], &st) &&
+             !tern_ctx_create(&c[k], m[k], pool, &co, &st);
+        CHECKF(ok, "slice %d: %s", k, st.msg);
+        tern_gguf_describe_reads(g[k], reads, sizeof reads);
+        CHECKF(strstr(reads, want[k][0]) && strstr(reads, want[k][1]), "slice %d: %s", k, reads);
+        printf("slice %d: %s\n", k, reads);
+    }
+    const int d = 256;
+    float *x = malloc(sizeof(float) * 16 * d), *hx = malloc(sizeof(float) * 16 * d);
+    float *lb = malloc(sizeof(float) * 16 * 978), *lc = malloc(sizeof(float) * 16 * 1024);
+    int32_t rows[16];
+    for (int i = 0; i < 16; i++) rows[i] = i;
+    int same = 0;
+    for (int done = 0; ok && done < n; done += 16) {
+        int k = n - done < 16 ? n - done : 16;
+        tern_batch_seq b = {.slot = 0, .pos0 = done, .n_tokens = k};
+        tern_embed(c[0], ids + done, k, x);
+        ok = !tern_forward(c[0], &b, 1, x, &st) && !tern_forward(c[1], &b, 1, x, &st);
+        CHECKF(ok, "forward: %s", st.msg);
+        if (!ok) break;
+        tern_final_norm(c[1], x, rows, k, hx);
+        tern_head_slice(c[1], hx, k, lb);
+        tern_head_slice(c[2], hx, k, lc);
+        for (int t = 0; t < k; t++) {
+            const float *r = ref + (size_t)(done + t) * 2002;
+            same += !memcmp(lc + (size_t)t * 1024, r, 1024 * 4) &&
+                    !memcmp(lb + (size_t)t * 978, r + 1024, 978 * 4);
+        }
+    }
+    CHECKF(same == n, "%d of %d positions' logits bitwise equal to the whole model's", same, n);
+    printf("tiny-large-hf in 3 slices, each reading its own tensors: %d/%d positions bitwise\n",
+           same, n);
+    free(x), free(hx), free(lb), free(lc);
+    for (int k = 0; k < 3; k++) tern_ctx_free(c[k]), tern_model_free(m[k]);
+    tern_pool_free(pool);
+    tern_topo_free(topo);
+    free(ref);
+out:
+    for (int k = 0; k < 4; k++) tern_gguf_close(g[k]);
+}
+
 static void copy_file(const char *from, const char *to)
 {
     size_t n;
@@ -392,10 +485,26 @@ static void test_broken(void)
         fwrite(b, 1, n, f);
         fclose(f);
         free(b);
-        CHECK(tern_gguf_open(&g, dir, &st) == TERN_EFORMAT);
+        /* the data is read by the rank that loads layer 1, not at open: layer 0 loads */
+        CHECKF(tern_gguf_open(&g, dir, &st) == TERN_OK, "%s", st.msg);
+        tern_model *m = NULL;
+        tern_model_opts mo = {.l0 = 0, .l1 = 1, .embed = true};
+        CHECKF(g && tern_model_load(&m, g, &mo, &st) == TERN_OK, "%s", st.msg);
+        tern_model_free(m);
+        m = NULL;
+        mo = (tern_model_opts){.l0 = 1, .l1 = 2};
+        CHECK(g && tern_model_load(&m, g, &mo, &st) == TERN_EFORMAT && !m);
         CHECKF(strstr(st.msg, "tensor 'model.layers.1.self_attn.k_proj.weight' byte [3][5]: got "
-                              "code 3, expected 0..2"),
+                              "code 3, expected 0..2") &&
+                   !strchr(st.msg, '\n'),
                "'%s'", st.msg);
+        tern_gguf_close(g);
+        g = NULL;
+        /* and convert, which reads everything, refuses the directory */
+        snprintf(p, sizeof p, "%s/out.gguf", dir);
+        CHECK(tern_hf_convert(dir, p, TERN_TYPE_I2_S, &st) == TERN_EFORMAT &&
+              strstr(st.msg, "got code 3"));
+        unlink(p);
     }
     tern_st_close(s);
     /* a directory without config.json keeps the old refusal */
@@ -539,6 +648,7 @@ int main(void)
 {
     test_2b4t();
     test_large();
+    test_slices();
     test_broken();
     test_3b_shape();
     return tern_test_finish("test_hf");
