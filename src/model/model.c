@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model/model-internal.h"
@@ -192,6 +193,8 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
                           tern_status *st)
 {
     *out = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     tern_model *m = calloc(1, sizeof *m);
     if (!m) return tern_status_set(st, TERN_ENOMEM, "model: out of memory");
     tern_code rc = tern_hparams_read(g, &m->hp, st);
@@ -281,8 +284,10 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
     if (o->progress) o->progress(o->progress_user, m->l1 - m->l0 + 1, m->l1 - m->l0 + 1);
     /* a directory: which checkpoint tensors this process converted (its slice's) */
     char reads[512];
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (tern_gguf_describe_reads(g, reads, sizeof reads))
-        tern_log(TERN_LOG_INFO, "model: %s: %s", tern_gguf_path(g), reads);
+        tern_log(TERN_LOG_INFO, "model: %s: %s; %.2f s", tern_gguf_path(g), reads,
+                 (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     *out = m;
     return TERN_OK;
 fail:

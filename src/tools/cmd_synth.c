@@ -2,15 +2,19 @@
  * ggml-model-i2_s.gguf (keys, names, I2_S ternary tensors with a per-tensor scale, F16
  * token_embd, F32 norms, the Llama-3 vocab) and random weights, for benchmarks and tests;
  * --shape large / 3b: the 1bitLLM shapes (spec 7.1) in llama.cpp's bitnet layout with the
- * Llama-2 SentencePiece vocab (+ <pad>, </line>: 32002) and SiLU. */
+ * Llama-2 SentencePiece vocab (+ <pad>, </line>: 32002) and SiLU. --hf writes the shape as a
+ * Hugging Face checkpoint directory instead (random weights, no tokenizer files). */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ternpipe/gguf.h"
 #include "ternpipe/kernels.h"
 #include "ternpipe/rng.h"
+#include "ternpipe/safetensors.h"
 #include "ternpipe/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/run.h"
@@ -104,9 +108,202 @@ static float *make_norm(tern_rng *r, uint32_t n, float lo, float hi)
     return p;
 }
 
+/* ---- --hf: a Hugging Face checkpoint directory of the shape (config.json and one
+ * model.safetensors, no tokenizer files: run it with --ids). The 1bitLLM shapes get float
+ * masters [out, in] (--dtype f32, the real checkpoints' type, or f16 / bf16) and their names
+ * (spec 7.2); 2b4t and tiny get 2B-4T's packed U8 [out/4, in] with a BF16 weight_scale and
+ * BF16 embedding and norms (spec 3.1). ---- */
+
+typedef struct hf_entry {
+    char name[96];
+    tern_st_dtype dtype;
+    uint64_t d0, d1; /* d1 == 0: a vector */
+    uint8_t what;    /* 0 norm, 1 embedding, 2 projection master, 3 packed, 4 scale */
+    float lo, hi;
+} hf_entry;
+
+static uint64_t hf_bytes(const hf_entry *e)
+{
+    return e->d0 * (e->d1 ? e->d1 : 1) * tern_st_dtype_size(e->dtype);
+}
+
+static void hf_put(tern_st_dtype dt, float v, uint8_t *p)
+{
+    if (dt == TERN_ST_F32) {
+        memcpy(p, &v, 4);
+    } else if (dt == TERN_ST_F16) {
+        uint16_t h = tern_f32_to_f16_1(v);
+        memcpy(p, &h, 2);
+    } else { /* BF16, rounded to nearest even */
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        uint16_t h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+        memcpy(p, &h, 2);
+    }
+}
+
+static int synth_hf(const shape *sh, const char *dir, uint64_t seed, const char *dtype_name)
+{
+    tern_st_dtype mdt = !strcmp(dtype_name, "f32")    ? TERN_ST_F32
+                        : !strcmp(dtype_name, "f16")  ? TERN_ST_F16
+                        : !strcmp(dtype_name, "bf16") ? TERN_ST_BF16
+                                                      : TERN_ST_DTYPE_COUNT;
+    if (mdt == TERN_ST_DTYPE_COUNT) {
+        fprintf(stderr, "ternpipe synth: --dtype: got '%s', expected f32, f16 or bf16\n",
+                dtype_name);
+        return 2;
+    }
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "ternpipe synth: %s: mkdir: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    const bool packed = !sh->spm;
+    const tern_st_dtype fdt = packed ? TERN_ST_BF16 : mdt;
+    const uint64_t d = sh->d, ff = sh->n_ff, kv = (uint64_t)sh->d / sh->n_head * sh->n_head_kv;
+    const uint64_t nv = sh->spm ? 32002 : 128256;
+    size_t n = 0, cap = 2 + (size_t)sh->n_layer * 18;
+    hf_entry *es = calloc(cap, sizeof *es);
+    if (!es) {
+        fprintf(stderr, "ternpipe: out of memory\n");
+        return 1;
+    }
+#define ADD(nm_, dt_, d0_, d1_, what_, lo_, hi_)                                                   \
+    do {                                                                                           \
+        hf_entry *e_ = &es[n++];                                                                   \
+        snprintf(e_->name, sizeof e_->name, "%s", nm_);                                            \
+        e_->dtype = dt_, e_->d0 = d0_, e_->d1 = d1_, e_->what = what_, e_->lo = lo_, e_->hi = hi_; \
+    } while (0)
+    ADD("model.embed_tokens.weight", fdt, nv, d, 1, 0, 0);
+    ADD("model.norm.weight", fdt, d, 0, 0, 0.5f, 1.5f);
+    for (uint32_t l = 0; l < sh->n_layer; l++) {
+        char nm[96];
+        static const char *const proj[7] = {
+            "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+        const uint64_t out[7] = {d, kv, kv, d, ff, ff, d}, in[7] = {d, d, d, d, d, d, ff};
+        const char *norms[4] = {"input_layernorm", "post_attention_layernorm",
+                                packed ? "self_attn.attn_sub_norm" : "self_attn.inner_attn_ln",
+                                packed ? "mlp.ffn_sub_norm" : "mlp.ffn_layernorm"};
+        for (int i = 0; i < 4; i++) {
+            snprintf(nm, sizeof nm, "model.layers.%u.%s.weight", l, norms[i]);
+            ADD(nm, fdt, i == 3 ? ff : d, 0, 0, 0.5f, 1.5f);
+        }
+        for (int i = 0; i < 7; i++) {
+            snprintf(nm, sizeof nm, "model.layers.%u.%s.weight", l, proj[i]);
+            if (packed) {
+                ADD(nm, TERN_ST_U8, out[i] / 4, in[i], 3, 0, 0);
+                snprintf(nm, sizeof nm, "model.layers.%u.%s.weight_scale", l, proj[i]);
+                ADD(nm, TERN_ST_BF16, 1, 0, 4, 0.3f, 2.0f);
+            } else {
+                ADD(nm, mdt, out[i], in[i], 2, 0, 0);
+            }
+        }
+    }
+#undef ADD
+    /* the header: offsets in table order, padded with spaces to 8 bytes */
+    size_t hcap = 256 + n * 192, hl = 0;
+    char *hdr = malloc(hcap);
+    uint64_t off = 0, big = 0;
+    int rc = 1;
+    FILE *f = NULL;
+    uint8_t *buf = NULL;
+    char path[4096];
+    if (!hdr) goto oom;
+    hl += (size_t)snprintf(hdr + hl, hcap - hl, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (size_t i = 0; i < n; i++) {
+        const hf_entry *e = &es[i];
+        char shp[64];
+        if (e->d1)
+            snprintf(shp, sizeof shp, "[%llu,%llu]", (unsigned long long)e->d0,
+                     (unsigned long long)e->d1);
+        else
+            snprintf(shp, sizeof shp, "[%llu]", (unsigned long long)e->d0);
+        uint64_t b = hf_bytes(e);
+        hl +=
+            (size_t)snprintf(hdr + hl, hcap - hl,
+                             ",\"%s\":{\"dtype\":\"%s\",\"shape\":%s,\"data_offsets\":[%llu,%llu]}",
+                             e->name, tern_st_dtype_name(e->dtype), shp, (unsigned long long)off,
+                             (unsigned long long)(off + b));
+        off += b, big = b > big ? b : big;
+    }
+    hl += (size_t)snprintf(hdr + hl, hcap - hl, "}");
+    while (hl % 8) hdr[hl++] = ' ';
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!(f = fopen(path, "wb")) || !(buf = malloc((size_t)big))) {
+        fprintf(stderr, "ternpipe synth: %s: %s\n", path, f ? "out of memory" : strerror(errno));
+        goto done;
+    }
+    uint64_t hl64 = hl;
+    bool ok = fwrite(&hl64, 8, 1, f) == 1 && fwrite(hdr, 1, hl, f) == hl;
+    tern_rng r;
+    tern_rng_seed(&r, seed);
+    tern_progress_line pl = {0};
+    for (size_t i = 0; ok && i < n; i++) {
+        const hf_entry *e = &es[i];
+        tern_progress(&pl, "synth: writing tensors", (int32_t)i, (int32_t)n);
+        uint64_t cnt = e->d0 * (e->d1 ? e->d1 : 1), es_ = tern_st_dtype_size(e->dtype);
+        if (e->what == 3) { /* four 2-bit codes 0..2 per byte */
+            for (uint64_t j = 0; j < cnt; j++) {
+                uint64_t x = tern_rng_next(&r);
+                uint8_t v = 0;
+                for (int k = 0; k < 4; k++) v |= (uint8_t)(((x >> (16 * k)) % 3) << (2 * k));
+                buf[j] = v;
+            }
+        } else {
+            /* masters of a projection ~ U(-1, 1) / sqrt(in), the embedding ~ U(-1, 1) */
+            float sc = e->what == 2 ? 1.0f / sqrtf((float)e->d1) : 1.0f;
+            for (uint64_t j = 0; j < cnt; j++) {
+                float v = e->what == 0 || e->what == 4 ? uniform(&r, e->lo, e->hi)
+                                                       : sc * uniform(&r, -1.0f, 1.0f);
+                hf_put(e->dtype, v, buf + j * es_);
+            }
+        }
+        ok = fwrite(buf, 1, (size_t)hf_bytes(e), f) == hf_bytes(e);
+    }
+    tern_progress(&pl, "synth: writing tensors", (int32_t)n, (int32_t)n);
+    if (fclose(f) != 0) ok = false;
+    f = NULL;
+    if (!ok) {
+        fprintf(stderr, "ternpipe synth: %s: write failed: %s\n", path, strerror(errno));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!(f = fopen(path, "w"))) {
+        fprintf(stderr, "ternpipe synth: %s: %s\n", path, strerror(errno));
+        goto done;
+    }
+    fprintf(f,
+            "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n"
+            "  \"hidden_act\": \"%s\",\n  \"hidden_size\": %u,\n  \"intermediate_size\": %u,\n"
+            "  \"num_hidden_layers\": %u,\n  \"num_attention_heads\": %u,\n"
+            "  \"num_key_value_heads\": %u,\n  \"max_position_embeddings\": %u,\n"
+            "  \"vocab_size\": %llu,\n  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": %s,\n"
+            "  \"rope_scaling\": null,\n  \"tie_word_embeddings\": true,\n"
+            "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n  \"torch_dtype\": \"%s\"\n}\n",
+            packed ? "BitNetForCausalLM" : "BitnetForCausalLM", packed ? "bitnet" : "llama",
+            packed ? "relu2" : "silu", sh->d, sh->n_ff, sh->n_layer, sh->n_head, sh->n_head_kv,
+            sh->n_ctx, (unsigned long long)nv, packed ? "500000.0" : "10000.0", packed ? 128000 : 1,
+            packed ? 128001 : 2,
+            packed ? "bfloat16" : (mdt == TERN_ST_F32 ? "float32" : "float16"));
+    rc = fclose(f) == 0 ? 0 : 1;
+    f = NULL;
+    if (rc) fprintf(stderr, "ternpipe synth: %s: write failed\n", path);
+    goto done;
+oom:
+    fprintf(stderr, "ternpipe: out of memory\n");
+done:
+    if (f) fclose(f);
+    free(buf);
+    free(hdr);
+    free(es);
+    return rc;
+}
+
 int tern_cmd_synth(int argc, char **argv)
 {
     const char *shape_name = NULL, *out = NULL, *tiktoken = NULL, *spm_vocab = NULL;
+    const char *dtype = "f32";
+    bool hf = false;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--shape") && i + 1 < argc)
@@ -119,9 +316,15 @@ int tern_cmd_synth(int argc, char **argv)
             tiktoken = argv[++i];
         else if (!strcmp(argv[i], "--vocab") && i + 1 < argc)
             spm_vocab = argv[++i];
+        else if (!strcmp(argv[i], "--hf"))
+            hf = true;
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
+            dtype = argv[++i];
         else {
             fprintf(stderr, "usage: ternpipe synth --shape 2b4t|tiny|large|3b [--seed S] "
-                            "[--tiktoken RANKS | --vocab SPM.gguf] -o OUT.gguf\n");
+                            "[--tiktoken RANKS | --vocab SPM.gguf] -o OUT.gguf\n"
+                            "       ternpipe synth --shape ... --hf [--dtype f32|f16|bf16] "
+                            "[--seed S] -o DIR\n");
             return 2;
         }
     }
@@ -133,6 +336,7 @@ int tern_cmd_synth(int argc, char **argv)
                 "ternpipe synth: --shape 2b4t|tiny|large|3b and -o OUT.gguf are required\n");
         return 2;
     }
+    if (hf) return synth_hf(sh, out, seed, dtype);
     static char default_rank[4096], default_spm[4096];
     const char *fx = getenv("TERN_FIXTURES");
     if (!tiktoken) {

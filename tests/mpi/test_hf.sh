@@ -40,7 +40,7 @@ reads_ok() { # name, stderr file, ranks, vocab, layers, checkpoint tensors per l
       want+=", model.norm.weight"; n=$((n + 1))
     fi
     case "$rd" in
-      *": read $n of "*": $want") ;;
+      *": read $n of "*": $want; "*" s") ;;
       *) echo "FAIL $name: rank $r read outside its slice: '$rd', expected 'read $n of ...: $want'"; exit 1 ;;
     esac
   done
