@@ -127,6 +127,25 @@ typedef struct tern_server_opts {
 
 typedef struct tern_server tern_server;
 
+/* What a server serves from: the engine of this process (tern_server_attach) or anything with
+ * engine.h's contract for submit, cancel, step and wait (threads and callbacks included), such
+ * as the supervisor's engine in another process (src/supervise/remote.h). */
+typedef struct tern_backend {
+    void *self;
+    tern_code (*submit)(void *self, const tern_request *r, int64_t *id, tern_status *st);
+    void (*cancel)(void *self, int64_t id);
+    tern_code (*step)(void *self, bool *idle, tern_status *st);
+    void (*wait)(void *self, int timeout_ms);
+    /* the engine thread: fills s (s->ranks and s->cap_ranks set by the caller) */
+    void (*stats)(void *self, tern_engine_stats *s);
+    /* optional, any thread: why it is not serving right now ("recovering"), NULL when it is;
+     * requests are still accepted meanwhile (they wait) */
+    const char *(*health)(void *self);
+    /* optional, any thread: more Prometheus text for GET /metrics, given to emit */
+    void (*metrics)(void *self, void (*emit)(void *ctx, const char *text, size_t n), void *ctx);
+    int32_t n_ctx, n_vocab, max_seqs, n_ranks;
+} tern_backend;
+
 /* A key that no request can match must not start a server that looks protected, and an empty
  * one (an unset shell variable) must not quietly turn authentication off: TERN_EINVAL for an
  * empty or blank key, white space at either end (header values are trimmed) or a control
@@ -140,6 +159,8 @@ tern_code tern_server_create(tern_server **out, const tern_server_opts *o, tern_
 /* The engine is open (every rank has joined): requests are accepted from now on. tok is the
  * model's tokenizer (tern_tokenizer_load from tern_engine_gguf). */
 void tern_server_attach(tern_server *s, tern_engine *e, const tern_tokenizer *tok);
+/* The same over any backend (copied; b->self must outlive the server's run). */
+void tern_server_attach_backend(tern_server *s, const tern_backend *b, const tern_tokenizer *tok);
 /* The port actually bound (useful with port 0 in opts meaning the default). */
 int tern_server_port(const tern_server *s);
 /* Serves on the calling thread (the engine thread) until tern_server_stop, then drains:

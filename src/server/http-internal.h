@@ -60,8 +60,8 @@ struct tern_server {
     tern_gate *gate;
     int port;
     atomic_int state;
-    volatile sig_atomic_t stop; /* set from signal handlers */
-    tern_engine *e;
+    volatile sig_atomic_t stop;        /* set from signal handlers */
+    tern_backend b;                    /* set at attach; b.self NULL before */
     char failure[TERN_STATUS_MSG_MAX]; /* why the engine failed (ST_FAILED; set before it) */
     const tern_tokenizer *tok;
     int32_t n_ctx, n_vocab, max_seqs, n_ranks, cap_active; /* copied at attach */

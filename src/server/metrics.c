@@ -133,9 +133,9 @@ void tern_metrics_finish(tern_metrics *m, tern_finish why, tern_cancel_reason ca
     pthread_mutex_unlock(&m->mu);
 }
 
-void tern_metrics_snapshot(tern_metrics *m, tern_engine *e)
+void tern_metrics_snapshot(tern_metrics *m, const tern_backend *be)
 {
-    int32_t n = tern_engine_n_ranks(e);
+    int32_t n = be->n_ranks;
     if (m->n_ranks != n) {
         /* once, at attach: the rank count never changes while the engine is open */
         pthread_mutex_lock(&m->mu);
@@ -150,7 +150,7 @@ void tern_metrics_snapshot(tern_metrics *m, tern_engine *e)
         if (!m->n_ranks) return;
     }
     tern_engine_stats s = {.ranks = m->scratch, .cap_ranks = n};
-    tern_engine_stats_get(e, &s);
+    be->stats(be->self, &s);
     pthread_mutex_lock(&m->mu);
     memcpy(m->ranks, m->scratch, (size_t)n * sizeof *m->ranks);
     m->stats = s;

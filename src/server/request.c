@@ -164,7 +164,7 @@ void tern_srv_cancel_req(req *r, tern_cancel_reason why)
     r->cancel_asked = true;
     int64_t id = r->id;
     pthread_mutex_unlock(&s->mu);
-    if (live) tern_engine_cancel(s->e, id);
+    if (live) s->b.cancel(s->b.self, id);
 }
 
 static void finish_as(req *r, const char *reason)

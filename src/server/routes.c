@@ -194,7 +194,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
                      1); /* the engine's: taken before submit, the engine may call back at once */
     r->t_submit = tern_srv_mono_now();
     int64_t id = 0;
-    tern_code rc = tern_engine_submit(s->e, &rq, &id, &st);
+    tern_code rc = s->b.submit(s->b.self, &rq, &id, &st);
     tern_tokens_free(&ids);
     if (rc) {
         tern_srv_req_ref(r, -1);
@@ -218,8 +218,8 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     bool cancel = r->cancel_asked && r->listed;
     bool orphan = r->failed_out; /* the engine failed meanwhile and will not call back */
     pthread_mutex_unlock(&s->mu);
-    if (orphan) tern_srv_req_ref(r, -1);      /* the engine's (the connection still holds one) */
-    if (cancel) tern_engine_cancel(s->e, id); /* the grace period ran out meanwhile */
+    if (orphan) tern_srv_req_ref(r, -1);    /* the engine's (the connection still holds one) */
+    if (cancel) s->b.cancel(s->b.self, id); /* the grace period ran out meanwhile */
 
     if (r->stream) {
         tern_srv_req_ref(r, 1); /* the response's */
@@ -435,23 +435,38 @@ static enum MHD_Result props(tern_server *s, struct MHD_Connection *c, conn *k)
     return tern_srv_send_json(s, c, k, 200, j);
 }
 
+/* the backend's reason not to serve right now (a supervised job recovering), or NULL */
+static const char *backend_health(tern_server *s)
+{
+    return s->b.health && atomic_load(&s->state) == ST_READY ? s->b.health(s->b.self) : NULL;
+}
+
 static enum MHD_Result health(tern_server *s, struct MHD_Connection *c, conn *k)
 {
     int st = atomic_load(&s->state);
+    const char *busy = backend_health(s);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "status",
-                            st == ST_READY     ? "ok"
+                            busy               ? busy
+                            : st == ST_READY   ? "ok"
                             : st == ST_LOADING ? "loading"
                             : st == ST_FAILED  ? "failed"
                                                : "stopping");
     if (st == ST_FAILED) cJSON_AddStringToObject(j, "reason", s->failure);
-    return tern_srv_send_json(s, c, k, st == ST_READY ? 200 : 503, j);
+    return tern_srv_send_json(s, c, k, st == ST_READY && !busy ? 200 : 503, j);
+}
+
+static void emit_metrics(void *ctx, const char *text, size_t n)
+{
+    tern_sbuf_add(ctx, text, n);
 }
 
 static enum MHD_Result metrics(tern_server *s, struct MHD_Connection *c, conn *k)
 {
     tern_sbuf b = {0};
-    tern_metrics_render(&s->m, s->model, atomic_load(&s->state), &b);
+    int st = atomic_load(&s->state);
+    tern_metrics_render(&s->m, s->model, backend_health(s) ? ST_LOADING : st, &b);
+    if (s->b.metrics && st != ST_LOADING) s->b.metrics(s->b.self, emit_metrics, &b);
     if (b.oom) {
         tern_sbuf_free(&b);
         return tern_srv_send_error(s, c, k, 500, NULL, "server: out of memory");

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "ternpipe/engine.h"
+#include "ternpipe/server.h"
 #include "ternpipe/status.h"
 
 /* growable NUL-terminated text; on allocation failure it stays short and sets oom */
@@ -100,7 +101,7 @@ void tern_metrics_observe(tern_metrics *m, tern_hist *h, double seconds);
 /* engine thread: a sequence ended */
 void tern_metrics_finish(tern_metrics *m, tern_finish why, tern_cancel_reason cancel);
 /* engine thread: takes a fresh tern_engine_stats_get snapshot (arrays sized on first use) */
-void tern_metrics_snapshot(tern_metrics *m, tern_engine *e);
+void tern_metrics_snapshot(tern_metrics *m, const tern_backend *b);
 /* Prometheus text exposition format 0.0.4 */
 void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbuf *out);
 

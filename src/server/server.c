@@ -189,20 +189,56 @@ int tern_server_port(const tern_server *s)
     return s->port;
 }
 
+static tern_code local_submit(void *e, const tern_request *r, int64_t *id, tern_status *st)
+{
+    return tern_engine_submit(e, r, id, st);
+}
+static void local_cancel(void *e, int64_t id)
+{
+    tern_engine_cancel(e, id);
+}
+static tern_code local_step(void *e, bool *idle, tern_status *st)
+{
+    return tern_engine_step(e, idle, st);
+}
+static void local_wait(void *e, int timeout_ms)
+{
+    tern_engine_wait(e, timeout_ms);
+}
+static void local_stats(void *e, tern_engine_stats *s)
+{
+    tern_engine_stats_get(e, s);
+}
+
 void tern_server_attach(tern_server *s, tern_engine *e, const tern_tokenizer *tok)
 {
-    s->e = e;
+    tern_backend b = {.self = e,
+                      .submit = local_submit,
+                      .cancel = local_cancel,
+                      .step = local_step,
+                      .wait = local_wait,
+                      .stats = local_stats,
+                      .n_ctx = tern_engine_n_ctx(e),
+                      .n_vocab = tern_engine_hparams(e)->n_vocab,
+                      .max_seqs = tern_engine_max_seqs(e),
+                      .n_ranks = tern_engine_n_ranks(e)};
+    tern_server_attach_backend(s, &b, tok);
+}
+
+void tern_server_attach_backend(tern_server *s, const tern_backend *b, const tern_tokenizer *tok)
+{
+    s->b = *b;
     s->tok = tok;
-    s->n_ctx = tern_engine_n_ctx(e);
-    s->n_vocab = tern_engine_hparams(e)->n_vocab;
-    s->max_seqs = tern_engine_max_seqs(e);
-    s->n_ranks = tern_engine_n_ranks(e);
+    s->n_ctx = b->n_ctx;
+    s->n_vocab = b->n_vocab;
+    s->max_seqs = b->max_seqs;
+    s->n_ranks = b->n_ranks;
     s->cap_active = s->max_seqs + s->o.max_queue;
     s->n_stop_ids = 0;
     int32_t eos = tern_tokenizer_eos(tok), eot = tern_tokenizer_eot(tok);
     if (eos >= 0) s->stop_ids[s->n_stop_ids++] = eos;
     if (eot >= 0 && eot != eos) s->stop_ids[s->n_stop_ids++] = eot;
-    tern_metrics_snapshot(&s->m, e);
+    tern_metrics_snapshot(&s->m, &s->b);
     pthread_mutex_lock(&s->mu);
     int expected = ST_LOADING;
     atomic_compare_exchange_strong(&s->state, &expected, ST_READY);
@@ -216,7 +252,7 @@ void tern_server_stop(tern_server *s)
 
 static void snapshot(tern_server *s)
 {
-    tern_metrics_snapshot(&s->m, s->e);
+    tern_metrics_snapshot(&s->m, &s->b);
 }
 
 /* The engine failed and will call no request back: answer each one it held (or was about to
@@ -251,19 +287,19 @@ static void fail_all(tern_server *s, const char *why)
 
 tern_code tern_server_run(tern_server *s, tern_status *st)
 {
-    if (!s->e) return tern_status_set(st, TERN_EINVAL, "server: run before attach");
+    if (!s->b.self) return tern_status_set(st, TERN_EINVAL, "server: run before attach");
     tern_log(TERN_LOG_INFO,
              "serving %s on http://%s:%d (pid %d, %d ranks, context %d, %d slots, API key "
              "authentication %s)",
-             s->model, s->host, s->port, (int)getpid(), tern_engine_n_ranks(s->e), s->n_ctx,
-             s->max_seqs, s->api_key ? "on" : "off");
+             s->model, s->host, s->port, (int)getpid(), s->n_ranks, s->n_ctx, s->max_seqs,
+             s->api_key ? "on" : "off");
     double last_stats = 0, deadline = 0;
     bool cancelled_all = false;
     tern_code rc = TERN_OK;
     for (;;) {
         bool idle = false;
         tern_status est = {0};
-        if (tern_engine_step(s->e, &idle, &est)) {
+        if (s->b.step(s->b.self, &idle, &est)) {
             rc = tern_status_set(st, est.code, "%s", est.msg);
             fail_all(s, est.msg);
             break;
@@ -291,7 +327,7 @@ tern_code tern_server_run(tern_server *s, tern_status *st)
                 for (req *r = s->active; r; r = r->next) {
                     if (!r->cancel_asked) r->cancel_why = TERN_CANCEL_SHUTDOWN;
                     r->cancel_asked = true;
-                    if (r->submitted) tern_engine_cancel(s->e, r->id);
+                    if (r->submitted) s->b.cancel(s->b.self, r->id);
                 }
                 cancelled_all = true;
                 tern_log(TERN_LOG_WARN, "stopping: grace period over, cancelling %d requests", n);
@@ -299,7 +335,7 @@ tern_code tern_server_run(tern_server *s, tern_status *st)
             pthread_mutex_unlock(&s->mu);
             if (n == 0) break;
         }
-        if (idle) tern_engine_wait(s->e, 50);
+        if (idle) s->b.wait(s->b.self, 50);
     }
     /* the engine holds no request now; let the last responses reach their clients */
     double t_end = tern_srv_mono_now();
