@@ -157,6 +157,30 @@ int32_t tern_journal_count(tern_journal *j)
     return n;
 }
 
+static void replay_entry(const jentry *e, void (*fn)(void *user, const tern_jreplay *r), void *user)
+{
+    tern_jreplay r = {.id = e->id,
+                      .ids = e->ids,
+                      .n_ids = e->n_prompt + e->n_gen,
+                      .resumed = e->n_gen,
+                      .max_new = e->max_new - e->n_gen,
+                      .sampling = &e->sampling,
+                      .stop = e->stop,
+                      .n_stop = e->n_stop,
+                      .text_sent = e->text_sent};
+    fn(user, &r);
+}
+
+bool tern_journal_replay_one(tern_journal *j, uint64_t id,
+                             void (*fn)(void *user, const tern_jreplay *r), void *user)
+{
+    pthread_mutex_lock(&j->mu);
+    jentry *e = find(j, id);
+    if (e) replay_entry(e, fn, user);
+    pthread_mutex_unlock(&j->mu);
+    return e != NULL;
+}
+
 int32_t tern_journal_replay(tern_journal *j, void (*fn)(void *user, const tern_jreplay *r),
                             void *user)
 {
@@ -172,16 +196,7 @@ int32_t tern_journal_replay(tern_journal *j, void (*fn)(void *user, const tern_j
         }
         if (!next) break;
         last = next->order;
-        tern_jreplay r = {.id = next->id,
-                          .ids = next->ids,
-                          .n_ids = next->n_prompt + next->n_gen,
-                          .resumed = next->n_gen,
-                          .max_new = next->max_new - next->n_gen,
-                          .sampling = &next->sampling,
-                          .stop = next->stop,
-                          .n_stop = next->n_stop,
-                          .text_sent = next->text_sent};
-        fn(user, &r);
+        replay_entry(next, fn, user);
     }
     pthread_mutex_unlock(&j->mu);
     return done;

@@ -11,6 +11,7 @@
 #ifndef TERN_SUPERVISE_JOURNAL_H
 #define TERN_SUPERVISE_JOURNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -55,5 +56,9 @@ int32_t tern_journal_count(tern_journal *j);
  * count. A request whose budget is spent is still listed (max_new 0: it only needs its Done). */
 int32_t tern_journal_replay(tern_journal *j, void (*fn)(void *user, const tern_jreplay *r),
                             void *user);
+/* The same for one request (fn is called under the journal's lock: it must not call the
+ * journal); false when id is not open. */
+bool tern_journal_replay_one(tern_journal *j, uint64_t id,
+                             void (*fn)(void *user, const tern_jreplay *r), void *user);
 
 #endif

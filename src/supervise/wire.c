@@ -15,6 +15,9 @@ struct tern_sv_reader {
     Ternpipe__Supervise__Frame *last; /* the frame m points into */
     int32_t *ids;                     /* [TERN_SV_MAX_TOKENS] */
     tern_logit_bias bias[TERN_MAX_LOGIT_BIAS];
+    tern_pick pick;
+    tern_rank_stats *ranks; /* [cap_ranks] */
+    int32_t cap_ranks;
 };
 
 static size_t put_frame(const Ternpipe__Supervise__Frame *f, uint8_t *buf, size_t cap)
@@ -26,6 +29,37 @@ static size_t put_frame(const Ternpipe__Supervise__Frame *f, uint8_t *buf, size_
     return 4 + ternpipe__supervise__frame__pack(f, buf + 4);
 }
 
+#define STACK_RANKS 64 /* Stats of this many ranks pack without an allocation */
+
+static void pack_stats(const tern_engine_stats *es, Ternpipe__Supervise__Stats *sx,
+                       Ternpipe__Supervise__RankStats *rs, Ternpipe__Supervise__RankStats **rp)
+{
+    sx->has_running = 1, sx->running = es->running;
+    sx->has_queued = 1, sx->queued = es->queued;
+    sx->has_steps = 1, sx->steps = (uint64_t)es->steps;
+    sx->has_tokens_prompt = 1, sx->tokens_prompt = (uint64_t)es->tokens_prompt;
+    sx->has_tokens_generated = 1, sx->tokens_generated = (uint64_t)es->tokens_generated;
+    sx->has_retries = 1, sx->retries = (uint64_t)es->retries;
+    sx->has_wall_s = 1, sx->wall_s = es->wall_s;
+    sx->has_hop_p50_ms = 1, sx->hop_p50_ms = es->hop_p50_ms;
+    sx->has_hop_p99_ms = 1, sx->hop_p99_ms = es->hop_p99_ms;
+    for (int32_t i = 0; i < es->n_ranks; i++) {
+        const tern_rank_stats *k = &es->ranks[i];
+        Ternpipe__Supervise__RankStats x = TERNPIPE__SUPERVISE__RANK_STATS__INIT;
+        x.has_busy_s = 1, x.busy_s = k->busy_s;
+        x.has_peak_rss = 1, x.peak_rss = k->peak_rss;
+        x.has_kv_used = 1, x.kv_used = k->kv_used;
+        x.has_kv_total = 1, x.kv_total = k->kv_total;
+        x.has_layer_start = 1, x.layer_start = k->layer_start;
+        x.has_layer_end = 1, x.layer_end = k->layer_end;
+        x.has_vocab_start = 1, x.vocab_start = k->vocab_start;
+        x.has_vocab_end = 1, x.vocab_end = k->vocab_end;
+        x.has_predicted = 1, x.predicted = k->predicted;
+        rs[i] = x, rp[i] = &rs[i];
+    }
+    sx->n_ranks = (size_t)es->n_ranks, sx->ranks = rp;
+}
+
 size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
 {
     Ternpipe__Supervise__Frame f = TERNPIPE__SUPERVISE__FRAME__INIT;
@@ -34,18 +68,21 @@ size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
     Ternpipe__Supervise__Sampling sp = TERNPIPE__SUPERVISE__SAMPLING__INIT;
     Ternpipe__Supervise__Cancel cn = TERNPIPE__SUPERVISE__CANCEL__INIT;
     Ternpipe__Supervise__Tokens tk = TERNPIPE__SUPERVISE__TOKENS__INIT;
+    Ternpipe__Supervise__Pick pk = TERNPIPE__SUPERVISE__PICK__INIT;
     Ternpipe__Supervise__Done dn = TERNPIPE__SUPERVISE__DONE__INIT;
     Ternpipe__Supervise__Heartbeat hb = TERNPIPE__SUPERVISE__HEARTBEAT__INIT;
+    Ternpipe__Supervise__Stats sx = TERNPIPE__SUPERVISE__STATS__INIT;
+    Ternpipe__Supervise__RankStats rs_stack[STACK_RANKS], *rp_stack[STACK_RANKS];
+    Ternpipe__Supervise__RankStats *rs = rs_stack, **rp = rp_stack;
     Ternpipe__Supervise__LogitBias lb[TERN_MAX_LOGIT_BIAS], *lbp[TERN_MAX_LOGIT_BIAS];
-    uint32_t stop[4];
+    uint32_t stop[4], top_ids[TERN_MAX_LOGPROBS];
+    float top_lp[TERN_MAX_LOGPROBS];
     if (m->n_ids < 0 || m->n_ids > TERN_SV_MAX_TOKENS || m->n_stop < 0 || m->n_stop > 4 ||
         m->sampling.n_logit_bias < 0 || m->sampling.n_logit_bias > TERN_MAX_LOGIT_BIAS)
         return 0;
-    /* the ids go as uint32: ids are never negative */
-    uint32_t *ids = malloc(((size_t)m->n_ids + 1) * sizeof *ids);
-    if (!ids) return 0;
-    for (int32_t i = 0; i < m->n_ids; i++) ids[i] = (uint32_t)m->ids[i];
-    size_t out = 0;
+    /* ids are never negative: the same bits as uint32 (signed and unsigned variants of one
+     * type may alias) */
+    uint32_t *ids = (uint32_t *)(uintptr_t)m->ids;
     switch (m->kind) {
     case TERN_SV_HELLO:
         h.has_version = 1, h.version = m->version;
@@ -53,6 +90,7 @@ size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
         h.has_n_ctx = 1, h.n_ctx = m->n_ctx;
         h.has_n_vocab = 1, h.n_vocab = m->n_vocab;
         h.has_max_seqs = 1, h.max_seqs = m->max_seqs;
+        h.has_n_ranks = 1, h.n_ranks = m->n_ranks;
         f.body_case = TERNPIPE__SUPERVISE__FRAME__BODY_HELLO, f.hello = &h;
         break;
     case TERN_SV_SUBMIT: {
@@ -91,6 +129,16 @@ size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
     case TERN_SV_TOKENS:
         tk.has_id = 1, tk.id = m->id;
         tk.n_tokens = (size_t)m->n_ids, tk.tokens = ids;
+        if (m->pick) {
+            const tern_pick *p = m->pick;
+            if (m->n_ids != 1 || p->n_top < 0 || p->n_top > TERN_MAX_LOGPROBS) return 0;
+            pk.has_logprob = 1, pk.logprob = p->logprob;
+            for (int32_t i = 0; i < p->n_top; i++)
+                top_ids[i] = (uint32_t)p->top[i].id, top_lp[i] = p->top[i].logprob;
+            pk.n_top_ids = pk.n_top_logprobs = (size_t)p->n_top;
+            pk.top_ids = top_ids, pk.top_logprobs = top_lp;
+            tk.pick = &pk;
+        }
         f.body_case = TERNPIPE__SUPERVISE__FRAME__BODY_TOKENS, f.tokens = &tk;
         break;
     case TERN_SV_DONE:
@@ -102,14 +150,29 @@ size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
     case TERN_SV_HEARTBEAT:
         hb.has_seq = 1, hb.seq = m->id;
         hb.has_state = 1, hb.state = m->state;
+        hb.error = m->error[0] ? (char *)m->error : NULL;
         f.body_case = TERNPIPE__SUPERVISE__FRAME__BODY_HEARTBEAT, f.heartbeat = &hb;
         break;
+    case TERN_SV_STATS: {
+        int32_t n = m->stats.n_ranks;
+        if (n < 0 || n > TERN_SV_MAX_RANKS || (n && !m->stats.ranks)) return 0;
+        if (n > STACK_RANKS) { /* once a second at most, never per token */
+            rs = malloc((size_t)n * sizeof *rs);
+            rp = malloc((size_t)n * sizeof *rp);
+            if (!rs || !rp) {
+                free(rs), free(rp);
+                return 0;
+            }
+        }
+        pack_stats(&m->stats, &sx, rs, rp);
+        f.body_case = TERNPIPE__SUPERVISE__FRAME__BODY_STATS, f.stats = &sx;
+        break;
+    }
     default:
-        free(ids);
         return 0;
     }
-    out = put_frame(&f, buf, cap);
-    free(ids);
+    size_t out = put_frame(&f, buf, cap);
+    if (rs != rs_stack) free(rs), free(rp);
     return out;
 }
 
@@ -131,7 +194,7 @@ void tern_sv_reader_free(tern_sv_reader *r)
 {
     if (!r) return;
     if (r->last) ternpipe__supervise__frame__free_unpacked(r->last, NULL);
-    free(r->buf), free(r->ids), free(r);
+    free(r->buf), free(r->ids), free(r->ranks), free(r);
 }
 
 tern_code tern_sv_reader_feed(tern_sv_reader *r, const uint8_t *data, size_t n, tern_status *st)
@@ -175,6 +238,88 @@ static tern_code ids_in(tern_sv_reader *r, const uint32_t *v, size_t n, const ch
     return TERN_OK;
 }
 
+/* one line: control characters become spaces */
+static void one_line(const char *src, char *out, size_t cap)
+{
+    size_t k = 0;
+    for (const char *c = src; *c && k + 1 < cap; c++)
+        out[k++] = (unsigned char)*c < 0x20 ? ' ' : *c;
+    out[k] = 0;
+}
+
+static tern_code pick_in(tern_sv_reader *r, const Ternpipe__Supervise__Pick *p, tern_sv_msg *m,
+                         tern_status *st)
+{
+    if (m->n_ids != 1)
+        return BAD("supervise: tokens with a pick: got %d tokens, expected 1", m->n_ids);
+    if (p->n_top_ids > TERN_MAX_LOGPROBS || p->n_top_ids != p->n_top_logprobs)
+        return BAD("supervise: pick: got %zu ids and %zu log-probabilities, expected equal "
+                   "counts up to %d",
+                   p->n_top_ids, p->n_top_logprobs, TERN_MAX_LOGPROBS);
+    /* log-probabilities are <= 0 (-inf for a masked token); NaN and positive values are not */
+    if (!(p->logprob <= 0.0f))
+        return BAD("supervise: pick logprob: got %g, expected <= 0", (double)p->logprob);
+    r->pick.token = m->ids[0];
+    r->pick.logprob = p->logprob;
+    r->pick.n_top = (int32_t)p->n_top_ids;
+    for (size_t i = 0; i < p->n_top_ids; i++) {
+        uint32_t id = p->top_ids[i];
+        if (id > INT32_MAX || (r->n_vocab > 0 && id >= (uint32_t)r->n_vocab))
+            return BAD("supervise: pick top id %zu: got %u, expected < %d", i, id,
+                       r->n_vocab > 0 ? r->n_vocab : INT32_MAX);
+        if (!(p->top_logprobs[i] <= 0.0f))
+            return BAD("supervise: pick top logprob %zu: got %g, expected <= 0", i,
+                       (double)p->top_logprobs[i]);
+        r->pick.top[i].id = (int32_t)id, r->pick.top[i].logprob = p->top_logprobs[i];
+    }
+    m->pick = &r->pick;
+    return TERN_OK;
+}
+
+static tern_code stats_in(tern_sv_reader *r, const Ternpipe__Supervise__Stats *s, tern_sv_msg *m,
+                          tern_status *st)
+{
+    if (s->n_ranks > TERN_SV_MAX_RANKS)
+        return BAD("supervise: stats: got %zu ranks, expected at most %d", s->n_ranks,
+                   TERN_SV_MAX_RANKS);
+    if ((int32_t)s->n_ranks > r->cap_ranks) {
+        tern_rank_stats *k = realloc(r->ranks, s->n_ranks * sizeof *k);
+        if (!k) return tern_status_set(st, TERN_ENOMEM, "supervise: out of memory for stats");
+        r->ranks = k, r->cap_ranks = (int32_t)s->n_ranks;
+    }
+    if (s->running < 0 || s->queued < 0)
+        return BAD("supervise: stats: got %d running and %d queued, expected counts", s->running,
+                   s->queued);
+    tern_engine_stats *o = &m->stats;
+    o->n_ranks = o->cap_ranks = (int32_t)s->n_ranks;
+    o->ranks = r->ranks;
+    o->running = s->running, o->queued = s->queued;
+    o->steps = (int64_t)(s->steps & INT64_MAX);
+    o->tokens_prompt = (int64_t)(s->tokens_prompt & INT64_MAX);
+    o->tokens_generated = (int64_t)(s->tokens_generated & INT64_MAX);
+    o->retries = (int64_t)(s->retries & INT64_MAX);
+    o->wall_s = isfinite(s->wall_s) ? s->wall_s : 0;
+    o->hop_p50_ms = isfinite(s->hop_p50_ms) ? s->hop_p50_ms : 0;
+    o->hop_p99_ms = isfinite(s->hop_p99_ms) ? s->hop_p99_ms : 0;
+    for (size_t i = 0; i < s->n_ranks; i++) {
+        const Ternpipe__Supervise__RankStats *x = s->ranks[i];
+        tern_rank_stats *k = &r->ranks[i];
+        k->busy_s = isfinite(x->busy_s) ? x->busy_s : 0;
+        k->peak_rss = x->peak_rss;
+        k->kv_used = x->kv_used, k->kv_total = x->kv_total;
+        k->layer_start = x->layer_start, k->layer_end = x->layer_end;
+        k->vocab_start = x->vocab_start, k->vocab_end = x->vocab_end;
+        k->predicted = isfinite(x->predicted) ? x->predicted : 0;
+        if (k->kv_used < 0 || k->kv_total < 0 || k->kv_used > k->kv_total || k->layer_start < 0 ||
+            k->layer_end < k->layer_start || k->vocab_start < 0 || k->vocab_end < k->vocab_start)
+            return BAD("supervise: stats rank %zu: got KV %d/%d, layers [%d, %d), rows [%d, %d), "
+                       "expected ordered ranges",
+                       i, k->kv_used, k->kv_total, k->layer_start, k->layer_end, k->vocab_start,
+                       k->vocab_end);
+    }
+    return TERN_OK;
+}
+
 tern_code tern_sv_reader_next(tern_sv_reader *r, tern_sv_msg *m, bool *got, tern_status *st)
 {
     *got = false;
@@ -198,7 +343,7 @@ tern_code tern_sv_reader_next(tern_sv_reader *r, tern_sv_msg *m, bool *got, tern
         m->kind = TERN_SV_HELLO;
         m->version = f->hello->version, m->model_checksum = f->hello->model_checksum;
         m->n_ctx = f->hello->n_ctx, m->n_vocab = f->hello->n_vocab;
-        m->max_seqs = f->hello->max_seqs;
+        m->max_seqs = f->hello->max_seqs, m->n_ranks = f->hello->n_ranks;
         break;
     case TERNPIPE__SUPERVISE__FRAME__BODY_SUBMIT: {
         const Ternpipe__Supervise__Submit *s = f->submit;
@@ -258,22 +403,22 @@ tern_code tern_sv_reader_next(tern_sv_reader *r, tern_sv_msg *m, bool *got, tern
     case TERNPIPE__SUPERVISE__FRAME__BODY_TOKENS:
         m->kind = TERN_SV_TOKENS, m->id = f->tokens->id;
         if ((rc = ids_in(r, f->tokens->tokens, f->tokens->n_tokens, "tokens", m, st))) return rc;
+        if (f->tokens->pick && (rc = pick_in(r, f->tokens->pick, m, st))) return rc;
         break;
     case TERNPIPE__SUPERVISE__FRAME__BODY_DONE:
         m->kind = TERN_SV_DONE, m->id = f->done->id, m->finish = f->done->finish;
         if (m->finish >= 8)
             return BAD("supervise: done finish: got %u, expected a reason", m->finish);
-        if (f->done->error) {
-            /* one line: control characters become spaces */
-            size_t k = 0;
-            for (const char *c = f->done->error; *c && k + 1 < sizeof m->error; c++)
-                m->error[k++] = (unsigned char)*c < 0x20 ? ' ' : *c;
-            m->error[k] = 0;
-        }
+        if (f->done->error) one_line(f->done->error, m->error, sizeof m->error);
         break;
     case TERNPIPE__SUPERVISE__FRAME__BODY_HEARTBEAT:
         m->kind = TERN_SV_HEARTBEAT, m->id = f->heartbeat->seq, m->state = f->heartbeat->state;
         if (m->state > 2) return BAD("supervise: heartbeat state: got %u, expected 0..2", m->state);
+        if (f->heartbeat->error) one_line(f->heartbeat->error, m->error, sizeof m->error);
+        break;
+    case TERNPIPE__SUPERVISE__FRAME__BODY_STATS:
+        m->kind = TERN_SV_STATS;
+        if ((rc = stats_in(r, f->stats, m, st))) return rc;
         break;
     default:
         return BAD("supervise: frame: got body %d, expected a known message", (int)f->body_case);

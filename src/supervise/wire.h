@@ -11,13 +11,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ternpipe/engine.h"
 #include "ternpipe/sampler.h"
 #include "ternpipe/status.h"
 
 #define TERN_SV_VERSION 1
 #define TERN_SV_MAX_FRAME (4u << 20) /* bytes of one frame: a full-context prompt fits */
 #define TERN_SV_MAX_TOKENS 1048576   /* ids in one Submit or Tokens */
-#define TERN_SV_MAX_ERROR 512        /* bytes of a Done's error text */
+#define TERN_SV_MAX_ERROR 512        /* bytes of a Done's or a failed Heartbeat's error text */
+#define TERN_SV_MAX_RANKS 4096       /* ranks in one Stats (the pipeline's own bound) */
 
 typedef enum tern_sv_kind {
     TERN_SV_HELLO = 1,
@@ -26,6 +28,7 @@ typedef enum tern_sv_kind {
     TERN_SV_TOKENS,
     TERN_SV_DONE,
     TERN_SV_HEARTBEAT,
+    TERN_SV_STATS,
     TERN_SV_KIND_COUNT
 } tern_sv_kind;
 
@@ -33,23 +36,27 @@ typedef struct tern_sv_msg {
     tern_sv_kind kind;
     uint64_t id; /* request (submit, cancel, tokens, done) or heartbeat sequence */
     /* hello */
-    uint32_t version, n_ctx, n_vocab, max_seqs;
+    uint32_t version, n_ctx, n_vocab, max_seqs, n_ranks;
     uint64_t model_checksum;
     /* submit: ids are the prompt; tokens: ids are the tokens drawn */
     const int32_t *ids;
     int32_t n_ids;
+    /* tokens: the log-probabilities of its one token (requests with n_logprobs), or NULL */
+    const tern_pick *pick;
     tern_sampling sampling; /* submit; its logit_bias points into the message's storage */
     int32_t max_new, resumed;
     int32_t stop[4], n_stop;
-    /* done */
+    /* done; heartbeat in state 2 (failed) */
     uint32_t finish;
     char error[TERN_SV_MAX_ERROR];
     /* heartbeat */
     uint32_t state;
+    /* stats: stats.ranks points at [stats.n_ranks] entries (the message's storage when read) */
+    tern_engine_stats stats;
 } tern_sv_msg;
 
 /* Packs m as one frame (length prefix included) into buf; returns its size, 0 when it does not
- * fit cap or TERN_SV_MAX_FRAME. */
+ * fit cap or TERN_SV_MAX_FRAME. Allocates nothing (rank 0 packs on every token). */
 size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap);
 
 /* An incremental reader: bytes go in as they come from the socket; whole frames come out. */

@@ -1,5 +1,8 @@
-/* cmd_serve.c: `ternpipe serve`: the OpenAI-compatible HTTP server (rank 0) over the pipeline
- * engine; under mpirun the other ranks serve their layer slices until rank 0 closes the engine.
+/* cmd_serve.c: `ternpipe serve`: the OpenAI-compatible HTTP server over the pipeline engine.
+ * Three ways to run (serve.h): supervised (the default outside mpirun: cmd_supervise.c); in
+ * this process (--no-supervise, or started by mpirun: rank 0 serves HTTP and the other ranks
+ * their layer slices until rank 0 closes the engine); or as the job of a supervisor
+ * (--supervisor ADDR, which the supervisor adds: rank 0 serves it over a socket instead).
  *
  * Rank 0 binds its port before the engine loads, so /health answers 503 "loading" during a
  * long load and a taken port is reported early (rank 0 still joins the engine's collective
@@ -10,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "supervise/bridge.h"
 #include "ternpipe/log.h"
 #include "ternpipe/server.h"
 #include "ternpipe/tokenizer.h"
@@ -18,12 +22,13 @@
 #include "tools/serve.h"
 
 static tern_server *volatile g_srv;
-static volatile sig_atomic_t g_signals;
+static volatile sig_atomic_t g_signals, g_stop_bridge;
 static volatile sig_atomic_t g_loading = 1;
 
 static void on_signal(int sig)
 {
     g_signals++;
+    g_stop_bridge = 1;
     if (g_srv) {
         tern_server_stop(g_srv);
     } else if (g_loading && g_signals >= 2) { /* asked twice while loading: give up now */
@@ -50,7 +55,17 @@ static void usage(void)
         "  --max-conns  open connections before new ones get 503 (default 1000)\n"
         "  --max-conns-per-ip  open connections from one address before 429 (default 128;\n"
         "               0 = no limit, for a reverse proxy in front)\n"
-        "  --request-timeout  seconds from connecting to the whole request (default 30)\n",
+        "  --request-timeout  seconds from connecting to the whole request (default 30)\n"
+        "supervised serving (the default unless started by mpirun; cluster/README.md):\n"
+        "  --ranks N    pipeline ranks of the engine job (default 1, or one per host)\n"
+        "  --hostfile H Open MPI hostfile; hosts that fail a probe are dropped on relaunch\n"
+        "  --mpirun P   the launcher program (default mpirun)\n"
+        "  --mpirun-arg A  one more launcher argument (repeatable)\n"
+        "  --engine-host ADDR  address rank 0 connects back to (default 127.0.0.1)\n"
+        "  --restarts N failed recoveries in a row before giving up (default 3)\n"
+        "  --heartbeat-timeout S  rank 0 silent this long is hung (default 10)\n"
+        "  --start-timeout S  launch to ready, per attempt (default 600)\n"
+        "  --no-supervise  serve in this process (no recovery)\n",
         tern_engine_opts_usage());
 }
 
@@ -77,7 +92,113 @@ static void model_name(const char *path, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)n, b);
 }
 
+static int dbl_arg(const char *name, const char *v, double lo, double hi, double *out)
+{
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "ternpipe serve: %s: got '%s', expected seconds in [%g, %g]\n", name, v, lo,
+                hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+/* a supervisor option at argv[i] (value at v): 1 taken, 0 not one, -1 bad */
+static int supervise_opt(const char *a, const char *v, tern_supervise_cli *c)
+{
+    long x;
+    if (!strcmp(a, "--supervisor"))
+        c->supervisor = v;
+    else if (!strcmp(a, "--ranks")) {
+        if (int_arg(a, v, 1, 4096, &x)) return -1;
+        c->ranks = (int)x;
+    } else if (!strcmp(a, "--hostfile"))
+        c->hostfile = v;
+    else if (!strcmp(a, "--mpirun"))
+        c->mpirun = v;
+    else if (!strcmp(a, "--mpirun-arg")) {
+        if (c->n_mpirun_args >= TERN_SV_MAX_MPIRUN_ARGS) {
+            fprintf(stderr, "ternpipe serve: --mpirun-arg: got more than %d\n",
+                    TERN_SV_MAX_MPIRUN_ARGS);
+            return -1;
+        }
+        c->mpirun_args[c->n_mpirun_args++] = v;
+    } else if (!strcmp(a, "--engine-host"))
+        c->engine_host = v;
+    else if (!strcmp(a, "--restarts")) {
+        if (int_arg(a, v, 0, 1000, &x)) return -1;
+        c->restarts = x == 0 ? -2 : (int)x; /* -2: none (0 means the default in the options) */
+    } else if (!strcmp(a, "--heartbeat-timeout")) {
+        if (dbl_arg(a, v, 0.1, 86400, &c->heartbeat_timeout)) return -1;
+    } else if (!strcmp(a, "--start-timeout")) {
+        if (dbl_arg(a, v, 1, 86400, &c->start_timeout)) return -1;
+    } else
+        return 0;
+    return 1;
+}
+
+/* rank 0 of a supervisor's job: the engine served over the supervisor's socket */
+static int serve_bridge(int argc, char **argv, tern_engine_opts *eo, const char *addr)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    bool rank0 = tern_launcher_rank(NULL) == 0;
+    /* rank 0 stops when asked (SIGTERM: the supervisor's teardown); the workers serve until
+     * rank 0 closes the pipeline, as under a plain mpirun */
+    sa.sa_handler = rank0 ? on_signal : SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    tern_engine *e = NULL;
+    int rank = 0;
+    if (tern_run_open(&argc, &argv, eo, &e, &rank)) return 1;
+    if (rank != 0) {
+        tern_run_close(NULL);
+        return 0;
+    }
+    tern_bridge_opts bo = {.addr = addr, .stop = &g_stop_bridge};
+    tern_status st = {0};
+    tern_code rc = tern_bridge_run(e, &bo, &st);
+    if (rc) fprintf(stderr, "ternpipe: %s\n", st.msg);
+    tern_run_close(e); /* a failed engine ends every rank (MPI_Abort) */
+    return rc ? 1 : 0;
+}
+
+static int tern_cmd_serve_opts(int argc, char **argv, tern_engine_opts *eo_out,
+                               tern_server_opts *so_out, tern_supervise_cli *sc, bool *skip);
+static int serve_local(int argc, char **argv, tern_engine_opts *eop, const tern_server_opts *sop);
+
 int tern_cmd_serve(int argc, char **argv)
+{
+    tern_engine_opts eo = {0};
+    tern_server_opts so = {0};
+    tern_supervise_cli sc = {.mpirun = "mpirun"};
+    bool *skip = calloc((size_t)argc + 1, sizeof *skip);
+    if (!skip) return 1;
+    int rc = tern_cmd_serve_opts(argc, argv, &eo, &so, &sc, skip);
+    if (rc >= 0) {
+        free(skip);
+        return rc;
+    }
+    bool launched = false;
+    tern_launcher_rank(&launched);
+    if (sc.supervisor)
+        rc = serve_bridge(argc, argv, &eo, sc.supervisor);
+    else if (!launched && !sc.no_supervise)
+        rc = tern_serve_supervised(argc, argv, skip, &so, &eo, &sc);
+    else
+        rc = serve_local(argc, argv, &eo, &so);
+    free(skip);
+    return rc;
+}
+
+/* parses every option; returns -1 to go on, else the exit code (help, bad options) */
+static int tern_cmd_serve_opts(int argc, char **argv, tern_engine_opts *eo_out,
+                               tern_server_opts *so_out, tern_supervise_cli *sc, bool *skip)
 {
     tern_engine_opts eo = {0};
     tern_server_opts so = {0};
@@ -94,7 +215,21 @@ int tern_cmd_serve(int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             return 0;
+        } else if (!strcmp(a, "--no-supervise")) {
+            sc->no_supervise = skip[i] = true;
+            continue;
         } else if (!v) {
+            usage();
+            return 2;
+        }
+        int sv = supervise_opt(a, v, sc);
+        if (sv < 0) return 2;
+        if (sv) {
+            skip[i] = skip[i + 1] = strcmp(a, "--supervisor") != 0;
+            i++;
+            continue;
+        }
+        if (0) {
             usage();
             return 2;
         } else if (!strcmp(a, "--host")) {
@@ -137,13 +272,22 @@ int tern_cmd_serve(int argc, char **argv)
         fprintf(stderr, "ternpipe serve: %s\n", kst.msg);
         return 2;
     }
-    char name[128];
+    static char name[128];
     if (alias)
         snprintf(name, sizeof name, "%s", alias);
     else
         model_name(eo.model_path ? eo.model_path : tern_default_model_path(), name, sizeof name);
     so.model_name = name;
+    *eo_out = eo;
+    *so_out = so;
+    return -1;
+}
 
+/* in this process (rank 0 of mpirun, or alone) */
+static int serve_local(int argc, char **argv, tern_engine_opts *eop, const tern_server_opts *sop)
+{
+    tern_engine_opts eo = *eop;
+    tern_server_opts so = *sop;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = SIG_IGN;

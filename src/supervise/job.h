@@ -1,0 +1,39 @@
+/* job.h: the engine job as the supervisor sees it: a process tree it starts (mpirun, or the
+ * ternpipe binary itself for one local rank), watches and tears down completely. The job runs
+ * in its own session so one signal reaches the whole local tree; after it, a sweep of /proc
+ * ends any process of the job that escaped the group (a rank re-parented by a dead mpirun):
+ * each carries the job's marker, the argument pair "--supervisor ADDR". */
+#ifndef TERN_SUPERVISE_JOB_H
+#define TERN_SUPERVISE_JOB_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "ternpipe/status.h"
+
+#define TERN_JOB_TERM_S 1.0 /* after SIGTERM, how long the job may take to go before SIGKILL */
+
+typedef struct tern_job {
+    pid_t pid;  /* the leader (its session and process group); 0: none */
+    int status; /* wait status once reaped */
+    bool reaped;
+} tern_job;
+
+/* Starts argv (argv[0] looked up in PATH) in a new session; stdin from /dev/null, stdout and
+ * stderr inherited. */
+tern_code tern_job_start(tern_job *j, char *const argv[], tern_status *st);
+/* Whether the leader has exited (reaps it once). */
+bool tern_job_exited(tern_job *j);
+/* Waits up to timeout_s for the leader to exit; true when it has. */
+bool tern_job_wait(tern_job *j, double timeout_s);
+/* Ends the job: SIGTERM to its process group, SIGKILL after TERN_JOB_TERM_S, reaps the leader,
+ * then kills every process on this machine whose command line holds the argument pair
+ * (marker_flag, marker_value) (NULL: no sweep). Returns how many the sweep had to kill. */
+int tern_job_kill(tern_job *j, const char *marker_flag, const char *marker_value);
+/* The sweep alone: processes whose command line holds the pair, other than this one. kill:
+ * SIGKILL them too. Returns the count. */
+int tern_job_sweep(const char *marker_flag, const char *marker_value, bool kill_them);
+/* "exited with status 1", "killed by signal 9" */
+void tern_job_describe(const tern_job *j, char *out, size_t cap);
+
+#endif
