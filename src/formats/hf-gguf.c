@@ -463,22 +463,30 @@ static tern_code read_f16(const tern_hf *h, const hf_tensor *t, uint64_t r0, uin
                           uint16_t *dst, tern_status *st)
 {
     const uint64_t cols = t->cols, i0 = r0 * cols, n = (r1 - r0) * cols;
-    if (t->src->dtype == TERN_ST_F16) {
-        memcpy(dst, (const uint8_t *)t->src->data + i0 * 2, (size_t)n * 2); /* exact */
-        return TERN_OK;
-    }
+    const uint64_t es = tern_st_dtype_size(t->src->dtype);
+    /* in pieces of 4 Mi elements, each piece's checkpoint pages dropped once converted: the
+     * 2B-4T embedding is 657 MB, and holding it beside its copy would be the peak RSS */
+    const uint64_t piece = (uint64_t)4 << 20;
     float buf[1024];
-    for (uint64_t i = 0; i < n; i += 1024) {
-        uint64_t k = n - i < 1024 ? n - i : 1024;
-        tern_st_read_f32(t->src, i0 + i, k, buf);
-        for (uint64_t j = 0; j < k; j++) {
-            dst[i + j] = f32_to_f16(buf[j]);
-            if ((dst[i + j] & 0x7c00u) == 0x7c00u)
-                return tern_status_set(st, TERN_ERANGE,
-                                       "convert: %s: tensor '%s' element %" PRIu64
-                                       ": got %g, expected a value F16 can hold",
-                                       h->dir, t->src->name, i0 + i + j, (double)buf[j]);
+    for (uint64_t p0 = 0; p0 < n; p0 += piece) {
+        const uint64_t pn = n - p0 < piece ? n - p0 : piece;
+        if (t->src->dtype == TERN_ST_F16) {
+            memcpy(dst + p0, (const uint8_t *)t->src->data + (i0 + p0) * 2, (size_t)pn * 2);
+        } else {
+            for (uint64_t i = p0; i < p0 + pn; i += 1024) {
+                uint64_t k = p0 + pn - i < 1024 ? p0 + pn - i : 1024;
+                tern_st_read_f32(t->src, i0 + i, k, buf);
+                for (uint64_t j = 0; j < k; j++) {
+                    dst[i + j] = f32_to_f16(buf[j]);
+                    if ((dst[i + j] & 0x7c00u) == 0x7c00u)
+                        return tern_status_set(st, TERN_ERANGE,
+                                               "convert: %s: tensor '%s' element %" PRIu64
+                                               ": got %g, expected a value F16 can hold",
+                                               h->dir, t->src->name, i0 + i + j, (double)buf[j]);
+                }
+            }
         }
+        tern_st_drop_range(h->st, t->src, (i0 + p0) * es, pn * es);
     }
     return TERN_OK;
 }
