@@ -111,8 +111,12 @@ int tern_job_sweep(const char *flag, const char *value, bool kill_them)
     return found;
 }
 
-int tern_job_kill(tern_job *j, const char *flag, const char *value)
+int tern_job_kill(tern_job *j, const char *flag, const char *value, bool gently)
 {
+    if (j->pid && !gently && !tern_job_exited(j)) {
+        kill(-j->pid, SIGKILL);
+        tern_job_wait(j, 5.0);
+    }
     if (j->pid && !tern_job_exited(j)) {
         kill(-j->pid, SIGCONT); /* a stopped process only acts on SIGTERM once continued */
         kill(-j->pid, SIGTERM);

@@ -26,10 +26,12 @@ tern_code tern_job_start(tern_job *j, char *const argv[], tern_status *st);
 bool tern_job_exited(tern_job *j);
 /* Waits up to timeout_s for the leader to exit; true when it has. */
 bool tern_job_wait(tern_job *j, double timeout_s);
-/* Ends the job: SIGTERM to its process group, SIGKILL after TERN_JOB_TERM_S, reaps the leader,
- * then kills every process on this machine whose command line holds the argument pair
- * (marker_flag, marker_value) (NULL: no sweep). Returns how many the sweep had to kill. */
-int tern_job_kill(tern_job *j, const char *marker_flag, const char *marker_value);
+/* Ends the job: gently (SIGTERM to its process group, SIGKILL after TERN_JOB_TERM_S) or at
+ * once (SIGKILL: a failed job has nothing left to save), reaps the leader, then kills every
+ * process on this machine whose command line holds the argument pair (marker_flag,
+ * marker_value) (NULL: no sweep). Ranks on other hosts end with their launcher daemon when it
+ * loses mpirun. Returns how many the sweep had to kill. */
+int tern_job_kill(tern_job *j, const char *marker_flag, const char *marker_value, bool gently);
 /* The sweep alone: processes whose command line holds the pair, other than this one. kill:
  * SIGKILL them too. Returns the count. */
 int tern_job_sweep(const char *marker_flag, const char *marker_value, bool kill_them);

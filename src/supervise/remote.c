@@ -68,6 +68,8 @@ struct tern_remote {
     double t_launch, t_ready, t_relaunch, t_detect, last_heard, last_progress, last_ping;
     uint64_t ping_seq;
     int32_t failures; /* in a row */
+    int n_procs;      /* the job's processes on this machine when it said hello */
+    double last_scan;
     char why[TERN_STATUS_MSG_MAX];
     tern_engine_stats stats; /* rank 0's last Stats */
     tern_rank_stats *ranks;  /* [cap_ranks] */
@@ -305,7 +307,9 @@ static void failed(tern_remote *r, const char *why)
 {
     double now = tern_sv_now();
     drop_connection(r);
-    int swept = tern_job_kill(&r->job, r->o.marker_flag, r->o.marker_value);
+    tern_log(TERN_LOG_ERROR, "supervisor: engine job failed: %s (%d open requests)", why,
+             r->n_open);
+    int swept = tern_job_kill(&r->job, r->o.marker_flag, r->o.marker_value, false);
     char how[64];
     tern_job_describe(&r->job, how, sizeof how);
     r->failures++;
@@ -322,10 +326,10 @@ static void failed(tern_remote *r, const char *why)
                  "supervisor: the engine job failed %d times in a row, giving up: %s", r->failures,
                  why);
     pthread_mutex_unlock(&r->mu);
-    tern_log(TERN_LOG_ERROR,
-             "supervisor: engine job failed: %s (leader %s; %d strays killed; %.2f s after the "
-             "last progress; %d open requests)",
-             why, how, swept, since, r->n_open);
+    tern_log(TERN_LOG_INFO,
+             "supervisor: job torn down (leader %s, %d other processes killed); the failure came "
+             "%.2f s after the last progress",
+             how, swept, since);
     r->t_detect = now;
     r->recovering = true;
     if (give_up) {
@@ -474,6 +478,7 @@ static tern_code hello(tern_remote *r, const tern_sv_msg *m, tern_status *st)
     tern_code rc = tern_sv_reader_create(&r->rd, (int32_t)r->n_vocab, st);
     if (rc) return rc;
     r->have_hello = true;
+    r->n_procs = tern_job_sweep(r->o.marker_flag, r->o.marker_value, false);
     r->t_ready = tern_sv_now();
     r->last_progress = r->t_ready;
     atomic_store(&r->state, R_READY);
@@ -628,6 +633,16 @@ static tern_code step_live(tern_remote *r, bool busy, tern_finish *why, tern_sta
             return tern_status_set(st, TERN_EIO, "rank 0 was silent for %.1f s (limit %.1f s)",
                                    now - r->last_heard, r->o.heartbeat_timeout_s);
         if (now - r->t_ready > TERN_REMOTE_STABLE_S) r->failures = 0;
+        if (now - r->last_scan >= TERN_REMOTE_SCAN_S) {
+            /* a rank of this machine that died is seen here at once, before its launcher
+             * notices and ends the job (about 2 s with Open MPI 4.1) */
+            int n = tern_job_sweep(r->o.marker_flag, r->o.marker_value, false);
+            r->last_scan = now;
+            if (n < r->n_procs)
+                return tern_status_set(st, TERN_EIO,
+                                       "a process of the job ended (%d of its %d here are left)", n,
+                                       r->n_procs);
+        }
     } else {
         answer_cancels(r, why);
         if (now - r->t_launch > r->o.start_timeout_s)
@@ -757,7 +772,7 @@ tern_code tern_remote_start(tern_remote **out, const tern_remote_opts *o,
     /* the first hello: the journal is sized by the context it announces */
     while (!r->have_hello) {
         if (stop && *stop) {
-            tern_job_kill(&r->job, o->marker_flag, o->marker_value);
+            tern_job_kill(&r->job, o->marker_flag, o->marker_value, false);
             rm_free(r);
             return tern_status_set(st, TERN_ECANCELLED, "supervise: stopped while starting");
         }
@@ -771,7 +786,7 @@ tern_code tern_remote_start(tern_remote **out, const tern_remote_opts *o,
         if (atomic_load(&r->state) == R_DOWN) rm_wait(r, 50);
     }
     if ((rc = tern_journal_create(&r->j, r->cap, (int32_t)r->n_ctx, st))) {
-        tern_job_kill(&r->job, o->marker_flag, o->marker_value);
+        tern_job_kill(&r->job, o->marker_flag, o->marker_value, false);
         rm_free(r);
         return rc;
     }
@@ -806,7 +821,7 @@ int tern_remote_close(tern_remote *r, double wait_s)
     drop_connection(r);
     bool clean = tern_job_wait(&r->job, wait_s);
     int status = clean && WIFEXITED(r->job.status) ? WEXITSTATUS(r->job.status) : 1;
-    int swept = tern_job_kill(&r->job, r->o.marker_flag, r->o.marker_value);
+    int swept = tern_job_kill(&r->job, r->o.marker_flag, r->o.marker_value, true);
     if (!clean || swept)
         tern_log(TERN_LOG_WARN, "supervisor: the engine job %s; %d strays killed",
                  clean ? "exited" : "did not exit in time and was killed", swept);

@@ -28,6 +28,7 @@
 #define TERN_REMOTE_START_S 600.0     /* default: launch to rank 0's hello */
 #define TERN_REMOTE_HEARTBEAT_S 10.0  /* default: rank 0 silent this long is hung */
 #define TERN_REMOTE_PING_S 0.5        /* the supervisor's heartbeats to rank 0 */
+#define TERN_REMOTE_SCAN_S 0.2        /* how often the job's local processes are counted */
 #define TERN_REMOTE_BACKOFF_S 0.1     /* first relaunch delay; x4 per failure in a row */
 #define TERN_REMOTE_BACKOFF_MAX_S 8.0 /* ... up to this */
 #define TERN_REMOTE_STABLE_S 30.0     /* a job up this long (or making progress) resets the count */

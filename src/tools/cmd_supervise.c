@@ -131,7 +131,7 @@ static tern_code probe_hosts(void *user, char *const **argv, int *dropped, tern_
         if (!ok) {
             char how[64];
             tern_job_describe(&jobs[h], how, sizeof how);
-            tern_job_kill(&jobs[h], NULL, NULL);
+            tern_job_kill(&jobs[h], NULL, NULL, false);
             s->alive[h] = false, s->n_alive--, (*dropped)++;
             tern_log(TERN_LOG_WARN,
                      "supervisor: host '%s' failed its probe (%s within %.0f s): "
