@@ -8,10 +8,11 @@
  *   - F32/F16/BF16 masters [out, in] (spec 3.2, 7.3): alpha = max(mean|W|, 1e-5) (the mean in
  *     double, rounded to float), t = clamp(rint(W / alpha), -1, 1) in float.
  * Then encoded as I2_S (exact: one f32 scale), TQ2_0 or TQ1_0 (one f16 scale per 256-block,
- * all equal to alpha rounded to f16). The embedding (and an untied lm_head) are F16 (F32 and
- * BF16 are rounded to nearest even; a value beyond F16's range is refused), norms F32. The
- * vocab: tokenizer.model (+ added tokens) as llama.cpp's "llama" vocab, else tokenizer.json as
- * a byte-level BPE ("gpt2") vocab (hf-tokjson.c).
+ * all equal to alpha rounded to f16), or F16 (exact: the trits as -1, 0, +1 and alpha in an
+ * F32 [1] tensor blk.N.<proj>.scale, upstream llama.cpp's 2024-08 bitnet layout). The embedding
+ * (and an untied lm_head) are F16 (F32 and BF16 are rounded to nearest even; a value beyond F16's
+ * range is refused), norms F32. The vocab: tokenizer.model (+ added tokens) as llama.cpp's "llama"
+ * vocab, else tokenizer.json as a byte-level BPE ("gpt2") vocab (hf-tokjson.c).
  *
  * Two uses. tern_hf_open() checks every tensor's name, dtype and shape against config.json
  * and lays out the GGUF (metadata and tensor table) without touching tensor data; each
@@ -42,6 +43,7 @@ typedef enum hf_kind {
     HF_NORM = 0, /* float vector -> F32 */
     HF_F16,      /* float matrix [rows][cols] -> F16, by rows */
     HF_PROJ,     /* projection [out][in] -> ternary (the whole matrix: one scale) */
+    HF_SCALE,    /* --type f16: a projection's scale, F32 [1], beside its F16 trits */
     HF_KIND_COUNT
 } hf_kind;
 
@@ -187,14 +189,16 @@ static tern_code plan_add(conv *c, const char *gg, hf_kind kind, int32_t layer,
     snprintf(t->name, sizeof t->name, "%s", gg);
     t->kind = kind, t->layer = layer, t->src = src, t->scale = scale;
     t->rows = rows, t->cols = cols;
-    t->type = kind == HF_NORM ? TERN_TYPE_F32 : kind == HF_F16 ? TERN_TYPE_F16 : h->type;
+    t->type = kind == HF_NORM || kind == HF_SCALE ? TERN_TYPE_F32
+              : kind == HF_F16                    ? TERN_TYPE_F16
+                                                  : h->type;
     /* rows * cols: both come from config.json integers below 2^24 */
     if (!tern_ggml_nbytes(t->type, cols, rows * cols, &t->nbytes))
         return tern_status_set(c->status, TERN_EUNSUPPORTED,
                                "convert: %s: tensor '%s': got %" PRIu64 " columns, expected a "
                                "multiple of %s's block size",
                                h->dir, src->name, cols, tern_ggml_type_name(t->type));
-    h->src_bytes += src->nbytes + (scale ? scale->nbytes : 0);
+    if (kind != HF_SCALE) h->src_bytes += src->nbytes + (scale ? scale->nbytes : 0);
     h->n++;
     return TERN_OK;
 }
@@ -239,7 +243,14 @@ static tern_code projection(conv *c, const char *hf, const char *gg, int32_t lay
     } else if (!(t = need(c, hf, out, in, &rc)) || (rc = want_float(c, t))) {
         return rc;
     }
-    return plan_add(c, gg, HF_PROJ, layer, t, s, out, in);
+    if ((rc = plan_add(c, gg, HF_PROJ, layer, t, s, out, in)) || c->h->type != TERN_TYPE_F16)
+        return rc;
+    /* F16: the trits as -1, 0, +1 and the scale beside them (blk.N.attn_q.scale), upstream
+     * llama.cpp's bitnet layout of 2024-08, which its loader still reads (spec 7.4): exact,
+     * where t * alpha in F16 would round alpha */
+    char sn[96];
+    snprintf(sn, sizeof sn, "%.*s.scale", (int)(strlen(gg) - strlen(".weight")), gg);
+    return plan_add(c, sn, HF_SCALE, layer, t, s, 1, 1);
 }
 
 /* ---- ternary encoders (the decoders are in src/kernels/tmat.c) ---- */
@@ -393,7 +404,9 @@ static tern_code plan(conv *c)
     tern_gguf_writer_add_str(w, "general.architecture", arch);
     const char *base = strrchr(dir, '/');
     tern_gguf_writer_add_str(w, "general.name", base && base[1] ? base + 1 : dir);
-    if (c->h->type == TERN_TYPE_I2_S) tern_gguf_writer_add_u32(w, "general.file_type", 40);
+    /* llama.cpp's LLAMA_FTYPE_MOSTLY_F16, bitnet.cpp's MOSTLY_I2_S */
+    if (c->h->type == TERN_TYPE_I2_S || c->h->type == TERN_TYPE_F16)
+        tern_gguf_writer_add_u32(w, "general.file_type", c->h->type == TERN_TYPE_F16 ? 1 : 40);
     tern_gguf_writer_add_u32(w, "general.quantization_version", 2);
     tern_gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)nv);
     tern_gguf_writer_add_u32(w, KEY("context_length"), (uint32_t)h->max_position_embeddings);
@@ -560,7 +573,10 @@ static tern_code read_proj(const tern_hf *h, const hf_tensor *t, uint8_t *dst, t
     tern_code rc = trits(h, t, tr, &alpha, st);
     if (!rc) {
         memset(dst, 0, (size_t)t->nbytes);
-        if (t->type == TERN_TYPE_I2_S)
+        if (t->type == TERN_TYPE_F16) {
+            uint16_t *o = (uint16_t *)dst; /* -1, 0, +1 in F16 */
+            for (uint64_t i = 0; i < n; i++) o[i] = tr[i] > 0 ? 0x3c00u : tr[i] < 0 ? 0xbc00u : 0;
+        } else if (t->type == TERN_TYPE_I2_S)
             enc_i2s(tr, n, alpha, dst);
         else if (t->type == TERN_TYPE_TQ2_0)
             enc_tq2(tr, n, f32_to_f16(alpha), dst);
@@ -571,15 +587,29 @@ static tern_code read_proj(const tern_hf *h, const hf_tensor *t, uint8_t *dst, t
     return rc;
 }
 
+/* the scale alone (trits are cheap next to the checkpoint read; one code path for both) */
+static tern_code read_scale(const tern_hf *h, const hf_tensor *t, float *dst, tern_status *st)
+{
+    hf_tensor p = *t;
+    p.rows = t->src->dtype == TERN_ST_U8 ? t->src->shape[0] * 4 : t->src->shape[0];
+    p.cols = t->src->shape[1];
+    int8_t *tr = malloc((size_t)(p.rows * p.cols));
+    if (!tr) return oom(h, st);
+    tern_code rc = trits(h, &p, tr, dst, st);
+    free(tr);
+    return rc;
+}
+
 tern_code tern_hf_read(tern_hf *h, uint64_t i, uint64_t r0, uint64_t r1, void *dst, tern_status *st)
 {
     if (i >= h->n) tern_die("hf: tensor %" PRIu64 " of %zu", i, h->n);
     const hf_tensor *t = &h->t[i];
     /* the caller (tern_gguf_tensor_read) checked the rows; a projection is read whole */
     TERN_ASSERT(r0 <= r1 && r1 <= t->rows && (t->kind != HF_PROJ || (r0 == 0 && r1 == t->rows)));
-    tern_code rc = t->kind == HF_NORM  ? read_norm(h, t, dst, st)
-                   : t->kind == HF_F16 ? read_f16(h, t, r0, r1, dst, st)
-                                       : read_proj(h, t, dst, st);
+    tern_code rc = t->kind == HF_NORM    ? read_norm(h, t, dst, st)
+                   : t->kind == HF_F16   ? read_f16(h, t, r0, r1, dst, st)
+                   : t->kind == HF_SCALE ? read_scale(h, t, dst, st)
+                                         : read_proj(h, t, dst, st);
     /* the checkpoint's pages of this tensor are not needed again */
     tern_st_drop_pages(h->st, t->src);
     pthread_mutex_lock(&h->lock);
@@ -600,9 +630,10 @@ tern_code tern_hf_open(tern_hf **out, const char *dir, int type_id, tern_gguf_wr
 {
     *out = NULL;
     tern_ggml_type type = (tern_ggml_type)type_id;
-    if (type != TERN_TYPE_I2_S && type != TERN_TYPE_TQ2_0 && type != TERN_TYPE_TQ1_0)
+    if (type != TERN_TYPE_I2_S && type != TERN_TYPE_TQ2_0 && type != TERN_TYPE_TQ1_0 &&
+        type != TERN_TYPE_F16)
         return tern_status_set(st, TERN_EUNSUPPORTED,
-                               "convert: type: got %s, expected I2_S, TQ2_0 or TQ1_0",
+                               "convert: type: got %s, expected I2_S, TQ2_0, TQ1_0 or F16",
                                tern_ggml_type_name(type) ? tern_ggml_type_name(type) : "unknown");
     tern_hf *h = calloc(1, sizeof *h);
     if (!h || !(h->dir = strdup(dir))) {
@@ -683,6 +714,7 @@ size_t tern_hf_describe_reads(const tern_hf *h, char *buf, size_t cap)
     uint64_t bytes = 0;             /* of the rows read, each counted once */
     for (size_t i = 0; i < h->n; i++) {
         const hf_tensor *t = &h->t[i];
+        if (t->kind == HF_SCALE) continue; /* its checkpoint tensors are its projection's */
         uint64_t k = t->scale ? 2 : 1;
         n_all += k, n_read += t->read ? k : 0;
         if (t->read)
@@ -736,7 +768,7 @@ uint64_t tern_hf_checksum(const tern_hf *h, uint64_t hash)
     const uint64_t piece = (uint64_t)16 << 20;
     for (size_t i = 0; i < 2 * h->n; i++) {
         const tern_st_tensor *s = i % 2 ? h->t[i / 2].scale : h->t[i / 2].src;
-        if (!s) continue;
+        if (!s || h->t[i / 2].kind == HF_SCALE) continue;
         MIX(s->name, strlen(s->name));
         MIX(&s->dtype, sizeof s->dtype);
         MIX(s->shape, sizeof s->shape);

@@ -132,16 +132,85 @@ static tern_code load_norm(tern_model *m, const tern_gguf *g, const char *name, 
     return TERN_OK;
 }
 
+/* blk.N.<proj>.scale beside blk.N.<proj>.weight (upstream llama.cpp's bitnet files, spec
+ * 7.4): 1 when absent, else its one finite F32 value */
+static tern_code proj_scale(const tern_gguf *g, const char *name, bool ternary, float *out,
+                            tern_status *st)
+{
+    char sn[112];
+    size_t stem = strlen(name) > 7 ? strlen(name) - 7 : 0; /* without ".weight" */
+    snprintf(sn, sizeof sn, "%.*s.scale", (int)stem, name);
+    const tern_gguf_tensor *s = tern_gguf_find_tensor(g, sn);
+    *out = 1.0f;
+    if (!s) return TERN_OK;
+    /* a ternary blob carries its own scales; which of the two wins is not written down */
+    if (ternary)
+        return tern_status_set(st, TERN_EUNSUPPORTED,
+                               "model: %s: tensor '%s': got a scale beside the ternary '%s', "
+                               "expected none (only float projections take one)",
+                               tern_gguf_path(g), sn, name);
+    if (s->type != TERN_TYPE_F32 || s->ne[0] * s->ne[1] * s->ne[2] * s->ne[3] != 1)
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: tensor '%s': got %s with %" PRIu64
+                               " elements, expected one F32",
+                               tern_gguf_path(g), sn, tern_ggml_type_name(s->type),
+                               s->ne[0] * s->ne[1] * s->ne[2] * s->ne[3]);
+    tern_code rc = tern_gguf_tensor_read(g, s, 0, 1, out, st);
+    if (!rc && !(isfinite(*out) && *out > 0.0f))
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: tensor '%s': got %g, expected a finite positive scale",
+                               tern_gguf_path(g), sn, (double)*out);
+    return rc;
+}
+
+/* A float projection [n][k] (F32 or F16: upstream llama.cpp's bitnet files, convert --type
+ * f16), ternarized here. When every value is 0 or +-a for one a (a dequantized ternary t*a, or
+ * the trits themselves with a .scale), t is exact and alpha = a; anything else is a master,
+ * quantized as spec 7.3 (alpha = max(mean|W|, 1e-5) with the mean in double, t =
+ * clamp(rint(W / alpha), -1, 1)). Either alpha is multiplied by the .scale when there is one. */
+static tern_code float_trits(const tern_gguf *g, const char *name, tern_ggml_type type,
+                             const void *data, int32_t k, int32_t n, int8_t *tr, float *alpha,
+                             tern_status *st)
+{
+    const size_t cnt = (size_t)k * (size_t)n;
+#define AT(i)                                                                                      \
+    (type == TERN_TYPE_F32 ? ((const float *)data)[i]                                              \
+                           : tern_f16_to_f32_1(((const uint16_t *)data)[i]))
+    double sum = 0.0;
+    float a = 0.0f;
+    bool levels = true; /* every value 0 or +-a */
+    for (size_t i = 0; i < cnt; i++) {
+        float v = fabsf(AT(i));
+        if (!isfinite(v)) return bad_value(g, name, isnan(v), (uint64_t)i, st);
+        sum += (double)v;
+        if (v != 0.0f && a == 0.0f) a = v;
+        levels &= v == 0.0f || v == a;
+    }
+    float al = levels && a > 0.0f ? a : (float)(sum / (double)cnt);
+    if (!(al >= 1e-5f)) al = 1e-5f;
+    for (size_t i = 0; i < cnt; i++) {
+        float v = rintf(AT(i) / al);
+        tr[i] = (int8_t)(v > 1.0f ? 1 : v < -1.0f ? -1 : (int)v);
+    }
+#undef AT
+    *alpha = al;
+    return TERN_OK;
+}
+
 static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *name, int32_t k,
                               int32_t n, tern_tmat **out, tern_status *st)
 {
     const tern_gguf_tensor *t;
     tern_code rc = find(g, name, &t, st);
     if (rc || (rc = check_shape(g, t, name, (uint64_t)k, (uint64_t)n, st))) return rc;
-    if (!tern_type_is_ternary(t->type))
+    bool fl = t->type == TERN_TYPE_F32 || t->type == TERN_TYPE_F16;
+    if (!tern_type_is_ternary(t->type) && !fl)
         return tern_status_set(st, TERN_EUNSUPPORTED,
-                               "model: %s: tensor '%s' type: got %s, expected I2_S, TQ2_0 or TQ1_0",
+                               "model: %s: tensor '%s' type: got %s, expected I2_S, TQ2_0, TQ1_0, "
+                               "F16 or F32",
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
+    float scale = 1.0f;
+    if ((rc = proj_scale(g, name, !fl, &scale, st))) return rc;
     /* a file's blob is repacked from the mapping; a directory's is converted first */
     void *blob = NULL;
     if (!t->data) {
@@ -153,8 +222,22 @@ static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *nam
         }
     }
     tern_status kst = {0};
-    rc = tern_tmat_from_ggml(out, t->type, blob ? blob : t->data, t->nbytes, k, n, &kst);
-    free(blob);
+    if (fl) {
+        int8_t *tr = malloc((size_t)k * (size_t)n);
+        float alpha = 0.0f;
+        if (!tr) {
+            free(blob);
+            return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
+        }
+        rc = float_trits(g, name, t->type, blob ? blob : t->data, k, n, tr, &alpha, st);
+        free(blob);
+        if (!rc) rc = tern_tmat_from_trits(out, tr, n, k, alpha * scale, &kst);
+        free(tr);
+        if (rc && !kst.msg[0]) return rc; /* float_trits' own message */
+    } else {
+        rc = tern_tmat_from_ggml(out, t->type, blob ? blob : t->data, t->nbytes, k, n, &kst);
+        free(blob);
+    }
     if (rc)
         return tern_status_set(st, rc, "model: %s: tensor '%s': %s", tern_gguf_path(g), name,
                                kst.msg);

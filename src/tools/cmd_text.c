@@ -178,9 +178,10 @@ static int convert_hf(const char *dir, const char *out, const char *type)
     int t = !strcmp(type, "i2_s")    ? TERN_TYPE_I2_S
             : !strcmp(type, "tq2_0") ? TERN_TYPE_TQ2_0
             : !strcmp(type, "tq1_0") ? TERN_TYPE_TQ1_0
+            : !strcmp(type, "f16")   ? TERN_TYPE_F16
                                      : -1;
     if (t < 0) {
-        fprintf(stderr, "ternpipe convert: --type: got '%s', expected i2_s, tq2_0 or tq1_0\n",
+        fprintf(stderr, "ternpipe convert: --type: got '%s', expected i2_s, tq2_0, tq1_0 or f16\n",
                 type);
         return 2;
     }
@@ -209,7 +210,8 @@ static int convert_hf(const char *dir, const char *out, const char *type)
         printf("differ from the directory's by at most %g (%.4f of the range; %s keeps the scale "
                "as f16)\n",
                (double)md, (double)(md / (hi - lo)), type);
-    rc = same || t != TERN_TYPE_I2_S ? 0 : 1;
+    /* I2_S and F16 (trits + an F32 scale) hold alpha exactly; TQ types round it to f16 */
+    rc = same || (t != TERN_TYPE_I2_S && t != TERN_TYPE_F16) ? 0 : 1;
     if (rc) fprintf(stderr, "ternpipe convert: read-back logits differ (a bug)\n");
 out:
     free(la), free(lb);
@@ -233,7 +235,7 @@ int tern_cmd_convert(int argc, char **argv)
         else {
             fprintf(stderr, "usage: ternpipe convert --tiktoken RANKS -o OUT.gguf\n"
                             "       ternpipe convert --hf DIR -o OUT.gguf [--type "
-                            "i2_s|tq2_0|tq1_0]\n");
+                            "i2_s|tq2_0|tq1_0|f16]\n");
             return 2;
         }
     }

@@ -75,6 +75,13 @@ reads_ok "large np4 head split" "$tmp/err" 4 2002 3 11
 grep -q "bitwise equal" "$tmp/conv.out" || { echo "FAIL convert: $(cat "$tmp/conv.out")"; exit 1; }
 "$TERNPIPE" logits -m "$tmp/large.gguf" --ids "$ids" --out "$tmp/conv.f32" 2>/dev/null
 same "large convert --hf round trip" "$tmp/conv.f32"
+# --type f16: trits in F16 and an F32 .scale per projection, exact too (2 ranks)
+"$TERNPIPE" convert --hf "$large" -o "$tmp/large16.gguf" --type f16 >"$tmp/conv.out" 2>"$tmp/err" ||
+  { cat "$tmp/err"; exit 1; }
+grep -q "bitwise equal" "$tmp/conv.out" || { echo "FAIL convert f16: $(cat "$tmp/conv.out")"; exit 1; }
+mpirun_ -np 2 "$TERNPIPE" logits -m "$tmp/large16.gguf" --ids "$ids" --out "$tmp/conv16.f32" \
+  2>"$tmp/err" || { cat "$tmp/err"; exit 1; }
+same "large convert --hf --type f16 round trip, np2" "$tmp/conv16.f32"
 
 ids2=$(cat "$TERN_FIXTURES/reference/tiny-2b4t/ids.txt")
 "$TERNPIPE" logits -m "$gg2b" --ids "$ids2" --out "$tmp/ref.f32" 2>/dev/null

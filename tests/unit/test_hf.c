@@ -7,7 +7,8 @@
  *   tolerance (max diff <= 0.05 R, argmax where the reference margin > 0.05 R) of both
  *   references there: numpy with int8 activations and upstream llama.cpp;
  * - converted GGUFs round-trip: I2_S reread gives the same logits; TQ2_0 and TQ1_0 hold the
- *   same trits with the scale rounded to f16; the converted vocab reproduces ids.txt;
+ *   same trits with the scale rounded to f16; F16 (trits + .scale) and upstream's F32 t * alpha
+ *   give the same logits; the converted vocab reproduces ids.txt;
  * - each process converts only the tensors of its slice (three slices of tiny-large-hf, each
  *   with its own handle, read only their layers and head rows and give the whole model's
  *   logits bitwise);
@@ -201,6 +202,73 @@ static void compare(const float *a, const float *r, int n, int V, const char *la
            md, md / R, R, agree, n, wide_ok, wide);
 }
 
+/* --type f16: the trits in F16 and the scale in an F32 [1] .scale (upstream's 2024-08 layout)
+ * read back to the directory's logits bitwise; so does upstream's current layout, t * alpha
+ * in F32 without scales, made from it here */
+static void test_large_f16(const float *l, const int32_t *ids, int n)
+{
+    tern_status st = {0};
+    char p[600], q[600];
+    snprintf(p, sizeof p, "%s/large-f16.gguf", tern_test_tmpdir());
+    snprintf(q, sizeof q, "%s/large-f32.gguf", tern_test_tmpdir());
+    CHECKF(tern_hf_convert(tern_test_fixture("reference/tiny-large-hf"), p, TERN_TYPE_F16, &st) ==
+               TERN_OK,
+           "%s", st.msg);
+    tern_gguf *a = NULL, *b = NULL;
+    CHECK(tern_gguf_open(&a, p, &st) == TERN_OK);
+    if (!a) return;
+    const tern_gguf_tensor *wq = tern_gguf_find_tensor(a, "blk.1.attn_q.weight");
+    const tern_gguf_tensor *sq = tern_gguf_find_tensor(a, "blk.1.attn_q.scale");
+    CHECK(wq && wq->type == TERN_TYPE_F16 && sq && sq->type == TERN_TYPE_F32 && sq->ne[0] == 1);
+    CHECK(tern_gguf_n_tensors(a) == 2 + 3 * 11 + 3 * 7);
+    int V = 0;
+    float *la = logits_of(a, ids, n, &V);
+    CHECK(l && la && V == 2002 && !memcmp(l, la, sizeof(float) * (size_t)n * 2002));
+    free(la);
+    /* every F16 projection times its scale as F32, the scales dropped */
+    tern_gguf_writer *w = tern_gguf_writer_new();
+    for (uint64_t i = 0; i < tern_gguf_n_kv(a); i++) {
+        const tern_gguf_kv *kv = tern_gguf_kv_at(a, i);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.ptr);
+        tern_gguf_writer_add_value(w, key, &kv->value);
+    }
+    float *bufs[64];
+    int nb = 0, made = 0;
+    for (uint64_t i = 0; i < tern_gguf_n_tensors(a) && nb < 64; i++) {
+        const tern_gguf_tensor *t = tern_gguf_tensor_at(a, i);
+        char name[128], sn[128];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        if (strstr(name, ".scale")) continue;
+        snprintf(sn, sizeof sn, "%.*s.scale", (int)t->name.len - 7, t->name.ptr);
+        const tern_gguf_tensor *s = tern_gguf_find_tensor(a, sn);
+        if (!s || t->type != TERN_TYPE_F16) {
+            tern_gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne, t->data, &st);
+            continue;
+        }
+        float alpha;
+        memcpy(&alpha, s->data, 4);
+        size_t cnt = (size_t)(t->ne[0] * t->ne[1]);
+        float *f = bufs[nb++] = malloc(cnt * 4);
+        tern_f16_to_f32(t->data, f, (int64_t)cnt);
+        for (size_t j = 0; j < cnt; j++) f[j] *= alpha;
+        tern_gguf_writer_add_tensor(w, name, TERN_TYPE_F32, 2, t->ne, f, &st);
+        made++;
+    }
+    CHECK(made == 21);
+    CHECK(tern_gguf_writer_write(w, q, &st) == TERN_OK);
+    tern_gguf_writer_free(w);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    CHECK(tern_gguf_open(&b, q, &st) == TERN_OK);
+    float *lb = b ? logits_of(b, ids, n, &V) : NULL;
+    CHECK(l && lb && !memcmp(l, lb, sizeof(float) * (size_t)n * 2002));
+    printf("tiny-large-hf as F16 trits + scales and as F32 t * alpha: logits bitwise equal\n");
+    free(lb);
+    tern_gguf_close(a);
+    tern_gguf_close(b);
+    unlink(p), unlink(q);
+}
+
 static void test_large(void)
 {
     if (!tern_test_need("reference/tiny-large-hf/model.safetensors")) return;
@@ -298,6 +366,7 @@ static void test_large(void)
     }
     CHECK(checked == 21);
     for (int k = 0; k < 3; k++) tern_gguf_close(c[k]), unlink(p[k]);
+    test_large_f16(l, ids, n);
     free(l), free(ref), free(llm);
     tern_gguf_close(g);
 }
