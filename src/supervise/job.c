@@ -66,18 +66,19 @@ bool tern_job_wait(tern_job *j, double timeout_s)
     return tern_job_exited(j);
 }
 
-/* whether the NUL-separated cmdline [n] holds the pair flag, value as two arguments */
-static bool has_pair(const char *c, size_t n, const char *flag, const char *value)
+/* whether the NUL-separated cmdline [n] has an argument equal to value */
+static bool has_arg(const char *c, size_t n, const char *value)
 {
-    size_t fl = strlen(flag) + 1, vl = strlen(value) + 1;
-    for (size_t i = 0; i + fl + vl <= n; i += strlen(c + i) + 1)
-        if (!memcmp(c + i, flag, fl) && !memcmp(c + i + fl, value, vl)) return true;
+    size_t vl = strlen(value) + 1;
+    for (size_t i = 0; i + vl <= n; i += strlen(c + i) + 1)
+        if (!memcmp(c + i, value, vl)) return true;
     return false;
 }
 
 int tern_job_sweep(const char *flag, const char *value, bool kill_them)
 {
-    if (!flag || !value) return 0;
+    (void)flag;
+    if (!value) return 0;
     char *buf = malloc(CMDLINE_MAX);
     if (!buf) return 0;
     int found = 0;
@@ -98,7 +99,7 @@ int tern_job_sweep(const char *flag, const char *value, bool kill_them)
             close(fd);
             if (n <= 0) continue;
             buf[n] = 0;
-            if (!has_pair(buf, (size_t)n + 1, flag, value)) continue;
+            if (!has_arg(buf, (size_t)n + 1, value)) continue;
             this_pass++;
             if (kill_them) kill((pid_t)pid, SIGKILL);
         }

@@ -27,7 +27,7 @@
 
 #define MAX_HOSTS 256     /* lines of a hostfile */
 #define HOST_LINE 512     /* bytes of one */
-#define PROBE_S 15.0      /* a host that does not run `true` within this is gone */
+#define PROBE_S 10.0      /* a host that does not run `true` within this is gone */
 #define MAX_ARGV 512      /* the job's command line */
 #define CLOSE_WAIT_S 15.0 /* after serving: the job's own clean exit */
 
@@ -183,6 +183,10 @@ static tern_code build_argv(sup *s, int argc, char **argv, const bool *skip, ter
             s->argv[k++] = (char *)c->hostfile;
         }
         for (int i = 0; i < c->n_mpirun_args; i++) s->argv[k++] = (char *)c->mpirun_args[i];
+        /* the job's marker on mpirun's daemons too (job.h), so none can outlive the job */
+        s->argv[k++] = (char *)"--mca";
+        s->argv[k++] = (char *)"ternpipe_supervisor";
+        s->argv[k++] = s->addr;
     }
     s->argv[k++] = own(s, self);
     s->argv[k++] = (char *)"serve";

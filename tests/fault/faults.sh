@@ -62,7 +62,7 @@ wait_ready() {
 # no process of the job may be left once the supervisor is gone
 no_orphans() {
   local left
-  left=$(pgrep -f -- "--supervisor $addr" || true)
+  left=$(pgrep -f -- " $addr( |\$)" || true)
   if [ -n "$left" ]; then
     echo "FAIL: processes of the job left behind: $left"
     ps -o pid,stat,args -p "$(echo "$left" | tr '\n' ',' | sed 's/,$//')" || true

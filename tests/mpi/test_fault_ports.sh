@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Open ports (issue 10, item 7): a single `ternpipe serve` without mpirun listens on its HTTP
-# port on 127.0.0.1 and nothing else (no MPI at all: no orted child, no TCP transport), and the
+# Open ports (issue 10, item 7): a single in-process `ternpipe serve --no-supervise` listens on
+# its HTTP port on 127.0.0.1 and nothing else (no MPI at all: no orted child, no TCP transport);
+# supervised (the default) it adds one loopback port for its engine job, whose one process
+# listens on nothing; the
 # ranks of `mpirun -np 3 ternpipe serve` on one host open no MPI listener either (shared
 # memory between them, the TCP transport dropped), whatever the --mca btl list with vader in
 # it. Listening sockets are read from /proc (tests/server/faults.py listeners). Bounded waits;
@@ -30,9 +32,9 @@ stop() {
   echo "FAIL: pid $1 still running 30 s after SIGTERM"; exit 1
 }
 
-# 1. one process, no launcher
+# 1. one process, no launcher, in-process (--no-supervise)
 port=$(free_port)
-"$TERNPIPE" serve -m "$model" --threads 1 --port "$port" >"$tmp/single.log" 2>&1 &
+"$TERNPIPE" serve -m "$model" --threads 1 --port "$port" --no-supervise >"$tmp/single.log" 2>&1 &
 pid=$!
 pids+=("$pid")
 python3 "$faults" wait "http://127.0.0.1:$port" 60 || { cat "$tmp/single.log"; exit 1; }
@@ -44,6 +46,25 @@ kids=$(pgrep -P "$pid" || true)
 [ -z "$kids" ] || { echo "FAIL single: child processes $(ps -o pid=,comm= -p $kids | tr '\n' ' ')"; exit 1; }
 stop "$pid"
 echo "ok single: only 127.0.0.1:$port, no child process"
+
+# 1b. the same supervised (the default): the supervisor listens on its HTTP port and on one
+# loopback port for its own engine job; the job (one rank, no launcher) listens on nothing
+port=$(free_port)
+"$TERNPIPE" serve -m "$model" --threads 1 --port "$port" >"$tmp/sup.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+python3 "$faults" wait "http://127.0.0.1:$port" 60 || { cat "$tmp/sup.log"; exit 1; }
+eport=$(sed -n 's/.*rank 0 reports to 127.0.0.1:\([0-9]*\)).*/\1/p' "$tmp/sup.log")
+got=$(python3 "$faults" listeners "$pid" | awk '{print $2}' | sort | tr '\n' ' ')
+want=$(printf '%s\n' "127.0.0.1:$port" "127.0.0.1:$eport" | sort | tr '\n' ' ')
+[ -n "$eport" ] && [ "$got" = "$want" ] || { echo "FAIL supervised: listening on '$got', expected '$want'"; exit 1; }
+kids=$(pgrep -P "$pid" || true)
+[ "$(echo "$kids" | wc -w)" -eq 1 ] && [ "$(cat "/proc/$kids/comm")" = ternpipe ] ||
+  { echo "FAIL supervised: children '$kids', expected the one engine process"; exit 1; }
+got=$(python3 "$faults" listeners "$kids" | awk '{print $2}')
+[ -z "$got" ] || { echo "FAIL supervised: the engine process listens on $got"; exit 1; }
+stop "$pid"
+echo "ok supervised: 127.0.0.1:$port and the engine's loopback port $eport; the engine listens on nothing"
 
 # 2. three ranks on this host, with the transport lists users write
 for btl in "self,vader,tcp" "" "^openib"; do
