@@ -259,10 +259,10 @@ int tern_cmd_bench(int argc, char **argv)
             "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f, \"tgemm_gmacs\": %.1f, "
             "\"f16_head_gmacs\": %.1f, \"prefill_ceiling_tok_s\": %.1f, "
             "\"prefill128_fraction\": %.3f, \"batched_ceiling_tok_s\": %.1f, "
-            "\"decode64_fraction\": %.3f}\n",
+            "\"decode64_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
             rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0, tg, fh,
             ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
-            ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0);
+            ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0, tern_kv_type_name(eo.kv_type));
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
         for (int i = 0; i < 2; i++)
@@ -287,8 +287,8 @@ int tern_cmd_bench(int argc, char **argv)
                tg, fh, ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0,
                ceil_batch, ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0);
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
-               "(the rest is fp32 KV of the concurrent sequences)\n",
-               (double)rss / 1e6, (double)rss_single / 1e6);
+               "(the rest is %s KV of the concurrent sequences)\n",
+               (double)rss / 1e6, (double)rss_single / 1e6, tern_kv_type_name(eo.kv_type));
         if (n_ranks > 1) {
             printf("peak RSS per rank:");
             for (int k = 0; k < n_ranks; k++)
