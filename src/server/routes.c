@@ -250,9 +250,11 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
             return MHD_NO;
         }
     }
-    if (r->failed)
-        return tern_srv_send_error(s, c, k, atomic_load(&s->state) == ST_DRAINING ? 503 : 500, NULL,
-                                   tern_srv_failure_message(r));
+    if (r->failed) { /* the engine failed for good, or the server is draining: unavailable */
+        int state = atomic_load(&s->state);
+        return tern_srv_send_error(s, c, k, state == ST_DRAINING || state == ST_FAILED ? 503 : 500,
+                                   NULL, tern_srv_failure_message(r));
+    }
     cJSON *j = tern_srv_envelope(r, r->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(j, "choices");
     cJSON *ch = cJSON_CreateObject();

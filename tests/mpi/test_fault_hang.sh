@@ -127,7 +127,7 @@ for r in recs:
     if r.get("end") != "error" or "a rank stopped answering" not in (r.get("error") or ""):
         bad.append(r)
         continue
-    if r["kind"] == "plain" and r.get("status") != 500:
+    if r["kind"] == "plain" and r.get("status") != 503:
         bad.append(r)
         continue
     errors += 1

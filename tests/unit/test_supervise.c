@@ -2,7 +2,9 @@
  * round-trips; a stream cut anywhere yields whole frames only; bad frames (lengths, ids,
  * sampling, unknown bodies, garbage) give one-line errors; the journal bounds its requests,
  * records tokens and text sent, and replays each open request as prompt + generated tokens with
- * the rest of its budget, oldest first. */
+ * the rest of its budget, oldest first; the serving messages (picks, rank 0's failure, its
+ * counters) round-trip and their bad values are refused. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,6 +129,114 @@ static void test_wire(void)
     CHECK(tern_sv_pack(&ms[1], buf, 10) == 0); /* does not fit */
 }
 
+/* one frame through a fresh reader: TERN_OK and the message, or the error in st */
+static tern_code one_frame(const tern_sv_msg *w, tern_sv_reader **keep, tern_sv_msg *m,
+                           tern_status *st)
+{
+    static uint8_t buf[1 << 16];
+    size_t n = tern_sv_pack(w, buf, sizeof buf);
+    CHECK(n > 4);
+    CHECK(tern_sv_reader_create(keep, 1000, st) == TERN_OK);
+    CHECK(tern_sv_reader_feed(*keep, buf, n, st) == TERN_OK);
+    bool got = false;
+    tern_code rc = tern_sv_reader_next(*keep, m, &got, st);
+    CHECK(rc != TERN_OK || got);
+    return rc;
+}
+
+/* the messages the supervisor serves from: log-probabilities, rank 0's failure, its counters */
+static void test_wire_serving(void)
+{
+    tern_status st = {0};
+    tern_sv_reader *r = NULL;
+    tern_sv_msg m;
+    int32_t tok = 17;
+    tern_pick pk = {.token = 17, .logprob = -0.25f, .n_top = 3};
+    pk.top[0] = (tern_logprob){17, -0.25f}, pk.top[1] = (tern_logprob){3, -1.5f};
+    pk.top[2] = (tern_logprob){999, -INFINITY};
+    tern_sv_msg t = {.kind = TERN_SV_TOKENS, .id = 5, .ids = &tok, .n_ids = 1, .pick = &pk};
+    CHECKF(one_frame(&t, &r, &m, &st) == TERN_OK, "%s", st.msg);
+    CHECK(m.kind == TERN_SV_TOKENS && m.n_ids == 1 && m.ids[0] == 17 && m.pick);
+    CHECK(m.pick->token == 17 && m.pick->logprob == -0.25f && m.pick->n_top == 3);
+    CHECK(m.pick->top[1].id == 3 && m.pick->top[1].logprob == -1.5f &&
+          isinf(m.pick->top[2].logprob));
+    tern_sv_reader_free(r);
+    /* a pick belongs to exactly one token; more than the limit does not pack */
+    int32_t two[2] = {1, 2};
+    tern_sv_msg t2 = t;
+    t2.ids = two, t2.n_ids = 2;
+    uint8_t small[256];
+    CHECK(tern_sv_pack(&t2, small, sizeof small) == 0);
+    /* bad picks are refused with a message naming them */
+    struct {
+        const char *what;
+        int32_t id;
+        float lp;
+    } bad[] = {
+        {"pick logprob", 3, 0.5f}, {"pick top id", 5000, -1.0f}, {"pick top logprob", 3, NAN}};
+    for (size_t c = 0; c < sizeof bad / sizeof bad[0]; c++) {
+        tern_pick b = pk;
+        if (c == 0) b.logprob = bad[c].lp;
+        if (c == 1) b.top[1].id = bad[c].id;
+        if (c == 2) b.top[1].logprob = bad[c].lp;
+        tern_sv_msg tb = t;
+        tb.pick = &b;
+        CHECKF(one_frame(&tb, &r, &m, &st) == TERN_EFORMAT && strstr(st.msg, bad[c].what),
+               "%s: got '%s'", bad[c].what, st.msg);
+        tern_sv_reader_free(r);
+    }
+    /* rank 0's failure travels in its heartbeat, on one line */
+    tern_sv_msg hb = {.kind = TERN_SV_HEARTBEAT, .id = 9, .state = 2};
+    strcpy(hb.error, "engine: step 3: in flight for 3.0 s\nrank 2");
+    CHECK(one_frame(&hb, &r, &m, &st) == TERN_OK && m.state == 2);
+    CHECK(!strcmp(m.error, "engine: step 3: in flight for 3.0 s rank 2"));
+    tern_sv_reader_free(r);
+    tern_sv_msg hello = {.kind = TERN_SV_HELLO, .version = TERN_SV_VERSION, .n_ranks = 3};
+    CHECK(one_frame(&hello, &r, &m, &st) == TERN_OK && m.n_ranks == 3);
+    tern_sv_reader_free(r);
+    /* the engine's counters, per rank */
+    tern_rank_stats rk[3] = {
+        {.busy_s = 1.5,
+         .peak_rss = 123456789,
+         .kv_used = 4,
+         .kv_total = 64,
+         .layer_start = 0,
+         .layer_end = 2,
+         .vocab_start = 0,
+         .vocab_end = 10},
+        {.kv_used = 0,
+         .kv_total = 64,
+         .layer_start = 2,
+         .layer_end = 6,
+         .vocab_start = 10,
+         .vocab_end = 600,
+         .predicted = 2.5e6},
+        {.kv_total = 1, .layer_start = 6, .layer_end = 6, .vocab_start = 600, .vocab_end = 1000}};
+    tern_sv_msg sm = {.kind = TERN_SV_STATS};
+    sm.stats = (tern_engine_stats){.n_ranks = 3,
+                                   .running = 2,
+                                   .queued = 1,
+                                   .steps = 77,
+                                   .tokens_prompt = 1000,
+                                   .tokens_generated = 2000,
+                                   .retries = 1,
+                                   .wall_s = 12.5,
+                                   .hop_p50_ms = 0.25,
+                                   .hop_p99_ms = 2.0,
+                                   .ranks = rk};
+    CHECKF(one_frame(&sm, &r, &m, &st) == TERN_OK, "%s", st.msg);
+    CHECK(m.kind == TERN_SV_STATS && m.stats.n_ranks == 3 && m.stats.running == 2 &&
+          m.stats.queued == 1 && m.stats.steps == 77 && m.stats.tokens_generated == 2000 &&
+          m.stats.wall_s == 12.5 && m.stats.hop_p99_ms == 2.0);
+    CHECK(m.stats.ranks[0].peak_rss == 123456789 && m.stats.ranks[0].busy_s == 1.5 &&
+          m.stats.ranks[1].vocab_end == 600 && m.stats.ranks[1].predicted == 2.5e6 &&
+          m.stats.ranks[2].layer_start == 6);
+    tern_sv_reader_free(r);
+    rk[1].kv_used = 65; /* more used than there are */
+    CHECK(one_frame(&sm, &r, &m, &st) == TERN_EFORMAT && strstr(st.msg, "stats rank 1"));
+    tern_sv_reader_free(r);
+}
+
 typedef struct seen {
     tern_jreplay r[8];
     int32_t ids[8][64];
@@ -185,12 +295,17 @@ static void test_journal(void)
     s.n = 0;
     CHECK(tern_journal_replay(j, on_replay, &s) == 3);
     CHECK(s.r[0].id == 2 && s.r[1].id == 3 && s.r[2].id == 4 && s.r[0].max_new == 0);
+    /* one request's resubmission alone */
+    s.n = 0;
+    CHECK(tern_journal_replay_one(j, 3, on_replay, &s) && s.n == 1 && s.r[0].id == 3);
+    CHECK(!tern_journal_replay_one(j, 1, on_replay, &s) && s.n == 1); /* finished */
     tern_journal_free(j);
 }
 
 int main(void)
 {
     test_wire();
+    test_wire_serving();
     test_journal();
     return tern_test_finish("test_supervise");
 }
