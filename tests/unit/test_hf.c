@@ -11,7 +11,7 @@
  *   give the same logits; the converted vocab reproduces ids.txt;
  * - each process converts only the tensors of its slice (three slices of tiny-large-hf, each
  *   with its own handle, read only their layers and head rows and give the whole model's
- *   logits bitwise);
+ *   logits bitwise; the same in two shards);
  * - broken directories (shape against config.json, a missing tensor, a bad hidden_act) are
  *   refused at open with one line naming the tensor or key; a code 3 only by the process that
  *   loads its layer (and by convert). */
@@ -463,6 +463,101 @@ static void copy_file(const char *from, const char *to)
     free(b);
 }
 
+/* one safetensors file of the tensors of src that keep() picks, in src's order */
+static void write_shard(const tern_st *src, const char *path, int shard,
+                        int (*pick)(const char *name), FILE *index)
+{
+    size_t cap = 65536, hl = 0;
+    char *hdr = malloc(cap);
+    uint64_t off = 0;
+    hl += (size_t)snprintf(hdr, cap, "{");
+    for (uint64_t i = 0; i < tern_st_n_tensors(src); i++) {
+        const tern_st_tensor *t = tern_st_tensor_at(src, i);
+        if (pick(t->name) != shard) continue;
+        char shp[64] = "[";
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            snprintf(shp + strlen(shp), sizeof shp - strlen(shp), "%s%llu", d ? "," : "",
+                     (unsigned long long)t->shape[d]);
+        strcat(shp, "]");
+        hl += (size_t)snprintf(
+            hdr + hl, cap - hl,
+            "%s\"%s\":{\"dtype\":\"%s\",\"shape\":%s,\"data_offsets\":[%llu,%llu]}",
+            hl > 1 ? "," : "", t->name, tern_st_dtype_name(t->dtype), shp, (unsigned long long)off,
+            (unsigned long long)(off + t->nbytes));
+        off += t->nbytes;
+        fprintf(index, "%s\"%s\":\"model-%05d-of-00002.safetensors\"", ftell(index) > 40 ? "," : "",
+                t->name, shard);
+    }
+    hl += (size_t)snprintf(hdr + hl, cap - hl, "}");
+    while (hl % 8) hdr[hl++] = ' ';
+    FILE *f = fopen(path, "wb");
+    uint64_t h64 = hl;
+    fwrite(&h64, 8, 1, f);
+    fwrite(hdr, 1, hl, f);
+    for (uint64_t i = 0; i < tern_st_n_tensors(src); i++) {
+        const tern_st_tensor *t = tern_st_tensor_at(src, i);
+        if (pick(t->name) == shard) fwrite(t->data, 1, (size_t)t->nbytes, f);
+    }
+    fclose(f);
+    free(hdr);
+}
+
+/* layer 0 with the embedding and the final norm in shard 1, layers 1 and 2 in shard 2 */
+static int pick_shard(const char *name)
+{
+    return strncmp(name, "model.layers.", 13) || name[13] == '0' ? 1 : 2;
+}
+
+/* tiny-large-hf in two shards with model.safetensors.index.json: the same logits bitwise, and
+ * a slice of layers [1,3) converts tensors of shard 2 only */
+static void test_shards(void)
+{
+    if (!tern_test_need("reference/tiny-large-hf/model.safetensors")) return;
+    char src[600], dir[600], p[700];
+    snprintf(src, sizeof src, "%s", tern_test_fixture("reference/tiny-large-hf"));
+    snprintf(dir, sizeof dir, "%s/shards", tern_test_tmpdir());
+    CHECK(mkdir(dir, 0700) == 0);
+    snprintf(p, sizeof p, "%s/model.safetensors", src);
+    tern_st *s = NULL;
+    tern_status st = {0};
+    CHECKF(tern_st_open(&s, p, &st) == TERN_OK, "%s", st.msg);
+    if (!s) return;
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    FILE *index = fopen(p, "w");
+    fprintf(index, "{\"metadata\":{},\"weight_map\":{");
+    for (int k = 1; k <= 2; k++) {
+        snprintf(p, sizeof p, "%s/model-%05d-of-00002.safetensors", dir, k);
+        write_shard(s, p, k, pick_shard, index);
+    }
+    fprintf(index, "}}\n");
+    fclose(index);
+    tern_st_close(s);
+    char from[700], to[700];
+    snprintf(from, sizeof from, "%s/config.json", src);
+    snprintf(to, sizeof to, "%s/config.json", dir);
+    copy_file(from, to);
+    tern_gguf *a = NULL, *b = NULL, *c = NULL;
+    CHECK(tern_gguf_open(&a, src, &st) == TERN_OK);
+    CHECKF(tern_gguf_open(&b, dir, &st) == TERN_OK, "%s", st.msg);
+    CHECK(tern_gguf_open(&c, dir, &st) == TERN_OK);
+    int32_t ids[64];
+    int n = read_ids("reference/tiny-large-hf/ids.txt", ids, 64), va = 0, vb = 0;
+    float *la = a ? logits_of(a, ids, n, &va) : NULL, *lb = b ? logits_of(b, ids, n, &vb) : NULL;
+    CHECK(la && lb && va == vb && !memcmp(la, lb, sizeof(float) * (size_t)n * (size_t)va));
+    tern_model *m = NULL;
+    tern_model_opts mo = {.l0 = 1, .l1 = 3};
+    CHECKF(c && tern_model_load(&m, c, &mo, &st) == TERN_OK, "%s", st.msg);
+    char reads[512] = "";
+    if (c) tern_gguf_describe_reads(c, reads, sizeof reads);
+    CHECKF(strstr(reads, "read 22 of 35 checkpoint tensors") && strstr(reads, ": layers [1,3)") &&
+               !strstr(reads, "model."),
+           "%s", reads);
+    printf("tiny-large-hf in 2 shards: logits bitwise equal; layers [1,3): %s\n", reads);
+    tern_model_free(m);
+    free(la), free(lb);
+    tern_gguf_close(a), tern_gguf_close(b), tern_gguf_close(c);
+}
+
 static void test_broken(void)
 {
     if (!tern_test_need("reference/tiny-2b4t-hf/model.safetensors")) return;
@@ -719,6 +814,7 @@ int main(void)
     test_large();
     test_slices();
     test_broken();
+    test_shards();
     test_3b_shape();
     return tern_test_finish("test_hf");
 }
