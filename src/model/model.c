@@ -163,6 +163,19 @@ static tern_code proj_scale(const tern_gguf *g, const char *name, bool ternary, 
     return rc;
 }
 
+static float f32_at(const unsigned char *p, size_t i)
+{
+    float v;
+    memcpy(&v, p + 4 * i, 4);
+    return v;
+}
+static uint16_t f16_at(const unsigned char *p, size_t i)
+{
+    uint16_t v;
+    memcpy(&v, p + 2 * i, 2);
+    return v;
+}
+
 /* A float projection [n][k] (F32 or F16: upstream llama.cpp's bitnet files, convert --type
  * f16), ternarized here. When every value is 0 or +-a for one a (a dequantized ternary t*a, or
  * the trits themselves with a .scale), t is exact and alpha = a; anything else is a master,
@@ -173,9 +186,8 @@ static tern_code float_trits(const tern_gguf *g, const char *name, tern_ggml_typ
                              tern_status *st)
 {
     const size_t cnt = (size_t)k * (size_t)n;
-#define AT(i)                                                                                      \
-    (type == TERN_TYPE_F32 ? ((const float *)data)[i]                                              \
-                           : tern_f16_to_f32_1(((const uint16_t *)data)[i]))
+    const unsigned char *raw = data; /* a file's alignment may be as small as 1 */
+#define AT(i) (type == TERN_TYPE_F32 ? f32_at(raw, i) : tern_f16_to_f32_1(f16_at(raw, i)))
     double sum = 0.0;
     float a = 0.0f;
     bool levels = true; /* every value 0 or +-a */

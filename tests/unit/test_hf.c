@@ -257,6 +257,21 @@ static void test_large_f16(const float *l, const int32_t *ids, int n)
     }
     CHECK(made == 21);
     CHECK(tern_gguf_writer_write(w, q, &st) == TERN_OK);
+    /* a NaN in a float projection is refused by the rank that loads it, naming the tensor */
+    char q2[600];
+    snprintf(q2, sizeof q2, "%s/large-nan.gguf", tern_test_tmpdir());
+    bufs[0][5] = NAN;
+    CHECK(tern_gguf_writer_write(w, q2, &st) == TERN_OK);
+    tern_gguf *bad = NULL;
+    tern_model *m = NULL;
+    tern_model_opts mo = {.l0 = 0, .l1 = 1};
+    CHECK(tern_gguf_open(&bad, q2, &st) == TERN_OK);
+    CHECK(bad && tern_model_load(&m, bad, &mo, &st) == TERN_EFORMAT && !m);
+    CHECKF(strstr(st.msg, "tensor 'blk.0.attn_q.weight': got NaN at element 5, expected finite") &&
+               !strchr(st.msg, '\n'),
+           "'%s'", st.msg);
+    tern_gguf_close(bad);
+    unlink(q2);
     tern_gguf_writer_free(w);
     for (int i = 0; i < nb; i++) free(bufs[i]);
     CHECK(tern_gguf_open(&b, q, &st) == TERN_OK);
