@@ -94,6 +94,11 @@ tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st);
 /* Same over a caller-owned buffer (fuzzing, tests); the buffer must outlive the handle. */
 tern_code tern_gguf_open_memory(tern_gguf **out, const void *data, size_t size, const char *name,
                                 tern_status *st);
+/* Flags of tern_gguf_open_flags. WEIGHTS_ONLY: a directory's tokenizer files are not read
+ * (no tokenizer.* keys), for a process that never tokenizes (a pipeline worker); the checksum
+ * is the same with or without it. Files ignore it. */
+#define TERN_GGUF_WEIGHTS_ONLY 1u
+tern_code tern_gguf_open_flags(tern_gguf **out, const char *path, unsigned flags, tern_status *st);
 void tern_gguf_close(tern_gguf *g);
 
 /* Drops this process's mapping of the file pages under [data, data + nbytes) (whole pages

@@ -19,7 +19,8 @@ tern_code tern_hf_tokjson_add(tern_gguf_writer *w, const char *dir, int32_t n_vo
  * added; a ternary projection is read whole) into dst in its GGUF encoding. */
 typedef struct tern_hf tern_hf;
 tern_code tern_hf_open(tern_hf **out, const char *dir, int type /* tern_ggml_type */,
-                       tern_gguf_writer *w, tern_status *st);
+                       bool weights_only /* no tokenizer files */, tern_gguf_writer *w,
+                       tern_status *st);
 tern_code tern_hf_read(tern_hf *h, uint64_t i, uint64_t r0, uint64_t r1, void *dst,
                        tern_status *st);
 uint64_t tern_hf_n_tensors(const tern_hf *h);

@@ -216,7 +216,9 @@ uint64_t tern_gguf_checksum(const tern_gguf *g)
     for (size_t i_ = 0; i_ < (size_t)(n); i_++)                                                    \
     h = (h ^ ((const uint8_t *)(p))[i_]) * 1099511628211ULL
     uint64_t size = tern_gguf_file_size(g);
-    MIX(&size, 8);
+    /* a directory's size depends on whether its vocab was read (TERN_GGUF_WEIGHTS_ONLY):
+     * tern_hf_checksum mixes the checkpoint's size instead */
+    if (!g->hf) MIX(&size, 8);
     for (uint64_t i = 0; i < tern_gguf_n_tensors(g); i++) {
         const tern_gguf_tensor *t = tern_gguf_tensor_at(g, i);
         MIX(t->name.ptr, t->name.len);

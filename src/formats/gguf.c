@@ -475,7 +475,7 @@ static tern_code open_common(tern_gguf **out, tern_gguf *g, tern_status *st)
  * tensors are converted when tern_gguf_tensor_read asks for them, so each rank reads only the
  * tensors of its slice. Messages name the directory. Every rank lays out the same files the
  * same way, so the checksum handshake still compares like with like. */
-static tern_code open_hf_dir(tern_gguf **out, const char *dir, tern_status *st)
+static tern_code open_hf_dir(tern_gguf **out, const char *dir, unsigned flags, tern_status *st)
 {
     char cfg[4096];
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
@@ -493,7 +493,7 @@ static tern_code open_hf_dir(tern_gguf **out, const char *dir, tern_status *st)
         rc = tern_status_set(st, TERN_ENOMEM, "gguf: %s: out of memory", dir);
         goto fail;
     }
-    if ((rc = tern_hf_open(&g->hf, dir, TERN_TYPE_I2_S, w, st)) ||
+    if ((rc = tern_hf_open(&g->hf, dir, TERN_TYPE_I2_S, flags & TERN_GGUF_WEIGHTS_ONLY, w, st)) ||
         (rc = tern_gguf_writer_header(w, &head, &len, &g->file_size, st)))
         goto fail;
     tern_gguf_writer_free(w);
@@ -506,6 +506,11 @@ fail:
 }
 
 tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
+{
+    return tern_gguf_open_flags(out, path, 0, st);
+}
+
+tern_code tern_gguf_open_flags(tern_gguf **out, const char *path, unsigned flags, tern_status *st)
 {
     *out = NULL;
     /* O_NONBLOCK: opening a FIFO would otherwise block until a writer appears; it has no
@@ -523,7 +528,7 @@ tern_code tern_gguf_open(tern_gguf **out, const char *path, tern_status *st)
     }
     if (S_ISDIR(sb.st_mode)) {
         close(fd);
-        return open_hf_dir(out, path, st);
+        return open_hf_dir(out, path, flags, st);
     }
     if (!S_ISREG(sb.st_mode)) {
         close(fd);

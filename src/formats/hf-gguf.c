@@ -78,6 +78,7 @@ typedef struct conv {
     tern_gguf_writer *w;
     void **bufs;
     size_t n_bufs, cap_bufs;
+    bool weights_only; /* no tokenizer files read */
     tern_status *status;
 } conv;
 
@@ -460,7 +461,7 @@ static tern_code plan(conv *c)
 #undef HF
 #undef GG
     }
-    return tokenizer(c);
+    return c->weights_only ? TERN_OK : tokenizer(c);
 }
 
 /* ---- reading one tensor ---- */
@@ -625,8 +626,8 @@ tern_code tern_hf_read(tern_hf *h, uint64_t i, uint64_t r0, uint64_t r1, void *d
 
 /* ---- open, convert, close ---- */
 
-tern_code tern_hf_open(tern_hf **out, const char *dir, int type_id, tern_gguf_writer *w,
-                       tern_status *st)
+tern_code tern_hf_open(tern_hf **out, const char *dir, int type_id, bool weights_only,
+                       tern_gguf_writer *w, tern_status *st)
 {
     *out = NULL;
     tern_ggml_type type = (tern_ggml_type)type_id;
@@ -642,7 +643,7 @@ tern_code tern_hf_open(tern_hf **out, const char *dir, int type_id, tern_gguf_wr
     }
     h->type = type;
     pthread_mutex_init(&h->lock, NULL);
-    conv c = {.h = h, .w = w, .status = st};
+    conv c = {.h = h, .w = w, .weights_only = weights_only, .status = st};
     char cp[4096];
     snprintf(cp, sizeof cp, "%s/config.json", dir);
     tern_code rc = tern_hf_config_read(cp, &h->cfg, st);
@@ -687,7 +688,7 @@ tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, te
     tern_hf *h = NULL;
     tern_gguf_writer *w = tern_gguf_writer_new();
     if (!w) return tern_status_set(st, TERN_ENOMEM, "convert: %s: out of memory", dir);
-    tern_code rc = tern_hf_open(&h, dir, type_id, w, st);
+    tern_code rc = tern_hf_open(&h, dir, type_id, false, w, st);
     void **data = h ? calloc(h->n ? h->n : 1, sizeof *data) : NULL;
     if (!rc && !data) rc = oom(h, st);
     for (size_t i = 0; !rc && i < h->n; i++) {

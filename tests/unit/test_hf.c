@@ -388,8 +388,8 @@ static void test_large(void)
 
 /* Three processes' worth of a pipeline in one, each with its own handle on tiny-large-hf:
  * A (embedding, layers [0,1)), B (layers [1,3), final norm, head rows [1024,2002)), C (head
- * rows [0,1024) only). Each converts only its own tensors, as its record of reads says, and
- * together they give the whole-model logits bitwise. */
+ * rows [0,1024) only; B and C opened without the vocab, as workers). Each converts only its own
+ * tensors, as its record of reads says, and together they give the whole-model logits bitwise. */
 static void test_slices(void)
 {
     if (!tern_test_need("reference/tiny-large-hf/model.safetensors")) return;
@@ -399,8 +399,16 @@ static void test_slices(void)
     int32_t ids[64];
     int n = read_ids("reference/tiny-large-hf/ids.txt", ids, 64), V = 0;
     tern_gguf *g[4] = {NULL, NULL, NULL, NULL};
-    for (int k = 0; k < 4; k++) CHECKF(tern_gguf_open(&g[k], dir, &st) == TERN_OK, "%s", st.msg);
+    /* B and C tokenize nothing: opened without the vocab, with the same checksum */
+    for (int k = 0; k < 4; k++)
+        CHECKF(tern_gguf_open_flags(&g[k], dir, k == 1 || k == 2 ? TERN_GGUF_WEIGHTS_ONLY : 0,
+                                    &st) == TERN_OK,
+               "%s", st.msg);
     if (!g[0] || !g[1] || !g[2] || !g[3]) goto out;
+    CHECK(tern_gguf_find(g[0], "tokenizer.ggml.tokens") &&
+          !tern_gguf_find(g[1], "tokenizer.ggml.tokens"));
+    CHECK(tern_gguf_checksum(g[1]) == tern_gguf_checksum(g[0]) &&
+          tern_gguf_checksum(g[2]) == tern_gguf_checksum(g[3]));
     float *ref = logits_of(g[3], ids, n, &V);
     char reads[512];
     tern_gguf_describe_reads(g[3], reads, sizeof reads);
