@@ -179,6 +179,13 @@ enum MHD_Result tern_srv_send_error(tern_server *s, struct MHD_Connection *c, co
 
 /* ---------------------------------------------------- routes and libmicrohttpd's callbacks
  * (routes.c) */
+/* ---------------------------------------------------------------------- pages (pages.c) */
+/* GET / (chat) or /pipeline (the live view) */
+enum MHD_Result tern_srv_page(tern_server *s, struct MHD_Connection *c, conn *k, const char *url);
+/* GET /pipeline.json; status as /health says it */
+enum MHD_Result tern_srv_pipeline_json(tern_server *s, struct MHD_Connection *c, conn *k,
+                                       const char *status);
+
 enum MHD_Result tern_srv_handler(void *cls, struct MHD_Connection *c, const char *url,
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls);

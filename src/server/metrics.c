@@ -12,9 +12,17 @@
 #include "server/server-internal.h"
 
 static const int g_codes[TERN_N_CODES] = {200, 400, 401, 404, 405, 413, 429, 499, 500, 503, 504};
-static const char *const g_routes[TERN_ROUTE_COUNT] = {
-    "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
-    "/tokenize",       "/detokenize",          "/props",     "other"};
+static const char *const g_routes[TERN_ROUTE_COUNT] = {"/v1/completions",
+                                                       "/v1/chat/completions",
+                                                       "/v1/models",
+                                                       "/health",
+                                                       "/metrics",
+                                                       "/tokenize",
+                                                       "/detokenize",
+                                                       "/props",
+                                                       "pages",
+                                                       "/pipeline.json",
+                                                       "other"};
 static const char *const g_finish[TERN_FM_COUNT] = {
     "stop", "length", "stop_string", "client_gone", "shutdown", "cancelled", "error"};
 static const double g_ttft_le[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};

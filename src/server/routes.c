@@ -443,17 +443,23 @@ static const char *backend_health(tern_server *s)
     return s->b.health && atomic_load(&s->state) == ST_READY ? s->b.health(s->b.self) : NULL;
 }
 
+static const char *status_text(tern_server *s)
+{
+    int st = atomic_load(&s->state);
+    const char *busy = backend_health(s);
+    return busy               ? busy
+           : st == ST_READY   ? "ok"
+           : st == ST_LOADING ? "loading"
+           : st == ST_FAILED  ? "failed"
+                              : "stopping";
+}
+
 static enum MHD_Result health(tern_server *s, struct MHD_Connection *c, conn *k)
 {
     int st = atomic_load(&s->state);
     const char *busy = backend_health(s);
     cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "status",
-                            busy               ? busy
-                            : st == ST_READY   ? "ok"
-                            : st == ST_LOADING ? "loading"
-                            : st == ST_FAILED  ? "failed"
-                                               : "stopping");
+    cJSON_AddStringToObject(j, "status", status_text(s));
     if (st == ST_FAILED) cJSON_AddStringToObject(j, "reason", s->failure);
     return tern_srv_send_json(s, c, k, st == ST_READY && !busy ? 200 : 503, j);
 }
@@ -513,6 +519,9 @@ static tern_route route_of(const char *url, char **model_id)
     if (!strcmp(url, "/tokenize")) return TERN_ROUTE_TOKENIZE;
     if (!strcmp(url, "/detokenize")) return TERN_ROUTE_DETOKENIZE;
     if (!strcmp(url, "/props")) return TERN_ROUTE_PROPS;
+    if (!strcmp(url, "/") || !strcmp(url, "/index.html") || !strcmp(url, "/pipeline"))
+        return TERN_ROUTE_PAGE;
+    if (!strcmp(url, "/pipeline.json")) return TERN_ROUTE_PIPELINE;
     return TERN_ROUTE_OTHER;
 }
 
@@ -627,13 +636,19 @@ enum MHD_Result tern_srv_handler(void *cls, struct MHD_Connection *c, const char
     case TERN_ROUTE_METRICS:
         if (!k->get) return tern_srv_send_error(s, c, k, 405, NULL, "method: expected GET");
         return metrics(s, c, k);
+    case TERN_ROUTE_PAGE: /* public: the chat page asks for the key itself */
+        if (!k->get) return tern_srv_send_error(s, c, k, 405, NULL, "method: expected GET");
+        return tern_srv_page(s, c, k, url);
+    case TERN_ROUTE_PIPELINE:
+        if (!k->get) return tern_srv_send_error(s, c, k, 405, NULL, "method: expected GET");
+        return tern_srv_pipeline_json(s, c, k, status_text(s));
     case TERN_ROUTE_OTHER: {
-        char msg[400];
+        char msg[512];
         snprintf(
             msg, sizeof msg,
             "route: got %.16s %.200s, expected one of POST /v1/completions, "
             "POST /v1/chat/completions, GET /v1/models[/ID], POST /tokenize, POST /detokenize, "
-            "GET /props, /health, /metrics",
+            "GET /props, /health, /metrics, /, /pipeline, /pipeline.json",
             method, url);
         return tern_srv_send_error(s, c, k, 404, NULL, msg);
     }

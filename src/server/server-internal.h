@@ -49,6 +49,8 @@ typedef enum tern_route {
     TERN_ROUTE_TOKENIZE,
     TERN_ROUTE_DETOKENIZE,
     TERN_ROUTE_PROPS,
+    TERN_ROUTE_PAGE,     /* GET / and /pipeline (pages.c) */
+    TERN_ROUTE_PIPELINE, /* GET /pipeline.json */
     TERN_ROUTE_OTHER,
     TERN_ROUTE_COUNT
 } tern_route;
