@@ -683,24 +683,43 @@ uint64_t tern_hf_n_tensors(const tern_hf *h)
     return h->n;
 }
 
+/* The header first, then each tensor converted, written and freed in turn: the peak is one
+ * tensor (the embedding), not the whole converted model. The bytes are the writer's layout
+ * (tensors in table order, each padded to the default alignment). */
 tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, tern_status *st)
 {
     tern_hf *h = NULL;
     tern_gguf_writer *w = tern_gguf_writer_new();
     if (!w) return tern_status_set(st, TERN_ENOMEM, "convert: %s: out of memory", dir);
+    uint8_t *head = NULL;
+    size_t len = 0;
+    uint64_t size = 0;
+    FILE *f = NULL;
     tern_code rc = tern_hf_open(&h, dir, type_id, false, w, st);
-    void **data = h ? calloc(h->n ? h->n : 1, sizeof *data) : NULL;
-    if (!rc && !data) rc = oom(h, st);
-    for (size_t i = 0; !rc && i < h->n; i++) {
-        if (!(data[i] = malloc((size_t)h->t[i].nbytes ? (size_t)h->t[i].nbytes : 1)))
-            rc = oom(h, st);
-        else if (!(rc = tern_hf_read(h, i, 0, h->t[i].rows, data[i], st)))
-            rc = tern_gguf_writer_set_data(w, i, data[i], st);
-    }
-    if (!rc) rc = tern_gguf_writer_write(w, out_path, st);
-    for (size_t i = 0; data && i < h->n; i++) free(data[i]);
-    free(data);
+    if (!rc) rc = tern_gguf_writer_header(w, &head, &len, &size, st);
     tern_gguf_writer_free(w);
+    if (!rc && !(f = fopen(out_path, "wb")))
+        rc = tern_status_set(st, TERN_EIO, "convert: %s: open: got %s, expected a writable file",
+                             out_path, strerror(errno));
+    bool wrote = !rc && fwrite(head, 1, len, f) == len;
+    free(head);
+    static const uint8_t zeros[TERN_GGUF_DEFAULT_ALIGNMENT] = {0};
+    for (size_t i = 0; !rc && wrote && i < h->n; i++) {
+        const uint64_t nb = h->t[i].nbytes,
+                       pad = (TERN_GGUF_DEFAULT_ALIGNMENT - nb % TERN_GGUF_DEFAULT_ALIGNMENT) %
+                             TERN_GGUF_DEFAULT_ALIGNMENT;
+        void *data = malloc((size_t)nb ? (size_t)nb : 1);
+        if (!data)
+            rc = oom(h, st);
+        else if (!(rc = tern_hf_read(h, i, 0, h->t[i].rows, data, st)))
+            wrote = fwrite(data, 1, (size_t)nb, f) == nb && fwrite(zeros, 1, (size_t)pad, f) == pad;
+        free(data);
+    }
+    if (f && fclose(f) != 0) wrote = false;
+    if (!rc && !wrote)
+        rc = tern_status_set(st, TERN_EIO, "convert: %s: write: got %s, expected the file written",
+                             out_path, strerror(errno));
+    if (rc && f) unlink(out_path);
     tern_hf_close(h);
     return rc;
 }
