@@ -38,6 +38,7 @@ typedef struct tern_tokenizer tern_tokenizer;
 #define TERN_SERVER_MAX_STOP 16      /* stop strings per request */
 #define TERN_SERVER_MAX_STOP_LEN 256 /* bytes per stop string */
 #define TERN_SERVER_MAX_DEPTH 64     /* JSON nesting depth of a request body */
+#define TERN_SERVER_MAX_N 16         /* choices per request (n) */
 
 typedef enum tern_chat_role {
     TERN_ROLE_SYSTEM = 0, /* "system" and "developer" */
@@ -69,6 +70,7 @@ typedef struct tern_parsed_request {
                                     log-probability (completions: logprobs N; chat: logprobs true with
                                     top_logprobs N) */
     bool has_seed;
+    int32_t n; /* choices, 1..TERN_SERVER_MAX_N; choice i samples with seed + i */
     char *stop[TERN_SERVER_MAX_STOP]; /* non-empty stop strings */
     int32_t n_stop;
     char *model; /* as requested, or NULL */

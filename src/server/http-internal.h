@@ -97,8 +97,16 @@ struct req {
     bool failed_out; /* answered by fail_all: the engine will never call back */
     tern_cancel_reason cancel_why;
     int64_t id;
+    /* n > 1 (set before submit, then read-only): each choice is a request of its own; the first
+     * is the connection's and holds a reference to each other one (sibs), and each other one
+     * holds one to the first (first), whose cv hears their news too */
+    int32_t index;
+    req **sibs; /* first choice: [n_sibs] */
+    int32_t n_sibs;
+    req *first;
     /* HTTP thread only */
-    tern_parsed_request pr;
+    tern_parsed_request pr; /* other choices: a shallow copy of the first's (pr_shared) */
+    bool pr_shared;
     bool chat, stream;
     char cid[64];
     long long created;
@@ -110,7 +118,7 @@ struct req {
     tern_sbuf text;
     tern_sbuf echo; /* echo: the prompt's text, sent before the completion */
     size_t visible, emitted;
-    bool finished, stop_hit, failed, sent_role, sse_done, aborted;
+    bool finished, stop_hit, failed, sent_role, sent_final, sse_done, aborted;
     const char *finish_reason;
     tern_sbuf out;
     size_t out_off;
@@ -138,11 +146,34 @@ void tern_srv_req_ref(req *r, int delta);
 req *tern_srv_req_new(tern_server *s, struct MHD_Connection *c);
 /* unlinks r from the active list (s->mu held) */
 void tern_srv_unlist(tern_server *s, req *r);
+/* Takes a place among the accepted requests (lists r): 0, or 503 while not serving, 429 when
+ * full. */
+int tern_srv_reserve(tern_server *s, req *r);
+/* undoes it for a request that never reached the engine */
+void tern_srv_unreserve(tern_server *s, req *r);
+/* Submits choice r (listed) to the engine; on failure the engine holds no reference to it. */
+tern_code tern_srv_submit_choice(tern_server *s, req *r, const int32_t *prompt, int32_t n_prompt,
+                                 tern_status *st);
+/* n > 1: choices 1..n-1 of r, each its own request sampled with seed + i, listed and submitted
+ * (the prompt is prefilled for each). */
+tern_code tern_srv_more_choices(tern_server *s, req *r, const int32_t *prompt, int32_t n_prompt,
+                                tern_status *st);
 void tern_srv_on_token(void *user, int32_t tok);
 /* just before on_token of the same token: its pick goes at the index that token takes */
 void tern_srv_on_logprobs(void *user, const tern_pick *pick);
 void tern_srv_on_done(void *user, tern_finish why, const char *err);
+/* r has news (r->mu not held): wakes its waiter, and the first choice's for another choice */
+void tern_srv_notify(req *r);
+/* the choices of a request: r itself, then its other choices (0 <= i < 1 + r->n_sibs) */
+static inline req *tern_srv_choice(req *r, int32_t i)
+{
+    return i == 0 ? r : r->sibs[i - 1];
+}
 void tern_srv_cancel_req(req *r, tern_cancel_reason why);
+/* every choice of r */
+void tern_srv_cancel_choices(req *r, tern_cancel_reason why);
+/* tern_srv_consume on every choice: whether all have finished, whether one failed */
+void tern_srv_consume_choices(req *r, bool *all_finished, bool *any_failed);
 /* Moves newly generated tokens into r->text, matching stop strings after every token so the
  * count of tokens (usage) does not depend on how tokens were batched. */
 void tern_srv_consume(req *r);
@@ -157,6 +188,8 @@ bool tern_srv_wait_more(req *r);
  * explicit length and added as a raw value, because cJSON's strings end at the first NUL. */
 cJSON *tern_srv_add_text(cJSON *obj, const char *name, const char *s, size_t n);
 cJSON *tern_srv_usage_json(const req *r);
+/* a finished choice as an element of a non-streamed answer's choices */
+void tern_srv_add_choice(cJSON *choices, req *q);
 cJSON *tern_srv_envelope(const req *r, const char *object);
 cJSON *tern_srv_error_json(const char *type, const char *param, const char *code, const char *msg);
 const char *tern_srv_failure_message(req *r);

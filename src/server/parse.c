@@ -504,9 +504,9 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
                            : v >= 18446744073709551615.0 ? UINT64_MAX
                                                          : (uint64_t)v;
     }
-    if ((rc = get_int(e, root, "n", 1, 1, &given, &v))) {
-        return fail(e, "n", "n: expected 1 (one choice per request)");
-    }
+    r->n = 1;
+    if ((rc = get_int(e, root, "n", 1, TERN_SERVER_MAX_N, &given, &v))) return rc;
+    if (given) r->n = (int32_t)v;
     if ((rc = get_bool(e, root, "stream", &r->stream))) return rc;
     const cJSON *so = field(root, "stream_options");
     if (so) {

@@ -45,7 +45,9 @@ void tern_srv_req_release(req *r)
     int left = --r->refs;
     pthread_mutex_unlock(&r->mu);
     if (left > 0) return;
-    tern_parsed_request_free(&r->pr);
+    if (!r->pr_shared) tern_parsed_request_free(&r->pr);
+    free(r->sibs); /* their references were dropped with the connection's (release_choices) */
+    if (r->first) tern_srv_req_release(r->first);
     tern_sbuf_free(&r->text);
     tern_sbuf_free(&r->echo);
     tern_sbuf_free(&r->out);
@@ -101,8 +103,8 @@ void tern_srv_on_token(void *user, int32_t tok)
     double t = tern_srv_mono_now();
     pthread_mutex_lock(&r->mu);
     if (r->n_pushed < r->cap) r->toks[r->n_pushed++] = tok;
-    pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+    tern_srv_notify(r);
     bool first = r->t_last == 0;
     double dt = t - (first ? r->t_submit : r->t_last);
     r->t_last = t;
@@ -135,9 +137,140 @@ void tern_srv_on_done(void *user, tern_finish why, const char *err)
     r->done = true;
     r->why = why;
     if (err) snprintf(r->err, sizeof r->err, "%s", err);
+    pthread_mutex_unlock(&r->mu);
+    tern_srv_notify(r);
+    tern_srv_req_release(r); /* the engine's */
+}
+
+void tern_srv_notify(req *r)
+{
+    pthread_mutex_lock(&r->mu);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
-    tern_srv_req_release(r); /* the engine's */
+    if (r->first) {
+        pthread_mutex_lock(&r->first->mu);
+        pthread_cond_broadcast(&r->first->cv);
+        pthread_mutex_unlock(&r->first->mu);
+    }
+}
+
+/* ------------------------------------------------------------------ admission and submission */
+
+/* Takes a place among the accepted requests: 503 while not serving, 429 when full. */
+int tern_srv_reserve(tern_server *s, req *r)
+{
+    pthread_mutex_lock(&s->mu);
+    int status = 0;
+    int st = atomic_load(&s->state);
+    if (st != ST_READY)
+        status = 503;
+    else if (s->n_active >= s->cap_active)
+        status = 429;
+    else {
+        r->listed = true;
+        r->next = s->active;
+        if (s->active) s->active->prev = r;
+        s->active = r;
+        s->n_active++;
+        s->n_open++;
+        r->open_counted = true;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!status) {
+        pthread_mutex_lock(&s->m.mu);
+        s->m.in_flight++;
+        pthread_mutex_unlock(&s->m.mu);
+    }
+    return status;
+}
+
+/* undoes reserve for a request that never reached the engine */
+void tern_srv_unreserve(tern_server *s, req *r)
+{
+    pthread_mutex_lock(&s->mu);
+    tern_srv_unlist(s, r);
+    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->m.mu);
+    s->m.in_flight--;
+    pthread_mutex_unlock(&s->m.mu);
+}
+
+/* Submits choice r (listed by reserve) to the engine. On failure r is neither submitted nor
+ * referenced by the engine (the caller unreserves it). */
+tern_code tern_srv_submit_choice(tern_server *s, req *r, const int32_t *prompt, int32_t n_prompt,
+                                 tern_status *st)
+{
+    tern_request rq = {.prompt = prompt,
+                       .n_prompt = n_prompt,
+                       .sampling = r->pr.sampling,
+                       .max_new = r->max_tokens,
+                       .on_token = tern_srv_on_token,
+                       .on_logprobs = r->lps ? tern_srv_on_logprobs : NULL,
+                       .on_done = tern_srv_on_done,
+                       .user = r};
+    for (int32_t i = 0; i < s->n_stop_ids; i++) rq.stop[rq.n_stop++] = s->stop_ids[i];
+    /* the engine's: taken before submit, the engine may call back at once */
+    tern_srv_req_ref(r, 1);
+    r->t_submit = tern_srv_mono_now();
+    int64_t id = 0;
+    tern_code rc = s->b.submit(s->b.self, &rq, &id, st);
+    if (rc) {
+        tern_srv_req_ref(r, -1);
+        return rc;
+    }
+    pthread_mutex_lock(&s->m.mu);
+    s->m.prompt_tokens += (uint64_t)n_prompt;
+    pthread_mutex_unlock(&s->m.mu);
+    pthread_mutex_lock(&s->mu);
+    r->id = id;
+    r->submitted = r->listed; /* on_done may already have unlisted it */
+    bool cancel = r->cancel_asked && r->listed;
+    bool orphan = r->failed_out; /* the engine failed meanwhile and will not call back */
+    pthread_mutex_unlock(&s->mu);
+    if (orphan) tern_srv_req_ref(r, -1);    /* the engine's (the connection still holds one) */
+    if (cancel) s->b.cancel(s->b.self, id); /* the grace period ran out meanwhile */
+    return TERN_OK;
+}
+
+/* n > 1: choices 1..n-1 of r, each a request of its own sampled with seed + i (README, "seed");
+ * the prompt is prefilled for each. */
+tern_code tern_srv_more_choices(tern_server *s, req *r, const int32_t *prompt, int32_t n_prompt,
+                                tern_status *st)
+{
+    r->sibs = calloc((size_t)r->pr.n - 1, sizeof *r->sibs);
+    if (!r->sibs) return tern_status_set(st, TERN_ENOMEM, "server: out of memory");
+    for (int32_t i = 1; i < r->pr.n; i++) {
+        req *q = tern_srv_req_new(s, r->c); /* its one reference: the first choice's */
+        if (!q) return tern_status_set(st, TERN_ENOMEM, "server: out of memory");
+        tern_srv_req_ref(r, 1); /* q's on the first */
+        q->first = r;
+        q->index = i;
+        q->chat = r->chat, q->stream = r->stream, q->created = r->created;
+        memcpy(q->cid, r->cid, sizeof q->cid);
+        q->pr = r->pr;
+        q->pr_shared = true;
+        q->pr.sampling.seed = r->pr.sampling.seed + (uint64_t)i;
+        q->n_prompt = n_prompt, q->max_tokens = r->max_tokens, q->cap = r->cap;
+        r->sibs[r->n_sibs++] = q;
+        q->toks = malloc((size_t)q->cap * sizeof *q->toks);
+        q->tok_end = malloc((size_t)q->cap * sizeof *q->tok_end);
+        if (r->lps) q->lps = calloc((size_t)q->cap, sizeof *q->lps);
+        if (r->echo.len) tern_sbuf_add(&q->echo, r->echo.s, r->echo.len);
+        if (!q->toks || !q->tok_end || (r->lps && !q->lps) || q->echo.oom)
+            return tern_status_set(st, TERN_ENOMEM, "server: out of memory");
+        tern_stop_init(&q->sm, (const char *const *)r->pr.stop, r->pr.n_stop);
+        if (tern_srv_reserve(s, q)) /* full, or stopping meanwhile */
+            return tern_status_set(st, TERN_EBUSY,
+                                   "server: the %d choices of this request do not fit the %d "
+                                   "places left for requests in flight; retry later",
+                                   r->pr.n, s->cap_active);
+        tern_code rc = tern_srv_submit_choice(s, q, prompt, n_prompt, st);
+        if (rc) {
+            tern_srv_unreserve(s, q);
+            return rc;
+        }
+    }
+    return TERN_OK;
 }
 
 /* ------------------------------------------------------------------ HTTP side of a request */
@@ -153,6 +286,22 @@ static bool client_gone(req *r)
     struct pollfd p = {.fd = ci->connect_fd, .events = POLLIN | POLLRDHUP};
     if (poll(&p, 1, 0) <= 0) return false;
     return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+void tern_srv_cancel_choices(req *r, tern_cancel_reason why)
+{
+    for (int32_t i = 0; i <= r->n_sibs; i++) tern_srv_cancel_req(tern_srv_choice(r, i), why);
+}
+
+void tern_srv_consume_choices(req *r, bool *all_finished, bool *any_failed)
+{
+    *all_finished = true, *any_failed = false;
+    for (int32_t i = 0; i <= r->n_sibs; i++) {
+        req *q = tern_srv_choice(r, i);
+        tern_srv_consume(q);
+        *all_finished &= q->finished;
+        *any_failed |= q->failed;
+    }
 }
 
 void tern_srv_cancel_req(req *r, tern_cancel_reason why)
@@ -237,7 +386,14 @@ bool tern_srv_wait_more(req *r)
     ts.tv_nsec += WAIT_MS * 1000000L;
     if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
     pthread_mutex_lock(&r->mu);
-    if (!(r->n_pushed > r->n_taken || r->done)) pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    bool news = r->n_pushed > r->n_taken || (r->done && !r->finished);
+    for (int32_t i = 0; i < r->n_sibs && !news; i++) { /* lock order: first, then the others */
+        req *q = r->sibs[i];
+        pthread_mutex_lock(&q->mu);
+        news = q->n_pushed > q->n_taken || (q->done && !q->finished);
+        pthread_mutex_unlock(&q->mu);
+    }
+    if (!news) pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     pthread_mutex_unlock(&r->mu);
     if (atomic_load(&r->s->state) == ST_CLOSED) return false;
     return !client_gone(r);

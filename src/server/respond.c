@@ -73,12 +73,15 @@ cJSON *tern_srv_add_text(cJSON *obj, const char *name, const char *s, size_t n)
     return j;
 }
 
+/* the prompt once, the completion tokens of every choice */
 cJSON *tern_srv_usage_json(const req *r)
 {
+    int32_t gen = r->n_taken;
+    for (int32_t i = 0; i < r->n_sibs; i++) gen += r->sibs[i]->n_taken;
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", r->n_taken);
-    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + r->n_taken);
+    cJSON_AddNumberToObject(u, "completion_tokens", gen);
+    cJSON_AddNumberToObject(u, "total_tokens", r->n_prompt + gen);
     return u;
 }
 
@@ -235,14 +238,15 @@ static void sse_event(req *r, cJSON *j)
     free(t);
 }
 
-static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bool role,
+/* one chunk of choice q into the stream of r (its first choice) */
+static void sse_chunk(req *r, req *q, const char *text, size_t n, const char *finish, bool role,
                       int32_t lp_to)
 {
     cJSON *j = tern_srv_envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(j, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, c);
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", q->index);
     if (r->chat) {
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role) cJSON_AddStringToObject(d, "role", "assistant");
@@ -250,10 +254,10 @@ static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bo
     } else {
         tern_srv_add_text(c, "text", text ? text : "", text ? n : 0);
     }
-    cJSON *lp = lp_to > r->lp_done ? tern_srv_logprobs_json(r, r->lp_done, lp_to) : NULL;
+    cJSON *lp = lp_to > q->lp_done ? tern_srv_logprobs_json(q, q->lp_done, lp_to) : NULL;
     if (lp) {
         cJSON_AddItemToObject(c, "logprobs", lp);
-        r->lp_done = lp_to;
+        q->lp_done = lp_to;
     } else {
         cJSON_AddNullToObject(c, "logprobs");
     }
@@ -265,50 +269,74 @@ static void sse_chunk(req *r, const char *text, size_t n, const char *finish, bo
     sse_event(r, j);
 }
 
-/* Produces the next SSE events into r->out (waiting for tokens when there are none). */
+/* the events choice q has for the stream of r; true when it had any */
+static bool sse_choice(req *r, req *q)
+{
+    if (r->chat && !q->sent_role) {
+        q->sent_role = true;
+        sse_chunk(r, q, "", 0, NULL, true, 0);
+        return true;
+    }
+    if (q->echo.len && !q->sent_role) {
+        q->sent_role = true;
+        sse_chunk(r, q, q->echo.s, q->echo.len, NULL, false, 0);
+        return true;
+    }
+    tern_srv_consume(q);
+    bool any = false;
+    if (q->visible > q->emitted) {
+        /* the tokens whose pieces the emitted text now holds whole */
+        int32_t lp_to = q->lp_done;
+        while (q->tok_end && lp_to < q->n_taken && q->tok_end[lp_to] <= (int32_t)q->visible)
+            lp_to++;
+        sse_chunk(r, q, q->text.s + q->emitted, q->visible - q->emitted, NULL, false, lp_to);
+        q->emitted = q->visible;
+        any = true;
+    }
+    if (q->finished && !q->sent_final && !q->failed) {
+        q->sent_final = true;
+        sse_chunk(r, q, r->chat ? NULL : "", 0, q->finish_reason, false,
+                  q->tok_end ? tern_srv_visible_tokens(q) : 0);
+        any = true;
+    }
+    return any;
+}
+
+/* Produces the next SSE events into r->out (waiting for tokens when there are none): each
+ * choice's in turn, then, once all have finished, the usage and [DONE]. */
 static void sse_produce(req *r)
 {
-    if (r->chat && !r->sent_role) {
-        r->sent_role = true;
-        sse_chunk(r, "", 0, NULL, true, 0);
+    bool any = false, all = true;
+    req *bad = NULL;
+    for (int32_t i = 0; i <= r->n_sibs; i++) {
+        req *q = tern_srv_choice(r, i);
+        any |= sse_choice(r, q);
+        all &= q->finished;
+        if (q->failed && !bad) bad = q;
+    }
+    if (bad) {
+        /* one error for the request: the other choices are ended with it */
+        tern_srv_cancel_choices(r, TERN_CANCEL_CLIENT);
+        sse_event(r,
+                  tern_srv_error_json("server_error", NULL, NULL, tern_srv_failure_message(bad)));
+        tern_sbuf_add(&r->out, "data: [DONE]\n\n", 14);
+        r->sse_done = true;
         return;
     }
-    if (r->echo.len && !r->sent_role) {
-        r->sent_role = true;
-        sse_chunk(r, r->echo.s, r->echo.len, NULL, false, 0);
-        return;
-    }
-    tern_srv_consume(r);
-    if (r->visible > r->emitted) {
-        /* the tokens whose pieces the emitted text now holds whole */
-        int32_t lp_to = r->lp_done;
-        while (r->tok_end && lp_to < r->n_taken && r->tok_end[lp_to] <= (int32_t)r->visible)
-            lp_to++;
-        sse_chunk(r, r->text.s + r->emitted, r->visible - r->emitted, NULL, false, lp_to);
-        r->emitted = r->visible;
-    }
-    if (r->finished) {
-        if (r->failed) {
-            sse_event(r,
-                      tern_srv_error_json("server_error", NULL, NULL, tern_srv_failure_message(r)));
-        } else {
-            sse_chunk(r, r->chat ? NULL : "", 0, r->finish_reason, false,
-                      r->tok_end ? tern_srv_visible_tokens(r) : 0);
-            if (r->pr.include_usage) {
-                cJSON *j =
-                    tern_srv_envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
-                cJSON_AddArrayToObject(j, "choices");
-                cJSON_AddItemToObject(j, "usage", tern_srv_usage_json(r));
-                sse_event(r, j);
-            }
+    if (all) {
+        if (r->pr.include_usage) {
+            cJSON *j = tern_srv_envelope(r, r->chat ? "chat.completion.chunk" : "text_completion");
+            cJSON_AddArrayToObject(j, "choices");
+            cJSON_AddItemToObject(j, "usage", tern_srv_usage_json(r));
+            sse_event(r, j);
         }
         tern_sbuf_add(&r->out, "data: [DONE]\n\n", 14);
         r->sse_done = true;
         return;
     }
-    if (r->out.len > r->out_off) return;
+    if (any || r->out.len > r->out_off) return;
     if (!tern_srv_wait_more(r)) {
-        tern_srv_cancel_req(r, TERN_CANCEL_CLIENT);
+        tern_srv_cancel_choices(r, TERN_CANCEL_CLIENT);
         r->aborted = true;
     }
 }
@@ -336,6 +364,34 @@ ssize_t tern_srv_sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
 void tern_srv_sse_free(void *cls)
 {
     tern_srv_req_release(cls); /* the response's */
+}
+
+/* a finished choice as an element of a non-streamed answer's choices */
+void tern_srv_add_choice(cJSON *choices, req *q)
+{
+    cJSON *ch = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, ch);
+    cJSON_AddNumberToObject(ch, "index", q->index);
+    const char *text = q->text.s ? q->text.s : "";
+    if (q->chat) {
+        cJSON *msg = cJSON_AddObjectToObject(ch, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        tern_srv_add_text(msg, "content", text, q->visible);
+    } else if (q->echo.len) {
+        tern_sbuf both = {0};
+        tern_sbuf_add(&both, q->echo.s, q->echo.len);
+        tern_sbuf_add(&both, text, q->visible);
+        tern_srv_add_text(ch, "text", both.s, both.len);
+        tern_sbuf_free(&both);
+    } else {
+        tern_srv_add_text(ch, "text", text, q->visible);
+    }
+    cJSON *lp = tern_srv_logprobs_json(q, 0, tern_srv_visible_tokens(q));
+    if (lp)
+        cJSON_AddItemToObject(ch, "logprobs", lp);
+    else
+        cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddStringToObject(ch, "finish_reason", q->finish_reason);
 }
 
 /* ------------------------------------------------------------------ responses */

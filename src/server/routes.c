@@ -53,45 +53,6 @@ static const char *not_serving(tern_server *s)
     return "server: shutting down, not accepting requests";
 }
 
-/* Takes a place among the accepted requests: 503 while not serving, 429 when full. */
-static int reserve(tern_server *s, req *r)
-{
-    pthread_mutex_lock(&s->mu);
-    int status = 0;
-    int st = atomic_load(&s->state);
-    if (st != ST_READY)
-        status = 503;
-    else if (s->n_active >= s->cap_active)
-        status = 429;
-    else {
-        r->listed = true;
-        r->next = s->active;
-        if (s->active) s->active->prev = r;
-        s->active = r;
-        s->n_active++;
-        s->n_open++;
-        r->open_counted = true;
-    }
-    pthread_mutex_unlock(&s->mu);
-    if (!status) {
-        pthread_mutex_lock(&s->m.mu);
-        s->m.in_flight++;
-        pthread_mutex_unlock(&s->m.mu);
-    }
-    return status;
-}
-
-/* undoes reserve for a request that never reached the engine */
-static void unreserve(tern_server *s, req *r)
-{
-    pthread_mutex_lock(&s->mu);
-    tern_srv_unlist(s, r);
-    pthread_mutex_unlock(&s->mu);
-    pthread_mutex_lock(&s->m.mu);
-    s->m.in_flight--;
-    pthread_mutex_unlock(&s->m.mu);
-}
-
 static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *k)
 {
     char err[512], param[64];
@@ -107,7 +68,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     if (r->pr.model && r->pr.model[0] && strcmp(r->pr.model, s->model) != 0)
         return model_not_found(s, c, k, r->pr.model);
     r->stream = r->pr.stream;
-    int busy = reserve(s, r);
+    int busy = tern_srv_reserve(s, r);
     if (busy == 503) return tern_srv_send_error(s, c, k, 503, NULL, not_serving(s));
     if (busy == 429) {
         char msg[160];
@@ -127,7 +88,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         n_prompt = r->pr.n_prompt_ids;
     } else {
         if (tokenize(s, r, &ids, &st)) {
-            unreserve(s, r);
+            tern_srv_unreserve(s, r);
             tern_tokens_free(&ids);
             return tern_srv_send_error(s, c, k, 400, r->chat ? "messages" : "prompt", st.msg);
         }
@@ -150,7 +111,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
     int32_t max_tokens = r->pr.max_tokens;
     if (max_tokens < 0) {
         if (n_prompt >= s->n_ctx) {
-            unreserve(s, r);
+            tern_srv_unreserve(s, r);
             tern_tokens_free(&ids);
             snprintf(err, sizeof err,
                      "context: prompt: got %d tokens, expected fewer than the context size %d",
@@ -170,7 +131,7 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         r->pr.sampling.n_logprobs = r->pr.logprobs > 0 ? r->pr.logprobs : 1;
     }
     if (!r->toks || !r->tok_end || (r->pr.logprobs >= 0 && !r->lps)) {
-        unreserve(s, r);
+        tern_srv_unreserve(s, r);
         tern_tokens_free(&ids);
         return tern_srv_send_error(s, c, k, 500, NULL, "server: out of memory");
     }
@@ -181,24 +142,14 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
              (unsigned long long)rid);
     r->created = (long long)time(NULL);
 
-    tern_request rq = {.prompt = prompt,
-                       .n_prompt = n_prompt,
-                       .sampling = r->pr.sampling,
-                       .max_new = max_tokens,
-                       .on_token = tern_srv_on_token,
-                       .on_logprobs = r->lps ? tern_srv_on_logprobs : NULL,
-                       .on_done = tern_srv_on_done,
-                       .user = r};
-    for (int32_t i = 0; i < s->n_stop_ids; i++) rq.stop[rq.n_stop++] = s->stop_ids[i];
-    tern_srv_req_ref(r,
-                     1); /* the engine's: taken before submit, the engine may call back at once */
-    r->t_submit = tern_srv_mono_now();
-    int64_t id = 0;
-    tern_code rc = s->b.submit(s->b.self, &rq, &id, &st);
+    tern_code rc = tern_srv_submit_choice(s, r, prompt, n_prompt, &st);
+    if (!rc && r->pr.n > 1) rc = tern_srv_more_choices(s, r, prompt, n_prompt, &st);
     tern_tokens_free(&ids);
     if (rc) {
-        tern_srv_req_ref(r, -1);
-        unreserve(s, r);
+        if (r->submitted || r->n_sibs)
+            tern_srv_cancel_choices(r, TERN_CANCEL_CLIENT);
+        else
+            tern_srv_unreserve(s, r);
         if (rc == TERN_EBUSY) return tern_srv_send_error(s, c, k, 429, NULL, st.msg);
         if (rc == TERN_ERANGE || rc == TERN_EINVAL) {
             const char *p = !strncmp(st.msg, "context", 7) || !strncmp(st.msg, "kv", 2)
@@ -209,17 +160,6 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         }
         return tern_srv_send_error(s, c, k, 500, NULL, st.msg);
     }
-    pthread_mutex_lock(&s->m.mu);
-    s->m.prompt_tokens += (uint64_t)n_prompt;
-    pthread_mutex_unlock(&s->m.mu);
-    pthread_mutex_lock(&s->mu);
-    r->id = id;
-    r->submitted = r->listed; /* on_done may already have unlisted it */
-    bool cancel = r->cancel_asked && r->listed;
-    bool orphan = r->failed_out; /* the engine failed meanwhile and will not call back */
-    pthread_mutex_unlock(&s->mu);
-    if (orphan) tern_srv_req_ref(r, -1);    /* the engine's (the connection still holds one) */
-    if (cancel) s->b.cancel(s->b.self, id); /* the grace period ran out meanwhile */
 
     if (r->stream) {
         tern_srv_req_ref(r, 1); /* the response's */
@@ -240,46 +180,29 @@ static enum MHD_Result generate(tern_server *s, struct MHD_Connection *c, conn *
         tern_metrics_request(&s->m, k->route, 200);
         return ok;
     }
-    /* non-streaming: this connection thread waits for the whole answer */
+    /* non-streaming: this connection thread waits for the whole answer, every choice */
+    bool all = false, bad = false;
     for (;;) {
-        tern_srv_consume(r);
-        if (r->finished) break;
+        tern_srv_consume_choices(r, &all, &bad);
+        if (all || bad) break;
         if (!tern_srv_wait_more(r)) {
-            tern_srv_cancel_req(r, TERN_CANCEL_CLIENT);
+            tern_srv_cancel_choices(r, TERN_CANCEL_CLIENT);
             tern_metrics_request(&s->m, k->route, 499);
             return MHD_NO;
         }
     }
-    if (r->failed) { /* the engine failed for good, or the server is draining: unavailable */
+    for (int32_t i = 0; bad && i <= r->n_sibs; i++) {
+        req *q = tern_srv_choice(r, i);
+        if (!q->failed) continue;
+        /* the engine failed for good, or the server is draining: unavailable */
+        tern_srv_cancel_choices(r, TERN_CANCEL_CLIENT);
         int state = atomic_load(&s->state);
         return tern_srv_send_error(s, c, k, state == ST_DRAINING || state == ST_FAILED ? 503 : 500,
-                                   NULL, tern_srv_failure_message(r));
+                                   NULL, tern_srv_failure_message(q));
     }
     cJSON *j = tern_srv_envelope(r, r->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(j, "choices");
-    cJSON *ch = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, ch);
-    cJSON_AddNumberToObject(ch, "index", 0);
-    const char *text = r->text.s ? r->text.s : "";
-    if (r->chat) {
-        cJSON *msg = cJSON_AddObjectToObject(ch, "message");
-        cJSON_AddStringToObject(msg, "role", "assistant");
-        tern_srv_add_text(msg, "content", text, r->visible);
-    } else if (r->echo.len) {
-        tern_sbuf both = {0};
-        tern_sbuf_add(&both, r->echo.s, r->echo.len);
-        tern_sbuf_add(&both, text, r->visible);
-        tern_srv_add_text(ch, "text", both.s, both.len);
-        tern_sbuf_free(&both);
-    } else {
-        tern_srv_add_text(ch, "text", text, r->visible);
-    }
-    cJSON *lp = tern_srv_logprobs_json(r, 0, tern_srv_visible_tokens(r));
-    if (lp)
-        cJSON_AddItemToObject(ch, "logprobs", lp);
-    else
-        cJSON_AddNullToObject(ch, "logprobs");
-    cJSON_AddStringToObject(ch, "finish_reason", r->finish_reason);
+    for (int32_t i = 0; i <= r->n_sibs; i++) tern_srv_add_choice(choices, tern_srv_choice(r, i));
     cJSON_AddItemToObject(j, "usage", tern_srv_usage_json(r));
     return tern_srv_send_json(s, c, k, 200, j);
 }
@@ -691,15 +614,16 @@ void tern_srv_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     (void)c;
     if (!k) return;
     req *r = k->r;
-    if (r) {
-        /* a client that left before the end: free its sequence on every rank */
-        if (!(toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && r->finished))
-            tern_srv_cancel_req(r, TERN_CANCEL_CLIENT);
+    for (int32_t i = r ? r->n_sibs : -1; i >= 0; i--) {
+        req *q = tern_srv_choice(r, i);
+        /* a client that left before the end: free its sequences on every rank */
+        if (!(toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && q->finished))
+            tern_srv_cancel_req(q, TERN_CANCEL_CLIENT);
         pthread_mutex_lock(&s->mu);
-        if (r->open_counted) s->n_open--;
-        r->open_counted = false;
+        if (q->open_counted) s->n_open--;
+        q->open_counted = false;
         pthread_mutex_unlock(&s->mu);
-        tern_srv_req_release(r);
+        tern_srv_req_release(q); /* the connection's (the first's, for the other choices) */
     }
     free(k->body);
     free(k->model_id);

@@ -275,8 +275,8 @@ static void fail_all(tern_server *s, const char *why)
         r->done = true;
         r->why = TERN_FINISH_ERROR;
         snprintf(r->err, sizeof r->err, "%s", why);
-        pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
+        tern_srv_notify(r);
         if (held) tern_srv_req_release(r); /* the engine's */
         n++;
         pthread_mutex_lock(&s->mu);

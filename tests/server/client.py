@@ -9,6 +9,7 @@ Usage: client.py COMMAND URL [args]
   auth URL KEY              --api-key: 401 without or with a wrong key, 200 with it
   flood URL [KEY]           a server with --max-seqs 1 --max-queue 1 answers 429 when full
   drain URL PID [KEY]       SIGTERM to PID while streams run: they finish, new requests get 503
+  choices URL               n > 1: each choice equals a request with seed + i, streamed and not
 Every wait is bounded; any failed check exits non-zero with a line saying what differed.
 """
 import http.client
@@ -322,7 +323,7 @@ def cmd_basic(url):
     expect_error(url, "POST", P, {"prompt": "x", "top_p": 1.5}, 400, "top_p")
     expect_error(url, "POST", P, {"prompt": "x", "top_k": -2}, 400, "top_k")
     expect_error(url, "POST", P, {"prompt": "x", "seed": "abc"}, 400, "seed")
-    expect_error(url, "POST", P, {"prompt": "x", "n": 2}, 400, "n")
+    expect_error(url, "POST", P, {"prompt": "x", "n": 17}, 400, "n")
     expect_error(url, "POST", P, {"prompt": "x", "stream_options": 1}, 400, "stream_options")
     expect_error(url, "POST", C, {"messages": "hi"}, 400, "messages")
     expect_error(url, "POST", C, {"messages": []}, 400, "messages")
@@ -463,6 +464,75 @@ def cmd_cancel(url):
     free0 = m.get('ternpipe_kv_blocks_free{stage="0"}', 0)
     print(f"ok cancel: {int(gone)} of 8 streams cancelled by disconnect, KV back to 0 "
           f"({free0:.0f} blocks free on stage 0)")
+
+
+def cmd_choices(url):
+    """n > 1: choice i equals a separate request with seed + i (text and logprobs), streamed
+    chunks carry each choice's index and add up to the same texts, usage counts the prompt once;
+    a client leaving mid-stream cancels every choice's sequence."""
+    base = {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.9, "seed": 100,
+            "n": 4, "logprobs": 1}
+    st, _, j = post(url, "/v1/completions", base)
+    check(st == 200, f"choices: status {st}: {j}")
+    ch = sorted(j["choices"], key=lambda c: c["index"])
+    check([c["index"] for c in ch] == [0, 1, 2, 3], f"choices: indexes {[c['index'] for c in ch]}")
+    for i in range(4):
+        st1, _, one = post(url, "/v1/completions", dict(base, n=1, seed=100 + i))
+        o = one["choices"][0]
+        check(o["text"] == ch[i]["text"], f"choice {i}: {ch[i]['text']!r}, seed+{i} alone: {o['text']!r}")
+        check(o["logprobs"]["token_logprobs"] == ch[i]["logprobs"]["token_logprobs"],
+              f"choice {i}: logprobs differ from seed+{i} alone")
+    check(len({c["text"] for c in ch}) > 1, "choices: 4 sampled choices all equal")
+    u = j["usage"]
+    check(u["prompt_tokens"] == one["usage"]["prompt_tokens"] and u["completion_tokens"] == 4 * 16,
+          f"choices: usage {u}")
+    code, events, done, _ = stream(url, "/v1/completions",
+                                   dict(base, stream_options={"include_usage": True}))
+    texts, fins = [""] * 4, [None] * 4
+    for e in events:
+        for c in e.get("choices", []):
+            texts[c["index"]] += c.get("text") or ""
+            fins[c["index"]] = c.get("finish_reason") or fins[c["index"]]
+    check(done and texts == [c["text"] for c in ch] and fins == ["length"] * 4,
+          f"choices stream: {texts} {fins} done={done}")
+    check(usage_of(events) == u, f"choices stream usage {usage_of(events)} != {u}")
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "n": 3,
+            "temperature": 1.0, "seed": 5}
+    st, _, cj = post(url, "/v1/chat/completions", chat)
+    code, events, done, _ = stream(url, "/v1/chat/completions", chat)
+    ctexts, roles = [""] * 3, [0] * 3
+    for e in events:
+        for c in e.get("choices", []):
+            d = c.get("delta", {})
+            roles[c["index"]] += d.get("role") == "assistant"
+            ctexts[c["index"]] += d.get("content") or ""
+    want = [c["message"]["content"] for c in sorted(cj["choices"], key=lambda c: c["index"])]
+    check(done and roles == [1, 1, 1] and ctexts == want, f"chat choices: {ctexts} vs {want}, roles {roles}")
+    # a client that leaves cancels all of them
+    n_ctx = model_info(url)["meta"]["n_ctx"]
+    before = metrics(url).get('ternpipe_requests_finished_total{reason="client_gone"}', 0)
+    s = socket.create_connection((urllib.parse.urlsplit(url).hostname,
+                                  urllib.parse.urlsplit(url).port), timeout=TIMEOUT)
+    data = json.dumps(dict(base, max_tokens=n_ctx - 16, stream=True)).encode()
+    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    got = b""
+    while got.count(b"data: {") < 2:
+        chunk = s.recv(4096)
+        check(chunk, "choices cancel: the stream ended early")
+        got += chunk
+    s.close()
+    end = time.time() + 20
+    while True:
+        used, m = kv_used(url)
+        if used == 0 and m["ternpipe_requests_in_flight"] == 0:
+            break
+        check(time.time() < end, f"choices cancel: KV used {used} 20 s after the client left")
+        time.sleep(0.05)
+    gone = m.get('ternpipe_requests_finished_total{reason="client_gone"}', 0) - before
+    check(gone == 4, f"choices cancel: {gone} sequences cancelled, expected 4")
+    print(f"ok choices: n=4 equals seeds 100..103 alone (text, logprobs), streamed the same with "
+          f"indexes, usage {u}; chat n=3; a client leaving cancels all 4")
 
 
 def cmd_auth(url, key):
@@ -698,7 +768,7 @@ def main(argv):
     KEY = os.environ.get("TERN_TEST_API_KEY") or None
     fn = {"wait": cmd_wait, "basic": cmd_basic, "concurrent": cmd_concurrent, "cancel": cmd_cancel,
           "auth": cmd_auth, "flood": cmd_flood, "drain": cmd_drain,
-          "logprobs": cmd_logprobs, "basemodel": cmd_basemodel}.get(cmd)
+          "logprobs": cmd_logprobs, "basemodel": cmd_basemodel, "choices": cmd_choices}.get(cmd)
     if not fn:
         print(__doc__)
         return 2

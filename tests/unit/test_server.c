@@ -89,7 +89,16 @@ static void test_errors(void)
     expect_error("{\"prompt\": \"x\", \"top_k\": true}", false, "top_k");
     expect_error("{\"prompt\": \"x\", \"stream\": 1}", false, "stream");
     expect_error("{\"prompt\": \"x\", \"stop\": [1]}", false, "stop");
-    expect_error("{\"prompt\": \"x\", \"n\": 3}", false, "n");
+    expect_error("{\"prompt\": \"x\", \"n\": 17}", false, "n");
+    expect_error("{\"prompt\": \"x\", \"n\": 0}", false, "n");
+    {
+        tern_parsed_request nr;
+        char np[64];
+        CHECK(parse("{\"prompt\": \"x\", \"n\": 16}", false, &nr, np) == TERN_OK && nr.n == 16);
+        tern_parsed_request_free(&nr);
+        CHECK(parse("{\"prompt\": \"x\"}", false, &nr, np) == TERN_OK && nr.n == 1);
+        tern_parsed_request_free(&nr);
+    }
     expect_error("{\"prompt\": \"x\", \"frequency_penalty\": 2.5}", false, "frequency_penalty");
     expect_error("{\"prompt\": \"x\", \"presence_penalty\": -3}", false, "presence_penalty");
     expect_error("{\"prompt\": \"x\", \"logit_bias\": {\"12\": 101}}", false, "logit_bias");

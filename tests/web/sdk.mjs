@@ -1,7 +1,7 @@
 // sdk.mjs: the OpenAI Node SDK (npm `openai`) against a running server.
 // Usage: node sdk.mjs URL: completions and chat, streamed and not (the streamed text equals the
 // non-streamed one for greedy and for a seed), logprobs in both shapes, and the SDK's typed
-// errors for a bad parameter and for what ternpipe refuses (n > 1, response_format schema).
+// errors for a bad parameter and for what ternpipe refuses (n > 16, response_format schema); n = 3.
 import OpenAI from "openai";
 
 const url = process.argv[2];
@@ -30,9 +30,16 @@ const cl = await client.chat.completions.create({ model, messages: [{ role: "use
 const C = cl.choices[0].logprobs.content;
 if (C.length !== cl.usage.completion_tokens || C[0].top_logprobs.length !== 2 || !(C[0].logprob <= 0)) fail("chat logprobs " + JSON.stringify(C));
 console.log(`ok logprobs: completions ${L.token_logprobs.length} tokens x 3 alternatives, chat ${C.length} tokens x 2`);
+const n3 = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 10, temperature: 1, seed: 7, n: 3 });
+for (let i = 0; i < 3; i++) {
+  const one = await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 10, temperature: 1, seed: 7 + i });
+  const c = n3.choices.find((x) => x.index === i);
+  if (!c || c.message.content !== one.choices[0].message.content) fail(`n=3 choice ${i} != seed ${7 + i} alone`);
+}
+console.log(`ok n=3: choice i equals seed 7+i alone; usage ${JSON.stringify(n3.usage)}`);
 for (const [what, q, param] of [
   ["top_p 1.5", { top_p: 1.5 }, "top_p"],
-  ["n 2", { n: 2 }, "n"],
+  ["n 17", { n: 17 }, "n"],
   ["json_schema", { response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } } }, "response_format"],
 ]) {
   try {
