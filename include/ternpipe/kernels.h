@@ -166,8 +166,10 @@ void tern_axpy_f32(float *y /* [n] */, float a, const float *x /* [n] */, int64_
  * - tern_attn_scores_f16: out[j] = (float)(sum_i (double)q[i] * (double)f32(k[j][i])) * scale,
  *   tern_attn_scores_q8: out[j] = ((float)(sum_i (double)q[i] * (double)k[j][i]) * ks[j*ldks])
  *   * scale; the products are exact in double, so SIMD is REFERENCE-EQUAL as tern_dot_f32 and
- *   always within |out - ref| <= 2^-24 * |ref| + d * 2^-52 * scale' * sum_i |q_i * k_ji|
- *   (scale' = scale, times ks[j*ldks] for q8).
+ *   always within |out - ref| <= 2^-22 * |ref| + d * 2^-52 * scale' * sum_i |q_i * k_ji|
+ *   (scale' = scale, times ks[j*ldks] for q8): the double sums, in another order, differ by
+ *   the second term; rounding to float and the one or two float products after it add at most
+ *   one ulp each (2^-23 relative), so 2^-22 covers the q8 form's two.
  * - tern_attn_mix_f16: out[i] = out[i] + p[j] * f32(v[j][i]), tern_attn_mix_q8: w = p[j] *
  *   vs[j*ldvs], out[i] = out[i] + w * (float)v[j][i]; j in order, no fma: EXACT. */
 void tern_attn_scores_f16(const float *q /* [d] */, const uint16_t *k /* [n][ldk] */, int64_t n,
