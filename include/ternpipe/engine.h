@@ -73,6 +73,10 @@ typedef struct tern_request {
                         presence and frequency penalties, so the continuation is the one
                         the first run would have drawn */
     bool all_logits; /* deliver the logits of every position (prompt and generated) */
+    /* constrained output: OpenAI's response_format object as JSON text (grammar.h), copied at
+     * submit; NULL: none. Generation follows the document; with resumed tokens, they are fed
+     * to it first. */
+    const char *response_format;
     int32_t stop[4]; /* stop token ids (EOS, EOT): generation ends there, unemitted */
     int32_t n_stop;
     /* callbacks on the engine thread */

@@ -74,6 +74,9 @@ typedef struct tern_parsed_request {
     char *stop[TERN_SERVER_MAX_STOP]; /* non-empty stop strings */
     int32_t n_stop;
     char *model; /* as requested, or NULL */
+    /* response_format as compact JSON text (json_object or json_schema: checked, grammar.h), or
+     * NULL for none */
+    char *response_format;
 } tern_parsed_request;
 
 /* Parses and validates a request body (JSON text of len bytes, not necessarily NUL-terminated)

@@ -51,6 +51,8 @@ int32_t tern_tokenizer_eos(const tern_tokenizer *tok);
 int32_t tern_tokenizer_eot(const tern_tokenizer *tok); /* -1 if none */
 bool tern_tokenizer_add_bos(const tern_tokenizer *tok);
 bool tern_tokenizer_is_stop(const tern_tokenizer *tok, int32_t id);
+/* A special (control) token: BOS, EOS, EOT, reserved and added special tokens. */
+bool tern_tokenizer_is_special(const tern_tokenizer *tok, int32_t id);
 const char *tern_tokenizer_pre_name(const tern_tokenizer *tok);
 /* Whether the vocabulary has the BitNet chat format (byte-level BPE, not SentencePiece); chat
  * encoding for a base model without one is refused. */

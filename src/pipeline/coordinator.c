@@ -262,7 +262,17 @@ static bool complete(tern_coord *c, const tern_step *st, const float *hx, tern_r
                                           c->full + (size_t)(j + h) * V);
         /* a speculative entry samples every row (never with full rows); others their last */
         int32_t rows = !(q->flags & TERN_SEQ_SAMPLE) ? 0 : q->flags & TERN_SEQ_SPEC ? q->n_head : 1;
+        tern_grammar *gram = full ? tern_sched_grammar(c->sched, q->slot) : NULL;
         for (int32_t h = 0; h < rows; h++, k++) {
+            if (gram) { /* constrained: drawn from the full row, masked */
+                float *row = c->full + (size_t)(j + q->n_head - 1) * V;
+                tern_grammar_mask(gram, tern_sched_vocab(c->sched), r->stop, r->n_stop, row,
+                                  (int32_t)V);
+                tern_row_resolve_full(row, &r->sampling, &c->stage.params[k], (int32_t)V,
+                                      c->scratch, &c->picks[k]);
+                c->resolved[k] = true;
+                continue;
+            }
             c->resolved[k] = tern_row_resolve(&sums[k], &r->sampling, &c->stage.params[k],
                                               (int32_t)V, &c->picks[k]);
             if (!c->resolved[k] && full) {

@@ -8,14 +8,29 @@
 #include <string.h>
 
 #include "pipeline/engine-internal.h"
+#include "ternpipe/grammar.h"
 #include "ternpipe/kernels.h"
 #include "ternpipe/log.h"
+#include "ternpipe/tokenizer.h"
 
 struct tern_engine {
     tern_engine_fixed f;
-    tern_sched *sched; /* rank 0 */
-    tern_coord *coord; /* rank 0 */
+    tern_sched *sched;       /* rank 0 */
+    tern_coord *coord;       /* rank 0 */
+    tern_vocab_index *vocab; /* rank 0: constrained output (NULL: the model has no vocabulary) */
 };
+
+/* Rank 0's vocabulary for constrained output (response_format); a model without one still
+ * serves, and refuses those requests. */
+static void open_vocab(tern_engine *e)
+{
+    tern_status vst = {0};
+    tern_tokenizer *tok = NULL;
+    if (tern_tokenizer_load(&tok, e->f.g, &vst) || tern_vocab_index_create(&e->vocab, tok, &vst))
+        tern_log(TERN_LOG_INFO, "engine: no constrained output: %s", vst.msg);
+    tern_tokenizer_free(tok);
+    tern_sched_set_vocab(e->sched, e->vocab);
+}
 
 /* A short probe of this rank's ternary GEMM speed for the auto split. */
 static double speed_probe(void)
@@ -74,7 +89,10 @@ static tern_code handshake(tern_engine_fixed *f, tern_status *st)
 {
     tern_status lst = {0};
     const tern_engine_opts *o = &f->o;
-    tern_code rc = tern_gguf_open(&f->g, o->model_path, &lst);
+    /* a worker needs the weights alone (rank 0 also the vocabulary: tokens, constrained
+     * output); the checksum is the same either way */
+    tern_code rc =
+        tern_gguf_open_flags(&f->g, o->model_path, f->rank ? TERN_GGUF_WEIGHTS_ONLY : 0, &lst);
     tern_hparams hp = {0};
     if (!rc) rc = tern_hparams_read(f->g, &hp, &lst);
     uint64_t mine = rc ? 0 : tern_gguf_checksum(f->g);
@@ -268,6 +286,7 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
     }
     if (!(rc = tern_sched_create(&e->sched, &f->lim, st)) && o->spec_drafts)
         tern_sched_set_spec(e->sched, o->spec_drafts < 0 ? 0 : o->spec_drafts);
+    if (!rc) open_vocab(e);
     if (rc || (rc = tern_coord_create(&e->coord, f, e->sched, st))) {
         /* rank 0 alone failed (memory) while the workers are in their loop: stop them */
         if (!e->coord && f->n_ranks > 1) tern_die("engine: %s", st->msg);
@@ -305,6 +324,7 @@ void tern_engine_close(tern_engine *e)
     }
     tern_coord_free(e->coord);
     tern_sched_free(e->sched);
+    tern_vocab_index_free(e->vocab);
     tern_ctx_free(f->c);
     tern_model_free(f->m);
     tern_pool_free(f->pool);

@@ -13,6 +13,7 @@ typedef struct pending {
     tern_request req;
     int32_t *prompt;       /* owned copy */
     tern_logit_bias *bias; /* owned copy of req.sampling.logit_bias (or NULL) */
+    tern_grammar *gram;    /* response_format (or NULL), at the state after the resumed tokens */
 } pending;
 
 typedef struct seq {
@@ -21,6 +22,7 @@ typedef struct seq {
     tern_request req;
     int32_t *tokens;       /* [n_ctx]: prompt then generated */
     tern_logit_bias *bias; /* owned, from the pending request */
+    tern_grammar *gram;    /* owned: constrained output; its rows are sampled from full logits */
     int32_t n_tokens, n_past, n_gen, kv_blocks;
     int32_t n_logits; /* positions whose logits were delivered (all_logits) */
     bool inflight, cancelled, fresh, stopped, retry;
@@ -32,6 +34,7 @@ typedef struct seq {
 
 struct tern_sched {
     tern_limits lim;
+    const tern_vocab_index *vocab; /* for constrained output (the engine's; NULL: none) */
     /* the inbox: any thread, under mu */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -55,6 +58,7 @@ struct tern_sched {
 
 static void pending_free(pending *p)
 {
+    tern_grammar_free(p->gram);
     free(p->prompt), free(p->bias), free(p);
 }
 
@@ -99,7 +103,7 @@ void tern_sched_free(tern_sched *s)
     if (!s) return;
     if (s->seqs)
         for (int32_t i = 0; i < s->lim.max_seqs; i++)
-            free(s->seqs[i].tokens), free(s->seqs[i].bias);
+            free(s->seqs[i].tokens), free(s->seqs[i].bias), tern_grammar_free(s->seqs[i].gram);
     for (pending *p = s->inbox_head, *n; p; p = n) n = p->next, pending_free(p);
     for (pending *p = s->wait_head, *n; p; p = n) n = p->next, pending_free(p);
     free(s->seqs), free(s->releases), free(s->cancels), free(s->adj_scratch);
@@ -140,7 +144,33 @@ tern_code tern_sched_submit(tern_sched *s, const tern_request *r, int64_t *id, t
         if (r->sampling.logit_bias[i].id >= L->n_vocab)
             return tern_status_set(st, TERN_EINVAL, "logit_bias: token %d: got it, expected 0..%d",
                                    r->sampling.logit_bias[i].id, L->n_vocab - 1);
+    tern_grammar *gram = NULL;
+    if (r->response_format) {
+        if (!s->vocab)
+            return tern_status_set(st, TERN_EINVAL,
+                                   "response_format: this model has no vocabulary to constrain "
+                                   "output with");
+        tern_code grc =
+            tern_grammar_compile(&gram, r->response_format, strlen(r->response_format), st);
+        if (grc) return grc;
+        /* a replay: the document continues after the tokens generated before */
+        for (int32_t i = r->n_prompt - r->resumed; gram && i < r->n_prompt; i++) {
+            size_t l = 0;
+            const char *b = tern_vocab_index_bytes(s->vocab, r->prompt[i], &l);
+            if (!b || !tern_grammar_accept(gram, b, l)) {
+                tern_grammar_free(gram);
+                return tern_status_set(st, TERN_EINVAL,
+                                       "response_format: resumed token %d (id %d) does not "
+                                       "continue the document",
+                                       i, r->prompt[i]);
+            }
+        }
+    }
     pending *p = calloc(1, sizeof *p);
+    if (p)
+        p->gram = gram;
+    else
+        tern_grammar_free(gram);
     int32_t *prompt = p ? malloc((size_t)r->n_prompt * sizeof(int32_t)) : NULL;
     size_t nb = (size_t)r->sampling.n_logit_bias;
     tern_logit_bias *bias = nb ? malloc(nb * sizeof *bias) : NULL;
@@ -206,6 +236,8 @@ static void finish(tern_sched *s, seq *q, tern_finish why)
     q->used = false;
     free(q->bias);
     q->bias = NULL;
+    tern_grammar_free(q->gram);
+    q->gram = NULL;
     s->kv_reserved -= q->kv_blocks;
     s->n_running--;
     if (q->req.on_done) q->req.on_done(q->req.user, why, NULL);
@@ -281,10 +313,11 @@ void tern_sched_admit(tern_sched *s)
                    .req = p->req,
                    .tokens = tokens,
                    .bias = p->bias,
+                   .gram = p->gram,
                    .n_tokens = p->req.n_prompt,
                    .kv_blocks = need,
                    .fresh = true};
-        p->bias = NULL; /* the sequence owns it now */
+        p->bias = NULL, p->gram = NULL; /* the sequence owns them now */
         memcpy(q->tokens, p->prompt, (size_t)p->req.n_prompt * sizeof(int32_t));
         q->req.prompt = q->tokens;
         s->kv_reserved += need;
@@ -292,6 +325,21 @@ void tern_sched_admit(tern_sched *s)
         s->tok_prompt += p->req.n_prompt;
         pending_free(p);
     }
+}
+
+void tern_sched_set_vocab(tern_sched *s, const tern_vocab_index *v)
+{
+    s->vocab = v;
+}
+
+tern_grammar *tern_sched_grammar(const tern_sched *s, int32_t slot)
+{
+    return slot >= 0 && slot < s->lim.max_seqs && s->seqs[slot].used ? s->seqs[slot].gram : NULL;
+}
+
+const tern_vocab_index *tern_sched_vocab(const tern_sched *s)
+{
+    return s->vocab;
 }
 
 int32_t tern_sched_pending_releases(const tern_sched *s)
@@ -318,7 +366,8 @@ void tern_sched_set_spec(tern_sched *s, int32_t max_drafts)
 static bool spec_ok(const tern_sched *s, const seq *q)
 {
     const tern_sampling *sp = &q->req.sampling;
-    return s->spec_max > 0 && !q->req.all_logits && !q->retry && s->n_running <= TERN_SPEC_SEQS &&
+    return s->spec_max > 0 && !q->req.all_logits && !q->retry && !q->gram &&
+           s->n_running <= TERN_SPEC_SEQS &&
            (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0) && sp->presence_penalty == 0.0f &&
            sp->frequency_penalty == 0.0f;
 }
@@ -385,7 +434,7 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
         e.flags |= TERN_SEQ_FULL;
     } else if (sample) {
         e.n_head = 1;
-        if (q->retry) e.flags |= TERN_SEQ_FULL;
+        if (q->retry || q->gram) e.flags |= TERN_SEQ_FULL; /* a constraint masks the full row */
     }
     if (sample) {
         tern_row_params rp;
@@ -521,6 +570,11 @@ void tern_sched_complete(tern_sched *s, const tern_step *st, const tern_pick *pi
                 }
                 q->tokens[q->n_tokens++] = pk->token;
                 q->n_gen++;
+                if (q->gram) { /* drawn from the masked row: it continues the document */
+                    size_t l = 0;
+                    const char *b = tern_vocab_index_bytes(s->vocab, pk->token, &l);
+                    if (b) tern_grammar_accept(q->gram, b, l);
+                }
                 s->tok_gen++;
                 if (q->req.on_logprobs && q->req.sampling.n_logprobs > 0)
                     q->req.on_logprobs(q->req.user, pk);

@@ -34,6 +34,7 @@
 #include "pipeline/control.h"
 #include "pipeline/limits.h"
 #include "ternpipe/engine.h"
+#include "ternpipe/grammar.h"
 #include "ternpipe/sampler.h"
 
 #define TERN_SCHED_PREFILL_SHARE 8 /* 1/8 of a micro-batch's budget kept for waiting prompts */
@@ -62,6 +63,13 @@ bool tern_sched_build(tern_sched *s, int32_t free_mbs, tern_step *step, int32_t 
 /* Draft tokens per speculative step at most (0 turns speculative decoding off; default
  * TERN_SPEC_MAX_DRAFT). */
 void tern_sched_set_spec(tern_sched *s, int32_t max_drafts);
+/* The vocabulary constrained output masks with (set once before the first submit; NULL: a
+ * request with response_format is refused). */
+void tern_sched_set_vocab(tern_sched *s, const tern_vocab_index *v);
+const tern_vocab_index *tern_sched_vocab(const tern_sched *s);
+/* The constraint of the sequence in slot (NULL: none): its rows come back in full, are masked
+ * with it and drawn from the full row. */
+tern_grammar *tern_sched_grammar(const tern_sched *s, int32_t slot);
 /* Pending releases (an idle engine sends them in an empty step). */
 int32_t tern_sched_pending_releases(const tern_sched *s);
 

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "ternpipe/grammar.h"
 #include "ternpipe/server.h"
 
 typedef struct perr {
@@ -407,11 +408,11 @@ static bool is_unset(const cJSON *j)
 /* Fields of the OpenAI API this server does not implement: refused with a 400 naming them, not
  * silently ignored (a client asking for JSON output or a tool call must not get plain text
  * that merely looks like an answer). Their "off" values are accepted, since many clients
- * send them by default. tools and response_format belong to the API issue that follows. */
+ * send them by default. */
 static tern_code refuse_unsupported(perr *e, const cJSON *root)
 {
-    static const char *const names[] = {"tools",  "tool_choice", "functions",      "function_call",
-                                        "suffix", "best_of",     "response_format"};
+    static const char *const names[] = {"tools",         "tool_choice", "functions",
+                                        "function_call", "suffix",      "best_of"};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         const char *n = names[k];
         const cJSON *j = field(root, n);
@@ -420,13 +421,34 @@ static tern_code refuse_unsupported(perr *e, const cJSON *root)
         if ((!strcmp(n, "tool_choice") || !strcmp(n, "function_call")) && cJSON_IsString(j) &&
             !strcmp(j->valuestring, "none"))
             continue;
-        if (!strcmp(n, "response_format") && cJSON_IsObject(j)) {
-            const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "type");
-            if (cJSON_IsString(t) && !strcmp(t->valuestring, "text") && !j->child->next) continue;
-        }
         return fail(e, n, "%s: got %s, expected it absent or null (not supported by this server)",
                     n, type_name(j));
     }
+    return TERN_OK;
+}
+
+/* response_format: checked by compiling it (grammar.h), kept as compact JSON text for the
+ * engine ({"type":"text"} and null mean none) */
+static tern_code parse_response_format(perr *e, const cJSON *root, tern_parsed_request *r)
+{
+    const cJSON *j = field(root, "response_format");
+    if (is_unset(j)) return TERN_OK;
+    if (!cJSON_IsObject(j))
+        return fail(e, "response_format", "response_format: got %s, expected an object",
+                    type_name(j));
+    char *t = cJSON_PrintUnformatted(j);
+    if (!t) return fail(e, "response_format", "response_format: out of memory");
+    tern_status st = {0};
+    tern_grammar *g = NULL;
+    if (tern_grammar_compile(&g, t, strlen(t), &st)) {
+        free(t);
+        return fail(e, "response_format", "%s", st.msg);
+    }
+    if (g)
+        r->response_format = t;
+    else
+        free(t); /* text: no constraint */
+    tern_grammar_free(g);
     return TERN_OK;
 }
 
@@ -439,7 +461,7 @@ static tern_code parse_fields(perr *e, const cJSON *root, bool chat, tern_parsed
         rc = parse_messages(e, field(root, "messages"), r);
     else
         rc = parse_prompt(e, field(root, "prompt"), r);
-    if (rc) return rc;
+    if (rc || (rc = parse_response_format(e, root, r))) return rc;
 
     const cJSON *model = field(root, "model");
     if (model) {
@@ -627,6 +649,7 @@ tern_code tern_server_parse_request(const char *body, size_t len, bool chat,
 void tern_parsed_request_free(tern_parsed_request *r)
 {
     if (!r) return;
+    free(r->response_format);
     free(r->prompt);
     free(r->prompt_ids);
     for (int32_t i = 0; i < r->n_messages; i++) free(r->messages[i].content);

@@ -207,6 +207,7 @@ tern_code tern_srv_submit_choice(tern_server *s, req *r, const int32_t *prompt, 
                        .on_token = tern_srv_on_token,
                        .on_logprobs = r->lps ? tern_srv_on_logprobs : NULL,
                        .on_done = tern_srv_on_done,
+                       .response_format = r->pr.response_format,
                        .user = r};
     for (int32_t i = 0; i < s->n_stop_ids; i++) rq.stop[rq.n_stop++] = s->stop_ids[i];
     /* the engine's: taken before submit, the engine may call back at once */

@@ -98,6 +98,7 @@ static void submit(bridge *b, const tern_sv_msg *m)
                       .max_new = m->max_new,
                       .resumed = m->resumed,
                       .n_stop = m->n_stop,
+                      .response_format = m->response_format,
                       .on_token = on_token,
                       .on_logprobs = m->sampling.n_logprobs > 0 ? on_logprobs : NULL,
                       .on_done = on_done,

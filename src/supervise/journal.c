@@ -13,6 +13,7 @@ typedef struct jentry {
     tern_sampling sampling;
     tern_logit_bias bias[TERN_MAX_LOGIT_BIAS];
     int32_t stop[4], n_stop;
+    char *response_format; /* owned */
     uint64_t text_sent;
 } jentry;
 
@@ -49,7 +50,8 @@ void tern_journal_free(tern_journal *j)
 {
     if (!j) return;
     if (j->e)
-        for (int32_t i = 0; i < j->max_requests; i++) free(j->e[i].ids);
+        for (int32_t i = 0; i < j->max_requests; i++)
+            free(j->e[i].ids), free(j->e[i].response_format);
     free(j->e);
     pthread_mutex_destroy(&j->mu);
     free(j);
@@ -95,6 +97,13 @@ tern_code tern_journal_add(tern_journal *j, const tern_jrequest *r, tern_status 
         rc = tern_status_set(st, TERN_ENOMEM, "journal: out of memory");
         goto out;
     }
+    char *rf = r->response_format ? strdup(r->response_format) : NULL;
+    if (r->response_format && !rf) {
+        rc = tern_status_set(st, TERN_ENOMEM, "journal: out of memory");
+        goto out;
+    }
+    free(e->response_format);
+    e->response_format = rf;
     memcpy(e->ids, r->prompt, (size_t)r->n_prompt * sizeof *e->ids);
     e->used = true;
     e->id = r->id;
@@ -167,6 +176,7 @@ static void replay_entry(const jentry *e, void (*fn)(void *user, const tern_jrep
                       .sampling = &e->sampling,
                       .stop = e->stop,
                       .n_stop = e->n_stop,
+                      .response_format = e->response_format,
                       .text_sent = e->text_sent};
     fn(user, &r);
 }

@@ -27,6 +27,7 @@ typedef struct tern_jrequest {
     tern_sampling sampling; /* logit_bias copied */
     int32_t max_new;
     int32_t stop[4], n_stop;
+    const char *response_format; /* copied (NULL: none) */
 } tern_jrequest;
 
 /* What a replay submits (views into the journal, valid until the next journal call). */
@@ -37,6 +38,7 @@ typedef struct tern_jreplay {
     const tern_sampling *sampling;
     const int32_t *stop;
     int32_t n_stop;
+    const char *response_format;
     uint64_t text_sent; /* bytes of text the client has: resume the stream after them */
 } tern_jreplay;
 

@@ -171,7 +171,8 @@ static tern_code rm_submit(void *self, const tern_request *q, int64_t *id, tern_
                         .n_prompt = q->n_prompt,
                         .sampling = q->sampling,
                         .max_new = q->max_new,
-                        .n_stop = q->n_stop};
+                        .n_stop = q->n_stop,
+                        .response_format = q->response_format};
     memcpy(jr.stop, q->stop, sizeof jr.stop);
     if ((rc = tern_journal_add(r->j, &jr, st))) goto out;
     r->free_head = s->next_free;
@@ -366,7 +367,8 @@ static void send_one(void *user, const tern_jreplay *q)
                      .sampling = *q->sampling,
                      .max_new = q->max_new,
                      .resumed = q->resumed,
-                     .n_stop = q->n_stop};
+                     .n_stop = q->n_stop,
+                     .response_format = q->response_format};
     memcpy(m.stop, q->stop, (size_t)q->n_stop * sizeof *m.stop);
     c->rc = tern_sv_out_put(&c->r->out, c->r->fd, &m, c->r->o.heartbeat_timeout_s, &c->st);
     if (!c->rc && c->count) {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "supervise.pb-c.h"
+#include "ternpipe/grammar.h"
 
 struct tern_sv_reader {
     int32_t n_vocab;
@@ -119,6 +120,7 @@ size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
         for (int32_t i = 0; i < m->n_stop; i++) stop[i] = (uint32_t)m->stop[i];
         sb.n_stop = (size_t)m->n_stop, sb.stop = stop;
         sb.has_resumed = 1, sb.resumed = (uint32_t)m->resumed;
+        sb.response_format = (char *)(uintptr_t)m->response_format;
         f.body_case = TERNPIPE__SUPERVISE__FRAME__BODY_SUBMIT, f.submit = &sb;
         break;
     }
@@ -363,6 +365,10 @@ tern_code tern_sv_reader_next(tern_sv_reader *r, tern_sv_msg *m, bool *got, tern
                        "expected resumed below the prompt length",
                        s->max_new, s->resumed, s->n_prompt);
         m->max_new = (int32_t)s->max_new, m->resumed = (int32_t)s->resumed;
+        if (s->response_format && strlen(s->response_format) > TERN_GRAMMAR_MAX_SPEC)
+            return BAD("supervise: submit response_format: got %zu bytes, expected at most %d",
+                       strlen(s->response_format), TERN_GRAMMAR_MAX_SPEC);
+        m->response_format = s->response_format; /* the engine checks it at submit */
         tern_sampling_default(&m->sampling);
         const Ternpipe__Supervise__Sampling *sp = s->sampling;
         if (sp) {

@@ -46,6 +46,7 @@ typedef struct tern_sv_msg {
     tern_sampling sampling; /* submit; its logit_bias points into the message's storage */
     int32_t max_new, resumed;
     int32_t stop[4], n_stop;
+    const char *response_format; /* submit: NUL-terminated JSON text (grammar.h), or NULL */
     /* done; heartbeat in state 2 (failed) */
     uint32_t finish;
     char error[TERN_SV_MAX_ERROR];

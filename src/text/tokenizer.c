@@ -467,6 +467,15 @@ bool tern_tokenizer_is_stop(const tern_tokenizer *t, int32_t id)
     return id >= 0 && (id == t->eos || id == t->eot);
 }
 
+bool tern_tokenizer_is_special(const tern_tokenizer *t, int32_t id)
+{
+    if (id < 0 || id >= t->n_vocab) return false;
+    if (id == t->bos || id == t->eos || id == t->eot) return true;
+    for (int32_t i = 0; i < t->n_specials; i++)
+        if (t->specials[i].id == id) return true;
+    return false;
+}
+
 const char *tern_tokenizer_token_bytes(const tern_tokenizer *t, int32_t id, size_t *len)
 {
     if (id < 0 || id >= t->n_vocab) {

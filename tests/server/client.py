@@ -10,6 +10,7 @@ Usage: client.py COMMAND URL [args]
   flood URL [KEY]           a server with --max-seqs 1 --max-queue 1 answers 429 when full
   drain URL PID [KEY]       SIGTERM to PID while streams run: they finish, new requests get 503
   choices URL               n > 1: each choice equals a request with seed + i, streamed and not
+  json URL OUT [REF]        response_format: 50 constrained answers parse and follow their schema
 Every wait is bounded; any failed check exits non-zero with a line saying what differed.
 """
 import http.client
@@ -535,6 +536,102 @@ def cmd_choices(url):
           f"indexes, usage {u}; chat n=3; a client leaving cancels all 4")
 
 
+SCHEMAS = [
+    {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"},
+        "pets": {"type": "array", "items": {"enum": ["cat", "dog", "bird"]}, "maxItems": 3},
+        "happy": {"type": "boolean"}, "height": {"type": ["number", "null"]}},
+     "required": ["name", "age"]},
+    {"type": "object", "properties": {
+        "title": {"type": "string", "minLength": 1, "maxLength": 30},
+        "hero": {"type": "object", "properties": {"kind": {"enum": ["cat", "girl", 7, None]},
+                                                  "brave": {"type": "boolean"}}},
+        "moral": {"const": "be kind"}}},
+    {"type": "array", "items": {"type": "object", "properties": {
+        "word": {"type": "string", "maxLength": 12}, "n": {"type": "integer"}}},
+     "minItems": 1, "maxItems": 4},
+    {"enum": ["yes", "no", "maybe"]},
+]
+
+
+def valid(v, sc):
+    """the JSON-schema subset of include/ternpipe/grammar.h, checked independently"""
+    if "enum" in sc:
+        return any(v == e and type(v) is type(e) for e in sc["enum"])
+    if "const" in sc:
+        return v == sc["const"]
+    ts = sc.get("type")
+    if ts is None:
+        return True
+    for t in ts if isinstance(ts, list) else [ts]:
+        if t == "object" and isinstance(v, dict):
+            props = sc.get("properties", {})
+            if props and list(v) != list(props):
+                continue  # every property, in the schema's order
+            if all(valid(v[k], props[k]) for k in props) and all(k in v for k in sc.get("required", [])):
+                return True
+        elif t == "array" and isinstance(v, list):
+            if sc.get("minItems", 0) <= len(v) <= sc.get("maxItems", 1 << 30) and \
+                    all(valid(x, sc.get("items", {})) for x in v):
+                return True
+        elif t == "string" and isinstance(v, str):
+            if sc.get("minLength", 0) <= len(v) <= sc.get("maxLength", 1 << 30):
+                return True
+        elif t == "integer" and isinstance(v, int) and not isinstance(v, bool):
+            return True
+        elif t == "number" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return True
+        elif t == "boolean" and isinstance(v, bool):
+            return True
+        elif t == "null" and v is None:
+            return True
+    return False
+
+
+def cmd_json(url, out, ref=None):
+    """response_format: 50 seeded requests (40 json_schema over 4 schemas, 10 json_object,
+    completions and chat) all end with "stop" in documents that parse and validate; streamed
+    equals not; n = 2; an unsupported keyword is a 400; texts saved to OUT (and equal to REF's,
+    another rank count's, when given)."""
+    texts = {}
+    for i in range(50):
+        chat = i % 2 == 1
+        sc = SCHEMAS[i % 4] if i < 40 else None
+        rf = {"type": "json_schema", "json_schema": {"name": f"s{i % 4}", "schema": sc}} if sc \
+            else {"type": "json_object"}
+        body = {"max_tokens": 400, "temperature": 0.9, "seed": 1000 + i, "response_format": rf}
+        if chat:
+            body["messages"] = [{"role": "user", "content": "Answer in JSON."}]
+        else:
+            body["prompt"] = "Once upon a time"
+        t, fin, _ = complete(url, chat, body)
+        check(fin == "stop", f"json {i}: finish {fin}: {t[:120]!r}")
+        try:
+            v = json.loads(t)
+        except ValueError as e:
+            raise Fail(f"json {i}: does not parse ({e}): {t[:200]!r}")
+        check(valid(v, sc) if sc else isinstance(v, dict), f"json {i}: {t[:200]!r} does not follow {sc}")
+        texts[str(i)] = t
+        if i % 17 == 0:
+            check(streamed(url, chat, body)[0] == t, f"json {i}: streamed text differs")
+    st, _, j = post(url, "/v1/completions", {"prompt": "Once", "max_tokens": 200, "n": 2, "seed": 9,
+                                             "temperature": 1.0, "response_format": {"type": "json_object"}})
+    check(st == 200 and all(isinstance(json.loads(c["text"]), dict) for c in j["choices"]),
+          f"json n=2: {j}")
+    expect_error(url, "POST", "/v1/completions",
+                 {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+                     "schema": {"anyOf": [{"type": "string"}]}}}}, 400, "response_format", "anyOf")
+    json.dump(texts, open(out, "w"))
+    same = ""
+    if ref:
+        want = json.load(open(ref))
+        check(want == texts, "json: texts differ from the other rank count's: " +
+              str([k for k in texts if texts[k] != want.get(k)][:5]))
+        same = ", equal to the other rank count's"
+    print(f"ok json: 50 of 50 constrained answers parse and validate (40 json_schema over 4 "
+          f"schemas, 10 json_object), streamed == not, n=2, anyOf refused{same}")
+
+
 def cmd_auth(url, key):
     global KEY
     KEY = None
@@ -768,7 +865,8 @@ def main(argv):
     KEY = os.environ.get("TERN_TEST_API_KEY") or None
     fn = {"wait": cmd_wait, "basic": cmd_basic, "concurrent": cmd_concurrent, "cancel": cmd_cancel,
           "auth": cmd_auth, "flood": cmd_flood, "drain": cmd_drain,
-          "logprobs": cmd_logprobs, "basemodel": cmd_basemodel, "choices": cmd_choices}.get(cmd)
+          "logprobs": cmd_logprobs, "basemodel": cmd_basemodel, "choices": cmd_choices,
+          "json": cmd_json}.get(cmd)
     if not fn:
         print(__doc__)
         return 2

@@ -170,7 +170,9 @@ static void test_unsupported_fields(void)
     static const char *const refused[][2] = {
         {"tools", "[{\"type\": \"function\"}]"},
         {"tool_choice", "\"auto\""},
-        {"response_format", "{\"type\": \"json_object\"}"},
+        {"response_format", "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": "
+                            "{\"anyOf\": []}}}"},
+        {"response_format", "{\"type\": \"xml\"}"},
         {"suffix", "\"end\""},
         {"best_of", "3"},
         {"functions", "[{\"name\": \"f\"}]"},
@@ -190,7 +192,12 @@ static void test_unsupported_fields(void)
     const char *ok = "{\"prompt\": \"x\", \"tools\": [], \"tool_choice\": \"none\", "
                      "\"response_format\": {\"type\": \"text\"}, \"logit_bias\": {}, "
                      "\"suffix\": null, \"best_of\": 1, \"top_logprobs\": 0, \"logprobs\": false}";
-    CHECK(parse(ok, false, &r, param) == TERN_OK);
+    CHECK(parse(ok, false, &r, param) == TERN_OK && r.response_format == NULL);
+    tern_parsed_request_free(&r);
+    /* json_object and a schema are kept, as compact JSON, for the engine */
+    CHECK(parse("{\"prompt\": \"x\", \"response_format\": {\"type\": \"json_object\"}}", false, &r,
+                param) == TERN_OK &&
+          r.response_format && !strcmp(r.response_format, "{\"type\":\"json_object\"}"));
     tern_parsed_request_free(&r);
 }
 

@@ -45,6 +45,7 @@ static void test_wire(void)
     ms[1].sampling.temperature = 0.7f, ms[1].sampling.seed = 1234567890123ULL;
     ms[1].sampling.top_k = 40, ms[1].sampling.presence_penalty = 0.5f;
     ms[1].sampling.logit_bias = lb, ms[1].sampling.n_logit_bias = 2;
+    ms[1].response_format = "{\"type\":\"json_object\"}";
     ms[2] = (tern_sv_msg){.kind = TERN_SV_CANCEL, .id = 42};
     ms[3] = (tern_sv_msg){.kind = TERN_SV_TOKENS, .id = 42, .ids = prompt, .n_ids = 3};
     ms[4] = (tern_sv_msg){.kind = TERN_SV_DONE, .id = 42, .finish = 1};
@@ -77,6 +78,8 @@ static void test_wire(void)
                           m.sampling.top_k == 40 && m.sampling.presence_penalty == 0.5f);
                     CHECK(m.sampling.n_logit_bias == 2 && m.sampling.logit_bias[1].id == 9 &&
                           m.sampling.logit_bias[1].bias == -100.0f);
+                    CHECK(m.response_format &&
+                          !strcmp(m.response_format, "{\"type\":\"json_object\"}"));
                 }
                 if (m.kind == TERN_SV_TOKENS) CHECK(m.n_ids == 3 && m.ids[2] == 3);
                 if (m.kind == TERN_SV_DONE)

@@ -1,7 +1,7 @@
 // sdk.mjs: the OpenAI Node SDK (npm `openai`) against a running server.
 // Usage: node sdk.mjs URL: completions and chat, streamed and not (the streamed text equals the
 // non-streamed one for greedy and for a seed), logprobs in both shapes, and the SDK's typed
-// errors for a bad parameter and for what ternpipe refuses (n > 16, response_format schema); n = 3.
+// errors for a bad parameter and for what ternpipe refuses (n > 16, anyOf); n = 3, json_schema.
 import OpenAI from "openai";
 
 const url = process.argv[2];
@@ -37,10 +37,19 @@ for (let i = 0; i < 3; i++) {
   if (!c || c.message.content !== one.choices[0].message.content) fail(`n=3 choice ${i} != seed ${7 + i} alone`);
 }
 console.log(`ok n=3: choice i equals seed 7+i alone; usage ${JSON.stringify(n3.usage)}`);
+const js = await client.chat.completions.create({
+  model, messages: [{ role: "user", content: "A pet, as JSON." }], max_tokens: 200, temperature: 0.9, seed: 3,
+  response_format: { type: "json_schema", json_schema: { name: "pet", strict: true, schema: {
+    type: "object", properties: { name: { type: "string", maxLength: 16 }, kind: { enum: ["cat", "dog"] }, age: { type: "integer" } },
+    required: ["name", "kind", "age"], additionalProperties: false } } },
+});
+const pet = JSON.parse(js.choices[0].message.content);
+if (typeof pet.name !== "string" || !["cat", "dog"].includes(pet.kind) || !Number.isInteger(pet.age)) fail("json_schema: " + js.choices[0].message.content);
+console.log(`ok json_schema: ${js.choices[0].message.content}`);
 for (const [what, q, param] of [
   ["top_p 1.5", { top_p: 1.5 }, "top_p"],
   ["n 17", { n: 17 }, "n"],
-  ["json_schema", { response_format: { type: "json_schema", json_schema: { name: "x", schema: { type: "object" } } } }, "response_format"],
+  ["anyOf", { response_format: { type: "json_schema", json_schema: { name: "x", schema: { anyOf: [{ type: "string" }] } } } }, "response_format"],
 ]) {
   try {
     await client.chat.completions.create({ model, messages: [{ role: "user", content: "Hi" }], max_tokens: 4, ...q });
