@@ -125,6 +125,11 @@ tern_code tern_hf_config_parse(const char *json, size_t len, const char *name, t
  * pipeline rank converts only its slice. */
 tern_code tern_hf_convert(const char *dir, const char *out_path, int type /* tern_ggml_type */,
                           tern_status *st);
+/* The same, calling progress (optional) after each tensor with the bytes written so far and
+ * in all. */
+tern_code tern_hf_convert_progress(const char *dir, const char *out_path, int type,
+                                   void (*progress)(void *user, int64_t done, int64_t total),
+                                   void *user, tern_status *st);
 
 #ifdef __cplusplus
 }

@@ -688,6 +688,13 @@ uint64_t tern_hf_n_tensors(const tern_hf *h)
  * (tensors in table order, each padded to the default alignment). */
 tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, tern_status *st)
 {
+    return tern_hf_convert_progress(dir, out_path, type_id, NULL, NULL, st);
+}
+
+tern_code tern_hf_convert_progress(const char *dir, const char *out_path, int type_id,
+                                   void (*progress)(void *user, int64_t done, int64_t total),
+                                   void *user, tern_status *st)
+{
     tern_hf *h = NULL;
     tern_gguf_writer *w = tern_gguf_writer_new();
     if (!w) return tern_status_set(st, TERN_ENOMEM, "convert: %s: out of memory", dir);
@@ -704,6 +711,8 @@ tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, te
     bool wrote = !rc && fwrite(head, 1, len, f) == len;
     free(head);
     static const uint8_t zeros[TERN_GGUF_DEFAULT_ALIGNMENT] = {0};
+    int64_t total = 0, done = 0;
+    for (size_t i = 0; !rc && h && i < h->n; i++) total += (int64_t)h->t[i].nbytes;
     for (size_t i = 0; !rc && wrote && i < h->n; i++) {
         const uint64_t nb = h->t[i].nbytes,
                        pad = (TERN_GGUF_DEFAULT_ALIGNMENT - nb % TERN_GGUF_DEFAULT_ALIGNMENT) %
@@ -714,6 +723,8 @@ tern_code tern_hf_convert(const char *dir, const char *out_path, int type_id, te
         else if (!(rc = tern_hf_read(h, i, 0, h->t[i].rows, data, st)))
             wrote = fwrite(data, 1, (size_t)nb, f) == nb && fwrite(zeros, 1, (size_t)pad, f) == pad;
         free(data);
+        done += (int64_t)nb;
+        if (progress && !rc) progress(user, done, total);
     }
     if (f && fclose(f) != 0) wrote = false;
     if (!rc && !wrote)

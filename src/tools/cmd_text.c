@@ -9,6 +9,7 @@
 #include "ternpipe/safetensors.h"
 #include "ternpipe/tokenizer.h"
 #include "tools/commands.h"
+#include "tools/run.h"
 
 static char *read_all(FILE *f, size_t *len)
 {
@@ -172,6 +173,12 @@ done:
     return out;
 }
 
+static void convert_progress(void *user, int64_t done, int64_t total)
+{
+    int64_t mb = done >> 20, all = (total >> 20) + 1; /* 100% only once all is written */
+    tern_progress(user, "convert: writing tensors (MB)", done < total ? mb : all, all);
+}
+
 /* convert --hf: write, read back, compare with the directory on 16 positions */
 static int convert_hf(const char *dir, const char *out, const char *type)
 {
@@ -189,9 +196,10 @@ static int convert_hf(const char *dir, const char *out, const char *type)
     tern_gguf *a = NULL, *b = NULL;
     float *la = NULL, *lb = NULL;
     int va = 0, vb = 0, rc = 1;
-    if (tern_hf_convert(dir, out, t, &st) || tern_gguf_open(&a, out, &st) ||
-        tern_gguf_open(&b, dir, &st) || !(la = probe_logits(a, 16, &va, &st)) ||
-        !(lb = probe_logits(b, 16, &vb, &st))) {
+    tern_progress_line pl = {0};
+    if (tern_hf_convert_progress(dir, out, t, convert_progress, &pl, &st) ||
+        tern_gguf_open(&a, out, &st) || tern_gguf_open(&b, dir, &st) ||
+        !(la = probe_logits(a, 16, &va, &st)) || !(lb = probe_logits(b, 16, &vb, &st))) {
         fprintf(stderr, "ternpipe: %s\n", st.msg);
         goto out;
     }
