@@ -20,6 +20,7 @@ typedef enum tern_ggml_type {
     TERN_TYPE_F32 = 0,
     TERN_TYPE_F16 = 1,
     TERN_TYPE_Q8_0 = 8,
+    TERN_TYPE_Q6_K = 14,
     TERN_TYPE_BF16 = 30,
     TERN_TYPE_TQ1_0 = 34,
     TERN_TYPE_TQ2_0 = 35,
@@ -38,6 +39,10 @@ typedef struct tern_type_traits {
     uint32_t tail;
     bool ternary;  /* codes in {-1, 0, +1} with scales: repacked by tern_tmat_from_ggml */
     bool is_float; /* F32, F16, BF16: plain floating-point elements */
+    /* Q8_0, Q6_K: a float table in blocks of small integers times an f16 scale, each block's
+     * f16 `d` at byte `scale_at` (ggml's layouts: kernels.h, tern_dequant_row) */
+    bool quant;
+    uint32_t scale_at;
 } tern_type_traits;
 
 /* The traits of type t; NULL when t is not a type ternpipe knows. */
@@ -48,6 +53,8 @@ bool tern_type_is_ternary(tern_ggml_type t);       /* false when unknown */
 /* Bytes of a tensor of `n_elements` whose rows have `ne0` elements; false when the type is
  * unknown, the shape does not divide into the type's blocks, or the size overflows. */
 bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out);
+/* True for the block-quantized float tables the embedding and head can use (Q8_0, Q6_K). */
+bool tern_type_is_quant(tern_ggml_type t);
 /* "F32 0, F16 1, ..., I2_S 36": every known type with its id, for error messages. */
 const char *tern_type_list(void);
 

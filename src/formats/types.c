@@ -1,4 +1,5 @@
-/* types.c: the tensor type traits table (types.h). Sizes per spec 3.4 (I2_S) and 3.5 (TQ). */
+/* types.c: the tensor type traits table (types.h). Sizes per spec 3.4 (I2_S), 3.5 (TQ) and
+ * ggml's block layouts (Q8_0, Q6_K). */
 #include "ternpipe/types.h"
 
 #include <stddef.h>
@@ -6,7 +7,10 @@
 static const tern_type_traits TRAITS[TERN_TYPE_ID_COUNT] = {
     [TERN_TYPE_F32] = {.name = "F32", .blck = 1, .bytes = 4, .is_float = true},
     [TERN_TYPE_F16] = {.name = "F16", .blck = 1, .bytes = 2, .is_float = true},
-    [TERN_TYPE_Q8_0] = {.name = "Q8_0", .blck = 32, .bytes = 34},
+    /* ggml block_q8_0: f16 d, int8 qs[32]; value = d * q */
+    [TERN_TYPE_Q8_0] = {.name = "Q8_0", .blck = 32, .bytes = 34, .quant = true, .scale_at = 0},
+    /* ggml block_q6_K: uint8 ql[128], qh[64], int8 scales[16], f16 d; value = d * sc * (q - 32) */
+    [TERN_TYPE_Q6_K] = {.name = "Q6_K", .blck = 256, .bytes = 210, .quant = true, .scale_at = 208},
     [TERN_TYPE_BF16] = {.name = "BF16", .blck = 1, .bytes = 2, .is_float = true},
     [TERN_TYPE_TQ1_0] = {.name = "TQ1_0", .blck = 256, .bytes = 54, .ternary = true},
     [TERN_TYPE_TQ2_0] = {.name = "TQ2_0", .blck = 256, .bytes = 66, .ternary = true},
@@ -34,6 +38,12 @@ bool tern_type_is_ternary(tern_ggml_type t)
     return tr && tr->ternary;
 }
 
+bool tern_type_is_quant(tern_ggml_type t)
+{
+    const tern_type_traits *tr = tern_type_traits_of(t);
+    return tr && tr->quant;
+}
+
 bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint64_t *out)
 {
     const tern_type_traits *tr = tern_type_traits_of(t);
@@ -48,5 +58,5 @@ bool tern_ggml_nbytes(tern_ggml_type t, uint64_t ne0, uint64_t n_elements, uint6
 const char *tern_type_list(void)
 {
     /* a literal (no lazy init: callable from any thread); test_gguf checks it against TRAITS */
-    return "F32 0, F16 1, Q8_0 8, BF16 30, TQ1_0 34, TQ2_0 35, I2_S 36";
+    return "F32 0, F16 1, Q8_0 8, Q6_K 14, BF16 30, TQ1_0 34, TQ2_0 35, I2_S 36";
 }

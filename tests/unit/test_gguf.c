@@ -1268,6 +1268,10 @@ static void test_type_facts(void)
     CHECK(tern_ggml_nbytes(TERN_TYPE_BF16, 3, 6, &n) && n == 12);
     CHECK(tern_ggml_nbytes(TERN_TYPE_Q8_0, 64, 128, &n) && n == 4 * 34);
     CHECK(!tern_ggml_nbytes(TERN_TYPE_Q8_0, 33, 66, &n));
+    CHECK(tern_ggml_nbytes(TERN_TYPE_Q6_K, 2560, 2560 * 2, &n) && n == 20 * 210);
+    CHECK(!tern_ggml_nbytes(TERN_TYPE_Q6_K, 3200, 3200, &n)); /* 3200 % 256 != 0 */
+    CHECK(tern_type_is_quant(TERN_TYPE_Q8_0) && tern_type_is_quant(TERN_TYPE_Q6_K));
+    CHECK(!tern_type_is_quant(TERN_TYPE_F16) && !tern_type_is_quant((tern_ggml_type)2));
     CHECK(tern_ggml_nbytes(TERN_TYPE_TQ1_0, 256, 512, &n) && n == 108);
     CHECK(tern_ggml_nbytes(TERN_TYPE_TQ2_0, 256, 256, &n) && n == 66);
     CHECK(!tern_ggml_nbytes(TERN_TYPE_TQ2_0, 128, 256, &n));
@@ -1294,7 +1298,7 @@ static void test_type_facts(void)
         snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s %d", known > 1 ? ", " : "",
                  tr->name, t);
     }
-    CHECK(known == 7);
+    CHECK(known == 8);
     CHECKF(strcmp(tern_type_list(), want) == 0, "'%s' vs '%s'", tern_type_list(), want);
     CHECK(strcmp(tern_gguf_vtype_name(TERN_GGUF_FLOAT64), "float64") == 0);
     CHECK(strcmp(tern_gguf_vtype_name((tern_gguf_vtype)99), "unknown") == 0);
