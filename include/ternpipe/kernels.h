@@ -213,6 +213,28 @@ uint64_t tern_i8mat_bytes(const tern_i8mat *m);
 void tern_gemm_i8(const tern_i8mat *w, const float *x /* [n_tok][k] */, int64_t n_tok,
                   float *y /* [n_tok][ldy] */, int64_t ldy, int64_t o0, int64_t o1);
 
+/* Block-quantized tables used as they are (ggml Q8_0 and Q6_K, as --token-embedding-type
+ * writes them): rows of k elements, k a multiple of the type's block (32, 256), a row is
+ * tern_ggml_nbytes(type, k, k) bytes. Dequantization, as ggml's dequantize_row_*:
+ *   Q8_0 (34-byte blocks: f16 d, int8 q[32]):  w[i] = d * q[i]
+ *   Q6_K (210-byte super-blocks: ql[128], qh[64], int8 sc[16], f16 d): for element e of the
+ *   block, h = e / 128, g = (e % 128) / 32, l = e % 32,
+ *     q = ((ql[64h + 32(g & 1) + l] >> 4(g >> 1)) & 15) | (((qh[32h + l] >> 2g) & 3) << 4),
+ *     w[e] = (d * sc[8h + 2g + l / 16]) * (q - 32)
+ * Every such product is exact in float (at most 11 + 8 + 6 significant bits), so the
+ * dequantized value does not depend on the order of the products: ggml's value exactly.
+ * tern_dequant_row: one scalar implementation in every variant (EXACT by construction).
+ * tern_gemm_q: y[t][o] = sum_k w[o][k] * x[t][k] over the dequantized w, for o in [o0, o1) with
+ * w pointing at row 0; fp32 accumulation, each row summed the same way whatever the range
+ * (so a head split across ranks gives the same bits). Reference: the products and sum in
+ * double, rounded once. Bound, as tern_gemm_f16 with w dequantized:
+ *   |y - ref| <= (k/8 + 8) * 2^-24 * sum_k |w[o][k] * x[t][k]|.
+ * Scales must be finite (the loader checks them). */
+void tern_dequant_row(tern_ggml_type type, const void *row, int64_t k, float *out /* [k] */);
+void tern_gemm_q(tern_ggml_type type, const void *w /* [n] rows */, int64_t k,
+                 const float *x /* [n_tok][k] */, int64_t n_tok, float *y /* [n_tok][ldy] */,
+                 int64_t ldy, int64_t o0, int64_t o1);
+
 /* ---- f16 <-> f32 (EXACT; IEEE binary16, round to nearest even, as F16C) ---- */
 void tern_f16_to_f32(const uint16_t *h /* [n] */, float *f /* [n] */, int64_t n);
 void tern_f32_to_f16(const float *f /* [n] */, uint16_t *h /* [n] */, int64_t n);

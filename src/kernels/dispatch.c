@@ -296,6 +296,16 @@ void tern_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, 
     tern_kernels_vt()->gemm_i8(w, x, n_tok, y, ldy, o0, o1);
 }
 
+void tern_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
+                 float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    TERN_ASSERT(type == TERN_TYPE_Q8_0 || type == TERN_TYPE_Q6_K);
+    TERN_ASSERT(w && x && y && k >= 1 && n_tok >= 1 && o0 >= 0 && o0 < o1);
+    TERN_ASSERT(k % (type == TERN_TYPE_Q8_0 ? 32 : 256) == 0);
+    TERN_ASSERT(n_tok == 1 || ldy >= o1);
+    tern_kernels_vt()->gemm_q(type, w, k, x, n_tok, y, ldy, o0, o1);
+}
+
 void tern_f16_to_f32(const uint16_t *h, float *f, int64_t n)
 {
     TERN_ASSERT(n >= 0);

@@ -99,6 +99,8 @@ typedef struct tern_kernel_vtable {
                      int64_t ldy, int64_t o0, int64_t o1);
     void (*gemm_i8)(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
                     int64_t o0, int64_t o1);
+    void (*gemm_q)(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
+                   float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
     void (*f32_to_f16)(const float *f, uint16_t *h, int64_t n);
 } tern_kernel_vtable;
@@ -137,8 +139,17 @@ void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t
                        int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
                       int64_t o0, int64_t o1);
+void tern_ref_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
+                     float *y, int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_f16_to_f32(const uint16_t *h, float *f, int64_t n);
 void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
+
+/* ggml block layouts (kernels.h): bytes per block, offsets inside a Q6_K super-block */
+#define TERN_Q8_0_BYTES 34
+#define TERN_Q6_K_BYTES 210
+#define TERN_Q6_K_QH 128
+#define TERN_Q6_K_SC 192
+#define TERN_Q6_K_D 208
 
 /* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
 float tern_round_half_even(float v);

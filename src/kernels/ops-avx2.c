@@ -7,6 +7,7 @@
 #include <float.h>
 #include <math.h>
 
+#include "kernels/head-q.h"
 #include "kernels/simd-avx2.h"
 
 AI float hsum8(__m256 v)
@@ -455,6 +456,7 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .attn_mix_q8 = attn_mix_q8,
     .gemm_f16 = gemm_f16,
     .gemm_i8 = gemm_i8,
+    .gemm_q = tern_hq_gemm,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
 };

@@ -11,6 +11,7 @@
 #include <float.h>
 #include <math.h>
 
+#include "kernels/head-q.h"
 #include "kernels/simd-avx512.h"
 
 static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
@@ -397,6 +398,7 @@ const tern_kernel_vtable tern_kernels_avx512 = {
     .attn_mix_q8 = attn_mix_q8,
     .gemm_f16 = gemm_f16,
     .gemm_i8 = gemm_i8,
+    .gemm_q = tern_hq_gemm,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
 };

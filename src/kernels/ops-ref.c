@@ -224,6 +224,61 @@ void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float 
     }
 }
 
+static uint16_t u16_at(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* One scalar dequantization for every variant (kernels.h gives the formulas). */
+void tern_dequant_row(tern_ggml_type type, const void *row, int64_t k, float *out)
+{
+    TERN_ASSERT(type == TERN_TYPE_Q8_0 || type == TERN_TYPE_Q6_K);
+    const uint8_t *b = row;
+    if (type == TERN_TYPE_Q8_0) {
+        TERN_ASSERT(k % 32 == 0);
+        for (int64_t i = 0; i < k; i += 32, b += TERN_Q8_0_BYTES) {
+            const float d = tern_f16_to_f32_1(u16_at(b));
+            for (int j = 0; j < 32; j++) out[i + j] = d * (float)(int8_t)b[2 + j];
+        }
+        return;
+    }
+    TERN_ASSERT(k % 256 == 0);
+    for (int64_t i = 0; i < k; i += 256, b += TERN_Q6_K_BYTES) {
+        const float d = tern_f16_to_f32_1(u16_at(b + TERN_Q6_K_D));
+        const uint8_t *qh = b + TERN_Q6_K_QH;
+        const int8_t *sc = (const int8_t *)(b + TERN_Q6_K_SC);
+        for (int e = 0; e < 256; e++) {
+            const int h = e / 128, g = (e % 128) / 32, l = e % 32;
+            const int lo = (b[64 * h + 32 * (g & 1) + l] >> (4 * (g >> 1))) & 15;
+            const int hi = (qh[32 * h + l] >> (2 * g)) & 3;
+            out[i + e] = (d * (float)sc[8 * h + 2 * g + l / 16]) * (float)((lo | hi << 4) - 32);
+        }
+    }
+}
+
+void tern_ref_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
+                     float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t blk = type == TERN_TYPE_Q8_0 ? 32 : 256;
+    const int64_t bb = type == TERN_TYPE_Q8_0 ? TERN_Q8_0_BYTES : TERN_Q6_K_BYTES;
+    const int64_t rb = k / blk * bb;
+    float buf[256]; /* one block dequantized (no allocation) */
+    for (int64_t o = o0; o < o1; o++) {
+        const uint8_t *wo = (const uint8_t *)w + o * rb;
+        for (int64_t t = 0; t < n_tok; t++) {
+            const float *xt = x + t * k;
+            double acc = 0.0;
+            for (int64_t i = 0; i < k; i += blk) {
+                tern_dequant_row(type, wo + i / blk * bb, blk, buf);
+                for (int64_t j = 0; j < blk; j++) acc += (double)buf[j] * (double)xt[i + j];
+            }
+            y[t * ldy + o] = (float)acc;
+        }
+    }
+}
+
 const tern_kernel_vtable tern_kernels_ref = {
     .act_quant = tern_ref_act_quant,
     .tgemm = tern_ref_tgemm,
@@ -241,6 +296,7 @@ const tern_kernel_vtable tern_kernels_ref = {
     .attn_mix_q8 = tern_ref_attn_mix_q8,
     .gemm_f16 = tern_ref_gemm_f16,
     .gemm_i8 = tern_ref_gemm_i8,
+    .gemm_q = tern_ref_gemm_q,
     .f16_to_f32 = tern_ref_f16_to_f32,
     .f32_to_f16 = tern_ref_f32_to_f16,
 };

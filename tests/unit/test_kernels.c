@@ -1136,6 +1136,121 @@ static void test_head(void)
     tern_i8mat_free(NULL);
 }
 
+/* ---- block-quantized head (Q8_0, Q6_K) ---- */
+
+/* ggml's dequantize_row_q8_0 / dequantize_row_q6_K, written here in ggml's own loop order
+ * (independent of tern_dequant_row's per-element form) */
+static void ggml_dequant(tern_ggml_type type, const uint8_t *b, int64_t k, float *y)
+{
+    if (type == TERN_TYPE_Q8_0) {
+        for (int64_t i = 0; i < k / 32; i++, b += 34) {
+            uint16_t h;
+            memcpy(&h, b, 2);
+            const float d = tern_f16_to_f32_1(h);
+            for (int j = 0; j < 32; j++) *y++ = (float)(int8_t)b[2 + j] * d;
+        }
+        return;
+    }
+    for (int64_t i = 0; i < k / 256; i++, b += 210) {
+        uint16_t h;
+        memcpy(&h, b + 208, 2);
+        const float d = tern_f16_to_f32_1(h);
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int n = 0; n < 256; n += 128) {
+            for (int l = 0; l < 32; ++l) {
+                int is = l / 16;
+                const int8_t q1 = (int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int8_t q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int8_t q3 = (int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int8_t q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l + 0] = d * sc[is + 0] * q1;
+                y[l + 32] = d * sc[is + 2] * q2;
+                y[l + 64] = d * sc[is + 4] * q3;
+                y[l + 96] = d * sc[is + 6] * q4;
+            }
+            y += 128, ql += 64, qh += 32, sc += 8;
+        }
+    }
+}
+
+/* random blocks: any quant bytes, finite f16 scales of either sign and wide range */
+static void rand_qrows(tern_ggml_type type, uint8_t *p, int64_t n, int64_t k)
+{
+    const int64_t bb = type == TERN_TYPE_Q8_0 ? 34 : 210,
+                  nb = n * (k / (type == TERN_TYPE_Q8_0 ? 32 : 256));
+    for (int64_t i = 0; i < nb * bb; i++) p[i] = (uint8_t)rnd();
+    for (int64_t b = 0; b < nb; b++) {
+        uint16_t h = tern_f32_to_f16_1(rndf() * ldexpf(1.0f, (int)rndi(-20, 4)));
+        if (rndi(0, 40) == 0) h = (uint16_t)rndi(0, 0x3ff); /* subnormal d */
+        memcpy(p + b * bb + (type == TERN_TYPE_Q8_0 ? 0 : 208), &h, 2);
+    }
+}
+
+static void test_head_q(void)
+{
+    const tern_ggml_type types[2] = {TERN_TYPE_Q8_0, TERN_TYPE_Q6_K};
+    double worst = 0.0;
+    for (int it = 0; it < 40; it++) {
+        const tern_ggml_type type = types[it % 2];
+        const int64_t blk = type == TERN_TYPE_Q8_0 ? 32 : 256,
+                      bb = type == TERN_TYPE_Q8_0 ? 34 : 210;
+        int64_t k = it % 4 < 2 ? 2560 : blk * rndi(1, type == TERN_TYPE_Q8_0 ? 40 : 5);
+        int64_t n = rndi(1, 70), n_tok = it < 4 ? 1 : rndi(1, it % 5 == 0 ? 140 : 10), ldy = n + 1;
+        const int64_t rb = k / blk * bb;
+        uint8_t *w = xmalloc((size_t)(n * rb));
+        rand_qrows(type, w, n, k);
+        float *wf = xmalloc((size_t)(n * k) * 4), *wd = xmalloc((size_t)k * 4);
+        for (int64_t o = 0; o < n; o++) {
+            ggml_dequant(type, w + o * rb, k, wf + o * k);
+            tern_dequant_row(type, w + o * rb, k, wd);
+            CHECKF(same_bits(wd, wf + o * k, k), "dequant %s row %lld", tern_ggml_type_name(type),
+                   (long long)o);
+        }
+        float *x = xmalloc((size_t)(n_tok * k) * 4);
+        for (int64_t i = 0; i < n_tok * k; i++) x[i] = rndn();
+        size_t ny = (size_t)(n_tok * ldy);
+        float *y0 = xmalloc(ny * 4), *y1 = xmalloc(ny * 4), *ys = xmalloc(ny * 4);
+        for (size_t i = 0; i < ny; i++) y1[i] = -5.0f;
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            tern_gemm_q(type, w, k, x, n_tok, y1, ldy, 0, n);
+            for (int64_t t = 0; t < n_tok; t++) {
+                CHECK(y1[t * ldy + n] == -5.0f);
+                for (int64_t o = 0; o < n; o++) {
+                    double ref = 0.0, sa = 0.0;
+                    for (int64_t i = 0; i < k; i++) {
+                        ref += (double)wf[o * k + i] * x[t * k + i];
+                        sa += fabs((double)wf[o * k + i] * x[t * k + i]);
+                    }
+                    double lim = ((double)k / 8 + 8) * 0x1p-24 * sa + 1e-37;
+                    double e = fabs((double)y1[t * ldy + o] - (double)(float)ref);
+                    CHECKF(e <= lim, "gemm_q %s %s k=%lld: %g > %g", tern_ggml_type_name(type),
+                           tern_simd_name(g_variants[vi]), (long long)k, e, lim);
+                    if (e / lim > worst) worst = e / lim;
+                }
+            }
+            /* row split, one token alone: bitwise (a head split over ranks or threads) */
+            int64_t a = rndi(1, n);
+            tern_gemm_q(type, w, k, x, n_tok, ys, ldy, 0, a);
+            if (a < n) tern_gemm_q(type, (const uint8_t *)w + 0, k, x, n_tok, ys, ldy, a, n);
+            for (int64_t t = 0; t < n_tok; t++) CHECK(same_bits(ys + t * ldy, y1 + t * ldy, n));
+            int64_t tt = rndi(0, n_tok - 1);
+            tern_gemm_q(type, w + (a - 1) * rb, k, x + tt * k, 1, ys, ldy, 0, n - a + 1);
+            CHECK(same_bits(ys, y1 + tt * ldy + a - 1, n - a + 1));
+        }
+        tern_ref_gemm_q(type, w, k, x, n_tok, y0, ldy, 0, n);
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t o = 0; o < n; o++) {
+                double ref = 0.0;
+                for (int64_t i = 0; i < k; i++) ref += (double)wf[o * k + i] * x[t * k + i];
+                CHECK(y0[t * ldy + o] == (float)ref);
+            }
+        free(w), free(wf), free(wd), free(x), free(y0), free(y1), free(ys);
+    }
+    printf("gemm_q (Q8_0, Q6_K): worst %.3f of the bound\n", worst);
+}
+
 int main(void)
 {
     test_dispatch();
@@ -1153,5 +1268,6 @@ int main(void)
     test_attention();
     test_attention_kv();
     test_head();
+    test_head_q();
     return tern_test_finish("test_kernels");
 }
