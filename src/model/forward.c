@@ -508,9 +508,15 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
 
 void tern_embed(const tern_ctx *c, const int32_t *ids, int32_t n, float *x)
 {
-    const size_t d = (size_t)c->m->hp.d;
-    for (int32_t i = 0; i < n; i++)
-        tern_f16_to_f32(c->m->embd + (size_t)ids[i] * d, x + (size_t)i * d, (int64_t)d);
+    const tern_model *m = c->m;
+    const size_t d = (size_t)m->hp.d;
+    for (int32_t i = 0; i < n; i++) {
+        const void *row = (const uint8_t *)m->embd + (size_t)ids[i] * m->embd_row;
+        if (m->embd_type == TERN_TYPE_F16)
+            tern_f16_to_f32(row, x + (size_t)i * d, (int64_t)d);
+        else /* exactly ggml's dequantized values */
+            tern_dequant_row(m->embd_type, row, (int64_t)d, x + (size_t)i * d);
+    }
 }
 
 static void task_head_norm(void *arg, int task, int n_tasks, int thread)
@@ -537,10 +543,12 @@ static void task_head(void *arg, int task, int n_tasks, int thread)
     /* rows in multiples of 16 keep the vector loops whole (slices start at multiples of 16) */
     tern_split_rows(nv, 16, task, n_tasks, &r0, &r1);
     if (r1 <= r0) return;
-    if (m->head_type == TERN_HEAD_Q8_0)
+    if (m->qhead)
         tern_gemm_i8(m->qhead, j->hx, j->n_tok, j->logits, nv, r0, r1);
-    else
+    else if (m->head_wtype == TERN_TYPE_F16)
         tern_gemm_f16(m->head, j->hx, j->n_tok, m->hp.d, j->logits, nv, r0, r1);
+    else
+        tern_gemm_q(m->head_wtype, m->head, m->hp.d, j->hx, j->n_tok, j->logits, nv, r0, r1);
 }
 
 void tern_final_norm(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *out)

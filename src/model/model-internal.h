@@ -21,11 +21,14 @@ typedef struct tern_alloc {
 struct tern_model {
     tern_hparams hp;
     int32_t l0, l1;
-    tern_layer *layers;   /* [l1 - l0] */
-    const uint16_t *embd; /* [n_vocab][d] f16: lookup and the tied head */
-    const uint16_t *head; /* [head_v1 - head_v0][d] f16: rows of embd unless output.weight */
+    tern_layer *layers; /* [l1 - l0] */
+    /* the file's tables as they are: F16, or ggml Q8_0 / Q6_K blocks (no F16 copy is made) */
+    const void *embd; /* [n_vocab][d] of embd_type: lookup and the tied head */
+    const void *head; /* [head_v1 - head_v0][d] of head_wtype: rows of embd unless output.weight */
+    tern_ggml_type embd_type, head_wtype;
+    size_t embd_row, head_row; /* bytes per row */
     int32_t head_v0, head_v1;
-    float *output_norm;   /* [d] */
+    float *output_norm; /* [d] */
     tern_head_type head_type;
     tern_i8mat *qhead; /* the int8 head when head_type == TERN_HEAD_Q8_0 */
     bool has_embed, has_head;

@@ -259,28 +259,73 @@ static tern_code load_ternary(tern_model *m, const tern_gguf *g, const char *nam
     return TERN_OK;
 }
 
-/* rows [v0, v1) of an F16 [n_vocab][d] matrix */
-static tern_code load_f16_matrix(tern_model *m, const tern_gguf *g, const char *name, int32_t v0,
-                                 int32_t v1, const uint16_t **out, tern_status *st)
+/* The f16 scale of every block of a Q8_0/Q6_K table (rows [v0, v0 + n) at p) must be finite:
+ * an Inf or NaN d would turn every logit of its row, and every activation after a lookup of
+ * it, into NaN. */
+static tern_code check_qscales(const tern_gguf *g, const char *name, tern_ggml_type type,
+                               const uint8_t *p, size_t n, size_t row, int32_t v0, tern_status *st)
+{
+    const tern_type_traits *tr = tern_type_traits_of(type);
+    const size_t blocks = row / tr->bytes;
+    unsigned bad = 0;
+    for (size_t b = 0; b < n * blocks; b++) {
+        uint16_t h;
+        memcpy(&h, p + b * tr->bytes + tr->scale_at, 2);
+        bad |= (h & 0x7c00u) == 0x7c00u;
+    }
+    if (!bad) return TERN_OK;
+    for (size_t b = 0; b < n * blocks; b++) {
+        uint16_t h;
+        memcpy(&h, p + b * tr->bytes + tr->scale_at, 2);
+        if ((h & 0x7c00u) == 0x7c00u)
+            return tern_status_set(st, TERN_EFORMAT,
+                                   "model: %s: tensor '%s': got a %s block scale at row %zu "
+                                   "block %zu, expected finite scales",
+                                   tern_gguf_path(g), name, (h & 0x03ffu) ? "NaN" : "Inf",
+                                   (size_t)v0 + b / blocks, b % blocks);
+    }
+    return TERN_OK;
+}
+
+/* rows [v0, v1) of a [n_vocab][d] table, kept in the file's type: F16, or ggml Q8_0 / Q6_K as
+ * --token-embedding-type writes them (used by lookup and head as they are, no F16 copy) */
+static tern_code load_table(tern_model *m, const tern_gguf *g, const char *name, int32_t v0,
+                            int32_t v1, const void **out, tern_ggml_type *type, size_t *row_out,
+                            tern_status *st)
 {
     const tern_gguf_tensor *t;
     tern_code rc = find(g, name, &t, st);
     if (rc || (rc = check_shape(g, t, name, (uint64_t)m->hp.d, (uint64_t)m->hp.n_vocab, st)))
         return rc;
-    if (t->type != TERN_TYPE_F16)
+    const bool quant = tern_type_is_quant(t->type);
+    uint64_t row = 0;
+    if (t->type != TERN_TYPE_F16 && !quant)
         return tern_status_set(st, TERN_EUNSUPPORTED,
-                               "model: %s: tensor '%s' type: got %s, expected F16",
+                               "model: %s: tensor '%s' type: got %s, expected F16, Q8_0 or Q6_K",
                                tern_gguf_path(g), name, tern_ggml_type_name(t->type));
-    const size_t row = (size_t)m->hp.d * 2, bytes = (size_t)(v1 - v0) * row;
-    uint16_t *p = walloc(m, bytes ? bytes : 1);
+    /* the parser checked the shape against the blocks already; checked again before use */
+    if (!tern_ggml_nbytes(t->type, (uint64_t)m->hp.d, (uint64_t)m->hp.d, &row) ||
+        row > SIZE_MAX / ((size_t)m->hp.n_vocab + 1))
+        return tern_status_set(st, TERN_EFORMAT,
+                               "model: %s: tensor '%s': got rows of %d elements, expected whole "
+                               "%s blocks",
+                               tern_gguf_path(g), name, m->hp.d, tern_ggml_type_name(t->type));
+    const size_t bytes = (size_t)(v1 - v0) * (size_t)row;
+    uint8_t *p = walloc(m, bytes ? bytes : 1);
     if (!p) return tern_status_set(st, TERN_ENOMEM, "model: out of memory for '%s'", name);
     /* straight into the NUMA-local copy: from a file piece by piece, its pages dropped as it
-     * goes (the 2B-4T embedding is 657 MB: held twice it would be the peak RSS); from a
+     * goes (the 2B-4T embedding is 657 MB in F16: held twice it would be the peak RSS); from a
      * directory converted row by row */
-    if ((rc = tern_gguf_tensor_read(g, t, (uint64_t)v0, (uint64_t)v1, p, st)) ||
-        (rc = check_f16(g, name, p, bytes / 2, (uint64_t)v0 * (uint64_t)m->hp.d, st)))
-        return rc;
+    if ((rc = tern_gguf_tensor_read(g, t, (uint64_t)v0, (uint64_t)v1, p, st))) return rc;
+    if (quant)
+        rc = check_qscales(g, name, t->type, p, (size_t)(v1 - v0), (size_t)row, v0, st);
+    else
+        rc = check_f16(g, name, (const uint16_t *)(const void *)p, bytes / 2,
+                       (uint64_t)v0 * (uint64_t)m->hp.d, st);
+    if (rc) return rc;
     *out = p;
+    *type = t->type;
+    *row_out = (size_t)row;
     return TERN_OK;
 }
 
@@ -347,7 +392,8 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
     bool untied = tern_gguf_find_tensor(g, "output.weight") != NULL;
     const int32_t nh = m->head_v1 - m->head_v0;
     if (m->has_embed) {
-        if ((rc = load_f16_matrix(m, g, "token_embd.weight", 0, hp->n_vocab, &m->embd, st)))
+        if ((rc = load_table(m, g, "token_embd.weight", 0, hp->n_vocab, &m->embd, &m->embd_type,
+                             &m->embd_row, st)))
             goto fail;
     }
     if (m->has_head || o->final_norm) {
@@ -356,16 +402,23 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
     if (m->has_head && nh > 0) {
         if (untied || !m->has_embed) {
             /* only this rank's rows: of output.weight, or of the tied embedding */
-            if ((rc = load_f16_matrix(m, g, untied ? "output.weight" : "token_embd.weight",
-                                      m->head_v0, m->head_v1, &m->head, st)))
+            if ((rc = load_table(m, g, untied ? "output.weight" : "token_embd.weight", m->head_v0,
+                                 m->head_v1, &m->head, &m->head_wtype, &m->head_row, st)))
                 goto fail;
         } else {
-            m->head = m->embd + (size_t)m->head_v0 * (size_t)d;
+            m->head = (const uint8_t *)m->embd + (size_t)m->head_v0 * m->embd_row;
+            m->head_wtype = m->embd_type, m->head_row = m->embd_row;
         }
-        uint64_t head_bytes = (uint64_t)nh * (uint64_t)d * 2;
-        if (m->head_type == TERN_HEAD_Q8_0) {
+        uint64_t head_bytes = (uint64_t)nh * (uint64_t)m->head_row;
+        if (m->head_type == TERN_HEAD_Q8_0 && m->head_wtype != TERN_TYPE_F16) {
+            /* a Q8_0/Q6_K table is already the int8-sized head: used as it is, exactly */
+            tern_log(TERN_LOG_INFO,
+                     "model: head: --head-type q8_0 over a %s table: the table's "
+                     "own blocks are the head",
+                     tern_ggml_type_name(m->head_wtype));
+        } else if (m->head_type == TERN_HEAD_Q8_0) {
             tern_status kst = {0};
-            rc = tern_i8mat_from_f16(&m->qhead, m->head, nh, d, &kst);
+            rc = tern_i8mat_from_f16(&m->qhead, (const uint16_t *)m->head, nh, d, &kst);
             if (rc) {
                 tern_status_set(st, rc, "model: int8 head: %s", kst.msg);
                 goto fail;

@@ -229,7 +229,85 @@ static void test_reference(tern_kv_type kvt)
 }
 
 /* writes a copy of the fixture model with one change, returns the path */
-typedef enum { DROP_TENSOR, BAD_SHAPE, BAD_ARCH, BAD_TYPE } mutation;
+typedef enum {
+    DROP_TENSOR,
+    BAD_SHAPE,
+    BAD_ARCH,
+    BAD_TYPE,
+    EMBD_Q8_0,
+    EMBD_Q6_K,
+    BAD_QSCALE
+} mutation;
+
+/* A plain quantizer (any valid blocks serve): Q8_0 d = amax / 127; Q6_K per 16 values
+ * s = amax / 31, d = max s / 127, sc = round(s / d), q = round(x / (d sc)) in [-32, 31]. */
+static void quantize(tern_ggml_type type, const uint16_t *h, uint64_t n, uint8_t *out)
+{
+    const int blk = type == TERN_TYPE_Q8_0 ? 32 : 256, bb = type == TERN_TYPE_Q8_0 ? 34 : 210;
+    for (uint64_t i = 0; i < n; i += (uint64_t)blk, out += bb) {
+        float v[256], s[16] = {0}, smax = 0.0f;
+        for (int j = 0; j < blk; j++) {
+            v[j] = tern_f16_to_f32_1(h[i + (uint64_t)j]);
+            s[j / 16] = fmaxf(s[j / 16], fabsf(v[j]));
+        }
+        memset(out, 0, (size_t)bb);
+        if (type == TERN_TYPE_Q8_0) {
+            float amax = fmaxf(s[0], s[1]), d = amax / 127.0f;
+            uint16_t dh = tern_f32_to_f16_1(d);
+            memcpy(out, &dh, 2);
+            for (int j = 0; j < 32; j++)
+                out[2 + j] = (uint8_t)(int8_t)lroundf(d > 0 ? v[j] / d : 0);
+            continue;
+        }
+        for (int j = 0; j < 16; j++) smax = fmaxf(smax, s[j] /= 31.0f);
+        uint16_t dh = tern_f32_to_f16_1(smax / 127.0f);
+        memcpy(out + 208, &dh, 2);
+        const float d = tern_f16_to_f32_1(dh);
+        for (int j = 0; j < 16; j++)
+            out[192 + j] = (uint8_t)(d > 0 ? lroundf(fminf(s[j] / d, 127.0f)) : 0);
+        for (int e = 0; e < 256; e++) {
+            const int hh = e / 128, g = (e % 128) / 32, l = e % 32;
+            const float ds = d * (float)(int8_t)out[192 + 8 * hh + 2 * g + l / 16];
+            long q = ds > 0 ? lroundf(v[e] / ds) : 0;
+            q = (q < -32 ? -32 : q > 31 ? 31 : q) + 32;
+            out[64 * hh + 32 * (g & 1) + l] |= (uint8_t)((q & 15) << (4 * (g >> 1)));
+            out[128 + 32 * hh + l] |= (uint8_t)((q >> 4) << (2 * g));
+        }
+    }
+}
+
+/* ggml's dequantize_row_q8_0 / _q6_K in ggml's loop order (independent of the engine's) */
+static void ggml_dequant(tern_ggml_type type, const uint8_t *b, int64_t k, float *y)
+{
+    uint16_t h;
+    if (type == TERN_TYPE_Q8_0) {
+        for (int64_t i = 0; i < k / 32; i++, b += 34) {
+            memcpy(&h, b, 2);
+            for (int j = 0; j < 32; j++) *y++ = (float)(int8_t)b[2 + j] * tern_f16_to_f32_1(h);
+        }
+        return;
+    }
+    for (int64_t i = 0; i < k / 256; i++, b += 210) {
+        memcpy(&h, b + 208, 2);
+        const float d = tern_f16_to_f32_1(h);
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int n = 0; n < 256; n += 128) {
+            for (int l = 0; l < 32; ++l) {
+                int is = l / 16;
+                y[l + 0] =
+                    d * sc[is + 0] * ((int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                y[l + 32] = d * sc[is + 2] *
+                            ((int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                y[l + 64] =
+                    d * sc[is + 4] * ((int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                y[l + 96] =
+                    d * sc[is + 6] * ((int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+            y += 128, ql += 64, qh += 32, sc += 8;
+        }
+    }
+}
 
 static const char *mutate(mutation what)
 {
@@ -238,6 +316,7 @@ static const char *mutate(mutation what)
     tern_gguf *g;
     if (tern_gguf_open(&g, tern_test_fixture("reference/tiny-2b4t/model.gguf"), &st)) return NULL;
     tern_gguf_writer *w = tern_gguf_writer_new();
+    uint8_t *qbuf = NULL;
     for (uint64_t i = 0; i < tern_gguf_n_kv(g); i++) {
         const tern_gguf_kv *kv = tern_gguf_kv_at(g, i);
         char key[256];
@@ -257,10 +336,23 @@ static const char *mutate(mutation what)
         if (what == BAD_SHAPE && !strcmp(name, "blk.2.attn_k.weight"))
             ne[1] = 128; /* bytes still fit */
         if (what == BAD_TYPE && !strcmp(name, "blk.0.attn_norm.weight")) type = TERN_TYPE_F16;
-        tern_gguf_writer_add_tensor(w, name, type, t->n_dims, ne, t->data, &st);
+        const void *data = t->data;
+        if (what >= EMBD_Q8_0 && !strcmp(name, "token_embd.weight")) {
+            type = what == EMBD_Q6_K ? TERN_TYPE_Q6_K : TERN_TYPE_Q8_0;
+            uint64_t nb = 0;
+            tern_ggml_nbytes(type, ne[0], ne[0] * ne[1], &nb);
+            uint8_t *q = malloc((size_t)nb);
+            quantize(type, t->data, ne[0] * ne[1], q);
+            if (what == BAD_QSCALE) memcpy(q + 34 * 8 * 5 + 34 * 3, "\x00\x7c", 2); /* Inf */
+            tern_gguf_writer_add_tensor(w, name, type, t->n_dims, ne, q, &st);
+            qbuf = q; /* the writer reads it at write time */
+            continue;
+        }
+        tern_gguf_writer_add_tensor(w, name, type, t->n_dims, ne, data, &st);
     }
     snprintf(path, sizeof path, "%s/mut%d.gguf", tern_test_tmpdir(), (int)what);
     tern_code rc = tern_gguf_writer_write(w, path, &st);
+    free(qbuf);
     tern_gguf_writer_free(w);
     tern_gguf_close(g);
     return rc ? NULL : path;
@@ -284,6 +376,71 @@ static void expect_load_error(mutation what, const char *needle)
     tern_gguf_close(g);
 }
 
+/* token_embd as Q8_0 or Q6_K: lookup gives ggml's dequantized rows bitwise, every logit is
+ * within tern_gemm_q's bound of the double sum over the dequantized table (written here), and
+ * --head-type q8_0 reads the same table (same bits). */
+static void test_quant_embd(mutation what)
+{
+    const tern_ggml_type type = what == EMBD_Q6_K ? TERN_TYPE_Q6_K : TERN_TYPE_Q8_0;
+    const char *path = mutate(what);
+    CHECK(path != NULL);
+    if (!path) return;
+    tern_status st = {0};
+    tern_gguf *g;
+    CHECK(tern_gguf_open(&g, path, &st) == TERN_OK);
+    if (!g) return;
+    const tern_gguf_tensor *te = tern_gguf_find_tensor(g, "token_embd.weight");
+    CHECK(te && te->type == type);
+    runner r, r8;
+    if (runner_open(&r, g, 2, TERN_HEAD_F16, 8) || runner_open(&r8, g, 3, TERN_HEAD_Q8_0, 8)) {
+        CHECK(0);
+        tern_gguf_close(g);
+        return;
+    }
+    const int d = r.hp->d, V = r.hp->n_vocab, n = 6;
+    const size_t row = te->nbytes / (size_t)V;
+    float *deq = malloc(sizeof(float) * (size_t)V * (size_t)d);
+    for (int v = 0; v < V; v++)
+        ggml_dequant(type, (const uint8_t *)te->data + (size_t)v * row, d, deq + (size_t)v * d);
+    const int32_t ids[6] = {1, 17, 400, 1023, 5, 77};
+    float *x = malloc(sizeof(float) * (size_t)n * (size_t)d);
+    float *nx = malloc(sizeof(float) * (size_t)n * (size_t)d);
+    float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
+    float *lg8 = malloc(sizeof(float) * (size_t)n * (size_t)V);
+    tern_embed(r.c, ids, n, x);
+    for (int i = 0; i < n; i++)
+        CHECKF(memcmp(x + (size_t)i * d, deq + (size_t)ids[i] * d, sizeof(float) * (size_t)d) == 0,
+               "%s lookup of id %d", tern_ggml_type_name(type), ids[i]);
+    tern_batch_seq b = {.slot = 0, .pos0 = 0, .n_tokens = n};
+    CHECK(tern_forward(r.c, &b, 1, x, &st) == TERN_OK);
+    int32_t rows[6] = {0, 1, 2, 3, 4, 5};
+    tern_head(r.c, x, rows, n, lg);
+    tern_final_norm(r.c, x, rows, n, nx);
+    double worst = 0.0;
+    for (int t = 0; t < n; t++)
+        for (int v = 0; v < V; v++) {
+            double ref = 0.0, sa = 0.0;
+            for (int i = 0; i < d; i++) {
+                double p = (double)deq[(size_t)v * d + i] * nx[(size_t)t * d + i];
+                ref += p, sa += fabs(p);
+            }
+            double lim = ((double)d / 8 + 8) * 0x1p-24 * sa + 1e-30;
+            double e = fabs((double)lg[(size_t)t * V + v] - ref);
+            if (e / lim > worst) worst = e / lim;
+        }
+    printf("%s token_embd: logits worst %.3f of the bound against the dequantized table\n",
+           tern_ggml_type_name(type), worst);
+    CHECK(worst <= 1.0);
+    /* --head-type q8_0 over a quantized table: the table itself, so the same bits */
+    CHECK(run_seq(&r, 1, ids, n, 4, lg) == 0 && run_seq(&r8, 1, ids, n, 3, lg8) == 0);
+    CHECK(memcmp(lg, lg8, sizeof(float) * (size_t)n * (size_t)V) == 0);
+    CHECK(tern_model_bytes_per_token(r.m) == tern_model_bytes_per_token(r8.m));
+    free(deq), free(x), free(nx), free(lg), free(lg8);
+    runner_close(&r);
+    runner_close(&r8);
+    tern_gguf_close(g);
+}
+
 int main(void)
 {
     tern_kernels_init();
@@ -295,5 +452,9 @@ int main(void)
     expect_load_error(BAD_SHAPE, "blk.2.attn_k.weight' shape: got {256, 128}, expected {256, 64}");
     expect_load_error(BAD_ARCH, "architecture: got 'llama'");
     expect_load_error(BAD_TYPE, "blk.0.attn_norm.weight' type: got F16, expected F32");
+    test_quant_embd(EMBD_Q8_0);
+    test_quant_embd(EMBD_Q6_K);
+    expect_load_error(BAD_QSCALE, "tensor 'token_embd.weight': got a Inf block scale at row 5 "
+                                  "block 3, expected finite scales");
     return tern_test_finish("test_model");
 }
