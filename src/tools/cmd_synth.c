@@ -3,7 +3,9 @@
  * token_embd, F32 norms, the Llama-3 vocab) and random weights, for benchmarks and tests;
  * --shape large / 3b: the 1bitLLM shapes (spec 7.1) in llama.cpp's bitnet layout with the
  * Llama-2 SentencePiece vocab (+ <pad>, </line>: 32002) and SiLU. --hf writes the shape as a
- * Hugging Face checkpoint directory instead (random weights, no tokenizer files). */
+ * Hugging Face checkpoint directory instead (random weights, no tokenizer files).
+ * --embd-type q8_0|q6_k writes token_embd as ggml Q8_0 or Q6_K blocks (what llama-quantize
+ * --token-embedding-type writes), quantized from the F16 table. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -299,10 +301,62 @@ done:
     return rc;
 }
 
+/* ggml's quantize_row_q8_0_ref: d = amax / 127, q = roundf(x / d), d stored as f16 */
+static void quant_q8_0(const uint16_t *h, uint64_t n, uint8_t *out)
+{
+    for (uint64_t i = 0; i < n; i += 32, out += 34) {
+        float v[32], amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            v[j] = tern_f16_to_f32_1(h[i + j]);
+            amax = fmaxf(amax, fabsf(v[j]));
+        }
+        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        uint16_t dh = tern_f32_to_f16_1(d);
+        memcpy(out, &dh, 2);
+        for (int j = 0; j < 32; j++) out[2 + j] = (uint8_t)(int8_t)roundf(v[j] * id);
+    }
+}
+
+/* A plain Q6_K quantizer (ggml's block layout, not its scale search: any valid block serves a
+ * synthetic model): per 16 values s = amax / 31, d = max s / 127 as f16, sc = round(s / d),
+ * q = clamp(round(x / (d * sc)), -32, 31). */
+static void quant_q6_k(const uint16_t *h, uint64_t n, uint8_t *out)
+{
+    for (uint64_t i = 0; i < n; i += 256, out += 210) {
+        float v[256], s[16], smax = 0.0f;
+        for (int j = 0; j < 16; j++) {
+            float amax = 0.0f;
+            for (int e = 0; e < 16; e++) {
+                v[16 * j + e] = tern_f16_to_f32_1(h[i + 16 * j + e]);
+                amax = fmaxf(amax, fabsf(v[16 * j + e]));
+            }
+            s[j] = amax / 31.0f;
+            smax = fmaxf(smax, s[j]);
+        }
+        memset(out, 0, 210);
+        uint16_t dh = tern_f32_to_f16_1(smax / 127.0f);
+        memcpy(out + 208, &dh, 2);
+        const float d = tern_f16_to_f32_1(dh);
+        for (int j = 0; j < 16; j++) {
+            long sc = d > 0.0f ? lroundf(s[j] / d) : 0;
+            sc = sc > 127 ? 127 : sc;
+            out[192 + j] = (uint8_t)(int8_t)sc;
+        }
+        for (int e = 0; e < 256; e++) {
+            const int hh = e / 128, g = (e % 128) / 32, l = e % 32;
+            const float ds = d * (float)(int8_t)out[192 + (8 * hh + 2 * g + l / 16)];
+            long q = ds > 0.0f ? lroundf(v[e] / ds) : 0;
+            q = (q < -32 ? -32 : q > 31 ? 31 : q) + 32;
+            out[64 * hh + 32 * (g & 1) + l] |= (uint8_t)((q & 15) << (4 * (g >> 1)));
+            out[128 + 32 * hh + l] |= (uint8_t)((q >> 4) << (2 * g));
+        }
+    }
+}
+
 int tern_cmd_synth(int argc, char **argv)
 {
     const char *shape_name = NULL, *out = NULL, *tiktoken = NULL, *spm_vocab = NULL;
-    const char *dtype = "f32";
+    const char *dtype = "f32", *embd_type = "f16";
     bool hf = false;
     uint64_t seed = 1;
     for (int i = 1; i < argc; i++) {
@@ -320,9 +374,12 @@ int tern_cmd_synth(int argc, char **argv)
             hf = true;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
+        else if (!strcmp(argv[i], "--embd-type") && i + 1 < argc)
+            embd_type = argv[++i];
         else {
             fprintf(stderr, "usage: ternpipe synth --shape 2b4t|tiny|large|3b [--seed S] "
-                            "[--tiktoken RANKS | --vocab SPM.gguf] -o OUT.gguf\n"
+                            "[--tiktoken RANKS | --vocab SPM.gguf]\n"
+                            "                      [--embd-type f16|q8_0|q6_k] -o OUT.gguf\n"
                             "       ternpipe synth --shape ... --hf [--dtype f32|f16|bf16] "
                             "[--seed S] -o DIR\n");
             return 2;
@@ -336,7 +393,33 @@ int tern_cmd_synth(int argc, char **argv)
                 "ternpipe synth: --shape 2b4t|tiny|large|3b and -o OUT.gguf are required\n");
         return 2;
     }
-    if (hf) return synth_hf(sh, out, seed, dtype);
+    tern_ggml_type et = TERN_TYPE_F16;
+    if (!strcmp(embd_type, "q8_0"))
+        et = TERN_TYPE_Q8_0;
+    else if (!strcmp(embd_type, "q6_k"))
+        et = TERN_TYPE_Q6_K;
+    else if (strcmp(embd_type, "f16")) {
+        fprintf(stderr, "ternpipe synth: --embd-type: got '%s', expected f16, q8_0 or q6_k\n",
+                embd_type);
+        return 2;
+    }
+    if (et != TERN_TYPE_F16 && sh->d % tern_type_traits_of(et)->blck) {
+        fprintf(stderr,
+                "ternpipe synth: --embd-type %s: got hidden size %u, expected a multiple "
+                "of %u\n",
+                embd_type, sh->d, tern_type_traits_of(et)->blck);
+        return 2;
+    }
+    if (hf) {
+        if (et != TERN_TYPE_F16) {
+            fprintf(stderr,
+                    "ternpipe synth: --embd-type: got %s with --hf, expected f16 "
+                    "(checkpoints hold float tables)\n",
+                    embd_type);
+            return 2;
+        }
+        return synth_hf(sh, out, seed, dtype);
+    }
     static char default_rank[4096], default_spm[4096];
     const char *fx = getenv("TERN_FIXTURES");
     if (!tiktoken) {
@@ -405,7 +488,17 @@ int tern_cmd_synth(int argc, char **argv)
         tern_f32_to_f16(v, emb + i, 2);
     }
     uint64_t ne_emb[2] = {d, n_vocab};
-    if (tern_gguf_writer_add_tensor(w, "token_embd.weight", TERN_TYPE_F16, 2, ne_emb, emb, &st))
+    const void *emb_data = emb;
+    if (et != TERN_TYPE_F16) {
+        uint64_t nb = 0;
+        if (!tern_ggml_nbytes(et, d, d * n_vocab, &nb)) goto oom;
+        uint8_t *qe = malloc((size_t)nb);
+        bufs[n_bufs++] = qe;
+        if (!qe) goto oom;
+        (et == TERN_TYPE_Q8_0 ? quant_q8_0 : quant_q6_k)(emb, d * n_vocab, qe);
+        emb_data = qe;
+    }
+    if (tern_gguf_writer_add_tensor(w, "token_embd.weight", et, 2, ne_emb, emb_data, &st))
         goto fail;
     float *onorm = make_norm(&r, sh->d, 0.5f, 1.5f);
     bufs[n_bufs++] = onorm;
