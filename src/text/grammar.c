@@ -331,11 +331,12 @@ tern_code tern_grammar_compile(tern_grammar **out, const char *spec, size_t len,
         return TERN_OK;
     }
     if (strcmp(t, "json_object") && strcmp(t, "json_schema")) {
-        cJSON_Delete(j);
-        return tern_status_set(st, TERN_EINVAL,
-                               "response_format: type: got '%.32s', expected text, json_object "
-                               "or json_schema",
-                               t);
+        tern_status_set(st, TERN_EINVAL,
+                        "response_format: type: got '%.32s', expected text, json_object or "
+                        "json_schema",
+                        t);
+        cJSON_Delete(j); /* t points into it */
+        return TERN_EINVAL;
     }
     tern_grammar *g = calloc(1, sizeof *g);
     if (g) g->props = calloc(TERN_GRAMMAR_MAX_NODES, sizeof *g->props);
