@@ -41,6 +41,9 @@ typedef struct tern_hparams {
     int32_t head_dim;
     float eps;
     float rope_theta;
+    /* the type of the head's table (output.weight, else token_embd) when it is Q8_0 or Q6_K,
+     * which lookup and head read as they are; else 0 (F16, or converted at load) */
+    tern_ggml_type head_table;
 } tern_hparams;
 
 /* Reads and validates the hyperparameters (architectures bitnet-b1.58, bitnet-25 and upstream
@@ -130,8 +133,14 @@ int32_t tern_ctx_n_ctx(const tern_ctx *c);
 /* KV slots: blocks are taken from the pool as positions are reserved. */
 /* Makes room for positions [0, n_pos) of slot; TERN_EBUSY when the pool is exhausted. */
 tern_code tern_kv_reserve(tern_ctx *c, int32_t slot, int32_t n_pos, tern_status *st);
-/* Frees every block of the slot (sequence finished or cancelled). */
+/* Drops the slot's hold on each of its blocks (sequence finished or cancelled); a block goes
+ * back to the pool once no slot holds it. */
 void tern_kv_release(tern_ctx *c, int32_t slot);
+/* The prefix cache: dst (released first) holds the first n_blocks blocks of src too (each
+ * block is then shared: written by neither, as both only write past them). */
+tern_code tern_kv_share(tern_ctx *c, int32_t dst, int32_t src, int32_t n_blocks, tern_status *st);
+/* dst (released first) takes over every block of src, which is left empty. */
+tern_code tern_kv_move(tern_ctx *c, int32_t dst, int32_t src, tern_status *st);
 int32_t tern_kv_blocks_used(const tern_ctx *c);
 int32_t tern_kv_blocks_total(const tern_ctx *c);
 

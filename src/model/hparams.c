@@ -129,6 +129,9 @@ tern_code tern_hparams_read(const tern_gguf *g, tern_hparams *hp, tern_status *s
                  spm_shapes ? "1bitLLM shapes (no GQA, SentencePiece vocab)"
                             : "2B-4T layout (arch default)");
     }
+    const tern_gguf_tensor *ht = tern_gguf_find_tensor(g, "output.weight");
+    if (!ht) ht = tern_gguf_find_tensor(g, "token_embd.weight");
+    hp->head_table = ht && tern_type_is_quant(ht->type) ? ht->type : (tern_ggml_type)0;
     tern_log(TERN_LOG_DEBUG, "model: %s: FFN activation %s (%s)", path,
              hp->act == TERN_ACT_SILU ? "silu" : "relu2", hp->act_rule);
     if (!(hp->rope_theta > 1.0f))

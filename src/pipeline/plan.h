@@ -37,7 +37,8 @@ tern_code tern_plan_init(tern_plan *p, int n_ranks, const tern_hparams *hp, tern
 void tern_plan_free(tern_plan *p);
 
 double tern_plan_layer_cost(const tern_hparams *hp);
-/* bytes per head row: F16 rows (2 bytes per weight) or int8 rows with a scale */
+/* bytes per head row: F16 rows (2 bytes per weight) or int8 rows with a scale; a Q8_0/Q6_K
+ * table (hp->head_table) is read as it is: its bytes per row, whatever the type */
 double tern_plan_head_row_cost(const tern_hparams *hp, tern_head_type type);
 
 /* spec: LAYERS[:HEAD].
