@@ -47,6 +47,8 @@ typedef struct tern_engine_opts {
     int32_t inflight;      /* micro-batches in flight; 0 = number of ranks */
     int32_t spec_drafts;   /* speculative decoding: draft tokens per step at most; 0 = the
                               default (8), -1 = off */
+    int32_t prefix_cache;  /* 0: on (the default), -1: off: finished sequences' KV blocks are
+                              kept and shared by prompts that start with the same tokens */
     double step_timeout_s; /* ceiling of the step deadline (a hung rank becomes an error);
                               0 = 120 s; the deadline adapts below it, to at least 5 s */
     bool verbose;
@@ -143,6 +145,10 @@ typedef struct tern_engine_stats {
     int32_t n_ranks;
     int32_t running, queued;
     int64_t steps, tokens_prompt, tokens_generated, retries;
+    /* the prefix cache: admissions that shared cached blocks, that found none, entries dropped,
+     * prompt tokens not prefilled thanks to it, and the blocks it holds */
+    int64_t prefix_hits, prefix_misses, prefix_evictions, prefix_tokens;
+    int32_t kv_cached;
     double wall_s;
     tern_rank_stats *ranks; /* caller's array of cap_ranks (tern_engine_n_ranks) entries */
     int32_t cap_ranks;

@@ -31,6 +31,7 @@ struct tern_ctx {
     size_t block_bytes;
     int32_t n_blocks;
     int32_t *free_blocks; /* stack of free block ids */
+    int32_t *block_ref;   /* [n_blocks] slots holding each block (the prefix cache shares) */
     int32_t n_free;
     int32_t *block_table; /* [max_seqs][max_blocks_per_seq], -1 = none */
     int32_t *seq_blocks;  /* [max_seqs] blocks held */
@@ -133,6 +134,7 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
         }
     }
     c->free_blocks = xcalloc((size_t)c->n_blocks, sizeof(int32_t));
+    c->block_ref = xcalloc((size_t)c->n_blocks, sizeof(int32_t));
     c->block_table = xcalloc((size_t)c->max_seqs * (size_t)c->max_blocks_per_seq, sizeof(int32_t));
     c->seq_blocks = xcalloc((size_t)c->max_seqs, sizeof(int32_t));
     c->rope_cos = xcalloc((size_t)c->n_ctx * half, sizeof(float));
@@ -153,9 +155,10 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->tok_slot = xcalloc(T, sizeof(int32_t));
     c->tok_seq = xcalloc(T, sizeof(int32_t));
     c->head_x = xcalloc(T * d, sizeof(float));
-    if (!c->free_blocks || !c->block_table || !c->seq_blocks || !c->rope_cos || !c->rope_sin ||
-        !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v || !c->att || !c->g ||
-        !c->u || !c->o || !c->scores || !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x) {
+    if (!c->free_blocks || !c->block_ref || !c->block_table || !c->seq_blocks || !c->rope_cos ||
+        !c->rope_sin || !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v ||
+        !c->att || !c->g || !c->u || !c->o || !c->scores || !c->tok_pos || !c->tok_slot ||
+        !c->tok_seq || !c->head_x) {
         tern_ctx_free(c);
         return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory for scratch");
     }
@@ -174,7 +177,7 @@ void tern_ctx_free(tern_ctx *c)
     if (c->kv_pool) {
         munmap(c->kv_pool, (size_t)c->n_blocks * c->block_bytes);
     }
-    free(c->free_blocks), free(c->block_table), free(c->seq_blocks);
+    free(c->free_blocks), free(c->block_ref), free(c->block_table), free(c->seq_blocks);
     free(c->rope_cos), free(c->rope_sin);
     free(c->h), free(c->q8), free(c->qs), free(c->qsum), free(c->q), free(c->k), free(c->v);
     free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores);
@@ -210,7 +213,11 @@ tern_code tern_kv_reserve(tern_ctx *c, int32_t slot, int32_t n_pos, tern_status 
     if (need - c->seq_blocks[slot] > c->n_free)
         return tern_status_set(st, TERN_EBUSY, "kv: blocks: got %d free, expected %d more",
                                c->n_free, need - c->seq_blocks[slot]);
-    while (c->seq_blocks[slot] < need) table[c->seq_blocks[slot]++] = c->free_blocks[--c->n_free];
+    while (c->seq_blocks[slot] < need) {
+        int32_t b = c->free_blocks[--c->n_free];
+        c->block_ref[b] = 1;
+        table[c->seq_blocks[slot]++] = b;
+    }
     return TERN_OK;
 }
 
@@ -221,8 +228,45 @@ void tern_kv_release(tern_ctx *c, int32_t slot)
     while (c->seq_blocks[slot] > 0) {
         int32_t b = table[--c->seq_blocks[slot]];
         table[c->seq_blocks[slot]] = -1;
-        c->free_blocks[c->n_free++] = b;
+        if (--c->block_ref[b] == 0) c->free_blocks[c->n_free++] = b;
     }
+}
+
+static tern_code kv_slots_ok(const tern_ctx *c, int32_t dst, int32_t src, tern_status *st)
+{
+    if (dst < 0 || dst >= c->max_seqs || src < 0 || src >= c->max_seqs || dst == src)
+        return tern_status_set(st, TERN_EINVAL, "kv: slots: got %d from %d, expected two of 0..%d",
+                               dst, src, c->max_seqs - 1);
+    return TERN_OK;
+}
+
+tern_code tern_kv_share(tern_ctx *c, int32_t dst, int32_t src, int32_t n_blocks, tern_status *st)
+{
+    tern_code rc = kv_slots_ok(c, dst, src, st);
+    if (rc) return rc;
+    tern_kv_release(c, dst);
+    if (c->n_local == 0) return TERN_OK;
+    if (n_blocks < 0 || n_blocks > c->seq_blocks[src])
+        return tern_status_set(st, TERN_ERANGE, "kv: share: got %d blocks, expected 0..%d",
+                               n_blocks, c->seq_blocks[src]);
+    const int32_t *from = c->block_table + (size_t)src * (size_t)c->max_blocks_per_seq;
+    int32_t *to = c->block_table + (size_t)dst * (size_t)c->max_blocks_per_seq;
+    for (int32_t i = 0; i < n_blocks; i++) to[i] = from[i], c->block_ref[from[i]]++;
+    c->seq_blocks[dst] = n_blocks;
+    return TERN_OK;
+}
+
+tern_code tern_kv_move(tern_ctx *c, int32_t dst, int32_t src, tern_status *st)
+{
+    tern_code rc = kv_slots_ok(c, dst, src, st);
+    if (rc) return rc;
+    tern_kv_release(c, dst);
+    int32_t *from = c->block_table + (size_t)src * (size_t)c->max_blocks_per_seq;
+    int32_t *to = c->block_table + (size_t)dst * (size_t)c->max_blocks_per_seq;
+    for (int32_t i = 0; i < c->seq_blocks[src]; i++) to[i] = from[i], from[i] = -1;
+    c->seq_blocks[dst] = c->seq_blocks[src];
+    c->seq_blocks[src] = 0;
+    return TERN_OK;
 }
 
 /* The K (which = 0) or V (1) part of local layer li in the block of slot holding position p:

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ternpipe.pb-c.h"
+#include "ternpipe/model.h"
 #include "ternpipe/sampler.h"
 
 /* bump allocator over a caller's buffer: protobuf-c's unpack allocates per field */
@@ -92,6 +93,9 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
         Ternpipe__SeqEntry e = TERNPIPE__SEQ_ENTRY__INIT;
         e.has_slot = 1, e.slot = (uint32_t)q->slot;
         e.has_pos0 = 1, e.pos0 = (uint32_t)q->pos0;
+        if (q->flags & (TERN_SEQ_SAVE | TERN_SEQ_NEW) && (q->n_share || q->flags & TERN_SEQ_SAVE))
+            e.has_src = 1, e.src = (uint32_t)q->src, e.has_n_share = 1,
+            e.n_share = (uint32_t)q->n_share;
         e.has_n_tokens = 1, e.n_tokens = (uint32_t)q->n_tokens;
         e.has_flags = 1, e.flags = q->flags;
         if (q->n_head) e.has_n_head = 1, e.n_head = (uint32_t)q->n_head;
@@ -212,9 +216,22 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
     for (size_t i = 0; i < sm->n_seqs; i++) {
         const Ternpipe__SeqEntry *e = sm->seqs[i];
         tern_step_seq *q = &s->seqs[i];
-        if (e->slot >= (uint32_t)lim->max_seqs)
-            return BAD("pipeline: step entry %zu slot: got %u, expected < %d", i, e->slot,
-                       lim->max_seqs);
+        /* running slots carry tokens; a cache slot only a release (an eviction) */
+        bool release = e->n_tokens == 0 && (e->flags & (TERN_SEQ_FINISHED | TERN_SEQ_CANCELLED));
+        uint32_t slots = (uint32_t)(lim->max_seqs + (release ? lim->cache_slots : 0));
+        if (e->slot >= slots)
+            return BAD("pipeline: step entry %zu slot: got %u, expected < %u", i, e->slot, slots);
+        bool cache_src = e->src >= (uint32_t)lim->max_seqs &&
+                         e->src < (uint32_t)(lim->max_seqs + lim->cache_slots);
+        if (((e->flags & TERN_SEQ_SAVE) && (!cache_src || e->n_tokens)) ||
+            (e->n_share && (!(e->flags & TERN_SEQ_NEW) || !cache_src ||
+                            e->n_share > (uint32_t)(lim->n_ctx / TERN_KV_BLOCK) ||
+                            e->pos0 != e->n_share * TERN_KV_BLOCK)))
+            return BAD("pipeline: step entry %zu prefix cache: got slot %u, %u shared blocks at "
+                       "position %u (flags %#x), expected a cache slot in [%d, %d) and the "
+                       "sequence starting after the shared blocks",
+                       i, e->src, e->n_share, e->pos0, e->flags, lim->max_seqs,
+                       lim->max_seqs + lim->cache_slots);
         if (e->pos0 > (uint32_t)lim->n_ctx || e->n_tokens > (uint32_t)lim->n_ctx - e->pos0)
             return BAD("pipeline: step entry %zu positions: got %u + %u, expected within the "
                        "context %d",
@@ -242,7 +259,9 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
                              .pos0 = (int32_t)e->pos0,
                              .n_tokens = (int32_t)e->n_tokens,
                              .flags = e->flags,
-                             .n_head = (int32_t)e->n_head};
+                             .n_head = (int32_t)e->n_head,
+                             .src = (int32_t)e->src,
+                             .n_share = (int32_t)e->n_share};
         if (e->flags & TERN_SEQ_SAMPLE) {
             q->temperature = e->temperature, q->penalty = e->penalty;
             q->n_cand = (int32_t)e->n_cand, q->n_logprobs = (int32_t)e->n_logprobs;

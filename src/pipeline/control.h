@@ -15,7 +15,7 @@
 #include "ternpipe/sampler.h"
 #include "ternpipe/status.h"
 
-#define TERN_PROTOCOL_VERSION 2
+#define TERN_PROTOCOL_VERSION 3
 
 enum {
     TERN_SEQ_NEW = 1,       /* first tokens: the KV slot starts empty */
@@ -24,7 +24,8 @@ enum {
     TERN_SEQ_SAMPLE = 8,    /* the entry's last row is sampled */
     TERN_SEQ_FULL = 16,     /* its head rows' full logits go to rank 0 */
     TERN_SEQ_SPEC = 32,     /* speculative: every row is sampled (the last token + drafts) */
-    TERN_SEQ_FLAGS_ALL = 63
+    TERN_SEQ_SAVE = 64,     /* release entry: the slot's blocks move to prefix-cache slot src */
+    TERN_SEQ_FLAGS_ALL = 127
 };
 
 typedef struct tern_hello {
@@ -46,6 +47,9 @@ typedef struct tern_step_seq {
     bool gumbel;
     uint64_t seed;
     int32_t n_pen; /* its adjusted ids: the next n_pen of tern_step.pen_ids */
+    /* prefix cache: SEQ_SAVE: the cache slot its blocks go to; SEQ_NEW with n_share > 0: the
+     * cache slot whose first n_share blocks it starts with (pos0 = n_share * TERN_KV_BLOCK) */
+    int32_t src, n_share;
 } tern_step_seq;
 
 typedef struct tern_step {

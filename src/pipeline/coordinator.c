@@ -301,8 +301,9 @@ static void launch(tern_coord *c, mbatch *b)
     int32_t n = 0;
     for (int32_t i = 0; i < st->n_seqs; i++) {
         const tern_step_seq *q = &st->seqs[i];
-        if (q->flags & (TERN_SEQ_FINISHED | TERN_SEQ_CANCELLED | TERN_SEQ_NEW))
-            tern_kv_release(f->c, q->slot);
+        tern_status kst = {0};
+        if (tern_stage_apply_kv(f->c, q, &kst))
+            tern_die("engine: step %llu: %s", (unsigned long long)st->id, kst.msg);
         if (q->n_tokens > 0)
             c->bs[n++] =
                 (tern_batch_seq){.slot = q->slot, .pos0 = q->pos0, .n_tokens = q->n_tokens};
@@ -517,6 +518,9 @@ void tern_coord_stats(tern_coord *c, tern_engine_stats *s)
     s->tokens_prompt = ss.tokens_prompt;
     s->tokens_generated = ss.tokens_generated;
     s->retries = ss.retries;
+    s->prefix_hits = ss.prefix_hits, s->prefix_misses = ss.prefix_misses;
+    s->prefix_evictions = ss.prefix_evictions, s->prefix_tokens = ss.prefix_tokens;
+    s->kv_cached = ss.kv_cached;
     s->wall_s = tern_comm_now() - c->t_start;
     for (int r = 0; r < f->n_ranks && r < s->cap_ranks; r++) {
         s->ranks[r].busy_s = r == 0 ? c->busy0 : c->worker_busy[r];

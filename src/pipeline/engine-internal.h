@@ -64,6 +64,10 @@ tern_code tern_stage_init(tern_stage *s, const tern_engine_fixed *f, tern_status
 void tern_stage_free(tern_stage *s);
 /* The rows of x [n_tokens][d] that need the head, in entry order. */
 int32_t tern_stage_head_rows(const tern_step *step, int32_t *rows);
+/* What an entry does to the KV slots before the forward pass, on every rank in entry order:
+ * a release (finished, cancelled, an evicted cache slot), a save into the prefix cache, a new
+ * sequence (empty, or starting with shared cache blocks). A refusal is a broken invariant. */
+tern_code tern_stage_apply_kv(tern_ctx *c, const tern_step_seq *q, tern_status *st);
 /* The head ranks' sampling parameters of each sampled entry (pen_ids point into step). */
 void tern_stage_params(const tern_step *step, tern_row_params *p);
 /* This rank's head slice over the normed head rows hx [n_head][d]: folds each sampled row into

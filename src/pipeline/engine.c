@@ -244,7 +244,8 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
         if (!rc) {
             f->hp = tern_model_hparams(f->m);
             tern_ctx_opts co = {.max_tokens = f->lim.batch_tokens,
-                                .max_seqs = f->lim.max_seqs,
+                                .max_seqs =
+                                    f->lim.max_seqs + f->lim.cache_slots, /* + the prefix cache */
                                 .kv_blocks = f->lim.kv_blocks,
                                 .n_ctx = f->lim.n_ctx,
                                 .kv_type = o->kv_type};
@@ -287,6 +288,7 @@ tern_code tern_engine_open(tern_engine **out, const tern_engine_opts *o, tern_st
     if (!(rc = tern_sched_create(&e->sched, &f->lim, st)) && o->spec_drafts)
         tern_sched_set_spec(e->sched, o->spec_drafts < 0 ? 0 : o->spec_drafts);
     if (!rc) open_vocab(e);
+    if (!rc) tern_sched_set_prefix_cache(e->sched, o->prefix_cache >= 0);
     if (rc || (rc = tern_coord_create(&e->coord, f, e->sched, st))) {
         /* rank 0 alone failed (memory) while the workers are in their loop: stop them */
         if (!e->coord && f->n_ranks > 1) tern_die("engine: %s", st->msg);

@@ -25,11 +25,12 @@ tern_code tern_limits_compute(tern_limits *l, int32_t n_ranks, int32_t n_vocab, 
                                kv_blocks, n_ranks);
     l->n_ranks = n_ranks, l->n_vocab = n_vocab, l->d = d, l->n_layer = n_layer;
     l->max_seqs = max_seqs, l->batch_tokens = batch_tokens, l->n_ctx = n_ctx;
+    l->cache_slots = max_seqs;
     l->kv_blocks = kv_blocks, l->inflight = inflight;
     l->queue_cap = 4 * max_seqs + 64;
     /* a sequence is in at most one micro-batch, with at least one token */
     int32_t seqs = max_seqs < batch_tokens ? max_seqs : batch_tokens;
-    l->step_entries = max_seqs + seqs;
+    l->step_entries = max_seqs + l->cache_slots + seqs;
     l->head_rows = batch_tokens;
     /* sampled rows: one per sequence, or the last token and its drafts when speculative */
     int64_t rows = (int64_t)seqs * (1 + TERN_SPEC_MAX_DRAFT);

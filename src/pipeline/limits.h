@@ -23,13 +23,16 @@
 typedef struct tern_limits {
     int32_t n_ranks;
     int32_t n_vocab, d, n_layer;
-    int32_t max_seqs;     /* KV slots = concurrent sequences */
+    int32_t max_seqs;     /* KV slots of running sequences */
+    int32_t cache_slots;  /* KV slots of the prefix cache after them (= max_seqs): [max_seqs,
+                             max_seqs + cache_slots) hold finished sequences' blocks */
     int32_t batch_tokens; /* token budget of one micro-batch */
     int32_t n_ctx;        /* positions per sequence */
     int32_t kv_blocks;    /* per rank */
     int32_t inflight;     /* micro-batches in flight */
     int32_t queue_cap;    /* requests waiting for a slot */
-    int32_t step_entries; /* entries of one step: releases (<= max_seqs) + sequences */
+    int32_t step_entries; /* entries of one step: releases (<= max_seqs + cache_slots: finished,
+                             saved and evicted) + sequences */
     int32_t head_rows;    /* rows of a step that need the head (<= batch_tokens) */
     int32_t sample_rows;  /* sampled rows of a step */
     int32_t full_rows;    /* rows of a step whose full logits go to rank 0 */

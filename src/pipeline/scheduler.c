@@ -30,7 +30,19 @@ typedef struct seq {
      * steps to wait after drafts that failed */
     int32_t draft[TERN_SPEC_MAX_DRAFT], n_draft;
     int32_t spec_k, spec_miss, spec_wait;
+    int32_t shared_from; /* the prefix-cache entry whose blocks it started with, or -1 */
 } seq;
+
+/* A prefix-cache entry: the KV blocks of a finished sequence, kept in cache slot max_seqs + i
+ * on every rank, for a later prompt that starts with the same tokens. */
+typedef struct centry {
+    bool used;
+    int32_t *tokens; /* [n_ctx] */
+    int32_t n_tok;   /* tokens whose KV it holds in whole blocks (a multiple of TERN_KV_BLOCK) */
+    int32_t phys;    /* blocks it holds (KV accounting) */
+    uint64_t last;   /* LRU clock */
+    int32_t pins;    /* running sequences sharing its blocks: it stays while they run */
+} centry;
 
 struct tern_sched {
     tern_limits lim;
@@ -48,8 +60,13 @@ struct tern_sched {
     int32_t wait_n; /* read under mu by stats */
     seq *seqs;      /* [max_seqs] */
     int32_t n_running, kv_reserved;
-    tern_step_seq *releases; /* [max_seqs] */
-    int32_t n_releases;
+    tern_step_seq *releases; /* [cap_releases] */
+    int32_t n_releases, cap_releases;
+    centry *cache; /* [lim.cache_slots] */
+    bool cache_on;
+    int32_t kv_cached; /* blocks the cache holds (over-counted where entries share blocks) */
+    uint64_t clock;
+    int64_t pc_hits, pc_misses, pc_evictions, pc_tokens;
     int32_t rot;
     int64_t tok_prompt, tok_gen, retries, drafted, accepted;
     int32_t spec_max;         /* draft tokens per step at most; 0: off */
@@ -80,13 +97,20 @@ tern_code tern_sched_create(tern_sched **out, const tern_limits *lim, tern_statu
     s->cap_cancels = lim->queue_cap + lim->max_seqs;
     s->cancels = calloc((size_t)s->cap_cancels, sizeof *s->cancels);
     s->seqs = calloc((size_t)lim->max_seqs, sizeof *s->seqs);
-    s->releases = calloc((size_t)lim->max_seqs, sizeof *s->releases);
+    s->cap_releases = 2 * (lim->max_seqs + lim->cache_slots);
+    s->releases = calloc((size_t)s->cap_releases, sizeof *s->releases);
+    s->cache = calloc((size_t)lim->cache_slots, sizeof *s->cache);
+    s->cache_on = false; /* the engine turns it on (tern_sched_set_prefix_cache) */
     s->adj_scratch =
         malloc(((size_t)lim->n_ctx * 2 + TERN_MAX_LOGIT_BIAS + 1) * sizeof *s->adj_scratch);
-    bool ok = s->cancels && s->seqs && s->releases && s->adj_scratch;
+    bool ok = s->cancels && s->seqs && s->releases && s->adj_scratch && s->cache;
     for (int32_t i = 0; ok && i < lim->max_seqs; i++) {
         s->seqs[i].tokens = malloc((size_t)lim->n_ctx * sizeof(int32_t));
         ok = s->seqs[i].tokens != NULL;
+    }
+    for (int32_t i = 0; ok && i < lim->cache_slots; i++) {
+        s->cache[i].tokens = malloc((size_t)lim->n_ctx * sizeof(int32_t));
+        ok = s->cache[i].tokens != NULL;
     }
     if (!ok) {
         tern_sched_free(s);
@@ -104,6 +128,9 @@ void tern_sched_free(tern_sched *s)
     if (s->seqs)
         for (int32_t i = 0; i < s->lim.max_seqs; i++)
             free(s->seqs[i].tokens), free(s->seqs[i].bias), tern_grammar_free(s->seqs[i].gram);
+    if (s->cache)
+        for (int32_t i = 0; i < s->lim.cache_slots; i++) free(s->cache[i].tokens);
+    free(s->cache);
     for (pending *p = s->inbox_head, *n; p; p = n) n = p->next, pending_free(p);
     for (pending *p = s->wait_head, *n; p; p = n) n = p->next, pending_free(p);
     free(s->seqs), free(s->releases), free(s->cancels), free(s->adj_scratch);
@@ -228,11 +255,114 @@ void tern_sched_wait(tern_sched *s, int timeout_ms)
 }
 
 /* A sequence ends: callback, and its KV slot is released on every stage by the next step. */
+/* ------------------------------------------------------------------ the prefix cache */
+
+static bool release_room(const tern_sched *s)
+{
+    return s->n_releases < s->cap_releases;
+}
+
+static void evict(tern_sched *s, int32_t i)
+{
+    centry *e = &s->cache[i];
+    s->releases[s->n_releases++] =
+        (tern_step_seq){.slot = s->lim.max_seqs + i, .flags = TERN_SEQ_FINISHED};
+    s->kv_cached -= e->phys;
+    e->used = false;
+    s->pc_evictions++;
+}
+
+/* the least recently used entry no sequence shares (other than keep), or -1 */
+static int32_t lru(const tern_sched *s, int32_t keep)
+{
+    int32_t best = -1;
+    for (int32_t i = 0; i < s->lim.cache_slots; i++) {
+        const centry *e = &s->cache[i];
+        if (e->used && !e->pins && i != keep && (best < 0 || e->last < s->cache[best].last))
+            best = i;
+    }
+    return best;
+}
+
+static bool evict_lru(tern_sched *s, int32_t keep)
+{
+    int32_t i = release_room(s) ? lru(s, keep) : -1;
+    if (i >= 0) evict(s, i);
+    return i >= 0;
+}
+
+/* The finished sequence q's whole blocks into the cache: an entry (a free one, or the least
+ * recently used one, whose old blocks the move drops); entries it extends are dropped. Returns
+ * the entry, or -1 (the cache is off, full of shared entries, or q has no whole block). */
+static int32_t cache_save(tern_sched *s, const seq *q)
+{
+    int32_t full = q->n_past / TERN_KV_BLOCK * TERN_KV_BLOCK;
+    /* a sequence never sent (fresh) holds nothing on the ranks yet */
+    if (!s->cache_on || q->fresh || full < TERN_KV_BLOCK || s->n_releases + 2 > s->cap_releases)
+        return -1;
+    int32_t ce = -1;
+    for (int32_t i = 0; i < s->lim.cache_slots && ce < 0; i++)
+        if (!s->cache[i].used) ce = i;
+    if (ce < 0 && (ce = lru(s, -1)) >= 0) {
+        s->kv_cached -= s->cache[ce].phys; /* the move into it releases its blocks */
+        s->cache[ce].used = false;
+        s->pc_evictions++;
+    }
+    if (ce < 0) return -1;
+    centry *e = &s->cache[ce];
+    memcpy(e->tokens, q->tokens, (size_t)full * sizeof *e->tokens);
+    *e = (centry){.used = true,
+                  .tokens = e->tokens,
+                  .n_tok = full,
+                  .phys = blocks_for(q->n_past),
+                  .last = ++s->clock};
+    s->kv_cached += e->phys;
+    /* an entry this one extends only holds blocks twice */
+    for (int32_t i = 0; i < s->lim.cache_slots && release_room(s); i++) {
+        centry *o = &s->cache[i];
+        if (i != ce && o->used && !o->pins && o->n_tok <= full &&
+            !memcmp(o->tokens, e->tokens, (size_t)o->n_tok * sizeof *o->tokens))
+            evict(s, i);
+    }
+    return ce;
+}
+
+/* The entry with the most whole blocks in common with the prompt (at least its last token is
+ * left to feed: its logits are needed), or -1; *blocks gets them. */
+static int32_t cache_match(const tern_sched *s, const tern_request *r, int32_t *blocks)
+{
+    *blocks = 0;
+    if (!s->cache_on || r->all_logits) return -1;
+    int32_t best = -1;
+    for (int32_t i = 0; i < s->lim.cache_slots; i++) {
+        const centry *e = &s->cache[i];
+        if (!e->used) continue;
+        int32_t m = e->n_tok < r->n_prompt - 1 ? e->n_tok : r->n_prompt - 1, l = 0;
+        while (l < m && e->tokens[l] == r->prompt[l]) l++;
+        int32_t k = l / TERN_KV_BLOCK;
+        if (k > *blocks || (k == *blocks && k > 0 && e->last > s->cache[best].last))
+            *blocks = k, best = i;
+    }
+    return *blocks > 0 ? best : -1;
+}
+
+void tern_sched_set_prefix_cache(tern_sched *s, bool on)
+{
+    s->cache_on = on && s->lim.cache_slots > 0;
+}
+
+/* ------------------------------------------------------------------ finishing */
+
 static void finish(tern_sched *s, seq *q, tern_finish why)
 {
-    s->releases[s->n_releases++] = (tern_step_seq){
-        .slot = (int32_t)(q - s->seqs),
-        .flags = why == TERN_FINISH_CANCELLED ? TERN_SEQ_CANCELLED : TERN_SEQ_FINISHED};
+    if (q->shared_from >= 0) s->cache[q->shared_from].pins--;
+    int32_t ce = cache_save(s, q);
+    s->releases[s->n_releases++] =
+        (tern_step_seq){.slot = (int32_t)(q - s->seqs),
+                        .flags = ce >= 0                        ? TERN_SEQ_SAVE
+                                 : why == TERN_FINISH_CANCELLED ? TERN_SEQ_CANCELLED
+                                                                : TERN_SEQ_FINISHED,
+                        .src = ce >= 0 ? s->lim.max_seqs + ce : 0};
     q->used = false;
     free(q->bias);
     q->bias = NULL;
@@ -299,7 +429,20 @@ void tern_sched_admit(tern_sched *s)
         int32_t slot = -1;
         for (int32_t i = 0; i < s->lim.max_seqs && slot < 0; i++)
             if (!s->seqs[i].used) slot = i;
-        if (slot < 0 || s->kv_reserved + need > s->lim.kv_blocks) break;
+        if (slot < 0) break;
+        /* a prompt that starts like a cached sequence shares its blocks: fewer to reserve */
+        int32_t k = 0, ce = cache_match(s, &p->req, &k);
+        int32_t fresh = need - k;
+        while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && evict_lru(s, ce)) {
+        }
+        if (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && ce >= 0 &&
+            !s->cache[ce].pins && release_room(s)) {
+            evict(s, ce); /* its blocks are worth less than the room they take */
+            ce = -1, k = 0, fresh = need;
+            while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && evict_lru(s, -1)) {
+            }
+        }
+        if (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks) break;
         pthread_mutex_lock(&s->mu);
         s->wait_head = p->next;
         if (!s->wait_head) s->wait_tail = NULL;
@@ -315,12 +458,22 @@ void tern_sched_admit(tern_sched *s)
                    .bias = p->bias,
                    .gram = p->gram,
                    .n_tokens = p->req.n_prompt,
-                   .kv_blocks = need,
+                   .n_past = k * TERN_KV_BLOCK,
+                   .kv_blocks = fresh,
+                   .shared_from = ce,
                    .fresh = true};
+        if (ce >= 0) {
+            s->cache[ce].pins++;
+            s->cache[ce].last = ++s->clock;
+            s->pc_hits++;
+            s->pc_tokens += k * TERN_KV_BLOCK;
+        } else if (s->cache_on && !p->req.all_logits) {
+            s->pc_misses++;
+        }
         p->bias = NULL, p->gram = NULL; /* the sequence owns them now */
         memcpy(q->tokens, p->prompt, (size_t)p->req.n_prompt * sizeof(int32_t));
         q->req.prompt = q->tokens;
-        s->kv_reserved += need;
+        s->kv_reserved += fresh;
         s->n_running++;
         s->tok_prompt += p->req.n_prompt;
         pending_free(p);
@@ -424,6 +577,8 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
                        .pos0 = pos0,
                        .n_tokens = n + nd,
                        .flags = q->fresh ? TERN_SEQ_NEW : 0};
+    if (q->fresh && q->shared_from >= 0) /* it starts with the cache entry's blocks */
+        e.src = s->lim.max_seqs + q->shared_from, e.n_share = pos0 / TERN_KV_BLOCK;
     if (nd > 0) {
         e.n_head = 1 + nd;
         e.flags |= TERN_SEQ_SPEC;
@@ -629,6 +784,9 @@ void tern_sched_stats_get(tern_sched *s, tern_sched_stats *out)
     out->retries = s->retries;
     out->drafted = s->drafted;
     out->accepted = s->accepted;
+    out->prefix_hits = s->pc_hits, out->prefix_misses = s->pc_misses;
+    out->prefix_evictions = s->pc_evictions, out->prefix_tokens = s->pc_tokens;
+    out->kv_cached = s->kv_cached;
 }
 
 bool tern_sched_idle(tern_sched *s)

@@ -31,6 +31,17 @@ void tern_stage_free(tern_stage *s)
     memset(s, 0, sizeof *s);
 }
 
+tern_code tern_stage_apply_kv(tern_ctx *c, const tern_step_seq *q, tern_status *st)
+{
+    if (q->flags & TERN_SEQ_SAVE) return tern_kv_move(c, q->src, q->slot, st);
+    if (q->flags & (TERN_SEQ_FINISHED | TERN_SEQ_CANCELLED)) tern_kv_release(c, q->slot);
+    if (q->flags & TERN_SEQ_NEW) {
+        tern_kv_release(c, q->slot);
+        if (q->n_share > 0) return tern_kv_share(c, q->slot, q->src, q->n_share, st);
+    }
+    return TERN_OK;
+}
+
 int32_t tern_stage_head_rows(const tern_step *step, int32_t *rows)
 {
     int32_t n = 0, row = 0;

@@ -32,8 +32,9 @@ static int32_t apply_step(tern_ctx *c, const tern_step *s, tern_batch_seq *out)
     int32_t n = 0;
     for (int32_t i = 0; i < s->n_seqs; i++) {
         const tern_step_seq *q = &s->seqs[i];
-        if (q->flags & (TERN_SEQ_FINISHED | TERN_SEQ_CANCELLED | TERN_SEQ_NEW))
-            tern_kv_release(c, q->slot);
+        tern_status kst = {0};
+        if (tern_stage_apply_kv(c, q, &kst))
+            tern_die("engine: step %llu: %s", (unsigned long long)s->id, kst.msg);
         if (q->n_tokens > 0)
             out[n++] = (tern_batch_seq){.slot = q->slot, .pos0 = q->pos0, .n_tokens = q->n_tokens};
     }

@@ -285,6 +285,23 @@ void tern_metrics_render(tern_metrics *m, const char *model, int state, tern_sbu
                          s->hop_p50_ms / 1e3);
         tern_sbuf_printf(b, "ternpipe_hop_latency_seconds{quantile=\"0.99\"} %.9f\n",
                          s->hop_p99_ms / 1e3);
+        head(b, "ternpipe_prefix_cache_hits_total", "counter",
+             "Admissions whose prompt shared KV blocks kept from a finished sequence.");
+        tern_sbuf_printf(b, "ternpipe_prefix_cache_hits_total %lld\n", (long long)s->prefix_hits);
+        head(b, "ternpipe_prefix_cache_misses_total", "counter",
+             "Admissions that found no cached prefix.");
+        tern_sbuf_printf(b, "ternpipe_prefix_cache_misses_total %lld\n",
+                         (long long)s->prefix_misses);
+        head(b, "ternpipe_prefix_cache_evictions_total", "counter",
+             "Cached prefixes dropped (least recently used, or for room).");
+        tern_sbuf_printf(b, "ternpipe_prefix_cache_evictions_total %lld\n",
+                         (long long)s->prefix_evictions);
+        head(b, "ternpipe_prefix_cache_tokens_total", "counter",
+             "Prompt tokens not prefilled thanks to the prefix cache.");
+        tern_sbuf_printf(b, "ternpipe_prefix_cache_tokens_total %lld\n",
+                         (long long)s->prefix_tokens);
+        head(b, "ternpipe_prefix_cache_blocks", "gauge", "KV blocks the prefix cache holds.");
+        tern_sbuf_printf(b, "ternpipe_prefix_cache_blocks %d\n", s->kv_cached);
         head(b, "ternpipe_uptime_seconds", "gauge", "Seconds since the engine opened.");
         tern_sbuf_printf(b, "ternpipe_uptime_seconds %.3f\n", s->wall_s);
     }

@@ -44,6 +44,11 @@ static void pack_stats(const tern_engine_stats *es, Ternpipe__Supervise__Stats *
     sx->has_wall_s = 1, sx->wall_s = es->wall_s;
     sx->has_hop_p50_ms = 1, sx->hop_p50_ms = es->hop_p50_ms;
     sx->has_hop_p99_ms = 1, sx->hop_p99_ms = es->hop_p99_ms;
+    sx->has_prefix_hits = 1, sx->prefix_hits = (uint64_t)es->prefix_hits;
+    sx->has_prefix_misses = 1, sx->prefix_misses = (uint64_t)es->prefix_misses;
+    sx->has_prefix_evictions = 1, sx->prefix_evictions = (uint64_t)es->prefix_evictions;
+    sx->has_prefix_tokens = 1, sx->prefix_tokens = (uint64_t)es->prefix_tokens;
+    sx->has_kv_cached = 1, sx->kv_cached = es->kv_cached;
     for (int32_t i = 0; i < es->n_ranks; i++) {
         const tern_rank_stats *k = &es->ranks[i];
         Ternpipe__Supervise__RankStats x = TERNPIPE__SUPERVISE__RANK_STATS__INIT;
@@ -303,6 +308,11 @@ static tern_code stats_in(tern_sv_reader *r, const Ternpipe__Supervise__Stats *s
     o->wall_s = isfinite(s->wall_s) ? s->wall_s : 0;
     o->hop_p50_ms = isfinite(s->hop_p50_ms) ? s->hop_p50_ms : 0;
     o->hop_p99_ms = isfinite(s->hop_p99_ms) ? s->hop_p99_ms : 0;
+    o->prefix_hits = (int64_t)(s->prefix_hits & INT64_MAX);
+    o->prefix_misses = (int64_t)(s->prefix_misses & INT64_MAX);
+    o->prefix_evictions = (int64_t)(s->prefix_evictions & INT64_MAX);
+    o->prefix_tokens = (int64_t)(s->prefix_tokens & INT64_MAX);
+    o->kv_cached = s->kv_cached < 0 ? 0 : s->kv_cached;
     for (size_t i = 0; i < s->n_ranks; i++) {
         const Ternpipe__Supervise__RankStats *x = s->ranks[i];
         tern_rank_stats *k = &r->ranks[i];

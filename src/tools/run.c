@@ -21,7 +21,7 @@ const char *tern_engine_opts_usage(void)
     return "[-m FILE] [--threads N] [--head-type f16|q8_0] [--batch TOKENS] [--max-seqs N] "
            "[--ctx N] [--kv-mem MB] [--kv-type f16|f32|q8] [--split even|auto|L1,L2,...] "
            "[--inflight N] "
-           "[--step-timeout SECONDS] [--spec DRAFTS] [--verbose]";
+           "[--step-timeout SECONDS] [--spec DRAFTS] [--prefix-cache on|off] [--verbose]";
 }
 
 static int parse_int(const char *name, const char *v, int lo, int hi, int32_t *out)
@@ -77,6 +77,13 @@ int tern_parse_engine_opt(int argc, char **argv, int *i, tern_engine_opts *o)
             r = -1;
         } else {
             o->step_timeout_s = x, r = 1;
+        }
+    } else if (!strcmp(a, "--prefix-cache")) {
+        if (strcmp(v, "on") && strcmp(v, "off")) {
+            fprintf(stderr, "ternpipe: --prefix-cache: got '%s', expected on or off\n", v);
+            r = -1;
+        } else {
+            o->prefix_cache = strcmp(v, "on") ? -1 : 0, r = 1;
         }
     } else if (!strcmp(a, "--kv-type")) {
         tern_kv_type t = tern_kv_type_parse(v);

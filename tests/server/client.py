@@ -11,6 +11,7 @@ Usage: client.py COMMAND URL [args]
   drain URL PID [KEY]       SIGTERM to PID while streams run: they finish, new requests get 503
   choices URL               n > 1: each choice equals a request with seed + i, streamed and not
   json URL OUT [REF]        response_format: 50 constrained answers parse and follow their schema
+  prefix URL                the prefix cache: hits give bitwise the cold run's answers, counted
 Every wait is bounded; any failed check exits non-zero with a line saying what differed.
 """
 import http.client
@@ -632,6 +633,45 @@ def cmd_json(url, out, ref=None):
           f"schemas, 10 json_object), streamed == not, n=2, anyOf refused{same}")
 
 
+def cmd_prefix(url):
+    """the prefix cache: a prompt that starts like an earlier one shares its KV blocks and
+    gives bitwise the same text and log-probabilities as the cold run; /metrics counts the
+    hits and the tokens not prefilled"""
+    def m(name):
+        return metrics(url).get(name, 0)
+    story = ("Once upon a time, there was a little girl named Lily. She loved to play outside "
+             "in the park with her friends. One day, she saw a big red ball under a tree. ") * 2
+    hits0, toks0 = m("ternpipe_prefix_cache_hits_total"), m("ternpipe_prefix_cache_tokens_total")
+    results = {}
+    for k, (end, chat) in enumerate([("Lily said", False), ("Tom said", False), ("Lily said", False),
+                                      ("Tell me more.", True), ("Tell me more.", True)]):
+        body = {"max_tokens": 24, "temperature": 0.9, "seed": 7, "logprobs": 2}
+        if chat:
+            body.update(messages=[{"role": "system", "content": story}, {"role": "user", "content": end}],
+                        logprobs=True, top_logprobs=2)
+        else:
+            body["prompt"] = story + end
+        st, _, j = post(url, "/v1/chat/completions" if chat else "/v1/completions", body)
+        check(st == 200, f"prefix {k}: {st} {j}")
+        c = j["choices"][0]
+        results.setdefault((end, chat), []).append((c.get("text") or c["message"]["content"], c["logprobs"]))
+        if k == 0:  # the reference is a cold run: nothing before used this story
+            check(m("ternpipe_prefix_cache_hits_total") == hits0, "prefix: the first run was not cold")
+    for key, runs in results.items():
+        for r in runs[1:]:
+            check(r == runs[0], f"prefix {key}: the cached run differs from the cold one")
+    end = time.time() + 5  # supervised, rank 0 reports its counters once a second
+    while True:
+        hits = m("ternpipe_prefix_cache_hits_total") - hits0
+        toks = m("ternpipe_prefix_cache_tokens_total") - toks0
+        if (hits >= 3 and toks >= 96) or time.time() > end:
+            break
+        time.sleep(0.2)
+    check(hits >= 3 and toks >= 3 * 32, f"prefix: {hits} hits, {toks} tokens reused, expected >= 3 and >= 96")
+    print(f"ok prefix cache: {hits:.0f} hits of 5 requests, {toks:.0f} prompt tokens not prefilled; "
+          f"cached runs bitwise equal to cold ones (text and logprobs, completions and chat)")
+
+
 def cmd_auth(url, key):
     global KEY
     KEY = None
@@ -866,7 +906,7 @@ def main(argv):
     fn = {"wait": cmd_wait, "basic": cmd_basic, "concurrent": cmd_concurrent, "cancel": cmd_cancel,
           "auth": cmd_auth, "flood": cmd_flood, "drain": cmd_drain,
           "logprobs": cmd_logprobs, "basemodel": cmd_basemodel, "choices": cmd_choices,
-          "json": cmd_json}.get(cmd)
+          "json": cmd_json, "prefix": cmd_prefix}.get(cmd)
     if not fn:
         print(__doc__)
         return 2

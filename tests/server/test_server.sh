@@ -107,6 +107,7 @@ run np1 cancel "$url"
 run np1 logprobs "$url" "$TERNPIPE" "$model" 1
 run np1 choices "$url"
 run np1 json "$url" "$tmp/json1.json"
+run np1 prefix "$url"
 stop_and_wait np1 "$pid0" TERM
 grep -q "stopped serving" "$tmp/np1.log" || { echo "FAIL np1: no 'stopped serving'"; exit 1; }
 
@@ -118,6 +119,7 @@ run np3 cancel "$url"
 run np3 logprobs "$url" "$TERNPIPE" "$model" 3
 run np3 choices "$url"
 run np3 json "$url" "$tmp/json3.json" "$tmp/json1.json"
+run np3 prefix "$url"
 stop_and_wait np3 "$pid0" TERM
 
 # API key, a full queue, and draining on SIGTERM (one slot, one queue place)

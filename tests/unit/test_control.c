@@ -216,7 +216,7 @@ int main(void)
     CHECK(tern_limits_compute(&l2, 1, 100, 64, 2, 5000, 512, 512, 10, 1, &st) == TERN_EINVAL &&
           strstr(st.msg, "--max-seqs"));
     CHECK(tern_limits_compute(&l2, 1, 100, 64, 2, 4096, 512, 512, 10, 1, &st) == TERN_OK);
-    CHECK(l2.step_entries == 4096 + 512 && l2.sample_rows == 512);
+    CHECK(l2.step_entries == 4096 + 4096 + 512 && l2.sample_rows == 512); /* + cache slots */
     tern_plan_free(&p), tern_plan_free(&p2), tern_plan_free(&p1);
     return tern_test_finish("test_control");
 }

@@ -206,6 +206,56 @@ static void test_kv_pressure(void)
     tern_sched_free(s);
 }
 
+/* the prefix cache: a finished sequence's whole blocks are saved into a cache slot; a prompt
+ * that starts with the same tokens starts with them (fewer blocks reserved, prefill from the
+ * first position after them); an entry the new one extends is dropped; the pool's room comes
+ * first (entries are evicted for an admission) */
+static void test_prefix_cache(void)
+{
+    tern_sched *s = make(4, 64, 512, 12);
+    tern_sched_set_prefix_cache(s, true);
+    rec a = {0}, b = {0}, c = {0};
+    submit(s, 70, 10, &a, TERN_OK); /* 80 positions: 3 blocks */
+    tern_sched_admit(s);
+    for (int it = 0; it < 40 && !a.done; it++) {
+        CHECK(tern_sched_build(s, 1, &g_step, g_ids));
+        complete(s, 5, -1, true);
+        tern_sched_admit(s);
+    }
+    CHECK(a.done && a.tokens == 10);
+    submit(s, 70, 10, &b, TERN_OK); /* the same prompt */
+    tern_sched_admit(s);
+    tern_sched_stats ss;
+    tern_sched_stats_get(s, &ss);
+    /* a fed 79 positions (its last token needs no KV): 2 whole blocks saved, 3 held */
+    CHECK(ss.prefix_hits == 1 && ss.prefix_tokens == 64 && ss.kv_cached == 3);
+    CHECK(ss.kv_reserved == 1); /* 3 blocks for b, 2 of them shared */
+    CHECK(tern_sched_build(s, 1, &g_step, g_ids));
+    CHECK(g_step.seqs[0].flags == TERN_SEQ_SAVE && g_step.seqs[0].src >= 4 && g_step.seqs[0].src < 8);
+    const tern_step_seq *nb = &g_step.seqs[1];
+    CHECKF(nb->flags & TERN_SEQ_NEW && nb->n_share == 2 && nb->pos0 == 64 &&
+               nb->src == g_step.seqs[0].src && nb->n_tokens == 6,
+           "new entry: flags %#x, %d shared from %d at %d, %d tokens", nb->flags, nb->n_share,
+           nb->src, nb->pos0, nb->n_tokens);
+    complete(s, 5, -1, true);
+    for (int it = 0; it < 40 && !b.done; it++) {
+        CHECK(tern_sched_build(s, 1, &g_step, g_ids));
+        complete(s, 5, -1, true);
+        tern_sched_admit(s);
+    }
+    CHECK(b.done && b.tokens == 10);
+    /* b's entry extends a's (the same tokens): a's is dropped once b is saved */
+    CHECK(tern_sched_build(s, 1, &g_step, g_ids) || tern_sched_pending_releases(s) >= 0);
+    tern_sched_stats_get(s, &ss);
+    CHECK(ss.prefix_evictions >= 1 && ss.kv_cached == 3);
+    /* a request that needs the whole pool: the cache makes room */
+    submit(s, 200, 180, &c, TERN_OK); /* 380 positions: 12 blocks, a different prompt */
+    tern_sched_admit(s);
+    tern_sched_stats_get(s, &ss);
+    CHECK(ss.running == 1 && ss.kv_cached == 0 && ss.prefix_evictions >= 2);
+    tern_sched_free(s);
+}
+
 static void test_fifo(void)
 {
     /* a big request at the head blocks smaller ones behind it (no overtaking) */
@@ -395,6 +445,7 @@ static void test_retry_and_errors(void)
 int main(void)
 {
     test_kv_pressure();
+    test_prefix_cache();
     test_fifo();
     test_cancel();
     test_finish_mid_batch();
