@@ -93,7 +93,8 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
         Ternpipe__SeqEntry e = TERNPIPE__SEQ_ENTRY__INIT;
         e.has_slot = 1, e.slot = (uint32_t)q->slot;
         e.has_pos0 = 1, e.pos0 = (uint32_t)q->pos0;
-        if (q->flags & (TERN_SEQ_SAVE | TERN_SEQ_NEW) && (q->n_share || q->flags & TERN_SEQ_SAVE))
+        if (q->flags & (TERN_SEQ_SAVE | TERN_SEQ_KEEP | TERN_SEQ_NEW) &&
+            (q->n_share || q->flags & (TERN_SEQ_SAVE | TERN_SEQ_KEEP)))
             e.has_src = 1, e.src = (uint32_t)q->src, e.has_n_share = 1,
             e.n_share = (uint32_t)q->n_share;
         e.has_n_tokens = 1, e.n_tokens = (uint32_t)q->n_tokens;
@@ -223,10 +224,13 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
             return BAD("pipeline: step entry %zu slot: got %u, expected < %u", i, e->slot, slots);
         bool cache_src = e->src >= (uint32_t)lim->max_seqs &&
                          e->src < (uint32_t)(lim->max_seqs + lim->cache_slots);
-        if (((e->flags & TERN_SEQ_SAVE) && (!cache_src || e->n_tokens)) ||
-            (e->n_share && (!(e->flags & TERN_SEQ_NEW) || !cache_src ||
-                            e->n_share > (uint32_t)(lim->n_ctx / TERN_KV_BLOCK) ||
-                            e->pos0 != e->n_share * TERN_KV_BLOCK)))
+        if (((e->flags & (TERN_SEQ_SAVE | TERN_SEQ_KEEP)) && (!cache_src || e->n_tokens)) ||
+            ((e->flags & TERN_SEQ_KEEP) &&
+             (e->n_share < 1 || e->n_share > (uint32_t)(lim->n_ctx / TERN_KV_BLOCK))) ||
+            (e->n_share && !(e->flags & TERN_SEQ_KEEP) &&
+             (!(e->flags & TERN_SEQ_NEW) || !cache_src ||
+              e->n_share > (uint32_t)(lim->n_ctx / TERN_KV_BLOCK) ||
+              e->pos0 != e->n_share * TERN_KV_BLOCK)))
             return BAD("pipeline: step entry %zu prefix cache: got slot %u, %u shared blocks at "
                        "position %u (flags %#x), expected a cache slot in [%d, %d) and the "
                        "sequence starting after the shared blocks",

@@ -25,7 +25,9 @@ enum {
     TERN_SEQ_FULL = 16,     /* its head rows' full logits go to rank 0 */
     TERN_SEQ_SPEC = 32,     /* speculative: every row is sampled (the last token + drafts) */
     TERN_SEQ_SAVE = 64,     /* release entry: the slot's blocks move to prefix-cache slot src */
-    TERN_SEQ_FLAGS_ALL = 127
+    TERN_SEQ_KEEP = 128,    /* cache slot src also holds the slot's first n_share blocks (a
+                               running sequence's prompt, for requests waiting on it) */
+    TERN_SEQ_FLAGS_ALL = 255
 };
 
 typedef struct tern_hello {

@@ -346,6 +346,85 @@ static int32_t cache_match(const tern_sched *s, const tern_request *r, int32_t *
     return *blocks > 0 ? best : -1;
 }
 
+/* A running sequence still prefilling a prompt that p's starts with (a whole block or more
+ * beyond what the cache offers): p waits for it and then shares its blocks (n > 1, or many
+ * requests with one system prompt, prefill once). */
+static bool prefill_leader(const tern_sched *s, const tern_request *r, int32_t cached)
+{
+    if (!s->cache_on || r->all_logits) return false;
+    for (int32_t i = 0; i < s->lim.max_seqs; i++) {
+        const seq *q = &s->seqs[i];
+        if (!q->used || q->cancelled || q->n_past >= q->req.n_prompt) continue;
+        int32_t m = q->req.n_prompt < r->n_prompt - 1 ? q->req.n_prompt : r->n_prompt - 1, l = 0;
+        while (l < m && q->tokens[l] == r->prompt[l]) l++;
+        if (l / TERN_KV_BLOCK > cached) return true;
+    }
+    return false;
+}
+
+/* A cache entry keeps the whole prompt blocks of running sequence q now (shared while q goes
+ * on; q has prefilled them). */
+static void keep_now(tern_sched *s, seq *q)
+{
+    int32_t full = q->req.n_prompt / TERN_KV_BLOCK * TERN_KV_BLOCK;
+    if (!s->cache_on || full < TERN_KV_BLOCK || s->n_releases + 2 > s->cap_releases) return;
+    int32_t ce = -1;
+    for (int32_t i = 0; i < s->lim.cache_slots && ce < 0; i++)
+        if (!s->cache[i].used) ce = i;
+    if (ce < 0 && (ce = lru(s, -1)) >= 0) {
+        s->kv_cached -= s->cache[ce].phys; /* sharing into it releases its blocks */
+        s->cache[ce].used = false;
+        s->pc_evictions++;
+    }
+    if (ce < 0) return;
+    centry *e = &s->cache[ce];
+    memcpy(e->tokens, q->tokens, (size_t)full * sizeof *e->tokens);
+    *e = (centry){.used = true,
+                  .tokens = e->tokens,
+                  .n_tok = full,
+                  .phys = full / TERN_KV_BLOCK, /* also in q's reservation: counted twice */
+                  .last = ++s->clock};
+    s->kv_cached += e->phys;
+    s->releases[s->n_releases++] = (tern_step_seq){.slot = (int32_t)(q - s->seqs),
+                                                   .flags = TERN_SEQ_KEEP,
+                                                   .src = s->lim.max_seqs + ce,
+                                                   .n_share = full / TERN_KV_BLOCK};
+}
+
+/* the whole blocks of a prompt that r's starts with */
+static int32_t common_blocks(const int32_t *a, int32_t na, const tern_request *r)
+{
+    int32_t m = na < r->n_prompt - 1 ? na : r->n_prompt - 1, l = 0;
+    while (l < m && a[l] == r->prompt[l]) l++;
+    return l / TERN_KV_BLOCK;
+}
+
+/* q has just prefilled its prompt: if a waiting request starts with it, keep its blocks */
+static void cache_keep(tern_sched *s, seq *q)
+{
+    for (const pending *p = s->wait_head; p; p = p->next)
+        if (common_blocks(q->tokens, q->req.n_prompt, &p->req) > 0) {
+            keep_now(s, q);
+            return;
+        }
+}
+
+/* admission of r: a running sequence that has prefilled more of r's prompt than the cache
+ * holds gives its blocks to the cache first (then r shares them) */
+static void keep_running(tern_sched *s, const tern_request *r, int32_t cached)
+{
+    if (!s->cache_on || r->all_logits) return;
+    seq *best = NULL;
+    int32_t most = cached;
+    for (int32_t i = 0; i < s->lim.max_seqs; i++) {
+        seq *q = &s->seqs[i];
+        if (!q->used || q->cancelled || q->fresh || q->n_past < q->req.n_prompt) continue;
+        int32_t k = common_blocks(q->tokens, q->req.n_prompt / TERN_KV_BLOCK * TERN_KV_BLOCK, r);
+        if (k > most) most = k, best = q;
+    }
+    if (best) keep_now(s, best);
+}
+
 void tern_sched_set_prefix_cache(tern_sched *s, bool on)
 {
     s->cache_on = on && s->lim.cache_slots > 0;
@@ -432,6 +511,9 @@ void tern_sched_admit(tern_sched *s)
         if (slot < 0) break;
         /* a prompt that starts like a cached sequence shares its blocks: fewer to reserve */
         int32_t k = 0, ce = cache_match(s, &p->req, &k);
+        if (prefill_leader(s, &p->req, k)) break; /* it will share the leader's prompt */
+        keep_running(s, &p->req, k);
+        ce = cache_match(s, &p->req, &k);
         int32_t fresh = need - k;
         while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && evict_lru(s, ce)) {
         }
@@ -697,7 +779,9 @@ void tern_sched_complete(tern_sched *s, const tern_step *st, const tern_pick *pi
         if (e->n_tokens == 0) continue;
         seq *q = &s->seqs[e->slot];
         q->inflight = false;
+        bool prefilling = q->n_past < q->req.n_prompt;
         q->n_past = e->pos0 + e->n_tokens;
+        if (prefilling && q->n_past >= q->req.n_prompt) cache_keep(s, q);
         if (e->flags & TERN_SEQ_SAMPLE) {
             /* one row, or the last token and its drafts: row r draws position pos0 + r + 1; a
              * draft is kept while the drawn token equals it, so every token is the one plain

@@ -88,9 +88,10 @@ typedef struct tern_sched_stats {
     int64_t prefix_hits, prefix_misses, prefix_evictions, prefix_tokens; /* tokens not prefilled */
     int32_t kv_cached;
 } tern_sched_stats;
-/* The prefix cache (off until turned on; the engine's default is on): finished sequences' whole KV blocks are kept in the cache
- * slots (lim.cache_slots, least recently used evicted first, and whenever admission needs the
- * room), and a prompt that starts with the same tokens shares them instead of prefilling. */
+/* The prefix cache (off until turned on; the engine's default is on): finished sequences' whole KV
+ * blocks are kept in the cache slots (lim.cache_slots, least recently used evicted first, and
+ * whenever admission needs the room), and a prompt that starts with the same tokens shares them
+ * instead of prefilling. */
 void tern_sched_set_prefix_cache(tern_sched *s, bool on);
 void tern_sched_stats_get(tern_sched *s, tern_sched_stats *out);
 bool tern_sched_idle(tern_sched *s);

@@ -34,6 +34,7 @@ void tern_stage_free(tern_stage *s)
 tern_code tern_stage_apply_kv(tern_ctx *c, const tern_step_seq *q, tern_status *st)
 {
     if (q->flags & TERN_SEQ_SAVE) return tern_kv_move(c, q->src, q->slot, st);
+    if (q->flags & TERN_SEQ_KEEP) return tern_kv_share(c, q->src, q->slot, q->n_share, st);
     if (q->flags & (TERN_SEQ_FINISHED | TERN_SEQ_CANCELLED)) tern_kv_release(c, q->slot);
     if (q->flags & TERN_SEQ_NEW) {
         tern_kv_release(c, q->slot);

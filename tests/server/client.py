@@ -533,8 +533,24 @@ def cmd_choices(url):
         time.sleep(0.05)
     gone = m.get('ternpipe_requests_finished_total{reason="client_gone"}', 0) - before
     check(gone == 4, f"choices cancel: {gone} sequences cancelled, expected 4")
+    # a long prompt is prefilled once: choices 1..3 share its blocks (the prefix cache)
+    story = ("Once upon a time, there was a big dog named Max. Max liked to run and jump in "
+             "the garden with his ball. ") * 3
+    h0 = metrics(url).get("ternpipe_prefix_cache_hits_total", 0)
+    st, _, lj = post(url, "/v1/completions", dict(base, prompt=story, n=4))
+    check(st == 200, f"choices long prompt: {st}")
+    end = time.time() + 5
+    while metrics(url).get("ternpipe_prefix_cache_hits_total", 0) - h0 < 3 and time.time() < end:
+        time.sleep(0.2)
+    shared = metrics(url).get("ternpipe_prefix_cache_hits_total", 0) - h0
+    check(shared >= 3, f"choices: {shared} of 3 other choices shared the prompt's blocks")
+    lch = sorted(lj["choices"], key=lambda c: c["index"])
+    for i in (0, 3):
+        st1, _, one = post(url, "/v1/completions", dict(base, prompt=story, n=1, seed=100 + i))
+        check(one["choices"][0]["text"] == lch[i]["text"], f"choice {i} of the shared prefill differs")
     print(f"ok choices: n=4 equals seeds 100..103 alone (text, logprobs), streamed the same with "
-          f"indexes, usage {u}; chat n=3; a client leaving cancels all 4")
+          f"indexes, usage {u}; chat n=3; a client leaving cancels all 4; a long prompt's "
+          f"prefill shared by the other 3 choices")
 
 
 SCHEMAS = [

@@ -254,6 +254,33 @@ static void test_prefix_cache(void)
     tern_sched_stats_get(s, &ss);
     CHECK(ss.running == 1 && ss.kv_cached == 0 && ss.prefix_evictions >= 2);
     tern_sched_free(s);
+
+    /* two requests with one prompt at once (n > 1): the second waits for the first's prefill,
+     * whose prompt blocks the cache then keeps (KEEP), and shares them */
+    s = make(4, 64, 512, 40);
+    tern_sched_set_prefix_cache(s, true);
+    rec d = {0}, e = {0};
+    submit(s, 70, 10, &d, TERN_OK);
+    submit(s, 70, 10, &e, TERN_OK);
+    tern_sched_admit(s);
+    tern_sched_stats_get(s, &ss);
+    CHECK(ss.running == 1 && ss.queued == 1); /* the second waits for the leader */
+    for (int it = 0; it < 4 && ss.running < 2; it++) { /* the prompt in two chunks */
+        CHECK(tern_sched_build(s, 1, &g_step, g_ids));
+        complete(s, 5, -1, true);
+        tern_sched_admit(s);
+        tern_sched_stats_get(s, &ss);
+    }
+    CHECK(ss.running == 2 && ss.prefix_hits == 1 && ss.prefix_tokens == 64);
+    CHECK(tern_sched_build(s, 1, &g_step, g_ids));
+    CHECK(g_step.seqs[0].flags == TERN_SEQ_KEEP && g_step.seqs[0].n_share == 2 &&
+          g_step.seqs[0].src >= 4);
+    bool shared = false;
+    for (int32_t i = 1; i < g_step.n_seqs; i++)
+        shared |= (g_step.seqs[i].flags & TERN_SEQ_NEW) && g_step.seqs[i].n_share == 2 &&
+                  g_step.seqs[i].src == g_step.seqs[0].src && g_step.seqs[i].pos0 == 64;
+    CHECK(shared);
+    tern_sched_free(s);
 }
 
 static void test_fifo(void)
