@@ -7,81 +7,12 @@
 #include <string.h>
 #include <time.h>
 
-typedef struct pending {
-    struct pending *next;
-    int64_t id;
-    tern_request req;
-    int32_t *prompt;       /* owned copy */
-    tern_logit_bias *bias; /* owned copy of req.sampling.logit_bias (or NULL) */
-    tern_grammar *gram;    /* response_format (or NULL), at the state after the resumed tokens */
-} pending;
-
-typedef struct seq {
-    bool used;
-    int64_t id;
-    tern_request req;
-    int32_t *tokens;       /* [n_ctx]: prompt then generated */
-    tern_logit_bias *bias; /* owned, from the pending request */
-    tern_grammar *gram;    /* owned: constrained output; its rows are sampled from full logits */
-    int32_t n_tokens, n_past, n_gen, kv_blocks;
-    int32_t n_logits; /* positions whose logits were delivered (all_logits) */
-    bool inflight, cancelled, fresh, stopped, retry;
-    /* speculative decoding: the drafts in flight, the adaptive draft length, and how many
-     * steps to wait after drafts that failed */
-    int32_t draft[TERN_SPEC_MAX_DRAFT], n_draft;
-    int32_t spec_k, spec_miss, spec_wait;
-    int32_t shared_from; /* the prefix-cache entry whose blocks it started with, or -1 */
-} seq;
-
-/* A prefix-cache entry: the KV blocks of a finished sequence, kept in cache slot max_seqs + i
- * on every rank, for a later prompt that starts with the same tokens. */
-typedef struct centry {
-    bool used;
-    int32_t *tokens; /* [n_ctx] */
-    int32_t n_tok;   /* tokens whose KV it holds in whole blocks (a multiple of TERN_KV_BLOCK) */
-    int32_t phys;    /* blocks it holds (KV accounting) */
-    uint64_t last;   /* LRU clock */
-    int32_t pins;    /* running sequences sharing its blocks: it stays while they run */
-} centry;
-
-struct tern_sched {
-    tern_limits lim;
-    const tern_vocab_index *vocab; /* for constrained output (the engine's; NULL: none) */
-    /* the inbox: any thread, under mu */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pending *inbox_head, *inbox_tail;
-    int32_t inbox_n;
-    int64_t *cancels;
-    int32_t n_cancels, cap_cancels;
-    int64_t next_id;
-    /* engine thread only */
-    pending *wait_head, *wait_tail;
-    int32_t wait_n; /* read under mu by stats */
-    seq *seqs;      /* [max_seqs] */
-    int32_t n_running, kv_reserved;
-    tern_step_seq *releases; /* [cap_releases] */
-    int32_t n_releases, cap_releases;
-    centry *cache; /* [lim.cache_slots] */
-    bool cache_on;
-    int32_t kv_cached; /* blocks the cache holds (over-counted where entries share blocks) */
-    uint64_t clock;
-    int64_t pc_hits, pc_misses, pc_evictions, pc_tokens;
-    int32_t rot;
-    int64_t tok_prompt, tok_gen, retries, drafted, accepted;
-    int32_t spec_max;         /* draft tokens per step at most; 0: off */
-    tern_adjust *adj_scratch; /* [2 * n_ctx + TERN_MAX_LOGIT_BIAS + 1] */
-};
+#include "pipeline/sched-internal.h"
 
 static void pending_free(pending *p)
 {
     tern_grammar_free(p->gram);
     free(p->prompt), free(p->bias), free(p);
-}
-
-static int32_t blocks_for(int32_t n_pos)
-{
-    return (n_pos + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
 }
 
 tern_code tern_sched_create(tern_sched **out, const tern_limits *lim, tern_status *st)
@@ -255,187 +186,12 @@ void tern_sched_wait(tern_sched *s, int timeout_ms)
 }
 
 /* A sequence ends: callback, and its KV slot is released on every stage by the next step. */
-/* ------------------------------------------------------------------ the prefix cache */
-
-static bool release_room(const tern_sched *s)
-{
-    return s->n_releases < s->cap_releases;
-}
-
-static void evict(tern_sched *s, int32_t i)
-{
-    centry *e = &s->cache[i];
-    s->releases[s->n_releases++] =
-        (tern_step_seq){.slot = s->lim.max_seqs + i, .flags = TERN_SEQ_FINISHED};
-    s->kv_cached -= e->phys;
-    e->used = false;
-    s->pc_evictions++;
-}
-
-/* the least recently used entry no sequence shares (other than keep), or -1 */
-static int32_t lru(const tern_sched *s, int32_t keep)
-{
-    int32_t best = -1;
-    for (int32_t i = 0; i < s->lim.cache_slots; i++) {
-        const centry *e = &s->cache[i];
-        if (e->used && !e->pins && i != keep && (best < 0 || e->last < s->cache[best].last))
-            best = i;
-    }
-    return best;
-}
-
-static bool evict_lru(tern_sched *s, int32_t keep)
-{
-    int32_t i = release_room(s) ? lru(s, keep) : -1;
-    if (i >= 0) evict(s, i);
-    return i >= 0;
-}
-
-/* The finished sequence q's whole blocks into the cache: an entry (a free one, or the least
- * recently used one, whose old blocks the move drops); entries it extends are dropped. Returns
- * the entry, or -1 (the cache is off, full of shared entries, or q has no whole block). */
-static int32_t cache_save(tern_sched *s, const seq *q)
-{
-    int32_t full = q->n_past / TERN_KV_BLOCK * TERN_KV_BLOCK;
-    /* a sequence never sent (fresh) holds nothing on the ranks yet */
-    if (!s->cache_on || q->fresh || full < TERN_KV_BLOCK || s->n_releases + 2 > s->cap_releases)
-        return -1;
-    int32_t ce = -1;
-    for (int32_t i = 0; i < s->lim.cache_slots && ce < 0; i++)
-        if (!s->cache[i].used) ce = i;
-    if (ce < 0 && (ce = lru(s, -1)) >= 0) {
-        s->kv_cached -= s->cache[ce].phys; /* the move into it releases its blocks */
-        s->cache[ce].used = false;
-        s->pc_evictions++;
-    }
-    if (ce < 0) return -1;
-    centry *e = &s->cache[ce];
-    memcpy(e->tokens, q->tokens, (size_t)full * sizeof *e->tokens);
-    *e = (centry){.used = true,
-                  .tokens = e->tokens,
-                  .n_tok = full,
-                  .phys = blocks_for(q->n_past),
-                  .last = ++s->clock};
-    s->kv_cached += e->phys;
-    /* an entry this one extends only holds blocks twice */
-    for (int32_t i = 0; i < s->lim.cache_slots && release_room(s); i++) {
-        centry *o = &s->cache[i];
-        if (i != ce && o->used && !o->pins && o->n_tok <= full &&
-            !memcmp(o->tokens, e->tokens, (size_t)o->n_tok * sizeof *o->tokens))
-            evict(s, i);
-    }
-    return ce;
-}
-
-/* The entry with the most whole blocks in common with the prompt (at least its last token is
- * left to feed: its logits are needed), or -1; *blocks gets them. */
-static int32_t cache_match(const tern_sched *s, const tern_request *r, int32_t *blocks)
-{
-    *blocks = 0;
-    if (!s->cache_on || r->all_logits) return -1;
-    int32_t best = -1;
-    for (int32_t i = 0; i < s->lim.cache_slots; i++) {
-        const centry *e = &s->cache[i];
-        if (!e->used) continue;
-        int32_t m = e->n_tok < r->n_prompt - 1 ? e->n_tok : r->n_prompt - 1, l = 0;
-        while (l < m && e->tokens[l] == r->prompt[l]) l++;
-        int32_t k = l / TERN_KV_BLOCK;
-        if (k > *blocks || (k == *blocks && k > 0 && e->last > s->cache[best].last))
-            *blocks = k, best = i;
-    }
-    return *blocks > 0 ? best : -1;
-}
-
-/* A running sequence still prefilling a prompt that p's starts with (a whole block or more
- * beyond what the cache offers): p waits for it and then shares its blocks (n > 1, or many
- * requests with one system prompt, prefill once). */
-static bool prefill_leader(const tern_sched *s, const tern_request *r, int32_t cached)
-{
-    if (!s->cache_on || r->all_logits) return false;
-    for (int32_t i = 0; i < s->lim.max_seqs; i++) {
-        const seq *q = &s->seqs[i];
-        if (!q->used || q->cancelled || q->n_past >= q->req.n_prompt) continue;
-        int32_t m = q->req.n_prompt < r->n_prompt - 1 ? q->req.n_prompt : r->n_prompt - 1, l = 0;
-        while (l < m && q->tokens[l] == r->prompt[l]) l++;
-        if (l / TERN_KV_BLOCK > cached) return true;
-    }
-    return false;
-}
-
-/* A cache entry keeps the whole prompt blocks of running sequence q now (shared while q goes
- * on; q has prefilled them). */
-static void keep_now(tern_sched *s, seq *q)
-{
-    int32_t full = q->req.n_prompt / TERN_KV_BLOCK * TERN_KV_BLOCK;
-    if (!s->cache_on || full < TERN_KV_BLOCK || s->n_releases + 2 > s->cap_releases) return;
-    int32_t ce = -1;
-    for (int32_t i = 0; i < s->lim.cache_slots && ce < 0; i++)
-        if (!s->cache[i].used) ce = i;
-    if (ce < 0 && (ce = lru(s, -1)) >= 0) {
-        s->kv_cached -= s->cache[ce].phys; /* sharing into it releases its blocks */
-        s->cache[ce].used = false;
-        s->pc_evictions++;
-    }
-    if (ce < 0) return;
-    centry *e = &s->cache[ce];
-    memcpy(e->tokens, q->tokens, (size_t)full * sizeof *e->tokens);
-    *e = (centry){.used = true,
-                  .tokens = e->tokens,
-                  .n_tok = full,
-                  .phys = full / TERN_KV_BLOCK, /* also in q's reservation: counted twice */
-                  .last = ++s->clock};
-    s->kv_cached += e->phys;
-    s->releases[s->n_releases++] = (tern_step_seq){.slot = (int32_t)(q - s->seqs),
-                                                   .flags = TERN_SEQ_KEEP,
-                                                   .src = s->lim.max_seqs + ce,
-                                                   .n_share = full / TERN_KV_BLOCK};
-}
-
-/* the whole blocks of a prompt that r's starts with */
-static int32_t common_blocks(const int32_t *a, int32_t na, const tern_request *r)
-{
-    int32_t m = na < r->n_prompt - 1 ? na : r->n_prompt - 1, l = 0;
-    while (l < m && a[l] == r->prompt[l]) l++;
-    return l / TERN_KV_BLOCK;
-}
-
-/* q has just prefilled its prompt: if a waiting request starts with it, keep its blocks */
-static void cache_keep(tern_sched *s, seq *q)
-{
-    for (const pending *p = s->wait_head; p; p = p->next)
-        if (common_blocks(q->tokens, q->req.n_prompt, &p->req) > 0) {
-            keep_now(s, q);
-            return;
-        }
-}
-
-/* admission of r: a running sequence that has prefilled more of r's prompt than the cache
- * holds gives its blocks to the cache first (then r shares them) */
-static void keep_running(tern_sched *s, const tern_request *r, int32_t cached)
-{
-    if (!s->cache_on || r->all_logits) return;
-    seq *best = NULL;
-    int32_t most = cached;
-    for (int32_t i = 0; i < s->lim.max_seqs; i++) {
-        seq *q = &s->seqs[i];
-        if (!q->used || q->cancelled || q->fresh || q->n_past < q->req.n_prompt) continue;
-        int32_t k = common_blocks(q->tokens, q->req.n_prompt / TERN_KV_BLOCK * TERN_KV_BLOCK, r);
-        if (k > most) most = k, best = q;
-    }
-    if (best) keep_now(s, best);
-}
-
-void tern_sched_set_prefix_cache(tern_sched *s, bool on)
-{
-    s->cache_on = on && s->lim.cache_slots > 0;
-}
-
 /* ------------------------------------------------------------------ finishing */
 
 static void finish(tern_sched *s, seq *q, tern_finish why)
 {
     if (q->shared_from >= 0) s->cache[q->shared_from].pins--;
-    int32_t ce = cache_save(s, q);
+    int32_t ce = tern_pc_save(s, q);
     s->releases[s->n_releases++] =
         (tern_step_seq){.slot = (int32_t)(q - s->seqs),
                         .flags = ce >= 0                        ? TERN_SEQ_SAVE
@@ -510,18 +266,20 @@ void tern_sched_admit(tern_sched *s)
             if (!s->seqs[i].used) slot = i;
         if (slot < 0) break;
         /* a prompt that starts like a cached sequence shares its blocks: fewer to reserve */
-        int32_t k = 0, ce = cache_match(s, &p->req, &k);
-        if (prefill_leader(s, &p->req, k)) break; /* it will share the leader's prompt */
-        keep_running(s, &p->req, k);
-        ce = cache_match(s, &p->req, &k);
+        int32_t k = 0, ce = tern_pc_match(s, &p->req, &k);
+        if (tern_pc_leader(s, &p->req, k)) break; /* it will share the leader's prompt */
+        tern_pc_keep_running(s, &p->req, k);
+        ce = tern_pc_match(s, &p->req, &k);
         int32_t fresh = need - k;
-        while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && evict_lru(s, ce)) {
+        while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks &&
+               tern_pc_evict_lru(s, ce)) {
         }
         if (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && ce >= 0 &&
-            !s->cache[ce].pins && release_room(s)) {
-            evict(s, ce); /* its blocks are worth less than the room they take */
+            !s->cache[ce].pins && tern_pc_release_room(s)) {
+            tern_pc_evict(s, ce); /* its blocks are worth less than the room they take */
             ce = -1, k = 0, fresh = need;
-            while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks && evict_lru(s, -1)) {
+            while (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks &&
+                   tern_pc_evict_lru(s, -1)) {
             }
         }
         if (s->kv_reserved + s->kv_cached + fresh > s->lim.kv_blocks) break;
@@ -781,7 +539,7 @@ void tern_sched_complete(tern_sched *s, const tern_step *st, const tern_pick *pi
         q->inflight = false;
         bool prefilling = q->n_past < q->req.n_prompt;
         q->n_past = e->pos0 + e->n_tokens;
-        if (prefilling && q->n_past >= q->req.n_prompt) cache_keep(s, q);
+        if (prefilling && q->n_past >= q->req.n_prompt) tern_pc_keep(s, q);
         if (e->flags & TERN_SEQ_SAMPLE) {
             /* one row, or the last token and its drafts: row r draws position pos0 + r + 1; a
              * draft is kept while the drawn token equals it, so every token is the one plain
