@@ -1,15 +1,15 @@
 /* head-q.h: the LM head over a block-quantized table (Q8_0, Q6_K; kernels.h, tern_gemm_q), one
- * driver for the AVX2 and AVX-512 files (it uses 8-lane AVX2/F16C intrinsics only, so both
- * variants give the same bits).
+ * driver for the AVX2 and AVX-512 files: the dequantization is 8-lane AVX2/F16C in both, the
+ * FMA tiles take the including file's vector width (8 lanes x 3 tokens, 16 lanes x 6).
  *
  * For each group of 4 rows and block of up to 64 tokens, the table is dequantized in chunks of
  * up to 256 columns into a stack buffer (exactly ggml's values: every product is exact in
- * float), and each chunk is applied to tiles of 4 rows x 3 tokens of 8-lane fp32
+ * float), and each chunk is applied to tiles of 4 rows x HQ_TT tokens of fp32
  * accumulators, kept in a stack buffer between chunks. Lane j of a row's accumulator sums the
- * columns i % 8 == j in increasing order with one fma each, then the 8 lanes are added in a
+ * columns i % lanes == j in increasing order with one fma each, then the lanes are added in a
  * fixed tree: a row's logit does not depend on the row range, the token count or the chunking,
  * so any split of rows (threads, ranks) gives the same bits. Each weight is dequantized once
- * per 64 tokens, not once per token tile. Nothing is allocated (12 KiB of stack).
+ * per 64 tokens, not once per token tile. Nothing is allocated (at most 20 KiB of stack).
  */
 #ifndef TERN_KERNELS_HEAD_Q_H
 #define TERN_KERNELS_HEAD_Q_H
@@ -72,71 +72,99 @@ static inline void tern_hq_dequant(tern_ggml_type type, const uint8_t *row, int6
     }
 }
 
+/* The tile and driver are instantiated by the including file, which defines the vector type
+ * first: HQ_V, HQ_LANES (8 or 16), HQ_LOAD, HQ_STORE, HQ_FMA (fmadd) and HQ_TT (tokens per
+ * tile, 3 or 6). Lane j of a row sums the columns i % HQ_LANES == j in order; the lanes are
+ * added by halving (lane i + lane i + L/2, repeated), so the bits depend on the width only. */
+#if !defined(HQ_V) || !defined(HQ_LANES) || !defined(HQ_LOAD) || !defined(HQ_STORE) ||             \
+    !defined(HQ_FMA) || !defined(HQ_TT)
+#error "head-q.h: define HQ_V, HQ_LANES, HQ_LOAD, HQ_STORE, HQ_FMA and HQ_TT first"
+#endif
+
 static inline __attribute__((always_inline)) void tern_hq_tile(const float *wbuf, int64_t n,
                                                                const float *x, int64_t k,
                                                                int64_t c0, const int T,
-                                                               float *acc /* [T][R][8] */)
+                                                               float *acc /* [T][R][L] */)
 {
-    __m256 a[TERN_HQ_R][3];
+    HQ_V a[TERN_HQ_R][HQ_TT];
 #pragma GCC unroll 4
     for (int r = 0; r < TERN_HQ_R; r++)
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) a[r][t] = _mm256_loadu_ps(acc + (t * TERN_HQ_R + r) * 8);
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256 xv[3];
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * k + c0 + i);
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) a[r][t] = HQ_LOAD(acc + (t * TERN_HQ_R + r) * HQ_LANES);
+    for (int64_t i = 0; i < n; i += HQ_LANES) {
+        HQ_V xv[HQ_TT];
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) xv[t] = HQ_LOAD(x + t * k + c0 + i);
 #pragma GCC unroll 4
         for (int r = 0; r < TERN_HQ_R; r++) {
-            __m256 w = _mm256_loadu_ps(wbuf + r * TERN_HQ_C + i);
-#pragma GCC unroll 3
-            for (int t = 0; t < T; t++) a[r][t] = _mm256_fmadd_ps(w, xv[t], a[r][t]);
+            HQ_V w = HQ_LOAD(wbuf + r * TERN_HQ_C + i);
+#pragma GCC unroll 6
+            for (int t = 0; t < T; t++) a[r][t] = HQ_FMA(w, xv[t], a[r][t]);
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < TERN_HQ_R; r++)
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) _mm256_storeu_ps(acc + (t * TERN_HQ_R + r) * 8, a[r][t]);
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) HQ_STORE(acc + (t * TERN_HQ_R + r) * HQ_LANES, a[r][t]);
 }
 
-static inline float tern_hq_hsum8(const float *v)
+static inline float tern_hq_hsum(const float *v)
 {
-    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    float s[HQ_LANES];
+    memcpy(s, v, sizeof s);
+    for (int h = HQ_LANES / 2; h >= 1; h /= 2)
+        for (int i = 0; i < h; i++) s[i] = s[i] + s[i + h];
+    return s[0];
 }
+
+#define TERN_HQ_TAIL(TV)                                                                           \
+    case TV:                                                                                       \
+        tern_hq_tile(wbuf, n, xt + t * k, k, c0, TV, acc + t * TERN_HQ_R * HQ_LANES);              \
+        break
 
 static void tern_hq_gemm(tern_ggml_type type, const void *w, int64_t k, const float *x,
                          int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
 {
     const int64_t blk = type == TERN_TYPE_Q8_0 ? 32 : 256;
     const int64_t rb = k / blk * (type == TERN_TYPE_Q8_0 ? TERN_Q8_0_BYTES : TERN_Q6_K_BYTES);
-    float wbuf[TERN_HQ_R * TERN_HQ_C] __attribute__((aligned(32)));
-    float acc[TERN_HQ_T * TERN_HQ_R * 8] __attribute__((aligned(32)));
+    float wbuf[TERN_HQ_R * TERN_HQ_C] __attribute__((aligned(64)));
+    float acc[TERN_HQ_T * TERN_HQ_R * HQ_LANES] __attribute__((aligned(64)));
     for (int64_t o = o0; o < o1; o += TERN_HQ_R) {
         const int nr = o1 - o < TERN_HQ_R ? (int)(o1 - o) : TERN_HQ_R;
         if (nr < TERN_HQ_R) memset(wbuf, 0, sizeof wbuf); /* rows past o1: zeros, not stored */
         for (int64_t t0 = 0; t0 < n_tok; t0 += TERN_HQ_T) {
             const int64_t nt = n_tok - t0 < TERN_HQ_T ? n_tok - t0 : TERN_HQ_T;
-            memset(acc, 0, (size_t)nt * TERN_HQ_R * 8 * sizeof(float));
+            memset(acc, 0, (size_t)nt * TERN_HQ_R * HQ_LANES * sizeof(float));
             for (int64_t c0 = 0; c0 < k; c0 += TERN_HQ_C) {
-                const int64_t n = k - c0 < TERN_HQ_C ? k - c0 : TERN_HQ_C; /* a multiple of blk */
+                /* a multiple of the block (32), so of either lane width */
+                const int64_t n = k - c0 < TERN_HQ_C ? k - c0 : TERN_HQ_C;
                 for (int r = 0; r < nr; r++)
                     tern_hq_dequant(type, (const uint8_t *)w + (o + r) * rb, c0, n,
                                     wbuf + r * TERN_HQ_C);
                 const float *xt = x + t0 * k;
                 int64_t t = 0;
-                for (; t + 3 <= nt; t += 3)
-                    tern_hq_tile(wbuf, n, xt + t * k, k, c0, 3, acc + t * TERN_HQ_R * 8);
-                if (nt - t == 2)
-                    tern_hq_tile(wbuf, n, xt + t * k, k, c0, 2, acc + t * TERN_HQ_R * 8);
-                else if (nt - t == 1)
-                    tern_hq_tile(wbuf, n, xt + t * k, k, c0, 1, acc + t * TERN_HQ_R * 8);
+                for (; t + HQ_TT <= nt; t += HQ_TT)
+                    tern_hq_tile(wbuf, n, xt + t * k, k, c0, HQ_TT, acc + t * TERN_HQ_R * HQ_LANES);
+                switch (nt - t) {
+                case 0:
+                    break;
+#if HQ_TT > 3
+                    TERN_HQ_TAIL(5);
+                    TERN_HQ_TAIL(4);
+                    TERN_HQ_TAIL(3);
+#endif
+                    TERN_HQ_TAIL(2);
+                    TERN_HQ_TAIL(1);
+                default:
+                    TERN_ASSERT(0);
+                }
             }
             for (int64_t t = 0; t < nt; t++)
                 for (int r = 0; r < nr; r++)
-                    y[(t0 + t) * ldy + o + r] = tern_hq_hsum8(acc + (t * TERN_HQ_R + r) * 8);
+                    y[(t0 + t) * ldy + o + r] = tern_hq_hsum(acc + (t * TERN_HQ_R + r) * HQ_LANES);
         }
     }
-    (void)blk;
 }
 
+#undef TERN_HQ_TAIL
 #endif

@@ -7,7 +7,6 @@
 #include <float.h>
 #include <math.h>
 
-#include "kernels/head-q.h"
 #include "kernels/simd-avx2.h"
 
 AI float hsum8(__m256 v)
@@ -307,6 +306,15 @@ static void axpy(float *y, float a, const float *x, int64_t n)
                                               _mm256_mul_ps(av, _mm256_loadu_ps(x + i))));
     for (; i < n; i++) y[i] = y[i] + a * x[i];
 }
+
+/* the quantized-table head (head-q.h) at this file's vector width */
+#define HQ_V __m256
+#define HQ_LANES 8
+#define HQ_LOAD _mm256_loadu_ps
+#define HQ_STORE _mm256_storeu_ps
+#define HQ_FMA _mm256_fmadd_ps
+#define HQ_TT 3
+#include "kernels/head-q.h"
 
 /* ---- LM head GEMMs: R rows x T tokens of 8-lane fp32 accumulators ---- */
 

@@ -11,7 +11,6 @@
 #include <float.h>
 #include <math.h>
 
-#include "kernels/head-q.h"
 #include "kernels/simd-avx512.h"
 
 static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
@@ -270,6 +269,15 @@ static void axpy(float *y, float a, const float *x, int64_t n)
         _mm512_mask_storeu_ps(y + i, k, r);
     }
 }
+
+/* the quantized-table head (head-q.h) at this file's vector width */
+#define HQ_V __m512
+#define HQ_LANES 16
+#define HQ_LOAD _mm512_loadu_ps
+#define HQ_STORE _mm512_storeu_ps
+#define HQ_FMA _mm512_fmadd_ps
+#define HQ_TT 6
+#include "kernels/head-q.h"
 
 /* ---- LM head GEMMs: R rows x T tokens of 16-lane fp32 accumulators ---- */
 
