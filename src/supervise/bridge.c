@@ -243,7 +243,8 @@ tern_code tern_bridge_run(tern_engine *e, const tern_bridge_opts *o, tern_status
                          .n_ctx = (uint32_t)tern_engine_n_ctx(e),
                          .n_vocab = (uint32_t)hp->n_vocab,
                          .max_seqs = (uint32_t)tern_engine_max_seqs(e),
-                         .n_ranks = (uint32_t)b.n_ranks};
+                         .n_ranks = (uint32_t)b.n_ranks,
+                         .token = getenv(TERN_SV_TOKEN_ENV)};
         rc = tern_sv_out_put(&b.out, b.fd, &h, oo.silence_s, st);
         if (!rc) rc = tern_sv_out_flush(&b.out, b.fd, oo.silence_s, st);
     }

@@ -59,6 +59,8 @@ struct tern_remote {
     tern_job job;
     atomic_int state;
     bool have_hello, recovering;
+    bool impostor;   /* the connection said hello without the job's token */
+    double t_accept; /* when the connection was accepted */
     uint32_t n_ctx, n_vocab, max_seqs, n_ranks;
     uint64_t checksum;
     double t_launch, t_ready, t_relaunch, t_detect, last_heard, last_progress, last_ping;

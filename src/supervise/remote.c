@@ -207,6 +207,10 @@ static void answer_cancels(tern_remote *r, tern_finish *why)
 
 static tern_code hello(tern_remote *r, const tern_sv_msg *m, tern_status *st)
 {
+    if (r->o.token && (!m->token || strcmp(m->token, r->o.token) != 0)) {
+        r->impostor = true; /* not our job's rank 0: dropped, the real one is still awaited */
+        return TERN_OK;
+    }
     if (m->version != TERN_SV_VERSION)
         return tern_status_set(st, TERN_EFORMAT, "rank 0 speaks version %u, expected %d",
                                m->version, TERN_SV_VERSION);
@@ -353,7 +357,7 @@ static tern_code step_live(tern_remote *r, bool busy, tern_finish *why, tern_sta
     if (r->fd < 0) {
         r->fd = tern_sock_accept(r->lfd);
         if (r->fd >= 0) {
-            r->last_heard = now;
+            r->last_heard = r->t_accept = now;
             tern_code rc = tern_sv_reader_create(&r->rd, 0, st);
             if (rc) return rc;
         }
@@ -370,6 +374,22 @@ static tern_code step_live(tern_remote *r, bool busy, tern_finish *why, tern_sta
     if (r->fd >= 0) {
         bool eof = false;
         tern_code rc = frames(r, &eof, st);
+        if (!r->have_hello &&
+            (rc || eof || r->impostor || now - r->t_accept > TERN_REMOTE_HELLO_S)) {
+            /* not (yet) the job's rank 0: a stranger, or a connection that never said hello;
+             * the job's own exit or the start timeout catch a rank 0 that died */
+            tern_log(TERN_LOG_WARN, "supervisor: dropped a connection that %s",
+                     r->impostor ? "said hello without the job's token"
+                     : rc        ? "sent no valid hello"
+                     : eof       ? "closed before its hello"
+                                 : "said no hello in time");
+            r->impostor = false;
+            close(r->fd);
+            r->fd = -1;
+            tern_sv_reader_free(r->rd);
+            r->rd = NULL;
+            return TERN_OK;
+        }
         if (rc) return rc;
         if (eof) return tern_status_set(st, TERN_EIO, "rank 0 closed the connection");
     }

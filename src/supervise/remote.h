@@ -28,6 +28,7 @@
 #define TERN_REMOTE_START_S 600.0     /* default: launch to rank 0's hello */
 #define TERN_REMOTE_HEARTBEAT_S 10.0  /* default: rank 0 silent this long is hung */
 #define TERN_REMOTE_PING_S 0.5        /* the supervisor's heartbeats to rank 0 */
+#define TERN_REMOTE_HELLO_S 5.0       /* a connection silent this long after accept is dropped */
 #define TERN_REMOTE_SCAN_S 0.2        /* how often the job's local processes are counted */
 #define TERN_REMOTE_BACKOFF_S 0.1     /* first relaunch delay; x4 per failure in a row */
 #define TERN_REMOTE_BACKOFF_MAX_S 8.0 /* ... up to this */
@@ -40,6 +41,7 @@ typedef struct tern_remote_opts {
     char *const *argv;
     const char *marker_flag, *marker_value;
     int listen_fd;              /* rank 0 connects here; owned by the remote from create on */
+    const char *token;          /* the secret rank 0's hello must carry (NULL: none asked) */
     int32_t max_requests;       /* open requests at most (the journal's bound) */
     int32_t max_restarts;       /* 0: TERN_REMOTE_MAX_RESTARTS; -1: none */
     double start_timeout_s;     /* 0: TERN_REMOTE_START_S */

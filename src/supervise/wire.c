@@ -97,6 +97,7 @@ size_t tern_sv_pack(const tern_sv_msg *m, uint8_t *buf, size_t cap)
         h.has_n_vocab = 1, h.n_vocab = m->n_vocab;
         h.has_max_seqs = 1, h.max_seqs = m->max_seqs;
         h.has_n_ranks = 1, h.n_ranks = m->n_ranks;
+        h.token = (char *)(uintptr_t)m->token;
         f.body_case = TERNPIPE__SUPERVISE__FRAME__BODY_HELLO, f.hello = &h;
         break;
     case TERN_SV_SUBMIT: {
@@ -356,6 +357,10 @@ tern_code tern_sv_reader_next(tern_sv_reader *r, tern_sv_msg *m, bool *got, tern
         m->version = f->hello->version, m->model_checksum = f->hello->model_checksum;
         m->n_ctx = f->hello->n_ctx, m->n_vocab = f->hello->n_vocab;
         m->max_seqs = f->hello->max_seqs, m->n_ranks = f->hello->n_ranks;
+        if (f->hello->token && strlen(f->hello->token) > TERN_SV_MAX_TOKEN)
+            return BAD("supervise: hello token: got %zu bytes, expected at most %d",
+                       strlen(f->hello->token), TERN_SV_MAX_TOKEN);
+        m->token = f->hello->token;
         break;
     case TERNPIPE__SUPERVISE__FRAME__BODY_SUBMIT: {
         const Ternpipe__Supervise__Submit *s = f->submit;

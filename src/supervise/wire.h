@@ -20,6 +20,9 @@
 #define TERN_SV_MAX_TOKENS 1048576   /* ids in one Submit or Tokens */
 #define TERN_SV_MAX_ERROR 512        /* bytes of a Done's or a failed Heartbeat's error text */
 #define TERN_SV_MAX_RANKS 4096       /* ranks in one Stats (the pipeline's own bound) */
+#define TERN_SV_MAX_TOKEN 128        /* bytes of a hello's token */
+#define TERN_SV_TOKEN_ENV "TERNPIPE_SUPERVISOR_TOKEN" /* the job's secret, set by the supervisor   \
+                                                       */
 
 typedef enum tern_sv_kind {
     TERN_SV_HELLO = 1,
@@ -37,6 +40,7 @@ typedef struct tern_sv_msg {
     uint64_t id; /* request (submit, cancel, tokens, done) or heartbeat sequence */
     /* hello */
     uint32_t version, n_ctx, n_vocab, max_seqs, n_ranks;
+    const char *token; /* hello: the job's secret, or NULL */
     uint64_t model_checksum;
     /* submit: ids are the prompt; tokens: ids are the tokens drawn */
     const int32_t *ids;

@@ -18,6 +18,7 @@
 #include "supervise/job.h"
 #include "supervise/remote.h"
 #include "supervise/sock.h"
+#include "supervise/wire.h"
 #include "ternpipe/gguf.h"
 #include "ternpipe/log.h"
 #include "ternpipe/server.h"
@@ -183,6 +184,8 @@ static tern_code build_argv(sup *s, int argc, char **argv, const bool *skip, ter
             s->argv[k++] = (char *)c->hostfile;
         }
         for (int i = 0; i < c->n_mpirun_args; i++) s->argv[k++] = (char *)c->mpirun_args[i];
+        s->argv[k++] = (char *)"-x"; /* the job's secret reaches rank 0 on any host */
+        s->argv[k++] = (char *)TERN_SV_TOKEN_ENV;
         /* the job's marker on mpirun's daemons too (job.h), so none can outlive the job */
         s->argv[k++] = (char *)"--mca";
         s->argv[k++] = (char *)"ternpipe_supervisor";
@@ -202,6 +205,18 @@ static tern_code build_argv(sup *s, int argc, char **argv, const bool *skip, ter
     s->argv[k] = NULL;
     for (int i = 0; i < k; i++)
         if (!s->argv[i]) return tern_status_set(st, TERN_ENOMEM, "supervisor: out of memory");
+    return TERN_OK;
+}
+
+static tern_code make_token(char *out, size_t cap, tern_status *st)
+{
+    unsigned char b[16];
+    FILE *f = fopen("/dev/urandom", "rb");
+    size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+    if (f) fclose(f);
+    if (n != sizeof b || cap < 2 * sizeof b + 1)
+        return tern_status_set(st, TERN_EIO, "supervisor: /dev/urandom: no random bytes");
+    for (size_t i = 0; i < sizeof b; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
     return TERN_OK;
 }
 
@@ -254,11 +269,17 @@ int tern_serve_supervised(int argc, char **argv, const bool *skip, const tern_se
     const char *listen_on = c->engine_host ? c->engine_host : "127.0.0.1";
     if (tern_sock_listen(listen_on, 0, &lfd, &port, &st)) goto fail;
     snprintf(s.addr, sizeof s.addr, strchr(listen_on, ':') ? "[%s]:%d" : "%s:%d", listen_on, port);
+    /* the job's secret: rank 0 proves with it that it is ours (the engine port is local or on
+     * the cluster network, where anyone could connect first) */
+    char token[2 * 16 + 1];
+    if (make_token(token, sizeof token, &st)) goto fail;
+    setenv(TERN_SV_TOKEN_ENV, token, 1);
     if (build_argv(&s, argc, argv, skip, &st)) goto fail;
     tern_remote_opts ro = {.argv = s.argv,
                            .marker_flag = "--supervisor",
                            .marker_value = s.addr,
                            .listen_fd = lfd,
+                           .token = token,
                            .max_requests = 0,
                            .max_restarts = c->restarts,
                            .start_timeout_s = c->start_timeout,

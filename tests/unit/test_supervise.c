@@ -32,7 +32,8 @@ static void test_wire(void)
                           .n_ctx = 512,
                           .n_vocab = 1000,
                           .max_seqs = 64,
-                          .model_checksum = 0xabcdefULL};
+                          .model_checksum = 0xabcdefULL,
+                          .token = "0123abcd"};
     ms[1] = (tern_sv_msg){.kind = TERN_SV_SUBMIT,
                           .id = 42,
                           .ids = prompt,
@@ -70,7 +71,8 @@ static void test_wire(void)
                 const tern_sv_msg *w = &ms[got_n++];
                 CHECK(m.kind == w->kind && m.id == w->id);
                 if (m.kind == TERN_SV_HELLO)
-                    CHECK(m.n_ctx == 512 && m.n_vocab == 1000 && m.model_checksum == 0xabcdefULL);
+                    CHECK(m.n_ctx == 512 && m.n_vocab == 1000 && m.model_checksum == 0xabcdefULL &&
+                          m.token && !strcmp(m.token, "0123abcd"));
                 if (m.kind == TERN_SV_SUBMIT) {
                     CHECK(m.n_ids == 5 && memcmp(m.ids, prompt, sizeof prompt) == 0);
                     CHECK(m.max_new == 30 && m.resumed == 2 && m.n_stop == 2 && m.stop[1] == 998);
