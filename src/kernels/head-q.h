@@ -73,12 +73,13 @@ static inline void tern_hq_dequant(tern_ggml_type type, const uint8_t *row, int6
 }
 
 /* The tile and driver are instantiated by the including file, which defines the vector type
- * first: HQ_V, HQ_LANES (8 or 16), HQ_LOAD, HQ_STORE, HQ_FMA (fmadd) and HQ_TT (tokens per
- * tile, 3 or 6). Lane j of a row sums the columns i % HQ_LANES == j in order; the lanes are
- * added by halving (lane i + lane i + L/2, repeated), so the bits depend on the width only. */
+ * first: HQ_V (and its integer type HQ_V_I), HQ_LANES (8 or 16), HQ_LOAD, HQ_STORE, HQ_FMA
+ * (fmadd), HQ_SET0 and HQ_TT (tokens per tile, 3 or 6). Lane j of a row sums the columns i %
+ * HQ_LANES == j in order; the lanes are added by halving (lane i + lane i + L/2, repeated), so the
+ * bits depend on the width only. */
 #if !defined(HQ_V) || !defined(HQ_LANES) || !defined(HQ_LOAD) || !defined(HQ_STORE) ||             \
     !defined(HQ_FMA) || !defined(HQ_TT)
-#error "head-q.h: define HQ_V, HQ_LANES, HQ_LOAD, HQ_STORE, HQ_FMA and HQ_TT first"
+#error "head-q.h: define HQ_V, HQ_V_I, HQ_LANES, HQ_LOAD, HQ_STORE, HQ_FMA, HQ_SET0, HQ_TT first"
 #endif
 
 static inline __attribute__((always_inline)) void tern_hq_tile(const float *wbuf, int64_t n,
@@ -117,6 +118,84 @@ static inline float tern_hq_hsum(const float *v)
     return s[0];
 }
 
+/* HQ_LANES dequantized columns [i, i + HQ_LANES) of one row, in registers (the one-token path) */
+static inline __attribute__((always_inline)) HQ_V tern_hq_dq(tern_ggml_type type,
+                                                             const uint8_t *row, int64_t i)
+{
+#if HQ_LANES == 16
+#define HQ_CVT8(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define HQ_CVTU8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define HQ_SET1I _mm512_set1_epi32
+#define HQ_AND _mm512_and_si512
+#define HQ_OR _mm512_or_si512
+#define HQ_SRL _mm512_srl_epi32
+#define HQ_SLLI _mm512_slli_epi32
+#define HQ_SUB _mm512_sub_epi32
+#define HQ_TOPS _mm512_cvtepi32_ps
+#define HQ_MUL _mm512_mul_ps
+#define HQ_SET1 _mm512_set1_ps
+#else
+#define HQ_CVT8(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
+#define HQ_CVTU8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
+#define HQ_SET1I _mm256_set1_epi32
+#define HQ_AND _mm256_and_si256
+#define HQ_OR _mm256_or_si256
+#define HQ_SRL _mm256_srl_epi32
+#define HQ_SLLI _mm256_slli_epi32
+#define HQ_SUB _mm256_sub_epi32
+#define HQ_TOPS _mm256_cvtepi32_ps
+#define HQ_MUL _mm256_mul_ps
+#define HQ_SET1 _mm256_set1_ps
+#endif
+    if (type == TERN_TYPE_Q8_0) {
+        const uint8_t *b = row + i / 32 * TERN_Q8_0_BYTES;
+        return HQ_MUL(HQ_SET1(tern_hq_f16(b)), HQ_TOPS(HQ_CVT8(b + 2 + i % 32)));
+    }
+    const uint8_t *b = row + i / 256 * TERN_Q6_K_BYTES;
+    const int e = (int)(i % 256), j = e / 16, h = j / 8, g = (j % 8) / 2, l = e % 32;
+    const float ds = tern_hq_f16(b + TERN_Q6_K_D) * (float)(int8_t)b[TERN_Q6_K_SC + j];
+    HQ_V_I lo = HQ_CVTU8(b + 64 * h + 32 * (g & 1) + l);
+    HQ_V_I hi = HQ_CVTU8(b + TERN_Q6_K_QH + 32 * h + l);
+    lo = HQ_AND(HQ_SRL(lo, _mm_cvtsi32_si128(4 * (g >> 1))), HQ_SET1I(15));
+    hi = HQ_SLLI(HQ_AND(HQ_SRL(hi, _mm_cvtsi32_si128(2 * g)), HQ_SET1I(3)), 4);
+    return HQ_MUL(HQ_SET1(ds), HQ_TOPS(HQ_SUB(HQ_OR(lo, hi), HQ_SET1I(32))));
+#undef HQ_CVT8
+#undef HQ_CVTU8
+#undef HQ_SET1I
+#undef HQ_AND
+#undef HQ_OR
+#undef HQ_SRL
+#undef HQ_SLLI
+#undef HQ_SUB
+#undef HQ_TOPS
+#undef HQ_MUL
+#undef HQ_SET1
+}
+
+/* One token: rows [o, o + nr) dequantized in registers, no buffers; each lane's fma sequence
+ * is the buffered path's, so the bits are the same (a token alone = the token in a batch). */
+static inline void tern_hq_one(tern_ggml_type type, const uint8_t *w, int64_t rb, int64_t k,
+                               const float *x, float *y, int64_t o, int nr)
+{
+    HQ_V a[TERN_HQ_R];
+    const uint8_t *row[TERN_HQ_R];
+#pragma GCC unroll 4
+    for (int r = 0; r < TERN_HQ_R; r++) {
+        a[r] = HQ_SET0();
+        row[r] = w + (o + (r < nr ? r : 0)) * rb; /* past o1: row o again, not stored */
+    }
+    for (int64_t i = 0; i < k; i += HQ_LANES) {
+        const HQ_V xv = HQ_LOAD(x + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < TERN_HQ_R; r++) a[r] = HQ_FMA(tern_hq_dq(type, row[r], i), xv, a[r]);
+    }
+    float v[HQ_LANES];
+    for (int r = 0; r < nr; r++) {
+        HQ_STORE(v, a[r]);
+        y[o + r] = tern_hq_hsum(v);
+    }
+}
+
 #define TERN_HQ_TAIL(TV)                                                                           \
     case TV:                                                                                       \
         tern_hq_tile(wbuf, n, xt + t * k, k, c0, TV, acc + t * TERN_HQ_R * HQ_LANES);              \
@@ -129,6 +208,11 @@ static void tern_hq_gemm(tern_ggml_type type, const void *w, int64_t k, const fl
     const int64_t rb = k / blk * (type == TERN_TYPE_Q8_0 ? TERN_Q8_0_BYTES : TERN_Q6_K_BYTES);
     float wbuf[TERN_HQ_R * TERN_HQ_C] __attribute__((aligned(64)));
     float acc[TERN_HQ_T * TERN_HQ_R * HQ_LANES] __attribute__((aligned(64)));
+    if (n_tok == 1) {
+        for (int64_t o = o0; o < o1; o += TERN_HQ_R)
+            tern_hq_one(type, w, rb, k, x, y, o, o1 - o < TERN_HQ_R ? (int)(o1 - o) : TERN_HQ_R);
+        return;
+    }
     for (int64_t o = o0; o < o1; o += TERN_HQ_R) {
         const int nr = o1 - o < TERN_HQ_R ? (int)(o1 - o) : TERN_HQ_R;
         if (nr < TERN_HQ_R) memset(wbuf, 0, sizeof wbuf); /* rows past o1: zeros, not stored */

@@ -314,6 +314,8 @@ static void axpy(float *y, float a, const float *x, int64_t n)
 #define HQ_STORE _mm256_storeu_ps
 #define HQ_FMA _mm256_fmadd_ps
 #define HQ_TT 3
+#define HQ_V_I __m256i
+#define HQ_SET0 _mm256_setzero_ps
 #include "kernels/head-q.h"
 
 /* ---- LM head GEMMs: R rows x T tokens of 8-lane fp32 accumulators ---- */

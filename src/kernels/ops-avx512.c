@@ -277,6 +277,8 @@ static void axpy(float *y, float a, const float *x, int64_t n)
 #define HQ_STORE _mm512_storeu_ps
 #define HQ_FMA _mm512_fmadd_ps
 #define HQ_TT 6
+#define HQ_V_I __m512i
+#define HQ_SET0 _mm512_setzero_ps
 #include "kernels/head-q.h"
 
 /* ---- LM head GEMMs: R rows x T tokens of 16-lane fp32 accumulators ---- */
