@@ -9,12 +9,14 @@
  * - a hello either fails or yields a plan that passes tern_plan_check.
  */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "pipeline/control.h"
+#include "ternpipe/model.h"
 
 #define REQUIRE(c)                                                                                 \
     do {                                                                                           \
@@ -62,7 +64,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         REQUIRE(s.n_seqs >= 0 && s.n_seqs <= CAP && s.n_pen <= 256 && s.n_hops <= RANKS);
         for (int32_t i = 0; i < s.n_seqs; i++) {
             const tern_step_seq *q = &s.seqs[i];
-            REQUIRE(q->slot >= 0 && q->slot < lim.max_seqs);
+            /* running slots carry tokens; an evicted prefix-cache slot only a release */
+            bool release =
+                q->n_tokens == 0 && (q->flags & (TERN_SEQ_FINISHED | TERN_SEQ_CANCELLED));
+            REQUIRE(q->slot >= 0 && q->slot < lim.max_seqs + (release ? lim.cache_slots : 0));
+            bool cache_src = q->src >= lim.max_seqs && q->src < lim.max_seqs + lim.cache_slots;
+            if (q->flags & (TERN_SEQ_SAVE | TERN_SEQ_KEEP)) REQUIRE(cache_src && q->n_tokens == 0);
+            if (q->n_share && !(q->flags & TERN_SEQ_KEEP))
+                REQUIRE((q->flags & TERN_SEQ_NEW) && cache_src &&
+                        q->pos0 == q->n_share * TERN_KV_BLOCK);
             REQUIRE(q->pos0 >= 0 && q->n_tokens >= 0 && q->pos0 + q->n_tokens <= lim.n_ctx);
             REQUIRE(q->n_head >= 0 && q->n_head <= q->n_tokens);
             tokens += q->n_tokens;
