@@ -52,7 +52,19 @@ static void expect_bad(const tern_step *good, void (*f)(tern_step *), const char
 
 static void bad_slot(tern_step *s)
 {
-    s->seqs[1].slot = 64;
+    s->seqs[1].slot = 64; /* a prefix-cache slot cannot carry tokens */
+}
+static void bad_save_src(tern_step *s)
+{
+    s->seqs[2].flags = TERN_SEQ_SAVE, s->seqs[2].src = 3; /* not a cache slot */
+}
+static void bad_share_pos(tern_step *s)
+{
+    s->seqs[0].n_share = 1, s->seqs[0].src = 64; /* pos0 0: the shared block is not skipped */
+}
+static void bad_keep(tern_step *s)
+{
+    s->seqs[2].flags = TERN_SEQ_KEEP, s->seqs[2].src = 70, s->seqs[2].n_share = 0;
 }
 static void bad_pos(tern_step *s)
 {
@@ -186,6 +198,30 @@ int main(void)
 
     /* validation: each field out of range, one line naming it */
     expect_bad(&s, bad_slot, "slot");
+    expect_bad(&s, bad_save_src, "prefix cache");
+    expect_bad(&s, bad_share_pos, "prefix cache");
+    expect_bad(&s, bad_keep, "prefix cache");
+    {
+        /* the prefix cache's valid entries: an evicted cache slot, a save, a shared start */
+        tern_step_seq cs[8], cs2[8];
+        tern_adjust cp[64], cp2[64];
+        double ch[3], cb[3], ch2[3], cb2[3];
+        uint64_t cr[3], cr2[3];
+        tern_step c = make_step(cs, cp, ch, cb, cr, 8);
+        c.n_seqs = 3, c.n_tokens = 16;
+        cs[0] = (tern_step_seq){.slot = 100, .flags = TERN_SEQ_FINISHED};
+        cs[1] = (tern_step_seq){.slot = 3, .flags = TERN_SEQ_SAVE, .src = 100};
+        cs[2] = (tern_step_seq){
+            .slot = 3, .pos0 = 64, .n_tokens = 16, .flags = TERN_SEQ_NEW, .src = 100, .n_share = 2};
+        static uint8_t cbuf[1 << 16];
+        size_t cn = tern_ctl_pack_step(&c, cbuf, sizeof cbuf);
+        tern_step c2 = make_step(cs2, cp2, ch2, cb2, cr2, 8);
+        CHECKF(cn > 0 &&
+                   tern_ctl_unpack_step(cbuf, cn, &lim, &c2, arena, sizeof arena, &st) == TERN_OK,
+               "%s", st.msg);
+        CHECK(c2.seqs[0].slot == 100 && c2.seqs[1].flags == TERN_SEQ_SAVE &&
+              c2.seqs[1].src == 100 && c2.seqs[2].n_share == 2 && c2.seqs[2].src == 100);
+    }
     expect_bad(&s, bad_pos, "positions");
     expect_bad(&s, bad_count, "tokens");
     expect_bad(&s, bad_batch, "batch");
