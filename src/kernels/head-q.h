@@ -118,10 +118,6 @@ static inline float tern_hq_hsum(const float *v)
     return s[0];
 }
 
-/* HQ_LANES dequantized columns [i, i + HQ_LANES) of one row, in registers (the one-token path) */
-static inline __attribute__((always_inline)) HQ_V tern_hq_dq(tern_ggml_type type,
-                                                             const uint8_t *row, int64_t i)
-{
 #if HQ_LANES == 16
 #define HQ_CVT8(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
 #define HQ_CVTU8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
@@ -147,30 +143,6 @@ static inline __attribute__((always_inline)) HQ_V tern_hq_dq(tern_ggml_type type
 #define HQ_MUL _mm256_mul_ps
 #define HQ_SET1 _mm256_set1_ps
 #endif
-    if (type == TERN_TYPE_Q8_0) {
-        const uint8_t *b = row + i / 32 * TERN_Q8_0_BYTES;
-        return HQ_MUL(HQ_SET1(tern_hq_f16(b)), HQ_TOPS(HQ_CVT8(b + 2 + i % 32)));
-    }
-    const uint8_t *b = row + i / 256 * TERN_Q6_K_BYTES;
-    const int e = (int)(i % 256), j = e / 16, h = j / 8, g = (j % 8) / 2, l = e % 32;
-    const float ds = tern_hq_f16(b + TERN_Q6_K_D) * (float)(int8_t)b[TERN_Q6_K_SC + j];
-    HQ_V_I lo = HQ_CVTU8(b + 64 * h + 32 * (g & 1) + l);
-    HQ_V_I hi = HQ_CVTU8(b + TERN_Q6_K_QH + 32 * h + l);
-    lo = HQ_AND(HQ_SRL(lo, _mm_cvtsi32_si128(4 * (g >> 1))), HQ_SET1I(15));
-    hi = HQ_SLLI(HQ_AND(HQ_SRL(hi, _mm_cvtsi32_si128(2 * g)), HQ_SET1I(3)), 4);
-    return HQ_MUL(HQ_SET1(ds), HQ_TOPS(HQ_SUB(HQ_OR(lo, hi), HQ_SET1I(32))));
-#undef HQ_CVT8
-#undef HQ_CVTU8
-#undef HQ_SET1I
-#undef HQ_AND
-#undef HQ_OR
-#undef HQ_SRL
-#undef HQ_SLLI
-#undef HQ_SUB
-#undef HQ_TOPS
-#undef HQ_MUL
-#undef HQ_SET1
-}
 
 /* One token: rows [o, o + nr) dequantized in registers, no buffers; each lane's fma sequence
  * is the buffered path's, so the bits are the same (a token alone = the token in a batch). */
@@ -179,15 +151,55 @@ static inline void tern_hq_one(tern_ggml_type type, const uint8_t *w, int64_t rb
 {
     HQ_V a[TERN_HQ_R];
     const uint8_t *row[TERN_HQ_R];
+    float d[TERN_HQ_R];
 #pragma GCC unroll 4
     for (int r = 0; r < TERN_HQ_R; r++) {
         a[r] = HQ_SET0();
         row[r] = w + (o + (r < nr ? r : 0)) * rb; /* past o1: row o again, not stored */
     }
-    for (int64_t i = 0; i < k; i += HQ_LANES) {
-        const HQ_V xv = HQ_LOAD(x + i);
+    /* block by block, each scale converted once: the values are tern_hq_dq's (d * q, or
+     * (d * sc) * q), in the same column order */
+    if (type == TERN_TYPE_Q8_0) {
+        for (int64_t i = 0; i < k; i += 32) {
+            const int64_t off = i / 32 * TERN_Q8_0_BYTES;
 #pragma GCC unroll 4
-        for (int r = 0; r < TERN_HQ_R; r++) a[r] = HQ_FMA(tern_hq_dq(type, row[r], i), xv, a[r]);
+            for (int r = 0; r < TERN_HQ_R; r++) d[r] = tern_hq_f16(row[r] + off);
+#pragma GCC unroll 4
+            for (int s = 0; s < 32 / HQ_LANES; s++) {
+                const HQ_V xv = HQ_LOAD(x + i + s * HQ_LANES);
+#pragma GCC unroll 4
+                for (int r = 0; r < TERN_HQ_R; r++) {
+                    HQ_V q = HQ_TOPS(HQ_CVT8(row[r] + off + 2 + s * HQ_LANES));
+                    a[r] = HQ_FMA(HQ_MUL(HQ_SET1(d[r]), q), xv, a[r]);
+                }
+            }
+        }
+    } else {
+        for (int64_t i = 0; i < k; i += 256) {
+            const int64_t off = i / 256 * TERN_Q6_K_BYTES;
+#pragma GCC unroll 4
+            for (int r = 0; r < TERN_HQ_R; r++) d[r] = tern_hq_f16(row[r] + off + TERN_Q6_K_D);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                const int h = j / 8, g = (j % 8) / 2;
+#pragma GCC unroll 2
+                for (int s = 0; s < 16 / HQ_LANES; s++) {
+                    const int l = (j % 2) * 16 + s * HQ_LANES;
+                    const HQ_V xv = HQ_LOAD(x + i + 16 * j + s * HQ_LANES);
+#pragma GCC unroll 4
+                    for (int r = 0; r < TERN_HQ_R; r++) {
+                        const uint8_t *bb = row[r] + off;
+                        HQ_V_I lo = HQ_CVTU8(bb + 64 * h + 32 * (g & 1) + l);
+                        HQ_V_I hi = HQ_CVTU8(bb + TERN_Q6_K_QH + 32 * h + l);
+                        lo = HQ_AND(HQ_SRL(lo, _mm_cvtsi32_si128(4 * (g >> 1))), HQ_SET1I(15));
+                        hi = HQ_SLLI(HQ_AND(HQ_SRL(hi, _mm_cvtsi32_si128(2 * g)), HQ_SET1I(3)), 4);
+                        HQ_V q = HQ_TOPS(HQ_SUB(HQ_OR(lo, hi), HQ_SET1I(32)));
+                        const float ds = d[r] * (float)(int8_t)bb[TERN_Q6_K_SC + j];
+                        a[r] = HQ_FMA(HQ_MUL(HQ_SET1(ds), q), xv, a[r]);
+                    }
+                }
+            }
+        }
     }
     float v[HQ_LANES];
     for (int r = 0; r < nr; r++) {
@@ -251,4 +263,15 @@ static void tern_hq_gemm(tern_ggml_type type, const void *w, int64_t k, const fl
 }
 
 #undef TERN_HQ_TAIL
+#undef HQ_CVT8
+#undef HQ_CVTU8
+#undef HQ_SET1I
+#undef HQ_AND
+#undef HQ_OR
+#undef HQ_SRL
+#undef HQ_SLLI
+#undef HQ_SUB
+#undef HQ_TOPS
+#undef HQ_MUL
+#undef HQ_SET1
 #endif
