@@ -82,6 +82,9 @@ static inline void tern_hq_dequant(tern_ggml_type type, const uint8_t *row, int6
 #error "head-q.h: define HQ_V, HQ_V_I, HQ_LANES, HQ_LOAD, HQ_STORE, HQ_FMA, HQ_SET0, HQ_TT first"
 #endif
 
+/* rows per group for one token: as many as the registers hold (32 zmm, 16 ymm) */
+#define TERN_HQ_R1 (HQ_LANES == 16 ? 8 : 4)
+
 static inline __attribute__((always_inline)) void tern_hq_tile(const float *wbuf, int64_t n,
                                                                const float *x, int64_t k,
                                                                int64_t c0, const int T,
@@ -149,11 +152,11 @@ static inline float tern_hq_hsum(const float *v)
 static inline void tern_hq_one(tern_ggml_type type, const uint8_t *w, int64_t rb, int64_t k,
                                const float *x, float *y, int64_t o, int nr)
 {
-    HQ_V a[TERN_HQ_R];
-    const uint8_t *row[TERN_HQ_R];
-    float d[TERN_HQ_R];
-#pragma GCC unroll 4
-    for (int r = 0; r < TERN_HQ_R; r++) {
+    HQ_V a[TERN_HQ_R1];
+    const uint8_t *row[TERN_HQ_R1];
+    float d[TERN_HQ_R1];
+#pragma GCC unroll 8
+    for (int r = 0; r < TERN_HQ_R1; r++) {
         a[r] = HQ_SET0();
         row[r] = w + (o + (r < nr ? r : 0)) * rb; /* past o1: row o again, not stored */
     }
@@ -162,13 +165,13 @@ static inline void tern_hq_one(tern_ggml_type type, const uint8_t *w, int64_t rb
     if (type == TERN_TYPE_Q8_0) {
         for (int64_t i = 0; i < k; i += 32) {
             const int64_t off = i / 32 * TERN_Q8_0_BYTES;
-#pragma GCC unroll 4
-            for (int r = 0; r < TERN_HQ_R; r++) d[r] = tern_hq_f16(row[r] + off);
+#pragma GCC unroll 8
+            for (int r = 0; r < TERN_HQ_R1; r++) d[r] = tern_hq_f16(row[r] + off);
 #pragma GCC unroll 4
             for (int s = 0; s < 32 / HQ_LANES; s++) {
                 const HQ_V xv = HQ_LOAD(x + i + s * HQ_LANES);
-#pragma GCC unroll 4
-                for (int r = 0; r < TERN_HQ_R; r++) {
+#pragma GCC unroll 8
+                for (int r = 0; r < TERN_HQ_R1; r++) {
                     HQ_V q = HQ_TOPS(HQ_CVT8(row[r] + off + 2 + s * HQ_LANES));
                     a[r] = HQ_FMA(HQ_MUL(HQ_SET1(d[r]), q), xv, a[r]);
                 }
@@ -177,8 +180,8 @@ static inline void tern_hq_one(tern_ggml_type type, const uint8_t *w, int64_t rb
     } else {
         for (int64_t i = 0; i < k; i += 256) {
             const int64_t off = i / 256 * TERN_Q6_K_BYTES;
-#pragma GCC unroll 4
-            for (int r = 0; r < TERN_HQ_R; r++) d[r] = tern_hq_f16(row[r] + off + TERN_Q6_K_D);
+#pragma GCC unroll 8
+            for (int r = 0; r < TERN_HQ_R1; r++) d[r] = tern_hq_f16(row[r] + off + TERN_Q6_K_D);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++) {
                 const int h = j / 8, g = (j % 8) / 2;
@@ -186,8 +189,8 @@ static inline void tern_hq_one(tern_ggml_type type, const uint8_t *w, int64_t rb
                 for (int s = 0; s < 16 / HQ_LANES; s++) {
                     const int l = (j % 2) * 16 + s * HQ_LANES;
                     const HQ_V xv = HQ_LOAD(x + i + 16 * j + s * HQ_LANES);
-#pragma GCC unroll 4
-                    for (int r = 0; r < TERN_HQ_R; r++) {
+#pragma GCC unroll 8
+                    for (int r = 0; r < TERN_HQ_R1; r++) {
                         const uint8_t *bb = row[r] + off;
                         HQ_V_I lo = HQ_CVTU8(bb + 64 * h + 32 * (g & 1) + l);
                         HQ_V_I hi = HQ_CVTU8(bb + TERN_Q6_K_QH + 32 * h + l);
@@ -221,8 +224,8 @@ static void tern_hq_gemm(tern_ggml_type type, const void *w, int64_t k, const fl
     float wbuf[TERN_HQ_R * TERN_HQ_C] __attribute__((aligned(64)));
     float acc[TERN_HQ_T * TERN_HQ_R * HQ_LANES] __attribute__((aligned(64)));
     if (n_tok == 1) {
-        for (int64_t o = o0; o < o1; o += TERN_HQ_R)
-            tern_hq_one(type, w, rb, k, x, y, o, o1 - o < TERN_HQ_R ? (int)(o1 - o) : TERN_HQ_R);
+        for (int64_t o = o0; o < o1; o += TERN_HQ_R1)
+            tern_hq_one(type, w, rb, k, x, y, o, o1 - o < TERN_HQ_R1 ? (int)(o1 - o) : TERN_HQ_R1);
         return;
     }
     for (int64_t o = o0; o < o1; o += TERN_HQ_R) {
@@ -263,6 +266,7 @@ static void tern_hq_gemm(tern_ggml_type type, const void *w, int64_t k, const fl
 }
 
 #undef TERN_HQ_TAIL
+#undef TERN_HQ_R1
 #undef HQ_CVT8
 #undef HQ_CVTU8
 #undef HQ_SET1I
