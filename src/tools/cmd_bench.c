@@ -110,7 +110,9 @@ int tern_cmd_bench(int argc, char **argv)
     int n_npl = 0;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--profile")) return tern_bench_profile(argc, argv);
-    tern_engine_opts eo = {.max_seqs = 64, .batch_tokens = 512};
+    /* the prefix cache off unless asked: repeated runs of one prompt would measure the cache,
+     * not the prefill (--prefix-cache on measures it) */
+    tern_engine_opts eo = {.max_seqs = 64, .batch_tokens = 512, .prefix_cache = -1};
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
         if (r < 0) return 2;
