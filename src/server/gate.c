@@ -66,7 +66,7 @@ struct tern_gate {
     int lfd, wake[2];
     struct MHD_Daemon *d;
     pthread_t th;
-    bool started;
+    bool started, stopped;
     pthread_mutex_t mu; /* n_conns, ips, fdinfo */
     int32_t n_conns;    /* pending here + handed to libmicrohttpd */
     ipcount *ips;       /* [max_conns] addresses holding a connection */
@@ -577,11 +577,11 @@ tern_code tern_gate_start(tern_gate **out, int lfd, struct MHD_Daemon *d,
     g->fdinfo = calloc((size_t)g->n_fd, sizeof *g->fdinfo);
     pthread_mutex_init(&g->mu, NULL);
     if (!g->ips || !g->pend || !g->fdinfo || pipe2(g->wake, O_CLOEXEC | O_NONBLOCK)) {
-        tern_gate_stop(g);
+        tern_gate_free(g);
         return tern_status_set(st, TERN_ENOMEM, "server: out of memory or descriptors");
     }
     if (pthread_create(&g->th, NULL, gate_main, g)) {
-        tern_gate_stop(g);
+        tern_gate_free(g);
         return tern_status_set(st, TERN_EIO, "server: could not start the accept thread");
     }
     g->started = true;
@@ -591,7 +591,8 @@ tern_code tern_gate_start(tern_gate **out, int lfd, struct MHD_Daemon *d,
 
 void tern_gate_stop(tern_gate *g)
 {
-    if (!g) return;
+    if (!g || g->stopped) return;
+    g->stopped = true;
     if (g->started) {
         ssize_t w = write(g->wake[1], "x", 1);
         (void)w;
@@ -607,6 +608,13 @@ void tern_gate_stop(tern_gate *g)
                  (unsigned long long)g->refused[2]);
     if (g->wake[0] >= 0) close(g->wake[0]);
     if (g->wake[1] >= 0) close(g->wake[1]);
+    g->wake[0] = g->wake[1] = -1;
+}
+
+void tern_gate_free(tern_gate *g)
+{
+    if (!g) return;
+    tern_gate_stop(g);
     pthread_mutex_destroy(&g->mu);
     free(g->ips);
     free(g->pend);

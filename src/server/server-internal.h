@@ -144,8 +144,12 @@ typedef struct tern_gate_conn {
  * (started with MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC). */
 tern_code tern_gate_start(tern_gate **out, int lfd, struct MHD_Daemon *d,
                           const tern_gate_limits *lim, tern_status *st);
-/* Stops the thread and closes the sockets it still holds (not lfd). NULL is allowed. */
+/* Stops the thread and closes the sockets it still holds (not lfd); the gate stays for the
+ * connections libmicrohttpd still holds (their release). NULL is allowed. */
 void tern_gate_stop(tern_gate *g);
+/* Frees a stopped gate: after the daemon it hands connections to has stopped (no release can
+ * come any more). NULL is allowed. */
+void tern_gate_free(tern_gate *g);
 /* libmicrohttpd's start notification for fd: takes the gate's record of it */
 bool tern_gate_conn_info(tern_gate *g, int fd, tern_gate_conn *out);
 /* a handed-over connection closed: its place is free again */

@@ -362,6 +362,7 @@ void tern_server_free(tern_server *s)
     tern_gate_stop(s->gate); /* no new connections first */
     if (s->lfd >= 0) close(s->lfd);
     if (s->d) MHD_stop_daemon(s->d);
+    tern_gate_free(s->gate); /* the daemon's connections released their places */
     tern_metrics_destroy(&s->m);
     pthread_mutex_destroy(&s->mu);
     free(s->api_key);
