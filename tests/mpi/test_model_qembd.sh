@@ -11,6 +11,9 @@ trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
 export OMPI_MCA_btl=self,vader,tcp
 mpirun_() { timeout 600 mpirun --oversubscribe --bind-to none "$@"; }
 export TERN_FIXTURES=${TERN_FIXTURES:-$TERN_SOURCE_DIR/../shared/fixtures}
+# synth writes the Llama-3 vocabulary from the fixtures
+[ -f "$TERN_FIXTURES/tokenizer/llama3.tiktoken" ] ||
+  { echo "SKIP: no $TERN_FIXTURES/tokenizer/llama3.tiktoken (../shared/fixtures)"; exit 77; }
 
 common=(--ids "1 2 3 400 5" --ids "9000 17 65000 128255" --ids "42" -n 7,3,9 --batch 8 --threads 1)
 for type in q8_0 q6_k; do
