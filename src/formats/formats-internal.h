@@ -74,4 +74,10 @@ void tern_gguf_decode_scalar(tern_gguf_vtype t, const uint8_t *p, tern_gguf_valu
 struct cJSON;
 const char *tern_json_kind(const struct cJSON *j);
 
+/* Ternary encoders (ternary-enc.c): n values in -1..1 (n a multiple of the block) into out:
+ * I2_S with its f32 scale after the codes, TQ2_0 and TQ1_0 blocks with the f16 scale d. */
+void tern_enc_i2s(const int8_t *t, uint64_t n, float alpha, uint8_t *out);
+void tern_enc_tq2(const int8_t *t, uint64_t n, uint16_t d, uint8_t *out);
+void tern_enc_tq1(const int8_t *t, uint64_t n, uint16_t d, uint8_t *out);
+
 #endif
