@@ -409,6 +409,9 @@ typedef struct {
     const uint16_t *w16;
     const tern_i8mat *w8;
     const float *x;
+    const int8_t *xq; /* the int8 head's activations (tern_head_quant) */
+    const float *xs;
+    const int32_t *xsum;
     float *y;
     int64_t n, k, n_tok;
     int threads;
@@ -418,7 +421,7 @@ static void head_rows(void *p, int64_t o0, int64_t o1)
 {
     hcase *h = p;
     if (h->w8)
-        tern_gemm_i8(h->w8, h->x, h->n_tok, h->y, h->n, o0, o1);
+        tern_gemm_i8(h->w8, h->xq, h->xs, h->xsum, h->n_tok, h->y, h->n, o0, o1);
     else
         tern_gemm_f16(h->w16, h->x, h->n_tok, h->k, h->y, h->n, o0, o1);
 }
@@ -451,21 +454,26 @@ static void bench_head(void)
     tq = now() - tq;
     printf("\n== LM head %lldx%lld (%s); int8 quantization took %.2f s\n", (long long)n,
            (long long)k, tern_simd_name(best), tq);
-    printf("%-6s %-5s %-3s %10s %10s %12s\n", "head", "n_tok", "thr", "ms", "GB/s", "tok/s");
+    printf("%-6s %-5s %-3s %10s %10s %12s %10s\n", "head", "n_tok", "thr", "ms", "GB/s", "tok/s",
+           "GMAC/s");
     float *x = malloc((size_t)(64 * k) * 4), *y = malloc((size_t)(64 * n) * 4),
-          *y16 = malloc((size_t)(64 * n) * 4);
+          *y16 = malloc((size_t)(64 * n) * 4), *xs = malloc(64 * 4);
+    int8_t *xq = malloc((size_t)(64 * k));
+    int32_t xsum[64];
     for (int64_t i = 0; i < 64 * k; i++) x[i] = rndf();
+    tern_head_quant(x, 64, k, xq, xs, xsum);
     double saved = g_budget;
     for (int ti = 0; ti < 3; ti++) {
         int64_t nt = toks[ti];
         for (int kind = 0; kind < 2; kind++)
             for (int th = 1; th <= 2; th++) {
-                hcase h = {w, kind ? w8 : NULL, x, kind ? y : y16, n, k, nt, th};
+                hcase h = {w, kind ? w8 : NULL, x, xq, xs, xsum, kind ? y : y16, n, k, nt, th};
                 g_budget = nt >= 64 ? saved / 2 : saved;
                 double t = median_time(head_call, &h);
                 double bytes = kind ? (double)tern_i8mat_bytes(w8) : (double)(n * k * 2);
-                printf("%-6s %-5lld %-3d %10.2f %10.2f %12.1f\n", kind ? "int8" : "f16",
-                       (long long)nt, th, t * 1e3, bytes / t * 1e-9, (double)nt / t);
+                printf("%-6s %-5lld %-3d %10.2f %10.2f %12.1f %10.1f\n", kind ? "int8" : "f16",
+                       (long long)nt, th, t * 1e3, bytes / t * 1e-9, (double)nt / t,
+                       (double)(nt * n * k) / t * 1e-9);
             }
         /* logit error of the int8 head against the F16 head, per token, relative to range */
         double worst = 0.0, mean = 0.0;
@@ -485,6 +493,8 @@ static void bench_head(void)
     }
     g_budget = saved;
     free(x);
+    free(xq);
+    free(xs);
     free(y);
     free(y16);
     free(w);

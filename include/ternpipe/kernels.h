@@ -198,19 +198,34 @@ void tern_kv_quant_q8(const float *x /* [n][d] */, int64_t n, int64_t d, int8_t 
 void tern_gemm_f16(const uint16_t *w /* [n][k] */, const float *x /* [n_tok][k] */, int64_t n_tok,
                    int64_t k, float *y /* [n_tok][ldy] */, int64_t ldy, int64_t o0, int64_t o1);
 
-/* Opt-in int8 head: each row of an F16 matrix as int8 with a float scale absmax/127
- * (q = round_half_even(w * (127/absmax))), half the bytes of F16. GEMM with fp32 activations:
- * y[t][o] = (float)(sum_k q[o][k] * x[t][k]) * scale[o]; the same bound as tern_gemm_f16 with
- * q in place of w (then one rounding), against its reference. Error against the F16 head:
- * |w - q*scale| <= scale/2 per weight. */
+/* Opt-in int8 head (--head-type q8_0): each row of a table as int8 with a float scale,
+ * amax = max_k |w[o][k]|, scale = amax / 127, q = clamp(round_half_even(w * (127 / amax)),
+ * -127, 127) (scale 0 and q 0 for a zero row), half the bytes of F16; activations quantized per
+ * token by the same rule (tern_head_quant: xq, xs, and xsum = sum_k xq). The GEMM is integer:
+ *   y[t][o] = (float)((double)S * ((double)scale[o] * (double)xs[t])),
+ *   S = sum_k q[o][k] * xq[t][k]   (exact in int32: k <= TERN_I8MAT_MAX_K),
+ * EXACT: every variant gives the reference's bits, whatever the row range or token count.
+ * Error against the float head of the unquantized w and x, per logit:
+ *   |y - sum w x| <= sum_k (|w| xs / 2 + |xq xs| scale / 2) + 2^-23 |y|.
+ * k must be a multiple of 4 (rows are stored in the ternary GEMM's interleaved shape). */
+#define TERN_I8MAT_MAX_K 65536 /* 255 * 127 * k < 2^31: vpdpbusd's biased sums stay in int32 */
 typedef struct tern_i8mat tern_i8mat;
+/* n x k rows (k % 4 == 0), all zero until tern_i8mat_set_row fills them */
+tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st);
+/* Quantizes row o from k floats; false (row left zero) when one is not finite. */
+bool tern_i8mat_set_row(tern_i8mat *m, int64_t o, const float *w /* [k] */);
 tern_code tern_i8mat_from_f16(tern_i8mat **out, const uint16_t *w /* [n][k] */, int64_t n,
                               int64_t k, tern_status *st);
 void tern_i8mat_free(tern_i8mat *m); /* NULL ok */
 int64_t tern_i8mat_rows(const tern_i8mat *m);
 int64_t tern_i8mat_cols(const tern_i8mat *m);
 uint64_t tern_i8mat_bytes(const tern_i8mat *m);
-void tern_gemm_i8(const tern_i8mat *w, const float *x /* [n_tok][k] */, int64_t n_tok,
+/* n_tok rows of k floats: tern_kv_quant_q8 (xq, xs) and each row's sum of xq (xsum) */
+void tern_head_quant(const float *x /* [n_tok][k] */, int64_t n_tok, int64_t k,
+                     int8_t *xq /* [n_tok][k] */, float *xs /* [n_tok] */,
+                     int32_t *xsum /* [n_tok] */);
+void tern_gemm_i8(const tern_i8mat *w, const int8_t *xq /* [n_tok][k] */,
+                  const float *xs /* [n_tok] */, const int32_t *xsum /* [n_tok] */, int64_t n_tok,
                   float *y /* [n_tok][ldy] */, int64_t ldy, int64_t o0, int64_t o1);
 
 /* Block-quantized tables used as they are (ggml Q8_0 and Q6_K, as --token-embedding-type

@@ -288,12 +288,22 @@ void tern_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, 
     tern_kernels_vt()->gemm_f16(w, x, n_tok, k, y, ldy, o0, o1);
 }
 
-void tern_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
-                  int64_t o0, int64_t o1)
+void tern_head_quant(const float *x, int64_t n_tok, int64_t k, int8_t *xq, float *xs, int32_t *xsum)
 {
-    TERN_ASSERT(w && x && y && n_tok >= 1 && o0 >= 0 && o0 < o1 && o1 <= w->n);
+    tern_kv_quant_q8(x, n_tok, k, xq, xs);
+    for (int64_t t = 0; t < n_tok; t++) {
+        int32_t s = 0;
+        for (int64_t i = 0; i < k; i++) s += xq[t * k + i];
+        xsum[t] = s;
+    }
+}
+
+void tern_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
+                  int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    TERN_ASSERT(w && xq && xs && xsum && y && n_tok >= 1 && o0 >= 0 && o0 < o1 && o1 <= w->n);
     TERN_ASSERT(n_tok == 1 || ldy >= o1);
-    tern_kernels_vt()->gemm_i8(w, x, n_tok, y, ldy, o0, o1);
+    tern_kernels_vt()->gemm_i8(w, xq, xs, xsum, n_tok, y, ldy, o0, o1);
 }
 
 void tern_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,

@@ -52,11 +52,30 @@ struct tern_tmat {
     uint64_t bytes;   /* streamed per pass: codes + scales */
 };
 
+/* int8 head rows in the ternary layout's shape with bytes for codes: rows in groups of 16,
+ * columns in chunks of 4; chunk c of group g is 64 bytes at qu + (g * kc + c) * 64 and byte
+ * r * 4 + j holds q[16g + r][4c + j] + 128 (biased to an unsigned byte, 1..255). So int32 lane
+ * r of a 64-byte vector is four weights of row r that pair with one broadcast int32 of four
+ * signed activations (vpdpbusd: 16 rows, the activations' sum times 128 taken off; maddubs: 8
+ * rows per 32-byte half, unbiased first), and no lane sums are needed. Rows past n are zero
+ * (bytes 128). k % 4 == 0. */
 struct tern_i8mat {
     int64_t n, k;
-    int8_t *q;    /* [n][k] */
-    float *scale; /* [n] */
+    int64_t n_groups, kc; /* ceil(n / 16), k / 4 */
+    uint8_t *qu;          /* [n_groups][kc][64] */
+    float *scale;         /* [n_groups * 16] (0 past n) */
 };
+
+static inline int8_t tern_i8mat_q(const tern_i8mat *m, int64_t o, int64_t i)
+{
+    return (int8_t)(m->qu[((o / 16) * m->kc + i / 4) * 64 + (o % 16) * 4 + i % 4] ^ 0x80);
+}
+
+/* The int8 head's logit from its exact integer sum: the one formula of every variant. */
+static inline float tern_i8_logit(int32_t isum, float ws, float xs)
+{
+    return (float)((double)isum * ((double)ws * (double)xs));
+}
 
 /* t + 1 of row o, column c (tests and the reference). */
 static inline int tern_tmat_code(const tern_tmat *m, int64_t o, int64_t c)
@@ -97,8 +116,8 @@ typedef struct tern_kernel_vtable {
                         int64_t d, int64_t ldv, float *out);
     void (*gemm_f16)(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                      int64_t ldy, int64_t o0, int64_t o1);
-    void (*gemm_i8)(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
-                    int64_t o0, int64_t o1);
+    void (*gemm_i8)(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
+                    int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*gemm_q)(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
                    float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
@@ -137,8 +156,8 @@ void tern_ref_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int6
                           int64_t d, int64_t ldv, float *out);
 void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                        int64_t ldy, int64_t o0, int64_t o1);
-void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
-                      int64_t o0, int64_t o1);
+void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
+                      int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
                      float *y, int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_f16_to_f32(const uint16_t *h, float *f, int64_t n);

@@ -318,117 +318,79 @@ static void axpy(float *y, float a, const float *x, int64_t n)
 #define HQ_SET0 _mm256_setzero_ps
 #include "kernels/head-q.h"
 
-/* ---- LM head GEMMs: R rows x T tokens of 8-lane fp32 accumulators ---- */
+/* ---- LM head GEMMs ---- */
 
-AI __m256 load_w(const void *wv, int64_t idx, const int I8)
+/* the last k % 8 columns of the F16 head: copied to zero-padded buffers */
+AI __m256 hf_loadw_tail(const uint16_t *p, int64_t left)
 {
-    if (I8)
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-            _mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)wv + idx))));
-    return _mm256_cvtph_ps(
-        _mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)wv + idx)));
-}
-
-/* The last k % 8 columns: weights and activations copied to zero-padded buffers. */
-AI __m256 load_w_tail(const void *wv, int64_t idx, int64_t left, const int I8)
-{
-    if (I8) {
-        int8_t b[8] = {0};
-        memcpy(b, (const int8_t *)wv + idx, (size_t)left);
-        return _mm256_cvtepi32_ps(
-            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)b)));
-    }
     uint16_t b[8] = {0};
-    memcpy(b, (const uint16_t *)wv + idx, (size_t)left * 2);
+    memcpy(b, p, (size_t)left * 2);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)b));
 }
+/* the F16 head (head-f16.h) at 8 lanes */
+#define HF_V __m256
+#define HF_LANES 8
+#define HF_ZERO _mm256_setzero_ps
+#define HF_FMA _mm256_fmadd_ps
+#define HF_LOADX(p) _mm256_loadu_ps(p)
+#define HF_LOADX_TAIL(p, left) _mm256_maskload_ps((p), tail8(left))
+#define HF_LOADW(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define HF_LOADW_TAIL hf_loadw_tail
+#define HF_HSUM hsum8
+#define HF_TT 3
+#include "kernels/head-f16.h"
 
-AI void head_tile(const void *wv, int64_t o, const int R, const float *x, int64_t t0, const int T,
-                  int64_t k, float *y, int64_t ldy, const int I8, const float *scale)
+/* the int8 head (head-i8.h): the weights unbiased (xor 0x80) as loaded, maddubs on |x| and w
+ * with x's sign (pairs stay within int16: 2 * 127 * 127 < 2^15), then pairs of int16 to
+ * int32; eight rows per 32-byte half chunk */
+typedef struct {
+    __m256i a, s;
+} hi_x;
+AI hi_x hi_bcast(const int8_t *p)
 {
-    __m256 acc[8][3];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
-    const float *xt = x + t0 * k;
-    int64_t i = 0;
-    for (; i + 8 <= k; i += 8) {
-        __m256 xv[3];
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(xt + t * k + i);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            __m256 w = load_w(wv, (o + r) * k + i, I8);
-#pragma GCC unroll 3
-            for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
-        }
-    }
-    if (i < k) {
-        __m256i m = tail8(k - i);
-        __m256 xv[3];
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) xv[t] = _mm256_maskload_ps(xt + t * k + i, m);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            __m256 w = load_w_tail(wv, (o + r) * k + i, k - i, I8);
-#pragma GCC unroll 3
-            for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 3
-        for (int t = 0; t < T; t++) {
-            float v = hsum8(acc[r][t]);
-            y[(t0 + t) * ldy + o + r] = I8 ? v * scale[o + r] : v;
-        }
+    const __m256i b = _mm256_set1_epi32(tern_load_i32(p));
+    return (hi_x){_mm256_abs_epi8(b), b};
 }
-
-#define HEAD_CASE(TV, RM, I8)                                                                      \
-    case TV: {                                                                                     \
-        int64_t o = o0;                                                                            \
-        for (; o + (RM) <= o1; o += (RM))                                                          \
-            head_tile(w, o, (RM), x, t0, (TV), k, y, ldy, I8, scale);                              \
-        for (; o < o1; o++) head_tile(w, o, 1, x, t0, (TV), k, y, ldy, I8, scale);                 \
-    } break
-
-#define HEAD_DRIVER(NAME, I8)                                                                      \
-    static void NAME##_rows(const void *w, const float *x, int64_t n_tok, int64_t k, float *y,     \
-                            int64_t ldy, int64_t o0, int64_t o1, const float *scale)               \
-    {                                                                                              \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += 3) {                                                \
-            int64_t tb = n_tok - t0 < 3 ? n_tok - t0 : 3;                                          \
-            switch (tb) {                                                                          \
-                HEAD_CASE(1, 8, I8);                                                               \
-                HEAD_CASE(2, 4, I8);                                                               \
-                HEAD_CASE(3, 4, I8);                                                               \
-            default:                                                                               \
-                TERN_ASSERT(0);                                                                    \
-            }                                                                                      \
-        }                                                                                          \
-    }                                                                                              \
-    static void NAME(const void *w, const float *x, int64_t n_tok, int64_t k, float *y,            \
-                     int64_t ldy, int64_t o0, int64_t o1, const float *scale)                      \
-    {                                                                                              \
-        for (int64_t o = o0; o < o1; o += 64)                                                      \
-            NAME##_rows(w, x, n_tok, k, y, ldy, o, o + 64 < o1 ? o + 64 : o1, scale);              \
-    }
-
-HEAD_DRIVER(head_f16, 0)
-HEAD_DRIVER(head_i8, 1)
-
-static void gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
-                     int64_t ldy, int64_t o0, int64_t o1)
+AI __m256i hi_dot(__m256i a, hi_x x, __m256i w)
 {
-    head_f16(w, x, n_tok, k, y, ldy, o0, o1, NULL);
+    const __m256i p = _mm256_maddubs_epi16(x.a, _mm256_sign_epi8(w, x.s));
+    return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
-
-static void gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
-                    int64_t o0, int64_t o1)
+/* kernels.h's formula in double lanes: (float)((double)S * ((double)scale * (double)xs)) */
+AI void hi_store(__m256i S, int32_t xsum, const float *sc, float xs, float *out, int lo, int hi)
 {
-    head_i8(w->q, x, n_tok, w->k, y, ldy, o0, o1, w->scale);
+    (void)xsum; /* the weights were unbiased: nothing to take off */
+    const __m256d xd = _mm256_set1_pd((double)xs);
+    const __m256d w0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(sc)), xd);
+    const __m256d w1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(sc + 4)), xd);
+    const __m128 r0 =
+        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(S)), w0));
+    const __m128 r1 =
+        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(S, 1)), w1));
+    if (lo == 0 && hi == 8) {
+        _mm256_storeu_ps(out, _mm256_set_m128(r1, r0));
+        return;
+    }
+    float v[8];
+    _mm256_storeu_ps(v, _mm256_set_m128(r1, r0));
+    for (int i = lo; i < hi; i++) out[i] = v[i];
 }
+#define HI_L 8
+#define HI_V __m256i
+#define HI_X hi_x
+#define HI_ZERO _mm256_setzero_si256
+#define HI_LOADW(p)                                                                                \
+    _mm256_xor_si256(_mm256_load_si256((const __m256i *)(const void *)(p)),                        \
+                     _mm256_set1_epi8((char)0x80))
+#define HI_LOADP(p) _mm256_load_si256((const __m256i *)(const void *)(p))
+#define HI_STOREP(p, a) _mm256_store_si256((__m256i *)(void *)(p), (a))
+#define HI_BCAST hi_bcast
+#define HI_DOT hi_dot
+#define HI_STORE hi_store
+#define HI_G1 4
+#define HI_G 4
+#define HI_T 2
+#include "kernels/head-i8.h"
 
 static void f16_to_f32(const uint16_t *h, float *f, int64_t n)
 {
@@ -464,8 +426,8 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .attn_mix_f16 = attn_mix_f16,
     .attn_scores_q8 = attn_scores_q8,
     .attn_mix_q8 = attn_mix_q8,
-    .gemm_f16 = gemm_f16,
-    .gemm_i8 = gemm_i8,
+    .gemm_f16 = tern_hf_gemm,
+    .gemm_i8 = tern_hi_gemm,
     .gemm_q = tern_hq_gemm,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,

@@ -209,19 +209,18 @@ void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t
     }
 }
 
-void tern_ref_gemm_i8(const tern_i8mat *w, const float *x, int64_t n_tok, float *y, int64_t ldy,
-                      int64_t o0, int64_t o1)
+void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
+                      int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
 {
+    (void)xsum; /* the reference sums the unbiased products */
     const int64_t k = w->k;
-    for (int64_t o = o0; o < o1; o++) {
-        const int8_t *wo = w->q + o * k;
+    for (int64_t o = o0; o < o1; o++)
         for (int64_t t = 0; t < n_tok; t++) {
-            const float *xt = x + t * k;
-            double acc = 0.0;
-            for (int64_t i = 0; i < k; i++) acc += (double)wo[i] * (double)xt[i];
-            y[t * ldy + o] = (float)acc * w->scale[o];
+            const int8_t *xt = xq + t * k;
+            int32_t acc = 0;
+            for (int64_t i = 0; i < k; i++) acc += (int32_t)tern_i8mat_q(w, o, i) * (int32_t)xt[i];
+            y[t * ldy + o] = tern_i8_logit(acc, w->scale[o], xs[t]);
         }
-    }
 }
 
 static uint16_t u16_at(const uint8_t *p)

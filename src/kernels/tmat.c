@@ -359,53 +359,89 @@ void tern_tmat_unpack_row(const tern_tmat *m, int64_t row, int8_t *t)
 void tern_i8mat_free(tern_i8mat *m)
 {
     if (!m) return;
-    free(m->q);
+    free(m->qu);
     free(m->scale);
     free(m);
+}
+
+tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st)
+{
+    *out = NULL;
+    if (n < 1 || k < 4 || k % 4 || k > TERN_I8MAT_MAX_K || n > INT64_MAX / 16 / (k + 8))
+        return tern_status_set(st, TERN_EINVAL,
+                               "int8 head: got %lld x %lld, expected >= 1 row of a multiple of 4 "
+                               "columns, at most %d",
+                               (long long)n, (long long)k, TERN_I8MAT_MAX_K);
+    tern_i8mat *m = calloc(1, sizeof *m);
+    if (m) {
+        m->n = n;
+        m->k = k;
+        m->n_groups = (n + 15) / 16;
+        m->kc = k / 4;
+        const uint64_t rows = (uint64_t)m->n_groups * 16;
+        m->qu = alloc64(rows * (uint64_t)k);
+        m->scale = alloc64(rows * sizeof(float));
+        if (m->qu) memset(m->qu, 0x80, rows * (uint64_t)k); /* q = 0 */
+        if (m->scale) memset(m->scale, 0, rows * sizeof(float));
+    }
+    if (!m || !m->qu || !m->scale) {
+        tern_i8mat_free(m);
+        return tern_status_set(st, TERN_ENOMEM, "int8 head: out of memory for %lld x %lld",
+                               (long long)n, (long long)k);
+    }
+    *out = m;
+    return TERN_OK;
+}
+
+bool tern_i8mat_set_row(tern_i8mat *m, int64_t o, const float *w)
+{
+    const int64_t k = m->k;
+    uint8_t *q = m->qu + (o / 16) * m->kc * 64 + (o % 16) * 4; /* + c * 64 + j: column 4c + j */
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t i = 0; i < k; i++) {
+        const float a = fabsf(w[i]);
+        if (!isfinite(a))
+            finite = false;
+        else if (a > amax)
+            amax = a;
+    }
+    m->scale[o] = 0.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int64_t i = 0; i < k; i++) {
+        float v = finite ? tern_round_half_even(w[i] * inv) : 0.0f;
+        int b = v > 127.0f ? 127 : v < -127.0f ? -127 : (int)v;
+        q[(i / 4) * 64 + i % 4] = (uint8_t)(b + 128);
+    }
+    if (!finite) return false;
+    m->scale[o] = amax / 127.0f;
+    return true;
 }
 
 tern_code tern_i8mat_from_f16(tern_i8mat **out, const uint16_t *w, int64_t n, int64_t k,
                               tern_status *st)
 {
-    *out = NULL;
-    if (n < 1 || k < 1 || (uint64_t)n > UINT64_MAX / (uint64_t)k)
-        return tern_status_set(st, TERN_EINVAL, "int8 head: got %lld x %lld, expected >= 1 x 1",
-                               (long long)n, (long long)k);
-    tern_i8mat *m = calloc(1, sizeof *m);
+    tern_code rc = tern_i8mat_new(out, n, k, st);
+    if (rc) return rc;
     float *row = malloc((size_t)k * sizeof(float));
-    if (!m || !row) goto nomem;
-    m->n = n;
-    m->k = k;
-    m->q = alloc64((uint64_t)n * (uint64_t)k);
-    m->scale = alloc64((uint64_t)n * sizeof(float));
-    if (!m->q || !m->scale) goto nomem;
+    if (!row) {
+        tern_i8mat_free(*out);
+        *out = NULL;
+        return tern_status_set(st, TERN_ENOMEM, "int8 head: out of memory for %lld x %lld",
+                               (long long)n, (long long)k);
+    }
     for (int64_t o = 0; o < n; o++) {
         tern_f16_to_f32(w + o * k, row, k);
-        float amax = 0.0f;
-        for (int64_t i = 0; i < k; i++)
-            if (fabsf(row[i]) > amax) amax = fabsf(row[i]);
-        if (!isfinite(amax)) {
+        if (!tern_i8mat_set_row(*out, o, row)) {
             free(row);
-            tern_i8mat_free(m);
+            tern_i8mat_free(*out);
+            *out = NULL;
             return tern_status_set(st, TERN_EFORMAT, "int8 head: row %lld is not finite",
                                    (long long)o);
         }
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int8_t *q = m->q + o * k;
-        for (int64_t i = 0; i < k; i++) {
-            float v = tern_round_half_even(row[i] * inv);
-            q[i] = (int8_t)(v > 127.0f ? 127 : v < -127.0f ? -127 : (int)v);
-        }
-        m->scale[o] = amax / 127.0f;
     }
     free(row);
-    *out = m;
     return TERN_OK;
-nomem:
-    free(row);
-    tern_i8mat_free(m);
-    return tern_status_set(st, TERN_ENOMEM, "int8 head: out of memory for %lld x %lld",
-                           (long long)n, (long long)k);
 }
 
 int64_t tern_i8mat_rows(const tern_i8mat *m)
@@ -418,5 +454,5 @@ int64_t tern_i8mat_cols(const tern_i8mat *m)
 }
 uint64_t tern_i8mat_bytes(const tern_i8mat *m)
 {
-    return (uint64_t)m->n * (uint64_t)m->k + (uint64_t)m->n * sizeof(float);
+    return (uint64_t)m->n_groups * 16 * ((uint64_t)m->k + sizeof(float));
 }

@@ -587,8 +587,8 @@ static void task_head(void *arg, int task, int n_tasks, int thread)
     /* rows in multiples of 16 keep the vector loops whole (slices start at multiples of 16) */
     tern_split_rows(nv, 16, task, n_tasks, &r0, &r1);
     if (r1 <= r0) return;
-    if (m->qhead)
-        tern_gemm_i8(m->qhead, j->hx, j->n_tok, j->logits, nv, r0, r1);
+    if (m->qhead) /* the activations were quantized by tern_head_slice */
+        tern_gemm_i8(m->qhead, c->q8, c->qs, c->qsum, j->n_tok, j->logits, nv, r0, r1);
     else if (m->head_wtype == TERN_TYPE_F16)
         tern_gemm_f16(m->head, j->hx, j->n_tok, m->hp.d, j->logits, nv, r0, r1);
     else
@@ -603,9 +603,19 @@ void tern_final_norm(tern_ctx *c, const float *x, const int32_t *rows, int32_t n
 
 void tern_head_slice(tern_ctx *c, const float *hx, int32_t n, float *logits)
 {
-    if (n <= 0 || c->m->head_v1 <= c->m->head_v0) return;
-    job j = {.c = c, .n_tok = n, .hx = hx, .logits = logits};
-    run(c, task_head, &j);
+    const tern_model *m = c->m;
+    const size_t d = (size_t)m->hp.d, nv = (size_t)(m->head_v1 - m->head_v0);
+    if (n <= 0 || nv == 0) return;
+    /* in chunks of the scratch the int8 head quantizes its activations into (c->q8, c->qs,
+     * c->qsum: the layers' scratch, free once they are done) */
+    for (int32_t done = 0; done < n;) {
+        const int32_t k = n - done < c->max_tokens ? n - done : c->max_tokens;
+        job j = {
+            .c = c, .n_tok = k, .hx = hx + (size_t)done * d, .logits = logits + (size_t)done * nv};
+        if (m->qhead) tern_head_quant(j.hx, k, (int64_t)d, c->q8, c->qs, c->qsum);
+        run(c, task_head, &j);
+        done += k;
+    }
 }
 
 void tern_head(tern_ctx *c, const float *x, const int32_t *rows, int32_t n, float *logits)

@@ -30,7 +30,9 @@ struct tern_model {
     int32_t head_v0, head_v1;
     float *output_norm; /* [d] */
     tern_head_type head_type;
-    tern_i8mat *qhead; /* the int8 head when head_type == TERN_HEAD_Q8_0 */
+    /* head_type == TERN_HEAD_Q8_0: this rank's head rows as int8 (from any table type; lookup
+     * still reads embd as it is) */
+    tern_i8mat *qhead;
     bool has_embed, has_head;
     const tern_topo *topo;
     tern_alloc *allocs;

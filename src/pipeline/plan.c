@@ -48,10 +48,12 @@ double tern_plan_layer_cost(const tern_hparams *hp)
 
 double tern_plan_head_row_cost(const tern_hparams *hp, tern_head_type type)
 {
-    /* a Q8_0/Q6_K table is the head whatever the type asked (its blocks' bytes per row) */
+    /* --head-type q8_0: int8 rows, a scale and a row sum, whatever the table; else the table
+     * as it is (a Q8_0/Q6_K table's blocks' bytes per row, or F16) */
+    if (type == TERN_HEAD_Q8_0) return (double)hp->d + 8.0;
     const tern_type_traits *tr = tern_type_traits_of(hp->head_table);
     if (tr && tr->quant) return (double)hp->d / tr->blck * tr->bytes;
-    return type == TERN_HEAD_Q8_0 ? (double)hp->d + 4.0 : (double)hp->d * 2.0;
+    return (double)hp->d * 2.0;
 }
 
 int tern_plan_last_layer_rank(const tern_plan *p)

@@ -1045,7 +1045,8 @@ static void test_head(void)
 {
     double worst16 = 0.0, worst8 = 0.0, headerr = 0.0;
     for (int it = 0; it < 60; it++) {
-        int64_t k = it % 3 == 0 ? rndi(1, 40) : (it % 3 == 1 ? 2560 : rndi(100, 700));
+        /* the int8 head's rows are whole 4-column chunks (the F16 head takes any k) */
+        int64_t k = it % 3 == 0 ? 4 * rndi(1, 10) : (it % 3 == 1 ? 2560 : 4 * rndi(25, 175));
         int64_t n = rndi(1, 150), n_tok = it < 2 ? 1 : rndi(1, 14), ldy = n + 1;
         uint16_t *w = xmalloc((size_t)(n * k) * 2);
         float *x = xmalloc((size_t)(n_tok * k) * 4);
@@ -1062,32 +1063,64 @@ static void test_head(void)
         for (int64_t o = 0; o < n; o++)
             for (int64_t i = 0; i < k; i++) {
                 float wf = tern_f16_to_f32_1(w[o * k + i]);
-                CHECK(fabsf(wf - m8->q[o * k + i] * m8->scale[o]) <= m8->scale[o] * 0.5001f);
+                CHECK(fabsf(wf - tern_i8mat_q(m8, o, i) * m8->scale[o]) <= m8->scale[o] * 0.5001f);
             }
-        float *y8 = xmalloc(ny * 4);
-        tern_ref_gemm_i8(m8, x, n_tok, y8, ldy, 0, n);
+        /* the int8 head: activations per token by tern_kv_quant_q8, the sum in int64 here */
+        int8_t *xq = xmalloc((size_t)(n_tok * k));
+        float *xs = xmalloc((size_t)n_tok * 4), *y8 = xmalloc(ny * 4);
+        int32_t *xsum = xmalloc((size_t)n_tok * 4);
+        tern_head_quant(x, n_tok, k, xq, xs, xsum);
+        {
+            int8_t *q2 = xmalloc((size_t)(n_tok * k));
+            float *s2 = xmalloc((size_t)n_tok * 4);
+            tern_kv_quant_q8(x, n_tok, k, q2, s2);
+            CHECK(memcmp(q2, xq, (size_t)(n_tok * k)) == 0 &&
+                  memcmp(s2, xs, (size_t)n_tok * 4) == 0);
+            for (int64_t t = 0; t < n_tok; t++) {
+                int64_t sum = 0;
+                for (int64_t i = 0; i < k; i++) sum += xq[t * k + i];
+                CHECK(xsum[t] == sum);
+            }
+            free(q2), free(s2);
+        }
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t o = 0; o < n; o++) {
+                int64_t S = 0;
+                double bound = 0.0, exact = 0.0;
+                for (int64_t i = 0; i < k; i++) {
+                    const double wf = tern_f16_to_f32_1(w[o * k + i]);
+                    S += (int64_t)tern_i8mat_q(m8, o, i) * xq[t * k + i];
+                    exact += wf * x[t * k + i];
+                    bound += fabs(wf) * xs[t] / 2 +
+                             fabs((double)xq[t * k + i] * xs[t]) * m8->scale[o] / 2;
+                }
+                const float want = (float)((double)S * ((double)m8->scale[o] * (double)xs[t]));
+                y8[t * ldy + o] = want;
+                const double e = fabs(want - exact), lim = bound + 0x1p-23 * fabs(want) + 1e-30;
+                CHECKF(e <= lim, "int8 head k=%lld: |y - sum w x| %g > %g", (long long)k, e, lim);
+                if (e / lim > worst8) worst8 = e / lim;
+            }
+        for (size_t i = 0; i < ny; i++) y2[i] = -5.0f;
+        tern_ref_gemm_i8(m8, xq, xs, xsum, n_tok, y2, ldy, 0, n);
+        for (int64_t t = 0; t < n_tok; t++) CHECK(same_bits(y2 + t * ldy, y8 + t * ldy, n));
         for (int vi = 0; vi < g_nvariants; vi++) {
             use(g_variants[vi]);
             tern_gemm_f16(w, x, n_tok, k, y1, ldy, 0, n);
-            tern_gemm_i8(m8, x, n_tok, y2, ldy, 0, n);
+            for (size_t i = 0; i < ny; i++) y2[i] = -5.0f;
+            tern_gemm_i8(m8, xq, xs, xsum, n_tok, y2, ldy, 0, n);
+            for (int64_t t = 0; t < n_tok; t++)
+                CHECKF(same_bits(y2 + t * ldy, y8 + t * ldy, n), "gemm_i8 %s k=%lld n_tok=%lld",
+                       tern_simd_name(g_variants[vi]), (long long)k, (long long)n_tok);
             for (int64_t t = 0; t < n_tok; t++)
                 for (int64_t o = 0; o < n; o++) {
-                    double sa = 0.0, s8 = 0.0;
-                    for (int64_t i = 0; i < k; i++) {
+                    double sa = 0.0;
+                    for (int64_t i = 0; i < k; i++)
                         sa += fabs((double)tern_f16_to_f32_1(w[o * k + i]) * x[t * k + i]);
-                        s8 += fabs((double)m8->q[o * k + i] * x[t * k + i]);
-                    }
                     double lim = ((double)k / 8 + 8) * 0x1p-24 * sa + 1e-30;
                     double e = fabs((double)y1[t * ldy + o] - y0[t * ldy + o]);
                     CHECKF(e <= lim, "gemm_f16 %s k=%lld: %g > %g", tern_simd_name(g_variants[vi]),
                            (long long)k, e, lim);
                     if (e / lim > worst16) worst16 = e / lim;
-                    double lim8 = (((double)k / 8 + 8) * 0x1p-24 * s8 * m8->scale[o]) +
-                                  3 * 0x1p-24 * fabs(y8[t * ldy + o]) + 1e-30;
-                    double e8 = fabs((double)y2[t * ldy + o] - y8[t * ldy + o]);
-                    CHECKF(e8 <= lim8, "gemm_i8 %s: %g > %g", tern_simd_name(g_variants[vi]), e8,
-                           lim8);
-                    if (e8 / lim8 > worst8) worst8 = e8 / lim8;
                 }
             for (int64_t t = 0; t < n_tok; t++)
                 CHECK(y1[t * ldy + n] == -5.0f && y2[t * ldy + n] == -5.0f);
@@ -1100,8 +1133,17 @@ static void test_head(void)
             int64_t tt = rndi(0, n_tok - 1);
             tern_gemm_f16(w, x + tt * k, 1, k, ys, ldy, 0, n);
             CHECK(same_bits(ys, y1 + tt * ldy, n));
-            tern_gemm_i8(m8, x + tt * k, 1, ys, ldy, a - 1, n);
-            CHECK(same_bits(ys + a - 1, y2 + tt * ldy + a - 1, n - a + 1));
+            /* any range of rows, one token alone and several, bitwise; nothing outside it */
+            int64_t b = rndi(a, n);
+            for (size_t i = 0; i < ny; i++) ys[i] = -7.0f;
+            tern_gemm_i8(m8, xq + tt * k, xs + tt, xsum + tt, 1, ys, ldy, a - 1, b);
+            CHECK(same_bits(ys + a - 1, y8 + tt * ldy + a - 1, b - a + 1));
+            CHECK((a == 1 || ys[a - 2] == -7.0f) && (b == n || ys[b] == -7.0f));
+            tern_gemm_i8(m8, xq, xs, xsum, n_tok, ys, ldy, a - 1, b);
+            for (int64_t t = 0; t < n_tok; t++)
+                CHECK(same_bits(ys + t * ldy + a - 1, y8 + t * ldy + a - 1, b - a + 1) &&
+                      (a == 1 || ys[t * ldy + a - 2] == -7.0f) &&
+                      (b == n || ys[t * ldy + b] == -7.0f));
             free(ys);
         }
         /* int8 head vs F16 head, relative to the logit range of the token */
@@ -1117,6 +1159,9 @@ static void test_head(void)
                 if (hi > lo && e / (hi - lo) > headerr) headerr = e / (hi - lo);
             }
         tern_i8mat_free(m8);
+        free(xq);
+        free(xs);
+        free(xsum);
         free(w);
         free(x);
         free(y0);
@@ -1124,8 +1169,9 @@ static void test_head(void)
         free(y2);
         free(y8);
     }
-    printf("gemm_f16: worst %.3f of the bound; gemm_i8: worst %.3f of the bound\n", worst16,
-           worst8);
+    printf("gemm_f16: worst %.3f of the bound; int8 head: worst %.3f of its bound against the "
+           "unquantized sum\n",
+           worst16, worst8);
     printf("int8 head vs F16 head: max |diff| / logit range %.4g\n", headerr);
     CHECK(headerr < 0.05);
     tern_i8mat *m;
@@ -1133,7 +1179,39 @@ static void test_head(void)
     uint16_t bad[4] = {0x3c00, 0x7c00, 0, 0};
     CHECK(tern_i8mat_from_f16(&m, bad, 1, 4, &st) == TERN_EFORMAT);
     CHECK(tern_i8mat_from_f16(&m, bad, 0, 4, &st) == TERN_EINVAL);
+    CHECK(tern_i8mat_new(&m, 1, TERN_I8MAT_MAX_K + 4, &st) == TERN_EINVAL);
+    CHECK(tern_i8mat_new(&m, 1, 6, &st) == TERN_EINVAL && strstr(st.msg, "multiple of 4"));
     tern_i8mat_free(NULL);
+    /* the largest sums at the longest rows: +-127 everywhere (vpdpbusd's biased sums reach
+     * 255 * 127 * k), bitwise the exact value in every variant */
+    const int64_t K = TERN_I8MAT_MAX_K;
+    CHECK(tern_i8mat_new(&m, 2, K, &st) == TERN_OK);
+    float *big = xmalloc((size_t)K * 4);
+    for (int64_t i = 0; i < K; i++) big[i] = 1.0f;
+    CHECK(tern_i8mat_set_row(m, 0, big));
+    for (int64_t i = 0; i < K; i++) big[i] = -1.0f;
+    CHECK(tern_i8mat_set_row(m, 1, big));
+    CHECK(tern_i8mat_q(m, 0, K - 1) == 127 && tern_i8mat_q(m, 1, 0) == -127);
+    int8_t *xq = xmalloc((size_t)(2 * K));
+    float xs[2] = {1.0f, 0.5f}, y[4], yr[4];
+    int32_t xsum[2] = {(int32_t)(127 * K), (int32_t)(-127 * K)};
+    for (int64_t i = 0; i < K; i++) xq[i] = 127, xq[K + i] = -127;
+    tern_ref_gemm_i8(m, xq, xs, xsum, 2, yr, 2, 0, 2);
+    const double S = 127.0 * 127.0 * (double)K, sc = m->scale[0];
+    CHECK(yr[0] == (float)(S * sc) && yr[1] == (float)(-S * sc) && yr[2] == (float)(-S * sc * 0.5));
+    for (int vi = 0; vi < g_nvariants; vi++) {
+        use(g_variants[vi]);
+        tern_gemm_i8(m, xq, xs, xsum, 2, y, 2, 0, 2);
+        CHECKF(memcmp(y, yr, sizeof y) == 0, "gemm_i8 %s at k = %lld",
+               tern_simd_name(g_variants[vi]), (long long)K);
+    }
+    float nanrow[4] = {1, NAN, 0, 0};
+    tern_i8mat_free(m);
+    CHECK(tern_i8mat_new(&m, 1, 4, &st) == TERN_OK);
+    CHECK(!tern_i8mat_set_row(m, 0, nanrow) && m->scale[0] == 0.0f);
+    tern_i8mat_free(m);
+    free(big);
+    free(xq);
 }
 
 /* ---- block-quantized head (Q8_0, Q6_K) ---- */

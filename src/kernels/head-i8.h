@@ -1,0 +1,230 @@
+/* head-i8.h: the int8 LM head (kernels.h, tern_gemm_i8), one driver for the AVX2 and AVX-512
+ * files. Every product and sum is an integer, so the result does not depend on the order, the
+ * tiling, the variant or the row range: bitwise the reference on any split of rows.
+ *
+ * Layout (kernels-internal.h): lane r of a weight vector holds four weights of one row, so a
+ * broadcast of four activation bytes feeds HI_L rows at once and each lane ends as one row's
+ * sum (no lane sums). The including file defines its dot step first:
+ *   HI_L            rows per weight vector (16: vpdpbusd on 64 bytes; 8: maddubs on 32)
+ *   HI_V, HI_X      the integer vector; what a broadcast of four activations becomes
+ *   HI_ZERO()       a zero accumulator; HI_LOADP(p), HI_STOREP(p, a) an accumulator's
+ *                   HI_L int32 partial sums from / to p (aligned)
+ *   HI_LOADW(p)     the weight vector at p (aligned; biased bytes, kernels-internal.h)
+ *   HI_BCAST(p)     HI_X from the four activation bytes at p
+ *   HI_DOT(a, x, w) a + the 4-byte dot products of x and w, per int32 lane
+ *   HI_STORE(a, xsum, scale, xs, out, lo, hi)  the logits of lanes [lo, hi) (kernels.h's
+ *                   formula; the token's activation sum times the weights' bias taken off
+ *                   first where the dot keeps it)
+ *   HI_G1           weight vectors per tile for one token; HI_G x HI_T the tile for several
+ * One token streams HI_G1 vectors of rows at once (bandwidth-bound: the weights are read
+ * once); several tokens take HI_G vectors of rows and run every tile of HI_T tokens over
+ * them, in passes of TERN_HI_SEG chunks (the exact partial sums of up to 64 tokens wait on the
+ * stack, 16 KiB) so the weights of a pass stay in L1 for every token tile. Lanes outside
+ * [o0, o1) are computed and not stored. Nothing is allocated.
+ */
+#ifndef TERN_KERNELS_HEAD_I8_H
+#define TERN_KERNELS_HEAD_I8_H
+
+#if !defined(HI_L) || !defined(HI_V) || !defined(HI_X) || !defined(HI_ZERO) ||                     \
+    !defined(HI_LOADW) || !defined(HI_BCAST) || !defined(HI_DOT) || !defined(HI_STORE) ||          \
+    !defined(HI_G1) || !defined(HI_G) || !defined(HI_T) || !defined(HI_LOADP) ||                   \
+    !defined(HI_STOREP) || HI_T > 12
+#error "head-i8.h: define the HI_ dot step first"
+#endif
+
+#include "kernels/kernels-internal.h"
+
+#define TERN_HI_SUB (16 / HI_L) /* weight vectors per 64-byte chunk */
+
+/* One pass over chunks [c0, c1) of a tile; with several passes the exact int32 partial sums
+ * wait in part[token - tb][vector - vb][HI_L] between them, and the logits come on the last. */
+typedef struct {
+    const tern_i8mat *w;
+    const int8_t *xq;
+    const float *xs;
+    const int32_t *xsum;
+    float *y;
+    int64_t ldy, o0, o1;
+    int64_t c0, c1;
+    int32_t *part; /* NULL: one pass */
+    int64_t vb, tb;
+    bool first, last;
+} tern_hi_pass;
+
+/* G weight vectors of rows from vector index v (rows v * HI_L ...) x T tokens from t */
+static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pass *p, int64_t v,
+                                                               const int G, int64_t t, const int T)
+{
+    const tern_i8mat *w = p->w;
+    const int64_t k = w->k, kc = w->kc;
+    const uint8_t *wp[HI_G1 > HI_G ? HI_G1 : HI_G];
+    HI_V a[HI_G1 > HI_G ? HI_G1 : HI_G][HI_T];
+    int32_t *part = p->part ? p->part + ((t - p->tb) * HI_G + (v - p->vb)) * HI_L : NULL;
+#pragma GCC unroll 16
+    for (int s = 0; s < G; s++) {
+        const int64_t vs = v + s;
+        wp[s] = w->qu + (vs / TERN_HI_SUB) * kc * 64 + (vs % TERN_HI_SUB) * HI_L * 4;
+#pragma GCC unroll 12
+        for (int j = 0; j < T; j++)
+            a[s][j] = p->first ? HI_ZERO() : HI_LOADP(part + (j * HI_G + s) * HI_L);
+    }
+    const int8_t *xt = p->xq + t * k;
+    for (int64_t c = p->c0; c < p->c1; c++) {
+        HI_V wv[HI_G1 > HI_G ? HI_G1 : HI_G];
+#pragma GCC unroll 16
+        for (int s = 0; s < G; s++) wv[s] = HI_LOADW(wp[s] + c * 64);
+#pragma GCC unroll 12
+        for (int j = 0; j < T; j++) {
+            const HI_X xb = HI_BCAST(xt + j * k + c * 4);
+#pragma GCC unroll 16
+            for (int s = 0; s < G; s++) a[s][j] = HI_DOT(a[s][j], xb, wv[s]);
+        }
+    }
+    if (!p->last) {
+#pragma GCC unroll 16
+        for (int s = 0; s < G; s++)
+#pragma GCC unroll 12
+            for (int j = 0; j < T; j++) HI_STOREP(part + (j * HI_G + s) * HI_L, a[s][j]);
+        return;
+    }
+#pragma GCC unroll 16
+    for (int s = 0; s < G; s++) {
+        const int64_t r0 = (v + s) * HI_L;
+        const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
+        const int hi = p->o1 - r0 < HI_L ? (int)(p->o1 - r0) : HI_L;
+        if (lo >= hi) continue;
+#pragma GCC unroll 12
+        for (int j = 0; j < T; j++)
+            HI_STORE(a[s][j], p->xsum[t + j], w->scale + r0, p->xs[t + j],
+                     p->y + (t + j) * p->ldy + r0, lo, hi);
+    }
+}
+
+#define TERN_HI_CASE(GV, TV)                                                                       \
+    case TV:                                                                                       \
+        tern_hi_tile(&p, v, GV, t, TV);                                                            \
+        break
+
+/* tokens [t, t + nt), nt <= HI_T, on G vectors of rows: the tile instantiated per count */
+#define TERN_HI_TOKENS(GV)                                                                         \
+    switch (nt) {                                                                                  \
+        TERN_HI_CASE(GV, HI_T);                                                                    \
+        HI_TAIL_CASES(GV)                                                                          \
+        TERN_HI_CASE(GV, 1);                                                                       \
+    default:                                                                                       \
+        TERN_ASSERT(0);                                                                            \
+    }
+
+/* the counts below HI_T (HI_T <= 12) */
+#if HI_T > 11
+#define HI_TC11(GV) TERN_HI_CASE(GV, 11);
+#else
+#define HI_TC11(GV)
+#endif
+#if HI_T > 10
+#define HI_TC10(GV) TERN_HI_CASE(GV, 10);
+#else
+#define HI_TC10(GV)
+#endif
+#if HI_T > 9
+#define HI_TC9(GV) TERN_HI_CASE(GV, 9);
+#else
+#define HI_TC9(GV)
+#endif
+#if HI_T > 8
+#define HI_TC8(GV) TERN_HI_CASE(GV, 8);
+#else
+#define HI_TC8(GV)
+#endif
+#if HI_T > 7
+#define HI_TC7(GV) TERN_HI_CASE(GV, 7);
+#else
+#define HI_TC7(GV)
+#endif
+#if HI_T > 6
+#define HI_TC6(GV) TERN_HI_CASE(GV, 6);
+#else
+#define HI_TC6(GV)
+#endif
+#if HI_T > 5
+#define HI_TC5(GV) TERN_HI_CASE(GV, 5);
+#else
+#define HI_TC5(GV)
+#endif
+#if HI_T > 4
+#define HI_TC4(GV) TERN_HI_CASE(GV, 4);
+#else
+#define HI_TC4(GV)
+#endif
+#if HI_T > 3
+#define HI_TC3(GV) TERN_HI_CASE(GV, 3);
+#else
+#define HI_TC3(GV)
+#endif
+#if HI_T > 2
+#define HI_TC2(GV) TERN_HI_CASE(GV, 2);
+#else
+#define HI_TC2(GV)
+#endif
+#define HI_TAIL_CASES(GV)                                                                          \
+    HI_TC11(GV)                                                                                    \
+    HI_TC10(GV)                                                                                    \
+    HI_TC9(GV) HI_TC8(GV) HI_TC7(GV) HI_TC6(GV) HI_TC5(GV) HI_TC4(GV) HI_TC3(GV) HI_TC2(GV)
+
+#define TERN_HI_TB 64  /* tokens whose partial sums wait between passes */
+#define TERN_HI_SEG 64 /* chunks per pass (HI_G vectors: 16 KiB of weights stay in L1) */
+
+static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
+                         const int32_t *xsum, int64_t n_tok, float *y, int64_t ldy, int64_t o0,
+                         int64_t o1)
+{
+    const int64_t v0 = o0 / HI_L, v1 = (o1 + HI_L - 1) / HI_L;
+    tern_hi_pass p = {w, xq, xs, xsum, y, ldy, o0, o1, 0, w->kc, NULL, 0, 0, true, true};
+    if (n_tok == 1) {
+        int64_t v = v0;
+        for (; v + HI_G1 <= v1; v += HI_G1) tern_hi_tile(&p, v, HI_G1, 0, 1);
+        for (; v < v1; v++) tern_hi_tile(&p, v, 1, 0, 1);
+        return;
+    }
+    int32_t part[TERN_HI_TB * HI_G * HI_L] __attribute__((aligned(64)));
+    p.part = w->kc > TERN_HI_SEG ? part : NULL;
+    for (int64_t vg = v0; vg < v1; vg += HI_G) {
+        const int64_t vn = v1 - vg < HI_G ? v1 - vg : HI_G;
+        p.vb = vg;
+        for (int64_t tb = 0; tb < n_tok; tb += TERN_HI_TB) {
+            const int64_t te = n_tok - tb < TERN_HI_TB ? n_tok : tb + TERN_HI_TB;
+            p.tb = tb;
+            for (int64_t c0 = 0; c0 < w->kc; c0 += TERN_HI_SEG) {
+                p.c0 = c0, p.c1 = w->kc - c0 < TERN_HI_SEG ? w->kc : c0 + TERN_HI_SEG;
+                p.first = c0 == 0, p.last = p.c1 == w->kc;
+                for (int64_t t = tb; t < te; t += HI_T) {
+                    const int64_t nt = te - t < HI_T ? te - t : HI_T;
+                    int64_t v = vg;
+                    if (vn == HI_G) {
+                        TERN_HI_TOKENS(HI_G)
+                    } else {
+                        for (; v < vg + vn; v++) TERN_HI_TOKENS(1)
+                    }
+                }
+            }
+        }
+    }
+}
+
+#undef TERN_HI_CASE
+#undef TERN_HI_TOKENS
+#undef HI_TAIL_CASES
+#undef HI_TC11
+#undef HI_TC10
+#undef HI_TC9
+#undef HI_TC8
+#undef HI_TC7
+#undef HI_TC6
+#undef HI_TC5
+#undef HI_TC4
+#undef HI_TC3
+#undef HI_TC2
+#undef TERN_HI_SUB
+#undef TERN_HI_TB
+#undef TERN_HI_SEG
+#endif
