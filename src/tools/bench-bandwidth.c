@@ -94,7 +94,8 @@ out:
     return bw;
 }
 
-/* ---- compute ceilings: the ternary GEMM (int8 MACs) and the F16 head GEMM (fp32 FMA) ---- */
+/* ---- compute rates: the ternary GEMM (int8 MACs: the VNNI ceiling), the F16 head GEMM (fp32
+ * FMA) and the int8 head GEMM (--head-type q8_0) ---- */
 
 typedef struct gemm_job {
     const tern_tmat *w;
@@ -102,6 +103,10 @@ typedef struct gemm_job {
     const float *s;
     const int32_t *qs;
     const uint16_t *h; /* F16 head rows */
+    const tern_i8mat *h8;
+    const int8_t *xq; /* the int8 head's activations */
+    const float *xs;
+    const int32_t *xsum;
     const float *x;
     float *y;
     int64_t n, k, t;
@@ -125,10 +130,19 @@ static void f16_task(void *arg, int task, int n_tasks, int thread)
     if (r1 > r0) tern_gemm_f16(j->h, j->x, j->t, j->k, j->y, j->n, r0, r1);
 }
 
-void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs)
+static void i8_task(void *arg, int task, int n_tasks, int thread)
+{
+    (void)thread;
+    gemm_job *j = arg;
+    int64_t r0, r1;
+    tern_split_rows(j->n, 16, task, n_tasks, &r0, &r1);
+    if (r1 > r0) tern_gemm_i8(j->h8, j->xq, j->xs, j->xsum, j->t, j->y, j->n, r0, r1);
+}
+
+void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs, double *i8_gmacs)
 {
     enum { N = 4096, K = 2560, T = 64 };
-    *tgemm_gmacs = *f16_gmacs = 0;
+    *tgemm_gmacs = *f16_gmacs = *i8_gmacs = 0;
     tern_topo *topo = NULL;
     tern_pool *pool = NULL;
     int8_t *tr = malloc((size_t)N * K), *q = malloc((size_t)T * K);
@@ -136,7 +150,11 @@ void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs)
     uint16_t *h = malloc(sizeof(uint16_t) * (size_t)N * K);
     int32_t qs[T];
     tern_tmat *w = NULL;
-    if (!tr || !q || !x || !y || !h || tern_topo_discover(&topo, NULL) ||
+    tern_i8mat *h8 = NULL;
+    int8_t *xq = malloc((size_t)T * K);
+    float xs[T];
+    int32_t xsum[T];
+    if (!tr || !q || !x || !y || !h || !xq || tern_topo_discover(&topo, NULL) ||
         tern_pool_create(&pool, topo, n_threads, NULL))
         goto out;
     uint64_t z = 88172645463325252ULL;
@@ -147,24 +165,40 @@ void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs)
     }
     for (size_t i = 0; i < (size_t)T * K; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f;
     tern_act_quant(x, T, K, q, s, qs);
-    if (tern_tmat_from_trits(&w, tr, N, K, 1.0f, NULL)) goto out;
-    gemm_job j = {.w = w, .q = q, .s = s, .qs = qs, .h = h, .x = x, .y = y, .n = N, .k = K, .t = T};
-    for (int kind = 0; kind < 2; kind++) {
+    tern_head_quant(x, T, K, xq, xs, xsum);
+    if (tern_tmat_from_trits(&w, tr, N, K, 1.0f, NULL) || tern_i8mat_from_f16(&h8, h, N, K, NULL))
+        goto out;
+    gemm_job j = {.w = w,
+                  .q = q,
+                  .s = s,
+                  .qs = qs,
+                  .h = h,
+                  .h8 = h8,
+                  .xq = xq,
+                  .xs = xs,
+                  .xsum = xsum,
+                  .x = x,
+                  .y = y,
+                  .n = N,
+                  .k = K,
+                  .t = T};
+    static void (*const tasks[3])(void *, int, int, int) = {tgemm_task, f16_task, i8_task};
+    double *const rates[3] = {tgemm_gmacs, f16_gmacs, i8_gmacs};
+    for (int kind = 0; kind < 3; kind++) {
         double best = 0;
         for (int r = 0; r < 5; r++) {
             double t0 = tern_now();
-            tern_pool_run(pool, kind ? f16_task : tgemm_task, &j, tern_pool_size(pool));
+            tern_pool_run(pool, tasks[kind], &j, tern_pool_size(pool));
             double dt = tern_now() - t0;
             double rate = dt > 0 ? (double)N * K * T / dt / 1e9 : 0;
             if (rate > best) best = rate;
         }
-        if (kind)
-            *f16_gmacs = best;
-        else
-            *tgemm_gmacs = best;
+        *rates[kind] = best;
     }
 out:
     tern_tmat_free(w);
+    tern_i8mat_free(h8);
+    free(xq);
     tern_pool_free(pool);
     tern_topo_free(topo);
     free(tr), free(q), free(x), free(y), free(h);
