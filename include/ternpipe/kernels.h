@@ -152,26 +152,36 @@ void tern_silu_mul(const float *g /* [n] */, const float *u /* [n] */, int64_t n
  * in double lanes (another order): REFERENCE-EQUAL as tern_softmax, and always
  *   |dot - ref| <= 2^-24 * |ref| + n * 2^-52 * sum_i |a_i * b_i|. */
 float tern_dot_f32(const float *a /* [n] */, const float *b /* [n] */, int64_t n);
-/* out[j] = dot(q, k_j) * scale for j < n (as tern_dot_f32, then one float product). */
-void tern_attn_scores(const float *q /* [d] */, const float *k /* [n][ldk] */, int64_t n, int64_t d,
-                      int64_t ldk, float scale, float *out /* [n] */);
-/* out[i] += sum_j p[j] * v[j][i], j in order, each step out = out + p*v (no fma), EXACT. */
-void tern_attn_mix(const float *p /* [n] */, const float *v /* [n][ldv] */, int64_t n, int64_t d,
-                   int64_t ldv, float *out /* [d] */);
 /* y[i] = y[i] + a * x[i] (no fma), EXACT. */
 void tern_axpy_f32(float *y /* [n] */, float a, const float *x /* [n] */, int64_t n);
 
-/* The same over a KV cache stored as F16 (IEEE binary16) or int8 rows with one float scale per
- * row (one head at one position). Converting an F16 or int8 element to float is exact, so:
- * - tern_attn_scores_f16: out[j] = (float)(sum_i (double)q[i] * (double)f32(k[j][i])) * scale,
- *   tern_attn_scores_q8: out[j] = ((float)(sum_i (double)q[i] * (double)k[j][i]) * ks[j*ldks])
- *   * scale; the products are exact in double, so SIMD is REFERENCE-EQUAL as tern_dot_f32 and
- *   always within |out - ref| <= 2^-22 * |ref| + d * 2^-52 * scale' * sum_i |q_i * k_ji|
- *   (scale' = scale, times ks[j*ldks] for q8): the double sums, in another order, differ by
- *   the second term; rounding to float and the one or two float products after it add at most
- *   one ulp each (2^-23 relative), so 2^-22 covers the q8 form's two.
- * - tern_attn_mix_f16: out[i] = out[i] + p[j] * f32(v[j][i]), tern_attn_mix_q8: w = p[j] *
- *   vs[j*ldvs], out[i] = out[i] + w * (float)v[j][i]; j in order, no fma: EXACT. */
+/* Scores and value mixes over K/V rows of fp32, F16 (IEEE binary16) or int8 with one float
+ * scale per row (one head at one position). Converting an element to double is exact and so is
+ * its product with a float, so every variant sums in order i = 0 .. d-1 in double exactly as
+ * the reference: all of these are EXACT.
+ * - scores: out[j] = (float)(sum_i (double)q[i] * (double)k[j][i]) * scale; for int8 rows
+ *   ((float)(sum ...) * ks[j*ldks]) * scale;
+ * - mixes: out[i] = out[i] + w_j * v[j][i] for j in order, no fma, w_j = p[j] (fp32, F16) or
+ *   p[j] * vs[j*ldvs] (int8).
+ * The _rows forms take P <= TERN_ATTN_MAX_ROWS query rows at once (the heads of a GQA group for
+ * a few tokens of one sequence: each K/V row is converted once for all of them), d <=
+ * TERN_ATTN_MAX_HD; row r's scores go to out + r * ldo, and its mix takes keys j < len[r]
+ * (p + r * ldp) into out[r]. Each row's result is the single-row function's, bit for bit. */
+typedef enum tern_attn_elem { TERN_ATTN_F32, TERN_ATTN_F16, TERN_ATTN_Q8 } tern_attn_elem;
+#define TERN_ATTN_MAX_ROWS 32
+#define TERN_ATTN_MAX_HD 256
+void tern_attn_scores_rows(tern_attn_elem e, const float *const *q /* [P] rows of d */, int P,
+                           const void *k /* [n][ldk] */, const float *ks /* q8: [n][ldks] */,
+                           int64_t ldks, int64_t n, int64_t d, int64_t ldk, float scale,
+                           float *out /* [P][ldo] */, int64_t ldo);
+void tern_attn_mix_rows(tern_attn_elem e, const float *p /* [P][ldp] */, int64_t ldp, int P,
+                        const int32_t *len /* [P] */, const void *v /* [..][ldv] */,
+                        const float *vs /* q8: [..][ldvs] */, int64_t ldvs, int64_t d, int64_t ldv,
+                        float *const *out /* [P] rows of d */);
+void tern_attn_scores(const float *q /* [d] */, const float *k /* [n][ldk] */, int64_t n, int64_t d,
+                      int64_t ldk, float scale, float *out /* [n] */);
+void tern_attn_mix(const float *p /* [n] */, const float *v /* [n][ldv] */, int64_t n, int64_t d,
+                   int64_t ldv, float *out /* [d] */);
 void tern_attn_scores_f16(const float *q /* [d] */, const uint16_t *k /* [n][ldk] */, int64_t n,
                           int64_t d, int64_t ldk, float scale, float *out /* [n] */);
 void tern_attn_mix_f16(const float *p /* [n] */, const uint16_t *v /* [n][ldv] */, int64_t n,

@@ -160,142 +160,64 @@ static float dot(const float *a, const float *b, int64_t n)
     return (float)(hsum4d(_mm256_add_pd(s0, s1)) + tail);
 }
 
-static void attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
-                        float scale, float *out)
-{
-    for (int64_t j = 0; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
-}
+/* ---- attention over several query rows (attn-rows.h): 4 double lanes, 8 float lanes ---- */
 
-static void attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
+/* n <= 8 elements of a K/V row as floats, zeros after (exact conversions) */
+AI __m256 ar_loadv(tern_attn_elem e, const void *p, int64_t n)
 {
-    int64_t i = 0;
-    for (; i + 32 <= d; i += 32) {
-        __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8);
-        __m256 a2 = _mm256_loadu_ps(out + i + 16), a3 = _mm256_loadu_ps(out + i + 24);
-        for (int64_t j = 0; j < n; j++) {
-            const __m256 pj = _mm256_set1_ps(p[j]);
-            const float *vj = v + j * ldv + i;
-            a0 = _mm256_add_ps(a0, _mm256_mul_ps(pj, _mm256_loadu_ps(vj)));
-            a1 = _mm256_add_ps(a1, _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 8)));
-            a2 = _mm256_add_ps(a2, _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 16)));
-            a3 = _mm256_add_ps(a3, _mm256_mul_ps(pj, _mm256_loadu_ps(vj + 24)));
-        }
-        _mm256_storeu_ps(out + i, a0);
-        _mm256_storeu_ps(out + i + 8, a1);
-        _mm256_storeu_ps(out + i + 16, a2);
-        _mm256_storeu_ps(out + i + 24, a3);
+    if (n >= 8) {
+        if (e == TERN_ATTN_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        if (e == TERN_ATTN_Q8)
+            return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+        return _mm256_loadu_ps((const float *)p);
     }
-    for (; i < d; i += 8) {
-        __m256i m = tail8(d - i);
-        __m256 a = _mm256_maskload_ps(out + i, m);
-        for (int64_t j = 0; j < n; j++)
-            a = _mm256_add_ps(
-                a, _mm256_mul_ps(_mm256_set1_ps(p[j]), _mm256_maskload_ps(v + j * ldv + i, m)));
-        _mm256_maskstore_ps(out + i, m, a);
+    float b[8] = {0};
+    for (int64_t i = 0; i < n; i++)
+        b[i] = e == TERN_ATTN_F16  ? tern_f16_to_f32_1(((const uint16_t *)p)[i])
+               : e == TERN_ATTN_Q8 ? (float)((const int8_t *)p)[i]
+                                   : ((const float *)p)[i];
+    return _mm256_loadu_ps(b);
+}
+AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
+{
+    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    for (int64_t i = 0; i < d; i += 8) {
+        const int64_t m = d - i < 8 ? d - i : 8;
+        const __m256 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, m);
+        double t[8];
+        _mm256_storeu_pd(t, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+        _mm256_storeu_pd(t + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+        memcpy(out + i, t, (size_t)m * sizeof(double));
     }
 }
-
-/* ---- attention over an F16 or int8 KV cache: exact converting loads, then the f32 kernels'
- * operations (scores as dot: REFERENCE-EQUAL; mixes EXACT) ---- */
-
-enum { KV_F16, KV_Q8 };
-
-AI __m256 load_kv(const void *p, int64_t off, const int KT)
+AI __m256 ar_loadf(const float *p, int64_t n)
 {
-    if (KT == KV_F16)
-        return _mm256_cvtph_ps(
-            _mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)p + off)));
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-        _mm_loadl_epi64((const __m128i *)(const void *)((const int8_t *)p + off))));
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail8(n));
 }
-AI float load_kv1(const void *p, int64_t off, const int KT)
+AI void ar_storef(float *p, __m256 v, int64_t n)
 {
-    return KT == KV_F16 ? tern_f16_to_f32_1(((const uint16_t *)p)[off])
-                        : (float)((const int8_t *)p)[off];
+    if (n >= 8)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_maskstore_ps(p, tail8(n), v);
 }
-
-/* per key the sums of dot (two 4-lane double accumulators, then the tail in order) */
-AI void scores_kv(const float *q, const void *k, const float *ks, int64_t ldks, int64_t n,
-                  int64_t d, int64_t ldk, float scale, float *out, const int KT)
-{
-    const int64_t d8 = d & ~(int64_t)7;
-    for (int64_t j = 0; j < n; j += 4) {
-        const int nc = n - j < 4 ? (int)(n - j) : 4;
-        __m256d s0[4], s1[4];
-        for (int c = 0; c < 4; c++) s0[c] = s1[c] = _mm256_setzero_pd();
-        for (int64_t i = 0; i < d8; i += 8) {
-            __m256d q0 = _mm256_cvtps_pd(_mm_loadu_ps(q + i));
-            __m256d q1 = _mm256_cvtps_pd(_mm_loadu_ps(q + i + 4));
-            for (int c = 0; c < nc; c++) {
-                __m256 kv = load_kv(k, (j + c) * ldk + i, KT);
-                s0[c] = _mm256_fmadd_pd(q0, _mm256_cvtps_pd(_mm256_castps256_ps128(kv)), s0[c]);
-                s1[c] = _mm256_fmadd_pd(q1, _mm256_cvtps_pd(_mm256_extractf128_ps(kv, 1)), s1[c]);
-            }
-        }
-        for (int c = 0; c < nc; c++) {
-            double tail = 0.0;
-            for (int64_t i = d8; i < d; i++)
-                tail += (double)q[i] * (double)load_kv1(k, (j + c) * ldk + i, KT);
-            float v = (float)(hsum4d(_mm256_add_pd(s0[c], s1[c])) + tail);
-            if (KT == KV_Q8) v = v * ks[(j + c) * ldks];
-            out[j + c] = v * scale;
-        }
-    }
-}
-
-/* out[i] = out[i] + w_j * v[j][i], w_j = p[j] (f16) or p[j] * vs[j*ldvs] (q8) */
-AI void mix_kv(const float *p, const void *v, const float *vs, int64_t ldvs, int64_t n, int64_t d,
-               int64_t ldv, float *out, const int KT)
-{
-    int64_t i = 0;
-    for (; i + 32 <= d; i += 32) {
-        __m256 a[4];
-        for (int c = 0; c < 4; c++) a[c] = _mm256_loadu_ps(out + i + 8 * c);
-        for (int64_t j = 0; j < n; j++) {
-            const __m256 wj = _mm256_set1_ps(KT == KV_Q8 ? p[j] * vs[j * ldvs] : p[j]);
-            for (int c = 0; c < 4; c++)
-                a[c] = _mm256_add_ps(a[c], _mm256_mul_ps(wj, load_kv(v, j * ldv + i + 8 * c, KT)));
-        }
-        for (int c = 0; c < 4; c++) _mm256_storeu_ps(out + i + 8 * c, a[c]);
-    }
-    for (; i + 8 <= d; i += 8) {
-        __m256 a = _mm256_loadu_ps(out + i);
-        for (int64_t j = 0; j < n; j++) {
-            const __m256 wj = _mm256_set1_ps(KT == KV_Q8 ? p[j] * vs[j * ldvs] : p[j]);
-            a = _mm256_add_ps(a, _mm256_mul_ps(wj, load_kv(v, j * ldv + i, KT)));
-        }
-        _mm256_storeu_ps(out + i, a);
-    }
-    for (; i < d; i++) {
-        float a = out[i];
-        for (int64_t j = 0; j < n; j++) {
-            const float wj = KT == KV_Q8 ? p[j] * vs[j * ldvs] : p[j];
-            a = a + wj * load_kv1(v, j * ldv + i, KT);
-        }
-        out[i] = a;
-    }
-}
-
-static void attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
-                            float scale, float *out)
-{
-    scores_kv(q, k, NULL, 0, n, d, ldk, scale, out, KV_F16);
-}
-static void attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
-                         float *out)
-{
-    mix_kv(p, v, NULL, 0, n, d, ldv, out, KV_F16);
-}
-static void attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks,
-                           int64_t n, int64_t d, int64_t ldk, float scale, float *out)
-{
-    scores_kv(q, k, ks, ldks, n, d, ldk, scale, out, KV_Q8);
-}
-static void attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
-                        int64_t d, int64_t ldv, float *out)
-{
-    mix_kv(p, v, vs, ldvs, n, d, ldv, out, KV_Q8);
-}
+#define AR_DL 4
+#define AR_VD __m256d
+#define AR_ZERO_PD _mm256_setzero_pd
+#define AR_LOAD_PD _mm256_load_pd
+#define AR_STORE_PD _mm256_storeu_pd
+#define AR_SET1_PD _mm256_set1_pd
+#define AR_FMA_PD _mm256_fmadd_pd
+#define AR_CVT_ROW ar_cvt_row
+#define AR_FL 8
+#define AR_VF __m256
+#define AR_LOADV ar_loadv
+#define AR_LOADF ar_loadf
+#define AR_STOREF ar_storef
+#define AR_ADD_PS _mm256_add_ps
+#define AR_MUL_PS _mm256_mul_ps
+#define AR_SET1_PS _mm256_set1_ps
+#include "kernels/attn-rows.h"
 
 static void axpy(float *y, float a, const float *x, int64_t n)
 {
@@ -419,13 +341,9 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .softmax = softmax,
     .relu2_mul = relu2_mul,
     .dot = dot,
-    .attn_scores = attn_scores,
-    .attn_mix = attn_mix,
     .axpy = axpy,
-    .attn_scores_f16 = attn_scores_f16,
-    .attn_mix_f16 = attn_mix_f16,
-    .attn_scores_q8 = attn_scores_q8,
-    .attn_mix_q8 = attn_mix_q8,
+    .attn_scores_rows = tern_ar_scores,
+    .attn_mix_rows = tern_ar_mix,
     .gemm_f16 = tern_hf_gemm,
     .gemm_i8 = tern_hi_gemm,
     .gemm_q = tern_hq_gemm,

@@ -132,132 +132,44 @@ static float dot(const float *a, const float *b, int64_t n)
     return (float)_mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
-static void attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
-                        float scale, float *out)
-{
-    int64_t j = 0;
-    /* four keys at a time share the query loads and conversions */
-    for (; j + 4 <= n; j += 4) {
-        __m512d acc[4][2];
-        for (int c = 0; c < 4; c++) acc[c][0] = acc[c][1] = _mm512_setzero_pd();
-        for (int64_t i = 0; i < d; i += 16) {
-            __mmask16 m = tail16(d - i);
-            __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-            __m512d ql = lo_pd(qv), qh = hi_pd(qv);
-            for (int c = 0; c < 4; c++) {
-                __m512 kv = _mm512_maskz_loadu_ps(m, k + (j + c) * ldk + i);
-                acc[c][0] = _mm512_fmadd_pd(ql, lo_pd(kv), acc[c][0]);
-                acc[c][1] = _mm512_fmadd_pd(qh, hi_pd(kv), acc[c][1]);
-            }
-        }
-        for (int c = 0; c < 4; c++)
-            out[j + c] = (float)_mm512_reduce_add_pd(_mm512_add_pd(acc[c][0], acc[c][1])) * scale;
-    }
-    for (; j < n; j++) out[j] = dot(q, k + j * ldk, d) * scale;
-}
+/* ---- attention over several query rows (attn-rows.h): 8 double lanes, 16 float lanes ---- */
 
-static void attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
+/* n <= 16 elements of a K/V row as floats, zeros after (exact conversions) */
+AI __m512 ar_loadv(tern_attn_elem e, const void *p, int64_t n)
 {
-    /* out stays in registers over all j; per element the order is the reference's */
-    for (int64_t i = 0; i < d; i += 64) {
-        __mmask16 m[4];
-        __m512 acc[4];
-        for (int c = 0; c < 4; c++) {
-            m[c] = i + 16 * c < d ? tail16(d - i - 16 * c) : 0;
-            acc[c] = _mm512_maskz_loadu_ps(m[c], out + i + 16 * c);
-        }
-        for (int64_t j = 0; j < n; j++) {
-            const __m512 pj = _mm512_set1_ps(p[j]);
-            const float *vj = v + j * ldv + i;
-            for (int c = 0; c < 4; c++)
-                acc[c] = _mm512_add_ps(acc[c],
-                                       _mm512_mul_ps(pj, _mm512_maskz_loadu_ps(m[c], vj + 16 * c)));
-        }
-        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + i + 16 * c, m[c], acc[c]);
+    const __mmask16 m = tail16(n);
+    if (e == TERN_ATTN_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+    if (e == TERN_ATTN_Q8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+    return _mm512_maskz_loadu_ps(m, p);
+}
+AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
+{
+    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    for (int64_t i = 0; i < d; i += 16) {
+        const __mmask16 m = tail16(d - i);
+        const __m512 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, d - i);
+        _mm512_mask_storeu_pd(out + i, (__mmask8)m, lo_pd(f));
+        _mm512_mask_storeu_pd(out + i + 8, (__mmask8)(m >> 8), hi_pd(f));
     }
 }
-
-/* ---- attention over an F16 or int8 KV cache: the f32 kernels above with a converting load
- * (exact), so the scores are REFERENCE-EQUAL and the mixes EXACT as theirs ---- */
-
-enum { KV_F16, KV_Q8 };
-
-AI __m512 load_kv(const void *p, int64_t off, __mmask16 m, const int KT)
-{
-    if (KT == KV_F16)
-        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off));
-    return _mm512_cvtepi32_ps(
-        _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, (const int8_t *)p + off)));
-}
-
-/* out[j] = (float)dot(q, k_j) * ks[j*ldks] (q8) * scale, four keys at a time */
-AI void scores_kv(const float *q, const void *k, const float *ks, int64_t ldks, int64_t n,
-                  int64_t d, int64_t ldk, float scale, float *out, const int KT)
-{
-    int64_t j = 0;
-    for (; j < n; j += 4) {
-        const int nc = n - j < 4 ? (int)(n - j) : 4;
-        __m512d acc[4][2];
-        for (int c = 0; c < 4; c++) acc[c][0] = acc[c][1] = _mm512_setzero_pd();
-        for (int64_t i = 0; i < d; i += 16) {
-            __mmask16 m = tail16(d - i);
-            __m512 qv = _mm512_maskz_loadu_ps(m, q + i);
-            __m512d ql = lo_pd(qv), qh = hi_pd(qv);
-            for (int c = 0; c < nc; c++) {
-                __m512 kv = load_kv(k, (j + c) * ldk + i, m, KT);
-                acc[c][0] = _mm512_fmadd_pd(ql, lo_pd(kv), acc[c][0]);
-                acc[c][1] = _mm512_fmadd_pd(qh, hi_pd(kv), acc[c][1]);
-            }
-        }
-        for (int c = 0; c < nc; c++) {
-            float v = (float)_mm512_reduce_add_pd(_mm512_add_pd(acc[c][0], acc[c][1]));
-            if (KT == KV_Q8) v = v * ks[(j + c) * ldks];
-            out[j + c] = v * scale;
-        }
-    }
-}
-
-/* out[i] = out[i] + w_j * v[j][i], w_j = p[j] (f16) or p[j] * vs[j*ldvs] (q8) */
-AI void mix_kv(const float *p, const void *v, const float *vs, int64_t ldvs, int64_t n, int64_t d,
-               int64_t ldv, float *out, const int KT)
-{
-    for (int64_t i = 0; i < d; i += 64) {
-        __mmask16 m[4];
-        __m512 acc[4];
-        for (int c = 0; c < 4; c++) {
-            m[c] = i + 16 * c < d ? tail16(d - i - 16 * c) : 0;
-            acc[c] = _mm512_maskz_loadu_ps(m[c], out + i + 16 * c);
-        }
-        for (int64_t j = 0; j < n; j++) {
-            const __m512 wj = _mm512_set1_ps(KT == KV_Q8 ? p[j] * vs[j * ldvs] : p[j]);
-            for (int c = 0; c < 4; c++)
-                acc[c] = _mm512_add_ps(
-                    acc[c], _mm512_mul_ps(wj, load_kv(v, j * ldv + i + 16 * c, m[c], KT)));
-        }
-        for (int c = 0; c < 4; c++) _mm512_mask_storeu_ps(out + i + 16 * c, m[c], acc[c]);
-    }
-}
-
-static void attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
-                            float scale, float *out)
-{
-    scores_kv(q, k, NULL, 0, n, d, ldk, scale, out, KV_F16);
-}
-static void attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
-                         float *out)
-{
-    mix_kv(p, v, NULL, 0, n, d, ldv, out, KV_F16);
-}
-static void attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks,
-                           int64_t n, int64_t d, int64_t ldk, float scale, float *out)
-{
-    scores_kv(q, k, ks, ldks, n, d, ldk, scale, out, KV_Q8);
-}
-static void attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
-                        int64_t d, int64_t ldv, float *out)
-{
-    mix_kv(p, v, vs, ldvs, n, d, ldv, out, KV_Q8);
-}
+#define AR_DL 8
+#define AR_VD __m512d
+#define AR_ZERO_PD _mm512_setzero_pd
+#define AR_LOAD_PD _mm512_load_pd
+#define AR_STORE_PD _mm512_storeu_pd
+#define AR_SET1_PD _mm512_set1_pd
+#define AR_FMA_PD _mm512_fmadd_pd
+#define AR_CVT_ROW ar_cvt_row
+#define AR_FL 16
+#define AR_VF __m512
+#define AR_LOADV ar_loadv
+#define AR_LOADF(p, n) _mm512_maskz_loadu_ps(tail16(n), (p))
+#define AR_STOREF(p, v, n) _mm512_mask_storeu_ps((p), tail16(n), (v))
+#define AR_ADD_PS _mm512_add_ps
+#define AR_MUL_PS _mm512_mul_ps
+#define AR_SET1_PS _mm512_set1_ps
+#include "kernels/attn-rows.h"
 
 static void axpy(float *y, float a, const float *x, int64_t n)
 {
@@ -361,13 +273,9 @@ const tern_kernel_vtable tern_kernels_avx512 = {
     .softmax = softmax,
     .relu2_mul = relu2_mul,
     .dot = dot,
-    .attn_scores = attn_scores,
-    .attn_mix = attn_mix,
     .axpy = axpy,
-    .attn_scores_f16 = attn_scores_f16,
-    .attn_mix_f16 = attn_mix_f16,
-    .attn_scores_q8 = attn_scores_q8,
-    .attn_mix_q8 = attn_mix_q8,
+    .attn_scores_rows = tern_ar_scores,
+    .attn_mix_rows = tern_ar_mix,
     .gemm_f16 = tern_hf_gemm,
     .gemm_i8 = tern_hi_gemm,
     .gemm_q = tern_hq_gemm,

@@ -223,6 +223,37 @@ void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
         }
 }
 
+/* the rows forms: each row by its single-row reference */
+void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *k,
+                               const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
+                               float scale, float *out, int64_t ldo)
+{
+    for (int r = 0; r < P; r++) {
+        float *o = out + (int64_t)r * ldo;
+        if (e == TERN_ATTN_F16)
+            tern_ref_attn_scores_f16(q[r], k, n, d, ldk, scale, o);
+        else if (e == TERN_ATTN_Q8)
+            tern_ref_attn_scores_q8(q[r], k, ks, ldks, n, d, ldk, scale, o);
+        else
+            tern_ref_attn_scores(q[r], k, n, d, ldk, scale, o);
+    }
+}
+
+void tern_ref_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P,
+                            const int32_t *len, const void *v, const float *vs, int64_t ldvs,
+                            int64_t d, int64_t ldv, float *const *out)
+{
+    for (int r = 0; r < P; r++) {
+        const float *pr = p + (int64_t)r * ldp;
+        if (e == TERN_ATTN_F16)
+            tern_ref_attn_mix_f16(pr, v, len[r], d, ldv, out[r]);
+        else if (e == TERN_ATTN_Q8)
+            tern_ref_attn_mix_q8(pr, v, vs, ldvs, len[r], d, ldv, out[r]);
+        else
+            tern_ref_attn_mix(pr, v, len[r], d, ldv, out[r]);
+    }
+}
+
 static uint16_t u16_at(const uint8_t *p)
 {
     uint16_t v;
@@ -286,13 +317,9 @@ const tern_kernel_vtable tern_kernels_ref = {
     .softmax = tern_ref_softmax,
     .relu2_mul = tern_ref_relu2_mul,
     .dot = tern_ref_dot,
-    .attn_scores = tern_ref_attn_scores,
-    .attn_mix = tern_ref_attn_mix,
     .axpy = tern_ref_axpy,
-    .attn_scores_f16 = tern_ref_attn_scores_f16,
-    .attn_mix_f16 = tern_ref_attn_mix_f16,
-    .attn_scores_q8 = tern_ref_attn_scores_q8,
-    .attn_mix_q8 = tern_ref_attn_mix_q8,
+    .attn_scores_rows = tern_ref_attn_scores_rows,
+    .attn_mix_rows = tern_ref_attn_mix_rows,
     .gemm_f16 = tern_ref_gemm_f16,
     .gemm_i8 = tern_ref_gemm_i8,
     .gemm_q = tern_ref_gemm_q,

@@ -39,15 +39,20 @@ struct tern_ctx {
     /* RoPE tables [n_ctx][head_dim/2] */
     float *rope_cos, *rope_sin;
     /* scratch, [max_tokens][...] */
-    float *h;          /* [T][max(d, n_ff)] normed input */
-    int8_t *q8;        /* [T][max(d, n_ff)] */
-    float *qs;         /* [T] activation scales */
-    int32_t *qsum;     /* [T] */
-    float *q, *k, *v;  /* [T][d], [T][kv], [T][kv] */
-    float *att;        /* [T][d] */
-    float *g, *u;      /* [T][n_ff] */
-    float *o;          /* [T][max(d, n_ff)] projection output */
-    float *scores;     /* [n_threads][n_ctx] */
+    float *h;         /* [T][max(d, n_ff)] normed input */
+    int8_t *q8;       /* [T][max(d, n_ff)] */
+    float *qs;        /* [T] activation scales */
+    int32_t *qsum;    /* [T] */
+    float *q, *k, *v; /* [T][d], [T][kv], [T][kv] */
+    float *att;       /* [T][d] */
+    float *g, *u;     /* [T][n_ff] */
+    float *o;         /* [T][max(d, n_ff)] projection output */
+    float *scores;    /* [n_threads][attn_rows][n_ctx] */
+    int32_t *chunk;   /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
+    int32_t n_chunks;
+    /* attention units: up to attn_rows query rows = chunk_tokens tokens x unit_heads heads of
+     * one KV head (a GQA group, or a part of it), of consecutive tokens of one sequence */
+    int32_t attn_rows, unit_heads, chunk_tokens;
     int32_t *tok_pos;  /* [T] position of each token */
     int32_t *tok_slot; /* [T] */
     int32_t *tok_seq;  /* [T] index of the token's sequence in the batch */
@@ -113,6 +118,11 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
         return tern_status_set(st, TERN_EINVAL, "ctx: KV type: got %d, expected 0..%d",
                                (int)o->kv_type, TERN_KV_TYPE_COUNT - 1);
     }
+    if (hp->head_dim > TERN_ATTN_MAX_HD) {
+        free(c);
+        return tern_status_set(st, TERN_EUNSUPPORTED, "ctx: head_dim: got %d, expected at most %d",
+                               hp->head_dim, TERN_ATTN_MAX_HD);
+    }
     c->kv_type = o->kv_type;
     c->kv_elem = kv_elem_bytes[c->kv_type];
     c->kv_part = (size_t)kv_part_bytes(hp, c->kv_type);
@@ -150,15 +160,27 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->g = xcalloc(T * ff, sizeof(float));
     c->u = xcalloc(T * ff, sizeof(float));
     c->o = xcalloc(T * wide, sizeof(float));
-    c->scores = xcalloc((size_t)c->n_threads * (size_t)c->n_ctx, sizeof(float));
+    {
+        /* rows per attention unit: a whole GQA group (or TERN_ATTN_MAX_ROWS of it) for as many
+         * tokens as keep each thread's scores within 4 MiB */
+        const int32_t group = hp->n_head / hp->n_head_kv;
+        c->unit_heads = group < TERN_ATTN_MAX_ROWS ? group : TERN_ATTN_MAX_ROWS;
+        int32_t rows = (int32_t)((1u << 20) / (uint32_t)c->n_ctx);
+        rows = rows > TERN_ATTN_MAX_ROWS ? TERN_ATTN_MAX_ROWS : rows;
+        c->chunk_tokens = rows / c->unit_heads > 1 ? rows / c->unit_heads : 1;
+        c->attn_rows = c->chunk_tokens * c->unit_heads;
+    }
+    c->scores =
+        xcalloc((size_t)c->n_threads * (size_t)c->attn_rows * (size_t)c->n_ctx, sizeof(float));
+    c->chunk = xcalloc(T + 1, sizeof(int32_t));
     c->tok_pos = xcalloc(T, sizeof(int32_t));
     c->tok_slot = xcalloc(T, sizeof(int32_t));
     c->tok_seq = xcalloc(T, sizeof(int32_t));
     c->head_x = xcalloc(T * d, sizeof(float));
     if (!c->free_blocks || !c->block_ref || !c->block_table || !c->seq_blocks || !c->rope_cos ||
         !c->rope_sin || !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v ||
-        !c->att || !c->g || !c->u || !c->o || !c->scores || !c->tok_pos || !c->tok_slot ||
-        !c->tok_seq || !c->head_x) {
+        !c->att || !c->g || !c->u || !c->o || !c->scores || !c->chunk || !c->tok_pos ||
+        !c->tok_slot || !c->tok_seq || !c->head_x) {
         tern_ctx_free(c);
         return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory for scratch");
     }
@@ -180,7 +202,7 @@ void tern_ctx_free(tern_ctx *c)
     free(c->free_blocks), free(c->block_ref), free(c->block_table), free(c->seq_blocks);
     free(c->rope_cos), free(c->rope_sin);
     free(c->h), free(c->q8), free(c->qs), free(c->qsum), free(c->q), free(c->k), free(c->v);
-    free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores);
+    free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores), free(c->chunk);
     free(c->tok_pos), free(c->tok_slot), free(c->tok_seq), free(c->head_x);
     free(c);
 }
@@ -398,51 +420,64 @@ static void task_rope_store(void *arg, int task, int n_tasks, int thread)
     }
 }
 
-/* causal GQA attention: one (token, head) pair per unit of work */
+/* causal GQA attention: a unit of work is a chunk of consecutive tokens of one sequence x one
+ * KV head (x a part of its query heads when the group is larger than TERN_ATTN_MAX_ROWS): its
+ * query rows share each converted K and V row. Every row's scores, softmax and mix are the
+ * single-row kernels' bits, so the split into units changes nothing. */
 static void task_attention(void *arg, int task, int n_tasks, int thread)
 {
     job *j = arg;
     tern_ctx *c = j->c;
     const tern_hparams *hp = &c->m->hp;
-    const int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    const int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, nh = hp->n_head_kv;
+    const int32_t uh = c->unit_heads, nsub = (group + uh - 1) / uh;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = c->scores + (size_t)thread * (size_t)c->n_ctx;
+    const size_t ldo = (size_t)c->n_ctx, kvd = (size_t)c->kv_dim;
+    float *scores = c->scores + (size_t)thread * (size_t)c->attn_rows * ldo;
+    const tern_attn_elem e = c->kv_type == TERN_KV_F16  ? TERN_ATTN_F16
+                             : c->kv_type == TERN_KV_Q8 ? TERN_ATTN_Q8
+                                                        : TERN_ATTN_F32;
     int64_t u0, u1;
-    tern_split_rows((int64_t)j->n_tok * hp->n_head, 1, task, n_tasks, &u0, &u1);
+    tern_split_rows((int64_t)c->n_chunks * nh * nsub, 1, task, n_tasks, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {
-        int32_t t = (int32_t)(u / hp->n_head), h = (int32_t)(u % hp->n_head);
-        int32_t kvh = h / group, p = c->tok_pos[t], slot = c->tok_slot[t];
-        const float *qv = c->q + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
-        const size_t off = (size_t)kvh * (size_t)hd, kvd = (size_t)c->kv_dim;
-        const int32_t nh = hp->n_head_kv;
+        const int32_t ch = (int32_t)(u / (nh * nsub)), kvh = (int32_t)(u / nsub % nh);
+        const int32_t h0 = kvh * group + (int32_t)(u % nsub) * uh;
+        const int32_t nhu = group - (h0 - kvh * group) < uh ? group - (h0 - kvh * group) : uh;
+        const int32_t t0 = c->chunk[ch], nt = c->chunk[ch + 1] - t0, slot = c->tok_slot[t0];
+        const float *q[TERN_ATTN_MAX_ROWS];
+        float *out[TERN_ATTN_MAX_ROWS];
+        int32_t len[TERN_ATTN_MAX_ROWS], blen[TERN_ATTN_MAX_ROWS];
+        int P = 0;
+        for (int32_t t = t0; t < t0 + nt; t++)
+            for (int32_t h = h0; h < h0 + nhu; h++, P++) {
+                q[P] = c->q + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
+                out[P] = c->att + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
+                len[P] = c->tok_pos[t] + 1;
+            }
+        const int32_t most = c->tok_pos[t0 + nt - 1] + 1; /* positions grow within a chunk */
+        const size_t off = (size_t)kvh * (size_t)hd;
         /* block by block: positions of a block are contiguous rows */
-        for (int32_t s0 = 0; s0 <= p; s0 += TERN_KV_BLOCK) {
-            int32_t n = p + 1 - s0 < TERN_KV_BLOCK ? p + 1 - s0 : TERN_KV_BLOCK;
+        for (int32_t s0 = 0; s0 < most; s0 += TERN_KV_BLOCK) {
+            const int32_t n = most - s0 < TERN_KV_BLOCK ? most - s0 : TERN_KV_BLOCK;
             uint8_t *kb = kv_part(c, j->li, slot, s0, 0);
-            if (c->kv_type == TERN_KV_F16)
-                tern_attn_scores_f16(qv, (const uint16_t *)(void *)kb + off, n, hd, kvd, scale,
-                                     scores + s0);
-            else if (c->kv_type == TERN_KV_Q8)
-                tern_attn_scores_q8(qv, (const int8_t *)kb + off, kv_scales(c, kb) + kvh, nh, n, hd,
-                                    kvd, scale, scores + s0);
-            else
-                tern_attn_scores(qv, (const float *)(void *)kb + off, n, hd, kvd, scale,
-                                 scores + s0);
+            tern_attn_scores_rows(e, q, P, kb + off * c->kv_elem,
+                                  e == TERN_ATTN_Q8 ? kv_scales(c, kb) + kvh : NULL, nh, n, hd,
+                                  (int64_t)kvd, scale, scores + s0, (int64_t)ldo);
         }
-        tern_softmax(scores, p + 1);
-        float *out = c->att + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int r = 0; r < P; r++) {
+            tern_softmax(scores + (size_t)r * ldo, len[r]);
+            memset(out[r], 0, (size_t)hd * sizeof(float));
+        }
         /* out = out + p_s * v_s for s in order (EXACT kernels, so the same in every variant) */
-        for (int32_t s0 = 0; s0 <= p; s0 += TERN_KV_BLOCK) {
-            int32_t n = p + 1 - s0 < TERN_KV_BLOCK ? p + 1 - s0 : TERN_KV_BLOCK;
+        for (int32_t s0 = 0; s0 < most; s0 += TERN_KV_BLOCK) {
             uint8_t *vb = kv_part(c, j->li, slot, s0, 1);
-            if (c->kv_type == TERN_KV_F16)
-                tern_attn_mix_f16(scores + s0, (const uint16_t *)(void *)vb + off, n, hd, kvd, out);
-            else if (c->kv_type == TERN_KV_Q8)
-                tern_attn_mix_q8(scores + s0, (const int8_t *)vb + off, kv_scales(c, vb) + kvh, nh,
-                                 n, hd, kvd, out);
-            else
-                tern_attn_mix(scores + s0, (const float *)(void *)vb + off, n, hd, kvd, out);
+            for (int r = 0; r < P; r++) {
+                const int32_t left = len[r] - s0;
+                blen[r] = left < 0 ? 0 : left < TERN_KV_BLOCK ? left : TERN_KV_BLOCK;
+            }
+            tern_attn_mix_rows(e, scores + s0, (int64_t)ldo, P, blen, vb + off * c->kv_elem,
+                               e == TERN_ATTN_Q8 ? kv_scales(c, vb) + kvh : NULL, nh, hd,
+                               (int64_t)kvd, out);
         }
     }
 }
@@ -514,6 +549,13 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
         }
         n_tok += b->n_tokens;
     }
+    /* attention chunks: up to chunk_tokens consecutive tokens of one sequence */
+    c->n_chunks = 0;
+    for (int32_t t = 0; t < n_tok; t++)
+        if (t == 0 || c->tok_seq[t] != c->tok_seq[t - 1] ||
+            t - c->chunk[c->n_chunks - 1] == c->chunk_tokens)
+            c->chunk[c->n_chunks++] = t;
+    c->chunk[c->n_chunks] = n_tok;
     const int32_t d = hp->d, ff = hp->n_ff, kvd = c->kv_dim;
     job j = {.c = c, .n_tok = n_tok};
     for (int32_t li = 0; li < c->n_local; li++) {

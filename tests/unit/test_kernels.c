@@ -1040,6 +1040,81 @@ static void test_attention_kv(void)
     printf("attn_scores f16/q8: worst error %.3f of the bound\n", worst);
 }
 
+/* The rows kernels (several query rows over shared K/V rows): every row's scores and mix are
+ * its single-row reference's bits, for any row count, context lengths, element type, row
+ * stride and variant. */
+static void test_attention_rows(void)
+{
+    int checked = 0;
+    for (int it = 0; it < 90; it++) {
+        const tern_attn_elem e = (tern_attn_elem)(it % 3);
+        const int64_t d = it % 4 ? (it % 2 ? 128 : 64) : rndi(1, TERN_ATTN_MAX_HD);
+        const int64_t n = rndi(1, 40), ld = d + rndi(0, 5), lds = 1 + rndi(0, 4);
+        const int P = (int)(it < 6 ? 1 + it : rndi(1, TERN_ATTN_MAX_ROWS));
+        const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+        uint8_t *kv = xmalloc((size_t)(n * ld) * esz);
+        float *ks = xmalloc((size_t)(n * lds) * 4);
+        for (int64_t i = 0; i < n * ld; i++) {
+            const float x = rndn();
+            if (e == TERN_ATTN_F32)
+                memcpy(kv + i * 4, &x, 4);
+            else if (e == TERN_ATTN_F16) {
+                uint16_t h = tern_f32_to_f16_1(x);
+                memcpy(kv + i * 2, &h, 2);
+            } else
+                kv[i] = (uint8_t)(int8_t)rndi(-127, 127);
+        }
+        for (int64_t i = 0; i < n * lds; i++) ks[i] = fabsf(rndf()) * 0.02f;
+        const float *q[TERN_ATTN_MAX_ROWS];
+        float *qb = xmalloc((size_t)P * (size_t)d * 4);
+        for (int64_t i = 0; i < P * d; i++) qb[i] = rndn();
+        for (int r = 0; r < P; r++) q[r] = qb + (int64_t)(P - 1 - r) * d; /* any row order */
+        const int64_t ldo = n + rndi(0, 3);
+        float *s0 = xmalloc((size_t)(P * ldo) * 4), *s1 = xmalloc((size_t)(P * ldo) * 4);
+        tern_ref_attn_scores_rows(e, q, P, kv, ks, lds, n, d, ld, 0.125f, s0, ldo);
+        /* the mix: weights, lengths 0..n, accumulators with a start value */
+        const int64_t ldp = n + rndi(0, 2);
+        float *pw = xmalloc((size_t)(P * ldp) * 4), *ob = xmalloc((size_t)P * (size_t)d * 4),
+              *o0 = xmalloc((size_t)P * (size_t)d * 4);
+        int32_t len[TERN_ATTN_MAX_ROWS];
+        float *out[TERN_ATTN_MAX_ROWS];
+        for (int64_t i = 0; i < P * ldp; i++) pw[i] = fabsf(rndf());
+        for (int r = 0; r < P; r++) len[r] = (int32_t)(it % 5 ? rndi(0, n) : n);
+        for (int64_t i = 0; i < P * d; i++) ob[i] = rndf();
+        memcpy(o0, ob, (size_t)P * (size_t)d * 4);
+        for (int r = 0; r < P; r++) out[r] = o0 + (int64_t)r * d;
+        tern_ref_attn_mix_rows(e, pw, ldp, P, len, kv, ks, lds, d, ld, out);
+        float *o1 = xmalloc((size_t)P * (size_t)d * 4);
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            const char *vn = tern_simd_name(g_variants[vi]);
+            tern_attn_scores_rows(e, q, P, kv, ks, lds, n, d, ld, 0.125f, s1, ldo);
+            for (int r = 0; r < P; r++)
+                CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n),
+                       "attn_scores_rows %s elem %d P=%d d=%lld n=%lld row %d", vn, (int)e, P,
+                       (long long)d, (long long)n, r);
+            memcpy(o1, ob, (size_t)P * (size_t)d * 4);
+            for (int r = 0; r < P; r++) out[r] = o1 + (int64_t)r * d;
+            tern_attn_mix_rows(e, pw, ldp, P, len, kv, ks, lds, d, ld, out);
+            CHECKF(same_bits(o0, o1, P * d), "attn_mix_rows %s elem %d P=%d d=%lld n=%lld", vn,
+                   (int)e, P, (long long)d, (long long)n);
+            /* row 0 alone through the single-row form */
+            float *one = xmalloc((size_t)n * 4);
+            if (e == TERN_ATTN_F16)
+                tern_attn_scores_f16(q[0], (const uint16_t *)(void *)kv, n, d, ld, 0.125f, one);
+            else if (e == TERN_ATTN_Q8)
+                tern_attn_scores_q8(q[0], (const int8_t *)kv, ks, lds, n, d, ld, 0.125f, one);
+            else
+                tern_attn_scores(q[0], (const float *)(void *)kv, n, d, ld, 0.125f, one);
+            CHECK(same_bits(one, s0, n));
+            free(one);
+            checked++;
+        }
+        free(kv), free(ks), free(qb), free(s0), free(s1), free(pw), free(ob), free(o0), free(o1);
+    }
+    printf("attention rows: %d cases bitwise equal to the single-row references\n", checked);
+}
+
 /* The F16 head and the int8 head, each against its reference; int8 against F16. */
 static void test_head(void)
 {
@@ -1146,8 +1221,9 @@ static void test_head(void)
                       (b == n || ys[t * ldy + b] == -7.0f));
             free(ys);
         }
-        /* int8 head vs F16 head, relative to the logit range of the token */
-        if (k >= 100)
+        /* int8 head vs F16 head, relative to the logit range of the token (over enough rows
+         * for a range to mean something: with two rows it can be as small as one error) */
+        if (k >= 100 && n >= 32)
             for (int64_t t = 0; t < n_tok; t++) {
                 float lo = INFINITY, hi = -INFINITY;
                 double e = 0.0;
@@ -1345,6 +1421,7 @@ int main(void)
     test_elementwise();
     test_attention();
     test_attention_kv();
+    test_attention_rows();
     test_head();
     test_head_q();
     return tern_test_finish("test_kernels");

@@ -1,0 +1,119 @@
+/* attn-rows.h: attention scores and value mixes for several query rows at once (the heads of a
+ * GQA group for a few tokens of one sequence: kernels.h, tern_attn_scores_rows), one driver
+ * for the AVX2 and AVX-512 files.
+ *
+ * Scores: the rows go in the double lanes (qT[i][lane] = (double)q_row[i], built once per
+ * call), each key's elements are converted to double once (exact) and broadcast, and each
+ * lane sums its products in order i = 0 .. d-1 with one fma each. A product of a float and an
+ * F16/int8/float value is exact in double, so fma(q, k, acc) rounds as acc + q*k does: every
+ * score is the reference's sequential double sum, EXACT, in any lane, tiling or variant. Eight
+ * keys at a time keep eight independent fma chains per row group.
+ * Mixes: dims in the float lanes, each row's accumulator out = out + w * v in key order (no
+ * fma: EXACT as the references), a group of up to AR_MR rows sharing each converted V chunk.
+ *
+ * The including file defines: AR_DL (double lanes), AR_VD (its vector), AR_ZERO_PD(),
+ * AR_LOAD_PD(p), AR_STORE_PD(p, v), AR_SET1_PD(x), AR_FMA_PD(a, b, c) (a * b + c), AR_CVT_ROW
+ * (elem, src, d, double *dst: a row's d elements as doubles), AR_FL (float lanes), AR_VF,
+ * AR_LOADV(elem, src, n) (n <= AR_FL elements as floats, zeros after), AR_LOADF(p, n),
+ * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS.
+ */
+#ifndef TERN_KERNELS_ATTN_ROWS_H
+#define TERN_KERNELS_ATTN_ROWS_H
+
+#include "kernels/kernels-internal.h"
+
+#define AR_KB 8 /* keys per block: independent fma chains */
+#define AR_MR 8 /* rows per mix group */
+
+static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *k,
+                           const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
+                           float scale, float *out, int64_t ldo)
+{
+    const int G = (P + AR_DL - 1) / AR_DL; /* row groups */
+    double qt[TERN_ATTN_MAX_ROWS * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
+    double kd[AR_KB * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
+    for (int g = 0; g < G; g++)
+        for (int64_t i = 0; i < d; i++)
+            for (int l = 0; l < AR_DL; l++) {
+                const int r = g * AR_DL + l;
+                qt[(g * d + i) * AR_DL + l] = r < P ? (double)q[r][i] : 0.0;
+            }
+    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    for (int64_t j0 = 0; j0 < n; j0 += AR_KB) {
+        const int nk = n - j0 < AR_KB ? (int)(n - j0) : AR_KB;
+        for (int kk = 0; kk < AR_KB; kk++) /* past n: key j0 again, not stored */
+            AR_CVT_ROW(e, (const uint8_t *)k + (size_t)(j0 + (kk < nk ? kk : 0)) * ldk * esz, d,
+                       kd + kk * d);
+        for (int g = 0; g < G; g++) {
+            AR_VD acc[AR_KB];
+#pragma GCC unroll 8
+            for (int kk = 0; kk < AR_KB; kk++) acc[kk] = AR_ZERO_PD();
+            const double *qg = qt + g * d * AR_DL;
+            for (int64_t i = 0; i < d; i++) {
+                const AR_VD qv = AR_LOAD_PD(qg + i * AR_DL);
+#pragma GCC unroll 8
+                for (int kk = 0; kk < AR_KB; kk++)
+                    acc[kk] = AR_FMA_PD(qv, AR_SET1_PD(kd[kk * d + i]), acc[kk]);
+            }
+            /* the references' epilogue per element: (float)sum, times ks (q8), times scale */
+            double s[AR_KB][AR_DL];
+#pragma GCC unroll 8
+            for (int kk = 0; kk < AR_KB; kk++) AR_STORE_PD(s[kk], acc[kk]);
+            for (int l = 0; l < AR_DL && g * AR_DL + l < P; l++) {
+                float *o = out + (int64_t)(g * AR_DL + l) * ldo + j0;
+                for (int kk = 0; kk < nk; kk++) {
+                    float v = (float)s[kk][l];
+                    if (e == TERN_ATTN_Q8) v = v * ks[(j0 + kk) * ldks];
+                    o[kk] = v * scale;
+                }
+            }
+        }
+    }
+}
+
+static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
+                        const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
+                        float *const *out)
+{
+    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    for (int r0 = 0; r0 < P; r0 += AR_MR) {
+        const int nr = P - r0 < AR_MR ? P - r0 : AR_MR;
+        int32_t lo = INT32_MAX, hi = 0; /* keys every row of the group takes, and the most */
+        for (int r = 0; r < nr; r++) {
+            lo = len[r0 + r] < lo ? len[r0 + r] : lo;
+            hi = len[r0 + r] > hi ? len[r0 + r] : hi;
+        }
+        for (int64_t i = 0; i < d; i += AR_FL) {
+            const int64_t m = d - i < AR_FL ? d - i : AR_FL;
+            AR_VF acc[AR_MR];
+            for (int r = 0; r < nr; r++) acc[r] = AR_LOADF(out[r0 + r] + i, m);
+            int32_t j = 0;
+            for (; j < lo; j++) {
+                const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
+                const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+#pragma GCC unroll 8
+                for (int r = 0; r < AR_MR; r++) {
+                    if (r >= nr) break;
+                    const float pj = p[(r0 + r) * ldp + j];
+                    const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+                    acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+                }
+            }
+            for (; j < hi; j++) { /* rows of a longer context go on alone */
+                const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
+                const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+                for (int r = 0; r < nr; r++) {
+                    if (j >= len[r0 + r]) continue;
+                    const float pj = p[(r0 + r) * ldp + j];
+                    const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+                    acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+                }
+            }
+            for (int r = 0; r < nr; r++) AR_STOREF(out[r0 + r] + i, acc[r], m);
+        }
+    }
+}
+
+#undef AR_KB
+#undef AR_MR
+#endif
