@@ -17,6 +17,18 @@ export TERN_FIXTURES=${TERN_FIXTURES:-$TERN_SOURCE_DIR/../shared/fixtures}
   { echo "SKIP: no $TERN_FIXTURES/tokenizer/llama3.tiktoken (../shared/fixtures)"; exit 77; }
 
 common=(--ids "1 2 3 400 5" --ids "9000 17 65000 128255" --ids "42" -n 7,3,9 --batch 8 --threads 1)
+# --head-type q8_0 on 3 ranks over head splits: the bits of one rank ($tmp/h8.*)
+h8_splits() { # TYPE MODEL
+  local type=$1 model=$2 sp
+  for sp in "even" "1,2:16,1024" "2,2:160,64000"; do
+    mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --head-type q8_0 --split "$sp" \
+      --out "$tmp/h3.f32" --out-ids "$tmp/h3.ids" 2>"$tmp/h3.err" ||
+      { echo "FAIL $type --head-type q8_0 np 3 split $sp"; cat "$tmp/h3.err"; exit 1; }
+    cmp -s "$tmp/h8.f32" "$tmp/h3.f32" && cmp -s "$tmp/h8.ids" "$tmp/h3.ids" ||
+      { echo "FAIL $type --head-type q8_0 np 3 split $sp: logits differ from 1 rank"; exit 1; }
+    echo "ok $type --head-type q8_0 np 3 split $sp: bitwise equal to 1 rank"
+  done
+}
 for type in q8_0 q6_k; do
   model=$tmp/tiny-$type.gguf
   "$TERNPIPE" synth --shape tiny --seed 11 --embd-type "$type" -o "$model" 2>"$tmp/synth.err" ||
@@ -29,14 +41,7 @@ for type in q8_0 q6_k; do
     { echo "FAIL $type --head-type q8_0"; cat "$tmp/h8.err"; exit 1; }
   cmp -s "$tmp/ref.f32" "$tmp/h8.f32" &&
     { echo "FAIL $type: --head-type q8_0 gave the float head's logits bit for bit"; exit 1; }
-  for sp in "even" "1,2:16,1024" "2,2:160,64000"; do
-    mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --head-type q8_0 --split "$sp" \
-      --out "$tmp/h3.f32" --out-ids "$tmp/h3.ids" 2>"$tmp/h3.err" ||
-      { echo "FAIL $type --head-type q8_0 np 3 split $sp"; cat "$tmp/h3.err"; exit 1; }
-    cmp -s "$tmp/h8.f32" "$tmp/h3.f32" && cmp -s "$tmp/h8.ids" "$tmp/h3.ids" ||
-      { echo "FAIL $type --head-type q8_0 np 3 split $sp: logits differ from 1 rank"; exit 1; }
-    echo "ok $type --head-type q8_0 np 3 split $sp: bitwise equal to 1 rank"
-  done
+  h8_splits "$type" "$model"
   for sp in "even" "1,2:even" "1,2:16,1024" "2,2:160,64000"; do
     mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --split "$sp" --out "$tmp/g3.f32" --out-ids "$tmp/g3.ids" 2>"$tmp/g3.err" ||
       { echo "FAIL $type np 3 split $sp"; cat "$tmp/g3.err"; exit 1; }
@@ -45,19 +50,12 @@ for type in q8_0 q6_k; do
     echo "ok $type np 3 split $sp: logits and tokens bitwise equal to 1 rank"
   done
 done
-# an F16 table with --head-type q8_0: the int8 table serves lookup on rank 0 whether or not it
-# holds head rows, so every split gives the bits of one rank
+# an F16 table with --head-type q8_0 (lookup from the F16 table on rank 0, the int8 head rows
+# wherever the split puts them): every split gives the bits of one rank
 model=$tmp/tiny-f16.gguf
 "$TERNPIPE" synth --shape tiny --seed 11 -o "$model" 2>"$tmp/synth.err" ||
   { echo "FAIL synth f16"; cat "$tmp/synth.err"; exit 1; }
 "$TERNPIPE" logits -m "$model" "${common[@]}" --head-type q8_0 --out "$tmp/h8.f32" --out-ids "$tmp/h8.ids" 2>"$tmp/h8.err" ||
   { echo "FAIL f16 --head-type q8_0"; cat "$tmp/h8.err"; exit 1; }
-for sp in "even" "1,2:16,1024" "2,2:160,64000"; do
-  mpirun_ -np 3 "$TERNPIPE" logits -m "$model" "${common[@]}" --head-type q8_0 --split "$sp" \
-    --out "$tmp/h3.f32" --out-ids "$tmp/h3.ids" 2>"$tmp/h3.err" ||
-    { echo "FAIL f16 --head-type q8_0 np 3 split $sp"; cat "$tmp/h3.err"; exit 1; }
-  cmp -s "$tmp/h8.f32" "$tmp/h3.f32" && cmp -s "$tmp/h8.ids" "$tmp/h3.ids" ||
-    { echo "FAIL f16 --head-type q8_0 np 3 split $sp: logits differ from 1 rank"; exit 1; }
-  echo "ok f16 --head-type q8_0 np 3 split $sp: bitwise equal to 1 rank"
-done
+h8_splits f16 "$model"
 echo "quantized token_embd: all passed"
