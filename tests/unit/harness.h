@@ -40,5 +40,9 @@ const char *tern_test_tmpdir(void);
 /* Reads a whole file; NULL on failure. Caller frees. */
 unsigned char *tern_test_read_file(const char *path, size_t *len);
 int tern_test_finish(const char *name);
+/* ggml's dequantize_row_q8_0 / dequantize_row_q6_K (type: TERN_TYPE_Q8_0 or TERN_TYPE_Q6_K),
+ * written in ggml's own loop order: a reference independent of tern_dequant_row's
+ * per-element form. k is a multiple of the type's block. */
+void tern_test_ggml_dequant(int type, const unsigned char *row, long long k, float *y);
 
 #endif

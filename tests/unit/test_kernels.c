@@ -1292,42 +1292,6 @@ static void test_head(void)
 
 /* ---- block-quantized head (Q8_0, Q6_K) ---- */
 
-/* ggml's dequantize_row_q8_0 / dequantize_row_q6_K, written here in ggml's own loop order
- * (independent of tern_dequant_row's per-element form) */
-static void ggml_dequant(tern_ggml_type type, const uint8_t *b, int64_t k, float *y)
-{
-    if (type == TERN_TYPE_Q8_0) {
-        for (int64_t i = 0; i < k / 32; i++, b += 34) {
-            uint16_t h;
-            memcpy(&h, b, 2);
-            const float d = tern_f16_to_f32_1(h);
-            for (int j = 0; j < 32; j++) *y++ = (float)(int8_t)b[2 + j] * d;
-        }
-        return;
-    }
-    for (int64_t i = 0; i < k / 256; i++, b += 210) {
-        uint16_t h;
-        memcpy(&h, b + 208, 2);
-        const float d = tern_f16_to_f32_1(h);
-        const uint8_t *ql = b, *qh = b + 128;
-        const int8_t *sc = (const int8_t *)(b + 192);
-        for (int n = 0; n < 256; n += 128) {
-            for (int l = 0; l < 32; ++l) {
-                int is = l / 16;
-                const int8_t q1 = (int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                const int8_t q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                const int8_t q3 = (int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                const int8_t q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                y[l + 0] = d * sc[is + 0] * q1;
-                y[l + 32] = d * sc[is + 2] * q2;
-                y[l + 64] = d * sc[is + 4] * q3;
-                y[l + 96] = d * sc[is + 6] * q4;
-            }
-            y += 128, ql += 64, qh += 32, sc += 8;
-        }
-    }
-}
-
 /* random blocks: any quant bytes, finite f16 scales of either sign and wide range */
 static void rand_qrows(tern_ggml_type type, uint8_t *p, int64_t n, int64_t k)
 {
@@ -1356,7 +1320,7 @@ static void test_head_q(void)
         rand_qrows(type, w, n, k);
         float *wf = xmalloc((size_t)(n * k) * 4), *wd = xmalloc((size_t)k * 4);
         for (int64_t o = 0; o < n; o++) {
-            ggml_dequant(type, w + o * rb, k, wf + o * k);
+            tern_test_ggml_dequant(type, w + o * rb, k, wf + o * k);
             tern_dequant_row(type, w + o * rb, k, wd);
             CHECKF(same_bits(wd, wf + o * k, k), "dequant %s row %lld", tern_ggml_type_name(type),
                    (long long)o);

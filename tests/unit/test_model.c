@@ -290,39 +290,6 @@ static void quantize(tern_ggml_type type, const uint16_t *h, uint64_t n, uint8_t
     }
 }
 
-/* ggml's dequantize_row_q8_0 / _q6_K in ggml's loop order (independent of the engine's) */
-static void ggml_dequant(tern_ggml_type type, const uint8_t *b, int64_t k, float *y)
-{
-    uint16_t h;
-    if (type == TERN_TYPE_Q8_0) {
-        for (int64_t i = 0; i < k / 32; i++, b += 34) {
-            memcpy(&h, b, 2);
-            for (int j = 0; j < 32; j++) *y++ = (float)(int8_t)b[2 + j] * tern_f16_to_f32_1(h);
-        }
-        return;
-    }
-    for (int64_t i = 0; i < k / 256; i++, b += 210) {
-        memcpy(&h, b + 208, 2);
-        const float d = tern_f16_to_f32_1(h);
-        const uint8_t *ql = b, *qh = b + 128;
-        const int8_t *sc = (const int8_t *)(b + 192);
-        for (int n = 0; n < 256; n += 128) {
-            for (int l = 0; l < 32; ++l) {
-                int is = l / 16;
-                y[l + 0] =
-                    d * sc[is + 0] * ((int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32);
-                y[l + 32] = d * sc[is + 2] *
-                            ((int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
-                y[l + 64] =
-                    d * sc[is + 4] * ((int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
-                y[l + 96] =
-                    d * sc[is + 6] * ((int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
-            }
-            y += 128, ql += 64, qh += 32, sc += 8;
-        }
-    }
-}
-
 static const char *mutate(mutation what)
 {
     static char path[512];
@@ -372,15 +339,23 @@ static const char *mutate(mutation what)
     return rc ? NULL : path;
 }
 
-static void expect_load_error(mutation what, const char *needle)
+/* the fixture model with one change, opened (NULL after a failed check) */
+static tern_gguf *open_mutated(mutation what)
 {
     const char *path = mutate(what);
     CHECK(path != NULL);
-    if (!path) return;
+    if (!path) return NULL;
     tern_status st = {0};
-    tern_gguf *g;
+    tern_gguf *g = NULL;
     CHECK(tern_gguf_open(&g, path, &st) == TERN_OK);
+    return g;
+}
+
+static void expect_load_error(mutation what, const char *needle)
+{
+    tern_gguf *g = open_mutated(what);
     if (!g) return;
+    tern_status st = {0};
     tern_model *m = NULL;
     tern_model_opts mo = {.l0 = 0, .l1 = -1, .embed = true, .head = true};
     tern_code rc = tern_model_load(&m, g, &mo, &st);
@@ -396,13 +371,9 @@ static void expect_load_error(mutation what, const char *needle)
 static void test_quant_embd(mutation what)
 {
     const tern_ggml_type type = what == EMBD_Q6_K ? TERN_TYPE_Q6_K : TERN_TYPE_Q8_0;
-    const char *path = mutate(what);
-    CHECK(path != NULL);
-    if (!path) return;
-    tern_status st = {0};
-    tern_gguf *g;
-    CHECK(tern_gguf_open(&g, path, &st) == TERN_OK);
+    tern_gguf *g = open_mutated(what);
     if (!g) return;
+    tern_status st = {0};
     const tern_gguf_tensor *te = tern_gguf_find_tensor(g, "token_embd.weight");
     CHECK(te && te->type == type);
     runner r, r8;
@@ -415,7 +386,8 @@ static void test_quant_embd(mutation what)
     const size_t row = te->nbytes / (size_t)V;
     float *deq = malloc(sizeof(float) * (size_t)V * (size_t)d);
     for (int v = 0; v < V; v++)
-        ggml_dequant(type, (const uint8_t *)te->data + (size_t)v * row, d, deq + (size_t)v * d);
+        tern_test_ggml_dequant(type, (const uint8_t *)te->data + (size_t)v * row, d,
+                               deq + (size_t)v * d);
     const int32_t ids[6] = {1, 17, 400, 1023, 5, 77};
     float *x = malloc(sizeof(float) * (size_t)n * (size_t)d);
     float *nx = malloc(sizeof(float) * (size_t)n * (size_t)d);
