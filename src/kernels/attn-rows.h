@@ -38,7 +38,7 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
                 const int r = g * AR_DL + l;
                 qt[(g * d + i) * AR_DL + l] = r < P ? (double)q[r][i] : 0.0;
             }
-    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    const size_t esz = tern_attn_elem_bytes(e);
     for (int64_t j0 = 0; j0 < n; j0 += AR_KB) {
         const int nk = n - j0 < AR_KB ? (int)(n - j0) : AR_KB;
         for (int kk = 0; kk < AR_KB; kk++) /* past n: key j0 again, not stored */
@@ -75,7 +75,7 @@ static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, co
                         const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
                         float *const *out)
 {
-    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    const size_t esz = tern_attn_elem_bytes(e);
     for (int r0 = 0; r0 < P; r0 += AR_MR) {
         const int nr = P - r0 < AR_MR ? P - r0 : AR_MR;
         int32_t lo = INT32_MAX, hi = 0; /* keys every row of the group takes, and the most */

@@ -34,7 +34,8 @@
 
 #include "kernels/kernels-internal.h"
 
-#define TERN_HI_SUB (16 / HI_L) /* weight vectors per 64-byte chunk */
+#define TERN_HI_SUB (16 / HI_L)                    /* weight vectors per 64-byte chunk */
+#define TERN_HI_GMAX (HI_G1 > HI_G ? HI_G1 : HI_G) /* weight vectors in a tile, at most */
 
 /* One pass over chunks [c0, c1) of a tile; with several passes the exact int32 partial sums
  * wait in part[token - tb][vector - vb][HI_L] between them, and the logits come on the last. */
@@ -57,8 +58,8 @@ static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pas
 {
     const tern_i8mat *w = p->w;
     const int64_t k = w->k, kc = w->kc;
-    const uint8_t *wp[HI_G1 > HI_G ? HI_G1 : HI_G];
-    HI_V a[HI_G1 > HI_G ? HI_G1 : HI_G][HI_T];
+    const uint8_t *wp[TERN_HI_GMAX];
+    HI_V a[TERN_HI_GMAX][HI_T];
     int32_t *part = p->part ? p->part + ((t - p->tb) * HI_G + (v - p->vb)) * HI_L : NULL;
 #pragma GCC unroll 16
     for (int s = 0; s < G; s++) {
@@ -70,7 +71,7 @@ static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pas
     }
     const int8_t *xt = p->xq + t * k;
     for (int64_t c = p->c0; c < p->c1; c++) {
-        HI_V wv[HI_G1 > HI_G ? HI_G1 : HI_G];
+        HI_V wv[TERN_HI_GMAX];
 #pragma GCC unroll 16
         for (int s = 0; s < G; s++) wv[s] = HI_LOADW(wp[s] + c * 64);
 #pragma GCC unroll 12
@@ -225,6 +226,7 @@ static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
 #undef HI_TC3
 #undef HI_TC2
 #undef TERN_HI_SUB
+#undef TERN_HI_GMAX
 #undef TERN_HI_TB
 #undef TERN_HI_SEG
 #endif

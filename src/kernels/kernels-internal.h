@@ -71,6 +71,12 @@ static inline int8_t tern_i8mat_q(const tern_i8mat *m, int64_t o, int64_t i)
     return (int8_t)(m->qu[((o / 16) * m->kc + i / 4) * 64 + (o % 16) * 4 + i % 4] ^ 0x80);
 }
 
+/* Bytes of one K/V element of the attention kernels. */
+static inline size_t tern_attn_elem_bytes(tern_attn_elem e)
+{
+    return e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+}
+
 /* The int8 head's logit from its exact integer sum: the one formula of every variant. */
 static inline float tern_i8_logit(int32_t isum, float ws, float xs)
 {

@@ -145,7 +145,7 @@ AI __m512 ar_loadv(tern_attn_elem e, const void *p, int64_t n)
 }
 AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
 {
-    const size_t esz = e == TERN_ATTN_F32 ? 4 : e == TERN_ATTN_F16 ? 2 : 1;
+    const size_t esz = tern_attn_elem_bytes(e);
     for (int64_t i = 0; i < d; i += 16) {
         const __mmask16 m = tail16(d - i);
         const __m512 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, d - i);

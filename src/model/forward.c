@@ -64,6 +64,9 @@ struct tern_ctx {
 
 static const char *const kv_names[TERN_KV_TYPE_COUNT] = {"f16", "f32", "q8"};
 static const size_t kv_elem_bytes[TERN_KV_TYPE_COUNT] = {2, 4, 1};
+/* the attention kernels' name for each KV type */
+static const tern_attn_elem kv_attn_elem[TERN_KV_TYPE_COUNT] = {TERN_ATTN_F16, TERN_ATTN_F32,
+                                                                TERN_ATTN_Q8};
 
 const char *tern_kv_type_name(tern_kv_type t)
 {
@@ -434,9 +437,7 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t ldo = (size_t)c->n_ctx, kvd = (size_t)c->kv_dim;
     float *scores = c->scores + (size_t)thread * (size_t)c->attn_rows * ldo;
-    const tern_attn_elem e = c->kv_type == TERN_KV_F16  ? TERN_ATTN_F16
-                             : c->kv_type == TERN_KV_Q8 ? TERN_ATTN_Q8
-                                                        : TERN_ATTN_F32;
+    const tern_attn_elem e = kv_attn_elem[c->kv_type];
     int64_t u0, u1;
     tern_split_rows((int64_t)c->n_chunks * nh * nsub, 1, task, n_tasks, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {
