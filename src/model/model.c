@@ -287,8 +287,6 @@ static tern_code check_qscales(const tern_gguf *g, const char *name, tern_ggml_t
     return TERN_OK;
 }
 
-/* rows [v0, v1) of a [n_vocab][d] table, kept in the file's type: F16, or ggml Q8_0 / Q6_K as
- * --token-embedding-type writes them (used by lookup and head as they are, no F16 copy) */
 /* the tensor of a table (lookup or head: F16, Q8_0 or Q6_K, n_vocab rows of d) and its
  * bytes per row, checked */
 static tern_code table_tensor(const tern_model *m, const tern_gguf *g, const char *name,
@@ -368,6 +366,8 @@ static tern_code load_table_i8(tern_model *m, const tern_gguf *g, const char *na
     return rc;
 }
 
+/* rows [v0, v1) of a [n_vocab][d] table, kept in the file's type: F16, or ggml Q8_0 / Q6_K as
+ * --token-embedding-type writes them (used by lookup and head as they are, no F16 copy) */
 static tern_code load_table(tern_model *m, const tern_gguf *g, const char *name, int32_t v0,
                             int32_t v1, const void **out, tern_ggml_type *type, size_t *row_out,
                             tern_status *st)
@@ -474,8 +474,8 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
                                 m->head_v1, untied ? NULL : m->embd, &m->qhead, st)))
             goto fail;
         m->weight_bytes += tern_i8mat_bytes(m->qhead);
+        m->bytes_per_token += tern_i8mat_bytes(m->qhead);
         tern_log(TERN_LOG_INFO, "model: head: int8 rows with int8 activations (--head-type q8_0)");
-        m->bytes_per_token += (uint64_t)nh * (uint64_t)(d + 8);
     } else if (m->has_head && nh > 0) {
         if (untied || !m->has_embed) {
             /* only this rank's rows: of output.weight, or of the tied embedding */

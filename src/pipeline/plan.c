@@ -48,9 +48,10 @@ double tern_plan_layer_cost(const tern_hparams *hp)
 
 double tern_plan_head_row_cost(const tern_hparams *hp, tern_head_type type)
 {
-    /* --head-type q8_0: int8 rows, a scale and a row sum, whatever the table; else the table
-     * as it is (a Q8_0/Q6_K table's blocks' bytes per row, or F16) */
-    if (type == TERN_HEAD_Q8_0) return (double)hp->d + 8.0;
+    /* --head-type q8_0: int8 rows and a float scale each, whatever the table
+     * (tern_i8mat_bytes); else the table as it is (a Q8_0/Q6_K table's blocks' bytes per row, or
+     * F16) */
+    if (type == TERN_HEAD_Q8_0) return (double)hp->d + (double)sizeof(float);
     const tern_type_traits *tr = tern_type_traits_of(hp->head_table);
     if (tr && tr->quant) return (double)hp->d / tr->blck * tr->bytes;
     return (double)hp->d * 2.0;

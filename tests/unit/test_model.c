@@ -418,7 +418,7 @@ static void test_quant_embd(mutation what)
            tern_ggml_type_name(type), worst);
     CHECK(worst <= 1.0);
     /* --head-type q8_0 over a quantized table: its rows as int8 rows (lookup and head), int8
-     * activations: close to the table's own logits, at d + 8 bytes a row */
+     * activations: close to the table's own logits, at d + 4 bytes a row (int8 and a scale) */
     CHECK(run_seq(&r, 1, ids, n, 4, lg) == 0 && run_seq(&r8, 1, ids, n, 3, lg8) == 0);
     float lo = INFINITY, hi = -INFINITY, md = 0.0f;
     for (size_t i = 0; i < (size_t)n * (size_t)V; i++) {
@@ -429,7 +429,7 @@ static void test_quant_embd(mutation what)
            tern_ggml_type_name(type), md, md / (hi - lo));
     CHECK(md > 0.0f && md <= 0.03f * (hi - lo));
     CHECK(tern_model_bytes_per_token(r8.m) ==
-          tern_model_bytes_per_token(r.m) - (uint64_t)V * row + (uint64_t)V * (uint64_t)(d + 8));
+          tern_model_bytes_per_token(r.m) - (uint64_t)V * row + (uint64_t)V * (uint64_t)(d + 4));
     free(deq), free(x), free(nx), free(lg), free(lg8);
     runner_close(&r);
     runner_close(&r8);
