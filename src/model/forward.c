@@ -47,12 +47,12 @@ struct tern_ctx {
     float *att;       /* [T][d] */
     float *g, *u;     /* [T][n_ff] */
     float *o;         /* [T][max(d, n_ff)] projection output */
-    float *scores;    /* [n_threads][attn_rows][n_ctx] */
+    float *scores;    /* [n_threads][chunk_tokens * unit_heads][n_ctx] */
     int32_t *chunk;   /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
     int32_t n_chunks;
-    /* attention units: up to attn_rows query rows = chunk_tokens tokens x unit_heads heads of
-     * one KV head (a GQA group, or a part of it), of consecutive tokens of one sequence */
-    int32_t attn_rows, unit_heads, chunk_tokens;
+    /* attention units: up to chunk_tokens consecutive tokens of one sequence x unit_heads
+     * heads of one KV head (a GQA group, or a part of it) */
+    int32_t unit_heads, chunk_tokens;
     int32_t *tok_pos;  /* [T] position of each token */
     int32_t *tok_slot; /* [T] */
     int32_t *tok_seq;  /* [T] index of the token's sequence in the batch */
@@ -171,10 +171,10 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
         int32_t rows = (int32_t)((1u << 20) / (uint32_t)c->n_ctx);
         rows = rows > TERN_ATTN_MAX_ROWS ? TERN_ATTN_MAX_ROWS : rows;
         c->chunk_tokens = rows / c->unit_heads > 1 ? rows / c->unit_heads : 1;
-        c->attn_rows = c->chunk_tokens * c->unit_heads;
     }
     c->scores =
-        xcalloc((size_t)c->n_threads * (size_t)c->attn_rows * (size_t)c->n_ctx, sizeof(float));
+        xcalloc((size_t)c->n_threads * (size_t)(c->chunk_tokens * c->unit_heads) * (size_t)c->n_ctx,
+                sizeof(float));
     c->chunk = xcalloc(T + 1, sizeof(int32_t));
     c->tok_pos = xcalloc(T, sizeof(int32_t));
     c->tok_slot = xcalloc(T, sizeof(int32_t));
@@ -436,7 +436,7 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
     const int32_t uh = c->unit_heads, nsub = (group + uh - 1) / uh;
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t ldo = (size_t)c->n_ctx, kvd = (size_t)c->kv_dim;
-    float *scores = c->scores + (size_t)thread * (size_t)c->attn_rows * ldo;
+    float *scores = c->scores + (size_t)thread * (size_t)(c->chunk_tokens * c->unit_heads) * ldo;
     const tern_attn_elem e = kv_attn_elem[c->kv_type];
     int64_t u0, u1;
     tern_split_rows((int64_t)c->n_chunks * nh * nsub, 1, task, n_tasks, &u0, &u1);
