@@ -210,7 +210,7 @@ void tern_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const
                            float scale, float *out, int64_t ldo)
 {
     TERN_ASSERT(P >= 1 && P <= TERN_ATTN_MAX_ROWS && n >= 0 && d >= 1 && d <= TERN_ATTN_MAX_HD);
-    TERN_ASSERT((n <= 1 || ldk >= d) && (P <= 1 || ldo >= n) && (e != TERN_ATTN_Q8 || ldks >= 1));
+    TERN_ASSERT((n <= 1 || (ldk >= d && (e != TERN_ATTN_Q8 || ldks >= 1))) && (P <= 1 || ldo >= n));
     if (n == 0) return;
     tern_kernels_vt()->attn_scores_rows(e, q, P, k, ks, ldks, n, d, ldk, scale, out, ldo);
 }
@@ -220,7 +220,12 @@ void tern_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P, co
                         float *const *out)
 {
     TERN_ASSERT(P >= 1 && P <= TERN_ATTN_MAX_ROWS && d >= 1 && d <= TERN_ATTN_MAX_HD);
-    TERN_ASSERT(ldv >= d && (e != TERN_ATTN_Q8 || ldvs >= 1));
+    int32_t most = 0;
+    for (int r = 0; r < P; r++) {
+        TERN_ASSERT(len[r] >= 0);
+        most = len[r] > most ? len[r] : most;
+    }
+    TERN_ASSERT(most <= 1 || (ldv >= d && (e != TERN_ATTN_Q8 || ldvs >= 1)));
     tern_kernels_vt()->attn_mix_rows(e, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
 }
 
@@ -228,20 +233,20 @@ void tern_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P, co
 void tern_attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
                       float scale, float *out)
 {
-    tern_attn_scores_rows(TERN_ATTN_F32, &q, 1, k, NULL, 1, n, d, n <= 1 ? d : ldk, scale, out, n);
+    tern_attn_scores_rows(TERN_ATTN_F32, &q, 1, k, NULL, 1, n, d, ldk, scale, out, n);
 }
 
 void tern_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
 {
     TERN_ASSERT(n >= 0 && n <= INT32_MAX);
     const int32_t len = (int32_t)n;
-    tern_attn_mix_rows(TERN_ATTN_F32, p, n, 1, &len, v, NULL, 1, d, n <= 1 ? d : ldv, &out);
+    tern_attn_mix_rows(TERN_ATTN_F32, p, n, 1, &len, v, NULL, 1, d, ldv, &out);
 }
 
 void tern_attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
                           float scale, float *out)
 {
-    tern_attn_scores_rows(TERN_ATTN_F16, &q, 1, k, NULL, 1, n, d, n <= 1 ? d : ldk, scale, out, n);
+    tern_attn_scores_rows(TERN_ATTN_F16, &q, 1, k, NULL, 1, n, d, ldk, scale, out, n);
 }
 
 void tern_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
@@ -249,14 +254,13 @@ void tern_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, 
 {
     TERN_ASSERT(n >= 0 && n <= INT32_MAX);
     const int32_t len = (int32_t)n;
-    tern_attn_mix_rows(TERN_ATTN_F16, p, n, 1, &len, v, NULL, 1, d, n <= 1 ? d : ldv, &out);
+    tern_attn_mix_rows(TERN_ATTN_F16, p, n, 1, &len, v, NULL, 1, d, ldv, &out);
 }
 
 void tern_attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks, int64_t n,
                          int64_t d, int64_t ldk, float scale, float *out)
 {
-    tern_attn_scores_rows(TERN_ATTN_Q8, &q, 1, k, ks, n <= 1 ? 1 : ldks, n, d, n <= 1 ? d : ldk,
-                          scale, out, n);
+    tern_attn_scores_rows(TERN_ATTN_Q8, &q, 1, k, ks, ldks, n, d, ldk, scale, out, n);
 }
 
 void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
@@ -264,8 +268,7 @@ void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t 
 {
     TERN_ASSERT(n >= 0 && n <= INT32_MAX);
     const int32_t len = (int32_t)n;
-    tern_attn_mix_rows(TERN_ATTN_Q8, p, n, 1, &len, v, vs, n <= 1 ? 1 : ldvs, d, n <= 1 ? d : ldv,
-                       &out);
+    tern_attn_mix_rows(TERN_ATTN_Q8, p, n, 1, &len, v, vs, ldvs, d, ldv, &out);
 }
 
 void tern_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale)
