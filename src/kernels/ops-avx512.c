@@ -18,7 +18,8 @@ static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float 
     /* lane j of acc holds the reference's l[j]: elements i with i % 8 == j, in order */
     __m512d acc = _mm512_setzero_pd();
     for (int64_t i = 0; i < n; i += 8) {
-        __m512d v = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(tail8(n - i), x + i));
+        __m512d v = _mm512_cvtps_pd(n - i >= 8 ? _mm256_loadu_ps(x + i)
+                                               : _mm256_maskz_loadu_ps(tail8(n - i), x + i));
         acc = _mm512_fmadd_pd(v, v, acc); /* v*v exact in double: same as mul then add */
     }
     __m256d t = _mm256_add_pd(_mm512_castpd512_pd256(acc), _mm512_extractf64x4_pd(acc, 1));
@@ -27,9 +28,8 @@ static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float 
     float mean = (float)(ss / (double)n);
     const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = tail16(n - i);
-        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i)));
+        __m512 v = _mm512_mul_ps(load_n(x + i, n - i), scale);
+        store_n(y + i, _mm512_mul_ps(v, load_n(w + i, n - i)), n - i);
     }
 }
 
@@ -39,13 +39,13 @@ static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *
     for (int64_t h = 0; h < n_heads; h++) {
         float *z = x + h * head_dim;
         for (int64_t j = 0; j < half; j += 16) {
-            __mmask16 m = tail16(half - j);
-            __m512 a = _mm512_maskz_loadu_ps(m, z + j), b = _mm512_maskz_loadu_ps(m, z + half + j);
-            __m512 cv = _mm512_maskz_loadu_ps(m, c + j), sv = _mm512_maskz_loadu_ps(m, s + j);
+            const int64_t left = half - j;
+            __m512 a = load_n(z + j, left), b = load_n(z + half + j, left);
+            __m512 cv = load_n(c + j, left), sv = load_n(s + j, left);
             __m512 r0 = _mm512_sub_ps(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, sv));
             __m512 r1 = _mm512_add_ps(_mm512_mul_ps(a, sv), _mm512_mul_ps(b, cv));
-            _mm512_mask_storeu_ps(z + j, m, r0);
-            _mm512_mask_storeu_ps(z + half + j, m, r1);
+            store_n(z + j, r0, left);
+            store_n(z + half + j, r1, left);
         }
     }
 }
@@ -86,23 +86,28 @@ static void softmax(float *x, int64_t n)
 {
     __m512 mv = _mm512_set1_ps(-INFINITY);
     for (int64_t i = 0; i < n; i += 16)
-        mv = _mm512_mask_max_ps(mv, tail16(n - i), _mm512_maskz_loadu_ps(tail16(n - i), x + i), mv);
+        mv = _mm512_mask_max_ps(mv, tail16(n - i), load_n(x + i, n - i), mv);
     const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mv));
     __m512d sum = _mm512_setzero_pd();
+    const __m256 m8 = _mm512_castps512_ps256(m), tiny8 = _mm256_set1_ps(FLT_MIN);
     for (int64_t i = 0; i < n; i += 8) {
-        __mmask16 k = (__mmask16)tail8(n - i);
-        __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), m);
-        __m256 e = _mm512_cvtpd_ps(exp_pd(lo_pd(d)));
-        e = _mm256_and_ps(e, _mm256_cmp_ps(e, _mm256_set1_ps(FLT_MIN), _CMP_GE_OQ));
-        _mm512_mask_storeu_ps(x + i, k, _mm512_castps256_ps512(e));
-        sum = _mm512_mask_add_pd(sum, (__mmask8)k, sum, _mm512_cvtps_pd(e));
+        /* full rows of 8 unmasked: a masked store does not forward to the loads after it */
+        const bool full = n - i >= 8;
+        const __mmask8 k = tail8(n - i);
+        __m256 d = full ? _mm256_loadu_ps(x + i) : _mm256_maskz_loadu_ps(k, x + i);
+        __m256 e = _mm512_cvtpd_ps(exp_pd(_mm512_cvtps_pd(_mm256_sub_ps(d, m8))));
+        e = _mm256_and_ps(e, _mm256_cmp_ps(e, tiny8, _CMP_GE_OQ));
+        if (full)
+            _mm256_storeu_ps(x + i, e);
+        else
+            _mm256_mask_storeu_ps(x + i, k, e);
+        sum = _mm512_mask_add_pd(sum, k, sum, _mm512_cvtps_pd(e));
     }
     const __m512 inv = _mm512_set1_ps((float)(1.0 / _mm512_reduce_add_pd(sum)));
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv);
+        __m512 p = _mm512_mul_ps(load_n(x + i, n - i), inv);
         p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_set1_ps(FLT_MIN), _CMP_GE_OQ), p);
-        _mm512_mask_storeu_ps(x + i, k, p);
+        store_n(x + i, p, n - i);
     }
 }
 
@@ -110,10 +115,8 @@ static void relu2_mul(const float *g, const float *u, int64_t n, float *m)
 {
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        __m512 r = _mm512_max_ps(_mm512_maskz_loadu_ps(k, g + i), zero); /* NaN -> 0 as the ref */
-        _mm512_mask_storeu_ps(m + i, k,
-                              _mm512_mul_ps(_mm512_mul_ps(r, r), _mm512_maskz_loadu_ps(k, u + i)));
+        __m512 r = _mm512_max_ps(load_n(g + i, n - i), zero); /* NaN -> 0 as the ref */
+        store_n(m + i, _mm512_mul_ps(_mm512_mul_ps(r, r), load_n(u + i, n - i)), n - i);
     }
 }
 
@@ -124,8 +127,7 @@ static float dot(const float *a, const float *b, int64_t n)
 {
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        __m512 av = _mm512_maskz_loadu_ps(k, a + i), bv = _mm512_maskz_loadu_ps(k, b + i);
+        __m512 av = load_n(a + i, n - i), bv = load_n(b + i, n - i);
         s0 = _mm512_fmadd_pd(lo_pd(av), lo_pd(bv), s0);
         s1 = _mm512_fmadd_pd(hi_pd(av), hi_pd(bv), s1);
     }
@@ -137,20 +139,19 @@ static float dot(const float *a, const float *b, int64_t n)
 /* n <= 16 elements of a K/V row as floats, zeros after (exact conversions) */
 AI __m512 ar_loadv(tern_attn_elem e, const void *p, int64_t n)
 {
-    const __mmask16 m = tail16(n);
-    if (e == TERN_ATTN_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+    if (e == TERN_ATTN_F16) return load_nh(p, n);
     if (e == TERN_ATTN_Q8)
-        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
-    return _mm512_maskz_loadu_ps(m, p);
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            n >= 16 ? _mm_loadu_si128((const __m128i *)p) : _mm_maskz_loadu_epi8(tail16(n), p)));
+    return load_n(p, n);
 }
 AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
 {
     const size_t esz = tern_attn_elem_bytes(e);
     for (int64_t i = 0; i < d; i += 16) {
-        const __mmask16 m = tail16(d - i);
         const __m512 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, d - i);
-        _mm512_mask_storeu_pd(out + i, (__mmask8)m, lo_pd(f));
-        _mm512_mask_storeu_pd(out + i + 8, (__mmask8)(m >> 8), hi_pd(f));
+        store_nd(out + i, lo_pd(f), d - i);
+        if (d - i > 8) store_nd(out + i + 8, hi_pd(f), d - i - 8);
     }
 }
 #define AR_DL 8
@@ -164,8 +165,8 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
 #define AR_FL 16
 #define AR_VF __m512
 #define AR_LOADV ar_loadv
-#define AR_LOADF(p, n) _mm512_maskz_loadu_ps(tail16(n), (p))
-#define AR_STOREF(p, v, n) _mm512_mask_storeu_ps((p), tail16(n), (v))
+#define AR_LOADF load_n
+#define AR_STOREF store_n
 #define AR_ADD_PS _mm512_add_ps
 #define AR_MUL_PS _mm512_mul_ps
 #define AR_SET1_PS _mm512_set1_ps
@@ -175,10 +176,8 @@ static void axpy(float *y, float a, const float *x, int64_t n)
 {
     const __m512 av = _mm512_set1_ps(a);
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        __m512 r = _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + i),
-                                 _mm512_mul_ps(av, _mm512_maskz_loadu_ps(k, x + i)));
-        _mm512_mask_storeu_ps(y + i, k, r);
+        __m512 r = _mm512_add_ps(load_n(y + i, n - i), _mm512_mul_ps(av, load_n(x + i, n - i)));
+        store_n(y + i, r, n - i);
     }
 }
 
@@ -250,18 +249,19 @@ AI void hi_store(__m512i acc, int32_t xsum, const float *sc, float xs, float *ou
 static void f16_to_f32(const uint16_t *h, float *f, int64_t n)
 {
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        _mm512_mask_storeu_ps(f + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
+        store_n(f + i, load_nh(h + i, n - i), n - i);
     }
 }
 
 static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 {
     for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 k = tail16(n - i);
-        __m256i v = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, f + i),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        _mm256_mask_storeu_epi16(h + i, k, v);
+        __m256i v =
+            _mm512_cvtps_ph(load_n(f + i, n - i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        if (n - i >= 16)
+            _mm256_storeu_si256((__m256i *)(void *)(h + i), v);
+        else
+            _mm256_mask_storeu_epi16(h + i, tail16(n - i), v);
     }
 }
 

@@ -49,7 +49,10 @@ void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, floa
             v = _mm512_min_ps(_mm512_max_ps(v, lo), hi); /* max(NaN, lo) = lo */
             __m512i iv = _mm512_cvtps_epi32(v);          /* integral already: exact */
             sum = _mm512_add_epi32(sum, iv);             /* masked lanes are 0 */
-            _mm512_mask_cvtepi32_storeu_epi8(qi + j, m, iv);
+            if (k - j >= 16) /* unmasked where full: a masked store does not forward */
+                _mm_storeu_si128((__m128i *)(void *)(qi + j), _mm512_cvtepi32_epi8(iv));
+            else
+                _mm512_mask_cvtepi32_storeu_epi8(qi + j, m, iv);
         }
         s[i] = sc;
         qsum[i] = _mm512_reduce_add_epi32(sum);
@@ -72,6 +75,15 @@ static inline __mmask16 row_mask(int64_t g, int64_t o0, int64_t o1)
 {
     int64_t r0 = g * 16, lo = o0 > r0 ? o0 - r0 : 0, hi = o1 - r0 < 16 ? o1 - r0 : 16;
     return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* a tile's results for the rows of mask m (all 16 unmasked: masked stores do not forward) */
+AI void store_rows(float *y, __mmask16 m, __m512 f)
+{
+    if (m == 0xffff)
+        _mm512_storeu_ps(y, f);
+    else
+        _mm512_mask_storeu_ps(y, m, f);
 }
 
 /* One pass of the single-scale GEMM: chunks [c0, c1) of every tile. With several passes
@@ -143,7 +155,7 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int
             a = _mm512_sub_epi32(a, _mm512_set1_epi32(p->qsum[t0 + ti]));
             __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(p->s[t0 + ti]));
             f = _mm512_mul_ps(f, alpha);
-            _mm512_mask_storeu_ps(p->y + (t0 + ti) * p->ldy + (g + gi) * 16, m, f);
+            store_rows(p->y + (t0 + ti) * p->ldy + (g + gi) * 16, m, f);
         }
     }
 }
@@ -259,7 +271,7 @@ AI void tile_blocks(const tern_tmat *w, int64_t g, const int8_t *q, const float 
 #pragma GCC unroll 8
     for (int ti = 0; ti < TB; ti++) {
         __m512 f = _mm512_mul_ps(_mm512_div_ps(fa[ti], _mm512_set1_ps(s[t0 + ti])), dm);
-        _mm512_mask_storeu_ps(y + (t0 + ti) * ldy + g * 16, m, f);
+        store_rows(y + (t0 + ti) * ldy + g * 16, m, f);
     }
 }
 
