@@ -17,12 +17,25 @@ AI float hsum8(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+/* up to 8 floats, full vectors unmasked (a masked store does not forward to later loads) */
+AI __m256 ar_loadf(const float *p, int64_t n)
+{
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail8(n));
+}
+AI void ar_storef(float *p, __m256 v, int64_t n)
+{
+    if (n >= 8)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_maskstore_ps(p, tail8(n), v);
+}
+
 static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
 {
     /* acc0 lanes = reference l[0..3], acc1 = l[4..7] */
     __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
     for (int64_t i = 0; i < n; i += 8) {
-        __m256 v = _mm256_maskload_ps(x + i, tail8(n - i));
+        __m256 v = ar_loadf(x + i, n - i);
         __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
         __m256d b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
         acc0 = _mm256_fmadd_pd(a, a, acc0); /* a*a exact in double */
@@ -111,10 +124,13 @@ static void softmax(float *x, int64_t n)
         int64_t left = n - i;
         __m128i k =
             _mm_cmpgt_epi32(_mm_set1_epi32(left < 4 ? (int)left : 4), _mm_setr_epi32(0, 1, 2, 3));
-        __m128 d = _mm_sub_ps(_mm_maskload_ps(x + i, k), m);
+        __m128 d = _mm_sub_ps(left >= 4 ? _mm_loadu_ps(x + i) : _mm_maskload_ps(x + i, k), m);
         __m128 e = _mm_and_ps(_mm_castsi128_ps(k), _mm256_cvtpd_ps(exp_pd(_mm256_cvtps_pd(d))));
         e = _mm_and_ps(e, _mm_cmpge_ps(e, _mm_set1_ps(FLT_MIN)));
-        _mm_maskstore_ps(x + i, k, e);
+        if (left >= 4) /* unmasked where full: a masked store does not forward */
+            _mm_storeu_ps(x + i, e);
+        else
+            _mm_maskstore_ps(x + i, k, e);
         sum = _mm256_add_pd(sum, _mm256_cvtps_pd(e));
     }
     const float inv = (float)(1.0 / hsum4d(sum));
@@ -189,17 +205,6 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
         _mm256_storeu_pd(t + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
         memcpy(out + i, t, (size_t)m * sizeof(double));
     }
-}
-AI __m256 ar_loadf(const float *p, int64_t n)
-{
-    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail8(n));
-}
-AI void ar_storef(float *p, __m256 v, int64_t n)
-{
-    if (n >= 8)
-        _mm256_storeu_ps(p, v);
-    else
-        _mm256_maskstore_ps(p, tail8(n), v);
 }
 #define AR_DL 4
 #define AR_VD __m256d
