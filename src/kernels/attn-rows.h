@@ -71,48 +71,74 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
     }
 }
 
+/* One group of NR rows (a constant after inlining, so the accumulators stay in registers;
+ * with a run-time count GCC kept them on the stack, half the speed). */
+static inline __attribute__((always_inline)) void
+tern_ar_mix_group(tern_attn_elem e, const float *p, int64_t ldp, const int NR, const int32_t *len,
+                  const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
+                  float *const *out)
+{
+    const size_t esz = tern_attn_elem_bytes(e);
+    int32_t lo = INT32_MAX, hi = 0; /* keys every row of the group takes, and the most */
+    for (int r = 0; r < NR; r++) {
+        lo = len[r] < lo ? len[r] : lo;
+        hi = len[r] > hi ? len[r] : hi;
+    }
+    for (int64_t i = 0; i < d; i += AR_FL) {
+        const int64_t m = d - i < AR_FL ? d - i : AR_FL;
+        AR_VF acc[AR_MR];
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) acc[r] = AR_LOADF(out[r] + i, m);
+        int32_t j = 0;
+        for (; j < lo; j++) {
+            const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
+            const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; r++) {
+                const float pj = p[r * ldp + j];
+                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+            }
+        }
+        for (; j < hi; j++) { /* rows of a longer context go on alone */
+            const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
+            const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; r++) {
+                if (j >= len[r]) continue;
+                const float pj = p[r * ldp + j];
+                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) AR_STOREF(out[r] + i, acc[r], m);
+    }
+}
+
+#define AR_MIX_CASE(N)                                                                             \
+    case N:                                                                                        \
+        tern_ar_mix_group(e, p + r0 * ldp, ldp, N, len + r0, v, vs, ldvs, d, ldv, out + r0);       \
+        break
+
 static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
                         const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
                         float *const *out)
 {
-    const size_t esz = tern_attn_elem_bytes(e);
     for (int r0 = 0; r0 < P; r0 += AR_MR) {
-        const int nr = P - r0 < AR_MR ? P - r0 : AR_MR;
-        int32_t lo = INT32_MAX, hi = 0; /* keys every row of the group takes, and the most */
-        for (int r = 0; r < nr; r++) {
-            lo = len[r0 + r] < lo ? len[r0 + r] : lo;
-            hi = len[r0 + r] > hi ? len[r0 + r] : hi;
-        }
-        for (int64_t i = 0; i < d; i += AR_FL) {
-            const int64_t m = d - i < AR_FL ? d - i : AR_FL;
-            AR_VF acc[AR_MR];
-            for (int r = 0; r < nr; r++) acc[r] = AR_LOADF(out[r0 + r] + i, m);
-            int32_t j = 0;
-            for (; j < lo; j++) {
-                const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
-                const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
-#pragma GCC unroll 8
-                for (int r = 0; r < AR_MR; r++) {
-                    if (r >= nr) break;
-                    const float pj = p[(r0 + r) * ldp + j];
-                    const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-                    acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
-                }
-            }
-            for (; j < hi; j++) { /* rows of a longer context go on alone */
-                const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
-                const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
-                for (int r = 0; r < nr; r++) {
-                    if (j >= len[r0 + r]) continue;
-                    const float pj = p[(r0 + r) * ldp + j];
-                    const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-                    acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
-                }
-            }
-            for (int r = 0; r < nr; r++) AR_STOREF(out[r0 + r] + i, acc[r], m);
+        switch (P - r0 < AR_MR ? P - r0 : AR_MR) {
+            AR_MIX_CASE(1);
+            AR_MIX_CASE(2);
+            AR_MIX_CASE(3);
+            AR_MIX_CASE(4);
+            AR_MIX_CASE(5);
+            AR_MIX_CASE(6);
+            AR_MIX_CASE(7);
+            AR_MIX_CASE(8);
         }
     }
 }
+#undef AR_MIX_CASE
 
 #undef AR_KB
 #undef AR_MR
