@@ -24,6 +24,51 @@
 
 #define AR_KB 8 /* keys per block: independent fma chains */
 #define AR_MR 8 /* rows per mix group */
+#ifndef AR_GP
+#define AR_GP 1 /* row groups sharing each broadcast key element (registers allowing) */
+#endif
+
+/* Scores of AR_KB keys (converted to doubles in kd) for NG row groups from g (a constant after
+ * inlining): each broadcast key element serves NG groups. */
+static inline __attribute__((always_inline)) void
+tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int64_t d, int g,
+                      const int NG, int P, int nk, int64_t j0, const float *ks, int64_t ldks,
+                      float scale, float *out, int64_t ldo)
+{
+    AR_VD acc[2][AR_KB];
+#pragma GCC unroll 2
+    for (int h = 0; h < NG; h++)
+#pragma GCC unroll 8
+        for (int kk = 0; kk < AR_KB; kk++) acc[h][kk] = AR_ZERO_PD();
+    const double *qg = qt + g * d * AR_DL;
+    for (int64_t i = 0; i < d; i++) {
+        AR_VD qv[2];
+#pragma GCC unroll 2
+        for (int h = 0; h < NG; h++) qv[h] = AR_LOAD_PD(qg + (h * d + i) * AR_DL);
+#pragma GCC unroll 8
+        for (int kk = 0; kk < AR_KB; kk++) {
+            AR_VD b = AR_SET1_PD(kd[kk * d + i]);
+            if (NG > 1) __asm__("" : "+v"(b)); /* one broadcast in a register, not one per fma */
+#pragma GCC unroll 2
+            for (int h = 0; h < NG; h++) acc[h][kk] = AR_FMA_PD(qv[h], b, acc[h][kk]);
+        }
+    }
+    /* the references' epilogue per element: (float)sum, times ks (q8), times scale */
+#pragma GCC unroll 2
+    for (int h = 0; h < NG; h++) {
+        double s[AR_KB][AR_DL];
+#pragma GCC unroll 8
+        for (int kk = 0; kk < AR_KB; kk++) AR_STORE_PD(s[kk], acc[h][kk]);
+        for (int l = 0; l < AR_DL && (g + h) * AR_DL + l < P; l++) {
+            float *o = out + (int64_t)((g + h) * AR_DL + l) * ldo + j0;
+            for (int kk = 0; kk < nk; kk++) {
+                float v = (float)s[kk][l];
+                if (e == TERN_ATTN_Q8) v = v * ks[(j0 + kk) * ldks];
+                o[kk] = v * scale;
+            }
+        }
+    }
+}
 
 static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *k,
                            const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
@@ -44,29 +89,11 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
         for (int kk = 0; kk < AR_KB; kk++) /* past n: key j0 again, not stored */
             AR_CVT_ROW(e, (const uint8_t *)k + (size_t)(j0 + (kk < nk ? kk : 0)) * ldk * esz, d,
                        kd + kk * d);
-        for (int g = 0; g < G; g++) {
-            AR_VD acc[AR_KB];
-#pragma GCC unroll 8
-            for (int kk = 0; kk < AR_KB; kk++) acc[kk] = AR_ZERO_PD();
-            const double *qg = qt + g * d * AR_DL;
-            for (int64_t i = 0; i < d; i++) {
-                const AR_VD qv = AR_LOAD_PD(qg + i * AR_DL);
-#pragma GCC unroll 8
-                for (int kk = 0; kk < AR_KB; kk++)
-                    acc[kk] = AR_FMA_PD(qv, AR_SET1_PD(kd[kk * d + i]), acc[kk]);
-            }
-            /* the references' epilogue per element: (float)sum, times ks (q8), times scale */
-            double s[AR_KB][AR_DL];
-#pragma GCC unroll 8
-            for (int kk = 0; kk < AR_KB; kk++) AR_STORE_PD(s[kk], acc[kk]);
-            for (int l = 0; l < AR_DL && g * AR_DL + l < P; l++) {
-                float *o = out + (int64_t)(g * AR_DL + l) * ldo + j0;
-                for (int kk = 0; kk < nk; kk++) {
-                    float v = (float)s[kk][l];
-                    if (e == TERN_ATTN_Q8) v = v * ks[(j0 + kk) * ldks];
-                    o[kk] = v * scale;
-                }
-            }
+        for (int g = 0; g < G; g += AR_GP) {
+            if (G - g >= 2 && AR_GP >= 2)
+                tern_ar_scores_groups(e, qt, kd, d, g, 2, P, nk, j0, ks, ldks, scale, out, ldo);
+            else
+                tern_ar_scores_groups(e, qt, kd, d, g, 1, P, nk, j0, ks, ldks, scale, out, ldo);
         }
     }
 }
@@ -140,6 +167,7 @@ static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, co
 }
 #undef AR_MIX_CASE
 
+#undef AR_GP
 #undef AR_KB
 #undef AR_MR
 #endif

@@ -155,6 +155,7 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
     }
 }
 #define AR_DL 8
+#define AR_GP 2
 #define AR_VD __m512d
 #define AR_ZERO_PD _mm512_setzero_pd
 #define AR_LOAD_PD _mm512_load_pd
