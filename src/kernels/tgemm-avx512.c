@@ -59,6 +59,14 @@ void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, floa
     }
 }
 
+/* acc + the 4-byte dot products of c (unsigned) and b, per int32 lane. Inline assembly: GCC 12
+ * copies the accumulator of _mm512_dpbusd_epi32 around uses in large tiles (ops-avx512.c). */
+AI __m512i dpbusd(__m512i acc, __m512i c, __m512i b)
+{
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(c), "v"(b));
+    return acc;
+}
+
 /* Four code vectors of one chunk: lane r of c[sh] holds codes of columns 4sh..4sh+3. */
 AI void unpack(const uint8_t *p, __m512i c[4])
 {
@@ -101,6 +109,22 @@ typedef struct {
     bool first, last;
 } pass;
 
+/* The exact sum a of group g + gi, token t0 + ti after a pass: waits in part, or (last pass)
+ * becomes the reference's float epilogue (a - qsum) / s * alpha, stored for the rows in
+ * [o0, o1). */
+AI void tile_out(const pass *p, int64_t g, int gi, int64_t t0, int ti, __m512i a)
+{
+    if (!p->last) {
+        _mm512_store_si512((void *)(p->part + (t0 + ti - p->tbase) * 64 + (g + gi - p->gbase) * 16),
+                           a);
+        return;
+    }
+    a = _mm512_sub_epi32(a, _mm512_set1_epi32(p->qsum[t0 + ti]));
+    __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(p->s[t0 + ti]));
+    f = _mm512_mul_ps(f, _mm512_set1_ps(p->w->alpha));
+    store_rows(p->y + (t0 + ti) * p->ldy + (g + gi) * 16, row_mask(g + gi, p->o0, p->o1), f);
+}
+
 /* Tile with one scale: groups [g, g+G), tokens [t0, t0+TB). G and TB are constants after
  * inlining; the pragmas make the accumulator arrays registers. TB == 1 splits each
  * accumulator in two to halve the dependency chain. */
@@ -134,30 +158,12 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int
                     acc[gi][ti][sh % NS] = _mm512_dpbusd_epi32(acc[gi][ti][sh % NS], cc[gi][sh], b);
             }
     }
-    if (!p->last) {
 #pragma GCC unroll 4
-        for (int gi = 0; gi < G; gi++)
+    for (int gi = 0; gi < G; gi++)
 #pragma GCC unroll 16
-            for (int ti = 0; ti < TB; ti++) {
-                __m512i a =
-                    NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0];
-                _mm512_store_si512((void *)(part + ti * 64 + gi * 16), a);
-            }
-        return;
-    }
-    const __m512 alpha = _mm512_set1_ps(p->w->alpha);
-#pragma GCC unroll 4
-    for (int gi = 0; gi < G; gi++) {
-        __mmask16 m = row_mask(g + gi, p->o0, p->o1);
-#pragma GCC unroll 16
-        for (int ti = 0; ti < TB; ti++) {
-            __m512i a = NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0];
-            a = _mm512_sub_epi32(a, _mm512_set1_epi32(p->qsum[t0 + ti]));
-            __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(p->s[t0 + ti]));
-            f = _mm512_mul_ps(f, alpha);
-            store_rows(p->y + (t0 + ti) * p->ldy + (g + gi) * 16, m, f);
-        }
-    }
+        for (int ti = 0; ti < TB; ti++)
+            tile_out(p, g, gi, t0, ti,
+                     NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0]);
 }
 
 /* Groups [g, g1) (at most four) for tokens [t0, t0+TB): tiles of GM groups, then singles. */
@@ -184,6 +190,93 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
     }
 }
 
+/* ---- many tokens: the codes of a segment unpacked once into L1 ---- */
+
+/* Unpacking costs 7 vector operations a chunk, on the ports vpdpbusd needs; the tiles above
+ * pay them once per 8 tokens (0.77 of the VNNI rate measured). For many tokens the codes of
+ * four groups x TERN_BSEG chunks are unpacked once per chunk of up to 64 tokens into a 32 KiB
+ * buffer (4 vectors a chunk and group), and tiles of 4 groups x 6 tokens load them from there:
+ * 10 loads (4 code vectors, 6 broadcasts) feed 24 vpdpbusd, no other vector operation (0.96
+ * of the rate in a loop alone). The sums are the same exact integers. */
+#define TERN_BSEG 32
+#define TERN_BTB 6
+#define TERN_BMIN 16 /* tokens from which the buffer pays (16: 6+6+4 tiles over it) */
+
+/* buf[((c - c0) * 4 + gi) * 4 + sh]: chunk c's codes of columns 4sh.. of group g + gi */
+static void unpack_buf(const pass *p, int64_t g, int ng, __m512i *buf)
+{
+    const int64_t gstride = p->w->kc * TERN_TG_BYTES;
+    for (int64_t c = p->c0; c < p->c1; c++)
+        for (int gi = 0; gi < ng; gi++)
+            unpack(p->w->codes + (g + gi) * gstride + c * TERN_TG_BYTES,
+                   buf + ((c - p->c0) * 4 + gi) * 4);
+}
+
+/* Tile over the buffer: groups [g, g+G) x tokens [t0, t0+TB), both constants after inlining. */
+AI void tile_buf(const pass *p, const __m512i *buf, int64_t g, const int G, int64_t t0,
+                 const int TB)
+{
+    const int64_t k = p->w->k;
+    const int8_t *qt = p->q + t0 * k;
+    __m512i acc[4][TERN_BTB];
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; gi++)
+#pragma GCC unroll 6
+        for (int ti = 0; ti < TB; ti++)
+            acc[gi][ti] =
+                p->first ? _mm512_setzero_si512()
+                         : _mm512_load_si512((const void *)(p->part + (t0 + ti - p->tbase) * 64 +
+                                                            (g + gi - p->gbase) * 16));
+    for (int64_t c = p->c0; c < p->c1; c++) {
+        const __m512i *bc = buf + (c - p->c0) * 16;
+#pragma GCC unroll 4
+        for (int sh = 0; sh < 4; sh++) {
+            __m512i cv[4];
+#pragma GCC unroll 4
+            for (int gi = 0; gi < G; gi++) cv[gi] = _mm512_load_si512(bc + gi * 4 + sh);
+#pragma GCC unroll 6
+            for (int ti = 0; ti < TB; ti++) {
+                const __m512i b = _mm512_set1_epi32(tern_load_i32(qt + ti * k + c * 16 + sh * 4));
+#pragma GCC unroll 4
+                for (int gi = 0; gi < G; gi++) acc[gi][ti] = dpbusd(acc[gi][ti], cv[gi], b);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int gi = 0; gi < G; gi++)
+#pragma GCC unroll 6
+        for (int ti = 0; ti < TB; ti++) tile_out(p, g, gi, t0, ti, acc[gi][ti]);
+}
+
+#define BUF_TB(GV, TBV)                                                                            \
+    case TBV:                                                                                      \
+        tile_buf(p, buf, g, (GV), t0, (TBV));                                                      \
+        break
+#define BUF_G(GV)                                                                                  \
+    case GV:                                                                                       \
+        switch (tb) {                                                                              \
+            BUF_TB(GV, 1);                                                                         \
+            BUF_TB(GV, 2);                                                                         \
+            BUF_TB(GV, 3);                                                                         \
+            BUF_TB(GV, 4);                                                                         \
+            BUF_TB(GV, 5);                                                                         \
+            BUF_TB(GV, 6);                                                                         \
+        }                                                                                          \
+        break
+
+static void run_buf(const pass *p, const __m512i *buf, int64_t g, int ng, int64_t t0, int tb)
+{
+    TERN_ASSERT(ng >= 1 && ng <= 4 && tb >= 1 && tb <= TERN_BTB);
+    switch (ng) {
+        BUF_G(1);
+        BUF_G(2);
+        BUF_G(3);
+        BUF_G(4);
+    }
+}
+#undef BUF_G
+#undef BUF_TB
+
 /* Measured on Cascade Lake: token blocks of 8 over two groups beat 16 over one (the
  * activations of 8 tokens stay in L1), and passes of 64 chunks (1024 columns) keep them there
  * for any k; without passes n_tok >= 64 ran at half speed. */
@@ -205,6 +298,28 @@ static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, con
      * use it; partial sums (exact int32) wait in part between passes. */
     _Alignas(64) int32_t part[64 * 4 * 16];
     p.part = part;
+    if (n_tok >= TERN_BMIN) {
+        _Alignas(64) __m512i buf[TERN_BSEG * 16];
+        for (int64_t tc = 0; tc < n_tok; tc += 64) {
+            int64_t tend = tc + 64 < n_tok ? tc + 64 : n_tok;
+            p.tbase = tc;
+            for (int64_t g = g0; g < gend; g += 4) {
+                const int ng = gend - g < 4 ? (int)(gend - g) : 4;
+                p.gbase = g;
+                for (int64_t c0 = 0; c0 < kc; c0 += TERN_BSEG) {
+                    p.c0 = c0;
+                    p.c1 = c0 + TERN_BSEG < kc ? c0 + TERN_BSEG : kc;
+                    p.first = c0 == 0;
+                    p.last = p.c1 == kc;
+                    unpack_buf(&p, g, ng, buf);
+                    for (int64_t t0 = tc; t0 < tend; t0 += TERN_BTB)
+                        run_buf(&p, buf, g, ng, t0,
+                                tend - t0 < TERN_BTB ? (int)(tend - t0) : TERN_BTB);
+                }
+            }
+        }
+        return;
+    }
     for (int64_t tc = 0; tc < n_tok; tc += 64) {
         int64_t tend = tc + 64 < n_tok ? tc + 64 : n_tok;
         p.tbase = tc;
