@@ -194,8 +194,9 @@ void tern_attn_mix_q8(const float *p /* [n] */, const int8_t *v /* [n][ldv] */,
                       int64_t ldv, float *out /* [d] */);
 /* int8 KV rows: for each of n rows of d values, amax = max_i |x_i|; when amax is positive and
  * finite, scale = amax / 127 and q_i = clamp(round_half_even(x_i * (127 / amax)), -127, 127),
- * else scale = 0 and q = 0 (NaN elements quantize to 0). One scalar implementation in every
- * variant: EXACT by construction, so a row quantizes the same on every rank and thread. */
+ * else scale = 0 and q = 0 (NaN elements quantize to 0). EXACT: every variant repeats these
+ * float operations lane by lane (max, one product, round half to even, clamp), so a row
+ * quantizes the same on every rank, thread and variant. */
 void tern_kv_quant_q8(const float *x /* [n][d] */, int64_t n, int64_t d, int8_t *q /* [n][d] */,
                       float *scale /* [n] */);
 

@@ -274,29 +274,7 @@ void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t 
 void tern_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale)
 {
     TERN_ASSERT(n >= 0 && d >= 1);
-    /* one scalar code for every variant (kernels.h): a handful of rows per token and layer */
-    for (int64_t r = 0; r < n; r++) {
-        const float *xr = x + r * d;
-        int8_t *qr = q + r * d;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < d; i++) {
-            float a = fabsf(xr[i]);
-            if (a > amax) amax = a; /* NaN compares false: it does not count */
-        }
-        if (!(amax > 0.0f) || !isfinite(amax)) {
-            memset(qr, 0, (size_t)d);
-            scale[r] = 0.0f;
-            continue;
-        }
-        const float s = 127.0f / amax;
-        for (int64_t i = 0; i < d; i++) {
-            float v = tern_round_half_even(xr[i] * s);
-            if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
-            if (v > 127.0f) v = 127.0f;
-            qr[i] = (int8_t)(int32_t)v;
-        }
-        scale[r] = amax / 127.0f;
-    }
+    tern_kernels_vt()->kv_quant_q8(x, n, d, q, scale, NULL);
 }
 
 void tern_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
@@ -309,12 +287,8 @@ void tern_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, 
 
 void tern_head_quant(const float *x, int64_t n_tok, int64_t k, int8_t *xq, float *xs, int32_t *xsum)
 {
-    tern_kv_quant_q8(x, n_tok, k, xq, xs);
-    for (int64_t t = 0; t < n_tok; t++) {
-        int32_t s = 0;
-        for (int64_t i = 0; i < k; i++) s += xq[t * k + i];
-        xsum[t] = s;
-    }
+    TERN_ASSERT(n_tok >= 0 && k >= 1 && xsum);
+    tern_kernels_vt()->kv_quant_q8(x, n_tok, k, xq, xs, xsum);
 }
 
 void tern_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,

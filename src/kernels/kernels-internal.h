@@ -101,6 +101,9 @@ static inline int32_t tern_load_i32(const void *p)
 
 typedef struct tern_kernel_vtable {
     void (*act_quant)(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+    /* kernels.h's tern_kv_quant_q8, and each row's sum of codes where sum is not NULL */
+    void (*kv_quant_q8)(const float *x, int64_t n, int64_t d, int8_t *q, float *scale,
+                        int32_t *sum);
     void (*tgemm)(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                   int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*rmsnorm)(const float *x, const float *w, int64_t n, float eps, float *y);
@@ -134,6 +137,8 @@ const tern_kernel_vtable *tern_kernels_vt(void);
 
 /* Reference entry points, also used by SIMD variants for tails and fallbacks. */
 void tern_ref_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+void tern_ref_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale,
+                          int32_t *sum);
 void tern_ref_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y);

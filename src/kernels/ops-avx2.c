@@ -340,6 +340,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 
 const tern_kernel_vtable tern_kernels_avx2 = {
     .act_quant = tern_avx2_act_quant,
+    .kv_quant_q8 = tern_avx2_kv_quant_q8,
     .tgemm = tern_avx2_tgemm,
     .rmsnorm = rmsnorm,
     .rope_neox = rope_neox,

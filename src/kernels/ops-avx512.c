@@ -268,6 +268,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 
 const tern_kernel_vtable tern_kernels_avx512 = {
     .act_quant = tern_avx512_act_quant,
+    .kv_quant_q8 = tern_avx512_kv_quant_q8,
     .tgemm = tern_avx512_tgemm,
     .rmsnorm = rmsnorm,
     .rope_neox = rope_neox,

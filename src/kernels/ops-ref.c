@@ -311,6 +311,7 @@ void tern_ref_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float 
 
 const tern_kernel_vtable tern_kernels_ref = {
     .act_quant = tern_ref_act_quant,
+    .kv_quant_q8 = tern_ref_kv_quant_q8,
     .tgemm = tern_ref_tgemm,
     .rmsnorm = tern_ref_rmsnorm,
     .rope_neox = tern_ref_rope_neox,

@@ -9,6 +9,8 @@
 #define AI static inline __attribute__((always_inline))
 
 void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum);
+void tern_avx2_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale,
+                           int32_t *sum);
 void tern_avx2_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                      int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
 

@@ -10,6 +10,8 @@
  * blocking (four groups, passes over 1024 columns, chunks of 64 tokens) is tgemm-avx512.c's.
  */
 
+#include <math.h>
+
 #include "kernels/simd-avx2.h"
 
 void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
@@ -62,6 +64,63 @@ void tern_avx2_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float 
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
         s[i] = sc;
         qsum[i] = _mm_cvtsi128_si32(s4);
+    }
+}
+
+/* kernels.h's int8 KV quantizer, the reference's operations lane by lane (see
+ * tgemm-avx512.c); a tail shorter than 8 takes the reference's scalar steps. */
+void tern_avx2_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale,
+                           int32_t *sum)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * d;
+        int8_t *qr = q + r * d;
+        __m256 m = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= d; i += 8)
+            m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + i), absmask), m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float amax = _mm_cvtss_f32(m4);
+        for (; i < d; i++) {
+            const float a = fabsf(xr[i]);
+            if (a > amax) amax = a;
+        }
+        if (sum) sum[r] = 0;
+        if (!(amax > 0.0f) || !isfinite(amax)) {
+            memset(qr, 0, (size_t)d);
+            scale[r] = 0.0f;
+            continue;
+        }
+        const float sc = 127.0f / amax;
+        const __m256 vs = _mm256_set1_ps(sc);
+        __m256i acc = _mm256_setzero_si256();
+        for (i = 0; i + 8 <= d; i += 8) {
+            __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + i), vs),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q)); /* NaN -> 0 */
+            const __m256i iv = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+            acc = _mm256_add_epi32(acc, iv);
+            const __m128i p16 =
+                _mm_packs_epi32(_mm256_castsi256_si128(iv), _mm256_extracti128_si256(iv, 1));
+            _mm_storel_epi64((__m128i *)(void *)(qr + i), _mm_packs_epi16(p16, p16));
+        }
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        int32_t total = _mm_cvtsi128_si32(s4);
+        for (; i < d; i++) {
+            float v = tern_round_half_even(xr[i] * sc);
+            if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
+            if (v > 127.0f) v = 127.0f;
+            qr[i] = (int8_t)(int32_t)v;
+            total += qr[i];
+        }
+        if (sum) sum[r] = total;
+        scale[r] = amax / 127.0f;
     }
 }
 

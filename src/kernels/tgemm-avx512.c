@@ -17,6 +17,9 @@
  * weights come from memory once per 64 tokens, and decode (n_tok = 1) makes a single pass.
  */
 
+#include <math.h>
+#include <string.h>
+
 #include "kernels/simd-avx512.h"
 
 void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
@@ -56,6 +59,44 @@ void tern_avx512_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, floa
         }
         s[i] = sc;
         qsum[i] = _mm512_reduce_add_epi32(sum);
+    }
+}
+
+/* kernels.h's int8 KV quantizer, the reference's operations lane by lane: max ignoring NaN
+ * (max_ps keeps its second operand then), one product, round half to even, NaN to 0, clamp. */
+void tern_avx512_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale,
+                             int32_t *sum)
+{
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * d;
+        int8_t *qr = q + r * d;
+        __m512 m = _mm512_setzero_ps();
+        for (int64_t i = 0; i < d; i += 16)
+            m = _mm512_max_ps(_mm512_and_ps(load_n(xr + i, d - i), absmask), m);
+        const float amax = _mm512_reduce_max_ps(m);
+        if (sum) sum[r] = 0;
+        if (!(amax > 0.0f) || !isfinite(amax)) {
+            memset(qr, 0, (size_t)d);
+            scale[r] = 0.0f;
+            continue;
+        }
+        const __m512 vs = _mm512_set1_ps(127.0f / amax);
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t i = 0; i < d; i += 16) {
+            __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(load_n(xr + i, d - i), vs),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v); /* NaN -> 0 */
+            const __m512i iv = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
+            acc = _mm512_add_epi32(acc, iv); /* lanes past d are 0 */
+            if (d - i >= 16)
+                _mm_storeu_si128((__m128i *)(void *)(qr + i), _mm512_cvtepi32_epi8(iv));
+            else
+                _mm512_mask_cvtepi32_storeu_epi8(qr + i, tail16(d - i), iv);
+        }
+        if (sum) sum[r] = _mm512_reduce_add_epi32(acc);
+        scale[r] = amax / 127.0f;
     }
 }
 

@@ -4,6 +4,7 @@
  * with no use of qsum, and rounding is done without depending on the FPU rounding mode.
  */
 #include <math.h>
+#include <string.h>
 
 #include "kernels/kernels-internal.h"
 
@@ -14,7 +15,7 @@ float tern_round_half_even(float v)
     float f = floorf(a);
     /* exact: a - f is representable (Sterbenz for a >= 1; f = 0 below) */
     float d = a - f;
-    if (d > 0.5f || (d == 0.5f && fmodf(f, 2.0f) == 1.0f)) f += 1.0f;
+    if (d > 0.5f || (d == 0.5f && ((int32_t)f & 1))) f += 1.0f; /* f < 2^23: exact as int */
     return copysignf(f, v);
 }
 
@@ -81,5 +82,36 @@ void tern_ref_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const i
             }
             y[t * ldy + o] = v;
         }
+    }
+}
+
+void tern_ref_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale,
+                          int32_t *sum)
+{
+    for (int64_t r = 0; r < n; r++) {
+        const float *xr = x + r * d;
+        int8_t *qr = q + r * d;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < d; i++) {
+            float a = fabsf(xr[i]);
+            if (a > amax) amax = a; /* NaN compares false: it does not count */
+        }
+        if (sum) sum[r] = 0;
+        if (!(amax > 0.0f) || !isfinite(amax)) {
+            memset(qr, 0, (size_t)d);
+            scale[r] = 0.0f;
+            continue;
+        }
+        const float s = 127.0f / amax;
+        int32_t acc = 0;
+        for (int64_t i = 0; i < d; i++) {
+            float v = tern_round_half_even(xr[i] * s);
+            if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
+            if (v > 127.0f) v = 127.0f;
+            qr[i] = (int8_t)(int32_t)v;
+            acc += qr[i];
+        }
+        if (sum) sum[r] = acc;
+        scale[r] = amax / 127.0f;
     }
 }

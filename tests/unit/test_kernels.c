@@ -212,6 +212,58 @@ static void test_act_quant(void)
     CHECK(tern_round_half_even(0.49999997f) == 0.0f && tern_round_half_even(-126.5f) == -126.0f);
 }
 
+/* The int8 KV / head quantizer: the reference against kernels.h's rule written with rintf,
+ * then every variant bitwise against the reference (codes, scales, and the head's row sums)
+ * on the same inputs as the activation quantizer, with infinities and NaN mixed in. */
+static void test_kv_quant(void)
+{
+    int bad = 0;
+    for (int it = 0; it < 400; it++) {
+        int64_t n = rndi(1, 4), d = it % 3 == 0 ? rndi(1, 40) : rndi(1, 3000);
+        if (it % 7 == 0) d = 128 * rndi(1, 20);
+        float *x = xmalloc((size_t)(n * d) * sizeof(float));
+        for (int64_t i = 0; i < n; i++) fill_x(x + i * d, d, (int)rndi(0, 8));
+        if (it % 11 == 0) x[rndi(0, n * d - 1)] = it % 2 ? INFINITY : -INFINITY;
+        int8_t *q0 = xmalloc((size_t)(n * d)), *q1 = xmalloc((size_t)(n * d));
+        float s0[4], s1[4];
+        int32_t c0[4], c1[4];
+        tern_ref_kv_quant_q8(x, n, d, q0, s0, c0);
+        for (int64_t i = 0; i < n; i++) {
+            float amax = 0.0f;
+            for (int64_t j = 0; j < d; j++)
+                if (fabsf(x[i * d + j]) > amax) amax = fabsf(x[i * d + j]);
+            const bool zero = !(amax > 0.0f) || isinf(amax);
+            CHECK(f2u(s0[i]) == f2u(zero ? 0.0f : amax / 127.0f));
+            int32_t sum = 0;
+            for (int64_t j = 0; j < d; j++) {
+                float v = zero ? 0.0f : rintf(x[i * d + j] * (127.0f / amax));
+                int qv = isnan(v) ? 0 : (int)fminf(fmaxf(v, -127.0f), 127.0f);
+                bad += qv != q0[i * d + j];
+                sum += qv;
+            }
+            CHECK(sum == c0[i]);
+        }
+        for (int vi = 0; vi < g_nvariants; vi++) {
+            use(g_variants[vi]);
+            memset(q1, 0x55, (size_t)(n * d));
+            tern_head_quant(x, n, d, q1, s1, c1);
+            CHECKF(memcmp(q0, q1, (size_t)(n * d)) == 0 && same_bits(s0, s1, n) &&
+                       memcmp(c0, c1, (size_t)n * 4) == 0,
+                   "head_quant %s n=%lld d=%lld", tern_simd_name(g_variants[vi]), (long long)n,
+                   (long long)d);
+            memset(q1, 0x55, (size_t)(n * d));
+            tern_kv_quant_q8(x, n, d, q1, s1);
+            CHECKF(memcmp(q0, q1, (size_t)(n * d)) == 0 && same_bits(s0, s1, n),
+                   "kv_quant_q8 %s n=%lld d=%lld", tern_simd_name(g_variants[vi]), (long long)n,
+                   (long long)d);
+        }
+        free(x);
+        free(q0);
+        free(q1);
+    }
+    CHECKF(bad == 0, "%d int8 KV codes differ from rintf", bad);
+}
+
 /* ---- ternary matrices: encoders from the spec ---- */
 
 static void rand_trits(int8_t *t, int64_t n, int mode)
@@ -1373,6 +1425,7 @@ int main(void)
 {
     test_dispatch();
     test_act_quant();
+    test_kv_quant();
     test_tgemm_random();
     test_repack();
     test_i2s_flat();
