@@ -200,6 +200,14 @@ void tern_attn_mix_q8(const float *p /* [n] */, const int8_t *v /* [n][ldv] */,
 void tern_kv_quant_q8(const float *x /* [n][d] */, int64_t n, int64_t d, int8_t *q /* [n][d] */,
                       float *scale /* [n] */);
 
+/* The compute peak of the active variant: `iters` rounds of its widest int8 dot-product
+ * instruction (vpdpbusd on AVX-512 VNNI: 64 multiply-adds; vpmaddubsw on AVX2: 32; a scalar
+ * multiply-add for ref) or of fp32 FMA, on 16 independent register accumulators with nothing
+ * from memory. Returns the multiply-adds done: timed on every thread at once, the GMAC/s no
+ * kernel of this variant can pass (the ceilings `ternpipe bench` reports). */
+typedef enum tern_peak_kind { TERN_PEAK_INT8, TERN_PEAK_FP32 } tern_peak_kind;
+uint64_t tern_compute_peak(tern_peak_kind kind, int64_t iters);
+
 /* ---- LM head ---- */
 
 /* F16 x F32: y[t][o] = sum_k w[o][k] * x[t][k] for o in [o0, o1), fp32 accumulation, weights

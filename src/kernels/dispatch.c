@@ -271,6 +271,14 @@ void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t 
     tern_attn_mix_rows(TERN_ATTN_Q8, p, n, 1, &len, v, vs, ldvs, d, ldv, &out);
 }
 
+volatile int32_t tern_peak_sink;
+
+uint64_t tern_compute_peak(tern_peak_kind kind, int64_t iters)
+{
+    TERN_ASSERT((kind == TERN_PEAK_INT8 || kind == TERN_PEAK_FP32) && iters >= 0);
+    return tern_kernels_vt()->peak(kind, iters);
+}
+
 void tern_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale)
 {
     TERN_ASSERT(n >= 0 && d >= 1);

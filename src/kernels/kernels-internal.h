@@ -126,7 +126,16 @@ typedef struct tern_kernel_vtable {
                    float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
     void (*f32_to_f16)(const float *f, uint16_t *h, int64_t n);
+    uint64_t (*peak)(tern_peak_kind kind, int64_t iters);
 } tern_kernel_vtable;
+
+extern volatile int32_t tern_peak_sink; /* the peak loops' results go here */
+
+/* 16 register accumulators x `iters` rounds of one instruction (the peak loops): OP(i) names
+ * accumulator i; the sum of all is written to *sink so that nothing is optimized away. */
+#define TERN_PEAK_16(OP)                                                                           \
+    OP(0)                                                                                          \
+    OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11) OP(12) OP(13) OP(14) OP(15)
 
 extern const tern_kernel_vtable tern_kernels_ref;
 extern const tern_kernel_vtable tern_kernels_avx2;

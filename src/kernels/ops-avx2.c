@@ -338,6 +338,51 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
     for (; i < n; i++) h[i] = tern_f32_to_f16_1(f[i]);
 }
 
+/* kernels.h's peak loops: vpmaddubsw ymm (32 int8 multiply-adds; 3-operand, so the 16 results
+ * are independent) or vfmadd231ps ymm (8), 16 ymm registers in all, one function each */
+static void peak_int8(int64_t iters)
+{
+    const __m256i b = _mm256_set1_epi32(0x01010101), c = _mm256_set1_epi32(0x02020202);
+#define DECL(i) __m256i a##i = _mm256_set1_epi32(i);
+    TERN_PEAK_16(DECL)
+#undef DECL
+#define OP(i) __asm__ volatile("vpmaddubsw %1, %2, %0" : "=x"(a##i) : "x"(b), "x"(c));
+    for (int64_t n = 0; n < iters; n++) {
+        TERN_PEAK_16(OP)
+    }
+#undef OP
+    __m256i t = _mm256_setzero_si256();
+#define ADD(i) t = _mm256_add_epi32(t, a##i);
+    TERN_PEAK_16(ADD)
+#undef ADD
+    tern_peak_sink = _mm256_extract_epi32(t, 0);
+}
+static void peak_fp32(int64_t iters)
+{
+    const __m256 x = _mm256_set1_ps(1.0f), y = _mm256_set1_ps(0x1p-30f);
+#define DECL(i) __m256 a##i = _mm256_set1_ps((float)i);
+    TERN_PEAK_16(DECL)
+#undef DECL
+#define OP(i) __asm__ volatile("vfmadd231ps %2, %1, %0" : "+x"(a##i) : "x"(x), "x"(y));
+    for (int64_t n = 0; n < iters; n++) {
+        TERN_PEAK_16(OP)
+    }
+#undef OP
+    __m256 t = _mm256_setzero_ps();
+#define ADD(i) t = _mm256_add_ps(t, a##i);
+    TERN_PEAK_16(ADD)
+#undef ADD
+    tern_peak_sink = (int32_t)_mm256_cvtss_f32(t);
+}
+static uint64_t peak(tern_peak_kind kind, int64_t iters)
+{
+    if (kind == TERN_PEAK_INT8)
+        peak_int8(iters);
+    else
+        peak_fp32(iters);
+    return (uint64_t)iters * 16 * (kind == TERN_PEAK_INT8 ? 32 : 8);
+}
+
 const tern_kernel_vtable tern_kernels_avx2 = {
     .act_quant = tern_avx2_act_quant,
     .kv_quant_q8 = tern_avx2_kv_quant_q8,
@@ -355,4 +400,5 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .gemm_q = tern_hq_gemm,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
+    .peak = peak,
 };

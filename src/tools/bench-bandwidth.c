@@ -139,10 +139,23 @@ static void i8_task(void *arg, int task, int n_tasks, int thread)
     if (r1 > r0) tern_gemm_i8(j->h8, j->xq, j->xs, j->xsum, j->t, j->y, j->n, r0, r1);
 }
 
-void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs, double *i8_gmacs)
+typedef struct peak_job {
+    tern_peak_kind kind;
+    int64_t iters;
+    uint64_t macs[256];
+} peak_job;
+
+static void peak_task(void *arg, int task, int n_tasks, int thread)
+{
+    (void)n_tasks, (void)thread;
+    peak_job *j = arg;
+    j->macs[task] = tern_compute_peak(j->kind, j->iters);
+}
+
+void tern_bench_compute(int n_threads, tern_bench_rates *out)
 {
     enum { N = 4096, K = 2560, T = 64 };
-    *tgemm_gmacs = *f16_gmacs = *i8_gmacs = 0;
+    *out = (tern_bench_rates){0};
     tern_topo *topo = NULL;
     tern_pool *pool = NULL;
     int8_t *tr = malloc((size_t)N * K), *q = malloc((size_t)T * K);
@@ -182,8 +195,21 @@ void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs, d
                   .n = N,
                   .k = K,
                   .t = T};
+    /* the peaks: 2^21 rounds of 16 instructions (about 10-40 ms), best of 3 */
+    double *const peaks[2] = {&out->int8_peak, &out->fp32_peak};
+    const int n_tasks = tern_pool_size(pool) < 256 ? tern_pool_size(pool) : 256;
+    for (int kind = 0; kind < 2; kind++)
+        for (int r = 0; r < 3; r++) {
+            peak_job pj = {.kind = (tern_peak_kind)kind, .iters = 1 << 21};
+            double t0 = tern_now();
+            tern_pool_run(pool, peak_task, &pj, n_tasks);
+            double dt = tern_now() - t0;
+            double macs = 0;
+            for (int t = 0; t < n_tasks; t++) macs += (double)pj.macs[t];
+            if (dt > 0 && macs / dt / 1e9 > *peaks[kind]) *peaks[kind] = macs / dt / 1e9;
+        }
     static void (*const tasks[3])(void *, int, int, int) = {tgemm_task, f16_task, i8_task};
-    double *const rates[3] = {tgemm_gmacs, f16_gmacs, i8_gmacs};
+    double *const rates[3] = {&out->tgemm, &out->f16_head, &out->i8_head};
     for (int kind = 0; kind < 3; kind++) {
         double best = 0;
         for (int r = 0; r < 5; r++) {

@@ -12,9 +12,15 @@
 int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, bool json, bool quiet);
 /* GB/s of this machine's read bandwidth with n_threads (median of 7 passes over 1 GiB). */
 double tern_bench_read_bandwidth(int n_threads);
-/* Best of 5 GMAC/s of the ternary GEMM (int8 x ternary) and of the F16 head GEMM on 64 tokens of a
- * 4096 x 2560 matrix with n_threads: the compute ceilings of prefill and batched decode. */
-void tern_bench_compute(int n_threads, double *tgemm_gmacs, double *f16_gmacs, double *i8_gmacs);
+/* GMAC/s with n_threads, every thread at once: the active kernel variant's peaks (its int8 dot
+ * and fp32 FMA instructions in register loops, tern_compute_peak: the compute ceilings of
+ * prefill and batched decode), and best of 5 of the kernels on 64 tokens of a 4096 x 2560
+ * matrix (the ternary GEMM, the F16 and int8 head GEMMs). */
+typedef struct tern_bench_rates {
+    double int8_peak, fp32_peak;
+    double tgemm, f16_head, i8_head;
+} tern_bench_rates;
+void tern_bench_compute(int n_threads, tern_bench_rates *r);
 /* `bench --profile`: stage costs of this machine and model (before the engine opens). */
 int tern_bench_profile(int argc, char **argv);
 

@@ -229,20 +229,20 @@ int tern_cmd_bench(int argc, char **argv)
     double bw = tern_bench_read_bandwidth(eo.n_threads);
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
     /* the compute ceilings (one rank's, so meaningful for one rank): MACs per token of the
-     * layers (ternary, at the VNNI rate the ternary GEMM reaches) and of the head (F16: the fp32
-     * FMA rate of the F16 head GEMM; q8_0: int8 MACs, the same VNNI rate as the layers; the
-     * int8 head kernel's own rate is reported beside it) */
-    double tg = 0, fh = 0, ih = 0;
-    tern_bench_compute(eo.n_threads, &tg, &fh, &ih);
+     * layers (ternary: int8 multiply-adds at the int8 dot instruction's peak) and of the head
+     * (F16: one fp32 FMA a MAC, at the FMA peak; q8_0: int8 MACs at the int8 peak); the
+     * kernels' own rates on their probe are reported beside the peaks */
+    tern_bench_rates cr;
+    tern_bench_compute(eo.n_threads, &cr);
     const bool q8_head = eo.head_type == TERN_HEAD_Q8_0;
-    const double head_rate = q8_head ? tg : fh;
+    const double pk = cr.int8_peak, head_rate = q8_head ? cr.int8_peak : cr.fp32_peak;
     double mac_layers = (double)hp->n_layer * ((double)hp->d * hp->d * 2 +
                                                (double)hp->d * hp->n_head_kv * hp->head_dim * 2 +
                                                (double)hp->d * hp->n_ff * 3);
     double mac_head = (double)hp->d * hp->n_vocab;
-    double ceil_prefill = tg > 0 ? tg * 1e9 / mac_layers : 0;
-    double ceil_batch = tg > 0 && head_rate > 0
-                            ? 1.0 / (mac_layers / (tg * 1e9) + mac_head / (head_rate * 1e9))
+    double ceil_prefill = pk > 0 ? pk * 1e9 / mac_layers : 0;
+    double ceil_batch = pk > 0 && head_rate > 0
+                            ? 1.0 / (mac_layers / (pk * 1e9) + mac_head / (head_rate * 1e9))
                             : 0;
     for (int k = 0, o = 0; k < n_ranks && o < (int)(nr * 24) - 24; k++)
         o += snprintf(rss_list + o, nr * 24 - (size_t)o, "%s%llu", k ? ", " : "",
@@ -263,14 +263,15 @@ int tern_cmd_bench(int argc, char **argv)
         printf(
             "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, "
             "\"peak_rss_per_rank\": [%s], \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
-            "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f, \"tgemm_gmacs\": %.1f, "
+            "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f, \"int8_peak_gmacs\": %.1f, "
+            "\"fp32_peak_gmacs\": %.1f, \"tgemm_gmacs\": %.1f, "
             "\"f16_head_gmacs\": %.1f, \"i8_head_gmacs\": %.1f, \"head_type\": \"%s\", "
             "\"prefill_ceiling_tok_s\": %.1f, "
             "\"prefill128_fraction\": %.3f, \"batched_ceiling_tok_s\": %.1f, "
             "\"decode64_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
-            rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0, tg, fh,
-            ih, q8_head ? "q8_0" : "f16", ceil_prefill,
-            ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
+            rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0,
+            cr.int8_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head, q8_head ? "q8_0" : "f16",
+            ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
             ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0, tern_kv_type_name(eo.kv_type));
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
@@ -290,14 +291,19 @@ int tern_cmd_bench(int argc, char **argv)
         printf(
             "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
             bw, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
-        printf("compute: ternary GEMM %.0f GMAC/s, F16 head %.0f GMAC/s, int8 head %.0f GMAC/s "
-               "(%.2f of the ternary rate) -> prefill ceiling %.1f tok/s (layers only; prefill 128 "
-               "at %.2f of it), batched-decode ceiling %.1f tok/s (layers + %s head at %s rate; 64 "
-               "sequences at %.2f of it)\n",
-               tg, fh, ih, tg > 0 ? ih / tg : 0.0, ceil_prefill,
-               ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
-               q8_head ? "int8" : "F16", q8_head ? "the ternary" : "its",
-               ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0);
+        printf("compute peaks (every thread, register loops): int8 dot %.0f GMAC/s, fp32 FMA %.0f "
+               "GMAC/s; kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 peak), int8 head %.0f "
+               "(%.2f), F16 head %.0f (%.2f of the FMA peak)\n",
+               cr.int8_peak, cr.fp32_peak, cr.tgemm, pk > 0 ? cr.tgemm / pk : 0.0, cr.i8_head,
+               pk > 0 ? cr.i8_head / pk : 0.0, cr.f16_head,
+               cr.fp32_peak > 0 ? cr.f16_head / cr.fp32_peak : 0.0);
+        printf(
+            "compute ceilings: prefill %.1f tok/s (layers at the int8 peak; prefill 128 at %.2f "
+            "of it), batched decode %.1f tok/s (layers + %s head at the %s peak; 64 sequences at "
+            "%.2f of it)\n",
+            ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
+            q8_head ? "int8" : "F16", q8_head ? "int8" : "FMA",
+            ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0);
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
                "(the rest is %s KV of the concurrent sequences)\n",
                (double)rss / 1e6, (double)rss_single / 1e6, tern_kv_type_name(eo.kv_type));

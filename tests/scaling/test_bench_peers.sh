@@ -71,7 +71,8 @@ for k in ("prefill_tok_s", "decode1_tok_s", "peak_rss_single_bytes", "peak_rss_b
     assert isinstance(t[k], (int, float)) and math.isfinite(t[k]) and t[k] > 0, (k, t[k])
 for s, v in t["decode_tok_s"].items():
     assert math.isfinite(v) and v > 0, (s, v)
-for k in ("read_bandwidth_gbs", "roofline_tok_s", "tgemm_gmacs", "prefill_ceiling_tok_s"):
+for k in ("read_bandwidth_gbs", "roofline_tok_s", "int8_peak_gmacs", "fp32_peak_gmacs",
+          "tgemm_gmacs", "prefill_ceiling_tok_s"):
     assert t["limits"][k] > 0, (k, t["limits"])
 runs = [x for x in r["runs"] if x["engine"] == "ternpipe"]
 assert len(runs) == 6, len(runs)

@@ -116,6 +116,15 @@ static void test_dispatch(void)
             CHECK(tern_kernels_force((tern_simd)v, &st) == TERN_EUNSUPPORTED);
         }
     }
+    /* the peak loops count the multiply-adds of their instruction: 16 a round */
+    static const uint64_t per_op[TERN_SIMD_COUNT][2] = {{1, 1}, {32, 8}, {64, 16}};
+    for (int i = 0; i < g_nvariants; i++) {
+        CHECK(tern_kernels_force(g_variants[i], &st) == TERN_OK);
+        for (int kind = 0; kind < 2; kind++)
+            CHECKF(tern_compute_peak((tern_peak_kind)kind, 1000) ==
+                       1000 * 16 * per_op[g_variants[i]][kind],
+                   "peak %s kind %d", tern_simd_name(g_variants[i]), kind);
+    }
     printf("variants:");
     for (int i = 0; i < g_nvariants; i++) printf(" %s", tern_simd_name(g_variants[i]));
     printf("\n");
