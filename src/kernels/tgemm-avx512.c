@@ -235,12 +235,13 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
 
 /* Unpacking costs 7 vector operations a chunk, on the ports vpdpbusd needs; the tiles above
  * pay them once per 8 tokens (0.77 of the VNNI rate measured). For many tokens the codes of
- * four groups x TERN_BSEG chunks are unpacked once per chunk of up to 64 tokens into a 32 KiB
+ * four groups x TERN_BSEG chunks are unpacked once per TERN_BCHUNK tokens into a 32 KiB
  * buffer (4 vectors a chunk and group), and tiles of 4 groups x 6 tokens load them from there:
  * 10 loads (4 code vectors, 6 broadcasts) feed 24 vpdpbusd, no other vector operation (0.96
  * of the rate in a loop alone). The sums are the same exact integers. */
 #define TERN_BSEG 32
 #define TERN_BTB 6
+#define TERN_BCHUNK 256 /* tokens per unpacking (their partial sums: 64 KiB on the stack) */
 #define TERN_BMIN 16 /* tokens from which the buffer pays (16: 6+6+4 tiles over it) */
 
 /* buf[((c - c0) * 4 + gi) * 4 + sh]: chunk c's codes of columns 4sh.. of group g + gi */
@@ -337,12 +338,12 @@ static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, con
     /* Passes over segments of TERN_SEG chunks keep a token block's activations (and the
      * segment of four groups' weights) in L1 while all token blocks of a chunk of 64 tokens
      * use it; partial sums (exact int32) wait in part between passes. */
-    _Alignas(64) int32_t part[64 * 4 * 16];
+    _Alignas(64) int32_t part[TERN_BCHUNK * 4 * 16];
     p.part = part;
     if (n_tok >= TERN_BMIN) {
         _Alignas(64) __m512i buf[TERN_BSEG * 16];
-        for (int64_t tc = 0; tc < n_tok; tc += 64) {
-            int64_t tend = tc + 64 < n_tok ? tc + 64 : n_tok;
+        for (int64_t tc = 0; tc < n_tok; tc += TERN_BCHUNK) {
+            int64_t tend = tc + TERN_BCHUNK < n_tok ? tc + TERN_BCHUNK : n_tok;
             p.tbase = tc;
             for (int64_t g = g0; g < gend; g += 4) {
                 const int ng = gend - g < 4 ? (int)(gend - g) : 4;
