@@ -247,11 +247,18 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
 /* buf[((c - c0) * 4 + gi) * 4 + sh]: chunk c's codes of columns 4sh.. of group g + gi */
 static void unpack_buf(const pass *p, int64_t g, int ng, __m512i *buf)
 {
-    const int64_t gstride = p->w->kc * TERN_TG_BYTES;
+    const int64_t kc = p->w->kc, gstride = kc * TERN_TG_BYTES, ngroups = (p->w->n + 15) / 16;
+    /* the next segment's codes (same groups, or the next four groups' first) to L2 meanwhile */
+    const bool same = p->c1 < kc;
     for (int64_t c = p->c0; c < p->c1; c++)
-        for (int gi = 0; gi < ng; gi++)
+        for (int gi = 0; gi < ng; gi++) {
+            const int64_t pg = same ? g + gi : g + 4 + gi, pc = same ? c + TERN_BSEG : c - p->c0;
+            if (pg < ngroups && pc < kc)
+                _mm_prefetch((const char *)(p->w->codes + pg * gstride + pc * TERN_TG_BYTES),
+                             _MM_HINT_T1);
             unpack(p->w->codes + (g + gi) * gstride + c * TERN_TG_BYTES,
                    buf + ((c - p->c0) * 4 + gi) * 4);
+        }
 }
 
 /* Tile over the buffer: groups [g, g+G) x tokens [t0, t0+TB), both constants after inlining. */
