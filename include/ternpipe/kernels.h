@@ -235,6 +235,25 @@ tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st
 bool tern_i8mat_set_row(tern_i8mat *m, int64_t o, const float *w /* [k] */);
 tern_code tern_i8mat_from_f16(tern_i8mat **out, const uint16_t *w /* [n][k] */, int64_t n,
                               int64_t k, tern_status *st);
+/* Rows kept as ggml Q8_0 blocks (32 int8 codes q and an F16 scale d each), the table's own
+ * data: one copy serves the head and the lookup (tern_i8mat_row: d * q, the ggml dequantization
+ * bit for bit). Then the GEMM sums each block exactly and folds the blocks in order in float:
+ *   A = 0; for each block b: A = fmaf(d_b, (float)S_b, A),  S_b = sum_{k in b} q[o][k] xq[t][k]
+ *   y[t][o] = (float)((double)A * (double)xs[t]),
+ * EXACT too (every variant folds the same way; xsum is not used). Error against the float head
+ * of the table's values and the unquantized x: sum_k |d q| xs / 2 + (k/32 + 1) 2^-24 sum_k
+ * |d q xq xs|. k must be a multiple of 32. */
+tern_code tern_i8mat_new_q8_0(tern_i8mat **out, int64_t n, int64_t k, tern_status *st);
+/* Row o from its k/32 ggml Q8_0 blocks (34 bytes each); false (row left zero) for a scale that
+ * is not finite. */
+bool tern_i8mat_set_row_q8_0(tern_i8mat *m, int64_t o, const void *blocks);
+bool tern_i8mat_q8_0(const tern_i8mat *m); /* rows kept as Q8_0 blocks */
+/* Row o as k floats (Q8_0: d * q exactly as ggml; per-row scales: q * scale). */
+void tern_i8mat_row(const tern_i8mat *m, int64_t o, float *x /* [k] */);
+/* Rows [row0, row0 + n) of m as a matrix of their own, sharing m's memory (row0 % 16 == 0;
+ * m must outlive it); freed with tern_i8mat_free, which then frees the view only. */
+tern_code tern_i8mat_view(tern_i8mat **out, const tern_i8mat *m, int64_t row0, int64_t n,
+                          tern_status *st);
 void tern_i8mat_free(tern_i8mat *m); /* NULL ok */
 int64_t tern_i8mat_rows(const tern_i8mat *m);
 int64_t tern_i8mat_cols(const tern_i8mat *m);

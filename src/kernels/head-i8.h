@@ -16,6 +16,13 @@
  *                   formula; the token's activation sum times the weights' bias taken off
  *                   first where the dot keeps it)
  *   HI_G1           weight vectors per tile for one token; HI_G x HI_T the tile for several
+ * Rows kept as Q8_0 blocks (w->bscale) take their own tile, HI_BG vectors x HI_BT tokens:
+ *   HI_BIAS         what the dot adds per activation (128: biased weights; 0: none), so that
+ *                   HI_BIAS x a block's activation sum comes off each block's sum
+ *   HI_VF           a float vector of HI_L lanes; HI_ZEROF(), HI_LOADPF(p), HI_STOREPF(p, A)
+ *   HI_LOADD(p)     the HI_L F16 block scales at p as floats
+ *   HI_FOLD(A, a, xb, d)  A + d * (float)(a - xb) with one fma per lane (kernels.h)
+ *   HI_STOREB(A, xs, out, lo, hi)  (float)((double)A * (double)xs) for lanes [lo, hi)
  * One token streams HI_G1 vectors of rows at once (bandwidth-bound: the weights are read
  * once); several tokens take HI_G vectors of rows and run every tile of HI_T tokens over
  * them, in passes of TERN_HI_SEG chunks (the exact partial sums of up to 64 tokens wait on the
@@ -28,7 +35,9 @@
 #if !defined(HI_L) || !defined(HI_V) || !defined(HI_X) || !defined(HI_ZERO) ||                     \
     !defined(HI_LOADW) || !defined(HI_BCAST) || !defined(HI_DOT) || !defined(HI_STORE) ||          \
     !defined(HI_G1) || !defined(HI_G) || !defined(HI_T) || !defined(HI_LOADP) ||                   \
-    !defined(HI_STOREP) || HI_T > 12
+    !defined(HI_STOREP) || HI_T > 12 || !defined(HI_BIAS) || !defined(HI_VF) ||                    \
+    !defined(HI_ZEROF) || !defined(HI_LOADPF) || !defined(HI_STOREPF) || !defined(HI_LOADD) ||     \
+    !defined(HI_FOLD) || !defined(HI_STOREB) || !defined(HI_BG) || !defined(HI_BT)
 #error "head-i8.h: define the HI_ dot step first"
 #endif
 
@@ -50,6 +59,7 @@ typedef struct {
     int32_t *part; /* NULL: one pass */
     int64_t vb, tb;
     bool first, last;
+    const int32_t *xb; /* Q8_0 blocks: HI_BIAS x each block's activation sum, [token - tb][nb] */
 } tern_hi_pass;
 
 /* G weight vectors of rows from vector index v (rows v * HI_L ...) x T tokens from t */
@@ -98,6 +108,74 @@ static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pas
         for (int j = 0; j < T; j++)
             HI_STORE(a[s][j], p->xsum[t + j], w->scale + r0, p->xs[t + j],
                      p->y + (t + j) * p->ldy + r0, lo, hi);
+    }
+}
+
+/* The Q8_0-block tile: G vectors of rows from v x T tokens from t; each block's 8 chunks
+ * summed exactly, then folded into the float accumulators in block order (kernels.h). The
+ * float partial sums wait in part (as floats) between passes, which hold whole blocks. */
+static inline __attribute__((always_inline)) void
+tern_hi_tile_b(const tern_hi_pass *p, int64_t v, const int G, int64_t t, const int T)
+{
+    const tern_i8mat *w = p->w;
+    const int64_t k = w->k, kc = w->kc, nb = w->nb;
+    const uint8_t *wp[HI_BG];
+    const uint16_t *dp[HI_BG];
+    HI_VF A[HI_BG][HI_BT];
+    float *part =
+        p->part ? (float *)(void *)p->part + ((t - p->tb) * HI_G + (v - p->vb)) * HI_L : NULL;
+#pragma GCC unroll 4
+    for (int s = 0; s < G; s++) {
+        const int64_t vs = v + s;
+        wp[s] = w->qu + (vs / TERN_HI_SUB) * kc * 64 + (vs % TERN_HI_SUB) * HI_L * 4;
+        dp[s] = w->bscale + (vs / TERN_HI_SUB) * nb * 16 + (vs % TERN_HI_SUB) * HI_L;
+#pragma GCC unroll 12
+        for (int j = 0; j < T; j++)
+            A[s][j] = p->first ? HI_ZEROF() : HI_LOADPF(part + (j * HI_G + s) * HI_L);
+    }
+    const int8_t *xt = p->xq + t * k;
+    for (int64_t b = p->c0 / 8; b < p->c1 / 8; b++) {
+        HI_V a[HI_BG][HI_BT];
+#pragma GCC unroll 4
+        for (int s = 0; s < G; s++)
+#pragma GCC unroll 12
+            for (int j = 0; j < T; j++) a[s][j] = HI_ZERO();
+        for (int64_t c = b * 8; c < b * 8 + 8; c++) {
+            HI_V wv[HI_BG];
+#pragma GCC unroll 4
+            for (int s = 0; s < G; s++) wv[s] = HI_LOADW(wp[s] + c * 64);
+#pragma GCC unroll 12
+            for (int j = 0; j < T; j++) {
+                const HI_X xb = HI_BCAST(xt + j * k + c * 4);
+#pragma GCC unroll 4
+                for (int s = 0; s < G; s++) a[s][j] = HI_DOT(a[s][j], xb, wv[s]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int s = 0; s < G; s++) {
+            const HI_VF d = HI_LOADD(dp[s] + b * 16);
+#pragma GCC unroll 12
+            for (int j = 0; j < T; j++)
+                A[s][j] =
+                    HI_FOLD(A[s][j], a[s][j], HI_BIAS ? p->xb[(t + j - p->tb) * nb + b] : 0, d);
+        }
+    }
+    if (!p->last) {
+#pragma GCC unroll 4
+        for (int s = 0; s < G; s++)
+#pragma GCC unroll 12
+            for (int j = 0; j < T; j++) HI_STOREPF(part + (j * HI_G + s) * HI_L, A[s][j]);
+        return;
+    }
+#pragma GCC unroll 4
+    for (int s = 0; s < G; s++) {
+        const int64_t r0 = (v + s) * HI_L;
+        const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
+        const int hi = p->o1 - r0 < HI_L ? (int)(p->o1 - r0) : HI_L;
+        if (lo >= hi) continue;
+#pragma GCC unroll 12
+        for (int j = 0; j < T; j++)
+            HI_STOREB(A[s][j], p->xs[t + j], p->y + (t + j) * p->ldy + r0, lo, hi);
     }
 }
 
@@ -175,12 +253,76 @@ static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pas
 #define TERN_HI_TB 64  /* tokens whose partial sums wait between passes */
 #define TERN_HI_SEG 64 /* chunks per pass (HI_G vectors: 16 KiB of weights stay in L1) */
 
+#define TERN_HI_XB 8192 /* int32 block sums of the activations on the stack (32 KiB) */
+
+/* the Q8_0-block tile for nt <= HI_BT tokens on G <= HI_BG vectors, instantiated per count */
+static void tern_hi_run_b(const tern_hi_pass *p, int64_t v, int G, int64_t t, int nt)
+{
+#define TERN_HI_B(GV, TV)                                                                          \
+    if (G == (GV) && nt == (TV)) {                                                                 \
+        tern_hi_tile_b(p, v, (GV), t, (TV));                                                       \
+        return;                                                                                    \
+    }
+#define TERN_HI_BG(GV)                                                                             \
+    TERN_HI_B(GV, 1);                                                                              \
+    if (HI_BT >= 2) TERN_HI_B(GV, 2 <= HI_BT ? 2 : 1);                                             \
+    if (HI_BT >= 3) TERN_HI_B(GV, 3 <= HI_BT ? 3 : 1);                                             \
+    if (HI_BT >= 4) TERN_HI_B(GV, 4 <= HI_BT ? 4 : 1);                                             \
+    if (HI_BT >= 5) TERN_HI_B(GV, 5 <= HI_BT ? 5 : 1);                                             \
+    if (HI_BT >= 6) TERN_HI_B(GV, 6 <= HI_BT ? 6 : 1)
+    TERN_HI_BG(1);
+    if (HI_BG >= 2) {
+        TERN_HI_BG(HI_BG >= 2 ? 2 : 1);
+    }
+#undef TERN_HI_BG
+#undef TERN_HI_B
+    TERN_ASSERT(0);
+}
+
+static void tern_hi_gemm_b(const tern_i8mat *w, const int8_t *xq, const float *xs, float *y,
+                           int64_t n_tok, int64_t ldy, int64_t o0, int64_t o1)
+{
+    const int64_t v0 = o0 / HI_L, v1 = (o1 + HI_L - 1) / HI_L, k = w->k, nb = w->nb;
+    tern_hi_pass p = {w, xq, xs, NULL, y, ldy, o0, o1, 0, w->kc, NULL, 0, 0, true, true, NULL};
+    int32_t part[TERN_HI_TB * HI_G * HI_L] __attribute__((aligned(64)));
+    int32_t xb[TERN_HI_XB];
+    p.part = w->kc > TERN_HI_SEG ? part : NULL;
+    const int64_t tbn = TERN_HI_XB / nb < TERN_HI_TB ? TERN_HI_XB / nb : TERN_HI_TB; /* >= 4 */
+    for (int64_t tb = 0; tb < n_tok; tb += tbn) {
+        const int64_t te = n_tok - tb < tbn ? n_tok : tb + tbn;
+        if (HI_BIAS)
+            for (int64_t t = tb; t < te; t++)
+                for (int64_t b = 0; b < nb; b++) {
+                    int32_t sx = 0;
+                    for (int64_t i = b * 32; i < b * 32 + 32; i++) sx += xq[t * k + i];
+                    xb[(t - tb) * nb + b] = HI_BIAS * sx;
+                }
+        p.tb = tb, p.xb = xb;
+        for (int64_t vg = v0; vg < v1; vg += HI_G) {
+            const int64_t ve = v1 - vg < HI_G ? v1 : vg + HI_G;
+            p.vb = vg;
+            for (int64_t c0 = 0; c0 < w->kc; c0 += TERN_HI_SEG) {
+                p.c0 = c0, p.c1 = w->kc - c0 < TERN_HI_SEG ? w->kc : c0 + TERN_HI_SEG;
+                p.first = c0 == 0, p.last = p.c1 == w->kc;
+                for (int64_t t = tb; t < te; t += HI_BT)
+                    for (int64_t v = vg; v < ve; v += HI_BG)
+                        tern_hi_run_b(&p, v, ve - v < HI_BG ? (int)(ve - v) : HI_BG, t,
+                                      te - t < HI_BT ? (int)(te - t) : HI_BT);
+            }
+        }
+    }
+}
+
 static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
                          const int32_t *xsum, int64_t n_tok, float *y, int64_t ldy, int64_t o0,
                          int64_t o1)
 {
+    if (w->bscale) {
+        tern_hi_gemm_b(w, xq, xs, y, n_tok, ldy, o0, o1);
+        return;
+    }
     const int64_t v0 = o0 / HI_L, v1 = (o1 + HI_L - 1) / HI_L;
-    tern_hi_pass p = {w, xq, xs, xsum, y, ldy, o0, o1, 0, w->kc, NULL, 0, 0, true, true};
+    tern_hi_pass p = {w, xq, xs, xsum, y, ldy, o0, o1, 0, w->kc, NULL, 0, 0, true, true, NULL};
     if (n_tok == 1) {
         int64_t v = v0;
         for (; v + HI_G1 <= v1; v += HI_G1) tern_hi_tile(&p, v, HI_G1, 0, 1);
@@ -229,4 +371,5 @@ static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
 #undef TERN_HI_GMAX
 #undef TERN_HI_TB
 #undef TERN_HI_SEG
+#undef TERN_HI_XB
 #endif

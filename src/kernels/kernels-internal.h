@@ -63,7 +63,10 @@ struct tern_i8mat {
     int64_t n, k;
     int64_t n_groups, kc; /* ceil(n / 16), k / 4 */
     uint8_t *qu;          /* [n_groups][kc][64] */
-    float *scale;         /* [n_groups * 16] (0 past n) */
+    float *scale;         /* per-row scales: [n_groups * 16] (0 past n); NULL with blocks */
+    uint16_t *bscale;     /* Q8_0 blocks: F16 d of [n_groups][nb][16] (0 past n); else NULL */
+    int64_t nb;           /* k / 32 with blocks, else 0 */
+    bool view;            /* rows of another matrix: its memory is not ours */
 };
 
 static inline int8_t tern_i8mat_q(const tern_i8mat *m, int64_t o, int64_t i)

@@ -270,17 +270,16 @@ AI __m256 hf_loadw_tail(const uint16_t *p, int64_t left)
 /* the int8 head (head-i8.h): the weights unbiased (xor 0x80) as loaded, maddubs on |x| and w
  * with x's sign (pairs stay within int16: 2 * 127 * 127 < 2^15), then pairs of int16 to
  * int32; eight rows per 32-byte half chunk */
-typedef struct {
-    __m256i a, s;
-} hi_x;
-AI hi_x hi_bcast(const int8_t *p)
+AI __m256i hi_bcast(const int8_t *p)
 {
-    const __m256i b = _mm256_set1_epi32(tern_load_i32(p));
-    return (hi_x){_mm256_abs_epi8(b), b};
+    return _mm256_set1_epi32(tern_load_i32(p));
 }
-AI __m256i hi_dot(__m256i a, hi_x x, __m256i w)
+/* |w| (unsigned, 128 for a Q8_0 code of -128) times x with w's sign: maddubs of the unsigned
+ * and signed bytes; |x| <= 127, so the pairs stay below 2^15 (abs(w) is the same for every
+ * token of a tile: computed once) */
+AI __m256i hi_dot(__m256i a, __m256i x, __m256i w)
 {
-    const __m256i p = _mm256_maddubs_epi16(x.a, _mm256_sign_epi8(w, x.s));
+    const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
     return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 /* kernels.h's formula in double lanes: (float)((double)S * ((double)scale * (double)xs)) */
@@ -304,7 +303,7 @@ AI void hi_store(__m256i S, int32_t xsum, const float *sc, float xs, float *out,
 }
 #define HI_L 8
 #define HI_V __m256i
-#define HI_X hi_x
+#define HI_X __m256i
 #define HI_ZERO _mm256_setzero_si256
 #define HI_LOADW(p)                                                                                \
     _mm256_xor_si256(_mm256_load_si256((const __m256i *)(const void *)(p)),                        \
@@ -317,6 +316,28 @@ AI void hi_store(__m256i S, int32_t xsum, const float *sc, float xs, float *out,
 #define HI_G1 4
 #define HI_G 4
 #define HI_T 2
+/* Q8_0 blocks: the dot is of the unbiased weights; 2 x 2 tiles */
+AI void hi_storeb(__m256 A, float xs, float *out, int lo, int hi)
+{
+    const __m256d xd = _mm256_set1_pd((double)xs);
+    const __m128 r0 =
+        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(A)), xd));
+    const __m128 r1 =
+        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(A, 1)), xd));
+    float v[8];
+    _mm256_storeu_ps(v, _mm256_set_m128(r1, r0));
+    for (int i = lo; i < hi; i++) out[i] = v[i];
+}
+#define HI_BIAS 0
+#define HI_VF __m256
+#define HI_ZEROF _mm256_setzero_ps
+#define HI_LOADPF(p) _mm256_load_ps(p)
+#define HI_STOREPF(p, a) _mm256_store_ps((p), (a))
+#define HI_LOADD(p) _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(const void *)(p)))
+#define HI_FOLD(A, a, xb, d) ((void)(xb), _mm256_fmadd_ps((d), _mm256_cvtepi32_ps(a), (A)))
+#define HI_STOREB hi_storeb
+#define HI_BG 2
+#define HI_BT 2
 #include "kernels/head-i8.h"
 
 static void f16_to_f32(const uint16_t *h, float *f, int64_t n)

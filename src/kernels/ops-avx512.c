@@ -245,6 +245,27 @@ AI void hi_store(__m512i acc, int32_t xsum, const float *sc, float xs, float *ou
 #define HI_G1 8
 #define HI_G 4
 #define HI_T 6
+/* Q8_0 blocks: the biased dot keeps 128 x the block's activation sum; 2 x 6 tiles (24 int and
+ * float accumulators) */
+AI void hi_storeb(__m512 A, float xs, float *out, int lo, int hi)
+{
+    const __m512d xd = _mm512_set1_pd((double)xs);
+    const __m512 r =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(lo_pd(A), xd))),
+                           _mm512_cvtpd_ps(_mm512_mul_pd(hi_pd(A), xd)), 1);
+    _mm512_mask_storeu_ps(out, (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)), r);
+}
+#define HI_BIAS 128
+#define HI_VF __m512
+#define HI_ZEROF _mm512_setzero_ps
+#define HI_LOADPF(p) _mm512_load_ps(p)
+#define HI_STOREPF(p, a) _mm512_store_ps((p), (a))
+#define HI_LOADD(p) _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(p)))
+#define HI_FOLD(A, a, xb, d)                                                                       \
+    _mm512_fmadd_ps((d), _mm512_cvtepi32_ps(_mm512_sub_epi32((a), _mm512_set1_epi32(xb))), (A))
+#define HI_STOREB hi_storeb
+#define HI_BG 2
+#define HI_BT 6
 #include "kernels/head-i8.h"
 
 static void f16_to_f32(const uint16_t *h, float *f, int64_t n)

@@ -214,6 +214,23 @@ void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
 {
     (void)xsum; /* the reference sums the unbiased products */
     const int64_t k = w->k;
+    if (w->bscale) { /* kernels.h: blocks summed exactly, folded in order by fmaf */
+        for (int64_t o = o0; o < o1; o++)
+            for (int64_t t = 0; t < n_tok; t++) {
+                const int8_t *xt = xq + t * k;
+                float A = 0.0f;
+                for (int64_t b = 0; b < w->nb; b++) {
+                    int32_t S = 0;
+                    for (int64_t i = b * 32; i < b * 32 + 32; i++)
+                        S += (int32_t)tern_i8mat_q(w, o, i) * (int32_t)xt[i];
+                    const float d =
+                        tern_f16_to_f32_1(w->bscale[((o / 16) * w->nb + b) * 16 + o % 16]);
+                    A = fmaf(d, (float)S, A);
+                }
+                y[t * ldy + o] = (float)((double)A * (double)xs[t]);
+            }
+        return;
+    }
     for (int64_t o = o0; o < o1; o++)
         for (int64_t t = 0; t < n_tok; t++) {
             const int8_t *xt = xq + t * k;

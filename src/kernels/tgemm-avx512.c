@@ -242,7 +242,7 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
 #define TERN_BSEG 32
 #define TERN_BTB 6
 #define TERN_BCHUNK 256 /* tokens per unpacking (their partial sums: 64 KiB on the stack) */
-#define TERN_BMIN 16 /* tokens from which the buffer pays (16: 6+6+4 tiles over it) */
+#define TERN_BMIN 16    /* tokens from which the buffer pays (16: 6+6+4 tiles over it) */
 
 /* buf[((c - c0) * 4 + gi) * 4 + sh]: chunk c's codes of columns 4sh.. of group g + gi */
 static void unpack_buf(const pass *p, int64_t g, int ng, __m512i *buf)

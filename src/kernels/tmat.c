@@ -369,9 +369,27 @@ void tern_tmat_unpack_row(const tern_tmat *m, int64_t row, int8_t *t)
 void tern_i8mat_free(tern_i8mat *m)
 {
     if (!m) return;
-    free(m->qu);
-    free(m->scale);
+    if (!m->view) {
+        free(m->qu);
+        free(m->scale);
+        free(m->bscale);
+    }
     free(m);
+}
+
+/* the shared part of both constructors: the codes, all zero (biased: 0x80) */
+static tern_i8mat *i8mat_alloc(int64_t n, int64_t k)
+{
+    tern_i8mat *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->n = n;
+    m->k = k;
+    m->n_groups = (n + 15) / 16;
+    m->kc = k / 4;
+    const uint64_t rows = (uint64_t)m->n_groups * 16;
+    m->qu = alloc64(rows * (uint64_t)k);
+    if (m->qu) memset(m->qu, 0x80, rows * (uint64_t)k); /* q = 0 */
+    return m;
 }
 
 tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st)
@@ -382,16 +400,10 @@ tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st
                                "int8 head: got %lld x %lld, expected >= 1 row of a multiple of 4 "
                                "columns, at most %d",
                                (long long)n, (long long)k, TERN_I8MAT_MAX_K);
-    tern_i8mat *m = calloc(1, sizeof *m);
+    tern_i8mat *m = i8mat_alloc(n, k);
     if (m) {
-        m->n = n;
-        m->k = k;
-        m->n_groups = (n + 15) / 16;
-        m->kc = k / 4;
         const uint64_t rows = (uint64_t)m->n_groups * 16;
-        m->qu = alloc64(rows * (uint64_t)k);
         m->scale = alloc64(rows * sizeof(float));
-        if (m->qu) memset(m->qu, 0x80, rows * (uint64_t)k); /* q = 0 */
         if (m->scale) memset(m->scale, 0, rows * sizeof(float));
     }
     if (!m || !m->qu || !m->scale) {
@@ -403,8 +415,91 @@ tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st
     return TERN_OK;
 }
 
+tern_code tern_i8mat_new_q8_0(tern_i8mat **out, int64_t n, int64_t k, tern_status *st)
+{
+    *out = NULL;
+    if (n < 1 || k < 32 || k % 32 || k > TERN_I8MAT_MAX_K || n > INT64_MAX / 16 / (k + 8))
+        return tern_status_set(st, TERN_EINVAL,
+                               "int8 head (Q8_0 blocks): got %lld x %lld, expected >= 1 row of a "
+                               "multiple of 32 columns, at most %d",
+                               (long long)n, (long long)k, TERN_I8MAT_MAX_K);
+    tern_i8mat *m = i8mat_alloc(n, k);
+    if (m) {
+        m->nb = k / 32;
+        const uint64_t cells = (uint64_t)m->n_groups * (uint64_t)m->nb * 16;
+        m->bscale = alloc64(cells * sizeof(uint16_t));
+        if (m->bscale) memset(m->bscale, 0, cells * sizeof(uint16_t));
+    }
+    if (!m || !m->qu || !m->bscale) {
+        tern_i8mat_free(m);
+        return tern_status_set(st, TERN_ENOMEM,
+                               "int8 head (Q8_0 blocks): out of memory for %lld x %lld",
+                               (long long)n, (long long)k);
+    }
+    *out = m;
+    return TERN_OK;
+}
+
+bool tern_i8mat_set_row_q8_0(tern_i8mat *m, int64_t o, const void *blocks)
+{
+    TERN_ASSERT(m->bscale && o >= 0 && o < m->n);
+    const uint8_t *b = blocks;
+    uint8_t *q = m->qu + (o / 16) * m->kc * 64 + (o % 16) * 4; /* + c * 64 + j: column 4c + j */
+    uint16_t *d = m->bscale + (o / 16) * m->nb * 16 + o % 16;  /* + blk * 16 */
+    for (int64_t blk = 0; blk < m->nb; blk++)
+        if ((b[blk * 34 + 1] & 0x7c) == 0x7c) return false; /* F16 exponent 31: Inf or NaN */
+    for (int64_t blk = 0; blk < m->nb; blk++) {
+        const uint8_t *bb = b + blk * 34;
+        d[blk * 16] = (uint16_t)(bb[0] | bb[1] << 8);
+        for (int i = 0; i < 32; i++) {
+            const int64_t col = blk * 32 + i;
+            q[(col / 4) * 64 + col % 4] = (uint8_t)(bb[2 + i] ^ 0x80);
+        }
+    }
+    return true;
+}
+
+bool tern_i8mat_q8_0(const tern_i8mat *m)
+{
+    return m->bscale != NULL;
+}
+
+void tern_i8mat_row(const tern_i8mat *m, int64_t o, float *x)
+{
+    TERN_ASSERT(o >= 0 && o < m->n);
+    for (int64_t i = 0; i < m->k; i++) {
+        const float q = (float)tern_i8mat_q(m, o, i);
+        x[i] = m->bscale
+                   ? tern_f16_to_f32_1(m->bscale[((o / 16) * m->nb + i / 32) * 16 + o % 16]) * q
+                   : q * m->scale[o];
+    }
+}
+
+tern_code tern_i8mat_view(tern_i8mat **out, const tern_i8mat *m, int64_t row0, int64_t n,
+                          tern_status *st)
+{
+    *out = NULL;
+    if (row0 < 0 || row0 % 16 || n < 1 || n > m->n - row0)
+        return tern_status_set(st, TERN_EINVAL,
+                               "int8 head view: got rows [%lld, %lld) of %lld, expected a start "
+                               "that is a multiple of 16",
+                               (long long)row0, (long long)(row0 + n), (long long)m->n);
+    tern_i8mat *v = malloc(sizeof *v);
+    if (!v) return tern_status_set(st, TERN_ENOMEM, "int8 head view: out of memory");
+    *v = *m;
+    v->view = true;
+    v->n = n;
+    v->n_groups = (n + 15) / 16;
+    v->qu = m->qu + (row0 / 16) * m->kc * 64;
+    if (m->scale) v->scale = m->scale + row0;
+    if (m->bscale) v->bscale = m->bscale + (row0 / 16) * m->nb * 16;
+    *out = v;
+    return TERN_OK;
+}
+
 bool tern_i8mat_set_row(tern_i8mat *m, int64_t o, const float *w)
 {
+    TERN_ASSERT(m->scale && o >= 0 && o < m->n);
     const int64_t k = m->k;
     uint8_t *q = m->qu + (o / 16) * m->kc * 64 + (o % 16) * 4; /* + c * 64 + j: column 4c + j */
     float amax = 0.0f;
@@ -464,5 +559,7 @@ int64_t tern_i8mat_cols(const tern_i8mat *m)
 }
 uint64_t tern_i8mat_bytes(const tern_i8mat *m)
 {
-    return (uint64_t)m->n_groups * 16 * ((uint64_t)m->k + sizeof(float));
+    /* codes, then a float a row or an F16 a block (padding rows of the last group included) */
+    const uint64_t extra = m->bscale ? (uint64_t)m->nb * sizeof(uint16_t) : sizeof(float);
+    return (uint64_t)m->n_groups * 16 * ((uint64_t)m->k + extra);
 }

@@ -598,6 +598,10 @@ void tern_embed(const tern_ctx *c, const int32_t *ids, int32_t n, float *x)
     const tern_model *m = c->m;
     const size_t d = (size_t)m->hp.d;
     for (int32_t i = 0; i < n; i++) {
+        if (m->qembd) { /* the Q8_0 table's blocks: d * q, as ggml dequantizes */
+            tern_i8mat_row(m->qembd, ids[i], x + (size_t)i * d);
+            continue;
+        }
         const void *row = (const uint8_t *)m->embd + (size_t)ids[i] * m->embd_row;
         if (m->embd_type == TERN_TYPE_F16)
             tern_f16_to_f32(row, x + (size_t)i * d, (int64_t)d);

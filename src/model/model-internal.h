@@ -31,8 +31,10 @@ struct tern_model {
     float *output_norm; /* [d] */
     tern_head_type head_type;
     /* head_type == TERN_HEAD_Q8_0: this rank's head rows as int8 (from any table type; lookup
-     * still reads embd as it is) */
-    tern_i8mat *qhead;
+     * still reads embd as it is), or, from a Q8_0 table, the table's own blocks: then a tied
+     * table on the lookup rank is one matrix (qembd, every row; embd NULL) and qhead a view of
+     * its head rows */
+    tern_i8mat *qhead, *qembd;
     bool has_embed, has_head;
     const tern_topo *topo;
     tern_alloc *allocs;

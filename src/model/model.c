@@ -366,6 +366,38 @@ static tern_code load_table_i8(tern_model *m, const tern_gguf *g, const char *na
     return rc;
 }
 
+/* Rows [v0, v1) of a Q8_0 table as the int8 head's Q8_0-block matrix: the table's own codes
+ * and scales, read a chunk at a time; a row with a scale that is not finite is refused by
+ * name. */
+static tern_code load_table_q8_0(tern_model *m, const tern_gguf *g, const char *name, int32_t v0,
+                                 int32_t v1, tern_i8mat **out, tern_status *st)
+{
+    const tern_gguf_tensor *t;
+    uint64_t row;
+    tern_code rc = table_tensor(m, g, name, &t, &row, st);
+    if (rc) return rc;
+    tern_status kst = {0};
+    if ((rc = tern_i8mat_new_q8_0(out, v1 - v0, m->hp.d, &kst)))
+        return tern_status_set(st, rc, "model: '%s': %s", name, kst.msg);
+    uint8_t *buf = malloc((size_t)TABLE_CHUNK_ROWS * (size_t)row);
+    if (!buf) rc = tern_status_set(st, TERN_ENOMEM, "model: out of memory reading '%s'", name);
+    for (int32_t r0 = v0; r0 < v1 && !rc; r0 += TABLE_CHUNK_ROWS) {
+        const int32_t r1 = v1 - r0 < TABLE_CHUNK_ROWS ? v1 : r0 + TABLE_CHUNK_ROWS;
+        if ((rc = tern_gguf_tensor_read(g, t, (uint64_t)r0, (uint64_t)r1, buf, st))) break;
+        for (int32_t r = r0; r < r1; r++)
+            if (!tern_i8mat_set_row_q8_0(*out, r - v0, buf + (size_t)(r - r0) * (size_t)row)) {
+                rc = tern_status_set(st, TERN_EFORMAT,
+                                     "model: %s: tensor '%s': row %d has a block scale that is "
+                                     "not finite",
+                                     tern_gguf_path(g), name, r);
+                break;
+            }
+    }
+    free(buf);
+    if (rc) tern_i8mat_free(*out), *out = NULL;
+    return rc;
+}
+
 /* rows [v0, v1) of a [n_vocab][d] table, kept in the file's type: F16, or ggml Q8_0 / Q6_K as
  * --token-embedding-type writes them (used by lookup and head as they are, no F16 copy) */
 static tern_code load_table(tern_model *m, const tern_gguf *g, const char *name, int32_t v0,
@@ -459,7 +491,24 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
     bool untied = tern_gguf_find_tensor(g, "output.weight") != NULL;
     const int32_t nh = m->head_v1 - m->head_v0;
     const bool q8 = m->head_type == TERN_HEAD_Q8_0;
-    if (m->has_embed) {
+    const char *head_name = untied ? "output.weight" : "token_embd.weight";
+    /* --head-type q8_0 on a Q8_0 table: its blocks serve the head (and, tied, the lookup) as
+     * they are; a tied table on the lookup rank is then held once */
+    const tern_gguf_tensor *ht = tern_gguf_find_tensor(g, head_name);
+    const bool qblocks =
+        m->has_head && nh > 0 && q8 && ht && ht->type == TERN_TYPE_Q8_0 && hp->d % 32 == 0;
+    if (qblocks && m->has_embed && !untied && m->head_v0 % 16 == 0) {
+        tern_status kst = {0};
+        if ((rc = load_table_q8_0(m, g, head_name, 0, hp->n_vocab, &m->qembd, st))) goto fail;
+        if ((rc = tern_i8mat_view(&m->qhead, m->qembd, m->head_v0, nh, &kst))) {
+            rc = tern_status_set(st, rc, "model: head: %s", kst.msg);
+            goto fail;
+        }
+        m->weight_bytes += tern_i8mat_bytes(m->qembd);
+        m->bytes_per_token += tern_i8mat_bytes(m->qhead);
+        tern_log(TERN_LOG_INFO, "model: head and lookup: the Q8_0 table's blocks with int8 "
+                                "activations (--head-type q8_0), one copy");
+    } else if (m->has_embed) {
         /* lookup reads the table as it is with any head type: an int8 (or Q8_0) lookup table
          * moves the 2B-4T fixture's logits past bitnet.cpp's tolerance (0.053 R > 0.05 R) */
         if ((rc = load_table(m, g, "token_embd.weight", 0, hp->n_vocab, &m->embd, &m->embd_type,
@@ -469,9 +518,18 @@ tern_code tern_model_load(tern_model **out, const tern_gguf *g, const tern_model
     if (m->has_head || o->final_norm) {
         if ((rc = load_norm(m, g, "output_norm.weight", d, &m->output_norm, st))) goto fail;
     }
-    if (m->has_head && nh > 0 && q8) {
-        if ((rc = load_table_i8(m, g, untied ? "output.weight" : "token_embd.weight", m->head_v0,
-                                m->head_v1, untied ? NULL : m->embd, &m->qhead, st)))
+    if (m->qembd) {
+        /* loaded with the lookup above */
+    } else if (qblocks) {
+        if ((rc = load_table_q8_0(m, g, head_name, m->head_v0, m->head_v1, &m->qhead, st)))
+            goto fail;
+        m->weight_bytes += tern_i8mat_bytes(m->qhead);
+        m->bytes_per_token += tern_i8mat_bytes(m->qhead);
+        tern_log(TERN_LOG_INFO,
+                 "model: head: the Q8_0 table's blocks with int8 activations (--head-type q8_0)");
+    } else if (m->has_head && nh > 0 && q8) {
+        if ((rc = load_table_i8(m, g, head_name, m->head_v0, m->head_v1, untied ? NULL : m->embd,
+                                &m->qhead, st)))
             goto fail;
         m->weight_bytes += tern_i8mat_bytes(m->qhead);
         m->bytes_per_token += tern_i8mat_bytes(m->qhead);
@@ -513,7 +571,8 @@ void tern_model_free(tern_model *m)
             tern_tmat_free(L->wdown);
         }
     }
-    tern_i8mat_free(m->qhead);
+    tern_i8mat_free(m->qhead); /* a view of qembd, or its own */
+    tern_i8mat_free(m->qembd);
     for (size_t i = 0; i < m->n_allocs; i++) {
         size_t b = m->allocs[i].bytes;
         if (b >> 62)
