@@ -62,6 +62,29 @@ typedef struct {
     const int32_t *xb; /* Q8_0 blocks: HI_BIAS x each block's activation sum, [token - tb][nb] */
 } tern_hi_pass;
 
+/* One chunk c of a tile (G vectors at wp[], T tokens at xt, k apart): a[s][j] += the dots of
+ * token j's four activations with vector s; G and T constants after inlining. */
+#define TERN_HI_CHUNK(a, c)                                                                        \
+    do {                                                                                           \
+        HI_V wv_[TERN_HI_GMAX];                                                                    \
+        _Pragma("GCC unroll 16") for (int s = 0; s < G; s++) wv_[s] = HI_LOADW(wp[s] + (c)*64);    \
+        _Pragma("GCC unroll 12") for (int j = 0; j < T; j++)                                       \
+        {                                                                                          \
+            const HI_X xb_ = HI_BCAST(xt + j * k + (c)*4);                                         \
+            _Pragma("GCC unroll 16") for (int s = 0; s < G; s++) a[s][j] =                         \
+                HI_DOT(a[s][j], xb_, wv_[s]);                                                      \
+        }                                                                                          \
+    } while (0)
+
+/* The first row of weight vector vs and its lanes [lo, hi) that fall in [o0, o1). */
+static inline int64_t tern_hi_lanes(const tern_hi_pass *p, int64_t vs, int *lo, int *hi)
+{
+    const int64_t r0 = vs * HI_L;
+    *lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
+    *hi = p->o1 - r0 < HI_L ? (int)(p->o1 - r0) : HI_L;
+    return r0;
+}
+
 /* G weight vectors of rows from vector index v (rows v * HI_L ...) x T tokens from t */
 static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pass *p, int64_t v,
                                                                const int G, int64_t t, const int T)
@@ -80,17 +103,7 @@ static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pas
             a[s][j] = p->first ? HI_ZERO() : HI_LOADP(part + (j * HI_G + s) * HI_L);
     }
     const int8_t *xt = p->xq + t * k;
-    for (int64_t c = p->c0; c < p->c1; c++) {
-        HI_V wv[TERN_HI_GMAX];
-#pragma GCC unroll 16
-        for (int s = 0; s < G; s++) wv[s] = HI_LOADW(wp[s] + c * 64);
-#pragma GCC unroll 12
-        for (int j = 0; j < T; j++) {
-            const HI_X xb = HI_BCAST(xt + j * k + c * 4);
-#pragma GCC unroll 16
-            for (int s = 0; s < G; s++) a[s][j] = HI_DOT(a[s][j], xb, wv[s]);
-        }
-    }
+    for (int64_t c = p->c0; c < p->c1; c++) TERN_HI_CHUNK(a, c);
     if (!p->last) {
 #pragma GCC unroll 16
         for (int s = 0; s < G; s++)
@@ -100,9 +113,8 @@ static inline __attribute__((always_inline)) void tern_hi_tile(const tern_hi_pas
     }
 #pragma GCC unroll 16
     for (int s = 0; s < G; s++) {
-        const int64_t r0 = (v + s) * HI_L;
-        const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
-        const int hi = p->o1 - r0 < HI_L ? (int)(p->o1 - r0) : HI_L;
+        int lo, hi;
+        const int64_t r0 = tern_hi_lanes(p, v + s, &lo, &hi);
         if (lo >= hi) continue;
 #pragma GCC unroll 12
         for (int j = 0; j < T; j++)
@@ -140,17 +152,7 @@ tern_hi_tile_b(const tern_hi_pass *p, int64_t v, const int G, int64_t t, const i
         for (int s = 0; s < G; s++)
 #pragma GCC unroll 12
             for (int j = 0; j < T; j++) a[s][j] = HI_ZERO();
-        for (int64_t c = b * 8; c < b * 8 + 8; c++) {
-            HI_V wv[HI_BG];
-#pragma GCC unroll 4
-            for (int s = 0; s < G; s++) wv[s] = HI_LOADW(wp[s] + c * 64);
-#pragma GCC unroll 12
-            for (int j = 0; j < T; j++) {
-                const HI_X xb = HI_BCAST(xt + j * k + c * 4);
-#pragma GCC unroll 4
-                for (int s = 0; s < G; s++) a[s][j] = HI_DOT(a[s][j], xb, wv[s]);
-            }
-        }
+        for (int64_t c = b * 8; c < b * 8 + 8; c++) TERN_HI_CHUNK(a, c);
 #pragma GCC unroll 4
         for (int s = 0; s < G; s++) {
             const HI_VF d = HI_LOADD(dp[s] + b * 16);
@@ -169,9 +171,8 @@ tern_hi_tile_b(const tern_hi_pass *p, int64_t v, const int G, int64_t t, const i
     }
 #pragma GCC unroll 4
     for (int s = 0; s < G; s++) {
-        const int64_t r0 = (v + s) * HI_L;
-        const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
-        const int hi = p->o1 - r0 < HI_L ? (int)(p->o1 - r0) : HI_L;
+        int lo, hi;
+        const int64_t r0 = tern_hi_lanes(p, v + s, &lo, &hi);
         if (lo >= hi) continue;
 #pragma GCC unroll 12
         for (int j = 0; j < T; j++)
@@ -372,4 +373,5 @@ static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
 #undef TERN_HI_TB
 #undef TERN_HI_SEG
 #undef TERN_HI_XB
+#undef TERN_HI_CHUNK
 #endif

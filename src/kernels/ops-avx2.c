@@ -282,6 +282,18 @@ AI __m256i hi_dot(__m256i a, __m256i x, __m256i w)
     const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
     return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
+/* the 8 logits of two double halves, lanes [lo, hi) stored */
+AI void hi_out(__m256d d0, __m256d d1, float *out, int lo, int hi)
+{
+    const __m256 r = _mm256_set_m128(_mm256_cvtpd_ps(d1), _mm256_cvtpd_ps(d0));
+    if (lo == 0 && hi == 8) {
+        _mm256_storeu_ps(out, r);
+        return;
+    }
+    float v[8];
+    _mm256_storeu_ps(v, r);
+    for (int i = lo; i < hi; i++) out[i] = v[i];
+}
 /* kernels.h's formula in double lanes: (float)((double)S * ((double)scale * (double)xs)) */
 AI void hi_store(__m256i S, int32_t xsum, const float *sc, float xs, float *out, int lo, int hi)
 {
@@ -289,17 +301,8 @@ AI void hi_store(__m256i S, int32_t xsum, const float *sc, float xs, float *out,
     const __m256d xd = _mm256_set1_pd((double)xs);
     const __m256d w0 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(sc)), xd);
     const __m256d w1 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(sc + 4)), xd);
-    const __m128 r0 =
-        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(S)), w0));
-    const __m128 r1 =
-        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(S, 1)), w1));
-    if (lo == 0 && hi == 8) {
-        _mm256_storeu_ps(out, _mm256_set_m128(r1, r0));
-        return;
-    }
-    float v[8];
-    _mm256_storeu_ps(v, _mm256_set_m128(r1, r0));
-    for (int i = lo; i < hi; i++) out[i] = v[i];
+    hi_out(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(S)), w0),
+           _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(S, 1)), w1), out, lo, hi);
 }
 #define HI_L 8
 #define HI_V __m256i
@@ -320,13 +323,8 @@ AI void hi_store(__m256i S, int32_t xsum, const float *sc, float xs, float *out,
 AI void hi_storeb(__m256 A, float xs, float *out, int lo, int hi)
 {
     const __m256d xd = _mm256_set1_pd((double)xs);
-    const __m128 r0 =
-        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(A)), xd));
-    const __m128 r1 =
-        _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(A, 1)), xd));
-    float v[8];
-    _mm256_storeu_ps(v, _mm256_set_m128(r1, r0));
-    for (int i = lo; i < hi; i++) out[i] = v[i];
+    hi_out(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(A)), xd),
+           _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(A, 1)), xd), out, lo, hi);
 }
 #define HI_BIAS 0
 #define HI_VF __m256
@@ -360,41 +358,25 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 }
 
 /* kernels.h's peak loops: vpmaddubsw ymm (32 int8 multiply-adds; 3-operand, so the 16 results
- * are independent) or vfmadd231ps ymm (8), 16 ymm registers in all, one function each */
-static void peak_int8(int64_t iters)
-{
-    const __m256i b = _mm256_set1_epi32(0x01010101), c = _mm256_set1_epi32(0x02020202);
-#define DECL(i) __m256i a##i = _mm256_set1_epi32(i);
-    TERN_PEAK_16(DECL)
-#undef DECL
-#define OP(i) __asm__ volatile("vpmaddubsw %1, %2, %0" : "=x"(a##i) : "x"(b), "x"(c));
-    for (int64_t n = 0; n < iters; n++) {
-        TERN_PEAK_16(OP)
-    }
-#undef OP
-    __m256i t = _mm256_setzero_si256();
-#define ADD(i) t = _mm256_add_epi32(t, a##i);
-    TERN_PEAK_16(ADD)
-#undef ADD
-    tern_peak_sink = _mm256_extract_epi32(t, 0);
-}
-static void peak_fp32(int64_t iters)
-{
-    const __m256 x = _mm256_set1_ps(1.0f), y = _mm256_set1_ps(0x1p-30f);
-#define DECL(i) __m256 a##i = _mm256_set1_ps((float)i);
-    TERN_PEAK_16(DECL)
-#undef DECL
-#define OP(i) __asm__ volatile("vfmadd231ps %2, %1, %0" : "+x"(a##i) : "x"(x), "x"(y));
-    for (int64_t n = 0; n < iters; n++) {
-        TERN_PEAK_16(OP)
-    }
-#undef OP
-    __m256 t = _mm256_setzero_ps();
-#define ADD(i) t = _mm256_add_ps(t, a##i);
-    TERN_PEAK_16(ADD)
-#undef ADD
-    tern_peak_sink = (int32_t)_mm256_cvtss_f32(t);
-}
+ * are independent) or vfmadd231ps ymm (8) */
+#define PK_NAME peak_int8
+#define PK_V __m256i
+#define PK_SET(i) _mm256_set1_epi32(i)
+#define PK_B _mm256_set1_epi32(0x01010101)
+#define PK_C _mm256_set1_epi32(0x02020202)
+#define PK_OP(a) __asm__ volatile("vpmaddubsw %1, %2, %0" : "=x"(a) : "x"(pk_b), "x"(pk_c))
+#define PK_ADD _mm256_add_epi32
+#define PK_SUM(v) _mm256_extract_epi32(v, 0)
+#include "kernels/peak.h"
+#define PK_NAME peak_fp32
+#define PK_V __m256
+#define PK_SET(i) _mm256_set1_ps((float)(i))
+#define PK_B _mm256_set1_ps(1.0f)
+#define PK_C _mm256_set1_ps(0x1p-30f)
+#define PK_OP(a) __asm__ volatile("vfmadd231ps %2, %1, %0" : "+x"(a) : "x"(pk_b), "x"(pk_c))
+#define PK_ADD _mm256_add_ps
+#define PK_SUM(v) (int32_t) _mm256_cvtss_f32(v)
+#include "kernels/peak.h"
 static uint64_t peak(tern_peak_kind kind, int64_t iters)
 {
     if (kind == TERN_PEAK_INT8)

@@ -287,42 +287,25 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
     }
 }
 
-/* kernels.h's peak loops: vpdpbusd zmm (64 int8 multiply-adds) or vfmadd231ps zmm (16), one
- * function each so that only its 16 accumulators are live */
-static void peak_int8(int64_t iters)
-{
-    const __m512i b = _mm512_set1_epi32(0x01010101), c = _mm512_set1_epi32(0x02020202);
-#define DECL(i) __m512i a##i = _mm512_set1_epi32(i);
-    TERN_PEAK_16(DECL)
-#undef DECL
-#define OP(i) __asm__ volatile("vpdpbusd %2, %1, %0" : "+v"(a##i) : "v"(b), "v"(c));
-    for (int64_t n = 0; n < iters; n++) {
-        TERN_PEAK_16(OP)
-    }
-#undef OP
-    __m512i t = _mm512_setzero_si512();
-#define ADD(i) t = _mm512_add_epi32(t, a##i);
-    TERN_PEAK_16(ADD)
-#undef ADD
-    tern_peak_sink = _mm512_reduce_add_epi32(t);
-}
-static void peak_fp32(int64_t iters)
-{
-    const __m512 x = _mm512_set1_ps(1.0f), y = _mm512_set1_ps(0x1p-30f);
-#define DECL(i) __m512 a##i = _mm512_set1_ps((float)i);
-    TERN_PEAK_16(DECL)
-#undef DECL
-#define OP(i) __asm__ volatile("vfmadd231ps %2, %1, %0" : "+v"(a##i) : "v"(x), "v"(y));
-    for (int64_t n = 0; n < iters; n++) {
-        TERN_PEAK_16(OP)
-    }
-#undef OP
-    __m512 t = _mm512_setzero_ps();
-#define ADD(i) t = _mm512_add_ps(t, a##i);
-    TERN_PEAK_16(ADD)
-#undef ADD
-    tern_peak_sink = (int32_t)_mm512_reduce_add_ps(t);
-}
+/* kernels.h's peak loops: vpdpbusd zmm (64 int8 multiply-adds) or vfmadd231ps zmm (16) */
+#define PK_NAME peak_int8
+#define PK_V __m512i
+#define PK_SET(i) _mm512_set1_epi32(i)
+#define PK_B _mm512_set1_epi32(0x01010101)
+#define PK_C _mm512_set1_epi32(0x02020202)
+#define PK_OP(a) __asm__ volatile("vpdpbusd %2, %1, %0" : "+v"(a) : "v"(pk_b), "v"(pk_c))
+#define PK_ADD _mm512_add_epi32
+#define PK_SUM _mm512_reduce_add_epi32
+#include "kernels/peak.h"
+#define PK_NAME peak_fp32
+#define PK_V __m512
+#define PK_SET(i) _mm512_set1_ps((float)(i))
+#define PK_B _mm512_set1_ps(1.0f)
+#define PK_C _mm512_set1_ps(0x1p-30f)
+#define PK_OP(a) __asm__ volatile("vfmadd231ps %2, %1, %0" : "+v"(a) : "v"(pk_b), "v"(pk_c))
+#define PK_ADD _mm512_add_ps
+#define PK_SUM(v) (int32_t) _mm512_reduce_add_ps(v)
+#include "kernels/peak.h"
 static uint64_t peak(tern_peak_kind kind, int64_t iters)
 {
     if (kind == TERN_PEAK_INT8)

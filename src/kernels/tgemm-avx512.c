@@ -342,47 +342,35 @@ static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, con
         for (int64_t g = g0; g < gend; g += 4) run_single(&p, g, g + 4 < gend ? g + 4 : gend, 0, 1);
         return;
     }
-    /* Passes over segments of TERN_SEG chunks keep a token block's activations (and the
-     * segment of four groups' weights) in L1 while all token blocks of a chunk of 64 tokens
-     * use it; partial sums (exact int32) wait in part between passes. */
+    /* Passes over segments of chunks keep a token block's activations (and the segment's
+     * weights, or from 16 tokens on its unpacked codes) in L1 while every token block of a
+     * chunk of up to TERN_BCHUNK tokens uses them; partial sums (exact int32) wait in part
+     * between passes. */
+    const bool buffered = n_tok >= TERN_BMIN;
+    const int64_t seg = buffered ? TERN_BSEG : TERN_SEG;
     _Alignas(64) int32_t part[TERN_BCHUNK * 4 * 16];
+    _Alignas(64) __m512i buf[TERN_BSEG * 16];
     p.part = part;
-    if (n_tok >= TERN_BMIN) {
-        _Alignas(64) __m512i buf[TERN_BSEG * 16];
-        for (int64_t tc = 0; tc < n_tok; tc += TERN_BCHUNK) {
-            int64_t tend = tc + TERN_BCHUNK < n_tok ? tc + TERN_BCHUNK : n_tok;
-            p.tbase = tc;
-            for (int64_t g = g0; g < gend; g += 4) {
-                const int ng = gend - g < 4 ? (int)(gend - g) : 4;
-                p.gbase = g;
-                for (int64_t c0 = 0; c0 < kc; c0 += TERN_BSEG) {
-                    p.c0 = c0;
-                    p.c1 = c0 + TERN_BSEG < kc ? c0 + TERN_BSEG : kc;
-                    p.first = c0 == 0;
-                    p.last = p.c1 == kc;
+    for (int64_t tc = 0; tc < n_tok; tc += TERN_BCHUNK) {
+        const int64_t tend = tc + TERN_BCHUNK < n_tok ? tc + TERN_BCHUNK : n_tok;
+        p.tbase = tc;
+        for (int64_t g = g0; g < gend; g += 4) {
+            const int ng = gend - g < 4 ? (int)(gend - g) : 4;
+            p.gbase = g;
+            for (int64_t c0 = 0; c0 < kc; c0 += seg) {
+                p.c0 = c0;
+                p.c1 = c0 + seg < kc ? c0 + seg : kc;
+                p.first = c0 == 0;
+                p.last = p.c1 == kc;
+                if (buffered) {
                     unpack_buf(&p, g, ng, buf);
                     for (int64_t t0 = tc; t0 < tend; t0 += TERN_BTB)
                         run_buf(&p, buf, g, ng, t0,
                                 tend - t0 < TERN_BTB ? (int)(tend - t0) : TERN_BTB);
-                }
-            }
-        }
-        return;
-    }
-    for (int64_t tc = 0; tc < n_tok; tc += 64) {
-        int64_t tend = tc + 64 < n_tok ? tc + 64 : n_tok;
-        p.tbase = tc;
-        for (int64_t g = g0; g < gend; g += 4) {
-            int64_t g1 = g + 4 < gend ? g + 4 : gend;
-            p.gbase = g;
-            for (int64_t c0 = 0; c0 < kc; c0 += TERN_SEG) {
-                p.c0 = c0;
-                p.c1 = c0 + TERN_SEG < kc ? c0 + TERN_SEG : kc;
-                p.first = c0 == 0;
-                p.last = p.c1 == kc;
-                for (int64_t t0 = tc; t0 < tend; t0 += TERN_TBMAX) {
-                    int tb = tend - t0 < TERN_TBMAX ? (int)(tend - t0) : TERN_TBMAX;
-                    run_single(&p, g, g1, t0, tb);
+                } else {
+                    for (int64_t t0 = tc; t0 < tend; t0 += TERN_TBMAX)
+                        run_single(&p, g, g + ng, t0,
+                                   tend - t0 < TERN_TBMAX ? (int)(tend - t0) : TERN_TBMAX);
                 }
             }
         }

@@ -19,16 +19,23 @@ float tern_round_half_even(float v)
     return copysignf(f, v);
 }
 
+/* max |x_i|; a NaN never compares greater, so it is ignored */
+static float row_amax(const float *x, int64_t n)
+{
+    float amax = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        if (a > amax) amax = a;
+    }
+    return amax;
+}
+
 void tern_ref_act_quant(const float *x, int64_t n, int64_t k, int8_t *q, float *s, int32_t *qsum)
 {
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * k;
         int8_t *qi = q + i * k;
-        float amax = 0.0f;
-        for (int64_t j = 0; j < k; j++) {
-            float a = fabsf(xi[j]);
-            if (a > amax) amax = a; /* NaN never compares greater: ignored */
-        }
+        float amax = row_amax(xi, k);
         if (amax < 1e-5f) amax = 1e-5f;
         float sc = 127.0f / amax;
         int32_t sum = 0;
@@ -91,11 +98,7 @@ void tern_ref_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float
     for (int64_t r = 0; r < n; r++) {
         const float *xr = x + r * d;
         int8_t *qr = q + r * d;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < d; i++) {
-            float a = fabsf(xr[i]);
-            if (a > amax) amax = a; /* NaN compares false: it does not count */
-        }
+        const float amax = row_amax(xr, d);
         if (sum) sum[r] = 0;
         if (!(amax > 0.0f) || !isfinite(amax)) {
             memset(qr, 0, (size_t)d);

@@ -377,67 +377,54 @@ void tern_i8mat_free(tern_i8mat *m)
     free(m);
 }
 
-/* the shared part of both constructors: the codes, all zero (biased: 0x80) */
-static tern_i8mat *i8mat_alloc(int64_t n, int64_t k)
+/* Both constructors: n x k codes, all zero (biased: 0x80), and zero scales: a float a row, or
+ * with blocks an F16 a 32-column block. */
+static tern_code i8mat_create(tern_i8mat **out, int64_t n, int64_t k, bool blocks, tern_status *st)
 {
+    const int64_t kmul = blocks ? 32 : 4;
+    const char *what = blocks ? "int8 head (Q8_0 blocks)" : "int8 head";
+    *out = NULL;
+    if (n < 1 || k < kmul || k % kmul || k > TERN_I8MAT_MAX_K || n > INT64_MAX / 16 / (k + 8))
+        return tern_status_set(st, TERN_EINVAL,
+                               "%s: got %lld x %lld, expected >= 1 row of a multiple of %lld "
+                               "columns, at most %d",
+                               what, (long long)n, (long long)k, (long long)kmul, TERN_I8MAT_MAX_K);
     tern_i8mat *m = calloc(1, sizeof *m);
-    if (!m) return NULL;
-    m->n = n;
-    m->k = k;
-    m->n_groups = (n + 15) / 16;
-    m->kc = k / 4;
-    const uint64_t rows = (uint64_t)m->n_groups * 16;
-    m->qu = alloc64(rows * (uint64_t)k);
-    if (m->qu) memset(m->qu, 0x80, rows * (uint64_t)k); /* q = 0 */
-    return m;
+    if (m) {
+        m->n = n;
+        m->k = k;
+        m->n_groups = (n + 15) / 16;
+        m->kc = k / 4;
+        m->nb = blocks ? k / 32 : 0;
+        const uint64_t rows = (uint64_t)m->n_groups * 16;
+        const uint64_t sbytes =
+            blocks ? rows * (uint64_t)m->nb * sizeof(uint16_t) : rows * sizeof(float);
+        m->qu = alloc64(rows * (uint64_t)k);
+        void *sc = alloc64(sbytes);
+        if (m->qu) memset(m->qu, 0x80, rows * (uint64_t)k); /* q = 0 */
+        if (sc) memset(sc, 0, sbytes);
+        if (blocks)
+            m->bscale = sc;
+        else
+            m->scale = sc;
+    }
+    if (!m || !m->qu || !(m->scale || m->bscale)) {
+        tern_i8mat_free(m);
+        return tern_status_set(st, TERN_ENOMEM, "%s: out of memory for %lld x %lld", what,
+                               (long long)n, (long long)k);
+    }
+    *out = m;
+    return TERN_OK;
 }
 
 tern_code tern_i8mat_new(tern_i8mat **out, int64_t n, int64_t k, tern_status *st)
 {
-    *out = NULL;
-    if (n < 1 || k < 4 || k % 4 || k > TERN_I8MAT_MAX_K || n > INT64_MAX / 16 / (k + 8))
-        return tern_status_set(st, TERN_EINVAL,
-                               "int8 head: got %lld x %lld, expected >= 1 row of a multiple of 4 "
-                               "columns, at most %d",
-                               (long long)n, (long long)k, TERN_I8MAT_MAX_K);
-    tern_i8mat *m = i8mat_alloc(n, k);
-    if (m) {
-        const uint64_t rows = (uint64_t)m->n_groups * 16;
-        m->scale = alloc64(rows * sizeof(float));
-        if (m->scale) memset(m->scale, 0, rows * sizeof(float));
-    }
-    if (!m || !m->qu || !m->scale) {
-        tern_i8mat_free(m);
-        return tern_status_set(st, TERN_ENOMEM, "int8 head: out of memory for %lld x %lld",
-                               (long long)n, (long long)k);
-    }
-    *out = m;
-    return TERN_OK;
+    return i8mat_create(out, n, k, false, st);
 }
 
 tern_code tern_i8mat_new_q8_0(tern_i8mat **out, int64_t n, int64_t k, tern_status *st)
 {
-    *out = NULL;
-    if (n < 1 || k < 32 || k % 32 || k > TERN_I8MAT_MAX_K || n > INT64_MAX / 16 / (k + 8))
-        return tern_status_set(st, TERN_EINVAL,
-                               "int8 head (Q8_0 blocks): got %lld x %lld, expected >= 1 row of a "
-                               "multiple of 32 columns, at most %d",
-                               (long long)n, (long long)k, TERN_I8MAT_MAX_K);
-    tern_i8mat *m = i8mat_alloc(n, k);
-    if (m) {
-        m->nb = k / 32;
-        const uint64_t cells = (uint64_t)m->n_groups * (uint64_t)m->nb * 16;
-        m->bscale = alloc64(cells * sizeof(uint16_t));
-        if (m->bscale) memset(m->bscale, 0, cells * sizeof(uint16_t));
-    }
-    if (!m || !m->qu || !m->bscale) {
-        tern_i8mat_free(m);
-        return tern_status_set(st, TERN_ENOMEM,
-                               "int8 head (Q8_0 blocks): out of memory for %lld x %lld",
-                               (long long)n, (long long)k);
-    }
-    *out = m;
-    return TERN_OK;
+    return i8mat_create(out, n, k, true, st);
 }
 
 bool tern_i8mat_set_row_q8_0(tern_i8mat *m, int64_t o, const void *blocks)

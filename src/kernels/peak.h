@@ -1,0 +1,35 @@
+/* peak.h: one peak loop of kernels.h's tern_compute_peak (16 independent accumulators x iters
+ * rounds of one instruction, nothing from memory), included once per loop by a variant file
+ * after it defines PK_NAME (the function), PK_V (its vector), PK_SET(i) (a vector of i),
+ * PK_B, PK_C (the operands), PK_OP(a) (the instruction on accumulator a and the operands pk_b,
+ * pk_c, as inline assembly, so that it is neither moved nor dropped), PK_ADD(a, b) and
+ * PK_SUM(v) (the lanes' sum as an int32, stored to tern_peak_sink). No include guard: each
+ * inclusion makes one function and undefines its parameters. */
+#include "kernels/kernels-internal.h"
+
+static void PK_NAME(int64_t iters)
+{
+    const PK_V pk_b = PK_B, pk_c = PK_C;
+#define TERN_PK_DECL(i) PK_V a##i = PK_SET(i);
+#define TERN_PK_OP(i) PK_OP(a##i);
+#define TERN_PK_ADD(i) t = PK_ADD(t, a##i);
+    TERN_PEAK_16(TERN_PK_DECL)
+    for (int64_t n = 0; n < iters; n++) {
+        TERN_PEAK_16(TERN_PK_OP)
+    }
+    PK_V t = PK_SET(0);
+    TERN_PEAK_16(TERN_PK_ADD)
+    tern_peak_sink = PK_SUM(t);
+#undef TERN_PK_DECL
+#undef TERN_PK_OP
+#undef TERN_PK_ADD
+}
+
+#undef PK_NAME
+#undef PK_V
+#undef PK_SET
+#undef PK_B
+#undef PK_C
+#undef PK_OP
+#undef PK_ADD
+#undef PK_SUM
