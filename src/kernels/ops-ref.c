@@ -326,26 +326,26 @@ void tern_ref_gemm_q(tern_ggml_type type, const void *w, int64_t k, const float 
     }
 }
 
-/* kernels.h's peak loops: scalar int32 or float multiply-adds */
+/* kernels.h's peak loops: scalar integer (unsigned: it wraps) or float multiply-adds */
 static uint64_t ref_peak(tern_peak_kind kind, int64_t iters)
 {
-    int32_t a[16];
+    uint32_t a[16];
     float f[16];
-    for (int i = 0; i < 16; i++) a[i] = i, f[i] = (float)i;
-    volatile int32_t b = 3;
+    for (int i = 0; i < 16; i++) a[i] = (uint32_t)i, f[i] = (float)i;
+    volatile uint32_t b = 3;
     volatile float x = 1.0f;
-    const int32_t bb = b;
+    const uint32_t bb = b;
     const float xx = x;
     for (int64_t n = 0; n < iters; n++)
         for (int i = 0; i < 16; i++) {
             if (kind == TERN_PEAK_INT8)
-                a[i] = a[i] * bb + 1;
+                a[i] = a[i] * bb + 1u;
             else
                 f[i] = f[i] * xx + 0x1p-30f;
         }
-    int32_t t = 0;
-    for (int i = 0; i < 16; i++) t += a[i] + (int32_t)f[i];
-    tern_peak_sink = t;
+    uint32_t t = 0;
+    for (int i = 0; i < 16; i++) t += a[i] + (uint32_t)(int32_t)f[i];
+    tern_peak_sink = (int32_t)(t & 0x7fffffffu);
     return (uint64_t)iters * 16;
 }
 

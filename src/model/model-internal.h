@@ -43,4 +43,16 @@ struct tern_model {
     uint64_t bytes_per_token;
 };
 
+/* model.c's loading helpers, shared with tables.c */
+void *tern_model_walloc(tern_model *m, size_t bytes); /* NUMA-local, freed with the model */
+tern_code tern_model_find(const tern_gguf *g, const char *name, const tern_gguf_tensor **out,
+                          tern_status *st);
+tern_code tern_model_check_shape(const tern_gguf *g, const tern_gguf_tensor *t, const char *name,
+                                 uint64_t ne0, uint64_t ne1, tern_status *st);
+/* n halves at p; first is the element index of p[0] in the tensor */
+tern_code tern_model_check_f16(const tern_gguf *g, const char *name, const uint16_t *p, size_t n,
+                               uint64_t first, tern_status *st);
+/* tables.c: the embedding and head tables of this rank (after the layers and output_norm) */
+tern_code tern_model_load_tables(tern_model *m, const tern_gguf *g, tern_status *st);
+
 #endif
