@@ -106,6 +106,16 @@ int main(void)
     tern_hparams big = shape(30, 2560, 6912, 128256);
     big.n_head = 20, big.n_head_kv = 5, big.head_dim = 128;
     tern_plan_costs c = {tern_plan_layer_cost(&big), tern_plan_head_row_cost(&big, TERN_HEAD_F16)};
+    /* the head's bytes a row (tables.c's choice): F16 2d; --head-type q8_0 int8 and a float
+     * scale, or a Q8_0 table's own blocks (as without it) */
+    CHECK(tern_plan_head_row_cost(&big, TERN_HEAD_F16) == 2560 * 2);
+    CHECK(tern_plan_head_row_cost(&big, TERN_HEAD_Q8_0) == 2560 + 4);
+    tern_hparams bq = big;
+    bq.head_table = TERN_TYPE_Q8_0;
+    CHECK(tern_plan_head_row_cost(&bq, TERN_HEAD_Q8_0) == 2560 / 32 * 34);
+    CHECK(tern_plan_head_row_cost(&bq, TERN_HEAD_F16) == 2560 / 32 * 34);
+    bq.head_table = TERN_TYPE_Q6_K;
+    CHECK(tern_plan_head_row_cost(&bq, TERN_HEAD_Q8_0) == 2560 + 4);
     for (int N = 2; N <= 31; N++) {
         tern_plan a, e;
         CHECK(tern_plan_init(&a, N, &big, &st) == TERN_OK && tern_plan_init(&e, N, &big, &st) == 0);
