@@ -59,6 +59,13 @@ typedef enum tern_head_type {
     TERN_HEAD_TYPE_COUNT
 } tern_head_type;
 
+/* --head-type q8_0 on a Q8_0 table of whole 32-blocks: the int8 head is the table's own blocks
+ * (and, tied, serves the lookup too), at the table's bytes a row; else int8 rows with a scale */
+static inline bool tern_head_keeps_q8_0(const tern_hparams *hp, tern_head_type type)
+{
+    return type == TERN_HEAD_Q8_0 && hp->head_table == TERN_TYPE_Q8_0 && hp->d % 32 == 0;
+}
+
 typedef struct tern_model_opts {
     int32_t l0, l1;           /* layer slice [l0, l1); l1 = -1 means all layers */
     bool embed;               /* keep the embedding for lookup */

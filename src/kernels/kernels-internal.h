@@ -17,6 +17,7 @@
 #ifndef TERN_KERNELS_INTERNAL_H
 #define TERN_KERNELS_INTERNAL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -72,6 +73,35 @@ struct tern_i8mat {
 static inline int8_t tern_i8mat_q(const tern_i8mat *m, int64_t o, int64_t i)
 {
     return (int8_t)(m->qu[((o / 16) * m->kc + i / 4) * 64 + (o % 16) * 4 + i % 4] ^ 0x80);
+}
+
+/* The F16 scale of block b of row o of a Q8_0-block matrix, as a float. */
+static inline float tern_i8mat_d(const tern_i8mat *m, int64_t o, int64_t b)
+{
+    return tern_f16_to_f32_1(m->bscale[((o / 16) * m->nb + b) * 16 + o % 16]);
+}
+
+float tern_round_half_even(float v);
+
+/* kernels.h's int8 KV code of x at s = 127 / amax: round half to even, NaN to 0, clamp to
+ * [-127, 127] (the reference's steps; SIMD variants use them for tails) */
+static inline int8_t tern_kv_code(float x, float s)
+{
+    float v = tern_round_half_even(x * s);
+    if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
+    if (v > 127.0f) v = 127.0f;
+    return (int8_t)(int32_t)v;
+}
+
+/* A row whose amax is not positive and finite quantizes to zeros with scale 0 (sum 0):
+ * true when it did. */
+static inline bool tern_kv_zero_row(float amax, int8_t *q, int64_t d, float *scale, int32_t *sum)
+{
+    if (sum) *sum = 0;
+    if (amax > 0.0f && isfinite(amax)) return false;
+    memset(q, 0, (size_t)d);
+    *scale = 0.0f;
+    return true;
 }
 
 /* Bytes of one K/V element of the attention kernels. */
@@ -135,7 +165,7 @@ typedef struct tern_kernel_vtable {
 extern volatile int32_t tern_peak_sink; /* the peak loops' results go here */
 
 /* 16 register accumulators x `iters` rounds of one instruction (the peak loops): OP(i) names
- * accumulator i; the sum of all is written to *sink so that nothing is optimized away. */
+ * accumulator i; peak.h writes their sum to tern_peak_sink so that nothing is optimized away. */
 #define TERN_PEAK_16(OP)                                                                           \
     OP(0)                                                                                          \
     OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11) OP(12) OP(13) OP(14) OP(15)
@@ -195,7 +225,6 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 #define TERN_Q6_K_D 208
 
 /* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
-float tern_round_half_even(float v);
 
 /* exp(r) for |r| <= ln2/2 by its Taylor series to r^13 (truncation < 2e-16), Horner form, in
  * the SIMD double type of the caller: SET broadcasts a constant, FMA(a, b, c) = a * b + c. */

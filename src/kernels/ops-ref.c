@@ -223,8 +223,7 @@ void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
                     int32_t S = 0;
                     for (int64_t i = b * 32; i < b * 32 + 32; i++)
                         S += (int32_t)tern_i8mat_q(w, o, i) * (int32_t)xt[i];
-                    const float d =
-                        tern_f16_to_f32_1(w->bscale[((o / 16) * w->nb + b) * 16 + o % 16]);
+                    const float d = tern_i8mat_d(w, o, b);
                     A = fmaf(d, (float)S, A);
                 }
                 y[t * ldy + o] = (float)((double)A * (double)xs[t]);

@@ -89,12 +89,7 @@ void tern_avx2_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, floa
             const float a = fabsf(xr[i]);
             if (a > amax) amax = a;
         }
-        if (sum) sum[r] = 0;
-        if (!(amax > 0.0f) || !isfinite(amax)) {
-            memset(qr, 0, (size_t)d);
-            scale[r] = 0.0f;
-            continue;
-        }
+        if (tern_kv_zero_row(amax, qr, d, scale + r, sum ? sum + r : NULL)) continue;
         const float sc = 127.0f / amax;
         const __m256 vs = _mm256_set1_ps(sc);
         __m256i acc = _mm256_setzero_si256();
@@ -112,13 +107,7 @@ void tern_avx2_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, floa
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
         int32_t total = _mm_cvtsi128_si32(s4);
-        for (; i < d; i++) {
-            float v = tern_round_half_even(xr[i] * sc);
-            if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
-            if (v > 127.0f) v = 127.0f;
-            qr[i] = (int8_t)(int32_t)v;
-            total += qr[i];
-        }
+        for (; i < d; i++) total += qr[i] = tern_kv_code(xr[i], sc);
         if (sum) sum[r] = total;
         scale[r] = amax / 127.0f;
     }

@@ -76,12 +76,7 @@ void tern_avx512_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, fl
         for (int64_t i = 0; i < d; i += 16)
             m = _mm512_max_ps(_mm512_and_ps(load_n(xr + i, d - i), absmask), m);
         const float amax = _mm512_reduce_max_ps(m);
-        if (sum) sum[r] = 0;
-        if (!(amax > 0.0f) || !isfinite(amax)) {
-            memset(qr, 0, (size_t)d);
-            scale[r] = 0.0f;
-            continue;
-        }
+        if (tern_kv_zero_row(amax, qr, d, scale + r, sum ? sum + r : NULL)) continue;
         const __m512 vs = _mm512_set1_ps(127.0f / amax);
         __m512i acc = _mm512_setzero_si512();
         for (int64_t i = 0; i < d; i += 16) {

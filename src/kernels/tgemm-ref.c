@@ -99,21 +99,10 @@ void tern_ref_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float
         const float *xr = x + r * d;
         int8_t *qr = q + r * d;
         const float amax = row_amax(xr, d);
-        if (sum) sum[r] = 0;
-        if (!(amax > 0.0f) || !isfinite(amax)) {
-            memset(qr, 0, (size_t)d);
-            scale[r] = 0.0f;
-            continue;
-        }
+        if (tern_kv_zero_row(amax, qr, d, scale + r, sum ? sum + r : NULL)) continue;
         const float s = 127.0f / amax;
         int32_t acc = 0;
-        for (int64_t i = 0; i < d; i++) {
-            float v = tern_round_half_even(xr[i] * s);
-            if (!(v >= -127.0f)) v = v != v ? 0.0f : -127.0f;
-            if (v > 127.0f) v = 127.0f;
-            qr[i] = (int8_t)(int32_t)v;
-            acc += qr[i];
-        }
+        for (int64_t i = 0; i < d; i++) acc += qr[i] = tern_kv_code(xr[i], s);
         if (sum) sum[r] = acc;
         scale[r] = amax / 127.0f;
     }

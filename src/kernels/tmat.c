@@ -456,9 +456,7 @@ void tern_i8mat_row(const tern_i8mat *m, int64_t o, float *x)
     TERN_ASSERT(o >= 0 && o < m->n);
     for (int64_t i = 0; i < m->k; i++) {
         const float q = (float)tern_i8mat_q(m, o, i);
-        x[i] = m->bscale
-                   ? tern_f16_to_f32_1(m->bscale[((o / 16) * m->nb + i / 32) * 16 + o % 16]) * q
-                   : q * m->scale[o];
+        x[i] = m->bscale ? tern_i8mat_d(m, o, i / 32) * q : q * m->scale[o];
     }
 }
 

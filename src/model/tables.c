@@ -189,9 +189,7 @@ tern_code tern_model_load_tables(tern_model *m, const tern_gguf *g, tern_status 
     const char *head_name = untied ? "output.weight" : "token_embd.weight";
     /* --head-type q8_0 on a Q8_0 table: its blocks serve the head (and, tied, the lookup) as
      * they are; a tied table on the lookup rank is then held once */
-    const tern_gguf_tensor *ht = tern_gguf_find_tensor(g, head_name);
-    const bool qblocks =
-        m->has_head && nh > 0 && q8 && ht && ht->type == TERN_TYPE_Q8_0 && hp->d % 32 == 0;
+    const bool qblocks = m->has_head && nh > 0 && tern_head_keeps_q8_0(hp, m->head_type);
     if (qblocks && m->has_embed && !untied && m->head_v0 % 16 == 0) {
         tern_status kst = {0};
         if ((rc = load_table_q8_0(m, g, head_name, 0, hp->n_vocab, &m->qembd, st))) return rc;

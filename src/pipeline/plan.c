@@ -48,14 +48,12 @@ double tern_plan_layer_cost(const tern_hparams *hp)
 
 double tern_plan_head_row_cost(const tern_hparams *hp, tern_head_type type)
 {
-    /* --head-type q8_0: a Q8_0 table's own blocks (d % 32 == 0), else int8 rows and a float
-     * scale each (tern_i8mat_bytes, as tables.c chooses); without it the table as it is (a
-     * Q8_0/Q6_K table's blocks' bytes per row, or F16) */
+    /* --head-type q8_0: int8 rows and a float scale each (tern_i8mat_bytes), unless the table's
+     * own Q8_0 blocks serve; else the table as it is (a Q8_0/Q6_K table's blocks' bytes per
+     * row, or F16) */
+    if (type == TERN_HEAD_Q8_0 && !tern_head_keeps_q8_0(hp, type))
+        return (double)hp->d + (double)sizeof(float);
     const tern_type_traits *tr = tern_type_traits_of(hp->head_table);
-    if (type == TERN_HEAD_Q8_0)
-        return hp->head_table == TERN_TYPE_Q8_0 && hp->d % 32 == 0
-                   ? (double)hp->d / tr->blck * tr->bytes
-                   : (double)hp->d + (double)sizeof(float);
     if (tr && tr->quant) return (double)hp->d / tr->blck * tr->bytes;
     return (double)hp->d * 2.0;
 }
