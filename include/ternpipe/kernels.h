@@ -48,6 +48,7 @@ typedef enum tern_simd {
     TERN_SIMD_REF,
     TERN_SIMD_AVX2,
     TERN_SIMD_AVX512,
+    TERN_SIMD_AMX, /* avx512 with the ternary GEMM on AMX tiles for many tokens */
     TERN_SIMD_COUNT
 } tern_simd;
 
@@ -64,7 +65,7 @@ tern_code tern_kernels_init_checked(tern_simd *out, tern_status *st);
 tern_code tern_kernels_force(tern_simd v, tern_status *st);
 tern_simd tern_kernels_active(void);
 bool tern_simd_supported(tern_simd v);
-const char *tern_simd_name(tern_simd v); /* "ref", "avx2", "avx512"; "?" out of range */
+const char *tern_simd_name(tern_simd v); /* "ref", "avx2", "avx512", "amx"; "?" out of range */
 
 /* ---- ternary matrices (internal layout, built at load) ----
  * Rows are packed in groups of tern_tmat_row_granularity() rows (16): 2-bit codes t+1, 64 bytes

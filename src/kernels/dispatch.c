@@ -11,13 +11,17 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "kernels/kernels-internal.h"
 #include "ternpipe/log.h"
 
+/* amx: avx512's table with the tile GEMM and the tile peak (filled in init_once) */
+static tern_kernel_vtable amx_table;
 static const tern_kernel_vtable *const tables[TERN_SIMD_COUNT] = {
-    &tern_kernels_ref, &tern_kernels_avx2, &tern_kernels_avx512};
-static const char *const names[TERN_SIMD_COUNT] = {"ref", "avx2", "avx512"};
+    &tern_kernels_ref, &tern_kernels_avx2, &tern_kernels_avx512, &amx_table};
+static const char *const names[TERN_SIMD_COUNT] = {"ref", "avx2", "avx512", "amx"};
 
 static _Atomic(const tern_kernel_vtable *) g_vt = NULL;
 static _Atomic int g_active = TERN_SIMD_REF;
@@ -38,6 +42,32 @@ static bool has_f16c(void)
     return (c >> 29) & 1;
 }
 
+/* AMX tiles with int8: CPUID.(7,0):EDX bits 24 and 25, the OS saving tile state (XCR0 bits
+ * 17 and 18) and, on Linux, this process's permission to use it (asked once; refused, e.g.
+ * where a signal stack is too small for the tile state, it reads as unsupported). */
+#define TERN_XFEATURE_XTILEDATA 18
+#define TERN_ARCH_REQ_XCOMP_PERM 0x1023
+static bool amx_permitted;
+static void amx_probe(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return; /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if (((lo >> 17) & 3) != 3) return;
+#ifdef __linux__
+    if (syscall(SYS_arch_prctl, TERN_ARCH_REQ_XCOMP_PERM, TERN_XFEATURE_XTILEDATA) != 0) return;
+#endif
+    amx_permitted = true;
+}
+
+static uint64_t amx_peak(tern_peak_kind kind, int64_t iters)
+{
+    return kind == TERN_PEAK_INT8 ? tern_amx_peak_int8(iters)
+                                  : tern_kernels_avx512.peak(kind, iters);
+}
+
 bool tern_simd_supported(tern_simd v)
 {
     __builtin_cpu_init();
@@ -50,6 +80,11 @@ bool tern_simd_supported(tern_simd v)
         return tern_simd_supported(TERN_SIMD_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+    case TERN_SIMD_AMX: {
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, amx_probe);
+        return amx_permitted && tern_simd_supported(TERN_SIMD_AVX512);
+    }
     default:
         return false;
     }
@@ -70,14 +105,18 @@ static void activate(tern_simd v)
 
 static void init_once(void)
 {
+    amx_table = tern_kernels_avx512;
+    amx_table.tgemm = tern_amx_tgemm;
+    amx_table.peak = amx_peak;
     tern_simd best = best_supported();
     const char *env = getenv("TERN_SIMD");
     if (env && *env) {
         int v = 0;
         while (v < TERN_SIMD_COUNT && strcmp(env, names[v]) != 0) v++;
         if (v == TERN_SIMD_COUNT) {
-            g_init_code = tern_status_set(&g_init_status, TERN_EINVAL,
-                                          "TERN_SIMD: got '%s', expected ref, avx2 or avx512", env);
+            g_init_code =
+                tern_status_set(&g_init_status, TERN_EINVAL,
+                                "TERN_SIMD: got '%s', expected ref, avx2, avx512 or amx", env);
         } else if (!tern_simd_supported((tern_simd)v)) {
             g_init_code = tern_status_set(&g_init_status, TERN_EUNSUPPORTED,
                                           "TERN_SIMD: got %s, but this CPU supports up to %s", env,

@@ -54,4 +54,41 @@ AI __m512 load_nh(const void *p, int64_t left) /* halves as floats */
                                       : _mm256_maskz_loadu_epi16(tail16(left), p));
 }
 
+/* ---- the ternary GEMM's pieces (tgemm-avx512.c, tgemm-amx.c) ---- */
+
+/* Four code vectors of one chunk: lane r of c[sh] holds codes of columns 4sh..4sh+3. */
+AI void unpack(const uint8_t *p, __m512i c[4])
+{
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i v = _mm512_load_si512((const void *)p);
+    c[0] = _mm512_and_si512(v, m3);
+    c[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), m3);
+    c[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);
+    c[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), m3);
+}
+
+/* Lanes of group g that fall in [o0, o1). */
+AI __mmask16 row_mask(int64_t g, int64_t o0, int64_t o1)
+{
+    int64_t r0 = g * 16, lo = o0 > r0 ? o0 - r0 : 0, hi = o1 - r0 < 16 ? o1 - r0 : 16;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+/* a tile's results for the rows of mask m (all 16 unmasked: masked stores do not forward) */
+AI void store_rows(float *y, __mmask16 m, __m512 f)
+{
+    if (m == 0xffff)
+        _mm512_storeu_ps(y, f);
+    else
+        _mm512_mask_storeu_ps(y, m, f);
+}
+
+/* The reference's float epilogue of one exact sum a per row: (a - qsum) / s * alpha. */
+AI __m512 tgemm_float(__m512i a, int32_t qsum, float s, float alpha)
+{
+    a = _mm512_sub_epi32(a, _mm512_set1_epi32(qsum));
+    __m512 f = _mm512_div_ps(_mm512_cvtepi32_ps(a), _mm512_set1_ps(s));
+    return _mm512_mul_ps(f, _mm512_set1_ps(alpha));
+}
+
 #endif

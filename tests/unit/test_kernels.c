@@ -99,6 +99,8 @@ static void test_dispatch(void)
     CHECK(env_child("bogus") == 20 + TERN_EINVAL);
     CHECK(env_child("avx512") ==
           (tern_simd_supported(TERN_SIMD_AVX512) ? 10 + TERN_SIMD_AVX512 : 20 + TERN_EUNSUPPORTED));
+    CHECK(env_child("amx") ==
+          (tern_simd_supported(TERN_SIMD_AMX) ? 10 + TERN_SIMD_AMX : 20 + TERN_EUNSUPPORTED));
     CHECK(tern_simd_supported(TERN_SIMD_REF));
     CHECK(strcmp(tern_simd_name(TERN_SIMD_AVX512), "avx512") == 0);
     CHECK(strcmp(tern_simd_name(TERN_SIMD_COUNT), "?") == 0);
@@ -117,7 +119,7 @@ static void test_dispatch(void)
         }
     }
     /* the peak loops count the multiply-adds of their instruction: 16 a round */
-    static const uint64_t per_op[TERN_SIMD_COUNT][2] = {{1, 1}, {32, 8}, {64, 16}};
+    static const uint64_t per_op[TERN_SIMD_COUNT][2] = {{1, 1}, {32, 8}, {64, 16}, {16384, 16}};
     for (int i = 0; i < g_nvariants; i++) {
         CHECK(tern_kernels_force(g_variants[i], &st) == TERN_OK);
         for (int kind = 0; kind < 2; kind++)
