@@ -17,7 +17,7 @@
 #include "kernels/kernels-internal.h"
 #include "ternpipe/log.h"
 
-/* amx: avx512's table with the tile GEMM and the tile peak (filled in init_once) */
+/* amx: avx512's table with the tile GEMMs and the tile peak (filled in init_once) */
 static tern_kernel_vtable amx_table;
 static const tern_kernel_vtable *const tables[TERN_SIMD_COUNT] = {
     &tern_kernels_ref, &tern_kernels_avx2, &tern_kernels_avx512, &amx_table};
@@ -107,6 +107,7 @@ static void init_once(void)
 {
     amx_table = tern_kernels_avx512;
     amx_table.tgemm = tern_amx_tgemm;
+    amx_table.gemm_i8 = tern_amx_gemm_i8;
     amx_table.peak = amx_peak;
     tern_simd best = best_supported();
     const char *env = getenv("TERN_SIMD");

@@ -173,10 +173,13 @@ extern volatile int32_t tern_peak_sink; /* the peak loops' results go here */
 extern const tern_kernel_vtable tern_kernels_ref;
 extern const tern_kernel_vtable tern_kernels_avx2;
 extern const tern_kernel_vtable tern_kernels_avx512;
-/* tgemm-amx.c: the ternary GEMM on AMX tiles (tern_tgemm's contract; few tokens, block scales
- * and k % 64 != 0 go to the AVX-512 one) and the tile peak's multiply-adds (16 x 16384 a round) */
+/* gemm-amx.c: the ternary GEMM and the int8 head on AMX tiles (the vtable's contracts; few
+ * tokens, block scales and k % 64 != 0 go to the AVX-512 kernels) and the tile peak's
+ * multiply-adds (16 x 16384 a round) */
 void tern_amx_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
+void tern_amx_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
+                      int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
 uint64_t tern_amx_peak_int8(int64_t iters);
 
 /* The active table (dispatch.c); initializes on first use. */

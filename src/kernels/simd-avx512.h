@@ -91,4 +91,19 @@ AI __m512 tgemm_float(__m512i a, int32_t qsum, float s, float alpha)
     return _mm512_mul_ps(f, _mm512_set1_ps(alpha));
 }
 
+/* The int8 head's logits of the lanes [lo, hi) (ops-avx512.c, gemm-amx.c) from sums of
+ * biased weights: kernels.h's formula in double lanes: (float)((double)S * ((double)scale *
+ * (double)xs)) */
+AI void hi_store(__m512i acc, int32_t xsum, const float *sc, float xs, float *out, int lo, int hi)
+{
+    const __m512i S = _mm512_sub_epi32(acc, _mm512_set1_epi32(xsum * 128));
+    const __m512d xd = _mm512_set1_pd((double)xs);
+    const __m512d w0 = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(sc)), xd);
+    const __m512d w1 = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(sc + 8)), xd);
+    const __m512d f0 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(S)), w0);
+    const __m512d f1 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(S, 1)), w1);
+    const __m512 r =
+        _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(f0)), _mm512_cvtpd_ps(f1), 1);
+    _mm512_mask_storeu_ps(out, (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)), r);
+}
 #endif

@@ -1,0 +1,270 @@
+/* gemm-amx.c: the ternary GEMM and the int8 head for many tokens on AMX tiles (Sapphire
+ * Rapids and later): the "amx" variant is avx512 with these two and the tile peak
+ * (dispatch.c).
+ *
+ * One TDPBSUD multiplies a tile of 16 tokens x 64 signed activations (A: rows of the int8
+ * activations, stride k, loaded in place) by a tile of 64 x 16 unsigned bytes (B: 16 rows of
+ * 64 bytes, row kk holding four bytes of each of 16 weight rows, columns 4kk..4kk+3) into
+ * 16 x 16 exact int32 sums: 16384 multiply-adds, against vpdpbusd's 64.
+ * - Ternary GEMM: B is what unpack() makes of four chunks of the packed codes
+ *   (kernels-internal.h), in order, so codes need no shuffling; the sums are the reference's
+ *   sum code*q, and the float epilogue is the reference's (simd-avx512.h tgemm_float).
+ * - int8 head (per-row scales): the biased weights (w + 128) of 16 chunks are a B tile as
+ *   they lie in memory; sum (w + 128) x less 128 x the token's activation sum is the exact
+ *   sum w x, and the logit is kernels.h's formula (simd-avx512.h hi_store).
+ * So both are bit-identical to their references.
+ *
+ * Blocking: tokens in chunks whose activations stay in L2 (TERN_AMX_ACT_BYTES); for each pair
+ * of row groups (32 rows), every pair of token blocks (32 tokens: four C tiles, two A, two B)
+ * runs over all of k, so no partial sums wait anywhere. The ternary codes are unpacked one step
+ * ahead into a two-step ring in L1 (the vector unit unpacks while the tiles multiply; unpacking
+ * a pair's codes whole into a buffer cost a third of the time, in its stores). A last block of
+ * fewer than 16 tokens runs under a tile configuration of that many rows (nothing past the
+ * activations is read). The block-scale layouts (TQ sources, Q8_0 head blocks), k % 64 != 0
+ * and fewer than TERN_AMX_MIN tokens go to the AVX-512 kernels.
+ */
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/simd-avx512.h"
+
+#define TERN_AMX_MIN 16 /* tokens from which the tiles pay */
+#define TERN_AMX_LD 32  /* int32 sums a token in the C scratch (two groups) */
+/* activations of a chunk of tokens, which every pair of groups re-reads: kept within L2 */
+#define TERN_AMX_ACT_BYTES (768 * 1024)
+
+/* palette 1: tiles 0-3 C (rows x 64 bytes), 4-5 A (rows x 64), 6-7 B (16 x 64) */
+typedef struct {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+static void amx_config(int rows)
+{
+    amx_cfg c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        c.colsb[i] = 64;
+        c.rows[i] = (uint8_t)(i < 6 ? rows : 16);
+    }
+    _tile_loadconfig(&c);
+}
+
+/* One call of either GEMM: the chunk of tokens in use and the pair of groups at g. */
+typedef struct {
+    const tern_tmat *tw;  /* ternary GEMM, or NULL */
+    const tern_i8mat *hw; /* int8 head, or NULL */
+    const int8_t *q;      /* the chunk's activations [nt][k] */
+    const float *s;       /* their scales */
+    const int32_t *qsum;  /* their sums */
+    float *y;             /* the chunk's first output row */
+    int64_t k, ldy, o0, o1;
+    int64_t g;     /* the pair's first group */
+    int32_t *cs;   /* [32][TERN_AMX_LD]: a block's sums */
+    __m512i *ring; /* ternary: [2][2][16], two steps' codes of the pair */
+} amx_job;
+
+/* step st's codes of groups [g, g+NG) (four chunks each) into ring slot st % 2 */
+AI void amx_codes(const amx_job *p, int64_t st, const int NG)
+{
+    const int64_t gstride = p->tw->kc * TERN_TG_BYTES;
+    __m512i *slot = p->ring + (st & 1) * 32;
+#pragma GCC unroll 2
+    for (int gi = 0; gi < NG; gi++)
+#pragma GCC unroll 4
+        for (int cc = 0; cc < 4; cc++)
+            unpack(p->tw->codes + (p->g + gi) * gstride + (st * 4 + cc) * TERN_TG_BYTES,
+                   slot + gi * 16 + cc * 4);
+}
+
+/* C tile (ti, gi) in cs: rows are tokens, 16 sums of group gi each */
+#define AMX_CS(ti, gi) (p->cs + 16 * (ti)*TERN_AMX_LD + 16 * (gi))
+
+/* TI token blocks (tokens t0..) x NG groups over all of k (both 1 or 2, constants after
+ * inlining; tile numbers are immediates): C(ti, gi) is tile ti * 2 + gi. HEAD (a constant
+ * too) takes B from the head's rows in place, else from the ring of unpacked codes. */
+AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, const bool HEAD)
+{
+    const int64_t k = p->k, ld = TERN_AMX_LD * 4, steps = k / 64;
+    _tile_zero(0);
+    if (NG == 2) _tile_zero(1);
+    if (TI == 2) _tile_zero(2);
+    if (TI == 2 && NG == 2) _tile_zero(3);
+    const int8_t *a = p->q + t0 * k;
+    const uint8_t *hb = HEAD ? p->hw->qu + p->g * p->hw->kc * 64 : NULL;
+    const int64_t hstride = HEAD ? p->hw->kc * 64 : 0;
+    if (!HEAD) amx_codes(p, 0, NG);
+    for (int64_t st = 0; st < steps; st++) {
+        const void *b0, *b1;
+        if (HEAD) {
+            b0 = hb + st * 1024;
+            b1 = hb + hstride + st * 1024;
+        } else {
+            if (st + 1 < steps) amx_codes(p, st + 1, NG);
+            b0 = p->ring + (st & 1) * 32;
+            b1 = p->ring + (st & 1) * 32 + 16;
+        }
+        _tile_loadd(6, b0, 64);
+        _tile_loadd(4, a + st * 64, k);
+        _tile_dpbsud(0, 4, 6);
+        if (NG == 2) {
+            _tile_loadd(7, b1, 64);
+            _tile_dpbsud(1, 4, 7);
+        }
+        if (TI == 2) {
+            _tile_loadd(5, a + 16 * k + st * 64, k);
+            _tile_dpbsud(2, 5, 6);
+            if (NG == 2) _tile_dpbsud(3, 5, 7);
+        }
+    }
+    _tile_stored(0, AMX_CS(0, 0), ld);
+    if (NG == 2) _tile_stored(1, AMX_CS(0, 1), ld);
+    if (TI == 2) _tile_stored(2, AMX_CS(1, 0), ld);
+    if (TI == 2 && NG == 2) _tile_stored(3, AMX_CS(1, 1), ld);
+}
+
+/* tokens [t0, t1) of a block's sums: the reference's epilogue into y */
+static void amx_out(const amx_job *p, int ng, int64_t t0, int64_t t1)
+{
+    for (int64_t t = t0; t < t1; t++)
+        for (int gi = 0; gi < ng; gi++) {
+            const int64_t g = p->g + gi, r0 = g * 16;
+            const __m512i a =
+                _mm512_load_si512((const void *)(p->cs + (t - t0) * TERN_AMX_LD + 16 * gi));
+            float *out = p->y + t * p->ldy + r0;
+            if (p->tw) {
+                store_rows(out, row_mask(g, p->o0, p->o1),
+                           tgemm_float(a, p->qsum[t], p->s[t], p->tw->alpha));
+            } else {
+                const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
+                const int hi = p->o1 - r0 < 16 ? (int)(p->o1 - r0) : 16;
+                hi_store(a, p->qsum[t], p->hw->scale + r0, p->s[t], out, lo, hi);
+            }
+        }
+}
+
+/* the block shapes: [head][ng - 1][ti - 1] */
+typedef void (*amx_block_fn)(const amx_job *p, int64_t t0);
+#define AMX_FN(H, NG, TI)                                                                          \
+    static void amx_b##H##NG##TI(const amx_job *p, int64_t t0)                                     \
+    {                                                                                              \
+        amx_block(p, t0, TI, NG, H);                                                               \
+    }
+AMX_FN(0, 1, 1)
+AMX_FN(0, 1, 2)
+AMX_FN(0, 2, 1)
+AMX_FN(0, 2, 2)
+AMX_FN(1, 1, 1)
+AMX_FN(1, 1, 2)
+AMX_FN(1, 2, 1)
+AMX_FN(1, 2, 2)
+#undef AMX_FN
+static const amx_block_fn amx_blocks[2][2][2] = {{{amx_b011, amx_b012}, {amx_b021, amx_b022}},
+                                                 {{amx_b111, amx_b112}, {amx_b121, amx_b122}}};
+
+/* All n_tok tokens of the job's chunk for one pair of groups: pairs of full blocks, one full
+ * block, then a partial block under a configuration of its rows. */
+static void amx_pair(const amx_job *p, int ng, int64_t n_tok)
+{
+    const amx_block_fn *blk = amx_blocks[p->hw != NULL][ng - 1];
+    int64_t t0 = 0;
+    for (; t0 + 32 <= n_tok; t0 += 32) {
+        blk[1](p, t0);
+        amx_out(p, ng, t0, t0 + 32);
+    }
+    if (t0 + 16 <= n_tok) {
+        blk[0](p, t0);
+        amx_out(p, ng, t0, t0 + 16);
+        t0 += 16;
+    }
+    if (t0 < n_tok) {
+        amx_config((int)(n_tok - t0));
+        blk[0](p, t0);
+        amx_config(16);
+        amx_out(p, ng, t0, n_tok);
+    }
+}
+
+/* Every chunk of tokens x every pair of groups covering rows [o0, o1). */
+static void amx_run(amx_job *p, int64_t n_tok)
+{
+    _Alignas(64) int32_t cs[32 * TERN_AMX_LD];
+    _Alignas(64) __m512i ring[2 * 2 * 16];
+    p->cs = cs;
+    p->ring = ring;
+    const int8_t *q = p->q;
+    const float *s = p->s;
+    const int32_t *qsum = p->qsum;
+    float *y = p->y;
+    const int64_t g0 = p->o0 / 16, gend = (p->o1 + 15) / 16;
+    /* a multiple of 32 tokens, at least 32 */
+    const int64_t fit = TERN_AMX_ACT_BYTES / p->k / 32 * 32, chunk = fit > 32 ? fit : 32;
+    amx_config(16);
+    for (int64_t tc = 0; tc < n_tok; tc += chunk) {
+        const int64_t nt = n_tok - tc < chunk ? n_tok - tc : chunk;
+        p->q = q + tc * p->k;
+        p->s = s + tc;
+        p->qsum = qsum + tc;
+        p->y = y + tc * p->ldy;
+        for (int64_t g = g0; g < gend; g += 2) {
+            p->g = g;
+            amx_pair(p, gend - g < 2 ? 1 : 2, nt);
+        }
+    }
+    _tile_release();
+}
+
+void tern_amx_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
+                    int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    if (w->blocks || n_tok < TERN_AMX_MIN || w->k % 64 != 0) {
+        tern_avx512_tgemm(w, q, s, qsum, n_tok, y, ldy, o0, o1);
+        return;
+    }
+    amx_job p = {w, NULL, q, s, qsum, y, w->k, ldy, o0, o1, 0, NULL, NULL};
+    amx_run(&p, n_tok);
+}
+
+void tern_amx_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
+                      int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
+{
+    if (w->bscale || n_tok < TERN_AMX_MIN || w->k % 64 != 0) {
+        tern_kernels_avx512.gemm_i8(w, xq, xs, xsum, n_tok, y, ldy, o0, o1);
+        return;
+    }
+    amx_job p = {NULL, w, xq, xs, xsum, y, w->k, ldy, o0, o1, 0, NULL, NULL};
+    amx_run(&p, n_tok);
+}
+
+/* The tile peak: 4 accumulator tiles x 4 TDPBSUD a round (16 x 16384 multiply-adds), on
+ * tiles loaded once; the sums go to tern_peak_sink. */
+uint64_t tern_amx_peak_int8(int64_t iters)
+{
+    _Alignas(64) int8_t a[16 * 64];
+    _Alignas(64) int32_t c[16 * 16];
+    memset(a, 1, sizeof a);
+    amx_config(16);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_loadd(4, a, 64);
+    _tile_loadd(5, a, 64);
+    _tile_loadd(6, a, 64);
+    _tile_loadd(7, a, 64);
+    for (int64_t n = 0; n < iters; n++)
+        for (int r = 0; r < 4; r++) {
+            _tile_dpbsud(0, 4, 6);
+            _tile_dpbsud(1, 4, 7);
+            _tile_dpbsud(2, 5, 6);
+            _tile_dpbsud(3, 5, 7);
+        }
+    _tile_stored(0, c, 64);
+    _tile_release();
+    tern_peak_sink = c[0];
+    return (uint64_t)iters * 16 * 16384;
+}
