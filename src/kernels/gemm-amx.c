@@ -54,6 +54,17 @@ static void amx_config(int rows)
     _tile_loadconfig(&c);
 }
 
+/* A block's finished sums whose epilogue is pending: tokens [t0, t0 + nt) of the chunk at
+ * (q, s, qsum, y) for groups [g, g + ng), in cs. */
+typedef struct {
+    const int32_t *cs;
+    const float *s;
+    const int32_t *qsum;
+    float *y;
+    int64_t g, t0, nt;
+    int ng;
+} amx_pend;
+
 /* One call of either GEMM: the chunk of tokens in use and the pair of groups at g. */
 typedef struct {
     const tern_tmat *tw;  /* ternary GEMM, or NULL */
@@ -64,8 +75,9 @@ typedef struct {
     float *y;             /* the chunk's first output row */
     int64_t k, ldy, o0, o1;
     int64_t g;     /* the pair's first group */
-    int32_t *cs;   /* [32][TERN_AMX_LD]: a block's sums */
+    int32_t *cs;   /* [32][TERN_AMX_LD]: where the running block's sums go */
     __m512i *ring; /* ternary: [2][2][16], two steps' codes of the pair */
+    amx_pend pend; /* the previous block's, done while this one multiplies (nt 0: none) */
 } amx_job;
 
 /* step st's codes of groups [g, g+NG) (four chunks each) into ring slot st % 2 */
@@ -81,15 +93,38 @@ AI void amx_codes(const amx_job *p, int64_t st, const int NG)
                    slot + gi * 16 + cc * 4);
 }
 
+/* Output vector e (token e / ng, group e % ng) of the pending block: the reference's
+ * epilogue into y. */
+static inline void amx_out1(const amx_job *p, int64_t e)
+{
+    const amx_pend *d = &p->pend;
+    const int64_t t = d->t0 + e / d->ng, gi = e % d->ng, g = d->g + gi, r0 = g * 16;
+    const __m512i a =
+        _mm512_load_si512((const void *)(d->cs + (t - d->t0) * TERN_AMX_LD + 16 * gi));
+    float *out = d->y + t * p->ldy + r0;
+    if (p->tw) {
+        store_rows(out, row_mask(g, p->o0, p->o1),
+                   tgemm_float(a, d->qsum[t], d->s[t], p->tw->alpha));
+    } else {
+        const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
+        const int hi = p->o1 - r0 < 16 ? (int)(p->o1 - r0) : 16;
+        hi_store(a, d->qsum[t], p->hw->scale + r0, d->s[t], out, lo, hi);
+    }
+}
+
 /* C tile (ti, gi) in cs: rows are tokens, 16 sums of group gi each */
 #define AMX_CS(ti, gi) (p->cs + 16 * (ti)*TERN_AMX_LD + 16 * (gi))
 
 /* TI token blocks (tokens t0..) x NG groups over all of k (both 1 or 2, constants after
  * inlining; tile numbers are immediates): C(ti, gi) is tile ti * 2 + gi. HEAD (a constant
- * too) takes B from the head's rows in place, else from the ring of unpacked codes. */
+ * too) takes B from the head's rows in place, else from the ring of unpacked codes. Codes are
+ * unpacked one step ahead, and the pending block's epilogue is spread over the steps, so the
+ * vector unit works while the tiles multiply (after the loop, its epilogue cost a fifth). */
 AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, const bool HEAD)
 {
     const int64_t k = p->k, ld = TERN_AMX_LD * 4, steps = k / 64;
+    const int64_t E = p->pend.nt * p->pend.ng, per = (E + steps - 1) / steps;
+    int64_t e = 0;
     _tile_zero(0);
     if (NG == 2) _tile_zero(1);
     if (TI == 2) _tile_zero(2);
@@ -104,7 +139,6 @@ AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, cons
             b0 = hb + st * 1024;
             b1 = hb + hstride + st * 1024;
         } else {
-            if (st + 1 < steps) amx_codes(p, st + 1, NG);
             b0 = p->ring + (st & 1) * 32;
             b1 = p->ring + (st & 1) * 32 + 16;
         }
@@ -120,31 +154,14 @@ AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, cons
             _tile_dpbsud(2, 5, 6);
             if (NG == 2) _tile_dpbsud(3, 5, 7);
         }
+        if (!HEAD && st + 1 < steps) amx_codes(p, st + 1, NG);
+        for (int64_t u = 0; u < per && e < E; u++, e++) amx_out1(p, e);
     }
+    for (; e < E; e++) amx_out1(p, e);
     _tile_stored(0, AMX_CS(0, 0), ld);
     if (NG == 2) _tile_stored(1, AMX_CS(0, 1), ld);
     if (TI == 2) _tile_stored(2, AMX_CS(1, 0), ld);
     if (TI == 2 && NG == 2) _tile_stored(3, AMX_CS(1, 1), ld);
-}
-
-/* tokens [t0, t1) of a block's sums: the reference's epilogue into y */
-static void amx_out(const amx_job *p, int ng, int64_t t0, int64_t t1)
-{
-    for (int64_t t = t0; t < t1; t++)
-        for (int gi = 0; gi < ng; gi++) {
-            const int64_t g = p->g + gi, r0 = g * 16;
-            const __m512i a =
-                _mm512_load_si512((const void *)(p->cs + (t - t0) * TERN_AMX_LD + 16 * gi));
-            float *out = p->y + t * p->ldy + r0;
-            if (p->tw) {
-                store_rows(out, row_mask(g, p->o0, p->o1),
-                           tgemm_float(a, p->qsum[t], p->s[t], p->tw->alpha));
-            } else {
-                const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
-                const int hi = p->o1 - r0 < 16 ? (int)(p->o1 - r0) : 16;
-                hi_store(a, p->qsum[t], p->hw->scale + r0, p->s[t], out, lo, hi);
-            }
-        }
 }
 
 /* the block shapes: [head][ng - 1][ti - 1] */
@@ -166,36 +183,42 @@ AMX_FN(1, 2, 2)
 static const amx_block_fn amx_blocks[2][2][2] = {{{amx_b011, amx_b012}, {amx_b021, amx_b022}},
                                                  {{amx_b111, amx_b112}, {amx_b121, amx_b122}}};
 
+/* Block (tokens [t0, t0 + nt) of the chunk, ng groups): runs with the previous block's
+ * epilogue, then becomes the pending one, its sums in the other half of cs2. */
+static void amx_step(amx_job *p, amx_block_fn fn, int ng, int64_t t0, int64_t nt, int32_t *cs2)
+{
+    fn(p, t0);
+    p->pend = (amx_pend){p->cs, p->s, p->qsum, p->y, p->g, t0, nt, ng};
+    p->cs = p->cs == cs2 ? cs2 + 32 * TERN_AMX_LD : cs2;
+}
+
 /* All n_tok tokens of the job's chunk for one pair of groups: pairs of full blocks, one full
  * block, then a partial block under a configuration of its rows. */
-static void amx_pair(const amx_job *p, int ng, int64_t n_tok)
+static void amx_pair(amx_job *p, int ng, int64_t n_tok, int32_t *cs2)
 {
     const amx_block_fn *blk = amx_blocks[p->hw != NULL][ng - 1];
     int64_t t0 = 0;
-    for (; t0 + 32 <= n_tok; t0 += 32) {
-        blk[1](p, t0);
-        amx_out(p, ng, t0, t0 + 32);
-    }
+    for (; t0 + 32 <= n_tok; t0 += 32) amx_step(p, blk[1], ng, t0, 32, cs2);
     if (t0 + 16 <= n_tok) {
-        blk[0](p, t0);
-        amx_out(p, ng, t0, t0 + 16);
+        amx_step(p, blk[0], ng, t0, 16, cs2);
         t0 += 16;
     }
     if (t0 < n_tok) {
         amx_config((int)(n_tok - t0));
-        blk[0](p, t0);
+        amx_step(p, blk[0], ng, t0, n_tok - t0, cs2);
         amx_config(16);
-        amx_out(p, ng, t0, n_tok);
     }
 }
 
-/* Every chunk of tokens x every pair of groups covering rows [o0, o1). */
+/* Every chunk of tokens x every pair of groups covering rows [o0, o1), then the last block's
+ * epilogue. */
 static void amx_run(amx_job *p, int64_t n_tok)
 {
-    _Alignas(64) int32_t cs[32 * TERN_AMX_LD];
+    _Alignas(64) int32_t cs2[2 * 32 * TERN_AMX_LD];
     _Alignas(64) __m512i ring[2 * 2 * 16];
-    p->cs = cs;
+    p->cs = cs2;
     p->ring = ring;
+    p->pend.nt = 0;
     const int8_t *q = p->q;
     const float *s = p->s;
     const int32_t *qsum = p->qsum;
@@ -212,10 +235,11 @@ static void amx_run(amx_job *p, int64_t n_tok)
         p->y = y + tc * p->ldy;
         for (int64_t g = g0; g < gend; g += 2) {
             p->g = g;
-            amx_pair(p, gend - g < 2 ? 1 : 2, nt);
+            amx_pair(p, gend - g < 2 ? 1 : 2, nt, cs2);
         }
     }
     _tile_release();
+    for (int64_t e = 0; e < p->pend.nt * p->pend.ng; e++) amx_out1(p, e);
 }
 
 void tern_amx_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
@@ -225,7 +249,7 @@ void tern_amx_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const i
         tern_avx512_tgemm(w, q, s, qsum, n_tok, y, ldy, o0, o1);
         return;
     }
-    amx_job p = {w, NULL, q, s, qsum, y, w->k, ldy, o0, o1, 0, NULL, NULL};
+    amx_job p = {w, NULL, q, s, qsum, y, w->k, ldy, o0, o1, 0, NULL, NULL, {0}};
     amx_run(&p, n_tok);
 }
 
@@ -236,7 +260,7 @@ void tern_amx_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
         tern_kernels_avx512.gemm_i8(w, xq, xs, xsum, n_tok, y, ldy, o0, o1);
         return;
     }
-    amx_job p = {NULL, w, xq, xs, xsum, y, w->k, ldy, o0, o1, 0, NULL, NULL};
+    amx_job p = {NULL, w, xq, xs, xsum, y, w->k, ldy, o0, o1, 0, NULL, NULL, {0}};
     amx_run(&p, n_tok);
 }
 
