@@ -202,11 +202,13 @@ void tern_kv_quant_q8(const float *x /* [n][d] */, int64_t n, int64_t d, int8_t 
                       float *scale /* [n] */);
 
 /* The compute peak of the active variant: `iters` rounds of its widest int8 dot-product
- * instruction (vpdpbusd on AVX-512 VNNI: 64 multiply-adds; vpmaddubsw on AVX2: 32; a scalar
- * multiply-add for ref) or of fp32 FMA, on 16 independent register accumulators with nothing
- * from memory. Returns the multiply-adds done: timed on every thread at once, the GMAC/s no
- * kernel of this variant can pass (the ceilings `ternpipe bench` reports). */
-typedef enum tern_peak_kind { TERN_PEAK_INT8, TERN_PEAK_FP32 } tern_peak_kind;
+ * instruction (TDPBSUD on AMX tiles: 16384 multiply-adds; vpdpbusd on AVX-512 VNNI: 64;
+ * vpmaddubsw on AVX2: 32; a scalar multiply-add for ref) or of fp32 FMA, on 16 independent
+ * accumulators (AMX: 4 tiles x 4) with nothing from memory. TERN_PEAK_INT8_VEC is the widest
+ * vector int8 dot (vpdpbusd for amx; TERN_PEAK_INT8 elsewhere). Returns the multiply-adds done:
+ * timed on every thread at once, the GMAC/s no kernel of this variant can pass (the ceilings
+ * `ternpipe bench` reports). */
+typedef enum tern_peak_kind { TERN_PEAK_INT8, TERN_PEAK_FP32, TERN_PEAK_INT8_VEC } tern_peak_kind;
 uint64_t tern_compute_peak(tern_peak_kind kind, int64_t iters);
 
 /* ---- LM head ---- */

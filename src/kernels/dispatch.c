@@ -64,8 +64,8 @@ static void amx_probe(void)
 
 static uint64_t amx_peak(tern_peak_kind kind, int64_t iters)
 {
-    return kind == TERN_PEAK_INT8 ? tern_amx_peak_int8(iters)
-                                  : tern_kernels_avx512.peak(kind, iters);
+    if (kind == TERN_PEAK_INT8) return tern_amx_peak_int8(iters);
+    return tern_kernels_avx512.peak(kind == TERN_PEAK_INT8_VEC ? TERN_PEAK_INT8 : kind, iters);
 }
 
 bool tern_simd_supported(tern_simd v)
@@ -315,8 +315,11 @@ volatile int32_t tern_peak_sink;
 
 uint64_t tern_compute_peak(tern_peak_kind kind, int64_t iters)
 {
-    TERN_ASSERT((kind == TERN_PEAK_INT8 || kind == TERN_PEAK_FP32) && iters >= 0);
-    return tern_kernels_vt()->peak(kind, iters);
+    TERN_ASSERT((kind == TERN_PEAK_INT8 || kind == TERN_PEAK_FP32 || kind == TERN_PEAK_INT8_VEC) &&
+                iters >= 0);
+    const tern_kernel_vtable *vt = tern_kernels_vt();
+    if (kind == TERN_PEAK_INT8_VEC && vt != &amx_table) kind = TERN_PEAK_INT8;
+    return vt->peak(kind, iters);
 }
 
 void tern_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale)

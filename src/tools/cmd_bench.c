@@ -264,14 +264,15 @@ int tern_cmd_bench(int argc, char **argv)
             "], \"peak_rss_bytes\": %ld, \"peak_rss_single_sequence_bytes\": %ld, "
             "\"peak_rss_per_rank\": [%s], \"read_bandwidth_gbs\": %.2f, \"bytes_per_token\": %.0f, "
             "\"roofline_tok_s\": %.2f, \"roofline_fraction\": %.3f, \"int8_peak_gmacs\": %.1f, "
-            "\"fp32_peak_gmacs\": %.1f, \"tgemm_gmacs\": %.1f, "
+            "\"int8_vec_peak_gmacs\": %.1f, \"fp32_peak_gmacs\": %.1f, \"tgemm_gmacs\": %.1f, "
             "\"f16_head_gmacs\": %.1f, \"i8_head_gmacs\": %.1f, \"head_type\": \"%s\", "
             "\"prefill_ceiling_tok_s\": %.1f, "
             "\"prefill128_fraction\": %.3f, \"batched_ceiling_tok_s\": %.1f, "
             "\"decode64_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
             rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0,
-            cr.int8_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head, q8_head ? "q8_0" : "f16",
-            ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
+            cr.int8_peak, cr.int8_vec_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head,
+            q8_head ? "q8_0" : "f16", ceil_prefill,
+            ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
             ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0, tern_kv_type_name(eo.kv_type));
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
@@ -291,10 +292,12 @@ int tern_cmd_bench(int argc, char **argv)
         printf(
             "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
             bw, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
-        printf("compute peaks (every thread, register loops): int8 dot %.0f GMAC/s, fp32 FMA %.0f "
-               "GMAC/s; kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 peak), int8 head %.0f "
-               "(%.2f), F16 head %.0f (%.2f of the FMA peak)\n",
-               cr.int8_peak, cr.fp32_peak, cr.tgemm, pk > 0 ? cr.tgemm / pk : 0.0, cr.i8_head,
+        const bool tiles = cr.int8_vec_peak > 0 && cr.int8_peak > 1.5 * cr.int8_vec_peak;
+        printf("compute peaks (every thread, register loops): int8 dot %.0f GMAC/s", cr.int8_peak);
+        if (tiles) printf(" (AMX tiles; the vector dot %.0f)", cr.int8_vec_peak);
+        printf(", fp32 FMA %.0f GMAC/s; kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 peak), "
+               "int8 head %.0f (%.2f), F16 head %.0f (%.2f of the FMA peak)\n",
+               cr.fp32_peak, cr.tgemm, pk > 0 ? cr.tgemm / pk : 0.0, cr.i8_head,
                pk > 0 ? cr.i8_head / pk : 0.0, cr.f16_head,
                cr.fp32_peak > 0 ? cr.f16_head / cr.fp32_peak : 0.0);
         printf(
@@ -304,6 +307,12 @@ int tern_cmd_bench(int argc, char **argv)
             ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
             q8_head ? "int8" : "F16", q8_head ? "int8" : "FMA",
             ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0);
+        if (tiles)
+            printf(
+                "the same at the vector int8 dot's peak: prefill %.1f tok/s (prefill 128 at %.2f "
+                "of it)\n",
+                cr.int8_vec_peak * 1e9 / mac_layers,
+                prefill_tps[0] / (cr.int8_vec_peak * 1e9 / mac_layers));
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
                "(the rest is %s KV of the concurrent sequences)\n",
                (double)rss / 1e6, (double)rss_single / 1e6, tern_kv_type_name(eo.kv_type));
