@@ -33,6 +33,13 @@
 #define TERN_AMX_LD 32  /* int32 sums a token in the C scratch (two groups) */
 /* activations of a chunk of tokens, which every pair of groups re-reads: kept within L2 */
 #define TERN_AMX_ACT_BYTES (768 * 1024)
+/* steps the codes are unpacked ahead of their tile loads, and the ring's slots (a power of
+ * two above it): a tile load waits for the vector stores before it to leave the store
+ * buffer, which they do only after the (long) tile products ahead of them retire */
+#ifndef TERN_AMX_AHEAD
+#define TERN_AMX_AHEAD 3
+#endif
+#define TERN_AMX_RING 4
 
 /* palette 1: tiles 0-3 C (rows x 64 bytes), 4-5 A (rows x 64), 6-7 B (16 x 64) */
 typedef struct {
@@ -76,15 +83,15 @@ typedef struct {
     int64_t k, ldy, o0, o1;
     int64_t g;     /* the pair's first group */
     int32_t *cs;   /* [32][TERN_AMX_LD]: where the running block's sums go */
-    __m512i *ring; /* ternary: [2][2][16], two steps' codes of the pair */
+    __m512i *ring; /* ternary: [TERN_AMX_RING][2][16], steps' codes of the pair */
     amx_pend pend; /* the previous block's, done while this one multiplies (nt 0: none) */
 } amx_job;
 
-/* step st's codes of groups [g, g+NG) (four chunks each) into ring slot st % 2 */
+/* step st's codes of groups [g, g+NG) (four chunks each) into ring slot st % TERN_AMX_RING */
 AI void amx_codes(const amx_job *p, int64_t st, const int NG)
 {
     const int64_t gstride = p->tw->kc * TERN_TG_BYTES;
-    __m512i *slot = p->ring + (st & 1) * 32;
+    __m512i *slot = p->ring + (st & (TERN_AMX_RING - 1)) * 32;
 #pragma GCC unroll 2
     for (int gi = 0; gi < NG; gi++)
 #pragma GCC unroll 4
@@ -132,15 +139,16 @@ AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, cons
     const int8_t *a = p->q + t0 * k;
     const uint8_t *hb = HEAD ? p->hw->qu + p->g * p->hw->kc * 64 : NULL;
     const int64_t hstride = HEAD ? p->hw->kc * 64 : 0;
-    if (!HEAD) amx_codes(p, 0, NG);
+    if (!HEAD)
+        for (int64_t st = 0; st < TERN_AMX_AHEAD && st < steps; st++) amx_codes(p, st, NG);
     for (int64_t st = 0; st < steps; st++) {
         const void *b0, *b1;
         if (HEAD) {
             b0 = hb + st * 1024;
             b1 = hb + hstride + st * 1024;
         } else {
-            b0 = p->ring + (st & 1) * 32;
-            b1 = p->ring + (st & 1) * 32 + 16;
+            b0 = p->ring + (st & (TERN_AMX_RING - 1)) * 32;
+            b1 = p->ring + (st & (TERN_AMX_RING - 1)) * 32 + 16;
         }
         _tile_loadd(6, b0, 64);
         _tile_loadd(4, a + st * 64, k);
@@ -154,7 +162,7 @@ AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, cons
             _tile_dpbsud(2, 5, 6);
             if (NG == 2) _tile_dpbsud(3, 5, 7);
         }
-        if (!HEAD && st + 1 < steps) amx_codes(p, st + 1, NG);
+        if (!HEAD && st + TERN_AMX_AHEAD < steps) amx_codes(p, st + TERN_AMX_AHEAD, NG);
         for (int64_t u = 0; u < per && e < E; u++, e++) amx_out1(p, e);
     }
     for (; e < E; e++) amx_out1(p, e);
@@ -215,7 +223,7 @@ static void amx_pair(amx_job *p, int ng, int64_t n_tok, int32_t *cs2)
 static void amx_run(amx_job *p, int64_t n_tok)
 {
     _Alignas(64) int32_t cs2[2 * 32 * TERN_AMX_LD];
-    _Alignas(64) __m512i ring[2 * 2 * 16];
+    _Alignas(64) __m512i ring[TERN_AMX_RING * 2 * 16];
     p->cs = cs2;
     p->ring = ring;
     p->pend.nt = 0;
