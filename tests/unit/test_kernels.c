@@ -1188,7 +1188,7 @@ static void test_head(void)
     for (int it = 0; it < 60; it++) {
         /* the int8 head's rows are whole 4-column chunks (the F16 head takes any k) */
         int64_t k = it % 3 == 0 ? 4 * rndi(1, 10) : (it % 3 == 1 ? 2560 : 4 * rndi(25, 175));
-        /* from 16 tokens the tile kernels (amx) take k % 64 == 0: it % 12 == 7 has both */
+        /* from 8 tokens the tile kernels (amx) take k % 64 == 0: it % 3 == 1 has it */
         int64_t n = rndi(1, 150), n_tok = it < 2 ? 1 : it % 4 == 3 ? rndi(15, 70) : rndi(1, 14);
         int64_t ldy = n + 1;
         uint16_t *w = xmalloc((size_t)(n * k) * 2);
