@@ -117,6 +117,10 @@ void tern_tgemm(const tern_tmat *w, const int8_t *q /* [n_tok][k] */, const floa
  * sqrtf((float)(ss / n) + eps); y[i] = (x[i] * scale) * w[i]. y may alias x. */
 void tern_rmsnorm(const float *x /* [n] */, const float *w /* [n] */, int64_t n, float eps,
                   float *y /* [n] */);
+/* tern_rmsnorm of each of n_rows contiguous rows (EXACT: the same bits as row by row; several
+ * rows' sums run side by side, each a dependency chain of its own). y may alias x. */
+void tern_rmsnorm_rows(const float *x /* [n_rows][n] */, int64_t n_rows, int64_t n, const float *w,
+                       float eps, float *y /* [n_rows][n] */);
 
 /* RoPE tables (spec 2.5) for positions pos0 .. pos0+n_pos-1: angle = p * theta^(-2j/head_dim)
  * computed in double, cos and sin rounded to float. */

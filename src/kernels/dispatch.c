@@ -204,6 +204,17 @@ void tern_rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y
     tern_kernels_vt()->rmsnorm(x, w, n, eps, y);
 }
 
+void tern_rmsnorm_rows(const float *x, int64_t n_rows, int64_t n, const float *w, float eps,
+                       float *y)
+{
+    TERN_ASSERT(n >= 1 && n_rows >= 0 && x && w && y);
+    const tern_kernel_vtable *vt = tern_kernels_vt();
+    if (vt->rmsnorm_rows)
+        vt->rmsnorm_rows(x, n_rows, n, w, eps, y);
+    else
+        for (int64_t r = 0; r < n_rows; r++) vt->rmsnorm(x + r * n, w, n, eps, y + r * n);
+}
+
 void tern_rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *cos_row,
                     const float *sin_row)
 {

@@ -140,6 +140,9 @@ typedef struct tern_kernel_vtable {
     void (*tgemm)(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                   int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*rmsnorm)(const float *x, const float *w, int64_t n, float eps, float *y);
+    /* rows at once (NULL: row by row) */
+    void (*rmsnorm_rows)(const float *x, int64_t n_rows, int64_t n, const float *w, float eps,
+                         float *y);
     void (*rope_neox)(float *x, int64_t n_heads, int64_t head_dim, const float *c, const float *s);
     void (*softmax)(float *x, int64_t n);
     void (*relu2_mul)(const float *g, const float *u, int64_t n, float *m);

@@ -33,6 +33,46 @@ static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float 
     }
 }
 
+/* RMS_ROWS rows side by side: one chain of double fmas per row is latency-bound (8 elements
+ * per fma latency), so independent rows fill the FMA ports; each row's sums and products are
+ * rmsnorm's, in its order. */
+#define RMS_ROWS 4
+static void rmsnorm_rows(const float *x, int64_t n_rows, int64_t n, const float *w, float eps,
+                         float *y)
+{
+    int64_t r = 0;
+    for (; r + RMS_ROWS <= n_rows; r += RMS_ROWS) {
+        const float *xr = x + r * n;
+        __m512d acc[RMS_ROWS];
+        for (int j = 0; j < RMS_ROWS; j++) acc[j] = _mm512_setzero_pd();
+        for (int64_t i = 0; i < n; i += 8) {
+            const __mmask8 m = tail8(n - i);
+#pragma GCC unroll 4
+            for (int j = 0; j < RMS_ROWS; j++) {
+                __m512d v = _mm512_cvtps_pd(n - i >= 8 ? _mm256_loadu_ps(xr + j * n + i)
+                                                       : _mm256_maskz_loadu_ps(m, xr + j * n + i));
+                acc[j] = _mm512_fmadd_pd(v, v, acc[j]);
+            }
+        }
+        for (int j = 0; j < RMS_ROWS; j++) {
+            __m256d t =
+                _mm256_add_pd(_mm512_castpd512_pd256(acc[j]), _mm512_extractf64x4_pd(acc[j], 1));
+            __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+            double ss = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+            float mean = (float)(ss / (double)n);
+            const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
+            const float *xj = xr + j * n;
+            float *yj = y + (r + j) * n;
+            for (int64_t i = 0; i < n; i += 16) {
+                __m512 v = _mm512_mul_ps(load_n(xj + i, n - i), scale);
+                store_n(yj + i, _mm512_mul_ps(v, load_n(w + i, n - i)), n - i);
+            }
+        }
+    }
+    for (; r < n_rows; r++) rmsnorm(x + r * n, w, n, eps, y + r * n);
+}
+#undef RMS_ROWS
+
 static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *c, const float *s)
 {
     const int64_t half = head_dim / 2;
@@ -307,6 +347,7 @@ const tern_kernel_vtable tern_kernels_avx512 = {
     .kv_quant_q8 = tern_avx512_kv_quant_q8,
     .tgemm = tern_avx512_tgemm,
     .rmsnorm = rmsnorm,
+    .rmsnorm_rows = rmsnorm_rows,
     .rope_neox = rope_neox,
     .softmax = softmax,
     .relu2_mul = relu2_mul,

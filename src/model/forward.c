@@ -366,13 +366,12 @@ static void task_norm_quant(void *arg, int task, int n_tasks, int thread)
     int64_t t0, t1;
     tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
     const size_t w = (size_t)j->width;
-    for (int64_t t = t0; t < t1; t++) {
-        float *h = c->h + (size_t)t * w;
-        if (j->w)
-            tern_rmsnorm(j->in + (size_t)t * w, j->w, j->width, c->m->hp.eps, h);
-        else
-            memcpy(h, j->in + (size_t)t * w, w * sizeof(float));
-    }
+    if (j->w)
+        tern_rmsnorm_rows(j->in + (size_t)t0 * w, t1 - t0, j->width, j->w, c->m->hp.eps,
+                          c->h + (size_t)t0 * w);
+    else if (t1 > t0)
+        memcpy(c->h + (size_t)t0 * w, j->in + (size_t)t0 * w,
+               (size_t)(t1 - t0) * w * sizeof(float));
     if (t1 > t0)
         tern_act_quant(c->h + (size_t)t0 * w, t1 - t0, j->width, c->q8 + (size_t)t0 * w, c->qs + t0,
                        c->qsum + t0);

@@ -800,6 +800,27 @@ static void test_rmsnorm(void)
             tern_rmsnorm(y1, w, n, eps, y1); /* in place */
             CHECK(same_bits(y0, y1, n));
         }
+        /* rows at once: each row the single row's bits, in place too */
+        if (it % 5 == 0) {
+            const int64_t nr = rndi(1, 11);
+            float *xr = xmalloc((size_t)(nr * n) * 4), *yr = xmalloc((size_t)(nr * n) * 4),
+                  *y2 = xmalloc((size_t)n * 4);
+            for (int64_t i = 0; i < nr * n; i++) xr[i] = rndn() * mag;
+            for (int vi = 0; vi < g_nvariants; vi++) {
+                use(g_variants[vi]);
+                tern_rmsnorm_rows(xr, nr, n, w, eps, yr);
+                for (int64_t r = 0; r < nr; r++) {
+                    tern_ref_rmsnorm(xr + r * n, w, n, eps, y2);
+                    CHECKF(same_bits(y2, yr + r * n, n), "rmsnorm_rows %s row %lld of %lld",
+                           tern_simd_name(g_variants[vi]), (long long)r, (long long)nr);
+                }
+                memcpy(yr, xr, (size_t)(nr * n) * 4);
+                tern_rmsnorm_rows(yr, nr, n, w, eps, yr);
+                tern_ref_rmsnorm(xr + (nr - 1) * n, w, n, eps, y2);
+                CHECK(same_bits(y2, yr + (nr - 1) * n, n));
+            }
+            free(xr), free(yr), free(y2);
+        }
         free(x);
         free(w);
         free(y0);
