@@ -62,12 +62,6 @@ static void amx_probe(void)
     amx_permitted = true;
 }
 
-static uint64_t amx_peak(tern_peak_kind kind, int64_t iters)
-{
-    if (kind == TERN_PEAK_INT8) return tern_amx_peak_int8(iters);
-    return tern_kernels_avx512.peak(kind == TERN_PEAK_INT8_VEC ? TERN_PEAK_INT8 : kind, iters);
-}
-
 bool tern_simd_supported(tern_simd v)
 {
     __builtin_cpu_init();
@@ -108,7 +102,8 @@ static void init_once(void)
     amx_table = tern_kernels_avx512;
     amx_table.tgemm = tern_amx_tgemm;
     amx_table.gemm_i8 = tern_amx_gemm_i8;
-    amx_table.peak = amx_peak;
+    amx_table.peak_int8 = tern_amx_peak_int8;
+    amx_table.peak_int8_vec = tern_kernels_avx512.peak_int8;
     tern_simd best = best_supported();
     const char *env = getenv("TERN_SIMD");
     if (env && *env) {
@@ -329,8 +324,9 @@ uint64_t tern_compute_peak(tern_peak_kind kind, int64_t iters)
     TERN_ASSERT((kind == TERN_PEAK_INT8 || kind == TERN_PEAK_FP32 || kind == TERN_PEAK_INT8_VEC) &&
                 iters >= 0);
     const tern_kernel_vtable *vt = tern_kernels_vt();
-    if (kind == TERN_PEAK_INT8_VEC && vt != &amx_table) kind = TERN_PEAK_INT8;
-    return vt->peak(kind, iters);
+    if (kind == TERN_PEAK_FP32) return vt->peak_fp32(iters);
+    if (kind == TERN_PEAK_INT8_VEC && vt->peak_int8_vec) return vt->peak_int8_vec(iters);
+    return vt->peak_int8(iters);
 }
 
 void tern_kv_quant_q8(const float *x, int64_t n, int64_t d, int8_t *q, float *scale)

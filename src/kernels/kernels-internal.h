@@ -162,7 +162,11 @@ typedef struct tern_kernel_vtable {
                    float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
     void (*f32_to_f16)(const float *f, uint16_t *h, int64_t n);
-    uint64_t (*peak)(tern_peak_kind kind, int64_t iters);
+    /* kernels.h's peaks, each returning its multiply-adds: the widest int8 dot, fp32 FMA, and
+     * the widest vector int8 dot where that is another instruction (NULL: peak_int8's) */
+    uint64_t (*peak_int8)(int64_t iters);
+    uint64_t (*peak_fp32)(int64_t iters);
+    uint64_t (*peak_int8_vec)(int64_t iters);
 } tern_kernel_vtable;
 
 extern volatile int32_t tern_peak_sink; /* the peak loops' results go here */

@@ -360,6 +360,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 /* kernels.h's peak loops: vpmaddubsw ymm (32 int8 multiply-adds; 3-operand, so the 16 results
  * are independent) or vfmadd231ps ymm (8) */
 #define PK_NAME peak_int8
+#define PK_MACS 32
 #define PK_V __m256i
 #define PK_SET(i) _mm256_set1_epi32(i)
 #define PK_B _mm256_set1_epi32(0x01010101)
@@ -369,6 +370,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 #define PK_SUM(v) _mm256_extract_epi32(v, 0)
 #include "kernels/peak.h"
 #define PK_NAME peak_fp32
+#define PK_MACS 8
 #define PK_V __m256
 #define PK_SET(i) _mm256_set1_ps((float)(i))
 #define PK_B _mm256_set1_ps(1.0f)
@@ -377,14 +379,6 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 #define PK_ADD _mm256_add_ps
 #define PK_SUM(v) (int32_t) _mm256_cvtss_f32(v)
 #include "kernels/peak.h"
-static uint64_t peak(tern_peak_kind kind, int64_t iters)
-{
-    if (kind == TERN_PEAK_INT8)
-        peak_int8(iters);
-    else
-        peak_fp32(iters);
-    return (uint64_t)iters * 16 * (kind == TERN_PEAK_INT8 ? 32 : 8);
-}
 
 const tern_kernel_vtable tern_kernels_avx2 = {
     .act_quant = tern_avx2_act_quant,
@@ -403,5 +397,6 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .gemm_q = tern_hq_gemm,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
-    .peak = peak,
+    .peak_int8 = peak_int8,
+    .peak_fp32 = peak_fp32,
 };

@@ -316,6 +316,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 
 /* kernels.h's peak loops: vpdpbusd zmm (64 int8 multiply-adds) or vfmadd231ps zmm (16) */
 #define PK_NAME peak_int8
+#define PK_MACS 64
 #define PK_V __m512i
 #define PK_SET(i) _mm512_set1_epi32(i)
 #define PK_B _mm512_set1_epi32(0x01010101)
@@ -325,6 +326,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 #define PK_SUM _mm512_reduce_add_epi32
 #include "kernels/peak.h"
 #define PK_NAME peak_fp32
+#define PK_MACS 16
 #define PK_V __m512
 #define PK_SET(i) _mm512_set1_ps((float)(i))
 #define PK_B _mm512_set1_ps(1.0f)
@@ -333,14 +335,6 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 #define PK_ADD _mm512_add_ps
 #define PK_SUM(v) (int32_t) _mm512_reduce_add_ps(v)
 #include "kernels/peak.h"
-static uint64_t peak(tern_peak_kind kind, int64_t iters)
-{
-    if (kind == TERN_PEAK_INT8)
-        peak_int8(iters);
-    else
-        peak_fp32(iters);
-    return (uint64_t)iters * 16 * (kind == TERN_PEAK_INT8 ? 64 : 16);
-}
 
 const tern_kernel_vtable tern_kernels_avx512 = {
     .act_quant = tern_avx512_act_quant,
@@ -360,5 +354,6 @@ const tern_kernel_vtable tern_kernels_avx512 = {
     .gemm_q = tern_hq_gemm,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
-    .peak = peak,
+    .peak_int8 = peak_int8,
+    .peak_fp32 = peak_fp32,
 };

@@ -347,6 +347,14 @@ static uint64_t ref_peak(tern_peak_kind kind, int64_t iters)
     tern_peak_sink = (int32_t)(t & 0x7fffffffu);
     return (uint64_t)iters * 16;
 }
+static uint64_t ref_peak_int8(int64_t iters)
+{
+    return ref_peak(TERN_PEAK_INT8, iters);
+}
+static uint64_t ref_peak_fp32(int64_t iters)
+{
+    return ref_peak(TERN_PEAK_FP32, iters);
+}
 
 const tern_kernel_vtable tern_kernels_ref = {
     .act_quant = tern_ref_act_quant,
@@ -365,5 +373,6 @@ const tern_kernel_vtable tern_kernels_ref = {
     .gemm_q = tern_ref_gemm_q,
     .f16_to_f32 = tern_ref_f16_to_f32,
     .f32_to_f16 = tern_ref_f32_to_f16,
-    .peak = ref_peak,
+    .peak_int8 = ref_peak_int8,
+    .peak_fp32 = ref_peak_fp32,
 };

@@ -2,12 +2,13 @@
  * rounds of one instruction, nothing from memory), included once per loop by a variant file
  * after it defines PK_NAME (the function), PK_V (its vector), PK_SET(i) (a vector of i),
  * PK_B, PK_C (the operands), PK_OP(a) (the instruction on accumulator a and the operands pk_b,
- * pk_c, as inline assembly, so that it is neither moved nor dropped), PK_ADD(a, b) and
- * PK_SUM(v) (the lanes' sum as an int32, stored to tern_peak_sink). No include guard: each
+ * pk_c, as inline assembly, so that it is neither moved nor dropped), PK_MACS (its
+ * multiply-adds), PK_ADD(a, b) and PK_SUM(v) (the lanes' sum as an int32, stored to
+ * tern_peak_sink). The function returns the multiply-adds done. No include guard: each
  * inclusion makes one function and undefines its parameters. */
 #include "kernels/kernels-internal.h"
 
-static void PK_NAME(int64_t iters)
+static uint64_t PK_NAME(int64_t iters)
 {
     const PK_V pk_b = PK_B, pk_c = PK_C;
 #define TERN_PK_DECL(i) PK_V a##i = PK_SET(i);
@@ -20,6 +21,7 @@ static void PK_NAME(int64_t iters)
     PK_V t = PK_SET(0);
     TERN_PEAK_16(TERN_PK_ADD)
     tern_peak_sink = PK_SUM(t);
+    return (uint64_t)iters * 16 * PK_MACS;
 #undef TERN_PK_DECL
 #undef TERN_PK_OP
 #undef TERN_PK_ADD
@@ -31,5 +33,6 @@ static void PK_NAME(int64_t iters)
 #undef PK_B
 #undef PK_C
 #undef PK_OP
+#undef PK_MACS
 #undef PK_ADD
 #undef PK_SUM
