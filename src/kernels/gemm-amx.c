@@ -16,9 +16,11 @@
  *
  * Blocking: tokens in chunks whose activations stay in L2 (TERN_AMX_ACT_BYTES); for each pair
  * of row groups (32 rows), every pair of token blocks (32 tokens: four C tiles, two A, two B)
- * runs over all of k, so no partial sums wait anywhere. The ternary codes are unpacked one step
- * ahead into a two-step ring in L1 (the vector unit unpacks while the tiles multiply; unpacking
- * a pair's codes whole into a buffer cost a third of the time, in its stores). A last block of
+ * runs over all of k, so no partial sums wait anywhere (K segments with partial sums in memory
+ * measured half the speed: a tile store waits for its products). The ternary codes are unpacked
+ * TERN_AMX_AHEAD steps ahead into a ring in L1 (the vector unit unpacks while the tiles
+ * multiply; unpacking a pair's codes whole into a buffer first cost a third of the time, in its
+ * stores), and a block's epilogue runs during the next block's steps. A last block of
  * fewer than 16 tokens runs under a tile configuration of that many rows (nothing past the
  * activations is read). The block-scale layouts (TQ sources, Q8_0 head blocks), k % 64 != 0
  * and fewer than TERN_AMX_MIN tokens go to the AVX-512 kernels.
@@ -37,9 +39,7 @@
 /* steps the codes are unpacked ahead of their tile loads, and the ring's slots (a power of
  * two above it): a tile load waits for the vector stores before it to leave the store
  * buffer, which they do only after the (long) tile products ahead of them retire */
-#ifndef TERN_AMX_AHEAD
 #define TERN_AMX_AHEAD 3
-#endif
 #define TERN_AMX_RING 4
 
 /* palette 1: tiles 0-3 C (rows x 64 bytes), 4-5 A (rows x 64), 6-7 B (16 x 64) */
@@ -83,7 +83,8 @@ typedef struct {
     float *y;             /* the chunk's first output row */
     int64_t k, ldy, o0, o1;
     int64_t g;     /* the pair's first group */
-    int32_t *cs;   /* [32][TERN_AMX_LD]: where the running block's sums go */
+    int32_t *cs2;  /* [2][32][TERN_AMX_LD]: two blocks' sums (the pending and the running) */
+    int32_t *cs;   /* the running block's half of cs2 */
     __m512i *ring; /* ternary: [TERN_AMX_RING][2][16], steps' codes of the pair */
     amx_pend pend; /* the previous block's, done while this one multiplies (nt 0: none) */
 } amx_job;
@@ -126,8 +127,8 @@ static inline void amx_out1(const amx_job *p, int64_t e)
 /* TI token blocks (tokens t0..) x NG groups over all of k (both 1 or 2, constants after
  * inlining; tile numbers are immediates): C(ti, gi) is tile ti * 2 + gi. HEAD (a constant
  * too) takes B from the head's rows in place, else from the ring of unpacked codes. Codes are
- * unpacked one step ahead, and the pending block's epilogue is spread over the steps, so the
- * vector unit works while the tiles multiply (after the loop, its epilogue cost a fifth). */
+ * unpacked TERN_AMX_AHEAD steps ahead, and the pending block's epilogue is spread over the steps,
+ * so the vector unit works while the tiles multiply (after the loop, its epilogue cost a fifth). */
 AI void amx_block(const amx_job *p, int64_t t0, const int TI, const int NG, const bool HEAD)
 {
     const int64_t k = p->k, ld = TERN_AMX_LD * 4, steps = k / 64;
@@ -194,27 +195,27 @@ static const amx_block_fn amx_blocks[2][2][2] = {{{amx_b011, amx_b012}, {amx_b02
 
 /* Block (tokens [t0, t0 + nt) of the chunk, ng groups): runs with the previous block's
  * epilogue, then becomes the pending one, its sums in the other half of cs2. */
-static void amx_step(amx_job *p, amx_block_fn fn, int ng, int64_t t0, int64_t nt, int32_t *cs2)
+static void amx_step(amx_job *p, amx_block_fn fn, int ng, int64_t t0, int64_t nt)
 {
     fn(p, t0);
     p->pend = (amx_pend){p->cs, p->s, p->qsum, p->y, p->g, t0, nt, ng};
-    p->cs = p->cs == cs2 ? cs2 + 32 * TERN_AMX_LD : cs2;
+    p->cs = p->cs == p->cs2 ? p->cs2 + 32 * TERN_AMX_LD : p->cs2;
 }
 
 /* All n_tok tokens of the job's chunk for one pair of groups: pairs of full blocks, one full
  * block, then a partial block under a configuration of its rows. */
-static void amx_pair(amx_job *p, int ng, int64_t n_tok, int32_t *cs2)
+static void amx_pair(amx_job *p, int ng, int64_t n_tok)
 {
     const amx_block_fn *blk = amx_blocks[p->hw != NULL][ng - 1];
     int64_t t0 = 0;
-    for (; t0 + 32 <= n_tok; t0 += 32) amx_step(p, blk[1], ng, t0, 32, cs2);
+    for (; t0 + 32 <= n_tok; t0 += 32) amx_step(p, blk[1], ng, t0, 32);
     if (t0 + 16 <= n_tok) {
-        amx_step(p, blk[0], ng, t0, 16, cs2);
+        amx_step(p, blk[0], ng, t0, 16);
         t0 += 16;
     }
     if (t0 < n_tok) {
         amx_config((int)(n_tok - t0));
-        amx_step(p, blk[0], ng, t0, n_tok - t0, cs2);
+        amx_step(p, blk[0], ng, t0, n_tok - t0);
         amx_config(16);
     }
 }
@@ -225,7 +226,7 @@ static void amx_run(amx_job *p, int64_t n_tok)
 {
     _Alignas(64) int32_t cs2[2 * 32 * TERN_AMX_LD];
     _Alignas(64) __m512i ring[TERN_AMX_RING * 2 * 16];
-    p->cs = cs2;
+    p->cs = p->cs2 = cs2;
     p->ring = ring;
     p->pend.nt = 0;
     const int8_t *q = p->q;
@@ -244,7 +245,7 @@ static void amx_run(amx_job *p, int64_t n_tok)
         p->y = y + tc * p->ldy;
         for (int64_t g = g0; g < gend; g += 2) {
             p->g = g;
-            amx_pair(p, gend - g < 2 ? 1 : 2, nt, cs2);
+            amx_pair(p, gend - g < 2 ? 1 : 2, nt);
         }
     }
     _tile_release();
@@ -258,7 +259,8 @@ void tern_amx_tgemm(const tern_tmat *w, const int8_t *q, const float *s, const i
         tern_avx512_tgemm(w, q, s, qsum, n_tok, y, ldy, o0, o1);
         return;
     }
-    amx_job p = {w, NULL, q, s, qsum, y, w->k, ldy, o0, o1, 0, NULL, NULL, {0}};
+    amx_job p = {
+        .tw = w, .q = q, .s = s, .qsum = qsum, .y = y, .k = w->k, .ldy = ldy, .o0 = o0, .o1 = o1};
     amx_run(&p, n_tok);
 }
 
@@ -269,7 +271,8 @@ void tern_amx_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
         tern_kernels_avx512.gemm_i8(w, xq, xs, xsum, n_tok, y, ldy, o0, o1);
         return;
     }
-    amx_job p = {NULL, w, xq, xs, xsum, y, w->k, ldy, o0, o1, 0, NULL, NULL, {0}};
+    amx_job p = {
+        .hw = w, .q = xq, .s = xs, .qsum = xsum, .y = y, .k = w->k, .ldy = ldy, .o0 = o0, .o1 = o1};
     amx_run(&p, n_tok);
 }
 

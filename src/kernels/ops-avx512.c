@@ -13,63 +13,53 @@
 
 #include "kernels/simd-avx512.h"
 
-static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
+/* R consecutive rows of n (R a constant after inlining): lane j of row r's acc holds the
+ * reference's l[j] (elements i with i % 8 == j, in order), v*v exact in double (an fma is the
+ * same as mul then add). One row's chain of fmas is latency-bound (8 elements per fma latency),
+ * so several rows side by side fill the FMA ports; each row's bits are the same. */
+#define RMS_ROWS 4
+AI void rms_rows(const float *x, const int R, int64_t n, const float *w, float eps, float *y)
 {
-    /* lane j of acc holds the reference's l[j]: elements i with i % 8 == j, in order */
-    __m512d acc = _mm512_setzero_pd();
+    __m512d acc[RMS_ROWS];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_pd();
     for (int64_t i = 0; i < n; i += 8) {
-        __m512d v = _mm512_cvtps_pd(n - i >= 8 ? _mm256_loadu_ps(x + i)
-                                               : _mm256_maskz_loadu_ps(tail8(n - i), x + i));
-        acc = _mm512_fmadd_pd(v, v, acc); /* v*v exact in double: same as mul then add */
+        const __mmask8 m = tail8(n - i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const float *p = x + r * n + i;
+            __m512d v =
+                _mm512_cvtps_pd(n - i >= 8 ? _mm256_loadu_ps(p) : _mm256_maskz_loadu_ps(m, p));
+            acc[r] = _mm512_fmadd_pd(v, v, acc[r]);
+        }
     }
-    __m256d t = _mm256_add_pd(_mm512_castpd512_pd256(acc), _mm512_extractf64x4_pd(acc, 1));
-    __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
-    double ss = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
-    float mean = (float)(ss / (double)n);
-    const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
-    for (int64_t i = 0; i < n; i += 16) {
-        __m512 v = _mm512_mul_ps(load_n(x + i, n - i), scale);
-        store_n(y + i, _mm512_mul_ps(v, load_n(w + i, n - i)), n - i);
+    for (int r = 0; r < R; r++) {
+        __m256d t =
+            _mm256_add_pd(_mm512_castpd512_pd256(acc[r]), _mm512_extractf64x4_pd(acc[r], 1));
+        __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+        double ss = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
+        float mean = (float)(ss / (double)n);
+        const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        for (int64_t i = 0; i < n; i += 16) {
+            __m512 v = _mm512_mul_ps(load_n(xr + i, n - i), scale);
+            store_n(yr + i, _mm512_mul_ps(v, load_n(w + i, n - i)), n - i);
+        }
     }
 }
 
-/* RMS_ROWS rows side by side: one chain of double fmas per row is latency-bound (8 elements
- * per fma latency), so independent rows fill the FMA ports; each row's sums and products are
- * rmsnorm's, in its order. */
-#define RMS_ROWS 4
+static void rmsnorm(const float *x, const float *w, int64_t n, float eps, float *y)
+{
+    rms_rows(x, 1, n, w, eps, y);
+}
+
 static void rmsnorm_rows(const float *x, int64_t n_rows, int64_t n, const float *w, float eps,
                          float *y)
 {
     int64_t r = 0;
-    for (; r + RMS_ROWS <= n_rows; r += RMS_ROWS) {
-        const float *xr = x + r * n;
-        __m512d acc[RMS_ROWS];
-        for (int j = 0; j < RMS_ROWS; j++) acc[j] = _mm512_setzero_pd();
-        for (int64_t i = 0; i < n; i += 8) {
-            const __mmask8 m = tail8(n - i);
-#pragma GCC unroll 4
-            for (int j = 0; j < RMS_ROWS; j++) {
-                __m512d v = _mm512_cvtps_pd(n - i >= 8 ? _mm256_loadu_ps(xr + j * n + i)
-                                                       : _mm256_maskz_loadu_ps(m, xr + j * n + i));
-                acc[j] = _mm512_fmadd_pd(v, v, acc[j]);
-            }
-        }
-        for (int j = 0; j < RMS_ROWS; j++) {
-            __m256d t =
-                _mm256_add_pd(_mm512_castpd512_pd256(acc[j]), _mm512_extractf64x4_pd(acc[j], 1));
-            __m128d u = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
-            double ss = _mm_cvtsd_f64(u) + _mm_cvtsd_f64(_mm_unpackhi_pd(u, u));
-            float mean = (float)(ss / (double)n);
-            const __m512 scale = _mm512_set1_ps(1.0f / sqrtf(mean + eps));
-            const float *xj = xr + j * n;
-            float *yj = y + (r + j) * n;
-            for (int64_t i = 0; i < n; i += 16) {
-                __m512 v = _mm512_mul_ps(load_n(xj + i, n - i), scale);
-                store_n(yj + i, _mm512_mul_ps(v, load_n(w + i, n - i)), n - i);
-            }
-        }
-    }
-    for (; r < n_rows; r++) rmsnorm(x + r * n, w, n, eps, y + r * n);
+    for (; r + RMS_ROWS <= n_rows; r += RMS_ROWS)
+        rms_rows(x + r * n, RMS_ROWS, n, w, eps, y + r * n);
+    for (; r < n_rows; r++) rms_rows(x + r * n, 1, n, w, eps, y + r * n);
 }
 #undef RMS_ROWS
 

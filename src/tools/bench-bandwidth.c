@@ -198,7 +198,8 @@ void tern_bench_compute(int n_threads, tern_bench_rates *out)
     /* the peaks: 2^21 rounds of 16 instructions (about 10-40 ms; tiles 0.2 s), best of 3 */
     double *const peaks[3] = {&out->int8_peak, &out->fp32_peak, &out->int8_vec_peak};
     const int n_tasks = tern_pool_size(pool) < 256 ? tern_pool_size(pool) : 256;
-    for (int kind = 0; kind < 3; kind++)
+    out->tiles = tern_kernels_active() == TERN_SIMD_AMX;
+    for (int kind = 0; kind < (out->tiles ? 3 : 2); kind++)
         for (int r = 0; r < 3; r++) {
             peak_job pj = {.kind = (tern_peak_kind)kind, .iters = 1 << 21};
             double t0 = tern_now();
@@ -208,6 +209,7 @@ void tern_bench_compute(int n_threads, tern_bench_rates *out)
             for (int t = 0; t < n_tasks; t++) macs += (double)pj.macs[t];
             if (dt > 0 && macs / dt / 1e9 > *peaks[kind]) *peaks[kind] = macs / dt / 1e9;
         }
+    if (!out->tiles) out->int8_vec_peak = out->int8_peak; /* one instruction */
     static void (*const tasks[3])(void *, int, int, int) = {tgemm_task, f16_task, i8_task};
     double *const rates[3] = {&out->tgemm, &out->f16_head, &out->i8_head};
     for (int kind = 0; kind < 3; kind++) {

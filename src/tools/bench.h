@@ -18,6 +18,7 @@ double tern_bench_read_bandwidth(int n_threads);
  * matrix (the ternary GEMM, the F16 and int8 head GEMMs). */
 typedef struct tern_bench_rates {
     double int8_peak, fp32_peak, int8_vec_peak; /* int8_vec: the vector dot (kernels.h) */
+    bool tiles;                                 /* int8_peak is AMX tiles' (variant amx) */
     double tgemm, f16_head, i8_head;
 } tern_bench_rates;
 void tern_bench_compute(int n_threads, tern_bench_rates *r);

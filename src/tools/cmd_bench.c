@@ -292,7 +292,7 @@ int tern_cmd_bench(int argc, char **argv)
         printf(
             "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
             bw, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
-        const bool tiles = cr.int8_vec_peak > 0 && cr.int8_peak > 1.5 * cr.int8_vec_peak;
+        const bool tiles = cr.tiles;
         printf("compute peaks (every thread, register loops): int8 dot %.0f GMAC/s", cr.int8_peak);
         if (tiles) printf(" (AMX tiles; the vector dot %.0f)", cr.int8_vec_peak);
         printf(", fp32 FMA %.0f GMAC/s; kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 peak), "
