@@ -15,7 +15,9 @@ sv=
 cleanup() {
   ip -n tp2 link set eth0 up 2>/dev/null || true
   [ -n "$sv" ] && kill -KILL -- "-$sv" 2>/dev/null || true
-  [ -n "${addr:-}" ] && pkill -KILL -f -- "--supervisor $addr" 2>/dev/null || true
+  # every process of the job carries the address: ranks and mpirun as "--supervisor ADDR", the
+  # daemons (orted) as "--mca ternpipe_supervisor ADDR"
+  [ -n "${addr:-}" ] && pkill -KILL -f -- " $addr( |\$)" 2>/dev/null || true
   "$net/down" >/dev/null 2>&1 || true
   rm -rf "$tmp"
 }
@@ -29,10 +31,11 @@ ip netns del tpprobe
 "$net/up" 3 >/dev/null
 eos=$("$TERNPIPE" info "$model" | sed -n 's/.* eos \([0-9]*\).*/\1/p')
 N=16 M=96
-# what cluster/netns/mpirun passes, as the supervisor's launcher arguments
+# what cluster/netns/mpirun passes (and why), as the supervisor's launcher arguments
 margs=()
 for a in --map-by node --bind-to none --mca plm_rsh_agent "$net/rsh" --mca plm_rsh_no_tree_spawn 1 \
-  --mca btl self,tcp --mca btl_tcp_if_include 10.213.0.0/24 --mca oob_tcp_if_include 10.213.0.0/24; do
+  --mca btl self,tcp --mca btl_tcp_if_include 10.213.0.0/24 --mca oob_tcp_if_include 10.213.0.0/24 \
+  --mca rtc_hwloc_vmhole none; do
   margs+=(--mpirun-arg "$a")
 done
 for v in OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ASAN_OPTIONS UBSAN_OPTIONS; do
@@ -40,7 +43,7 @@ for v in OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ASAN_OPTIONS UBSA
 done
 log=$tmp/sv.log
 start_sv "$log" -m "$model" --threads 1 --hostfile "$TERN_NETNS_HOSTFILE" --engine-host 10.213.0.254 \
-  --split even --step-timeout 3 --heartbeat-timeout 5 "${margs[@]}"
+  --split even --step-timeout 3 --heartbeat-timeout 5 --start-timeout 120 "${margs[@]}"
 grep -q "plan (3 ranks" "$log" || { echo "FAIL: no 3-rank plan"; cat "$log"; exit 1; }
 echo "started over 3 namespaces: $url (engine at $addr)"
 streams run "$url" "$N" "$tmp/ref.json" --tokens "$M" --eos "$eos"
