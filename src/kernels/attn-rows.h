@@ -15,7 +15,12 @@
  * AR_LOAD_PD(p), AR_STORE_PD(p, v), AR_SET1_PD(x), AR_FMA_PD(a, b, c) (a * b + c), AR_CVT_ROW
  * (elem, src, d, double *dst: a row's d elements as doubles), AR_FL (float lanes), AR_VF,
  * AR_LOADV(elem, src, n) (n <= AR_FL elements as floats, zeros after), AR_LOADF(p, n),
- * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS.
+ * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS. Optionally
+ * (vector forms of two scalar loops, the same values): AR_QT_GROUP(q, r0, P, d, dst) (rows
+ * r0 .. r0+AR_DL-1 of q as doubles, row in the lane: dst[i * AR_DL + l] = (double)q[r0+l][i],
+ * 0.0 for rows from P on) and AR_STORE_SCORES(acc, nk, ksv, scale, out, ldo, rows) (the epilogue
+ * of one row group: acc[kk] holds key kk's sums, row in the lane; ksv the int8 rows' scales
+ * of the AR_KB keys or NULL; the first rows lanes stored, nk keys each, at out + l * ldo).
  */
 #ifndef TERN_KERNELS_ATTN_ROWS_H
 #define TERN_KERNELS_ATTN_ROWS_H
@@ -54,6 +59,18 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
         }
     }
     /* the references' epilogue per element: (float)sum, times ks (q8), times scale */
+#ifdef AR_STORE_SCORES
+    float ksv[AR_KB];
+    if (e == TERN_ATTN_Q8)
+        for (int kk = 0; kk < AR_KB; kk++) ksv[kk] = kk < nk ? ks[(j0 + kk) * ldks] : 1.0f;
+#pragma GCC unroll 2
+    for (int h = 0; h < NG; h++) {
+        const int r0 = (g + h) * AR_DL, rows = P - r0 < AR_DL ? P - r0 : AR_DL;
+        if (rows > 0)
+            AR_STORE_SCORES(acc[h], nk, e == TERN_ATTN_Q8 ? ksv : NULL, scale,
+                            out + (int64_t)r0 * ldo + j0, ldo, rows);
+    }
+#else
 #pragma GCC unroll 2
     for (int h = 0; h < NG; h++) {
         double s[AR_KB][AR_DL];
@@ -68,6 +85,7 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
             }
         }
     }
+#endif
 }
 
 static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *k,
@@ -78,11 +96,15 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
     double qt[TERN_ATTN_MAX_ROWS * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
     double kd[AR_KB * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
     for (int g = 0; g < G; g++)
+#ifdef AR_QT_GROUP
+        AR_QT_GROUP(q, g * AR_DL, P, d, qt + g * d * AR_DL);
+#else
         for (int64_t i = 0; i < d; i++)
             for (int l = 0; l < AR_DL; l++) {
                 const int r = g * AR_DL + l;
                 qt[(g * d + i) * AR_DL + l] = r < P ? (double)q[r][i] : 0.0;
             }
+#endif
     const size_t esz = tern_attn_elem_bytes(e);
     for (int64_t j0 = 0; j0 < n; j0 += AR_KB) {
         const int nk = n - j0 < AR_KB ? (int)(n - j0) : AR_KB;

@@ -184,8 +184,62 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
         if (d - i > 8) store_nd(out + i + 8, hi_pd(f), d - i - 8);
     }
 }
+/* the 8x8 doubles r[0..7] transposed in place: r[i][l] becomes r[l][i] */
+AI void tr8x8_pd(__m512d r[8])
+{
+    __m512d t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]); /* r_i0 r_(i+1)0 r_i2 r_(i+1)2 ... */
+        t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
+    }
+    const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    for (int i = 0; i < 8; i += 4)
+        for (int k = 0; k < 2; k++) {
+            u[i + k] = _mm512_permutex2var_pd(t[i + k], lo, t[i + 2 + k]);
+            u[i + 2 + k] = _mm512_permutex2var_pd(t[i + k], hi, t[i + 2 + k]);
+        }
+    /* u[0]: rows 0-3 of columns 0 and 4; u[1]: 1, 5; u[2]: 2, 6; u[3]: 3, 7 (u[4..7]: rows 4-7) */
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm512_shuffle_f64x2(u[k], u[4 + k], 0x44);
+        r[4 + k] = _mm512_shuffle_f64x2(u[k], u[4 + k], 0xee);
+    }
+}
+
+/* rows r0 .. r0+7 of q as doubles, row in the lane (zeros for rows from P on) */
+AI void ar_qt_group(const float *const *q, int r0, int P, int64_t d, double *dst)
+{
+    for (int64_t i = 0; i < d; i += 8) {
+        const __mmask8 k = tail8(d - i);
+        __m512d r[8];
+        for (int l = 0; l < 8; l++)
+            r[l] = r0 + l < P ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, q[r0 + l] + i))
+                              : _mm512_setzero_pd();
+        tr8x8_pd(r);
+        for (int c = 0; c < 8 && c < d - i; c++) _mm512_store_pd(dst + (i + c) * 8, r[c]);
+    }
+}
+
+/* one row group's scores: row l's nk keys (float)sum [* ks] * scale, as the reference */
+AI void ar_store_scores(const __m512d acc[8], int nk, const float *ksv, float scale, float *out,
+                        int64_t ldo, int rows)
+{
+    __m512d r[8];
+    for (int kk = 0; kk < 8; kk++) r[kk] = acc[kk];
+    tr8x8_pd(r);
+    const __mmask8 k = tail8(nk);
+    const __m256 sv = _mm256_set1_ps(scale);
+    const __m256 kv = ksv ? _mm256_loadu_ps(ksv) : _mm256_setzero_ps();
+    for (int l = 0; l < rows; l++) {
+        __m256 v = _mm512_cvtpd_ps(r[l]);
+        if (ksv) v = _mm256_mul_ps(v, kv);
+        _mm256_mask_storeu_ps(out + l * ldo, k, _mm256_mul_ps(v, sv));
+    }
+}
 #define AR_DL 8
 #define AR_GP 2
+#define AR_QT_GROUP ar_qt_group
+#define AR_STORE_SCORES ar_store_scores
 #define AR_VD __m512d
 #define AR_ZERO_PD _mm512_setzero_pd
 #define AR_LOAD_PD _mm512_load_pd
