@@ -120,49 +120,59 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
     }
 }
 
-/* One group of NR rows (a constant after inlining, so the accumulators stay in registers;
- * with a run-time count GCC kept them on the stack, half the speed). */
+/* Dims [i, i + m) of one group of NR rows. NR, the element type and (for whole chunks) m are
+ * constants after inlining, so the accumulators stay in registers and the loop has no branch
+ * on them (with run-time values GCC kept the accumulators on the stack, half the speed, and
+ * the type tests in the key loop cost a third more). */
 static inline __attribute__((always_inline)) void
-tern_ar_mix_group(tern_attn_elem e, const float *p, int64_t ldp, const int NR, const int32_t *len,
-                  const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
-                  float *const *out)
+tern_ar_mix_dims(const tern_attn_elem e, const float *p, int64_t ldp, const int NR,
+                 const int32_t *len, int32_t lo, int32_t hi, const void *v, const float *vs,
+                 int64_t ldvs, int64_t i, const int64_t m, int64_t ldv, float *const *out)
 {
     const size_t esz = tern_attn_elem_bytes(e);
+    AR_VF acc[AR_MR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) acc[r] = AR_LOADF(out[r] + i, m);
+    int32_t j = 0;
+    for (; j < lo; j++) {
+        const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
+        const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) {
+            const float pj = p[r * ldp + j];
+            const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+            acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+        }
+    }
+    for (; j < hi; j++) { /* rows of a longer context go on alone */
+        const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
+        const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) {
+            if (j >= len[r]) continue;
+            const float pj = p[r * ldp + j];
+            const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+            acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) AR_STOREF(out[r] + i, acc[r], m);
+}
+
+static inline __attribute__((always_inline)) void
+tern_ar_mix_group(const tern_attn_elem e, const float *p, int64_t ldp, const int NR,
+                  const int32_t *len, const void *v, const float *vs, int64_t ldvs, int64_t d,
+                  int64_t ldv, float *const *out)
+{
     int32_t lo = INT32_MAX, hi = 0; /* keys every row of the group takes, and the most */
     for (int r = 0; r < NR; r++) {
         lo = len[r] < lo ? len[r] : lo;
         hi = len[r] > hi ? len[r] : hi;
     }
-    for (int64_t i = 0; i < d; i += AR_FL) {
-        const int64_t m = d - i < AR_FL ? d - i : AR_FL;
-        AR_VF acc[AR_MR];
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) acc[r] = AR_LOADF(out[r] + i, m);
-        int32_t j = 0;
-        for (; j < lo; j++) {
-            const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
-            const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
-#pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) {
-                const float pj = p[r * ldp + j];
-                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
-            }
-        }
-        for (; j < hi; j++) { /* rows of a longer context go on alone */
-            const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
-            const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
-#pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) {
-                if (j >= len[r]) continue;
-                const float pj = p[r * ldp + j];
-                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
-            }
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) AR_STOREF(out[r] + i, acc[r], m);
-    }
+    int64_t i = 0;
+    for (; i + AR_FL <= d; i += AR_FL)
+        tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, i, AR_FL, ldv, out);
+    if (i < d) tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, i, d - i, ldv, out);
 }
 
 #define AR_MIX_CASE(N)                                                                             \
@@ -170,9 +180,10 @@ tern_ar_mix_group(tern_attn_elem e, const float *p, int64_t ldp, const int NR, c
         tern_ar_mix_group(e, p + r0 * ldp, ldp, N, len + r0, v, vs, ldvs, d, ldv, out + r0);       \
         break
 
-static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
-                        const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
-                        float *const *out)
+static inline __attribute__((always_inline)) void
+tern_ar_mix_e(const tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
+              const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
+              float *const *out)
 {
     for (int r0 = 0; r0 < P; r0 += AR_MR) {
         switch (P - r0 < AR_MR ? P - r0 : AR_MR) {
@@ -186,6 +197,18 @@ static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, co
             AR_MIX_CASE(8);
         }
     }
+}
+
+static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
+                        const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
+                        float *const *out)
+{
+    if (e == TERN_ATTN_F16)
+        tern_ar_mix_e(TERN_ATTN_F16, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
+    else if (e == TERN_ATTN_Q8)
+        tern_ar_mix_e(TERN_ATTN_Q8, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
+    else
+        tern_ar_mix_e(TERN_ATTN_F32, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
 }
 #undef AR_MIX_CASE
 
