@@ -170,19 +170,22 @@ void tern_axpy_f32(float *y /* [n] */, float a, const float *x /* [n] */, int64_
  *   p[j] * vs[j*ldvs] (int8).
  * The _rows forms take P <= TERN_ATTN_MAX_ROWS query rows at once (the heads of a GQA group for
  * a few tokens of one sequence: each K/V row is converted once for all of them), d <=
- * TERN_ATTN_MAX_HD; row r's scores go to out + r * ldo, and its mix takes keys j < len[r]
- * (p + r * ldp) into out[r]. Each row's result is the single-row function's, bit for bit. */
+ * TERN_ATTN_MAX_HD, over keys held in blocks of blk rows (a paged cache): key j is row j % blk
+ * of block k[j / blk] (int8: its scale at ks[j / blk] + (j % blk) * ldks); row r's scores go to
+ * out + r * ldo, and its mix takes keys j < len[r] (p + r * ldp) into out[r]. Each row's result
+ * is the single-row function's over the same keys, bit for bit. */
 typedef enum tern_attn_elem { TERN_ATTN_F32, TERN_ATTN_F16, TERN_ATTN_Q8 } tern_attn_elem;
 #define TERN_ATTN_MAX_ROWS 32
 #define TERN_ATTN_MAX_HD 256
 void tern_attn_scores_rows(tern_attn_elem e, const float *const *q /* [P] rows of d */, int P,
-                           const void *k /* [n][ldk] */, const float *ks /* q8: [n][ldks] */,
-                           int64_t ldks, int64_t n, int64_t d, int64_t ldk, float scale,
+                           const void *const *k /* blocks of [blk][ldk] */,
+                           const float *const *ks /* q8: blocks of [blk][ldks] */, int64_t ldks,
+                           int64_t n, int64_t blk, int64_t d, int64_t ldk, float scale,
                            float *out /* [P][ldo] */, int64_t ldo);
 void tern_attn_mix_rows(tern_attn_elem e, const float *p /* [P][ldp] */, int64_t ldp, int P,
-                        const int32_t *len /* [P] */, const void *v /* [..][ldv] */,
-                        const float *vs /* q8: [..][ldvs] */, int64_t ldvs, int64_t d, int64_t ldv,
-                        float *const *out /* [P] rows of d */);
+                        const int32_t *len /* [P] */, const void *const *v /* blocks [blk][ldv] */,
+                        const float *const *vs /* q8: blocks [blk][ldvs] */, int64_t ldvs,
+                        int64_t blk, int64_t d, int64_t ldv, float *const *out /* [P] rows of d */);
 void tern_attn_scores(const float *q /* [d] */, const float *k /* [n][ldk] */, int64_t n, int64_t d,
                       int64_t ldk, float scale, float *out /* [n] */);
 void tern_attn_mix(const float *p /* [n] */, const float *v /* [n][ldv] */, int64_t n, int64_t d,

@@ -88,14 +88,14 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
 #endif
 }
 
-static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *k,
-                           const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
-                           float scale, float *out, int64_t ldo)
+static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                           const float *const *ks, int64_t ldks, int64_t n, int64_t blk, int64_t d,
+                           int64_t ldk, float scale, float *out, int64_t ldo)
 {
     const int G = (P + AR_DL - 1) / AR_DL; /* row groups */
     double qt[TERN_ATTN_MAX_ROWS * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
     double kd[AR_KB * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
-    for (int g = 0; g < G; g++)
+    for (int g = 0; g < G; g++) /* once for all the blocks */
 #ifdef AR_QT_GROUP
         AR_QT_GROUP(q, g * AR_DL, P, d, qt + g * d * AR_DL);
 #else
@@ -106,53 +106,66 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
             }
 #endif
     const size_t esz = tern_attn_elem_bytes(e);
-    for (int64_t j0 = 0; j0 < n; j0 += AR_KB) {
-        const int nk = n - j0 < AR_KB ? (int)(n - j0) : AR_KB;
-        for (int kk = 0; kk < AR_KB; kk++) /* past n: key j0 again, not stored */
-            AR_CVT_ROW(e, (const uint8_t *)k + (size_t)(j0 + (kk < nk ? kk : 0)) * ldk * esz, d,
-                       kd + kk * d);
-        for (int g = 0; g < G; g += AR_GP) {
-            if (G - g >= 2 && AR_GP >= 2)
-                tern_ar_scores_groups(e, qt, kd, d, g, 2, P, nk, j0, ks, ldks, scale, out, ldo);
-            else
-                tern_ar_scores_groups(e, qt, kd, d, g, 1, P, nk, j0, ks, ldks, scale, out, ldo);
+    for (int64_t b0 = 0; b0 < n; b0 += blk) {
+        const int64_t nb = n - b0 < blk ? n - b0 : blk;
+        const uint8_t *kb = k[b0 / blk];
+        const float *ksb = e == TERN_ATTN_Q8 ? ks[b0 / blk] : NULL;
+        float *ob = out + b0;
+        for (int64_t j0 = 0; j0 < nb; j0 += AR_KB) {
+            const int nk = nb - j0 < AR_KB ? (int)(nb - j0) : AR_KB;
+            for (int kk = 0; kk < AR_KB; kk++) /* past the block: key j0 again, not stored */
+                AR_CVT_ROW(e, kb + (size_t)(j0 + (kk < nk ? kk : 0)) * ldk * esz, d, kd + kk * d);
+            for (int g = 0; g < G; g += AR_GP) {
+                if (G - g >= 2 && AR_GP >= 2)
+                    tern_ar_scores_groups(e, qt, kd, d, g, 2, P, nk, j0, ksb, ldks, scale, ob, ldo);
+                else
+                    tern_ar_scores_groups(e, qt, kd, d, g, 1, P, nk, j0, ksb, ldks, scale, ob, ldo);
+            }
         }
     }
 }
 
-/* Dims [i, i + m) of one group of NR rows. NR, the element type and (for whole chunks) m are
- * constants after inlining, so the accumulators stay in registers and the loop has no branch
- * on them (with run-time values GCC kept the accumulators on the stack, half the speed, and
- * the type tests in the key loop cost a third more). */
+/* Dims [i, i + m) of one group of NR rows over the keys' blocks. NR, the element type and (for
+ * whole chunks) m are constants after inlining, so the accumulators stay in registers and the
+ * loop has no branch on them (with run-time values GCC kept the accumulators on the stack, half
+ * the speed, and the type tests in the key loop cost a third more). */
 static inline __attribute__((always_inline)) void
 tern_ar_mix_dims(const tern_attn_elem e, const float *p, int64_t ldp, const int NR,
-                 const int32_t *len, int32_t lo, int32_t hi, const void *v, const float *vs,
-                 int64_t ldvs, int64_t i, const int64_t m, int64_t ldv, float *const *out)
+                 const int32_t *len, int32_t lo, int32_t hi, const void *const *v,
+                 const float *const *vs, int64_t ldvs, int64_t blk, int64_t i, const int64_t m,
+                 int64_t ldv, float *const *out)
 {
     const size_t esz = tern_attn_elem_bytes(e);
     AR_VF acc[AR_MR];
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++) acc[r] = AR_LOADF(out[r] + i, m);
-    int32_t j = 0;
-    for (; j < lo; j++) {
-        const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
-        const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+    for (int64_t b0 = 0; b0 < hi; b0 += blk) {
+        const uint8_t *vb = (const uint8_t *)v[b0 / blk] + (size_t)i * esz;
+        const float *vsb = e == TERN_ATTN_Q8 ? vs[b0 / blk] : NULL;
+        const float *pb = p + b0; /* the block's weights; row r's at pb + r * ldp */
+        const int64_t e1 = (hi < b0 + blk ? hi : b0 + blk) - b0;
+        const int64_t e0 = lo < b0 ? 0 : lo - b0 < e1 ? lo - b0 : e1;
+        int64_t j = 0;        /* key b0 + j */
+        for (; j < e0; j++) { /* keys every row of the group takes */
+            const AR_VF vj = AR_LOADV(e, vb + (size_t)j * ldv * esz, m);
+            const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;
 #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) {
-            const float pj = p[r * ldp + j];
-            const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-            acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+            for (int r = 0; r < NR; r++) {
+                const float pj = pb[r * ldp + j];
+                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+            }
         }
-    }
-    for (; j < hi; j++) { /* rows of a longer context go on alone */
-        const AR_VF vj = AR_LOADV(e, (const uint8_t *)v + ((size_t)j * ldv + i) * esz, m);
-        const float sj = e == TERN_ATTN_Q8 ? vs[j * ldvs] : 1.0f;
+        for (; j < e1; j++) { /* rows of a longer context go on alone */
+            const AR_VF vj = AR_LOADV(e, vb + (size_t)j * ldv * esz, m);
+            const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;
 #pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) {
-            if (j >= len[r]) continue;
-            const float pj = p[r * ldp + j];
-            const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-            acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+            for (int r = 0; r < NR; r++) {
+                if (b0 + j >= len[r]) continue;
+                const float pj = pb[r * ldp + j];
+                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
+                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+            }
         }
     }
 #pragma GCC unroll 8
@@ -161,8 +174,8 @@ tern_ar_mix_dims(const tern_attn_elem e, const float *p, int64_t ldp, const int 
 
 static inline __attribute__((always_inline)) void
 tern_ar_mix_group(const tern_attn_elem e, const float *p, int64_t ldp, const int NR,
-                  const int32_t *len, const void *v, const float *vs, int64_t ldvs, int64_t d,
-                  int64_t ldv, float *const *out)
+                  const int32_t *len, const void *const *v, const float *const *vs, int64_t ldvs,
+                  int64_t blk, int64_t d, int64_t ldv, float *const *out)
 {
     int32_t lo = INT32_MAX, hi = 0; /* keys every row of the group takes, and the most */
     for (int r = 0; r < NR; r++) {
@@ -171,19 +184,19 @@ tern_ar_mix_group(const tern_attn_elem e, const float *p, int64_t ldp, const int
     }
     int64_t i = 0;
     for (; i + AR_FL <= d; i += AR_FL)
-        tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, i, AR_FL, ldv, out);
-    if (i < d) tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, i, d - i, ldv, out);
+        tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, blk, i, AR_FL, ldv, out);
+    if (i < d) tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, blk, i, d - i, ldv, out);
 }
 
 #define AR_MIX_CASE(N)                                                                             \
     case N:                                                                                        \
-        tern_ar_mix_group(e, p + r0 * ldp, ldp, N, len + r0, v, vs, ldvs, d, ldv, out + r0);       \
+        tern_ar_mix_group(e, p + r0 * ldp, ldp, N, len + r0, v, vs, ldvs, blk, d, ldv, out + r0);  \
         break
 
 static inline __attribute__((always_inline)) void
 tern_ar_mix_e(const tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
-              const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
-              float *const *out)
+              const void *const *v, const float *const *vs, int64_t ldvs, int64_t blk, int64_t d,
+              int64_t ldv, float *const *out)
 {
     for (int r0 = 0; r0 < P; r0 += AR_MR) {
         switch (P - r0 < AR_MR ? P - r0 : AR_MR) {
@@ -200,15 +213,15 @@ tern_ar_mix_e(const tern_attn_elem e, const float *p, int64_t ldp, int P, const 
 }
 
 static void tern_ar_mix(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
-                        const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
-                        float *const *out)
+                        const void *const *v, const float *const *vs, int64_t ldvs, int64_t blk,
+                        int64_t d, int64_t ldv, float *const *out)
 {
     if (e == TERN_ATTN_F16)
-        tern_ar_mix_e(TERN_ATTN_F16, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
+        tern_ar_mix_e(TERN_ATTN_F16, p, ldp, P, len, v, vs, ldvs, blk, d, ldv, out);
     else if (e == TERN_ATTN_Q8)
-        tern_ar_mix_e(TERN_ATTN_Q8, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
+        tern_ar_mix_e(TERN_ATTN_Q8, p, ldp, P, len, v, vs, ldvs, blk, d, ldv, out);
     else
-        tern_ar_mix_e(TERN_ATTN_F32, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
+        tern_ar_mix_e(TERN_ATTN_F32, p, ldp, P, len, v, vs, ldvs, blk, d, ldv, out);
 }
 #undef AR_MIX_CASE
 

@@ -251,48 +251,57 @@ void tern_axpy_f32(float *y, float a, const float *x, int64_t n)
     tern_kernels_vt()->axpy(y, a, x, n);
 }
 
-void tern_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *k,
-                           const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
-                           float scale, float *out, int64_t ldo)
+void tern_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                           const float *const *ks, int64_t ldks, int64_t n, int64_t blk, int64_t d,
+                           int64_t ldk, float scale, float *out, int64_t ldo)
 {
     TERN_ASSERT(P >= 1 && P <= TERN_ATTN_MAX_ROWS && n >= 0 && d >= 1 && d <= TERN_ATTN_MAX_HD);
+    TERN_ASSERT(blk >= 1 && (e != TERN_ATTN_Q8 || ks));
     TERN_ASSERT((n <= 1 || (ldk >= d && (e != TERN_ATTN_Q8 || ldks >= 1))) && (P <= 1 || ldo >= n));
     if (n == 0) return;
-    tern_kernels_vt()->attn_scores_rows(e, q, P, k, ks, ldks, n, d, ldk, scale, out, ldo);
+    tern_kernels_vt()->attn_scores_rows(e, q, P, k, ks, ldks, n, blk, d, ldk, scale, out, ldo);
 }
 
 void tern_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
-                        const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
-                        float *const *out)
+                        const void *const *v, const float *const *vs, int64_t ldvs, int64_t blk,
+                        int64_t d, int64_t ldv, float *const *out)
 {
     TERN_ASSERT(P >= 1 && P <= TERN_ATTN_MAX_ROWS && d >= 1 && d <= TERN_ATTN_MAX_HD);
+    TERN_ASSERT(blk >= 1 && (e != TERN_ATTN_Q8 || vs));
     int32_t most = 0;
     for (int r = 0; r < P; r++) {
         TERN_ASSERT(len[r] >= 0);
         most = len[r] > most ? len[r] : most;
     }
     TERN_ASSERT(most <= 1 || (ldv >= d && (e != TERN_ATTN_Q8 || ldvs >= 1)));
-    tern_kernels_vt()->attn_mix_rows(e, p, ldp, P, len, v, vs, ldvs, d, ldv, out);
+    tern_kernels_vt()->attn_mix_rows(e, p, ldp, P, len, v, vs, ldvs, blk, d, ldv, out);
 }
 
-/* the single-row forms: one row of the rows kernels */
+/* the single-row forms: one row of the rows kernels, its keys in one block */
+#define ONE_BLOCK(n) ((n) > 0 ? (n) : 1)
+
 void tern_attn_scores(const float *q, const float *k, int64_t n, int64_t d, int64_t ldk,
                       float scale, float *out)
 {
-    tern_attn_scores_rows(TERN_ATTN_F32, &q, 1, k, NULL, 1, n, d, ldk, scale, out, n);
+    const void *kb = k;
+    tern_attn_scores_rows(TERN_ATTN_F32, &q, 1, &kb, NULL, 1, n, ONE_BLOCK(n), d, ldk, scale, out,
+                          n);
 }
 
 void tern_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv, float *out)
 {
     TERN_ASSERT(n >= 0 && n <= INT32_MAX);
     const int32_t len = (int32_t)n;
-    tern_attn_mix_rows(TERN_ATTN_F32, p, n, 1, &len, v, NULL, 1, d, ldv, &out);
+    const void *vb = v;
+    tern_attn_mix_rows(TERN_ATTN_F32, p, n, 1, &len, &vb, NULL, 1, ONE_BLOCK(n), d, ldv, &out);
 }
 
 void tern_attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int64_t d, int64_t ldk,
                           float scale, float *out)
 {
-    tern_attn_scores_rows(TERN_ATTN_F16, &q, 1, k, NULL, 1, n, d, ldk, scale, out, n);
+    const void *kb = k;
+    tern_attn_scores_rows(TERN_ATTN_F16, &q, 1, &kb, NULL, 1, n, ONE_BLOCK(n), d, ldk, scale, out,
+                          n);
 }
 
 void tern_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
@@ -300,13 +309,16 @@ void tern_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, 
 {
     TERN_ASSERT(n >= 0 && n <= INT32_MAX);
     const int32_t len = (int32_t)n;
-    tern_attn_mix_rows(TERN_ATTN_F16, p, n, 1, &len, v, NULL, 1, d, ldv, &out);
+    const void *vb = v;
+    tern_attn_mix_rows(TERN_ATTN_F16, p, n, 1, &len, &vb, NULL, 1, ONE_BLOCK(n), d, ldv, &out);
 }
 
 void tern_attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks, int64_t n,
                          int64_t d, int64_t ldk, float scale, float *out)
 {
-    tern_attn_scores_rows(TERN_ATTN_Q8, &q, 1, k, ks, ldks, n, d, ldk, scale, out, n);
+    const void *kb = k;
+    tern_attn_scores_rows(TERN_ATTN_Q8, &q, 1, &kb, &ks, ldks, n, ONE_BLOCK(n), d, ldk, scale, out,
+                          n);
 }
 
 void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
@@ -314,8 +326,10 @@ void tern_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t 
 {
     TERN_ASSERT(n >= 0 && n <= INT32_MAX);
     const int32_t len = (int32_t)n;
-    tern_attn_mix_rows(TERN_ATTN_Q8, p, n, 1, &len, v, vs, ldvs, d, ldv, &out);
+    const void *vb = v;
+    tern_attn_mix_rows(TERN_ATTN_Q8, p, n, 1, &len, &vb, &vs, ldvs, ONE_BLOCK(n), d, ldv, &out);
 }
+#undef ONE_BLOCK
 
 volatile int32_t tern_peak_sink;
 

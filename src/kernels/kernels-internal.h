@@ -148,12 +148,12 @@ typedef struct tern_kernel_vtable {
     void (*relu2_mul)(const float *g, const float *u, int64_t n, float *m);
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*axpy)(float *y, float a, const float *x, int64_t n);
-    void (*attn_scores_rows)(tern_attn_elem e, const float *const *q, int P, const void *k,
-                             const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
-                             float scale, float *out, int64_t ldo);
+    void (*attn_scores_rows)(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                             const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
+                             int64_t d, int64_t ldk, float scale, float *out, int64_t ldo);
     void (*attn_mix_rows)(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
-                          const void *v, const float *vs, int64_t ldvs, int64_t d, int64_t ldv,
-                          float *const *out);
+                          const void *const *v, const float *const *vs, int64_t ldvs, int64_t blk,
+                          int64_t d, int64_t ldv, float *const *out);
     void (*gemm_f16)(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                      int64_t ldy, int64_t o0, int64_t o1);
     void (*gemm_i8)(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
@@ -217,12 +217,12 @@ void tern_ref_attn_scores_q8(const float *q, const int8_t *k, const float *ks, i
                              int64_t n, int64_t d, int64_t ldk, float scale, float *out);
 void tern_ref_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
                           int64_t d, int64_t ldv, float *out);
-void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *k,
-                               const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
-                               float scale, float *out, int64_t ldo);
+void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                               const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
+                               int64_t d, int64_t ldk, float scale, float *out, int64_t ldo);
 void tern_ref_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P,
-                            const int32_t *len, const void *v, const float *vs, int64_t ldvs,
-                            int64_t d, int64_t ldv, float *const *out);
+                            const int32_t *len, const void *const *v, const float *const *vs,
+                            int64_t ldvs, int64_t blk, int64_t d, int64_t ldv, float *const *out);
 void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                        int64_t ldy, int64_t o0, int64_t o1);
 void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,

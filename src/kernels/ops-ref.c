@@ -240,34 +240,41 @@ void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
 }
 
 /* the rows forms: each row by its single-row reference */
-void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *k,
-                               const float *ks, int64_t ldks, int64_t n, int64_t d, int64_t ldk,
-                               float scale, float *out, int64_t ldo)
+/* block by block: each score is its own sum, and the mixes take the keys in order */
+void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                               const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
+                               int64_t d, int64_t ldk, float scale, float *out, int64_t ldo)
 {
-    for (int r = 0; r < P; r++) {
-        float *o = out + (int64_t)r * ldo;
-        if (e == TERN_ATTN_F16)
-            tern_ref_attn_scores_f16(q[r], k, n, d, ldk, scale, o);
-        else if (e == TERN_ATTN_Q8)
-            tern_ref_attn_scores_q8(q[r], k, ks, ldks, n, d, ldk, scale, o);
-        else
-            tern_ref_attn_scores(q[r], k, n, d, ldk, scale, o);
-    }
+    for (int r = 0; r < P; r++)
+        for (int64_t b0 = 0; b0 < n; b0 += blk) {
+            const int64_t nb = n - b0 < blk ? n - b0 : blk;
+            const void *kb = k[b0 / blk];
+            float *o = out + (int64_t)r * ldo + b0;
+            if (e == TERN_ATTN_F16)
+                tern_ref_attn_scores_f16(q[r], kb, nb, d, ldk, scale, o);
+            else if (e == TERN_ATTN_Q8)
+                tern_ref_attn_scores_q8(q[r], kb, ks[b0 / blk], ldks, nb, d, ldk, scale, o);
+            else
+                tern_ref_attn_scores(q[r], kb, nb, d, ldk, scale, o);
+        }
 }
 
 void tern_ref_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P,
-                            const int32_t *len, const void *v, const float *vs, int64_t ldvs,
-                            int64_t d, int64_t ldv, float *const *out)
+                            const int32_t *len, const void *const *v, const float *const *vs,
+                            int64_t ldvs, int64_t blk, int64_t d, int64_t ldv, float *const *out)
 {
-    for (int r = 0; r < P; r++) {
-        const float *pr = p + (int64_t)r * ldp;
-        if (e == TERN_ATTN_F16)
-            tern_ref_attn_mix_f16(pr, v, len[r], d, ldv, out[r]);
-        else if (e == TERN_ATTN_Q8)
-            tern_ref_attn_mix_q8(pr, v, vs, ldvs, len[r], d, ldv, out[r]);
-        else
-            tern_ref_attn_mix(pr, v, len[r], d, ldv, out[r]);
-    }
+    for (int r = 0; r < P; r++)
+        for (int64_t b0 = 0; b0 < len[r]; b0 += blk) {
+            const int64_t nb = len[r] - b0 < blk ? len[r] - b0 : blk;
+            const float *pr = p + (int64_t)r * ldp + b0;
+            const void *vb = v[b0 / blk];
+            if (e == TERN_ATTN_F16)
+                tern_ref_attn_mix_f16(pr, vb, nb, d, ldv, out[r]);
+            else if (e == TERN_ATTN_Q8)
+                tern_ref_attn_mix_q8(pr, vb, vs[b0 / blk], ldvs, nb, d, ldv, out[r]);
+            else
+                tern_ref_attn_mix(pr, vb, nb, d, ldv, out[r]);
+        }
 }
 
 static uint16_t u16_at(const uint8_t *p)

@@ -39,16 +39,18 @@ struct tern_ctx {
     /* RoPE tables [n_ctx][head_dim/2] */
     float *rope_cos, *rope_sin;
     /* scratch, [max_tokens][...] */
-    float *h;         /* [T][max(d, n_ff)] normed input */
-    int8_t *q8;       /* [T][max(d, n_ff)] */
-    float *qs;        /* [T] activation scales */
-    int32_t *qsum;    /* [T] */
-    float *q, *k, *v; /* [T][d], [T][kv], [T][kv] */
-    float *att;       /* [T][d] */
-    float *g, *u;     /* [T][n_ff] */
-    float *o;         /* [T][max(d, n_ff)] projection output */
-    float *scores;    /* [n_threads][chunk_tokens * unit_heads][n_ctx] */
-    int32_t *chunk;   /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
+    float *h;           /* [T][max(d, n_ff)] normed input */
+    int8_t *q8;         /* [T][max(d, n_ff)] */
+    float *qs;          /* [T] activation scales */
+    int32_t *qsum;      /* [T] */
+    float *q, *k, *v;   /* [T][d], [T][kv], [T][kv] */
+    float *att;         /* [T][d] */
+    float *g, *u;       /* [T][n_ff] */
+    float *o;           /* [T][max(d, n_ff)] projection output */
+    float *scores;      /* [n_threads][chunk_tokens * unit_heads][n_ctx] */
+    const void **blk;   /* [n_threads][2][max_blocks_per_seq]: a unit's K and V blocks */
+    const float **blks; /* [n_threads][2][max_blocks_per_seq]: their scales (q8) */
+    int32_t *chunk;     /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
     int32_t n_chunks;
     /* attention units: up to chunk_tokens consecutive tokens of one sequence x unit_heads
      * heads of one KV head (a GQA group, or a part of it) */
@@ -175,6 +177,8 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->scores =
         xcalloc((size_t)c->n_threads * (size_t)(c->chunk_tokens * c->unit_heads) * (size_t)c->n_ctx,
                 sizeof(float));
+    c->blk = xcalloc((size_t)c->n_threads * 2 * (size_t)c->max_blocks_per_seq, sizeof(void *));
+    c->blks = xcalloc((size_t)c->n_threads * 2 * (size_t)c->max_blocks_per_seq, sizeof(float *));
     c->chunk = xcalloc(T + 1, sizeof(int32_t));
     c->tok_pos = xcalloc(T, sizeof(int32_t));
     c->tok_slot = xcalloc(T, sizeof(int32_t));
@@ -182,8 +186,8 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->head_x = xcalloc(T * d, sizeof(float));
     if (!c->free_blocks || !c->block_ref || !c->block_table || !c->seq_blocks || !c->rope_cos ||
         !c->rope_sin || !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v ||
-        !c->att || !c->g || !c->u || !c->o || !c->scores || !c->chunk || !c->tok_pos ||
-        !c->tok_slot || !c->tok_seq || !c->head_x) {
+        !c->att || !c->g || !c->u || !c->o || !c->scores || !c->blk || !c->blks || !c->chunk ||
+        !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x) {
         tern_ctx_free(c);
         return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory for scratch");
     }
@@ -205,7 +209,8 @@ void tern_ctx_free(tern_ctx *c)
     free(c->free_blocks), free(c->block_ref), free(c->block_table), free(c->seq_blocks);
     free(c->rope_cos), free(c->rope_sin);
     free(c->h), free(c->q8), free(c->qs), free(c->qsum), free(c->q), free(c->k), free(c->v);
-    free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores), free(c->chunk);
+    free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores), free(c->blk), free(c->blks),
+        free(c->chunk);
     free(c->tok_pos), free(c->tok_slot), free(c->tok_seq), free(c->head_x);
     free(c);
 }
@@ -437,6 +442,9 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
     const size_t ldo = (size_t)c->n_ctx, kvd = (size_t)c->kv_dim;
     float *scores = c->scores + (size_t)thread * (size_t)(c->chunk_tokens * c->unit_heads) * ldo;
     const tern_attn_elem e = kv_attn_elem[c->kv_type];
+    const size_t mb = (size_t)c->max_blocks_per_seq;
+    const void **kp = c->blk + (size_t)thread * 2 * mb, **vp = kp + mb;
+    const float **ksp = c->blks + (size_t)thread * 2 * mb, **vsp = ksp + mb;
     int64_t u0, u1;
     tern_split_rows((int64_t)c->n_chunks * nh * nsub, 1, task, n_tasks, &u0, &u1);
     for (int64_t u = u0; u < u1; u++) {
@@ -446,7 +454,7 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
         const int32_t t0 = c->chunk[ch], nt = c->chunk[ch + 1] - t0, slot = c->tok_slot[t0];
         const float *q[TERN_ATTN_MAX_ROWS];
         float *out[TERN_ATTN_MAX_ROWS];
-        int32_t len[TERN_ATTN_MAX_ROWS], blen[TERN_ATTN_MAX_ROWS];
+        int32_t len[TERN_ATTN_MAX_ROWS];
         int P = 0;
         for (int32_t t = t0; t < t0 + nt; t++)
             for (int32_t h = h0; h < h0 + nhu; h++, P++) {
@@ -456,29 +464,24 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
             }
         const int32_t most = c->tok_pos[t0 + nt - 1] + 1; /* positions grow within a chunk */
         const size_t off = (size_t)kvh * (size_t)hd;
-        /* block by block: positions of a block are contiguous rows */
-        for (int32_t s0 = 0; s0 < most; s0 += TERN_KV_BLOCK) {
-            const int32_t n = most - s0 < TERN_KV_BLOCK ? most - s0 : TERN_KV_BLOCK;
-            uint8_t *kb = kv_part(c, j->li, slot, s0, 0);
-            tern_attn_scores_rows(e, q, P, kb + off * c->kv_elem,
-                                  e == TERN_ATTN_Q8 ? kv_scales(c, kb) + kvh : NULL, nh, n, hd,
-                                  (int64_t)kvd, scale, scores + s0, (int64_t)ldo);
+        /* the blocks holding positions [0, most): each a contiguous run of rows */
+        const int32_t nb = (most + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
+        for (int32_t b = 0; b < nb; b++) {
+            uint8_t *kb = kv_part(c, j->li, slot, b * TERN_KV_BLOCK, 0);
+            uint8_t *vb = kv_part(c, j->li, slot, b * TERN_KV_BLOCK, 1);
+            kp[b] = kb + off * c->kv_elem;
+            vp[b] = vb + off * c->kv_elem;
+            if (e == TERN_ATTN_Q8) ksp[b] = kv_scales(c, kb) + kvh, vsp[b] = kv_scales(c, vb) + kvh;
         }
+        tern_attn_scores_rows(e, q, P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, most, TERN_KV_BLOCK,
+                              hd, (int64_t)kvd, scale, scores, (int64_t)ldo);
         for (int r = 0; r < P; r++) {
             tern_softmax(scores + (size_t)r * ldo, len[r]);
             memset(out[r], 0, (size_t)hd * sizeof(float));
         }
         /* out = out + p_s * v_s for s in order (EXACT kernels, so the same in every variant) */
-        for (int32_t s0 = 0; s0 < most; s0 += TERN_KV_BLOCK) {
-            uint8_t *vb = kv_part(c, j->li, slot, s0, 1);
-            for (int r = 0; r < P; r++) {
-                const int32_t left = len[r] - s0;
-                blen[r] = left < 0 ? 0 : left < TERN_KV_BLOCK ? left : TERN_KV_BLOCK;
-            }
-            tern_attn_mix_rows(e, scores + s0, (int64_t)ldo, P, blen, vb + off * c->kv_elem,
-                               e == TERN_ATTN_Q8 ? kv_scales(c, vb) + kvh : NULL, nh, hd,
-                               (int64_t)kvd, out);
-        }
+        tern_attn_mix_rows(e, scores, (int64_t)ldo, P, len, vp, e == TERN_ATTN_Q8 ? vsp : NULL, nh,
+                           TERN_KV_BLOCK, hd, (int64_t)kvd, out);
     }
 }
 

@@ -1129,7 +1129,8 @@ static void test_attention_kv(void)
 
 /* The rows kernels (several query rows over shared K/V rows): every row's scores and mix are
  * its single-row reference's bits, for any row count, context lengths, element type, row
- * stride and variant. */
+ * stride, block size (the keys in blocks scattered in memory, as the paged cache holds them)
+ * and variant. */
 static void test_attention_rows(void)
 {
     int checked = 0;
@@ -1158,7 +1159,28 @@ static void test_attention_rows(void)
         for (int r = 0; r < P; r++) q[r] = qb + (int64_t)(P - 1 - r) * d; /* any row order */
         const int64_t ldo = n + rndi(0, 3);
         float *s0 = xmalloc((size_t)(P * ldo) * 4), *s1 = xmalloc((size_t)(P * ldo) * 4);
-        tern_ref_attn_scores_rows(e, q, P, kv, ks, lds, n, d, ld, 0.125f, s0, ldo);
+        /* the keys as one block, and copied into blocks of blk rows in reverse order with gaps */
+        const void *one_k = kv;
+        const float *one_s = ks;
+        const int64_t blk = it % 3 == 1 ? n : rndi(1, 12), nbk = (n + blk - 1) / blk;
+        const size_t kbytes = (size_t)(blk * ld) * esz + 16, sbytes = (size_t)(blk * lds) * 4 + 16;
+        uint8_t *kvb = xmalloc(kbytes * (size_t)nbk);
+        float *ksb = xmalloc(sbytes * (size_t)nbk);
+        const void *kbp[40];
+        const float *ksp[40];
+        for (int64_t b = 0; b < nbk; b++) {
+            const int64_t rows = n - b * blk < blk ? n - b * blk : blk;
+            uint8_t *dst = kvb + (size_t)(nbk - 1 - b) * kbytes;
+            float *sdst = (float *)(void *)((uint8_t *)ksb + (size_t)(nbk - 1 - b) * sbytes);
+            memcpy(dst, kv + (size_t)(b * blk * ld) * esz, (size_t)(rows * ld) * esz);
+            memcpy(sdst, ks + b * blk * lds, (size_t)(rows * lds) * 4);
+            kbp[b] = dst, ksp[b] = sdst;
+        }
+        tern_ref_attn_scores_rows(e, q, P, &one_k, &one_s, lds, n, n, d, ld, 0.125f, s0, ldo);
+        tern_ref_attn_scores_rows(e, q, P, kbp, ksp, lds, n, blk, d, ld, 0.125f, s1, ldo);
+        for (int r = 0; r < P; r++)
+            CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n), "ref scores in blocks of %lld",
+                   (long long)blk);
         /* the mix: weights, lengths 0..n, accumulators with a start value */
         const int64_t ldp = n + rndi(0, 2);
         float *pw = xmalloc((size_t)(P * ldp) * 4), *ob = xmalloc((size_t)P * (size_t)d * 4),
@@ -1170,21 +1192,30 @@ static void test_attention_rows(void)
         for (int64_t i = 0; i < P * d; i++) ob[i] = rndf();
         memcpy(o0, ob, (size_t)P * (size_t)d * 4);
         for (int r = 0; r < P; r++) out[r] = o0 + (int64_t)r * d;
-        tern_ref_attn_mix_rows(e, pw, ldp, P, len, kv, ks, lds, d, ld, out);
+        tern_ref_attn_mix_rows(e, pw, ldp, P, len, &one_k, &one_s, lds, n > 0 ? n : 1, d, ld, out);
+        {
+            float *ob2 = xmalloc((size_t)P * (size_t)d * 4);
+            float *out2[TERN_ATTN_MAX_ROWS];
+            memcpy(ob2, ob, (size_t)P * (size_t)d * 4);
+            for (int r = 0; r < P; r++) out2[r] = ob2 + (int64_t)r * d;
+            tern_ref_attn_mix_rows(e, pw, ldp, P, len, kbp, ksp, lds, blk, d, ld, out2);
+            CHECKF(same_bits(o0, ob2, P * d), "ref mix in blocks of %lld", (long long)blk);
+            free(ob2);
+        }
         float *o1 = xmalloc((size_t)P * (size_t)d * 4);
         for (int vi = 0; vi < g_nvariants; vi++) {
             use(g_variants[vi]);
             const char *vn = tern_simd_name(g_variants[vi]);
-            tern_attn_scores_rows(e, q, P, kv, ks, lds, n, d, ld, 0.125f, s1, ldo);
+            tern_attn_scores_rows(e, q, P, kbp, ksp, lds, n, blk, d, ld, 0.125f, s1, ldo);
             for (int r = 0; r < P; r++)
                 CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n),
-                       "attn_scores_rows %s elem %d P=%d d=%lld n=%lld row %d", vn, (int)e, P,
-                       (long long)d, (long long)n, r);
+                       "attn_scores_rows %s elem %d P=%d d=%lld n=%lld blk=%lld row %d", vn, (int)e,
+                       P, (long long)d, (long long)n, (long long)blk, r);
             memcpy(o1, ob, (size_t)P * (size_t)d * 4);
             for (int r = 0; r < P; r++) out[r] = o1 + (int64_t)r * d;
-            tern_attn_mix_rows(e, pw, ldp, P, len, kv, ks, lds, d, ld, out);
-            CHECKF(same_bits(o0, o1, P * d), "attn_mix_rows %s elem %d P=%d d=%lld n=%lld", vn,
-                   (int)e, P, (long long)d, (long long)n);
+            tern_attn_mix_rows(e, pw, ldp, P, len, kbp, ksp, lds, blk, d, ld, out);
+            CHECKF(same_bits(o0, o1, P * d), "attn_mix_rows %s elem %d P=%d d=%lld n=%lld blk=%lld",
+                   vn, (int)e, P, (long long)d, (long long)n, (long long)blk);
             /* row 0 alone through the single-row form */
             float *one = xmalloc((size_t)n * 4);
             if (e == TERN_ATTN_F16)
@@ -1198,6 +1229,7 @@ static void test_attention_rows(void)
             checked++;
         }
         free(kv), free(ks), free(qb), free(s0), free(s1), free(pw), free(ob), free(o0), free(o1);
+        free(kvb), free(ksb);
     }
     printf("attention rows: %d cases bitwise equal to the single-row references\n", checked);
 }
