@@ -12,15 +12,16 @@
  * fma: EXACT as the references), a group of up to AR_MR rows sharing each converted V chunk.
  *
  * The including file defines: AR_DL (double lanes), AR_VD (its vector), AR_ZERO_PD(),
- * AR_LOAD_PD(p), AR_STORE_PD(p, v), AR_SET1_PD(x), AR_FMA_PD(a, b, c) (a * b + c), AR_CVT_ROW
+ * AR_LOAD_PD(p), AR_SET1_PD(x), AR_FMA_PD(a, b, c) (a * b + c), AR_CVT_ROW
  * (elem, src, d, double *dst: a row's d elements as doubles), AR_FL (float lanes), AR_VF,
  * AR_LOADV(elem, src, n) (n <= AR_FL elements as floats, zeros after), AR_LOADF(p, n),
- * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS. Optionally
- * (vector forms of two scalar loops, the same values): AR_QT_GROUP(q, r0, P, d, dst) (rows
- * r0 .. r0+AR_DL-1 of q as doubles, row in the lane: dst[i * AR_DL + l] = (double)q[r0+l][i],
- * 0.0 for rows from P on) and AR_STORE_SCORES(acc, nk, ksv, scale, out, ldo, rows) (the epilogue
- * of one row group: acc[kk] holds key kk's sums, row in the lane; ksv the int8 rows' scales
- * of the AR_KB keys or NULL; the first rows lanes stored, nk keys each, at out + l * ldo).
+ * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS,
+ * AR_QT_GROUP(q, r0, P, d, dst) (rows r0 .. r0+AR_DL-1 of q as doubles, row in the lane:
+ * dst[i * AR_DL + l] = (double)q[r0+l][i], 0.0 for rows from P on) and
+ * AR_STORE_SCORES(acc, nk, ksv, scale, out, ldo, rows) (the references' epilogue of one row
+ * group: acc[kk] holds key kk's sums, row in the lane; row l's key kk is stored at
+ * out + l * ldo + kk as ((float)sum [* ksv[kk]]) * scale, ksv the int8 rows' scales of the AR_KB
+ * keys or NULL, for the first rows lanes and nk keys).
  */
 #ifndef TERN_KERNELS_ATTN_ROWS_H
 #define TERN_KERNELS_ATTN_ROWS_H
@@ -59,7 +60,6 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
         }
     }
     /* the references' epilogue per element: (float)sum, times ks (q8), times scale */
-#ifdef AR_STORE_SCORES
     float ksv[AR_KB];
     if (e == TERN_ATTN_Q8)
         for (int kk = 0; kk < AR_KB; kk++) ksv[kk] = kk < nk ? ks[(j0 + kk) * ldks] : 1.0f;
@@ -70,22 +70,6 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
             AR_STORE_SCORES(acc[h], nk, e == TERN_ATTN_Q8 ? ksv : NULL, scale,
                             out + (int64_t)r0 * ldo + j0, ldo, rows);
     }
-#else
-#pragma GCC unroll 2
-    for (int h = 0; h < NG; h++) {
-        double s[AR_KB][AR_DL];
-#pragma GCC unroll 8
-        for (int kk = 0; kk < AR_KB; kk++) AR_STORE_PD(s[kk], acc[h][kk]);
-        for (int l = 0; l < AR_DL && (g + h) * AR_DL + l < P; l++) {
-            float *o = out + (int64_t)((g + h) * AR_DL + l) * ldo + j0;
-            for (int kk = 0; kk < nk; kk++) {
-                float v = (float)s[kk][l];
-                if (e == TERN_ATTN_Q8) v = v * ks[(j0 + kk) * ldks];
-                o[kk] = v * scale;
-            }
-        }
-    }
-#endif
 }
 
 static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *const *k,
@@ -95,16 +79,7 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
     const int G = (P + AR_DL - 1) / AR_DL; /* row groups */
     double qt[TERN_ATTN_MAX_ROWS * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
     double kd[AR_KB * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
-    for (int g = 0; g < G; g++) /* once for all the blocks */
-#ifdef AR_QT_GROUP
-        AR_QT_GROUP(q, g * AR_DL, P, d, qt + g * d * AR_DL);
-#else
-        for (int64_t i = 0; i < d; i++)
-            for (int l = 0; l < AR_DL; l++) {
-                const int r = g * AR_DL + l;
-                qt[(g * d + i) * AR_DL + l] = r < P ? (double)q[r][i] : 0.0;
-            }
-#endif
+    for (int g = 0; g < G; g++) AR_QT_GROUP(q, g * AR_DL, P, d, qt + g * d * AR_DL); /* once */
     const size_t esz = tern_attn_elem_bytes(e);
     for (int64_t b0 = 0; b0 < n; b0 += blk) {
         const int64_t nb = n - b0 < blk ? n - b0 : blk;

@@ -206,11 +206,31 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
         memcpy(out + i, t, (size_t)m * sizeof(double));
     }
 }
+/* rows r0 .. r0+3 of q as doubles, row in the lane (zeros for rows from P on) */
+AI void ar_qt_group(const float *const *q, int r0, int P, int64_t d, double *dst)
+{
+    for (int64_t i = 0; i < d; i++)
+        for (int l = 0; l < 4; l++) dst[i * 4 + l] = r0 + l < P ? (double)q[r0 + l][i] : 0.0;
+}
+/* one row group's scores: row l's nk keys ((float)sum [* ks]) * scale, as the reference */
+AI void ar_store_scores(const __m256d acc[8], int nk, const float *ksv, float scale, float *out,
+                        int64_t ldo, int rows)
+{
+    double s[8][4];
+    for (int kk = 0; kk < 8; kk++) _mm256_storeu_pd(s[kk], acc[kk]);
+    for (int l = 0; l < rows; l++)
+        for (int kk = 0; kk < nk; kk++) {
+            float v = (float)s[kk][l];
+            if (ksv) v = v * ksv[kk];
+            out[l * ldo + kk] = v * scale;
+        }
+}
 #define AR_DL 4
+#define AR_QT_GROUP ar_qt_group
+#define AR_STORE_SCORES ar_store_scores
 #define AR_VD __m256d
 #define AR_ZERO_PD _mm256_setzero_pd
 #define AR_LOAD_PD _mm256_load_pd
-#define AR_STORE_PD _mm256_storeu_pd
 #define AR_SET1_PD _mm256_set1_pd
 #define AR_FMA_PD _mm256_fmadd_pd
 #define AR_CVT_ROW ar_cvt_row

@@ -243,7 +243,6 @@ AI void ar_store_scores(const __m512d acc[8], int nk, const float *ksv, float sc
 #define AR_VD __m512d
 #define AR_ZERO_PD _mm512_setzero_pd
 #define AR_LOAD_PD _mm512_load_pd
-#define AR_STORE_PD _mm512_storeu_pd
 #define AR_SET1_PD _mm512_set1_pd
 #define AR_FMA_PD _mm512_fmadd_pd
 #define AR_CVT_ROW ar_cvt_row

@@ -239,8 +239,8 @@ void tern_ref_gemm_i8(const tern_i8mat *w, const int8_t *xq, const float *xs, co
         }
 }
 
-/* the rows forms: each row by its single-row reference */
-/* block by block: each score is its own sum, and the mixes take the keys in order */
+/* the rows forms: each row by its single-row reference, block by block (each score is its own
+ * sum, and a mix takes the blocks' keys in order) */
 void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *const *k,
                                const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
                                int64_t d, int64_t ldk, float scale, float *out, int64_t ldo)
