@@ -111,14 +111,11 @@ static inline void amx_out1(const amx_job *p, int64_t e)
     const __m512i a =
         _mm512_load_si512((const void *)(d->cs + (t - d->t0) * TERN_AMX_LD + 16 * gi));
     float *out = d->y + t * p->ldy + r0;
-    if (p->tw) {
-        store_rows(out, row_mask(g, p->o0, p->o1),
-                   tgemm_float(a, d->qsum[t], d->s[t], p->tw->alpha));
-    } else {
-        const int lo = p->o0 > r0 ? (int)(p->o0 - r0) : 0;
-        const int hi = p->o1 - r0 < 16 ? (int)(p->o1 - r0) : 16;
-        hi_store(a, d->qsum[t], p->hw->scale + r0, d->s[t], out, lo, hi);
-    }
+    const __mmask16 m = row_mask(g, p->o0, p->o1);
+    if (p->tw)
+        store_rows(out, m, tgemm_float(a, d->qsum[t], d->s[t], p->tw->alpha));
+    else
+        hi_store(a, d->qsum[t], p->hw->scale + r0, d->s[t], out, m);
 }
 
 /* C tile (ti, gi) in cs: rows are tokens, 16 sums of group gi each */

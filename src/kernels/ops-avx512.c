@@ -311,7 +311,7 @@ AI __m512i hi_dot(__m512i a, __m512i x, __m512i w)
 #define HI_STOREP(p, a) _mm512_store_si512((void *)(p), (a))
 #define HI_BCAST(p) _mm512_set1_epi32(tern_load_i32(p))
 #define HI_DOT hi_dot
-#define HI_STORE hi_store
+#define HI_STORE(a, xsum, sc, xs, out, lo, hi) hi_store(a, xsum, sc, xs, out, lane_mask(lo, hi))
 #define HI_G1 8
 #define HI_G 4
 #define HI_T 6
@@ -323,7 +323,7 @@ AI void hi_storeb(__m512 A, float xs, float *out, int lo, int hi)
     const __m512 r =
         _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_mul_pd(lo_pd(A), xd))),
                            _mm512_cvtpd_ps(_mm512_mul_pd(hi_pd(A), xd)), 1);
-    _mm512_mask_storeu_ps(out, (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)), r);
+    _mm512_mask_storeu_ps(out, lane_mask(lo, hi), r);
 }
 #define HI_BIAS 128
 #define HI_VF __m512

@@ -54,7 +54,13 @@ AI __m512 load_nh(const void *p, int64_t left) /* halves as floats */
                                       : _mm256_maskz_loadu_epi16(tail16(left), p));
 }
 
-/* ---- the ternary GEMM's pieces (tgemm-avx512.c, tgemm-amx.c) ---- */
+/* ---- the GEMMs' pieces (tgemm-avx512.c, ops-avx512.c, gemm-amx.c) ---- */
+
+/* Lanes [lo, hi) of 16. */
+AI __mmask16 lane_mask(int lo, int hi)
+{
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
 
 /* Four code vectors of one chunk: lane r of c[sh] holds codes of columns 4sh..4sh+3. */
 AI void unpack(const uint8_t *p, __m512i c[4])
@@ -71,7 +77,7 @@ AI void unpack(const uint8_t *p, __m512i c[4])
 AI __mmask16 row_mask(int64_t g, int64_t o0, int64_t o1)
 {
     int64_t r0 = g * 16, lo = o0 > r0 ? o0 - r0 : 0, hi = o1 - r0 < 16 ? o1 - r0 : 16;
-    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+    return lane_mask((int)lo, (int)hi);
 }
 
 /* a tile's results for the rows of mask m (all 16 unmasked: masked stores do not forward) */
@@ -91,10 +97,9 @@ AI __m512 tgemm_float(__m512i a, int32_t qsum, float s, float alpha)
     return _mm512_mul_ps(f, _mm512_set1_ps(alpha));
 }
 
-/* The int8 head's logits of the lanes [lo, hi) (ops-avx512.c, gemm-amx.c) from sums of
- * biased weights: kernels.h's formula in double lanes: (float)((double)S * ((double)scale *
- * (double)xs)) */
-AI void hi_store(__m512i acc, int32_t xsum, const float *sc, float xs, float *out, int lo, int hi)
+/* The int8 head's logits of the lanes of m from sums of biased weights: kernels.h's formula in
+ * double lanes: (float)((double)S * ((double)scale * (double)xs)) */
+AI void hi_store(__m512i acc, int32_t xsum, const float *sc, float xs, float *out, __mmask16 m)
 {
     const __m512i S = _mm512_sub_epi32(acc, _mm512_set1_epi32(xsum * 128));
     const __m512d xd = _mm512_set1_pd((double)xs);
@@ -104,6 +109,6 @@ AI void hi_store(__m512i acc, int32_t xsum, const float *sc, float xs, float *ou
     const __m512d f1 = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(S, 1)), w1);
     const __m512 r =
         _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(f0)), _mm512_cvtpd_ps(f1), 1);
-    _mm512_mask_storeu_ps(out, (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1)), r);
+    _mm512_mask_storeu_ps(out, m, r);
 }
 #endif
