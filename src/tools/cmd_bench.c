@@ -241,6 +241,9 @@ int tern_cmd_bench(int argc, char **argv)
                                                (double)hp->d * hp->n_ff * 3);
     double mac_head = (double)hp->d * hp->n_vocab;
     double ceil_prefill = pk > 0 ? pk * 1e9 / mac_layers : 0;
+    /* the same at the vector int8 dot (another instruction only under tiles) */
+    double ceil_prefill_vec = cr.int8_vec_peak > 0 ? cr.int8_vec_peak * 1e9 / mac_layers : 0;
+#define FRAC(x, lim) ((lim) > 0 ? (x) / (lim) : 0.0)
     double ceil_batch = pk > 0 && head_rate > 0
                             ? 1.0 / (mac_layers / (pk * 1e9) + mac_head / (head_rate * 1e9))
                             : 0;
@@ -267,13 +270,14 @@ int tern_cmd_bench(int argc, char **argv)
             "\"int8_vec_peak_gmacs\": %.1f, \"fp32_peak_gmacs\": %.1f, \"tgemm_gmacs\": %.1f, "
             "\"f16_head_gmacs\": %.1f, \"i8_head_gmacs\": %.1f, \"head_type\": \"%s\", "
             "\"prefill_ceiling_tok_s\": %.1f, "
-            "\"prefill128_fraction\": %.3f, \"batched_ceiling_tok_s\": %.1f, "
+            "\"prefill128_fraction\": %.3f, \"prefill512_fraction\": %.3f, "
+            "\"prefill_vec_ceiling_tok_s\": %.1f, \"batched_ceiling_tok_s\": %.1f, "
             "\"decode64_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
-            rss, rss_single, rss_list, bw, bpt, roof, roof > 0 ? decode_tps[0] / roof : 0.0,
-            cr.int8_peak, cr.int8_vec_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head,
-            q8_head ? "q8_0" : "f16", ceil_prefill,
-            ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
-            ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0, tern_kv_type_name(eo.kv_type));
+            rss, rss_single, rss_list, bw, bpt, roof, FRAC(decode_tps[0], roof), cr.int8_peak,
+            cr.int8_vec_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head,
+            q8_head ? "q8_0" : "f16", ceil_prefill, FRAC(prefill_tps[0], ceil_prefill),
+            FRAC(prefill_tps[1], ceil_prefill), ceil_prefill_vec, ceil_batch,
+            FRAC(decode_tps[3], ceil_batch), tern_kv_type_name(eo.kv_type));
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
         for (int i = 0; i < 2; i++)
@@ -291,28 +295,25 @@ int tern_cmd_bench(int argc, char **argv)
         }
         printf(
             "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
-            bw, roof, roof > 0 ? decode_tps[0] / roof : 0.0);
-        const bool tiles = cr.tiles;
+            bw, roof, FRAC(decode_tps[0], roof));
         printf("compute peaks (every thread, register loops): int8 dot %.0f GMAC/s", cr.int8_peak);
-        if (tiles) printf(" (AMX tiles; the vector dot %.0f)", cr.int8_vec_peak);
+        if (cr.tiles) printf(" (AMX tiles; the vector dot %.0f)", cr.int8_vec_peak);
         printf(", fp32 FMA %.0f GMAC/s; kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 peak), "
                "int8 head %.0f (%.2f), F16 head %.0f (%.2f of the FMA peak)\n",
-               cr.fp32_peak, cr.tgemm, pk > 0 ? cr.tgemm / pk : 0.0, cr.i8_head,
-               pk > 0 ? cr.i8_head / pk : 0.0, cr.f16_head,
-               cr.fp32_peak > 0 ? cr.f16_head / cr.fp32_peak : 0.0);
+               cr.fp32_peak, cr.tgemm, FRAC(cr.tgemm, pk), cr.i8_head, FRAC(cr.i8_head, pk),
+               cr.f16_head, FRAC(cr.f16_head, cr.fp32_peak));
         printf(
             "compute ceilings: prefill %.1f tok/s (layers at the int8 peak; prefill 128 at %.2f "
-            "of it), batched decode %.1f tok/s (layers + %s head at the %s peak; 64 sequences at "
-            "%.2f of it)\n",
-            ceil_prefill, ceil_prefill > 0 ? prefill_tps[0] / ceil_prefill : 0.0, ceil_batch,
-            q8_head ? "int8" : "F16", q8_head ? "int8" : "FMA",
-            ceil_batch > 0 ? decode_tps[3] / ceil_batch : 0.0);
-        if (tiles)
-            printf(
-                "the same at the vector int8 dot's peak: prefill %.1f tok/s (prefill 128 at %.2f "
-                "of it)\n",
-                cr.int8_vec_peak * 1e9 / mac_layers,
-                prefill_tps[0] / (cr.int8_vec_peak * 1e9 / mac_layers));
+            "of it, 512 at %.2f), batched decode %.1f tok/s (layers + %s head at the %s peak; 64 "
+            "sequences at %.2f of it)\n",
+            ceil_prefill, FRAC(prefill_tps[0], ceil_prefill), FRAC(prefill_tps[1], ceil_prefill),
+            ceil_batch, q8_head ? "int8" : "F16", q8_head ? "int8" : "FMA",
+            FRAC(decode_tps[3], ceil_batch));
+        if (cr.tiles)
+            printf("the same at the vector int8 dot's peak: prefill %.1f tok/s (prefill 128 at "
+                   "%.2f of it, 512 at %.2f)\n",
+                   ceil_prefill_vec, FRAC(prefill_tps[0], ceil_prefill_vec),
+                   FRAC(prefill_tps[1], ceil_prefill_vec));
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
                "(the rest is %s KV of the concurrent sequences)\n",
                (double)rss / 1e6, (double)rss_single / 1e6, tern_kv_type_name(eo.kv_type));
@@ -329,6 +330,7 @@ int tern_cmd_bench(int argc, char **argv)
             printf("\n");
         }
     }
+#undef FRAC
     rc = 0;
 done:
     free(ids), free(busy), free(rk0), free(rk1), free(rss_list);
