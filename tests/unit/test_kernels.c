@@ -1192,7 +1192,7 @@ static void test_attention_rows(void)
         for (int64_t i = 0; i < P * d; i++) ob[i] = rndf();
         memcpy(o0, ob, (size_t)P * (size_t)d * 4);
         for (int r = 0; r < P; r++) out[r] = o0 + (int64_t)r * d;
-        tern_ref_attn_mix_rows(e, pw, ldp, P, len, &one_k, &one_s, lds, n > 0 ? n : 1, d, ld, out);
+        tern_ref_attn_mix_rows(e, pw, ldp, P, len, &one_k, &one_s, lds, n, d, ld, out);
         {
             float *ob2 = xmalloc((size_t)P * (size_t)d * 4);
             float *out2[TERN_ATTN_MAX_ROWS];
