@@ -52,6 +52,8 @@ struct tern_ctx {
     const float **blks; /* [n_threads][2][max_blocks_per_seq]: their scales (q8) */
     int32_t *chunk;     /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
     int32_t n_chunks;
+    int64_t
+        *chunk_cost; /* [max_tokens + 1]: attention cost of the chunks before each (cumulative) */
     /* attention units: up to chunk_tokens consecutive tokens of one sequence x unit_heads
      * heads of one KV head (a GQA group, or a part of it) */
     int32_t unit_heads, chunk_tokens;
@@ -180,6 +182,7 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->blk = xcalloc((size_t)c->n_threads * 2 * (size_t)c->max_blocks_per_seq, sizeof(void *));
     c->blks = xcalloc((size_t)c->n_threads * 2 * (size_t)c->max_blocks_per_seq, sizeof(float *));
     c->chunk = xcalloc(T + 1, sizeof(int32_t));
+    c->chunk_cost = xcalloc(T + 1, sizeof(int64_t));
     c->tok_pos = xcalloc(T, sizeof(int32_t));
     c->tok_slot = xcalloc(T, sizeof(int32_t));
     c->tok_seq = xcalloc(T, sizeof(int32_t));
@@ -211,6 +214,7 @@ void tern_ctx_free(tern_ctx *c)
     free(c->h), free(c->q8), free(c->qs), free(c->qsum), free(c->q), free(c->k), free(c->v);
     free(c->att), free(c->g), free(c->u), free(c->o), free(c->scores), free(c->blk), free(c->blks),
         free(c->chunk);
+    free(c->chunk_cost);
     free(c->tok_pos), free(c->tok_slot), free(c->tok_seq), free(c->head_x);
     free(c);
 }
@@ -427,6 +431,24 @@ static void task_rope_store(void *arg, int task, int n_tasks, int thread)
     }
 }
 
+#define ATTN_ROW_COST 16 /* a query row's work besides its keys (q, softmax, zeroing), in keys */
+
+/* the first attention unit (per units a chunk) whose cost before it reaches `target` */
+static int64_t unit_at(const tern_ctx *c, int64_t per, int64_t target)
+{
+    int64_t lo = 0, hi = (int64_t)c->n_chunks * per; /* the answer lies in [lo, hi] */
+    while (lo < hi) {
+        const int64_t u = lo + (hi - lo) / 2, ch = u / per;
+        const int64_t before =
+            c->chunk_cost[ch] * per + (u - ch * per) * (c->chunk_cost[ch + 1] - c->chunk_cost[ch]);
+        if (before >= target)
+            hi = u;
+        else
+            lo = u + 1;
+    }
+    return lo;
+}
+
 /* causal GQA attention: a unit of work is a chunk of consecutive tokens of one sequence x one
  * KV head (x a part of its query heads when the group is larger than TERN_ATTN_MAX_ROWS): its
  * query rows share each converted K and V row. Every row's scores, softmax and mix are the
@@ -445,8 +467,14 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
     const size_t mb = (size_t)c->max_blocks_per_seq;
     const void **kp = c->blk + (size_t)thread * 2 * mb, **vp = kp + mb;
     const float **ksp = c->blks + (size_t)thread * 2 * mb, **vsp = ksp + mb;
-    int64_t u0, u1;
-    tern_split_rows((int64_t)c->n_chunks * nh * nsub, 1, task, n_tasks, &u0, &u1);
+    /* the units split by cost, not count: a chunk late in a long prompt reads many more keys */
+    const int64_t per = (int64_t)nh * nsub, total = c->chunk_cost[c->n_chunks] * per;
+    const int64_t u0 = unit_at(c, per, total / n_tasks * task + total % n_tasks * task / n_tasks);
+    const int64_t u1 =
+        task == n_tasks - 1
+            ? (int64_t)c->n_chunks * per
+            : unit_at(c, per,
+                      total / n_tasks * (task + 1) + total % n_tasks * (task + 1) / n_tasks);
     for (int64_t u = u0; u < u1; u++) {
         const int32_t ch = (int32_t)(u / (nh * nsub)), kvh = (int32_t)(u / nsub % nh);
         const int32_t h0 = kvh * group + (int32_t)(u % nsub) * uh;
@@ -559,6 +587,14 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
             t - c->chunk[c->n_chunks - 1] == c->chunk_tokens)
             c->chunk[c->n_chunks++] = t;
     c->chunk[c->n_chunks] = n_tok;
+    /* each chunk's cost: its rows x the keys they read (the last token's), plus a row's fixed work
+     */
+    c->chunk_cost[0] = 0;
+    for (int32_t ch = 0; ch < c->n_chunks; ch++) {
+        const int32_t last = c->chunk[ch + 1] - 1, nt = c->chunk[ch + 1] - c->chunk[ch];
+        c->chunk_cost[ch + 1] =
+            c->chunk_cost[ch] + (int64_t)nt * ((int64_t)c->tok_pos[last] + 1 + ATTN_ROW_COST);
+    }
     const int32_t d = hp->d, ff = hp->n_ff, kvd = c->kv_dim;
     job j = {.c = c, .n_tok = n_tok};
     for (int32_t li = 0; li < c->n_local; li++) {
