@@ -167,7 +167,12 @@ void tern_axpy_f32(float *y /* [n] */, float a, const float *x /* [n] */, int64_
  * - scores: out[j] = (float)(sum_i (double)q[i] * (double)k[j][i]) * scale; for int8 rows
  *   ((float)(sum ...) * ks[j*ldks]) * scale;
  * - mixes: out[i] = out[i] + w_j * v[j][i] for j in order, no fma, w_j = p[j] (fp32, F16) or
- *   p[j] * vs[j*ldvs] (int8).
+ *   p[j] * vs[j*ldvs] (int8), in flush-to-zero arithmetic: a product or sum below FLT_MIN in
+ *   magnitude is 0, and so is such an input (every variant and reference alike; otherwise an
+ *   underflowing product, a small weight times a small V element, costs a microcode assist:
+ *   1.7x the mix's time in a 512-token prefill). Against IEEE gradual underflow an element
+ *   differs only where a product, weight or partial sum lies below FLT_MIN, by amounts of
+ *   the order of n * FLT_MIN * max(1, |v|) (the weights from tern_softmax are never below it).
  * The _rows forms take P <= TERN_ATTN_MAX_ROWS query rows at once (the heads of a GQA group for
  * a few tokens of one sequence: each K/V row is converted once for all of them), d <=
  * TERN_ATTN_MAX_HD, over keys held in blocks of blk rows (a paged cache): key j is row j % blk

@@ -274,7 +274,9 @@ void tern_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P, co
         most = len[r] > most ? len[r] : most;
     }
     TERN_ASSERT(most <= 1 || (ldv >= d && (e != TERN_ATTN_Q8 || ldvs >= 1)));
+    const unsigned csr = tern_ftz_begin(); /* the variant is called, so nothing crosses this */
     tern_kernels_vt()->attn_mix_rows(e, p, ldp, P, len, v, vs, ldvs, blk, d, ldv, out);
+    tern_ftz_end(csr);
 }
 
 /* the single-row forms: one row of the rows kernels, its keys in one block */

@@ -143,11 +143,38 @@ void tern_ref_attn_scores(const float *q, const float *k, int64_t n, int64_t d, 
     for (int64_t j = 0; j < n; j++) out[j] = tern_ref_dot(q, k + j * ldk, d) * scale;
 }
 
-void tern_ref_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv,
-                       float *out)
+/* The mixes' loops, each called between tern_ftz_begin and tern_ftz_end (noinline, so the
+ * compiler cannot move their arithmetic across the mode switch) */
+static __attribute__((noinline)) void mix_f32(const float *p, const float *v, int64_t n, int64_t d,
+                                              int64_t ldv, float *out)
 {
     for (int64_t j = 0; j < n; j++)
         for (int64_t i = 0; i < d; i++) out[i] = out[i] + p[j] * v[j * ldv + i];
+}
+
+static __attribute__((noinline)) void mix_f16(const float *p, const uint16_t *v, int64_t n,
+                                              int64_t d, int64_t ldv, float *out)
+{
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t i = 0; i < d; i++) out[i] = out[i] + p[j] * tern_f16_to_f32_1(v[j * ldv + i]);
+}
+
+static __attribute__((noinline)) void mix_q8(const float *p, const int8_t *v, const float *vs,
+                                             int64_t ldvs, int64_t n, int64_t d, int64_t ldv,
+                                             float *out)
+{
+    for (int64_t j = 0; j < n; j++) {
+        const float w = p[j] * vs[j * ldvs];
+        for (int64_t i = 0; i < d; i++) out[i] = out[i] + w * (float)v[j * ldv + i];
+    }
+}
+
+void tern_ref_attn_mix(const float *p, const float *v, int64_t n, int64_t d, int64_t ldv,
+                       float *out)
+{
+    const unsigned csr = tern_ftz_begin();
+    mix_f32(p, v, n, d, ldv, out);
+    tern_ftz_end(csr);
 }
 
 void tern_ref_axpy(float *y, float a, const float *x, int64_t n)
@@ -171,8 +198,9 @@ void tern_ref_attn_scores_f16(const float *q, const uint16_t *k, int64_t n, int6
 void tern_ref_attn_mix_f16(const float *p, const uint16_t *v, int64_t n, int64_t d, int64_t ldv,
                            float *out)
 {
-    for (int64_t j = 0; j < n; j++)
-        for (int64_t i = 0; i < d; i++) out[i] = out[i] + p[j] * tern_f16_to_f32_1(v[j * ldv + i]);
+    const unsigned csr = tern_ftz_begin();
+    mix_f16(p, v, n, d, ldv, out);
+    tern_ftz_end(csr);
 }
 
 void tern_ref_attn_scores_q8(const float *q, const int8_t *k, const float *ks, int64_t ldks,
@@ -189,10 +217,9 @@ void tern_ref_attn_scores_q8(const float *q, const int8_t *k, const float *ks, i
 void tern_ref_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
                           int64_t d, int64_t ldv, float *out)
 {
-    for (int64_t j = 0; j < n; j++) {
-        const float w = p[j] * vs[j * ldvs];
-        for (int64_t i = 0; i < d; i++) out[i] = out[i] + w * (float)v[j * ldv + i];
-    }
+    const unsigned csr = tern_ftz_begin();
+    mix_q8(p, v, vs, ldvs, n, d, ldv, out);
+    tern_ftz_end(csr);
 }
 
 void tern_ref_gemm_f16(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,

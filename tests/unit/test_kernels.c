@@ -1234,6 +1234,86 @@ static void test_attention_rows(void)
     printf("attention rows: %d cases bitwise equal to the single-row references\n", checked);
 }
 
+/* The mixes' flush-to-zero arithmetic (kernels.h): products and partial sums that underflow
+ * are 0 in every variant and the reference, against a model of the rule built here from IEEE
+ * float operations (the test's own mode) and an explicit flush; the values lie far from
+ * FLT_MIN, where both readings of the rule agree. The IEEE result differs (checked), so the
+ * cases exercise the rule, and each call leaves the caller's MXCSR as it was. */
+static float flush(float x)
+{
+    return fabsf(x) < FLT_MIN ? 0.0f : x;
+}
+
+static void test_attention_underflow(void)
+{
+    enum { N = 5, D = 40, P = 3 };
+    static const float w_of[4] = {0.25f, 2e-31f, 1e-30f, 0.0625f};
+    const unsigned csr0 = _mm_getcsr();
+    CHECKF(!(csr0 & TERN_MXCSR_FTZ_DAZ), "the test starts in IEEE mode (MXCSR %#x)", csr0);
+    int checked = 0;
+    for (int e = TERN_ATTN_F32; e <= TERN_ATTN_Q8; e++) {
+        float vf[N][D], vsc[N], pw[P][N], init[P][D], want[P][D], ieee[P][D];
+        uint8_t vraw[N * D * 4];
+        for (int j = 0; j < N; j++) {
+            vsc[j] = j % 2 ? 1e-36f : 0.5f; /* q8: 1e-3 * 1e-36 underflows */
+            for (int i = 0; i < D; i++) {
+                /* three classes of element, a normal one and two small ones (only those from
+                 * D / 2 on, so there the tiny products are all an element gets) */
+                const int c = i >= D / 2 ? 1 + (i + j) % 2 : (i + j) % 3;
+                if (e == TERN_ATTN_F32) {
+                    vf[j][i] = c == 0 ? 0.5f : c == 1 ? 3e-9f : -7e-10f;
+                    memcpy(vraw + (j * D + i) * 4, &vf[j][i], 4);
+                } else if (e == TERN_ATTN_F16) { /* 0.5, 2^-20 (a binary16 subnormal), -2^-22 */
+                    const uint16_t h = c == 0 ? 0x3800 : c == 1 ? 0x0010 : 0x8004;
+                    memcpy(vraw + (j * D + i) * 2, &h, 2);
+                    vf[j][i] = tern_f16_to_f32_1(h);
+                } else {
+                    const int8_t q = (int8_t)(c == 0 ? 100 : c == 1 ? 1 : -3);
+                    vraw[j * D + i] = (uint8_t)q;
+                    vf[j][i] = (float)q;
+                }
+            }
+        }
+        for (int r = 0; r < P; r++) {
+            for (int j = 0; j < N; j++) /* row 0: only weights whose products underflow */
+                pw[r][j] = e == TERN_ATTN_Q8 ? (r || j % 2 ? 1e-3f : 0.0f)
+                           : r == 0          ? 1e-33f
+                                             : w_of[(r + j * 2) % 4];
+            for (int i = 0; i < D; i++) init[r][i] = r == 0 ? 0.0f : 0.01f * (float)(i - 20);
+        }
+        for (int r = 0; r < P; r++)
+            for (int i = 0; i < D; i++) {
+                float a = init[r][i], b = init[r][i];
+                for (int j = 0; j < N; j++) {
+                    const float w = e == TERN_ATTN_Q8 ? pw[r][j] * vsc[j] : pw[r][j];
+                    a = flush(a + flush(flush(w) * vf[j][i]));
+                    b = b + w * vf[j][i];
+                }
+                want[r][i] = a, ieee[r][i] = b;
+            }
+        CHECKF(!same_bits(&want[0][0], &ieee[0][0], P * D), "elem %d: the cases underflow", e);
+        const void *vb = vraw;
+        const float *vsb = vsc;
+        const int32_t len[P] = {N, N, N};
+        for (int vi = -1; vi < g_nvariants; vi++) {
+            float o[P][D];
+            float *out[P] = {o[0], o[1], o[2]};
+            memcpy(o, init, sizeof o);
+            if (vi < 0)
+                tern_ref_attn_mix_rows(e, &pw[0][0], N, P, len, &vb, &vsb, 1, N, D, D, out);
+            else {
+                use(g_variants[vi]);
+                tern_attn_mix_rows(e, &pw[0][0], N, P, len, &vb, &vsb, 1, N, D, D, out);
+            }
+            CHECKF(_mm_getcsr() == csr0, "mix restores MXCSR (got %#x)", _mm_getcsr());
+            CHECKF(same_bits(&want[0][0], &o[0][0], P * D), "flush-to-zero mix, elem %d, %s", e,
+                   vi < 0 ? "reference" : tern_simd_name(g_variants[vi]));
+            checked++;
+        }
+    }
+    printf("attention mixes flush underflow to zero: %d cases\n", checked);
+}
+
 /* The F16 head and the int8 head, each against its reference; int8 against F16. */
 static void test_head(void)
 {
@@ -1508,6 +1588,7 @@ int main(void)
     test_attention();
     test_attention_kv();
     test_attention_rows();
+    test_attention_underflow();
     test_head();
     test_head_q();
     return tern_test_finish("test_kernels");
