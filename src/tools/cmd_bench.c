@@ -247,6 +247,10 @@ int tern_cmd_bench(int argc, char **argv)
     double ceil_batch = pk > 0 && head_rate > 0
                             ? 1.0 / (mac_layers / (pk * 1e9) + mac_head / (head_rate * 1e9))
                             : 0;
+    /* and batched decode with the layers (and an int8 head) at the vector dot's peak */
+    const double vpk = cr.int8_vec_peak, vhead = q8_head ? vpk : cr.fp32_peak;
+    double ceil_batch_vec =
+        vpk > 0 && vhead > 0 ? 1.0 / (mac_layers / (vpk * 1e9) + mac_head / (vhead * 1e9)) : 0;
     for (int k = 0, o = 0; k < n_ranks && o < (int)(nr * 24) - 24; k++)
         o += snprintf(rss_list + o, nr * 24 - (size_t)o, "%s%llu", k ? ", " : "",
                       (unsigned long long)fin.ranks[k].peak_rss);
@@ -272,12 +276,14 @@ int tern_cmd_bench(int argc, char **argv)
             "\"prefill_ceiling_tok_s\": %.1f, "
             "\"prefill128_fraction\": %.3f, \"prefill512_fraction\": %.3f, "
             "\"prefill_vec_ceiling_tok_s\": %.1f, \"batched_ceiling_tok_s\": %.1f, "
-            "\"decode64_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
+            "\"decode64_fraction\": %.3f, \"batched_vec_ceiling_tok_s\": %.1f, "
+            "\"decode64_vec_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
             rss, rss_single, rss_list, bw, bpt, roof, FRAC(decode_tps[0], roof), cr.int8_peak,
             cr.int8_vec_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head,
             q8_head ? "q8_0" : "f16", ceil_prefill, FRAC(prefill_tps[0], ceil_prefill),
             FRAC(prefill_tps[1], ceil_prefill), ceil_prefill_vec, ceil_batch,
-            FRAC(decode_tps[3], ceil_batch), tern_kv_type_name(eo.kv_type));
+            FRAC(decode_tps[3], ceil_batch), ceil_batch_vec, FRAC(decode_tps[3], ceil_batch_vec),
+            tern_kv_type_name(eo.kv_type));
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
         for (int i = 0; i < 2; i++)
@@ -311,9 +317,10 @@ int tern_cmd_bench(int argc, char **argv)
             FRAC(decode_tps[3], ceil_batch));
         if (cr.tiles)
             printf("the same at the vector int8 dot's peak: prefill %.1f tok/s (prefill 128 at "
-                   "%.2f of it, 512 at %.2f)\n",
+                   "%.2f of it, 512 at %.2f), batched decode %.1f tok/s (64 sequences at %.2f)\n",
                    ceil_prefill_vec, FRAC(prefill_tps[0], ceil_prefill_vec),
-                   FRAC(prefill_tps[1], ceil_prefill_vec));
+                   FRAC(prefill_tps[1], ceil_prefill_vec), ceil_batch_vec,
+                   FRAC(decode_tps[3], ceil_batch_vec));
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
                "(the rest is %s KV of the concurrent sequences)\n",
                (double)rss / 1e6, (double)rss_single / 1e6, tern_kv_type_name(eo.kv_type));
