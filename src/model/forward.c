@@ -52,8 +52,7 @@ struct tern_ctx {
     const float **blks; /* [n_threads][2][max_blocks_per_seq]: their scales (q8) */
     int32_t *chunk;     /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
     int32_t n_chunks;
-    int64_t
-        *chunk_cost; /* [max_tokens + 1]: attention cost of the chunks before each (cumulative) */
+    int64_t *chunk_cost; /* [max_tokens + 1]: the attention cost of the chunks before each */
     /* attention units: up to chunk_tokens consecutive tokens of one sequence x unit_heads
      * heads of one KV head (a GQA group, or a part of it) */
     int32_t unit_heads, chunk_tokens;
@@ -190,7 +189,7 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     if (!c->free_blocks || !c->block_ref || !c->block_table || !c->seq_blocks || !c->rope_cos ||
         !c->rope_sin || !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v ||
         !c->att || !c->g || !c->u || !c->o || !c->scores || !c->blk || !c->blks || !c->chunk ||
-        !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x) {
+        !c->chunk_cost || !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x) {
         tern_ctx_free(c);
         return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory for scratch");
     }
@@ -433,9 +432,13 @@ static void task_rope_store(void *arg, int task, int n_tasks, int thread)
 
 #define ATTN_ROW_COST 16 /* a query row's work besides its keys (q, softmax, zeroing), in keys */
 
-/* the first attention unit (per units a chunk) whose cost before it reaches `target` */
-static int64_t unit_at(const tern_ctx *c, int64_t per, int64_t target)
+/* The first attention unit whose units before it cost at least task/n_tasks of them all (per:
+ * units a chunk, each a chunk's cost), so each task's units cost about the same. */
+static int64_t unit_at(const tern_ctx *c, int64_t per, int task, int n_tasks)
 {
+    const int64_t total = c->chunk_cost[c->n_chunks] * per;
+    /* total * task / n_tasks without the product (no overflow) */
+    const int64_t target = total / n_tasks * task + total % n_tasks * task / n_tasks;
     int64_t lo = 0, hi = (int64_t)c->n_chunks * per; /* the answer lies in [lo, hi] */
     while (lo < hi) {
         const int64_t u = lo + (hi - lo) / 2, ch = u / per;
@@ -468,13 +471,9 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
     const void **kp = c->blk + (size_t)thread * 2 * mb, **vp = kp + mb;
     const float **ksp = c->blks + (size_t)thread * 2 * mb, **vsp = ksp + mb;
     /* the units split by cost, not count: a chunk late in a long prompt reads many more keys */
-    const int64_t per = (int64_t)nh * nsub, total = c->chunk_cost[c->n_chunks] * per;
-    const int64_t u0 = unit_at(c, per, total / n_tasks * task + total % n_tasks * task / n_tasks);
+    const int64_t per = (int64_t)nh * nsub, u0 = unit_at(c, per, task, n_tasks);
     const int64_t u1 =
-        task == n_tasks - 1
-            ? (int64_t)c->n_chunks * per
-            : unit_at(c, per,
-                      total / n_tasks * (task + 1) + total % n_tasks * (task + 1) / n_tasks);
+        task == n_tasks - 1 ? (int64_t)c->n_chunks * per : unit_at(c, per, task + 1, n_tasks);
     for (int64_t u = u0; u < u1; u++) {
         const int32_t ch = (int32_t)(u / (nh * nsub)), kvh = (int32_t)(u / nsub % nh);
         const int32_t h0 = kvh * group + (int32_t)(u % nsub) * uh;
@@ -587,8 +586,7 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
             t - c->chunk[c->n_chunks - 1] == c->chunk_tokens)
             c->chunk[c->n_chunks++] = t;
     c->chunk[c->n_chunks] = n_tok;
-    /* each chunk's cost: its rows x the keys they read (the last token's), plus a row's fixed work
-     */
+    /* a chunk's cost: its rows x the keys its last token reads, plus each row's fixed work */
     c->chunk_cost[0] = 0;
     for (int32_t ch = 0; ch < c->n_chunks; ch++) {
         const int32_t last = c->chunk[ch + 1] - 1, nt = c->chunk[ch + 1] - c->chunk[ch];
