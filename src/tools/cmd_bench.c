@@ -102,6 +102,12 @@ static int parse_list(const char *s, int32_t *v, int cap)
     return n;
 }
 
+/* tokens a second with a MACs a token at rate ra (GMAC/s) and b at rb; 0 where a rate is unknown */
+static double ceiling(double a, double ra, double b, double rb)
+{
+    return ra > 0 && rb > 0 ? 1.0 / (a / (ra * 1e9) + b / (rb * 1e9)) : 0.0;
+}
+
 int tern_cmd_bench(int argc, char **argv)
 {
     bool json = false;
@@ -240,17 +246,15 @@ int tern_cmd_bench(int argc, char **argv)
                                                (double)hp->d * hp->n_head_kv * hp->head_dim * 2 +
                                                (double)hp->d * hp->n_ff * 3);
     double mac_head = (double)hp->d * hp->n_vocab;
-    double ceil_prefill = pk > 0 ? pk * 1e9 / mac_layers : 0;
-    /* the same at the vector int8 dot (another instruction only under tiles) */
-    double ceil_prefill_vec = cr.int8_vec_peak > 0 ? cr.int8_vec_peak * 1e9 / mac_layers : 0;
-#define FRAC(x, lim) ((lim) > 0 ? (x) / (lim) : 0.0)
-    double ceil_batch = pk > 0 && head_rate > 0
-                            ? 1.0 / (mac_layers / (pk * 1e9) + mac_head / (head_rate * 1e9))
-                            : 0;
-    /* and batched decode with the layers (and an int8 head) at the vector dot's peak */
+    /* prefill: the layers alone; batched decode: layers and head. Each at the int8 peak, and
+     * again at the vector int8 dot's (another instruction only under tiles; the F16 head stays
+     * at the FMA peak) */
     const double vpk = cr.int8_vec_peak, vhead = q8_head ? vpk : cr.fp32_peak;
-    double ceil_batch_vec =
-        vpk > 0 && vhead > 0 ? 1.0 / (mac_layers / (vpk * 1e9) + mac_head / (vhead * 1e9)) : 0;
+    double ceil_prefill = ceiling(mac_layers, pk, 0, 1),
+           ceil_prefill_vec = ceiling(mac_layers, vpk, 0, 1);
+    double ceil_batch = ceiling(mac_layers, pk, mac_head, head_rate),
+           ceil_batch_vec = ceiling(mac_layers, vpk, mac_head, vhead);
+#define FRAC(x, lim) ((lim) > 0 ? (x) / (lim) : 0.0)
     for (int k = 0, o = 0; k < n_ranks && o < (int)(nr * 24) - 24; k++)
         o += snprintf(rss_list + o, nr * 24 - (size_t)o, "%s%llu", k ? ", " : "",
                       (unsigned long long)fin.ranks[k].peak_rss);
