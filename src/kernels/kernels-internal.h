@@ -201,11 +201,11 @@ typedef struct tern_kernel_vtable {
 
 extern volatile int32_t tern_peak_sink; /* the peak loops' results go here */
 
-/* 16 register accumulators x `iters` rounds of one instruction (the peak loops): OP(i) names
- * accumulator i; peak.h writes their sum to tern_peak_sink so that nothing is optimized away. */
-#define TERN_PEAK_16(OP)                                                                           \
-    OP(0)                                                                                          \
-    OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11) OP(12) OP(13) OP(14) OP(15)
+/* 16 (or 12) register accumulators x `iters` rounds of one instruction (the peak loops): OP(i)
+ * names accumulator i; peak.h writes their sum to tern_peak_sink so that nothing is optimized
+ * away. */
+#define TERN_PEAK_12(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+#define TERN_PEAK_16(OP) TERN_PEAK_12(OP) OP(12) OP(13) OP(14) OP(15)
 
 extern const tern_kernel_vtable tern_kernels_ref;
 extern const tern_kernel_vtable tern_kernels_avx2;
