@@ -215,8 +215,9 @@ void tern_kv_quant_q8(const float *x /* [n][d] */, int64_t n, int64_t d, int8_t 
 
 /* The compute peak of the active variant: `iters` rounds of its widest int8 dot-product
  * instruction (TDPBSUD on AMX tiles: 16384 multiply-adds; vpdpbusd on AVX-512 VNNI: 64;
- * vpmaddubsw on AVX2: 32; a scalar multiply-add for ref) or of fp32 FMA, on 16 independent
- * accumulators (AMX: 4 tiles x 4) with nothing from memory. TERN_PEAK_INT8_VEC is the widest
+ * vpmaddubsw + vpaddw on AVX2, which has no dot-accumulate instruction: 32; a scalar
+ * multiply-add for ref) or of fp32 FMA, on 16 independent accumulators (AVX2: 12, which fit its
+ * registers; AMX: 4 tiles x 4) with nothing from memory. TERN_PEAK_INT8_VEC is the widest
  * vector int8 dot (vpdpbusd for amx; TERN_PEAK_INT8 elsewhere). Returns the multiply-adds done:
  * timed on every thread at once, the GMAC/s no kernel of this variant can pass (the ceilings
  * `ternpipe bench` reports). */

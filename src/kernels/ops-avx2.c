@@ -384,9 +384,12 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
     for (; i < n; i++) h[i] = tern_f32_to_f16_1(f[i]);
 }
 
-/* kernels.h's peak loops: vpmaddubsw ymm (32 int8 multiply-adds; 3-operand, so the results
- * are independent) or vfmadd231ps ymm (8); 12 accumulators and the two operands fit the 16
- * registers (16 spilled three FMA chains through the stack: 0.56 of the rate on Zen 3) */
+/* kernels.h's peak loops: the int8 dot-accumulate, vpmaddubsw ymm + vpaddw (32 int8
+ * multiply-adds: AVX2 has no instruction that multiplies and accumulates, and vpmaddubsw alone
+ * only forms the products' pair sums, so a dot costs both; on Zen 3 the pair runs at 0.77 of
+ * vpmaddubsw's rate alone), or vfmadd231ps ymm (8); 12 accumulators, the two operands and the
+ * products fit the 16 registers (16 spilled three FMA chains through the stack: 0.56 of the
+ * rate on Zen 3) */
 #define PK_NAME peak_int8
 #define PK_ACC TERN_PEAK_12
 #define PK_MACS 32
@@ -394,7 +397,13 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 #define PK_SET(i) _mm256_set1_epi32(i)
 #define PK_B _mm256_set1_epi32(0x01010101)
 #define PK_C _mm256_set1_epi32(0x02020202)
-#define PK_OP(a) __asm__ volatile("vpmaddubsw %1, %2, %0" : "=x"(a) : "x"(pk_b), "x"(pk_c))
+#define PK_OP(a)                                                                                   \
+    do {                                                                                           \
+        __m256i pk_p;                                                                              \
+        __asm__ volatile("vpmaddubsw %2, %3, %1\n\tvpaddw %1, %0, %0"                              \
+                         : "+x"(a), "=&x"(pk_p)                                                    \
+                         : "x"(pk_b), "x"(pk_c));                                                  \
+    } while (0)
 #define PK_ADD _mm256_add_epi32
 #define PK_SUM(v) _mm256_extract_epi32(v, 0)
 #include "kernels/peak.h"
