@@ -194,23 +194,18 @@ AI __m256 ar_loadv(tern_attn_elem e, const void *p, int64_t n)
                                    : ((const float *)p)[i];
     return _mm256_loadu_ps(b);
 }
-/* whole vectors stored directly: a memcpy of a run-time length per 8 elements became a
- * rep movsq, whose start-up made the conversion half the scores' time on Zen 3 */
+/* whole vectors are stored in place, a tail through t: a memcpy of every 8 elements (a run-time
+ * length) became a rep movsq, whose start-up made the conversion half the scores' time on Zen 3 */
 AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
 {
     const size_t esz = tern_attn_elem_bytes(e);
-    int64_t i = 0;
-    for (; i + 8 <= d; i += 8) {
-        const __m256 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, 8);
-        _mm256_storeu_pd(out + i, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
-        _mm256_storeu_pd(out + i + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
-    }
-    if (i < d) {
-        const __m256 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, d - i);
-        double t[8];
-        _mm256_storeu_pd(t, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
-        _mm256_storeu_pd(t + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
-        memcpy(out + i, t, (size_t)(d - i) * sizeof(double));
+    for (int64_t i = 0; i < d; i += 8) {
+        const int64_t m = d - i < 8 ? d - i : 8;
+        const __m256 f = ar_loadv(e, (const uint8_t *)p + (size_t)i * esz, m);
+        double t[8], *dst = m == 8 ? out + i : t;
+        _mm256_storeu_pd(dst, _mm256_cvtps_pd(_mm256_castps256_ps128(f)));
+        _mm256_storeu_pd(dst + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+        if (m < 8) memcpy(out + i, t, (size_t)m * sizeof(double));
     }
 }
 /* rows r0 .. r0+3 of q as doubles, row in the lane (zeros for rows from P on) */
@@ -386,7 +381,7 @@ static void f32_to_f16(const float *f, uint16_t *h, int64_t n)
 
 /* kernels.h's peak loops: the int8 dot-accumulate, vpmaddubsw ymm + vpaddw (32 int8
  * multiply-adds: AVX2 has no instruction that multiplies and accumulates, and vpmaddubsw alone
- * only forms the products' pair sums, so a dot costs both; on Zen 3 the pair runs at 0.77 of
+ * only forms the products' pair sums, so a dot costs both; on Zen 3 the pair runs at 0.70 of
  * vpmaddubsw's rate alone), or vfmadd231ps ymm (8); 12 accumulators, the two operands and the
  * products fit the 16 registers (16 spilled three FMA chains through the stack: 0.56 of the
  * rate on Zen 3) */
