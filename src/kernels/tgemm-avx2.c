@@ -6,8 +6,9 @@
  * Overflow: a maddubs lane is c_a*q_a + c_b*q_b with codes <= 2 and |q| <= 128, so
  * |lane| <= 512; eight chunks (32 maddubs, |sum| <= 16384) add up in int16 registers before
  * madd against ones widens them into exact int32 sums kept on the stack. Tiles are H halves x
- * TB tokens (8 x 1, 4 x 2, 2 x 3, 2 x 4: H * TB <= 8 int16 accumulators, see tile_single);
- * the cache blocking (four groups, passes over 1024 columns, chunks of 64 tokens) is
+ * TB tokens (4 x 2, 2 x 3, 2 x 4: H * TB <= 8 int16 accumulators, see tile_single; one token:
+ * 4 halves with two accumulators each and codes masked in place, see tile_gemv4); the cache
+ * blocking (four groups, passes over 1024 columns, chunks of 64 tokens) is
  * tgemm-avx512.c's.
  */
 

@@ -427,6 +427,41 @@ static void check_tgemm(const tern_tmat *m, const int8_t *q, const float *s, con
     free(y1);
 }
 
+/* One token (decode's GEMV tiles): rows past whole group pairs, odd and misaligned row ranges,
+ * k with a short last run of chunks, every trit +1 or -1 against every activation -128 or 127
+ * (a GEMV accumulator's int16 bounds, reached exactly) and random mixes. */
+static void test_tgemv_bounds(void)
+{
+    static const int64_t ns[] = {32, 64, 100, 200};
+    static const int64_t ks[] = {16, 128, 2560, 8640};
+    for (int it = 0; it < 48; it++) {
+        const int64_t n = ns[it % 4], k = ks[(it / 4) % 4];
+        const int tmode = it % 3, qmode = 2 + (it / 16) % 3; /* trits random, +1, -1 */
+        int8_t *t = xmalloc((size_t)(n * k));
+        rand_trits(t, n * k, tmode);
+        tern_tmat *m;
+        tern_status st;
+        CHECK(tern_tmat_from_trits(&m, t, n, k, 0.5f, &st) == TERN_OK);
+        int8_t *q = xmalloc((size_t)k);
+        float s;
+        int32_t qsum;
+        make_q(q, &s, &qsum, 1, k, qmode);
+        float *yn = xmalloc((size_t)n * sizeof(float)), *yr = xmalloc((size_t)n * sizeof(float));
+        naive_tgemm(t, n, k, 0.5f, q, &s, 1, yn);
+        tern_ref_tgemm(m, q, &s, &qsum, 1, yr, n, 0, n);
+        CHECKF(same_bits(yn, yr, n), "ref tgemv vs trits n=%lld k=%lld", (long long)n,
+               (long long)k);
+        check_tgemm(m, q, &s, &qsum, 1, 0, n, "gemv");
+        check_tgemm(m, q, &s, &qsum, 1, 8, n - 8, "gemv odd halves");
+        check_tgemm(m, q, &s, &qsum, 1, 16, n, "gemv from a group");
+        free(yn);
+        free(yr);
+        free(q);
+        tern_tmat_free(m);
+        free(t);
+    }
+}
+
 static void test_tgemm_random(void)
 {
     /* 16 * odd, 3200 and 8640: the 3B sibling's hidden and intermediate sizes (not multiples
@@ -1578,6 +1613,7 @@ int main(void)
     test_act_quant();
     test_kv_quant();
     test_tgemm_random();
+    test_tgemv_bounds();
     test_repack();
     test_i2s_flat();
     test_block_scales();
