@@ -1,23 +1,30 @@
 /* head-f16.h: the F16 LM head (kernels.h, tern_gemm_f16), one driver for the AVX2 and AVX-512
- * files: tiles of R rows x T tokens of fp32 accumulators (8 rows for one token, else 4; up to
- * HF_TT tokens), rows in blocks of HF_RB that stay in L2 while every token tile passes over
- * them (with several token tiles: in passes of HF_KC columns whose activations stay in L1,
- * the next block prefetched meanwhile; 64 tokens 1.15x a thread, bits unchanged). Lane j of an
- * accumulator sums the columns i % HF_LANES == j in increasing order with one fma each, then
- * HF_HSUM adds the lanes in the file's fixed order: a row's logit does not depend on the row range
- * or the token count.
+ * files: tiles of R rows x T tokens of fp32 accumulators (8 rows for one token, 4 for 2-3,
+ * HF_RW for more; up to HF_TT tokens), rows in blocks of HF_RB that stay in L2 while every token
+ * tile passes over them (with several token tiles: in passes of HF_KC columns whose activations
+ * stay in L1, the next block prefetched meanwhile; 64 tokens 1.15x a thread, bits unchanged). Lane
+ * j of an accumulator sums the columns i % HF_LANES == j in increasing order with one fma each,
+ * then HF_HSUM adds the lanes in the file's fixed order: a row's logit does not depend on the row
+ * range or the token count.
  *
  * The including file defines: HF_V (the float vector), HF_LANES, HF_ZERO(), HF_FMA(a, b, c)
  * (a * b + c), HF_LOADX(p) / HF_LOADX_TAIL(p, left) (activations: HF_LANES floats, or the
  * last left < HF_LANES with zeros after), HF_LOADW(p) / HF_LOADW_TAIL(p, left) (F16 weights
- * as floats, the same), HF_HSUM(v) and HF_TT.
+ * as floats, the same), HF_HSUM(v), HF_TT (3, 5 or 6) and, with HF_TT > 3, HF_RW: the rows
+ * of a tile of 4 or more tokens. Per column a tile converts R weight vectors (one per row) and
+ * does R x T fmas: on Zen 2 a vcvtph2ps from memory issues every other cycle, so 4 rows x 3
+ * tokens run at 12 fmas per 10 cycles, 2 rows x 5 tokens at 10 per 5.4 (register loops; the
+ * fma peak is 2 a cycle). With 16 registers that is 10 sums, 5 activations and 1 weight;
+ * HF_NREG: with R x T + T below it the activations are pinned in registers (else GCC makes them
+ * every fma's memory operand, 12 loads per 10 fmas); 0 leaves it to the compiler.
  */
 #ifndef TERN_KERNELS_HEAD_F16_H
 #define TERN_KERNELS_HEAD_F16_H
 
 #if !defined(HF_V) || !defined(HF_LANES) || !defined(HF_ZERO) || !defined(HF_FMA) ||               \
     !defined(HF_LOADX) || !defined(HF_LOADX_TAIL) || !defined(HF_LOADW) ||                         \
-    !defined(HF_LOADW_TAIL) || !defined(HF_HSUM) || !defined(HF_TT) || HF_TT > 6
+    !defined(HF_LOADW_TAIL) || !defined(HF_HSUM) || !defined(HF_TT) || HF_TT > 6 || HF_TT == 4 ||  \
+    (HF_TT > 3 && !defined(HF_RW)) || !defined(HF_NREG)
 #error "head-f16.h: define the HF_ vector operations first"
 #endif
 
@@ -44,7 +51,11 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, const float *x, int64_t 
     for (; i + HF_LANES <= i1; i += HF_LANES) {
         HF_V xv[HF_TT];
 #pragma GCC unroll 6
-        for (int t = 0; t < T; t++) xv[t] = HF_LOADX(xt + t * k + i);
+        for (int t = 0; t < T; t++) {
+            xv[t] = HF_LOADX(xt + t * k + i);
+            /* in a register: not loaded again for every row as an fma's memory operand */
+            if (R * T + T < HF_NREG) __asm__("" : "+x"(xv[t]));
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             const HF_V wv = HF_LOADW(w + (o + r) * k + i);
@@ -115,8 +126,9 @@ static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64
     /* passes only where token tiles share the block from L2: a single tile reads its rows from
      * memory, and whole rows stream better than pieces (4 tokens in passes: -10% in the model) */
     const int64_t kc_many = n_tok > HF_TT ? HF_KC : k;
-    /* the block's calls of 4-row tiles, over which the prefetch is spread */
-    const int64_t calls = (n_tok + HF_TT - 1) / HF_TT * ((k + HF_KC - 1) / HF_KC) * ((o1 - o0) / 4);
+    /* the block's calls of the widest tiles, over which the prefetch is spread */
+    const int64_t calls = (n_tok + HF_TT - 1) / HF_TT * ((k + HF_KC - 1) / HF_KC) *
+                          ((o1 - o0) / (HF_TT > 3 ? HF_RW : 4));
     const int64_t pf_step =
         n_tok > HF_PF_TOKENS && calls > 0 ? ((pf_end - pf) / 64 + calls - 1) / calls : 0;
     for (int64_t t0 = 0; t0 < n_tok; t0 += HF_TT) {
@@ -126,9 +138,11 @@ static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64
             TERN_HF_CASE(2, 4);
             TERN_HF_CASE(3, 4);
 #if HF_TT > 3
-            TERN_HF_CASE(4, 4);
-            TERN_HF_CASE(5, 4);
-            TERN_HF_CASE(6, 4);
+            TERN_HF_CASE(4, HF_RW);
+            TERN_HF_CASE(5, HF_RW);
+#endif
+#if HF_TT > 5
+            TERN_HF_CASE(6, HF_RW);
 #endif
         default:
             TERN_ASSERT(0);

@@ -286,7 +286,9 @@ AI __m256 hf_loadw_tail(const uint16_t *p, int64_t left)
 #define HF_LOADW(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
 #define HF_LOADW_TAIL hf_loadw_tail
 #define HF_HSUM hsum8
-#define HF_TT 3
+#define HF_TT 5
+#define HF_RW 2
+#define HF_NREG 16
 #include "kernels/head-f16.h"
 
 /* the int8 head (head-i8.h): the weights unbiased (xor 0x80) as loaded, maddubs on |x| and w

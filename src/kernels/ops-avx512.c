@@ -289,6 +289,8 @@ static void axpy(float *y, float a, const float *x, int64_t n)
 #define HF_LOADW_TAIL(p, left) _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail16(left), (p)))
 #define HF_HSUM _mm512_reduce_add_ps
 #define HF_TT 6
+#define HF_RW 4
+#define HF_NREG 0 /* as the compiler likes */
 #include "kernels/head-f16.h"
 
 /* the int8 head (head-i8.h): vpdpbusd of the biased weights (unsigned, w + 128) and four
