@@ -82,3 +82,18 @@ for name in ("| ternpipe | F16 |", "| bitnet.cpp | F16 | 20.5 (10-30) | 6.2 (3.2
     assert name in table, (name, table)
 print("bench-peers: medians, table and JSON as expected")
 PY
+# --from-runs: the same medians and table again from runs.jsonl alone (failures included),
+# running nothing; a line that is not a run record is refused by name
+python3 "$TERN_SOURCE_DIR/scripts/bench-peers" --out "$tmp/again" --from-runs "$out/runs.jsonl" \
+  --variants f16 --npl 1,2 --threads 1 >"$tmp/again.log" 2>&1 ||
+  { echo "FAIL: --from-runs failed"; cat "$tmp/again.log"; exit 1; }
+cmp "$out/table.md" "$tmp/again/table.md" ||
+  { echo "FAIL: --from-runs table differs"; diff "$out/table.md" "$tmp/again/table.md"; exit 1; }
+{ head -1 "$out/runs.jsonl"; echo '{"engine": "ternpipe"'; } >"$tmp/bad.jsonl"
+if python3 "$TERN_SOURCE_DIR/scripts/bench-peers" --out "$tmp/bad" --from-runs "$tmp/bad.jsonl" \
+  >"$tmp/bad.log" 2>&1; then
+  echo "FAIL: a broken runs.jsonl was accepted"; exit 1
+fi
+grep -q "bad.jsonl:2: not a run record" "$tmp/bad.log" ||
+  { echo "FAIL: no line number for the broken record"; cat "$tmp/bad.log"; exit 1; }
+echo "bench-peers --from-runs: same table; a broken record refused"
