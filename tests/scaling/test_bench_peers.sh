@@ -85,7 +85,7 @@ PY
 # --from-runs: the same medians and table again from runs.jsonl alone (failures included),
 # running nothing; a line that is not a run record is refused by name
 python3 "$TERN_SOURCE_DIR/scripts/bench-peers" --out "$tmp/again" --from-runs "$out/runs.jsonl" \
-  --variants f16 --npl 1,2 --threads 1 >"$tmp/again.log" 2>&1 ||
+  --variants f16 --npl 1,2 --npp 8 --ntg 4 --threads 1 >"$tmp/again.log" 2>&1 ||
   { echo "FAIL: --from-runs failed"; cat "$tmp/again.log"; exit 1; }
 cmp "$out/table.md" "$tmp/again/table.md" ||
   { echo "FAIL: --from-runs table differs"; diff "$out/table.md" "$tmp/again/table.md"; exit 1; }
