@@ -10,7 +10,7 @@
  * The including file defines: HF_V (the float vector), HF_LANES, HF_ZERO(), HF_FMA(a, b, c)
  * (a * b + c), HF_LOADX(p) / HF_LOADX_TAIL(p, left) (activations: HF_LANES floats, or the
  * last left < HF_LANES with zeros after), HF_LOADW(p) / HF_LOADW_TAIL(p, left) (F16 weights
- * as floats, the same), HF_HSUM(v), HF_TT (3, 5 or 6) and, with HF_TT > 3, HF_RW: the rows
+ * as floats, the same), HF_HSUM(v), HF_TT (at most 6) and, with HF_TT > 3, HF_RW: the rows
  * of a tile of 4 or more tokens. Per column a tile converts R weight vectors (one per row) and
  * does R x T fmas: on Zen 2 a vcvtph2ps from memory issues every other cycle, so 4 rows x 3
  * tokens run at 12 fmas per 10 cycles, 2 rows x 5 tokens at 10 per 5.4 (register loops; the
@@ -23,7 +23,7 @@
 
 #if !defined(HF_V) || !defined(HF_LANES) || !defined(HF_ZERO) || !defined(HF_FMA) ||               \
     !defined(HF_LOADX) || !defined(HF_LOADX_TAIL) || !defined(HF_LOADW) ||                         \
-    !defined(HF_LOADW_TAIL) || !defined(HF_HSUM) || !defined(HF_TT) || HF_TT > 6 || HF_TT == 4 ||  \
+    !defined(HF_LOADW_TAIL) || !defined(HF_HSUM) || !defined(HF_TT) || HF_TT > 6 ||                \
     (HF_TT > 3 && !defined(HF_RW)) || !defined(HF_NREG)
 #error "head-f16.h: define the HF_ vector operations first"
 #endif
