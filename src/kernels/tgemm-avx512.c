@@ -132,10 +132,11 @@ AI void tile_out(const pass *p, int64_t g, int gi, int64_t t0, int ti, __m512i a
                tgemm_float(a, p->qsum[t0 + ti], p->s[t0 + ti], p->w->alpha));
 }
 
-/* Tile with one scale: groups [g, g+G), tokens [t0, t0+TB). G and TB are constants after
- * inlining; the pragmas make the accumulator arrays registers. TB == 1 splits each
- * accumulator in two to halve the dependency chain. */
-AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int TB)
+/* Tile with one scale: groups g + gs * gi for gi < G (gs > 1: one token in a single pass
+ * only), tokens [t0, t0+TB). G and TB are constants after inlining; the pragmas make the
+ * accumulator arrays registers. TB == 1 splits each accumulator in two to halve the
+ * dependency chain. */
+AI void tile_single(const pass *p, int64_t g, const int G, int64_t gs, int64_t t0, const int TB)
 {
     const int NS = TB == 1 ? 2 : 1;
     const int64_t kc = p->w->kc, k = p->w->k, gstride = kc * TERN_TG_BYTES;
@@ -154,7 +155,7 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int
     for (int64_t c = p->c0; c < p->c1; c++) {
         __m512i cc[4][4];
 #pragma GCC unroll 4
-        for (int gi = 0; gi < G; gi++) unpack(wg + gi * gstride + c * TERN_TG_BYTES, cc[gi]);
+        for (int gi = 0; gi < G; gi++) unpack(wg + gi * gs * gstride + c * TERN_TG_BYTES, cc[gi]);
 #pragma GCC unroll 16
         for (int ti = 0; ti < TB; ti++)
 #pragma GCC unroll 4
@@ -169,7 +170,7 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int
     for (int gi = 0; gi < G; gi++)
 #pragma GCC unroll 16
         for (int ti = 0; ti < TB; ti++)
-            tile_out(p, g, gi, t0, ti,
+            tile_out(p, g + gi * gs, 0, t0, ti,
                      NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0]);
 }
 
@@ -177,8 +178,8 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t t0, const int
 #define RUN_SINGLE(TBV, GM)                                                                        \
     case TBV: {                                                                                    \
         int64_t gg = g;                                                                            \
-        for (; gg + (GM) <= g1; gg += (GM)) tile_single(p, gg, (GM), t0, (TBV));                   \
-        for (; gg < g1; gg++) tile_single(p, gg, 1, t0, (TBV));                                    \
+        for (; gg + (GM) <= g1; gg += (GM)) tile_single(p, gg, (GM), 1, t0, (TBV));                \
+        for (; gg < g1; gg++) tile_single(p, gg, 1, 1, t0, (TBV));                                 \
     } break
 
 static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
@@ -304,8 +305,14 @@ static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, con
     const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16, kc = w->kc;
     pass p = {w, q, s, qsum, y, ldy, o0, o1, 0, kc, NULL, 0, 0, true, true};
     if (n_tok == 1) {
-        /* one activation row fits L1: a single pass over k */
-        for (int64_t g = g0; g < gend; g += 4) run_single(&p, g, g + 4 < gend ? g + 4 : gend, 0, 1);
+        /* one activation row fits L1: a single pass over k. The groups in four segments, a
+         * tile taking the j-th group of each: each code stream runs on through its segment
+         * (one long sequential read, which the prefetchers follow best) instead of ending
+         * every kc * 64 bytes beside the others, as head-f16.h's one-token head (Intel Xeon VM,
+         * 2 threads, 40 matrices in turn: 1.10x median over 9 interleaved pairs, 0.96-1.43x) */
+        const int64_t len = (gend - g0) / 4;
+        for (int64_t j = 0; j < len; j++) tile_single(&p, g0 + j, 4, len, 0, 1);
+        for (int64_t g = g0 + 4 * len; g < gend; g++) tile_single(&p, g, 1, 1, 0, 1);
         return;
     }
     /* Passes over segments of chunks keep a token block's activations (and the segment's

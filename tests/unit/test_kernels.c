@@ -512,6 +512,14 @@ static void test_tgemm_random(void)
                            y1 + tsplit * n, n, 0, n);
             CHECKF(same_bits(yr, y1, n_tok * n), "token split %s at %lld",
                    tern_simd_name(g_variants[vi]), (long long)tsplit);
+            /* a token alone (the one-token path: groups in segments) over a row range: the
+             * batch's bits, nothing outside the range */
+            const int64_t ta = rndi(0, n_tok - 1), r0 = rndi(0, n - 1), r1 = rndi(r0 + 1, n);
+            for (int64_t o = 0; o < n; o++) y1[o] = -777.0f;
+            tern_tgemm(m, q + ta * k, s + ta, qsum + ta, 1, y1, n, r0, r1);
+            CHECKF(same_bits(yr + ta * n + r0, y1 + r0, r1 - r0), "one token %s rows [%lld, %lld)",
+                   tern_simd_name(g_variants[vi]), (long long)r0, (long long)r1);
+            for (int64_t o = 0; o < n; o++) CHECK(o >= r0 && o < r1 ? 1 : y1[o] == -777.0f);
         }
         free(y1);
         free(yn);
