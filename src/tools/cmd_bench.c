@@ -203,10 +203,6 @@ int tern_cmd_bench(int argc, char **argv)
         }
         prefill_tps[pi] = median(v, reps);
     }
-    /* the read bandwidth just before the single-sequence decodes and again after all runs:
-     * the better of the two (a shared machine's bandwidth drifts between minutes: 22-33 GB/s
-     * on the Intel VM within one session) */
-    const double bw_before = tern_bench_read_bandwidth(eo.n_threads);
     for (int di = 0; di < 4; di++) {
         tern_progress(&pl, "bench: prefill and decode runs", 2 + di, 6);
         int S = decode_seqs[di], gen = S == 1 ? 33 : 17;
@@ -237,7 +233,6 @@ int tern_cmd_bench(int argc, char **argv)
     long rss = (long)fin.ranks[0].peak_rss;
     tern_progress(&pl, "bench: prefill and decode runs", 6, 6);
     double bw = tern_bench_read_bandwidth(eo.n_threads);
-    if (bw_before > bw) bw = bw_before;
     double roof = bw > 0 ? bw * 1e9 / bpt : 0;
     /* the compute ceilings (one rank's, so meaningful for one rank): MACs per token of the
      * layers (ternary: int8 multiply-adds at the int8 dot instruction's peak) and of the head
