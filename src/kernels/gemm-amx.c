@@ -59,6 +59,10 @@ static void amx_config(int rows)
         c.colsb[i] = 64;
         c.rows[i] = (uint8_t)(i < 6 ? rows : 16);
     }
+    /* all 64 bytes are read: GCC 12 takes _tile_loadconfig for a read of fewer, drops the
+     * zeroing of the last 32 (tiles 8-15) and leaves the stack's bytes there, which a
+     * nonzero byte makes an invalid configuration (a fault) */
+    __asm__ volatile("" : : "m"(c) : "memory");
     _tile_loadconfig(&c);
 }
 
