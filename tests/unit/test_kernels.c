@@ -468,8 +468,9 @@ static void test_tgemm_random(void)
      * of 256, 8640 not even of 128) */
     static const int64_t ks[] = {128, 256, 384, 512, 640, 1024, 2560, 16, 208, 3200, 8640};
     for (int it = 0; it < 160; it++) {
-        int64_t k = it < 4 ? 128 : ks[rndi(0, 10)];
-        int64_t n = it < 4 ? 1 : rndi(1, it % 3 ? 70 : 200);
+        /* it % 16 == 9: several hundred rows (many pairs of groups of the tile kernels) */
+        int64_t k = it < 4 ? 128 : it % 16 == 9 ? 2560 : ks[rndi(0, 10)];
+        int64_t n = it < 4 ? 1 : it % 16 == 9 ? rndi(300, 700) : rndi(1, it % 3 ? 70 : 200);
         int64_t n_tok = it < 4 ? 1 : it == 7 ? 300 : (it % 5 == 0 ? rndi(60, 90) : rndi(1, 35));
         int8_t *t = xmalloc((size_t)(n * k));
         rand_trits(t, n * k, it % 4);
@@ -932,7 +933,8 @@ static void test_softmax(void)
               *y1 = xmalloc((size_t)n * 4);
         float mag = it % 4 == 0 ? 100.0f : it % 4 == 1 ? 1.0f : 20.0f;
         for (int64_t i = 0; i < n; i++) x[i] = rndn() * mag;
-        if (it % 10 == 0) x[rndi(0, n - 1)] = -INFINITY; /* masked score */
+        /* a masked score (never all of a row: the causal mask leaves the diagonal) */
+        if (it % 10 == 0 && n > 1) x[rndi(0, n - 1)] = -INFINITY;
         memcpy(y0, x, (size_t)n * 4);
         tern_ref_softmax(y0, n);
         double sum = 0.0;
@@ -1367,7 +1369,11 @@ static void test_head(void)
         /* the int8 head's rows are whole 4-column chunks (the F16 head takes any k) */
         int64_t k = it % 3 == 0 ? 4 * rndi(1, 10) : (it % 3 == 1 ? 2560 : 4 * rndi(25, 175));
         /* from 8 tokens the tile kernels (amx) take k % 64 == 0: it % 3 == 1 has it */
-        int64_t n = rndi(1, 150), n_tok = it < 2 ? 1 : it % 4 == 3 ? rndi(15, 70) : rndi(1, 14);
+        /* it % 12 == 7 (k 2560, 15-70 tokens): several hundred rows */
+        int64_t n = it % 12 == 7 ? rndi(300, 600) : rndi(1, 150), n_tok = it < 2 ? 1
+                                                                          : it % 4 == 3
+                                                                              ? rndi(15, 70)
+                                                                              : rndi(1, 14);
         int64_t ldy = n + 1;
         uint16_t *w = xmalloc((size_t)(n * k) * 2);
         float *x = xmalloc((size_t)(n_tok * k) * 4);
