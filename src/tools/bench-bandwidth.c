@@ -210,19 +210,24 @@ void tern_bench_compute(int n_threads, tern_bench_rates *out)
                   .n = N,
                   .k = K,
                   .t = T};
-    /* the peaks: 2^21 rounds of 16 instructions (about 10-40 ms; tiles 0.2 s), best of 3 */
+    /* the peaks: probes of 2^19 rounds of 16 instructions (about 3-10 ms; tiles 2^18, 30-70 ms,
+     * shorter than a spell of the tiles' slow rate, 0.1-0.2 s), the best and the slowest */
     double *const peaks[3] = {&out->int8_peak, &out->fp32_peak, &out->int8_vec_peak};
+    double *const mins[3] = {&out->int8_peak_min, &out->fp32_peak_min, NULL};
     const int n_tasks = tern_pool_size(pool) < 256 ? tern_pool_size(pool) : 256;
     out->tiles = tern_kernels_active() == TERN_SIMD_AMX;
     for (int kind = 0; kind < (out->tiles ? 3 : 2); kind++)
-        for (int r = 0; r < 3; r++) {
-            peak_job pj = {.kind = (tern_peak_kind)kind, .iters = 1 << 21};
+        for (int r = 0; r < TERN_BENCH_PEAK_PROBES; r++) {
+            peak_job pj = {.kind = (tern_peak_kind)kind,
+                           .iters = kind == TERN_PEAK_INT8 && out->tiles ? 1 << 18 : 1 << 19};
             double t0 = tern_now();
             tern_pool_run(pool, peak_task, &pj, n_tasks);
             double dt = tern_now() - t0;
             double macs = 0;
             for (int t = 0; t < n_tasks; t++) macs += (double)pj.macs[t];
-            if (dt > 0 && macs / dt / 1e9 > *peaks[kind]) *peaks[kind] = macs / dt / 1e9;
+            const double rate = dt > 0 ? macs / dt / 1e9 : 0;
+            if (rate > *peaks[kind]) *peaks[kind] = rate;
+            if (mins[kind] && (r == 0 || rate < *mins[kind])) *mins[kind] = rate;
         }
     if (!out->tiles) out->int8_vec_peak = out->int8_peak; /* one instruction */
     static void (*const tasks[3])(void *, int, int, int) = {tgemm_task, f16_task, i8_task};

@@ -251,7 +251,8 @@ int tern_cmd_bench(int argc, char **argv)
      * at the FMA peak) */
     const double vpk = cr.int8_vec_peak, vhead = q8_head ? vpk : cr.fp32_peak;
     double ceil_prefill = ceiling(mac_layers, pk, 0, 1),
-           ceil_prefill_vec = ceiling(mac_layers, vpk, 0, 1);
+           ceil_prefill_vec = ceiling(mac_layers, vpk, 0, 1),
+           ceil_prefill_min = ceiling(mac_layers, cr.int8_peak_min, 0, 1);
     double ceil_batch = ceiling(mac_layers, pk, mac_head, head_rate),
            ceil_batch_vec = ceiling(mac_layers, vpk, mac_head, vhead);
 #define FRAC(x, lim) ((lim) > 0 ? (x) / (lim) : 0.0)
@@ -281,13 +282,15 @@ int tern_cmd_bench(int argc, char **argv)
             "\"prefill128_fraction\": %.3f, \"prefill512_fraction\": %.3f, "
             "\"prefill_vec_ceiling_tok_s\": %.1f, \"batched_ceiling_tok_s\": %.1f, "
             "\"decode64_fraction\": %.3f, \"batched_vec_ceiling_tok_s\": %.1f, "
-            "\"decode64_vec_fraction\": %.3f, \"kv_type\": \"%s\"}\n",
+            "\"decode64_vec_fraction\": %.3f, \"int8_peak_min_gmacs\": %.1f, "
+            "\"fp32_peak_min_gmacs\": %.1f, \"prefill_ceiling_min_tok_s\": %.1f, "
+            "\"kv_type\": \"%s\"}\n",
             rss, rss_single, rss_list, bw, bpt, roof, FRAC(decode_tps[0], roof), cr.int8_peak,
             cr.int8_vec_peak, cr.fp32_peak, cr.tgemm, cr.f16_head, cr.i8_head,
             q8_head ? "q8_0" : "f16", ceil_prefill, FRAC(prefill_tps[0], ceil_prefill),
             FRAC(prefill_tps[1], ceil_prefill), ceil_prefill_vec, ceil_batch,
             FRAC(decode_tps[3], ceil_batch), ceil_batch_vec, FRAC(decode_tps[3], ceil_batch_vec),
-            tern_kv_type_name(eo.kv_type));
+            cr.int8_peak_min, cr.fp32_peak_min, ceil_prefill_min, tern_kv_type_name(eo.kv_type));
     } else {
         printf("ranks: %d, weights read per token: %.1f MB\n", n_ranks, bpt / 1e6);
         for (int i = 0; i < 2; i++)
@@ -306,12 +309,15 @@ int tern_cmd_bench(int argc, char **argv)
         printf(
             "read bandwidth: %.1f GB/s -> decode roofline %.1f tok/s; decode b=1 at %.2f of it\n",
             bw, roof, FRAC(decode_tps[0], roof));
-        printf("compute peaks (every thread, register loops): int8 dot %.0f GMAC/s", cr.int8_peak);
+        printf("compute peaks (every thread, register loops, best of %d probes; the slowest): "
+               "int8 dot %.0f GMAC/s (%.0f)",
+               TERN_BENCH_PEAK_PROBES, cr.int8_peak, cr.int8_peak_min);
         if (cr.tiles) printf(" (AMX tiles; the vector dot %.0f)", cr.int8_vec_peak);
-        printf(", fp32 FMA %.0f GMAC/s; kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 peak), "
+        printf(", fp32 FMA %.0f GMAC/s (%.0f); kernels: ternary GEMM %.0f GMAC/s (%.2f of the int8 "
+               "peak), "
                "int8 head %.0f (%.2f), F16 head %.0f (%.2f of the FMA peak)\n",
-               cr.fp32_peak, cr.tgemm, FRAC(cr.tgemm, pk), cr.i8_head, FRAC(cr.i8_head, pk),
-               cr.f16_head, FRAC(cr.f16_head, cr.fp32_peak));
+               cr.fp32_peak, cr.fp32_peak_min, cr.tgemm, FRAC(cr.tgemm, pk), cr.i8_head,
+               FRAC(cr.i8_head, pk), cr.f16_head, FRAC(cr.f16_head, cr.fp32_peak));
         printf(
             "compute ceilings: prefill %.1f tok/s (layers at the int8 peak; prefill 128 at %.2f "
             "of it, 512 at %.2f), batched decode %.1f tok/s (layers + %s head at the %s peak; 64 "
@@ -325,6 +331,11 @@ int tern_cmd_bench(int argc, char **argv)
                    ceil_prefill_vec, FRAC(prefill_tps[0], ceil_prefill_vec),
                    FRAC(prefill_tps[1], ceil_prefill_vec), ceil_batch_vec,
                    FRAC(decode_tps[3], ceil_batch_vec));
+        if (cr.int8_peak_min < 0.8 * cr.int8_peak) /* a shared unit: its rate changed */
+            printf("the same at the slowest probe's int8 rate: prefill %.1f tok/s (prefill 128 at "
+                   "%.2f of it, 512 at %.2f)\n",
+                   ceil_prefill_min, FRAC(prefill_tps[0], ceil_prefill_min),
+                   FRAC(prefill_tps[1], ceil_prefill_min));
         printf("peak RSS (rank 0): %.1f MB; %.1f MB after the prefill and single-sequence runs "
                "(the rest is %s KV of the concurrent sequences)\n",
                (double)rss / 1e6, (double)rss_single / 1e6, tern_kv_type_name(eo.kv_type));
