@@ -1370,10 +1370,8 @@ static void test_head(void)
         int64_t k = it % 3 == 0 ? 4 * rndi(1, 10) : (it % 3 == 1 ? 2560 : 4 * rndi(25, 175));
         /* from 8 tokens the tile kernels (amx) take k % 64 == 0: it % 3 == 1 has it */
         /* it % 12 == 7 (k 2560, 15-70 tokens): several hundred rows */
-        int64_t n = it % 12 == 7 ? rndi(300, 600) : rndi(1, 150), n_tok = it < 2 ? 1
-                                                                          : it % 4 == 3
-                                                                              ? rndi(15, 70)
-                                                                              : rndi(1, 14);
+        int64_t n = it % 12 == 7 ? rndi(300, 600) : rndi(1, 150);
+        int64_t n_tok = it < 2 ? 1 : it % 4 == 3 ? rndi(15, 70) : rndi(1, 14);
         int64_t ldy = n + 1;
         uint16_t *w = xmalloc((size_t)(n * k) * 2);
         float *x = xmalloc((size_t)(n_tok * k) * 4);
