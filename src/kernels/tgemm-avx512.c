@@ -203,13 +203,17 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
 /* Unpacking costs 7 vector operations a chunk, on the ports vpdpbusd needs; the tiles above
  * pay them once per 8 tokens (0.77 of the VNNI rate measured). For many tokens the codes of
  * four groups x TERN_BSEG chunks are unpacked once per TERN_BCHUNK tokens into a 32 KiB
- * buffer (4 vectors a chunk and group), and tiles of 4 groups x 6 tokens load them from there:
- * 10 loads (4 code vectors, 6 broadcasts) feed 24 vpdpbusd, no other vector operation (0.96
- * of the rate in a loop alone). The sums are the same exact integers. */
+ * buffer (4 vectors a chunk and group), and tiles of TERN_BTG groups x TERN_BTB tokens load
+ * them from there: 10 loads (2 code vectors, 8 broadcasts) feed 16 vpdpbusd, no other vector
+ * operation. Register loops alone on Zen 5 (one thread, vpdpbusd peak 490 GMAC/s): 2 x 8 at
+ * 481-493, 3 x 6 at 478-485, 4 x 6 (the tile before, 24 sums) at 446-451; in the GEMM
+ * (6912x2560 at 64 tokens, 2560x6912 at 256, interleaved runs) 2 x 8 is 1.03-1.08x of 4 x 6.
+ * The sums are the same exact integers. */
 #define TERN_BSEG 32
-#define TERN_BTB 6
+#define TERN_BTB 8
+#define TERN_BTG 2
 #define TERN_BCHUNK 256 /* tokens per unpacking (their partial sums: 64 KiB on the stack) */
-#define TERN_BMIN 16    /* tokens from which the buffer pays (16: 6+6+4 tiles over it) */
+#define TERN_BMIN 16    /* tokens from which the buffer pays (16: two tiles over it) */
 
 /* buf[((c - c0) * 4 + gi) * 4 + sh]: chunk c's codes of columns 4sh.. of group g + gi */
 static void unpack_buf(const pass *p, int64_t g, int ng, __m512i *buf)
@@ -228,29 +232,30 @@ static void unpack_buf(const pass *p, int64_t g, int ng, __m512i *buf)
         }
 }
 
-/* Tile over the buffer: groups [g, g+G) x tokens [t0, t0+TB), both constants after inlining. */
-AI void tile_buf(const pass *p, const __m512i *buf, int64_t g, const int G, int64_t t0,
+/* Tile over the buffer: groups [g + g0, g + g0 + G) x tokens [t0, t0+TB), G and TB constants
+ * after inlining. */
+AI void tile_buf(const pass *p, const __m512i *buf, int64_t g, int g0, const int G, int64_t t0,
                  const int TB)
 {
     const int64_t k = p->w->k;
     const int8_t *qt = p->q + t0 * k;
-    __m512i acc[4][TERN_BTB];
+    __m512i acc[TERN_BTG][TERN_BTB];
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; gi++)
-#pragma GCC unroll 6
+#pragma GCC unroll 8
         for (int ti = 0; ti < TB; ti++)
             acc[gi][ti] =
                 p->first ? _mm512_setzero_si512()
                          : _mm512_load_si512((const void *)(p->part + (t0 + ti - p->tbase) * 64 +
-                                                            (g + gi - p->gbase) * 16));
+                                                            (g + g0 + gi - p->gbase) * 16));
     for (int64_t c = p->c0; c < p->c1; c++) {
-        const __m512i *bc = buf + (c - p->c0) * 16;
+        const __m512i *bc = buf + (c - p->c0) * 16 + g0 * 4;
 #pragma GCC unroll 4
         for (int sh = 0; sh < 4; sh++) {
-            __m512i cv[4];
+            __m512i cv[TERN_BTG];
 #pragma GCC unroll 4
             for (int gi = 0; gi < G; gi++) cv[gi] = _mm512_load_si512(bc + gi * 4 + sh);
-#pragma GCC unroll 6
+#pragma GCC unroll 8
             for (int ti = 0; ti < TB; ti++) {
                 const __m512i b = _mm512_set1_epi32(tern_load_i32(qt + ti * k + c * 16 + sh * 4));
 #pragma GCC unroll 4
@@ -260,13 +265,13 @@ AI void tile_buf(const pass *p, const __m512i *buf, int64_t g, const int G, int6
     }
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; gi++)
-#pragma GCC unroll 6
-        for (int ti = 0; ti < TB; ti++) tile_out(p, g, gi, t0, ti, acc[gi][ti]);
+#pragma GCC unroll 8
+        for (int ti = 0; ti < TB; ti++) tile_out(p, g, g0 + gi, t0, ti, acc[gi][ti]);
 }
 
 #define BUF_TB(GV, TBV)                                                                            \
     case TBV:                                                                                      \
-        tile_buf(p, buf, g, (GV), t0, (TBV));                                                      \
+        tile_buf(p, buf, g, g0, (GV), t0, (TBV));                                                  \
         break
 #define BUF_G(GV)                                                                                  \
     case GV:                                                                                       \
@@ -277,17 +282,27 @@ AI void tile_buf(const pass *p, const __m512i *buf, int64_t g, const int G, int6
             BUF_TB(GV, 4);                                                                         \
             BUF_TB(GV, 5);                                                                         \
             BUF_TB(GV, 6);                                                                         \
+            BUF_TB(GV, 7);                                                                         \
+            BUF_TB(GV, 8);                                                                         \
         }                                                                                          \
         break
 
 static void run_buf(const pass *p, const __m512i *buf, int64_t g, int ng, int64_t t0, int tb)
 {
     TERN_ASSERT(ng >= 1 && ng <= 4 && tb >= 1 && tb <= TERN_BTB);
-    switch (ng) {
-        BUF_G(1);
-        BUF_G(2);
-        BUF_G(3);
-        BUF_G(4);
+    for (int g0 = 0; g0 < ng; g0 += TERN_BTG) {
+        switch (ng - g0 < TERN_BTG ? ng - g0 : TERN_BTG) {
+            BUF_G(1);
+#if TERN_BTG > 1
+            BUF_G(2);
+#endif
+#if TERN_BTG > 2
+            BUF_G(3);
+#endif
+#if TERN_BTG > 3
+            BUF_G(4);
+#endif
+        }
     }
 }
 #undef BUF_G
