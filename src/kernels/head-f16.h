@@ -1,11 +1,11 @@
 /* head-f16.h: the F16 LM head (kernels.h, tern_gemm_f16), one driver for the AVX2 and AVX-512
- * files: tiles of R rows x T tokens of fp32 accumulators (8 rows for one token, 4 for 2-3,
- * HF_RW for more; up to HF_TT tokens), rows in blocks of HF_RB that stay in L2 while every token
- * tile passes over them (with several token tiles: in passes of HF_KC columns whose activations
- * stay in L1, the next block prefetched meanwhile; 64 tokens 1.15x a thread, bits unchanged). Lane
- * j of an accumulator sums the columns i % HF_LANES == j in increasing order with one fma each,
- * then HF_HSUM adds the lanes in the file's fixed order: a row's logit does not depend on the row
- * range or the token count.
+ * files: tiles of R rows x T tokens of fp32 accumulators (HF_SEG rows for a token alone, 8 for
+ * a one-token tile among several, 4 for 2-3, HF_RW for more; up to HF_TT tokens), rows in blocks of
+ * HF_RB that stay in L2 while every token tile passes over them (with several token tiles: in
+ * passes of HF_KC columns whose activations stay in L1, the next block prefetched meanwhile; 64
+ * tokens 1.15x a thread, bits unchanged). Lane j of an accumulator sums the columns i % HF_LANES ==
+ * j in increasing order with one fma each, then HF_HSUM adds the lanes in the file's fixed order: a
+ * row's logit does not depend on the row range or the token count.
  *
  * The including file defines: HF_V (the float vector), HF_LANES, HF_ZERO(), HF_FMA(a, b, c)
  * (a * b + c), HF_LOADX(p) / HF_LOADX_TAIL(p, left) (activations: HF_LANES floats, or the
@@ -154,10 +154,12 @@ static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64
 /* One token: the rows in HF_SEG segments, a tile taking the j-th row of each, so that each of
  * its row streams runs on through its segment's consecutive rows (one long sequential read
  * each, which the prefetchers follow best) instead of ending every 2k bytes beside the other
- * streams' rows (128256 x 2560, Intel Xeon VM, 2 threads: 23-27 -> 29-35 GB/s, 1.28-1.33x in
- * interleaved runs). The rows left over (fewer than HF_SEG) run alone; a row's sums are its
- * own whichever tile it is in, so no bit changes. */
-#define HF_SEG 8 /* at most the 8 rows of a one-token tile */
+ * streams' rows (128256 x 2560, Intel Xeon VM, 2 threads, 8 segments: 23-27 -> 29-35 GB/s,
+ * 1.28-1.33x in interleaved runs). Four segments, not eight: Zen 5 VM, 2 threads, 12
+ * interleaved pairs: median 1.24x (0.84-1.41x), 44 against 36 GB/s (not measured on Intel). The
+ * rows left over (fewer than HF_SEG) run alone; a row's sums are its own whichever tile it is
+ * in, so no bit changes. */
+#define HF_SEG 4 /* at most the 8 rows of a one-token tile */
 static void tern_hf_gemv(const uint16_t *w, const float *x, int64_t k, float *y, int64_t o0,
                          int64_t o1)
 {
