@@ -359,6 +359,7 @@ AI void hi_storeb(__m256 A, float xs, float *out, int lo, int hi)
 #define HI_FOLD(A, a, xb, d) ((void)(xb), _mm256_fmadd_ps((d), _mm256_cvtepi32_ps(a), (A)))
 #define HI_STOREB hi_storeb
 #define HI_BG 2
+#define HI_BG1 4 /* vectors of a one-token tile, from four segments */
 #define HI_BT 2
 #include "kernels/head-i8.h"
 

@@ -337,6 +337,7 @@ AI void hi_storeb(__m512 A, float xs, float *out, int lo, int hi)
     _mm512_fmadd_ps((d), _mm512_cvtepi32_ps(_mm512_sub_epi32((a), _mm512_set1_epi32(xb))), (A))
 #define HI_STOREB hi_storeb
 #define HI_BG 2
+#define HI_BG1 4 /* vectors of a one-token tile, from four segments */
 #define HI_BT 6
 #include "kernels/head-i8.h"
 

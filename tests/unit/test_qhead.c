@@ -81,7 +81,10 @@ static void test_blocks(void)
     double worst = 0.0;
     for (int it = 0; it < 40; it++) {
         const int64_t k = it % 3 == 0 ? 32 * rndi(1, 6) : (it % 3 == 1 ? 2560 : 32 * rndi(7, 90));
-        const int64_t n = rndi(1, 120), n_tok = it < 3 ? 1 : rndi(1, it % 4 == 0 ? 70 : 14);
+        /* one token alone first, on up to 400 rows (the one-token tiles take rows from
+         * several segments) */
+        const int64_t n = it < 6 ? rndi(1, 400) : rndi(1, 120),
+                      n_tok = it < 6 ? 1 : rndi(1, it % 4 == 0 ? 70 : 14);
         const int64_t ldy = n + 3;
         uint8_t *blocks = make_q8_0(n, k, it);
         tern_i8mat *m;
