@@ -99,7 +99,7 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
             for (; o + (RM) <= o1; o += (RM)) {                                                    \
                 tern_hf_tile(w, o, (RM), 1, x, t0, (TV), k, i0, i1, part + (o - o0) * HF_TT, y,    \
                              ldy);                                                                 \
-                pf = hf_prefetch(pf, pf_end, pf_step);                                             \
+                tern_pf_run(&pf);                                                                  \
             }                                                                                      \
             for (; o < o1; o++)                                                                    \
                 tern_hf_tile(w, o, 1, 1, x, t0, (TV), k, i0, i1, part + (o - o0) * HF_TT, y, ldy); \
@@ -111,16 +111,10 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
  * hardware's prefetch left waiting (T = 64: +5%); with a few token tiles the lines come too
  * close together and cost more than they save (T = 4, 6: -20%). */
 #define HF_PF_TOKENS (3 * HF_TT) /* tokens above which the rows are prefetched */
-static inline const uint8_t *hf_prefetch(const uint8_t *p, const uint8_t *end, int64_t lines)
-{
-    for (int64_t l = 0; l < lines && p < end; l++, p += 64)
-        _mm_prefetch((const char *)p, _MM_HINT_T1);
-    return p;
-}
 
-/* rows [o0, o1), at most HF_RB of them; [pf, pf_end): the bytes to prefetch meanwhile */
+/* rows [o0, o1), at most HF_RB of them; [pf_begin, pf_end): the bytes to prefetch meanwhile */
 static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
-                         int64_t ldy, int64_t o0, int64_t o1, const uint8_t *pf,
+                         int64_t ldy, int64_t o0, int64_t o1, const uint8_t *pf_begin,
                          const uint8_t *pf_end)
 {
     HF_V part[HF_RB * HF_TT];
@@ -130,8 +124,7 @@ static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64
     /* the block's calls of the widest tiles, over which the prefetch is spread */
     const int64_t calls = (n_tok + HF_TT - 1) / HF_TT * ((k + HF_KC - 1) / HF_KC) *
                           ((o1 - o0) / (HF_TT > 3 ? HF_RW : 4));
-    const int64_t pf_step =
-        n_tok > HF_PF_TOKENS && calls > 0 ? ((pf_end - pf) / 64 + calls - 1) / calls : 0;
+    tern_pf pf = tern_pf_spread(pf_begin, pf_end, calls, n_tok > HF_PF_TOKENS);
     for (int64_t t0 = 0; t0 < n_tok; t0 += HF_TT) {
         const int64_t tb = n_tok - t0 < HF_TT ? n_tok - t0 : HF_TT;
         switch (tb) {

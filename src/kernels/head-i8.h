@@ -264,28 +264,17 @@ tern_hi_tile_b(const tern_hi_pass *p, int64_t v, const int G, int64_t vs, int64_
 #define TERN_HI_PF_TOKENS (3 * HI_T)
 
 /* The next group's weights, vectors [vg + HI_G, vg + 2 HI_G) below v1 (whole chunks of
- * TERN_HI_SUB vectors), to prefetch into L2 while the group's `calls` tiles run: step
- * lines before each (0 with n_tok at most TERN_HI_PF_TOKENS). Full-size head, 64 tokens, 4 x 6
- * tiles, 2 threads, Zen 5: 1.10-1.15x; the rows come from memory for the first token tile of a
- * pass otherwise. */
-typedef struct {
-    const uint8_t *p, *end;
-    int64_t step;
-} tern_hi_pf;
-static inline tern_hi_pf tern_hi_pf_next(const tern_i8mat *w, int64_t vg, int64_t v1, int64_t n_tok,
-                                         int64_t calls)
+ * TERN_HI_SUB vectors), to prefetch into L2 while the group's `calls` tiles run (with n_tok
+ * above TERN_HI_PF_TOKENS). Full-size head, 64 tokens, 4 x 6 tiles, 2 threads, Zen 5:
+ * 1.10-1.15x; the rows come from memory for the first token tile of a pass otherwise. */
+static inline tern_pf tern_hi_pf_next(const tern_i8mat *w, int64_t vg, int64_t v1, int64_t n_tok,
+                                      int64_t calls)
 {
     const int64_t kc = w->kc, vq = vg + HI_G < v1 ? vg + HI_G : v1,
                   vr = vq + HI_G < v1 ? vq + HI_G : v1;
-    tern_hi_pf f = {w->qu + vq / TERN_HI_SUB * kc * 64,
-                    w->qu + (vr + TERN_HI_SUB - 1) / TERN_HI_SUB * kc * 64, 0};
-    if (n_tok > TERN_HI_PF_TOKENS && calls > 0) f.step = ((f.end - f.p) / 64 + calls - 1) / calls;
-    return f;
-}
-static inline void tern_hi_pf_run(tern_hi_pf *f)
-{
-    for (int64_t l = 0; l < f->step && f->p < f->end; l++, f->p += 64)
-        _mm_prefetch((const char *)f->p, _MM_HINT_T1);
+    return tern_pf_spread(w->qu + vq / TERN_HI_SUB * kc * 64,
+                          w->qu + (vr + TERN_HI_SUB - 1) / TERN_HI_SUB * kc * 64, calls,
+                          n_tok > TERN_HI_PF_TOKENS);
 }
 
 /* the Q8_0-block tile for nt <= HI_BT tokens on G <= HI_BG vectors, instantiated per count */
@@ -353,11 +342,11 @@ static void tern_hi_gemm_b(const tern_i8mat *w, const int8_t *xq, const float *x
         for (int64_t vg = v0; vg < v1; vg += HI_G) {
             const int64_t ve = v1 - vg < HI_G ? v1 : vg + HI_G;
             p.vb = vg;
-            tern_hi_pf pf = tern_hi_pf_next(w, vg, v1, te - tb, calls);
+            tern_pf pf = tern_hi_pf_next(w, vg, v1, te - tb, calls);
             for (int64_t c0 = 0; c0 < w->kc; c0 += TERN_HI_SEG) {
                 p.c0 = c0, p.c1 = w->kc - c0 < TERN_HI_SEG ? w->kc : c0 + TERN_HI_SEG;
                 p.first = c0 == 0, p.last = p.c1 == w->kc;
-                for (int64_t t = tb; t < te; t += HI_BT, tern_hi_pf_run(&pf))
+                for (int64_t t = tb; t < te; t += HI_BT, tern_pf_run(&pf))
                     for (int64_t v = vg; v < ve; v += HI_BG)
                         tern_hi_run_b(&p, v, ve - v < HI_BG ? (int)(ve - v) : HI_BG, t,
                                       te - t < HI_BT ? (int)(te - t) : HI_BT);
@@ -389,7 +378,7 @@ static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
     for (int64_t vg = v0; vg < v1; vg += HI_G) {
         const int64_t vn = v1 - vg < HI_G ? v1 - vg : HI_G;
         p.vb = vg;
-        tern_hi_pf pf = tern_hi_pf_next(w, vg, v1, n_tok, calls);
+        tern_pf pf = tern_hi_pf_next(w, vg, v1, n_tok, calls);
         for (int64_t tb = 0; tb < n_tok; tb += TERN_HI_TB) {
             const int64_t te = n_tok - tb < TERN_HI_TB ? n_tok : tb + TERN_HI_TB;
             p.tb = tb;
@@ -398,7 +387,7 @@ static void tern_hi_gemm(const tern_i8mat *w, const int8_t *xq, const float *xs,
                 p.first = c0 == 0, p.last = p.c1 == w->kc;
                 for (int64_t t = tb; t < te; t += HI_T) {
                     const int64_t nt = te - t < HI_T ? te - t : HI_T;
-                    tern_hi_pf_run(&pf);
+                    tern_pf_run(&pf);
                     int64_t v = vg;
                     if (vn == HI_G) {
                         TERN_HI_TOKENS(HI_G)

@@ -62,6 +62,27 @@ static inline void tern_ftz_end(unsigned csr)
 }
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+/* A range of bytes brought into L2 a few lines at a time, spread over `calls` steps of a loop:
+ * the heads' next rows while the current ones compute (head-f16.h, head-i8.h). step: lines per
+ * step, 0 (nothing) when off or with no steps. */
+typedef struct tern_pf {
+    const uint8_t *p, *end;
+    int64_t step;
+} tern_pf;
+static inline tern_pf tern_pf_spread(const uint8_t *p, const uint8_t *end, int64_t calls, bool on)
+{
+    tern_pf f = {p, end, 0};
+    if (on && calls > 0) f.step = ((end - p) / 64 + calls - 1) / calls;
+    return f;
+}
+static inline void tern_pf_run(tern_pf *f)
+{
+    for (int64_t l = 0; l < f->step && f->p < f->end; l++, f->p += 64)
+        _mm_prefetch((const char *)f->p, _MM_HINT_T1);
+}
+#endif
+
 #define TERN_TG_ROWS 16
 #define TERN_TG_COLS 16
 #define TERN_TG_BYTES 64
