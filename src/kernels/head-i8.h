@@ -301,41 +301,43 @@ static void tern_hi_run_b(const tern_hi_pass *p, int64_t v, int G, int64_t t, in
     TERN_ASSERT(0);
 }
 
+/* xb[t - t0][b] = HI_BIAS x block b's activation sum of token t, for tokens [t0, t1) */
+static void tern_hi_block_sums(const int8_t *xq, int64_t k, int64_t nb, int64_t t0, int64_t t1,
+                               int32_t *xb)
+{
+    if (!HI_BIAS) return;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sx = 0;
+            for (int64_t i = b * 32; i < b * 32 + 32; i++) sx += xq[t * k + i];
+            xb[(t - t0) * nb + b] = HI_BIAS * sx;
+        }
+}
+
 static void tern_hi_gemm_b(const tern_i8mat *w, const int8_t *xq, const float *xs, float *y,
                            int64_t n_tok, int64_t ldy, int64_t o0, int64_t o1)
 {
     const int64_t v0 = o0 / HI_L, v1 = (o1 + HI_L - 1) / HI_L, k = w->k, nb = w->nb;
     tern_hi_pass p = {w, xq, xs, NULL, y, ldy, o0, o1, 0, w->kc, NULL, 0, 0, true, true, NULL};
-    int32_t part[TERN_HI_TB * HI_G * HI_L] __attribute__((aligned(64)));
     int32_t xb[TERN_HI_XB];
-    p.part = w->kc > TERN_HI_SEG ? part : NULL;
     if (n_tok == 1) {
         /* one token: a single pass, the vectors in HI_BG1 segments, a tile taking the j-th of
          * each, so that each weight stream runs on through its segment (head-f16.h's one-token
          * head). Before, passes of 64 chunks over 4 vectors in turn: full-size table, Zen 5
          * VM, 2 threads, 10 interleaved pairs: median 1.17x (0.97-1.93x), 40 against 33 GB/s */
-        if (HI_BIAS)
-            for (int64_t b = 0; b < nb; b++) {
-                int32_t sx = 0;
-                for (int64_t i = b * 32; i < b * 32 + 32; i++) sx += xq[i];
-                xb[b] = HI_BIAS * sx;
-            }
-        p.part = NULL, p.xb = xb;
+        tern_hi_block_sums(xq, k, nb, 0, 1, xb);
+        p.xb = xb;
         const int64_t len = (v1 - v0) / HI_BG1;
         for (int64_t j = 0; j < len; j++) tern_hi_tile_b(&p, v0 + j, HI_BG1, len, 0, 1);
         for (int64_t v = v0 + HI_BG1 * len; v < v1; v++) tern_hi_tile_b(&p, v, 1, 1, 0, 1);
         return;
     }
+    int32_t part[TERN_HI_TB * HI_G * HI_L] __attribute__((aligned(64)));
+    p.part = w->kc > TERN_HI_SEG ? part : NULL;
     const int64_t tbn = TERN_HI_XB / nb < TERN_HI_TB ? TERN_HI_XB / nb : TERN_HI_TB; /* >= 4 */
     for (int64_t tb = 0; tb < n_tok; tb += tbn) {
         const int64_t te = n_tok - tb < tbn ? n_tok : tb + tbn;
-        if (HI_BIAS)
-            for (int64_t t = tb; t < te; t++)
-                for (int64_t b = 0; b < nb; b++) {
-                    int32_t sx = 0;
-                    for (int64_t i = b * 32; i < b * 32 + 32; i++) sx += xq[t * k + i];
-                    xb[(t - tb) * nb + b] = HI_BIAS * sx;
-                }
+        tern_hi_block_sums(xq, k, nb, tb, te, xb);
         p.tb = tb, p.xb = xb;
         const int64_t calls =
             (te - tb + HI_BT - 1) / HI_BT * ((w->kc + TERN_HI_SEG - 1) / TERN_HI_SEG);
