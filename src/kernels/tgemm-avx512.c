@@ -290,18 +290,11 @@ AI void tile_buf(const pass *p, const __m512i *buf, int64_t g, int g0, const int
 static void run_buf(const pass *p, const __m512i *buf, int64_t g, int ng, int64_t t0, int tb)
 {
     TERN_ASSERT(ng >= 1 && ng <= 4 && tb >= 1 && tb <= TERN_BTB);
+    _Static_assert(TERN_BTG == 2, "run_buf instantiates tiles of one and two groups");
     for (int g0 = 0; g0 < ng; g0 += TERN_BTG) {
         switch (ng - g0 < TERN_BTG ? ng - g0 : TERN_BTG) {
             BUF_G(1);
-#if TERN_BTG > 1
             BUF_G(2);
-#endif
-#if TERN_BTG > 2
-            BUF_G(3);
-#endif
-#if TERN_BTG > 3
-            BUF_G(4);
-#endif
         }
     }
 }
