@@ -9,13 +9,16 @@
  * score is the reference's sequential double sum, EXACT, in any lane, tiling or variant. Eight
  * keys at a time keep eight independent fma chains per row group.
  * Mixes: dims in the float lanes, each row's accumulator out = out + w * v in key order (no
- * fma: EXACT as the references), a group of up to AR_MR rows sharing each converted V chunk.
+ * fma: EXACT as the references), a group of up to AR_MR rows sharing each converted V chunk,
+ * each broadcast weight serving up to AR_MIX_CH chunks (one AVX-512 thread, f16 V, d = 128, 512
+ * keys: 1 row 19 -> 28-38 GMAC/s, 4 rows 47-53 -> 69-73, 32 rows 63 -> 73-75).
  *
  * The including file defines: AR_DL (double lanes), AR_VD (its vector), AR_ZERO_PD(),
  * AR_LOAD_PD(p), AR_SET1_PD(x), AR_FMA_PD(a, b, c) (a * b + c), AR_CVT_ROW
  * (elem, src, d, double *dst: a row's d elements as doubles), AR_FL (float lanes), AR_VF,
  * AR_LOADV(elem, src, n) (n <= AR_FL elements as floats, zeros after), AR_LOADF(p, n),
- * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS,
+ * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS, AR_MIX_ACC (the
+ * mix sums a pass may keep in registers),
  * AR_QT_GROUP(q, r0, P, d, dst) (rows r0 .. r0+AR_DL-1 of q as doubles, row in the lane:
  * dst[i * AR_DL + l] = (double)q[r0+l][i], 0.0 for rows from P on) and
  * AR_STORE_SCORES(acc, nk, ksv, scale, out, ldo, rows) (the references' epilogue of one row
@@ -28,8 +31,9 @@
 
 #include "kernels/kernels-internal.h"
 
-#define AR_KB 8 /* keys per block: independent fma chains */
-#define AR_MR 8 /* rows per mix group */
+#define AR_KB 8     /* keys per block: independent fma chains */
+#define AR_MR 8     /* rows per mix group */
+#define AR_MIX_CH 8 /* dim chunks of a mix pass, at most */
 #ifndef AR_GP
 #define AR_GP 1 /* row groups sharing each broadcast key element (registers allowing) */
 #endif
@@ -100,20 +104,26 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
     }
 }
 
-/* Dims [i, i + m) of one group of NR rows over the keys' blocks. NR, the element type and (for
- * whole chunks) m are constants after inlining, so the accumulators stay in registers and the
- * loop has no branch on them (with run-time values GCC kept the accumulators on the stack, half
- * the speed, and the type tests in the key loop cost a third more). */
+/* Dims [i, i + CH * m) of one group of NR rows over the keys' blocks: CH chunks of m dims
+ * (CH > 1: whole chunks), so that each broadcast weight serves CH chunks and NR x CH
+ * independent sums hide the add's latency (one row alone in chunks of one: a chain of
+ * dependent adds, a quarter of the rate). Every element still adds its keys in order. NR,
+ * CH, the element type and (for whole chunks) m are constants after inlining, so the
+ * accumulators stay in registers and the loop has no branch on them (with run-time values
+ * GCC kept the accumulators on the stack, half the speed, and the type tests in the key loop
+ * cost a third more). */
 static inline __attribute__((always_inline)) void
 tern_ar_mix_dims(const tern_attn_elem e, const float *p, int64_t ldp, const int NR,
                  const int32_t *len, int32_t lo, int32_t hi, const void *const *v,
-                 const float *const *vs, int64_t ldvs, int64_t blk, int64_t i, const int64_t m,
-                 int64_t ldv, float *const *out)
+                 const float *const *vs, int64_t ldvs, int64_t blk, int64_t i, const int CH,
+                 const int64_t m, int64_t ldv, float *const *out)
 {
     const size_t esz = tern_attn_elem_bytes(e);
-    AR_VF acc[AR_MR];
+    AR_VF acc[AR_MR][AR_MIX_CH];
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; r++) acc[r] = AR_LOADF(out[r] + i, m);
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CH; c++) acc[r][c] = AR_LOADF(out[r] + i + c * AR_FL, m);
     for (int64_t b0 = 0; b0 < hi; b0 += blk) {
         const uint8_t *vb = (const uint8_t *)v[b0 / blk] + (size_t)i * esz;
         const float *vsb = e == TERN_ATTN_Q8 ? vs[b0 / blk] : NULL;
@@ -122,30 +132,48 @@ tern_ar_mix_dims(const tern_attn_elem e, const float *p, int64_t ldp, const int 
         const int64_t e0 = lo < b0 ? 0 : lo - b0 < e1 ? lo - b0 : e1;
         int64_t j = 0;        /* key b0 + j */
         for (; j < e0; j++) { /* keys every row of the group takes */
-            const AR_VF vj = AR_LOADV(e, vb + (size_t)j * ldv * esz, m);
+            AR_VF vj[AR_MIX_CH];
+#pragma GCC unroll 8
+            for (int c = 0; c < CH; c++)
+                vj[c] = AR_LOADV(e, vb + ((size_t)j * ldv + (size_t)c * AR_FL) * esz, m);
             const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;
 #pragma GCC unroll 8
             for (int r = 0; r < NR; r++) {
                 const float pj = pb[r * ldp + j];
-                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+                const AR_VF w = AR_SET1_PS(e == TERN_ATTN_Q8 ? pj * sj : pj);
+#pragma GCC unroll 8
+                for (int c = 0; c < CH; c++) acc[r][c] = AR_ADD_PS(acc[r][c], AR_MUL_PS(w, vj[c]));
             }
         }
         for (; j < e1; j++) { /* rows of a longer context go on alone */
-            const AR_VF vj = AR_LOADV(e, vb + (size_t)j * ldv * esz, m);
+            AR_VF vj[AR_MIX_CH];
+#pragma GCC unroll 8
+            for (int c = 0; c < CH; c++)
+                vj[c] = AR_LOADV(e, vb + ((size_t)j * ldv + (size_t)c * AR_FL) * esz, m);
             const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;
 #pragma GCC unroll 8
             for (int r = 0; r < NR; r++) {
                 if (b0 + j >= len[r]) continue;
                 const float pj = pb[r * ldp + j];
-                const float w = e == TERN_ATTN_Q8 ? pj * sj : pj;
-                acc[r] = AR_ADD_PS(acc[r], AR_MUL_PS(AR_SET1_PS(w), vj));
+                const AR_VF w = AR_SET1_PS(e == TERN_ATTN_Q8 ? pj * sj : pj);
+#pragma GCC unroll 8
+                for (int c = 0; c < CH; c++) acc[r][c] = AR_ADD_PS(acc[r][c], AR_MUL_PS(w, vj[c]));
             }
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < NR; r++) AR_STOREF(out[r] + i, acc[r], m);
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CH; c++) AR_STOREF(out[r] + i + c * AR_FL, acc[r][c], m);
 }
+
+/* chunks a pass of NR rows takes: the most (a power of two up to AR_MIX_CH) with NR x CH
+ * within AR_MIX_ACC accumulators; the dims left take passes of fewer, halving */
+#define AR_CH(NR)                                                                                  \
+    (8 * (NR) <= AR_MIX_ACC && AR_MIX_CH >= 8   ? 8                                                \
+     : 4 * (NR) <= AR_MIX_ACC && AR_MIX_CH >= 4 ? 4                                                \
+     : 2 * (NR) <= AR_MIX_ACC && AR_MIX_CH >= 2 ? 2                                                \
+                                                : 1)
 
 static inline __attribute__((always_inline)) void
 tern_ar_mix_group(const tern_attn_elem e, const float *p, int64_t ldp, const int NR,
@@ -157,10 +185,19 @@ tern_ar_mix_group(const tern_attn_elem e, const float *p, int64_t ldp, const int
         lo = len[r] < lo ? len[r] : lo;
         hi = len[r] > hi ? len[r] : hi;
     }
+    const int CH = AR_CH(NR);
     int64_t i = 0;
-    for (; i + AR_FL <= d; i += AR_FL)
-        tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, blk, i, AR_FL, ldv, out);
-    if (i < d) tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, blk, i, d - i, ldv, out);
+#define AR_MIX_PASSES(C)                                                                           \
+    if (CH >= (C))                                                                                 \
+        for (; i + (C)*AR_FL <= d; i += (C)*AR_FL)                                                 \
+            tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, blk, i, (C), AR_FL, ldv, out);
+    AR_MIX_PASSES(8)
+    AR_MIX_PASSES(4)
+    AR_MIX_PASSES(2)
+    AR_MIX_PASSES(1)
+#undef AR_MIX_PASSES
+    if (i < d)
+        tern_ar_mix_dims(e, p, ldp, NR, len, lo, hi, v, vs, ldvs, blk, i, 1, d - i, ldv, out);
 }
 
 #define AR_MIX_CASE(N)                                                                             \

@@ -244,6 +244,7 @@ AI void ar_store_scores(const __m256d acc[8], int nk, const float *ksv, float sc
 #define AR_ADD_PS _mm256_add_ps
 #define AR_MUL_PS _mm256_mul_ps
 #define AR_SET1_PS _mm256_set1_ps
+#define AR_MIX_ACC 8 /* mix sums a pass keeps in registers */
 #include "kernels/attn-rows.h"
 
 static void axpy(float *y, float a, const float *x, int64_t n)
