@@ -22,8 +22,10 @@ struct tern_ctx {
     int32_t n_local; /* layers in the slice */
     int32_t kv_dim;
     /* paged KV: block b holds, for every local layer, TERN_KV_BLOCK positions of K then V,
-     * each part kv_part bytes: [TERN_KV_BLOCK][kv_dim] elements of kv_type, then (q8 only)
-     * their scales [TERN_KV_BLOCK][n_head_kv] float. kv_pool[b][layer][2][kv_part] */
+     * each part kv_part bytes: [n_head_kv][TERN_KV_BLOCK][head_dim] elements of kv_type (a
+     * head's rows together: attention reads one head's rows, which come from memory as one
+     * run, not as head_dim elements of every kv_dim), then (q8 only) their scales
+     * [TERN_KV_BLOCK][n_head_kv] float. kv_pool[b][layer][2][kv_part] */
     uint8_t *kv_pool;
     tern_kv_type kv_type;
     size_t kv_elem; /* bytes per element */
@@ -317,27 +319,36 @@ static inline float *kv_scales(const tern_ctx *c, uint8_t *part)
     return (float *)(void *)(part + (size_t)TERN_KV_BLOCK * (size_t)c->kv_dim);
 }
 
+/* head h's row r of a part: its head_dim elements */
+static inline uint8_t *kv_head_row(const tern_ctx *c, uint8_t *part, int32_t h, size_t r)
+{
+    const size_t hd = (size_t)c->m->hp.head_dim;
+    return part + ((size_t)h * TERN_KV_BLOCK + r) * hd * c->kv_elem;
+}
+
 /* appends one position's K or V row (kv_dim floats) in the cache's type */
 static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which,
                      const float *x)
 {
     uint8_t *part = kv_part(c, li, slot, p, which);
-    const size_t r = (size_t)(p % TERN_KV_BLOCK), kvd = (size_t)c->kv_dim;
-    uint8_t *row = part + r * kvd * c->kv_elem;
-    switch (c->kv_type) {
-    case TERN_KV_F32:
-        memcpy(row, x, kvd * sizeof(float));
-        break;
-    case TERN_KV_F16:
-        tern_f32_to_f16(x, (uint16_t *)(void *)row, (int64_t)kvd);
-        break;
-    case TERN_KV_Q8: {
-        const int32_t nh = c->m->hp.n_head_kv;
-        tern_kv_quant_q8(x, nh, c->m->hp.head_dim, (int8_t *)row,
-                         kv_scales(c, part) + r * (size_t)nh);
-    } break;
-    default:
-        TERN_ASSERT(0);
+    const size_t r = (size_t)(p % TERN_KV_BLOCK);
+    const int32_t nh = c->m->hp.n_head_kv, hd = c->m->hp.head_dim;
+    for (int32_t h = 0; h < nh; h++) {
+        uint8_t *row = kv_head_row(c, part, h, r);
+        const float *xh = x + (size_t)h * (size_t)hd;
+        switch (c->kv_type) {
+        case TERN_KV_F32:
+            memcpy(row, xh, (size_t)hd * sizeof(float));
+            break;
+        case TERN_KV_F16:
+            tern_f32_to_f16(xh, (uint16_t *)(void *)row, hd);
+            break;
+        case TERN_KV_Q8:
+            tern_kv_quant_q8(xh, 1, hd, (int8_t *)row, kv_scales(c, part) + r * (size_t)nh + h);
+            break;
+        default:
+            TERN_ASSERT(0);
+        }
     }
 }
 
@@ -464,7 +475,7 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
     const int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, nh = hp->n_head_kv;
     const int32_t uh = c->unit_heads, nsub = (group + uh - 1) / uh;
     const float scale = 1.0f / sqrtf((float)hd);
-    const size_t ldo = (size_t)c->n_ctx, kvd = (size_t)c->kv_dim;
+    const size_t ldo = (size_t)c->n_ctx;
     float *scores = c->scores + (size_t)thread * (size_t)(c->chunk_tokens * c->unit_heads) * ldo;
     const tern_attn_elem e = kv_attn_elem[c->kv_type];
     const size_t mb = (size_t)c->max_blocks_per_seq;
@@ -490,25 +501,24 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
                 len[P] = c->tok_pos[t] + 1;
             }
         const int32_t most = c->tok_pos[t0 + nt - 1] + 1; /* positions grow within a chunk */
-        const size_t off = (size_t)kvh * (size_t)hd;
         /* the blocks holding positions [0, most): each a contiguous run of rows */
         const int32_t nb = (most + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
         for (int32_t b = 0; b < nb; b++) {
             uint8_t *kb = kv_part(c, j->li, slot, b * TERN_KV_BLOCK, 0);
             uint8_t *vb = kv_part(c, j->li, slot, b * TERN_KV_BLOCK, 1);
-            kp[b] = kb + off * c->kv_elem;
-            vp[b] = vb + off * c->kv_elem;
+            kp[b] = kv_head_row(c, kb, kvh, 0);
+            vp[b] = kv_head_row(c, vb, kvh, 0);
             if (e == TERN_ATTN_Q8) ksp[b] = kv_scales(c, kb) + kvh, vsp[b] = kv_scales(c, vb) + kvh;
         }
         tern_attn_scores_rows(e, q, P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, most, TERN_KV_BLOCK,
-                              hd, (int64_t)kvd, scale, scores, (int64_t)ldo);
+                              hd, hd, scale, scores, (int64_t)ldo);
         for (int r = 0; r < P; r++) {
             tern_softmax(scores + (size_t)r * ldo, len[r]);
             memset(out[r], 0, (size_t)hd * sizeof(float));
         }
         /* out = out + p_s * v_s for s in order (EXACT kernels, so the same in every variant) */
         tern_attn_mix_rows(e, scores, (int64_t)ldo, P, len, vp, e == TERN_ATTN_Q8 ? vsp : NULL, nh,
-                           TERN_KV_BLOCK, hd, (int64_t)kvd, out);
+                           TERN_KV_BLOCK, hd, hd, out);
     }
 }
 
