@@ -76,14 +76,18 @@ svs+=("$sv")
     sleep 0.05
   done >"$tmp/health.seen" ) &
 poller=$!
-# one non-streamed request in flight too: it must get a 503 with an OpenAI-style error
-curl -s -o "$tmp/plain.json" -w '%{http_code}' "$url/v1/completions" \
-  -d "{\"prompt\":\"Once upon a time\",\"max_tokens\":400,\"logit_bias\":{\"$eos\":-100}}" >"$tmp/plain.code" &
-plain=$!
+# one non-streamed request in flight too: it must get a 503 with an OpenAI-style error. It is
+# sent with the fault, 0.1 s before the kill (its 400 tokens take longer, among the streams):
+# sent before the streams, it could end while their client starts (seen: a 200)
+cat >"$tmp/plain.sh" <<EOF
+curl -s --max-time 120 -o "$tmp/plain.json" -w '%{http_code}' "$url/v1/completions" \\
+  -d '{"prompt":"Once upon a time","max_tokens":400,"logit_bias":{"$eos":-100}}' >"$tmp/plain.code"
+EOF
 streams run "$url" "$N" "$tmp/gone.json" --tokens "$M" --eos "$eos" --after "$AFTER" \
-  --fault "rm -f $tmp/gone.gguf; kill -KILL $(rank0_of "$log")" || { tail -30 "$log"; exit 1; }
+  --fault "bash $tmp/plain.sh & sleep 0.1; rm -f $tmp/gone.gguf; kill -KILL $(rank0_of "$log")" ||
+  { tail -30 "$log"; exit 1; }
 streams failed "$tmp/gone.json" || { tail -30 "$log"; exit 1; }
-wait "$plain" || true
+for _ in $(seq 1 600); do [ -s "$tmp/plain.code" ] && break; sleep 0.1; done
 [ "$(cat "$tmp/plain.code")" = 503 ] && grep -q '"error":{"message":"supervisor: .*giving up' "$tmp/plain.json" ||
   { echo "FAIL: the non-streamed request got $(cat "$tmp/plain.code"): $(head -c 300 "$tmp/plain.json")"; exit 1; }
 echo "ok the non-streamed request: 503 $(head -c 160 "$tmp/plain.json")" 
