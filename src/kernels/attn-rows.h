@@ -209,6 +209,25 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
     }
 }
 
+/* tern_ar_mix_dims's key b0 + j into the rows r for which TAKES holds (a macro, so that the
+ * accumulators stay in registers) */
+#define AR_MIX_KEY(TAKES)                                                                          \
+    do {                                                                                           \
+        AR_VF vj[AR_MIX_CH];                                                                       \
+        tern_ar_pf_row(&vn, j, pf_off, pf_len); /* this pass's dims */                             \
+        _Pragma("GCC unroll 8") for (int c = 0; c < CH; c++) vj[c] =                               \
+            AR_LOADV(e, vb + ((size_t)j * ldv + (size_t)c * AR_FL) * esz, m);                      \
+        const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;                                 \
+        _Pragma("GCC unroll 8") for (int r = 0; r < NR; r++)                                       \
+        {                                                                                          \
+            if (!(TAKES)) continue;                                                                \
+            const float pj = pb[r * ldp + j];                                                      \
+            const AR_VF w = AR_SET1_PS(e == TERN_ATTN_Q8 ? pj * sj : pj);                          \
+            _Pragma("GCC unroll 8") for (int c = 0; c < CH; c++) acc[r][c] =                       \
+                AR_ADD_PS(acc[r][c], AR_MUL_PS(w, vj[c]));                                         \
+        }                                                                                          \
+    } while (0)
+
 /* Dims [i, i + CH * m) of one group of NR rows over the keys' blocks: CH chunks of m dims
  * (CH > 1: whole chunks), so that each broadcast weight serves CH chunks and NR x CH
  * independent sums hide the add's latency (one row alone in chunks of one: a chain of
@@ -237,44 +256,16 @@ tern_ar_mix_dims(const tern_attn_elem e, const float *p, int64_t ldp, const int 
         const int64_t e0 = lo < b0 ? 0 : lo - b0 < e1 ? lo - b0 : e1;
         const tern_ar_nb vn = tern_ar_next(v, b0, hi, blk, ldv * (int64_t)esz, AR_PF_MIX);
         const int64_t pf_off = i * (int64_t)esz, pf_len = ((CH - 1) * AR_FL + m) * (int64_t)esz;
-        int64_t j = 0;        /* key b0 + j */
-        for (; j < e0; j++) { /* keys every row of the group takes */
-            AR_VF vj[AR_MIX_CH];
-            tern_ar_pf_row(&vn, j, pf_off, pf_len); /* this pass's dims */
-#pragma GCC unroll 8
-            for (int c = 0; c < CH; c++)
-                vj[c] = AR_LOADV(e, vb + ((size_t)j * ldv + (size_t)c * AR_FL) * esz, m);
-            const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;
-#pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) {
-                const float pj = pb[r * ldp + j];
-                const AR_VF w = AR_SET1_PS(e == TERN_ATTN_Q8 ? pj * sj : pj);
-#pragma GCC unroll 8
-                for (int c = 0; c < CH; c++) acc[r][c] = AR_ADD_PS(acc[r][c], AR_MUL_PS(w, vj[c]));
-            }
-        }
-        for (; j < e1; j++) { /* rows of a longer context go on alone */
-            AR_VF vj[AR_MIX_CH];
-            tern_ar_pf_row(&vn, j, pf_off, pf_len); /* this pass's dims */
-#pragma GCC unroll 8
-            for (int c = 0; c < CH; c++)
-                vj[c] = AR_LOADV(e, vb + ((size_t)j * ldv + (size_t)c * AR_FL) * esz, m);
-            const float sj = e == TERN_ATTN_Q8 ? vsb[j * ldvs] : 1.0f;
-#pragma GCC unroll 8
-            for (int r = 0; r < NR; r++) {
-                if (b0 + j >= len[r]) continue;
-                const float pj = pb[r * ldp + j];
-                const AR_VF w = AR_SET1_PS(e == TERN_ATTN_Q8 ? pj * sj : pj);
-#pragma GCC unroll 8
-                for (int c = 0; c < CH; c++) acc[r][c] = AR_ADD_PS(acc[r][c], AR_MUL_PS(w, vj[c]));
-            }
-        }
+        int64_t j = 0;                                   /* key b0 + j */
+        for (; j < e0; j++) AR_MIX_KEY(1);               /* keys every row of the group takes */
+        for (; j < e1; j++) AR_MIX_KEY(b0 + j < len[r]); /* rows of a longer context go on alone */
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++)
 #pragma GCC unroll 8
         for (int c = 0; c < CH; c++) AR_STOREF(out[r] + i + c * AR_FL, acc[r][c], m);
 }
+#undef AR_MIX_KEY
 
 /* chunks a pass of NR rows takes: the most (a power of two up to AR_MIX_CH) with NR x CH
  * within AR_MIX_ACC accumulators; the dims left take passes of fewer, halving */
