@@ -63,10 +63,7 @@ static inline tern_ar_nb tern_ar_next(const void *const *blocks, int64_t b0, int
 static inline void tern_ar_pf_row(const tern_ar_nb *nb, int64_t j, int64_t off, int64_t len)
 {
     if (j >= nb->rows) return;
-    const uint8_t *p = nb->p + j * nb->ldb + off;
-    const uintptr_t end = (uintptr_t)(p + len);
-    for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < end; x += 64)
-        __builtin_prefetch((const void *)x, 0, 2);
+    tern_pf_lines(nb->p + j * nb->ldb + off, len);
 }
 #ifndef AR_GP
 #define AR_GP 1 /* row groups sharing each broadcast key element (registers allowing) */

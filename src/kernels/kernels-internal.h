@@ -64,8 +64,9 @@ static inline void tern_ftz_end(unsigned csr)
 
 #if defined(__x86_64__) || defined(__i386__)
 /* A range of bytes brought into L2 a few lines at a time, spread over `calls` steps of a loop:
- * the heads' next rows while the current ones compute (head-f16.h, head-i8.h). step: lines per
- * step, 0 (nothing) when off or with no steps. */
+ * the heads' next rows while the current ones compute (head-f16.h, head-i8.h; attention takes
+ * tern_pf_lines a row at a time, attn-rows.h). step: lines per step, 0 (nothing) when off or
+ * with no steps. */
 typedef struct tern_pf {
     const uint8_t *p, *end;
     int64_t step;
@@ -76,10 +77,19 @@ static inline tern_pf tern_pf_spread(const uint8_t *p, const uint8_t *end, int64
     if (on && calls > 0) f.step = ((end - p) / 64 + calls - 1) / calls;
     return f;
 }
+/* every cache line of [p, p + len) towards L2 */
+static inline void tern_pf_lines(const uint8_t *p, int64_t len)
+{
+    const uintptr_t end = (uintptr_t)(p + len);
+    for (uintptr_t x = (uintptr_t)p & ~(uintptr_t)63; x < end; x += 64)
+        _mm_prefetch((const char *)x, _MM_HINT_T1);
+}
 static inline void tern_pf_run(tern_pf *f)
 {
-    for (int64_t l = 0; l < f->step && f->p < f->end; l++, f->p += 64)
-        _mm_prefetch((const char *)f->p, _MM_HINT_T1);
+    const int64_t n = f->end - f->p < f->step * 64 ? f->end - f->p : f->step * 64;
+    if (n <= 0) return;
+    tern_pf_lines(f->p, n);
+    f->p += n;
 }
 #endif
 
