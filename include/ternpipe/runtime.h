@@ -7,8 +7,10 @@
  *   tern_topo_discover() it is read-only: every tern_topo_* function may be called from any
  *   thread concurrently. It must outlive every pool and allocation made from it.
  * - tern_topo_alloc() returns page-aligned, zero-filled anonymous memory placed on the local NUMA
- *   node (interleaved over the nodes when the binding spans several). Weights and the KV pool
- *   live there (DESIGN.md section 3). Free with tern_topo_free_mem() and the same size.
+ *   node (interleaved over the nodes when the binding spans several): the weights live there
+ *   (DESIGN.md section 3). tern_topo_reserve() maps the same kind untouched, for the KV pool,
+ *   whose pages are placed by the first touch of the rank's bound threads and count in RSS only
+ *   once used. Free either with tern_topo_free_mem() and the same size.
  * - tern_pool owns n_threads - 1 worker threads; the thread that created it is worker 0 and is
  *   pinned as well (its previous binding is restored by tern_pool_free() when called from that
  *   same thread). tern_pool_run() is called by one thread at a time, normally the creator, and
@@ -55,7 +57,12 @@ tern_code tern_topo_bind_thread(const tern_topo *t, int core_index, tern_status 
  * is really placed (and the first token does not pay the page faults). t may be NULL (no
  * placement). bytes == 0 is allowed. NULL on failure. */
 void *tern_topo_alloc(const tern_topo *t, size_t bytes);
-/* Releases memory from tern_topo_alloc(); bytes must be the size passed there. NULL is a no-op. */
+/* Zero-filled anonymous memory, untouched (each page is placed by its first writer, and counts
+ * in RSS from then on), advised to huge pages as tern_topo_alloc's. bytes == 0 is allowed.
+ * NULL on failure. */
+void *tern_topo_reserve(size_t bytes);
+/* Releases memory from tern_topo_alloc() or tern_topo_reserve(); bytes must be the size passed
+ * there. NULL is a no-op. */
 void tern_topo_free_mem(const tern_topo *t, void *p, size_t bytes);
 
 /* ---- thread pool ---- */

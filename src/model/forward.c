@@ -10,7 +10,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "model/model-internal.h"
 #include "ternpipe/log.h"
@@ -139,19 +138,10 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     const size_t wide = MAXF(d, ff), kvd = (size_t)c->kv_dim, half = (size_t)hp->head_dim / 2;
     if (c->n_local > 0) {
         /* untouched anonymous memory: pages are placed on first touch by this rank's own
-         * (bound) threads, and only the blocks in use count in RSS */
+         * (bound) threads, and only the blocks in use count in RSS (blocks are used in order,
+         * so a 2 MiB page adds at most its tail) */
         size_t bytes = (size_t)c->n_blocks * c->block_bytes;
-        c->kv_pool =
-            bytes ? mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-                  : NULL;
-        if (c->kv_pool == MAP_FAILED) c->kv_pool = NULL;
-#ifdef MADV_HUGEPAGE
-        /* attention reads every block of a sequence each token (2B-4T, 2048 positions: 157 MB
-         * in 8 KiB runs, one per head and block): in 4 KiB pages nearly every run misses the
-         * TLB. Blocks are used in order, so a 2 MiB page adds at most its tail to RSS. Advice
-         * only: ignored where transparent huge pages are off. */
-        if (c->kv_pool && bytes >= (size_t)4 << 20) (void)madvise(c->kv_pool, bytes, MADV_HUGEPAGE);
-#endif
+        c->kv_pool = bytes ? tern_topo_reserve(bytes) : NULL;
         if (bytes && !c->kv_pool) {
             free(c);
             return tern_status_set(st, TERN_ENOMEM, "ctx: KV cache of %zu bytes: out of memory",
@@ -214,9 +204,7 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
 void tern_ctx_free(tern_ctx *c)
 {
     if (!c) return;
-    if (c->kv_pool) {
-        munmap(c->kv_pool, (size_t)c->n_blocks * c->block_bytes);
-    }
+    tern_topo_free_mem(NULL, c->kv_pool, (size_t)c->n_blocks * c->block_bytes);
     free(c->free_blocks), free(c->block_ref), free(c->block_table), free(c->seq_blocks);
     free(c->rope_cos), free(c->rope_sin);
     free(c->h), free(c->q8), free(c->qs), free(c->qsum), free(c->q), free(c->k), free(c->v);

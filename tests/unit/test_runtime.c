@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "ternpipe/rng.h"
@@ -48,6 +49,19 @@ static void test_topology(void)
     if (have_saved) sched_setaffinity(0, sizeof saved, &saved);
 }
 
+/* n fresh bytes at p: page-aligned, zero-filled, and they keep what is written */
+static void check_fresh(unsigned char *p, size_t n, const char *what)
+{
+    CHECK(((uintptr_t)p & 4095) == 0);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; i++) nonzero += p[i] != 0;
+    CHECKF(nonzero == 0, "%s %zu: %zu nonzero bytes", what, n, nonzero);
+    for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i * 31 + 7);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += p[i] != (unsigned char)(i * 31 + 7);
+    CHECK(bad == 0);
+}
+
 static void test_alloc(void)
 {
     const size_t sizes[] = {0, 1, 100, 4095, 4096, 4097, 1 << 20, (5 << 20) + 123};
@@ -58,18 +72,52 @@ static void test_alloc(void)
             unsigned char *p = tern_topo_alloc(t, n);
             CHECKF(p != NULL, "alloc %zu", n);
             if (!p) continue;
-            CHECK(((uintptr_t)p & 4095) == 0);
-            size_t nonzero = 0;
-            for (size_t i = 0; i < n; i++) nonzero += p[i] != 0;
-            CHECKF(nonzero == 0, "alloc %zu: %zu nonzero bytes", n, nonzero);
-            for (size_t i = 0; i < n; i++) p[i] = (unsigned char)(i * 31 + 7);
-            size_t bad = 0;
-            for (size_t i = 0; i < n; i++) bad += p[i] != (unsigned char)(i * 31 + 7);
-            CHECK(bad == 0);
+            check_fresh(p, n, "alloc");
             tern_topo_free_mem(t, p, n);
         }
     }
     tern_topo_free_mem(g_topo, NULL, 123);
+}
+
+/* resident pages of this process (/proc/self/statm), or -1 */
+static long resident_pages(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, res = -1;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &size, &res) != 2) res = -1;
+        fclose(f);
+    }
+    return res;
+}
+
+/* tern_topo_reserve: aligned, zero-filled, writable, and untouched: 64 MiB of it add nothing to
+ * RSS until written, and about 64 MiB once every page is */
+static void test_reserve(void)
+{
+    const size_t sizes[] = {1, 4097, (5 << 20) + 123};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        size_t n = sizes[k];
+        unsigned char *p = tern_topo_reserve(n);
+        CHECKF(p != NULL, "reserve %zu", n);
+        if (!p) continue;
+        check_fresh(p, n, "reserve");
+        tern_topo_free_mem(NULL, p, n);
+    }
+    const size_t big = (size_t)64 << 20;
+    const long page = sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096,
+               r0 = resident_pages();
+    unsigned char *p = tern_topo_reserve(big);
+    CHECK(p != NULL);
+    if (!p || r0 < 0) return;
+    const long r1 = resident_pages();
+    for (size_t i = 0; i < big; i += (size_t)page) p[i] = 1;
+    const long r2 = resident_pages();
+    CHECKF(r1 - r0 < (long)(big / 16) / page, "reserve: %ld pages resident before any write",
+           r1 - r0);
+    CHECKF(r2 - r1 >= (long)(big / 2) / page, "reserve: %ld pages resident after writing %zu MiB",
+           r2 - r1, big >> 20);
+    tern_topo_free_mem(NULL, p, big);
 }
 
 static void check_split(int64_t n, int64_t g, int tasks, int *fails)
@@ -289,6 +337,7 @@ int main(void)
 {
     test_topology();
     test_alloc();
+    test_reserve();
     test_split_rows();
     int runs = 100000;
     const char *quick = getenv("TERN_TEST_QUICK");
