@@ -22,13 +22,16 @@ typedef struct runner {
     const tern_hparams *hp;
 } runner;
 
+static int g_n_ctx; /* 0: the model's */
+
 static int runner_open(runner *r, const tern_gguf *g, int threads, tern_head_type ht,
                        int max_tokens)
 {
     tern_status st = {0};
     memset(r, 0, sizeof *r);
     tern_model_opts mo = {.l0 = 0, .l1 = -1, .embed = true, .head = true, .head_type = ht};
-    tern_ctx_opts co = {.max_tokens = max_tokens, .max_seqs = 4, .kv_type = g_kvt};
+    tern_ctx_opts co = {
+        .max_tokens = max_tokens, .max_seqs = 4, .n_ctx = g_n_ctx, .kv_type = g_kvt};
     if (tern_topo_discover(&r->topo, &st) || tern_pool_create(&r->pool, r->topo, threads, &st) ||
         tern_model_load(&r->m, g, &mo, &st) ||
         (r->hp = tern_model_hparams(r->m), tern_ctx_create(&r->c, r->m, r->pool, &co, &st))) {
@@ -239,6 +242,89 @@ static void test_reference(tern_kv_type kvt)
             CHECK(0);
     }
     free(got), free(got2), free(ref);
+    tern_gguf_close(g);
+}
+
+/* ns sequences of LD_N tokens each, prefilled in chunks of 64 up to LD_PRE, then decoding
+ * together one token each a step: the last steps read more keys than forward.c's
+ * ATTN_SPLIT_KEYS (512), where the units past a multiple of the threads (one unit a sequence
+ * here: the fixture has one KV head) are split by keys, rows and dimensions. Logits
+ * [ns][LD_N][vocab]. */
+#define LD_N 600
+#define LD_PRE 500
+#define LD_SEQS 3
+static int long_decode(runner *r, const int32_t *ids, int ns, float *logits)
+{
+    tern_status st = {0};
+    const int d = r->hp->d, V = r->hp->n_vocab;
+    float *x = malloc(sizeof(float) * LD_SEQS * 64 * (size_t)d);
+    float *y = malloc(sizeof(float) * LD_SEQS * 64 * (size_t)V);
+    int32_t rows[LD_SEQS * 64];
+    for (int i = 0; i < LD_SEQS * 64; i++) rows[i] = i;
+    int rc = 0;
+    for (int done = 0; done < LD_N;) {
+        const int k = done < LD_PRE ? (LD_PRE - done < 64 ? LD_PRE - done : 64) : 1;
+        tern_batch_seq b[LD_SEQS];
+        for (int s = 0; s < ns; s++) {
+            b[s] = (tern_batch_seq){.slot = s, .pos0 = done, .n_tokens = k};
+            tern_embed(r->c, ids + s * LD_N + done, k, x + (size_t)s * k * d);
+        }
+        if (tern_forward(r->c, b, ns, x, &st)) {
+            fprintf(stderr, "forward: %s\n", st.msg);
+            rc = 1;
+            break;
+        }
+        tern_head(r->c, x, rows, ns * k, y);
+        for (int s = 0; s < ns; s++)
+            memcpy(logits + ((size_t)s * LD_N + (size_t)done) * V, y + (size_t)s * k * V,
+                   sizeof(float) * (size_t)k * (size_t)V);
+        done += k;
+    }
+    free(x), free(y);
+    return rc;
+}
+
+/* decode past 512 keys, 1 and 3 sequences: 2 and 3 threads (split units) give the bits of 1 */
+static void test_long_decode(tern_kv_type kvt)
+{
+    tern_status st = {0};
+    tern_gguf *g;
+    CHECK(tern_gguf_open(&g, tern_test_fixture("reference/tiny-2b4t/model.gguf"), &st) == TERN_OK);
+    if (!g) return;
+    g_kvt = kvt;
+    g_n_ctx = 640;
+    int32_t ids[LD_SEQS * LD_N];
+    uint32_t z = 12345;
+    for (int i = 0; i < LD_SEQS * LD_N; i++)
+        z = z * 1103515245u + 12345u, ids[i] = (int32_t)(z >> 8) % 1024;
+    for (int ns = 1; ns <= LD_SEQS; ns += 2) {
+        float *want = NULL;
+        for (int th = 1; th <= 3; th++) {
+            runner r;
+            if (runner_open(&r, g, th, TERN_HEAD_F16, LD_SEQS * 64)) {
+                CHECK(0);
+                break;
+            }
+            const size_t V = (size_t)r.hp->n_vocab, n = (size_t)ns * LD_N * V;
+            float *got = malloc(sizeof(float) * n);
+            CHECK(long_decode(&r, ids, ns, got) == 0);
+            if (!want)
+                want = got;
+            else {
+                size_t first = n;
+                for (size_t i = 0; i < n && first == n; i++)
+                    if (memcmp(&got[i], &want[i], sizeof(float))) first = i;
+                CHECKF(first == n,
+                       "kv %s, %d sequences, %d threads: logits differ from 1 thread's from "
+                       "sequence %zu position %zu on",
+                       tern_kv_type_name(kvt), ns, th, first / (LD_N * V), first / V % LD_N);
+                free(got);
+            }
+            runner_close(&r);
+        }
+        free(want);
+    }
+    g_n_ctx = 0;
     tern_gguf_close(g);
 }
 
@@ -458,6 +544,9 @@ int main(void)
     test_reference(TERN_KV_F16);
     test_reference(TERN_KV_F32);
     test_reference(TERN_KV_Q8);
+    test_long_decode(TERN_KV_F16);
+    test_long_decode(TERN_KV_F32);
+    test_long_decode(TERN_KV_Q8);
     expect_load_error(DROP_TENSOR, "blk.1.ffn_up.weight");
     expect_load_error(BAD_SHAPE, "blk.2.attn_k.weight' shape: got {256, 128}, expected {256, 64}");
     expect_load_error(BAD_ARCH, "architecture: got 'llama'");
