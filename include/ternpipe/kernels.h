@@ -187,6 +187,16 @@ void tern_attn_scores_rows(tern_attn_elem e, const float *const *q /* [P] rows o
                            const float *const *ks /* q8: blocks of [blk][ldks] */, int64_t ldks,
                            int64_t n, int64_t blk, int64_t d, int64_t ldk, float scale,
                            float *out /* [P][ldo] */, int64_t ldo);
+/* The same scores (EXACT, the bits of tern_attn_scores_rows over the same keys) with K held by
+ * columns, as the model's cache holds it: key j is column j % blk of block k[j / blk], whose
+ * row i (stride ldk >= blk elements) holds element i of its keys side by side; int8: key j's
+ * scale at ks[j / blk] + (j % blk) * ldks. A vector load then takes one element of several
+ * keys, each lane one key, for any number of rows. */
+void tern_attn_scores_cols(tern_attn_elem e, const float *const *q /* [P] rows of d */, int P,
+                           const void *const *k /* blocks of [d][ldk] */,
+                           const float *const *ks /* q8: blocks of [blk][ldks] */, int64_t ldks,
+                           int64_t n, int64_t blk, int64_t d, int64_t ldk, float scale,
+                           float *out /* [P][ldo] */, int64_t ldo);
 void tern_attn_mix_rows(tern_attn_elem e, const float *p /* [P][ldp] */, int64_t ldp, int P,
                         const int32_t *len /* [P] */, const void *const *v /* blocks [blk][ldv] */,
                         const float *const *vs /* q8: blocks [blk][ldvs] */, int64_t ldvs,

@@ -171,6 +171,121 @@ static void tern_ar_scores_pairs(tern_attn_elem e, const float *const *q, int P,
     }
 }
 
+/* ---- scores over keys held by columns (kernels.h, tern_attn_scores_cols) ----
+ * Lane l of a vector is key j0 + l: per dimension i one load of 2 AR_DL consecutive keys'
+ * elements i (a block holds them side by side), converted to doubles, serves a tile of R rows
+ * (q_r[i] broadcast), one fma each. Every lane sums its row and key's products in order
+ * i = 0 .. d-1 as the reference (the products exact in double): the same bits as the rows
+ * kernels on the same keys. No conversion of a key's row per key (the layouts by rows convert
+ * each key row to doubles and pair or broadcast it; for a GQA group of 4 heads, half of the
+ * double lanes were idle). The including file defines AR_CR (rows a tile, at most: 2 AR_CR
+ * accumulators), AR_LOADK2(elem, p, n, k0, k1) (n <= 2 AR_DL elements at p as doubles in k0
+ * and k1, zeros after) and AR_STORE_COLS(v, nk, ksv, scale, out) (the references' epilogue
+ * of nk <= AR_DL keys of one row: out[l] = ((float)v[l] [* ksv[l]]) * scale). The next block's
+ * rows of dimensions are prefetched one a dimension while the first tile of a block runs. */
+static inline __attribute__((always_inline)) void
+tern_ar_cols_tile(tern_attn_elem e, const double *qd, int64_t d, const int R, const uint8_t *kc,
+                  int64_t ldkb, const int nk, const bool PF, const uint8_t *pf, const float *ksv,
+                  float scale, float *out, int64_t ldo)
+{
+    AR_VD acc[AR_CR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = AR_ZERO_PD();
+    for (int64_t i = 0; i < d; i++) {
+        if (PF) tern_pf_lines(pf + i * ldkb, ldkb);
+        AR_VD k0, k1;
+        AR_LOADK2(e, kc + i * ldkb, nk, k0, k1);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            const AR_VD qv = AR_SET1_PD(qd[r * d + i]);
+            acc[r][0] = AR_FMA_PD(qv, k0, acc[r][0]);
+            acc[r][1] = AR_FMA_PD(qv, k1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        AR_STORE_COLS(acc[r][0], nk < AR_DL ? nk : AR_DL, ksv, scale, out + r * ldo);
+        if (nk > AR_DL)
+            AR_STORE_COLS(acc[r][1], nk - AR_DL, ksv ? ksv + AR_DL : NULL, scale,
+                          out + r * ldo + AR_DL);
+    }
+}
+
+/* a tile of R rows, constants after inlining: the element type and whole vectors of keys (the
+ * loads without a branch), and whether it prefetches */
+#define AR_COLS_R(E, NK, RV)                                                                       \
+    case RV:                                                                                       \
+        if (pf)                                                                                    \
+            tern_ar_cols_tile((E), qd + r0 * d, d, RV, kc, ldkb, (NK), true, pf, kv, scale, o,     \
+                              ldo);                                                                \
+        else                                                                                       \
+            tern_ar_cols_tile((E), qd + r0 * d, d, RV, kc, ldkb, (NK), false, NULL, kv, scale, o,  \
+                              ldo);                                                                \
+        break
+#if AR_CR > 4
+#define AR_COLS_R8(E, NK)                                                                          \
+    AR_COLS_R(E, NK, 5);                                                                           \
+    AR_COLS_R(E, NK, 6);                                                                           \
+    AR_COLS_R(E, NK, 7);                                                                           \
+    AR_COLS_R(E, NK, 8)
+#else
+#define AR_COLS_R8(E, NK) /* AR_CR rows at most */
+#endif
+#define AR_COLS(E, NK)                                                                             \
+    switch (R) {                                                                                   \
+        AR_COLS_R(E, NK, 1);                                                                       \
+        AR_COLS_R(E, NK, 2);                                                                       \
+        AR_COLS_R(E, NK, 3);                                                                       \
+        AR_COLS_R(E, NK, 4);                                                                       \
+        AR_COLS_R8(E, NK);                                                                         \
+    default:                                                                                       \
+        TERN_ASSERT(0);                                                                            \
+    }
+
+static void tern_ar_scores_cols(tern_attn_elem e, const float *const *q, int P,
+                                const void *const *k, const float *const *ks, int64_t ldks,
+                                int64_t n, int64_t blk, int64_t d, int64_t ldk, float scale,
+                                float *out, int64_t ldo)
+{
+    double qd[TERN_ATTN_MAX_ROWS * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
+    for (int r = 0; r < P; r++)
+        for (int64_t i = 0; i < d; i++) qd[r * d + i] = (double)q[r][i];
+    const size_t esz = tern_attn_elem_bytes(e);
+    const int64_t ldkb = ldk * (int64_t)esz;
+    for (int64_t b0 = 0; b0 < n; b0 += blk) {
+        const int64_t nb = n - b0 < blk ? n - b0 : blk;
+        const uint8_t *kb = k[b0 / blk];
+        const float *ksb = e == TERN_ATTN_Q8 ? ks[b0 / blk] : NULL;
+        /* the next block's d rows of dimensions, one a dimension in the block's first tile */
+        const uint8_t *next = b0 + blk < n ? (const uint8_t *)k[b0 / blk + 1] : NULL;
+        for (int64_t j0 = 0; j0 < nb; j0 += 2 * AR_DL) {
+            const int nk = nb - j0 < 2 * AR_DL ? (int)(nb - j0) : 2 * AR_DL;
+            float ksv[2 * AR_DL];
+            if (ksb)
+                for (int l = 0; l < 2 * AR_DL; l++) ksv[l] = l < nk ? ksb[(j0 + l) * ldks] : 1.0f;
+            const float *kv = ksb ? ksv : NULL;
+            const uint8_t *kc = kb + (size_t)j0 * esz;
+            for (int r0 = 0; r0 < P; r0 += AR_CR) {
+                const uint8_t *pf = j0 == 0 && r0 == 0 ? next : NULL;
+                float *o = out + (int64_t)r0 * ldo + b0 + j0;
+                const int R = P - r0 < AR_CR ? P - r0 : AR_CR;
+                if (nk < 2 * AR_DL) {
+                    AR_COLS(e, nk);
+                } else if (e == TERN_ATTN_F16) {
+                    AR_COLS(TERN_ATTN_F16, 2 * AR_DL);
+                } else if (e == TERN_ATTN_Q8) {
+                    AR_COLS(TERN_ATTN_Q8, 2 * AR_DL);
+                } else {
+                    AR_COLS(TERN_ATTN_F32, 2 * AR_DL);
+                }
+            }
+        }
+    }
+}
+#undef AR_COLS
+#undef AR_COLS_R8
+#undef AR_COLS_R
+
 static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const void *const *k,
                            const float *const *ks, int64_t ldks, int64_t n, int64_t blk, int64_t d,
                            int64_t ldk, float scale, float *out, int64_t ldo)

@@ -262,6 +262,18 @@ void tern_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const
     tern_kernels_vt()->attn_scores_rows(e, q, P, k, ks, ldks, n, blk, d, ldk, scale, out, ldo);
 }
 
+void tern_attn_scores_cols(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                           const float *const *ks, int64_t ldks, int64_t n, int64_t blk, int64_t d,
+                           int64_t ldk, float scale, float *out, int64_t ldo)
+{
+    TERN_ASSERT(P >= 1 && P <= TERN_ATTN_MAX_ROWS && n >= 0 && d >= 1 && d <= TERN_ATTN_MAX_HD);
+    TERN_ASSERT(blk >= 1 && (e != TERN_ATTN_Q8 || ks));
+    TERN_ASSERT((n <= 1 || (ldk >= (n < blk ? n : blk) && (e != TERN_ATTN_Q8 || ldks >= 1))) &&
+                (P <= 1 || ldo >= n));
+    if (n == 0) return;
+    tern_kernels_vt()->attn_scores_cols(e, q, P, k, ks, ldks, n, blk, d, ldk, scale, out, ldo);
+}
+
 void tern_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
                         const void *const *v, const float *const *vs, int64_t ldvs, int64_t blk,
                         int64_t d, int64_t ldv, float *const *out)

@@ -212,6 +212,9 @@ typedef struct tern_kernel_vtable {
     void (*attn_scores_rows)(tern_attn_elem e, const float *const *q, int P, const void *const *k,
                              const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
                              int64_t d, int64_t ldk, float scale, float *out, int64_t ldo);
+    void (*attn_scores_cols)(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                             const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
+                             int64_t d, int64_t ldk, float scale, float *out, int64_t ldo);
     void (*attn_mix_rows)(tern_attn_elem e, const float *p, int64_t ldp, int P, const int32_t *len,
                           const void *const *v, const float *const *vs, int64_t ldvs, int64_t blk,
                           int64_t d, int64_t ldv, float *const *out);
@@ -279,6 +282,9 @@ void tern_ref_attn_scores_q8(const float *q, const int8_t *k, const float *ks, i
 void tern_ref_attn_mix_q8(const float *p, const int8_t *v, const float *vs, int64_t ldvs, int64_t n,
                           int64_t d, int64_t ldv, float *out);
 void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                               const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
+                               int64_t d, int64_t ldk, float scale, float *out, int64_t ldo);
+void tern_ref_attn_scores_cols(tern_attn_elem e, const float *const *q, int P, const void *const *k,
                                const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
                                int64_t d, int64_t ldk, float scale, float *out, int64_t ldo);
 void tern_ref_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P,

@@ -246,6 +246,27 @@ AI void ar_store_scores(const __m256d acc[8], int nk, const float *ksv, float sc
             out[l * ldo + kk] = v * scale;
         }
 }
+/* the columns kernel's epilogue: nk <= 4 keys of one row, as the reference */
+AI void ar_store_cols(__m256d v, int nk, const float *ksv, float scale, float *out)
+{
+    __m128 f = _mm256_cvtpd_ps(v);
+    if (nk == 4) {
+        if (ksv) f = _mm_mul_ps(f, _mm_loadu_ps(ksv));
+        _mm_storeu_ps(out, _mm_mul_ps(f, _mm_set1_ps(scale)));
+        return;
+    }
+    float t[4];
+    _mm_storeu_ps(t, f);
+    for (int l = 0; l < nk; l++) out[l] = (ksv ? t[l] * ksv[l] : t[l]) * scale;
+}
+#define AR_CR 4 /* rows of a columns tile: 8 accumulators */
+#define AR_LOADK2(e, p, n, k0, k1)                                                                 \
+    do {                                                                                           \
+        const __m256 f_ = ar_loadv((e), (p), (n));                                                 \
+        (k0) = _mm256_cvtps_pd(_mm256_castps256_ps128(f_));                                        \
+        (k1) = _mm256_cvtps_pd(_mm256_extractf128_ps(f_, 1));                                      \
+    } while (0)
+#define AR_STORE_COLS ar_store_cols
 #define AR_DL 4
 #define AR_QT_GROUP ar_qt_group
 #define AR_STORE_SCORES ar_store_scores
@@ -451,6 +472,7 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .dot = dot,
     .axpy = axpy,
     .attn_scores_rows = tern_ar_scores,
+    .attn_scores_cols = tern_ar_scores_cols,
     .attn_mix_rows = tern_ar_mix,
     .gemm_f16 = tern_hf_gemm,
     .gemm_i8 = tern_hi_gemm,

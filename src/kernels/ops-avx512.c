@@ -252,6 +252,22 @@ AI void ar_store_scores(const __m512d acc[8], int nk, const float *ksv, float sc
         _mm256_mask_storeu_ps(out + l * ldo, k, _mm256_mul_ps(v, sv));
     }
 }
+/* the columns kernel's epilogue: nk <= 8 keys of one row, as the reference */
+AI void ar_store_cols(__m512d v, int nk, const float *ksv, float scale, float *out)
+{
+    const __mmask8 m = tail8(nk);
+    __m256 f = _mm512_cvtpd_ps(v);
+    if (ksv) f = _mm256_mul_ps(f, _mm256_maskz_loadu_ps(m, ksv));
+    _mm256_mask_storeu_ps(out, m, _mm256_mul_ps(f, _mm256_set1_ps(scale)));
+}
+#define AR_CR 8 /* rows of a columns tile: 16 accumulators */
+#define AR_LOADK2(e, p, n, k0, k1)                                                                 \
+    do {                                                                                           \
+        const __m512 f_ = ar_loadv((e), (p), (n));                                                 \
+        (k0) = lo_pd(f_);                                                                          \
+        (k1) = hi_pd(f_);                                                                          \
+    } while (0)
+#define AR_STORE_COLS ar_store_cols
 #define AR_DL 8
 #define AR_GP 2
 #define AR_QT_GROUP ar_qt_group
@@ -414,6 +430,7 @@ const tern_kernel_vtable tern_kernels_avx512 = {
     .dot = dot,
     .axpy = axpy,
     .attn_scores_rows = tern_ar_scores,
+    .attn_scores_cols = tern_ar_scores_cols,
     .attn_mix_rows = tern_ar_mix,
     .gemm_f16 = tern_hf_gemm,
     .gemm_i8 = tern_hi_gemm,

@@ -286,6 +286,31 @@ void tern_ref_attn_scores_rows(tern_attn_elem e, const float *const *q, int P, c
         }
 }
 
+/* keys by columns: element i of key j is column j % blk of row i of block j / blk; the sums of
+ * the single-row references, in the same order */
+void tern_ref_attn_scores_cols(tern_attn_elem e, const float *const *q, int P, const void *const *k,
+                               const float *const *ks, int64_t ldks, int64_t n, int64_t blk,
+                               int64_t d, int64_t ldk, float scale, float *out, int64_t ldo)
+{
+    for (int r = 0; r < P; r++)
+        for (int64_t j = 0; j < n; j++) {
+            const void *kb = k[j / blk];
+            const int64_t c = j % blk;
+            double acc = 0.0;
+            for (int64_t i = 0; i < d; i++) {
+                const int64_t x = i * ldk + c;
+                const double kv = e == TERN_ATTN_F16
+                                      ? (double)tern_f16_to_f32_1(((const uint16_t *)kb)[x])
+                                  : e == TERN_ATTN_Q8 ? (double)((const int8_t *)kb)[x]
+                                                      : (double)((const float *)kb)[x];
+                acc += (double)q[r][i] * kv;
+            }
+            float s = (float)acc;
+            if (e == TERN_ATTN_Q8) s = s * ks[j / blk][c * ldks];
+            out[(int64_t)r * ldo + j] = s * scale;
+        }
+}
+
 void tern_ref_attn_mix_rows(tern_attn_elem e, const float *p, int64_t ldp, int P,
                             const int32_t *len, const void *const *v, const float *const *vs,
                             int64_t ldvs, int64_t blk, int64_t d, int64_t ldv, float *const *out)
@@ -401,6 +426,7 @@ const tern_kernel_vtable tern_kernels_ref = {
     .dot = tern_ref_dot,
     .axpy = tern_ref_axpy,
     .attn_scores_rows = tern_ref_attn_scores_rows,
+    .attn_scores_cols = tern_ref_attn_scores_cols,
     .attn_mix_rows = tern_ref_attn_mix_rows,
     .gemm_f16 = tern_ref_gemm_f16,
     .gemm_i8 = tern_ref_gemm_i8,

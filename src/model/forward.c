@@ -21,10 +21,12 @@ struct tern_ctx {
     int32_t n_local; /* layers in the slice */
     int32_t kv_dim;
     /* paged KV: block b holds, for every local layer, TERN_KV_BLOCK positions of K then V,
-     * each part kv_part bytes: [n_head_kv][TERN_KV_BLOCK][head_dim] elements of kv_type (a
-     * head's rows together: attention reads one head's rows, which come from memory as one
-     * run, not as head_dim elements of every kv_dim), then (q8 only) their scales
-     * [TERN_KV_BLOCK][n_head_kv] float. kv_pool[b][layer][2][kv_part] */
+     * each part kv_part bytes: n_head_kv heads of TERN_KV_BLOCK x head_dim elements of kv_type
+     * (a head's together: attention reads one head's, which come from memory as one run, not
+     * as head_dim elements of every kv_dim), V by rows [TERN_KV_BLOCK][head_dim], K by columns
+     * [head_dim][TERN_KV_BLOCK] (element i of the block's positions side by side: the scores
+     * load one element of many keys at once, tern_attn_scores_cols), then (q8 only) their
+     * scales [TERN_KV_BLOCK][n_head_kv] float. kv_pool[b][layer][2][kv_part] */
     uint8_t *kv_pool;
     tern_kv_type kv_type;
     size_t kv_elem; /* bytes per element */
@@ -326,10 +328,11 @@ static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int
                      const float *x)
 {
     uint8_t *part = kv_part(c, li, slot, p, which);
-    const size_t r = (size_t)(p % TERN_KV_BLOCK);
+    const size_t r = (size_t)(p % TERN_KV_BLOCK), esz = c->kv_elem;
     const int32_t nh = c->m->hp.n_head_kv, hd = c->m->hp.head_dim;
+    _Alignas(64) uint8_t tmp[TERN_ATTN_MAX_HD * sizeof(float)]; /* a K row, then its columns */
     for (int32_t h = 0; h < nh; h++) {
-        uint8_t *row = kv_head_row(c, part, h, r);
+        uint8_t *row = which ? kv_head_row(c, part, h, r) : tmp;
         const float *xh = x + (size_t)h * (size_t)hd;
         switch (c->kv_type) {
         case TERN_KV_F32:
@@ -344,6 +347,10 @@ static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int
         default:
             TERN_ASSERT(0);
         }
+        if (which) continue;
+        uint8_t *col = kv_head_row(c, part, h, 0) + r * esz; /* K: column r */
+        for (int32_t i = 0; i < hd; i++)
+            memcpy(col + (size_t)i * TERN_KV_BLOCK * esz, tmp + (size_t)i * esz, esz);
     }
 }
 
@@ -584,8 +591,8 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
         attn_unit_get(c, u, &a);
         const int32_t nb = (a.most + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
         attn_blocks(c, j->li, &a, 0, nb, 0, kp, vp, ksp, vsp);
-        tern_attn_scores_rows(e, a.q, a.P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, a.most,
-                              TERN_KV_BLOCK, hd, hd, scale, scores, (int64_t)ldo);
+        tern_attn_scores_cols(e, a.q, a.P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, a.most,
+                              TERN_KV_BLOCK, hd, TERN_KV_BLOCK, scale, scores, (int64_t)ldo);
         for (int r = 0; r < a.P; r++) {
             tern_softmax(scores + (size_t)r * ldo, a.len[r]);
             memset(a.out[r], 0, (size_t)hd * sizeof(float));
@@ -609,9 +616,9 @@ static void task_attention(void *arg, int task, int n_tasks, int thread)
         const int32_t b0 = (int32_t)lo, b1 = (int32_t)hi, k0 = b0 * TERN_KV_BLOCK;
         const int32_t k1 = b1 * TERN_KV_BLOCK < a.most ? b1 * TERN_KV_BLOCK : a.most;
         attn_blocks(c, j->li, &a, b0, b1, 0, kp, vp, ksp, vsp);
-        tern_attn_scores_rows(e, a.q, a.P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, k1 - k0,
-                              TERN_KV_BLOCK, hd, hd, scale, split_scores(c, u - whole) + k0,
-                              (int64_t)ldo);
+        tern_attn_scores_cols(e, a.q, a.P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, k1 - k0,
+                              TERN_KV_BLOCK, hd, TERN_KV_BLOCK, scale,
+                              split_scores(c, u - whole) + k0, (int64_t)ldo);
     }
 }
 

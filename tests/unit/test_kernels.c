@@ -1233,6 +1233,25 @@ static void test_attention_rows(void)
         for (int r = 0; r < P; r++)
             CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n), "ref scores in blocks of %lld",
                    (long long)blk);
+        /* the same keys by columns (tern_attn_scores_cols): block b's row i holds element i of
+         * its keys side by side, ldc >= blk apart; the columns past n hold NaNs */
+        const int64_t ldc = blk + rndi(0, 3);
+        const size_t cbytes = (size_t)(d * ldc) * esz + 16;
+        uint8_t *kcb = xmalloc(cbytes * (size_t)nbk);
+        memset(kcb, 0xff, cbytes * (size_t)nbk);
+        const void *kcp[40];
+        for (int64_t b = 0; b < nbk; b++) {
+            uint8_t *dst = kcb + (size_t)(nbk - 1 - b) * cbytes;
+            for (int64_t c = 0; c < blk && b * blk + c < n; c++)
+                for (int64_t i = 0; i < d; i++)
+                    memcpy(dst + (size_t)(i * ldc + c) * esz,
+                           kv + (size_t)((b * blk + c) * ld + i) * esz, esz);
+            kcp[b] = dst;
+        }
+        tern_ref_attn_scores_cols(e, q, P, kcp, ksp, lds, n, blk, d, ldc, 0.125f, s1, ldo);
+        for (int r = 0; r < P; r++)
+            CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n),
+                   "ref scores by columns, blocks of %lld", (long long)blk);
         /* the mix: weights, lengths 0..n, accumulators with a start value */
         const int64_t ldp = n + rndi(0, 2);
         float *pw = xmalloc((size_t)(P * ldp) * 4), *ob = xmalloc((size_t)P * (size_t)d * 4),
@@ -1263,6 +1282,13 @@ static void test_attention_rows(void)
                 CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n),
                        "attn_scores_rows %s elem %d P=%d d=%lld n=%lld blk=%lld row %d", vn, (int)e,
                        P, (long long)d, (long long)n, (long long)blk, r);
+            memset(s1, 0, (size_t)(P * ldo) * 4);
+            tern_attn_scores_cols(e, q, P, kcp, ksp, lds, n, blk, d, ldc, 0.125f, s1, ldo);
+            for (int r = 0; r < P; r++)
+                CHECKF(same_bits(s0 + r * ldo, s1 + r * ldo, n),
+                       "attn_scores_cols %s elem %d P=%d d=%lld n=%lld blk=%lld ldc=%lld row %d",
+                       vn, (int)e, P, (long long)d, (long long)n, (long long)blk, (long long)ldc,
+                       r);
             memcpy(o1, ob, (size_t)P * (size_t)d * 4);
             for (int r = 0; r < P; r++) out[r] = o1 + (int64_t)r * d;
             tern_attn_mix_rows(e, pw, ldp, P, len, kbp, ksp, lds, blk, d, ld, out);
@@ -1281,7 +1307,7 @@ static void test_attention_rows(void)
             checked++;
         }
         free(kv), free(ks), free(qb), free(s0), free(s1), free(pw), free(ob), free(o0), free(o1);
-        free(kvb), free(ksb);
+        free(kvb), free(ksb), free(kcb);
     }
     printf("attention rows: %d cases bitwise equal to the single-row references\n", checked);
 }
