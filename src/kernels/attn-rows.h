@@ -7,7 +7,9 @@
  * lane sums its products in order i = 0 .. d-1 with one fma each. A product of a float and an
  * F16/int8/float value is exact in double, so fma(q, k, acc) rounds as acc + q*k does: every
  * score is the reference's sequential double sum, EXACT, in any lane, tiling or variant. Eight
- * keys at a time keep eight independent fma chains per row group.
+ * keys at a time keep eight independent fma chains per row group. With K held by columns
+ * (tern_attn_scores_cols, the model's cache) the keys go in the lanes instead, for any number
+ * of rows (below).
  * Mixes: dims in the float lanes, each row's accumulator out = out + w * v in key order (no
  * fma: EXACT as the references), a group of up to AR_MR rows sharing each converted V chunk,
  * each broadcast weight serving up to AR_MIX_CH chunks (one AVX-512 thread, f16 V, d = 128, 512
@@ -18,10 +20,7 @@
  * (elem, src, d, double *dst: a row's d elements as doubles), AR_FL (float lanes), AR_VF,
  * AR_LOADV(elem, src, n) (n <= AR_FL elements as floats, zeros after), AR_LOADF(p, n),
  * AR_STOREF(p, v, n) (n <= AR_FL floats), AR_ADD_PS, AR_MUL_PS, AR_SET1_PS, AR_MIX_ACC (the
- * mix sums a pass may keep in registers), AR_STORE_PD(p, v) (AR_DL doubles), AR_BCAST2_PD(p)
- * (p[0], p[1] in every pair of lanes), AR_CVT_PAIR(elem, a, b, d, double *dst: rows a and b
- * as doubles interleaved, dst[2i] = a[i], dst[2i+1] = b[i], up to i = d rounded up to 16
- * with zeros),
+ * mix sums a pass may keep in registers),
  * AR_QT_GROUP(q, r0, P, d, dst) (rows r0 .. r0+AR_DL-1 of q as doubles, row in the lane:
  * dst[i * AR_DL + l] = (double)q[r0+l][i], 0.0 for rows from P on) and
  * AR_STORE_SCORES(acc, nk, ksv, scale, out, ldo, rows) (the references' epilogue of one row
@@ -104,70 +103,6 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
         if (rows > 0)
             AR_STORE_SCORES(acc[h], nk, e == TERN_ATTN_Q8 ? ksv : NULL, scale,
                             out + (int64_t)r0 * ldo + j0, ldo, rows);
-    }
-}
-
-/* Few rows (2P <= AR_DL lanes): the lanes hold pairs of keys, lane l row l / 2 and key l % 2
- * of its pair (q's rows doubled, each pair's elements interleaved by AR_CVT_PAIR and
- * broadcast by AR_BCAST2_PD), so that every lane works where the layout above fills P of
- * AR_DL (a GQA group of 4 heads decoding one token: half of them). Each lane still sums its
- * row and key's products in order i = 0 .. d-1 with one fma each: the same bits. AR_KP pairs
- * a block: independent fma chains. One AVX-512 thread on Zen 5, f16 keys, d = 128, 2048 keys,
- * medians of 6 interleaved runs: 4 rows 12.8 -> 16.2 GMAC/s, 1 row 3.2 -> 4.0. Not 2x: the
- * conversion to doubles now costs as much as the fmas, and a vbroadcastf64x2 takes a vector
- * pipe there (the fma loop alone runs at half the fma peak). */
-#define AR_KP 8
-static void tern_ar_scores_pairs(tern_attn_elem e, const float *const *q, int P,
-                                 const void *const *k, const float *const *ks, int64_t ldks,
-                                 int64_t n, int64_t blk, int64_t d, int64_t ldk, float scale,
-                                 float *out, int64_t ldo)
-{
-    double qt[TERN_ATTN_MAX_HD * AR_DL] __attribute__((aligned(64)));
-    double kd[AR_KP * 2 * (TERN_ATTN_MAX_HD + 16)] __attribute__((aligned(64)));
-    const float *qq[AR_DL];
-    for (int l = 0; l < AR_DL; l++) qq[l] = q[l / 2 < P ? l / 2 : 0];
-    AR_QT_GROUP(qq, 0, 2 * P, d, qt); /* lane l: row l / 2 */
-    const size_t esz = tern_attn_elem_bytes(e);
-    /* a pair's doubles (AR_CVT_PAIR's whole steps), a constant: with d's multiple GCC kept
-     * the eight pairs' addresses on the stack and reloaded one per fma */
-    enum { ldkd = 2 * (TERN_ATTN_MAX_HD + 16) };
-    for (int64_t b0 = 0; b0 < n; b0 += blk) {
-        const int64_t nb = n - b0 < blk ? n - b0 : blk;
-        const uint8_t *kb = k[b0 / blk];
-        const float *ksb = e == TERN_ATTN_Q8 ? ks[b0 / blk] : NULL;
-        const tern_ar_nb kn = tern_ar_next(k, b0, n, blk, ldk * (int64_t)esz, 1);
-        for (int64_t j0 = 0; j0 < nb; j0 += 2 * AR_KP) {
-            const int nk = nb - j0 < 2 * AR_KP ? (int)(nb - j0) : 2 * AR_KP;
-            for (int v = 0; v < AR_KP; v++) { /* past the block: key j0 again, not stored */
-                const int64_t ja = j0 + (2 * v < nk ? 2 * v : 0),
-                              jb = j0 + (2 * v + 1 < nk ? 2 * v + 1 : 0);
-                tern_ar_pf_row(&kn, j0 + 2 * v, 0, d * (int64_t)esz);
-                tern_ar_pf_row(&kn, j0 + 2 * v + 1, 0, d * (int64_t)esz);
-                AR_CVT_PAIR(e, kb + (size_t)ja * ldk * esz, kb + (size_t)jb * ldk * esz, d,
-                            kd + v * ldkd);
-            }
-            AR_VD acc[AR_KP];
-#pragma GCC unroll 8
-            for (int v = 0; v < AR_KP; v++) acc[v] = AR_ZERO_PD();
-            for (int64_t i = 0; i < d; i++) {
-                const AR_VD qv = AR_LOAD_PD(qt + i * AR_DL);
-#pragma GCC unroll 8
-                for (int v = 0; v < AR_KP; v++)
-                    acc[v] = AR_FMA_PD(qv, AR_BCAST2_PD(kd + v * ldkd + 2 * i), acc[v]);
-            }
-            /* the references' epilogue per element: (float)sum, times ks (q8), times scale */
-            for (int v = 0; v < AR_KP && 2 * v < nk; v++) {
-                double sums[AR_DL];
-                AR_STORE_PD(sums, acc[v]);
-                for (int l = 0; l < 2 * P; l++) {
-                    const int64_t j = j0 + 2 * v + l % 2;
-                    if (2 * v + l % 2 >= nk) continue;
-                    float x = (float)sums[l];
-                    if (e == TERN_ATTN_Q8) x = x * ksb[j * ldks];
-                    out[(int64_t)(l / 2) * ldo + b0 + j] = x * scale;
-                }
-            }
-        }
     }
 }
 
@@ -290,10 +225,6 @@ static void tern_ar_scores(tern_attn_elem e, const float *const *q, int P, const
                            const float *const *ks, int64_t ldks, int64_t n, int64_t blk, int64_t d,
                            int64_t ldk, float scale, float *out, int64_t ldo)
 {
-    if (2 * P <= AR_DL) {
-        tern_ar_scores_pairs(e, q, P, k, ks, ldks, n, blk, d, ldk, scale, out, ldo);
-        return;
-    }
     const int G = (P + AR_DL - 1) / AR_DL; /* row groups */
     double qt[TERN_ATTN_MAX_ROWS * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));
     double kd[AR_KB * TERN_ATTN_MAX_HD] __attribute__((aligned(64)));

@@ -208,25 +208,6 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
         if (m < 8) memcpy(out + i, t, (size_t)m * sizeof(double));
     }
 }
-/* rows a and b as doubles, interleaved (attn-rows.h): 8 elements a step, zeros past d */
-AI void ar_cvt_pair(tern_attn_elem e, const void *a, const void *b, int64_t d, double *dst)
-{
-    const size_t esz = tern_attn_elem_bytes(e);
-    for (int64_t i = 0; i < d; i += 8, dst += 16) {
-        const int64_t m = d - i < 8 ? d - i : 8;
-        const __m256 fa = ar_loadv(e, (const uint8_t *)a + (size_t)i * esz, m);
-        const __m256 fb = ar_loadv(e, (const uint8_t *)b + (size_t)i * esz, m);
-        for (int h = 0; h < 2; h++) {
-            const __m256d A =
-                _mm256_cvtps_pd(h ? _mm256_extractf128_ps(fa, 1) : _mm256_castps256_ps128(fa));
-            const __m256d B =
-                _mm256_cvtps_pd(h ? _mm256_extractf128_ps(fb, 1) : _mm256_castps256_ps128(fb));
-            const __m256d l = _mm256_unpacklo_pd(A, B), u = _mm256_unpackhi_pd(A, B);
-            _mm256_store_pd(dst + 8 * h, _mm256_permute2f128_pd(l, u, 0x20));
-            _mm256_store_pd(dst + 8 * h + 4, _mm256_permute2f128_pd(l, u, 0x31));
-        }
-    }
-}
 /* rows r0 .. r0+3 of q as doubles, row in the lane (zeros for rows from P on) */
 AI void ar_qt_group(const float *const *q, int r0, int P, int64_t d, double *dst)
 {
@@ -276,9 +257,6 @@ AI void ar_store_cols(__m256d v, int nk, const float *ksv, float scale, float *o
 #define AR_SET1_PD _mm256_set1_pd
 #define AR_FMA_PD _mm256_fmadd_pd
 #define AR_CVT_ROW ar_cvt_row
-#define AR_CVT_PAIR ar_cvt_pair
-#define AR_BCAST2_PD(p) _mm256_broadcast_pd((const __m128d *)(const void *)(p))
-#define AR_STORE_PD _mm256_storeu_pd
 #define AR_FL 8
 #define AR_VF __m256
 #define AR_LOADV ar_loadv

@@ -184,22 +184,6 @@ AI void ar_cvt_row(tern_attn_elem e, const void *p, int64_t d, double *out)
         if (d - i > 8) store_nd(out + i + 8, hi_pd(f), d - i - 8);
     }
 }
-/* rows a and b as doubles, interleaved (attn-rows.h): 16 elements a step, zeros past d */
-AI void ar_cvt_pair(tern_attn_elem e, const void *a, const void *b, int64_t d, double *dst)
-{
-    const size_t esz = tern_attn_elem_bytes(e);
-    const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
-    const __m512i hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
-    for (int64_t i = 0; i < d; i += 16, dst += 32) {
-        const __m512 fa = ar_loadv(e, (const uint8_t *)a + (size_t)i * esz, d - i);
-        const __m512 fb = ar_loadv(e, (const uint8_t *)b + (size_t)i * esz, d - i);
-        const __m512d a0 = lo_pd(fa), b0 = lo_pd(fb), a1 = hi_pd(fa), b1 = hi_pd(fb);
-        _mm512_store_pd(dst, _mm512_permutex2var_pd(a0, lo, b0));
-        _mm512_store_pd(dst + 8, _mm512_permutex2var_pd(a0, hi, b0));
-        _mm512_store_pd(dst + 16, _mm512_permutex2var_pd(a1, lo, b1));
-        _mm512_store_pd(dst + 24, _mm512_permutex2var_pd(a1, hi, b1));
-    }
-}
 /* the 8x8 doubles r[0..7] transposed in place: r[i][l] becomes r[l][i] */
 AI void tr8x8_pd(__m512d r[8])
 {
@@ -278,9 +262,6 @@ AI void ar_store_cols(__m512d v, int nk, const float *ksv, float scale, float *o
 #define AR_SET1_PD _mm512_set1_pd
 #define AR_FMA_PD _mm512_fmadd_pd
 #define AR_CVT_ROW ar_cvt_row
-#define AR_CVT_PAIR ar_cvt_pair
-#define AR_BCAST2_PD(p) _mm512_broadcast_f64x2(_mm_load_pd(p))
-#define AR_STORE_PD _mm512_storeu_pd
 #define AR_FL 16
 #define AR_VF __m512
 #define AR_LOADV ar_loadv
