@@ -349,8 +349,13 @@ static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int
         }
         if (which) continue;
         uint8_t *col = kv_head_row(c, part, h, 0) + r * esz; /* K: column r */
-        for (int32_t i = 0; i < hd; i++)
-            memcpy(col + (size_t)i * TERN_KV_BLOCK * esz, tmp + (size_t)i * esz, esz);
+        const size_t ld = (size_t)TERN_KV_BLOCK * esz;
+        if (esz == 1)
+            for (int32_t i = 0; i < hd; i++) col[(size_t)i * ld] = tmp[i];
+        else if (esz == 2)
+            for (int32_t i = 0; i < hd; i++) memcpy(col + (size_t)i * ld, tmp + (size_t)i * 2, 2);
+        else
+            for (int32_t i = 0; i < hd; i++) memcpy(col + (size_t)i * ld, tmp + (size_t)i * 4, 4);
     }
 }
 
