@@ -1,78 +1,24 @@
 /* forward.c: one layer slice over one micro-batch, the paged KV cache, embedding lookup and
- * the LM head.
+ * the LM head (the attention step is attention.c's).
  *
  * Work split: every parallel step divides whole output rows (GEMMs, LM head), whole tokens
- * (norms, quantization, RoPE) or whole (token, head) pairs (attention) among the pool's
- * threads; each result element is computed by exactly one thread with the same instruction
- * sequence, so results do not depend on the thread count or the layer split.
+ * (norms, quantization, RoPE) or attention's units (attention.c) among the pool's threads;
+ * each result element is computed by exactly one thread with the same instruction sequence,
+ * so results do not depend on the thread count or the layer split.
  * Memory: every buffer is sized at tern_ctx_create; nothing allocates in here afterwards.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/model-internal.h"
+#include "model/ctx-internal.h"
 #include "ternpipe/log.h"
-
-struct tern_ctx {
-    const tern_model *m;
-    tern_pool *pool;
-    int32_t max_tokens, max_seqs, n_ctx;
-    int32_t n_local; /* layers in the slice */
-    int32_t kv_dim;
-    /* paged KV: block b holds, for every local layer, TERN_KV_BLOCK positions of K then V,
-     * each part kv_part bytes: n_head_kv heads of TERN_KV_BLOCK x head_dim elements of kv_type
-     * (a head's together: attention reads one head's, which come from memory as one run, not
-     * as head_dim elements of every kv_dim), V by rows [TERN_KV_BLOCK][head_dim], K by columns
-     * [head_dim][TERN_KV_BLOCK] (element i of the block's positions side by side: the scores
-     * load one element of many keys at once, tern_attn_scores_cols), then (q8 only) their
-     * scales [TERN_KV_BLOCK][n_head_kv] float. kv_pool[b][layer][2][kv_part] */
-    uint8_t *kv_pool;
-    tern_kv_type kv_type;
-    size_t kv_elem; /* bytes per element */
-    size_t kv_part; /* bytes of one (layer, K or V) part of a block */
-    size_t block_bytes;
-    int32_t n_blocks;
-    int32_t *free_blocks; /* stack of free block ids */
-    int32_t *block_ref;   /* [n_blocks] slots holding each block (the prefix cache shares) */
-    int32_t n_free;
-    int32_t *block_table; /* [max_seqs][max_blocks_per_seq], -1 = none */
-    int32_t *seq_blocks;  /* [max_seqs] blocks held */
-    int32_t max_blocks_per_seq;
-    /* RoPE tables [n_ctx][head_dim/2] */
-    float *rope_cos, *rope_sin;
-    /* scratch, [max_tokens][...] */
-    float *h;           /* [T][max(d, n_ff)] normed input */
-    int8_t *q8;         /* [T][max(d, n_ff)] */
-    float *qs;          /* [T] activation scales */
-    int32_t *qsum;      /* [T] */
-    float *q, *k, *v;   /* [T][d], [T][kv], [T][kv] */
-    float *att;         /* [T][d] */
-    float *g, *u;       /* [T][n_ff] */
-    float *o;           /* [T][max(d, n_ff)] projection output */
-    float *scores;      /* [n_threads][chunk_tokens * unit_heads][n_ctx] */
-    const void **blk;   /* [n_threads][2][max_blocks_per_seq]: a unit's K and V blocks */
-    const float **blks; /* [n_threads][2][max_blocks_per_seq]: their scales (q8) */
-    int32_t *chunk;     /* [max_tokens + 1]: first token of each attention chunk, then n_tok */
-    int32_t n_chunks;
-    int64_t *chunk_cost; /* [max_tokens + 1]: the attention cost of the chunks before each */
-    /* attention units: up to chunk_tokens consecutive tokens of one sequence x unit_heads
-     * heads of one KV head (a GQA group, or a part of it) */
-    int32_t unit_heads, chunk_tokens;
-    int32_t *tok_pos;  /* [T] position of each token */
-    int32_t *tok_slot; /* [T] */
-    int32_t *tok_seq;  /* [T] index of the token's sequence in the batch */
-    float *head_x;     /* [T][d] normed rows for the head */
-    int32_t n_threads;
-};
 
 #define MAXF(a, b) ((a) > (b) ? (a) : (b))
 
 static const char *const kv_names[TERN_KV_TYPE_COUNT] = {"f16", "f32", "q8"};
 static const size_t kv_elem_bytes[TERN_KV_TYPE_COUNT] = {2, 4, 1};
 /* the attention kernels' name for each KV type */
-static const tern_attn_elem kv_attn_elem[TERN_KV_TYPE_COUNT] = {TERN_ATTN_F16, TERN_ATTN_F32,
-                                                                TERN_ATTN_Q8};
 
 const char *tern_kv_type_name(tern_kv_type t)
 {
@@ -301,38 +247,16 @@ tern_code tern_kv_move(tern_ctx *c, int32_t dst, int32_t src, tern_status *st)
     return TERN_OK;
 }
 
-/* The K (which = 0) or V (1) part of local layer li in the block of slot holding position p:
- * rows of positions p - p % TERN_KV_BLOCK onwards */
-static inline uint8_t *kv_part(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which)
-{
-    int32_t b =
-        c->block_table[(size_t)slot * (size_t)c->max_blocks_per_seq + (size_t)(p / TERN_KV_BLOCK)];
-    return c->kv_pool + (size_t)b * c->block_bytes + ((size_t)li * 2 + (size_t)which) * c->kv_part;
-}
-
-/* q8 parts: the scales [TERN_KV_BLOCK][n_head_kv] after the int8 rows */
-static inline float *kv_scales(const tern_ctx *c, uint8_t *part)
-{
-    return (float *)(void *)(part + (size_t)TERN_KV_BLOCK * (size_t)c->kv_dim);
-}
-
-/* head h's row r of a part: its head_dim elements */
-static inline uint8_t *kv_head_row(const tern_ctx *c, uint8_t *part, int32_t h, size_t r)
-{
-    const size_t hd = (size_t)c->m->hp.head_dim;
-    return part + ((size_t)h * TERN_KV_BLOCK + r) * hd * c->kv_elem;
-}
-
 /* appends one position's K or V row (kv_dim floats) in the cache's type */
 static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int which,
                      const float *x)
 {
-    uint8_t *part = kv_part(c, li, slot, p, which);
+    uint8_t *part = tern_kv_part(c, li, slot, p, which);
     const size_t r = (size_t)(p % TERN_KV_BLOCK), esz = c->kv_elem;
     const int32_t nh = c->m->hp.n_head_kv, hd = c->m->hp.head_dim;
     _Alignas(64) uint8_t tmp[TERN_ATTN_MAX_HD * sizeof(float)]; /* a K row, then its columns */
     for (int32_t h = 0; h < nh; h++) {
-        uint8_t *row = which ? kv_head_row(c, part, h, r) : tmp;
+        uint8_t *row = which ? tern_kv_head_row(c, part, h, r) : tmp;
         const float *xh = x + (size_t)h * (size_t)hd;
         switch (c->kv_type) {
         case TERN_KV_F32:
@@ -342,13 +266,14 @@ static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int
             tern_f32_to_f16(xh, (uint16_t *)(void *)row, hd);
             break;
         case TERN_KV_Q8:
-            tern_kv_quant_q8(xh, 1, hd, (int8_t *)row, kv_scales(c, part) + r * (size_t)nh + h);
+            tern_kv_quant_q8(xh, 1, hd, (int8_t *)row,
+                             tern_kv_scales(c, part) + r * (size_t)nh + h);
             break;
         default:
             TERN_ASSERT(0);
         }
         if (which) continue;
-        uint8_t *col = kv_head_row(c, part, h, 0) + r * esz; /* K: column r */
+        uint8_t *col = tern_kv_head_row(c, part, h, 0) + r * esz; /* K: column r */
         const size_t ld = (size_t)TERN_KV_BLOCK * esz;
         if (esz == 1)
             for (int32_t i = 0; i < hd; i++) col[(size_t)i * ld] = tmp[i];
@@ -376,7 +301,6 @@ typedef struct job {
     float *out[3];
     int32_t ldy[3];
     bool accumulate; /* out += result (residual) */
-    bool split;      /* attention: the units past a multiple of the threads split (attn_split) */
     float *resid;
     /* head */
     const float *hx;
@@ -449,235 +373,6 @@ static void task_rope_store(void *arg, int task, int n_tasks, int thread)
     }
 }
 
-#define ATTN_ROW_COST 16 /* a query row's work besides its keys (q, softmax, zeroing), in keys */
-
-/* The attention cost of units [0, u) (per: units a chunk, each a chunk's cost). */
-static int64_t units_cost(const tern_ctx *c, int64_t per, int64_t u)
-{
-    const int64_t ch = u / per;
-    return c->chunk_cost[ch] * per +
-           (u - ch * per) * (ch < c->n_chunks ? c->chunk_cost[ch + 1] - c->chunk_cost[ch] : 0);
-}
-
-/* The first of units [0, n) whose units before it cost at least task/n_tasks of them all, so
- * each task's units cost about the same. */
-static int64_t unit_at(const tern_ctx *c, int64_t per, int64_t n, int task, int n_tasks)
-{
-    const int64_t total = units_cost(c, per, n);
-    /* total * task / n_tasks without the product (no overflow) */
-    const int64_t target = total / n_tasks * task + total % n_tasks * task / n_tasks;
-    int64_t lo = 0, hi = n; /* the answer lies in [lo, hi] */
-    while (lo < hi) {
-        const int64_t u = lo + (hi - lo) / 2;
-        if (units_cost(c, per, u) >= target)
-            hi = u;
-        else
-            lo = u + 1;
-    }
-    return lo;
-}
-
-/* One attention unit u: a chunk of consecutive tokens of one sequence x one KV head (x a part
- * of its query heads when the group is larger than TERN_ATTN_MAX_ROWS): its P query rows, their
- * outputs and key counts, the longest count, the KV head and the sequence's slot. */
-typedef struct attn_unit {
-    const float *q[TERN_ATTN_MAX_ROWS];
-    float *out[TERN_ATTN_MAX_ROWS];
-    int32_t len[TERN_ATTN_MAX_ROWS];
-    int P;
-    int32_t kvh, slot, most;
-} attn_unit;
-
-static void attn_unit_get(const tern_ctx *c, int64_t u, attn_unit *a)
-{
-    const tern_hparams *hp = &c->m->hp;
-    const int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv, nh = hp->n_head_kv;
-    const int32_t uh = c->unit_heads, nsub = (group + uh - 1) / uh;
-    const int32_t ch = (int32_t)(u / (nh * nsub));
-    a->kvh = (int32_t)(u / nsub % nh);
-    const int32_t h0 = a->kvh * group + (int32_t)(u % nsub) * uh;
-    const int32_t nhu = group - (h0 - a->kvh * group) < uh ? group - (h0 - a->kvh * group) : uh;
-    const int32_t t0 = c->chunk[ch], nt = c->chunk[ch + 1] - t0;
-    a->slot = c->tok_slot[t0];
-    a->P = 0;
-    for (int32_t t = t0; t < t0 + nt; t++)
-        for (int32_t h = h0; h < h0 + nhu; h++, a->P++) {
-            a->q[a->P] = c->q + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
-            a->out[a->P] = c->att + (size_t)t * (size_t)hp->d + (size_t)h * (size_t)hd;
-            a->len[a->P] = c->tok_pos[t] + 1;
-        }
-    a->most = c->tok_pos[t0 + nt - 1] + 1; /* positions grow within a chunk */
-}
-
-/* The unit's K and V rows of blocks [b0, b1) of its sequence (each block a contiguous run of
- * rows of its head), from element `off` of each row on: kp[b - b0], vp[b - b0] (int8: the
- * rows' scales in ksp, vsp). */
-static void attn_blocks(const tern_ctx *c, int32_t li, const attn_unit *a, int32_t b0, int32_t b1,
-                        size_t off, const void **kp, const void **vp, const float **ksp,
-                        const float **vsp)
-{
-    const bool q8 = kv_attn_elem[c->kv_type] == TERN_ATTN_Q8;
-    for (int32_t b = b0; b < b1; b++) {
-        uint8_t *kb = kv_part(c, li, a->slot, b * TERN_KV_BLOCK, 0);
-        uint8_t *vb = kv_part(c, li, a->slot, b * TERN_KV_BLOCK, 1);
-        kp[b - b0] = kv_head_row(c, kb, a->kvh, 0) + off * c->kv_elem;
-        vp[b - b0] = kv_head_row(c, vb, a->kvh, 0) + off * c->kv_elem;
-        if (q8) ksp[b - b0] = kv_scales(c, kb) + a->kvh, vsp[b - b0] = kv_scales(c, vb) + a->kvh;
-    }
-}
-
-/* Causal GQA attention. A unit (attn_unit) is computed whole by one task: its query rows share
- * each converted K and V row. Every row's scores, softmax and mix are the single-row kernels'
- * bits, so the split into units changes nothing.
- *
- * Few long units (one sequence decoding a token: n_head_kv units for the threads) leave
- * threads idle for most of a unit when only whole units are shared out (5 on 2 threads: 3 and
- * 2). Then (j->split) whole units go out only up to a multiple of the threads, and the rest,
- * fewer than the threads, are split in three steps, each evenly: their scores by blocks of keys
- * (beside the whole units), their softmax by rows, their mix by ranges of the head's
- * dimensions. A score depends on its key alone and a mix element on its dimension alone
- * (kernels.h), so the bits are still those of whole units. */
-#define ATTN_SPLIT_KEYS 512 /* keys from which a split unit pays for two more pool runs */
-#define ATTN_SPLIT_UNITS 4  /* units a thread from which whole units share out evenly enough */
-
-static int64_t attn_units(const tern_ctx *c)
-{
-    const tern_hparams *hp = &c->m->hp;
-    const int32_t group = hp->n_head / hp->n_head_kv;
-    return (int64_t)c->n_chunks * hp->n_head_kv * ((group + c->unit_heads - 1) / c->unit_heads);
-}
-
-/* keys of chunk ch's last token: the blocks every unit of the chunk reads */
-static int32_t chunk_keys(const tern_ctx *c, int32_t ch)
-{
-    return c->tok_pos[c->chunk[ch + 1] - 1] + 1;
-}
-
-static bool attn_split(const tern_ctx *c, int32_t n_tok)
-{
-    const int64_t units = attn_units(c), rest = units % c->n_threads, per = units / c->n_chunks;
-    /* single-token chunks (decode), few units, and room for the split units' scores after
-     * every thread's own (c->scores holds chunk_tokens units a thread, a decode unit uses one) */
-    if (c->n_threads < 2 || c->n_chunks != n_tok || rest == 0 ||
-        units >= ATTN_SPLIT_UNITS * c->n_threads || c->chunk_tokens < rest + 1)
-        return false;
-    for (int64_t u = units - rest; u < units; u++)
-        if (chunk_keys(c, (int32_t)(u / per)) < ATTN_SPLIT_KEYS) return false;
-    return true;
-}
-
-/* the scores of split unit i (of the rest), at the end of c->scores */
-static float *split_scores(const tern_ctx *c, int64_t i)
-{
-    const size_t rows = (size_t)c->n_threads * (size_t)(c->chunk_tokens * c->unit_heads);
-    return c->scores + (rows - (size_t)(i + 1) * (size_t)c->unit_heads) * (size_t)c->n_ctx;
-}
-
-static void task_attention(void *arg, int task, int n_tasks, int thread)
-{
-    job *j = arg;
-    tern_ctx *c = j->c;
-    const tern_hparams *hp = &c->m->hp;
-    const int32_t hd = hp->head_dim, nh = hp->n_head_kv;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const size_t ldo = (size_t)c->n_ctx;
-    float *scores = c->scores + (size_t)thread * (size_t)(c->chunk_tokens * c->unit_heads) * ldo;
-    const tern_attn_elem e = kv_attn_elem[c->kv_type];
-    const size_t mb = (size_t)c->max_blocks_per_seq;
-    const void **kp = c->blk + (size_t)thread * 2 * mb, **vp = kp + mb;
-    const float **ksp = c->blks + (size_t)thread * 2 * mb, **vsp = ksp + mb;
-    const int64_t units = attn_units(c), per = units / c->n_chunks;
-    const int64_t whole = j->split ? units - units % n_tasks : units;
-    /* whole units split by cost, not count: a chunk late in a long prompt reads many more keys */
-    const int64_t u0 = unit_at(c, per, whole, task, n_tasks);
-    const int64_t u1 = task == n_tasks - 1 ? whole : unit_at(c, per, whole, task + 1, n_tasks);
-    attn_unit a;
-    for (int64_t u = u0; u < u1; u++) {
-        attn_unit_get(c, u, &a);
-        const int32_t nb = (a.most + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
-        attn_blocks(c, j->li, &a, 0, nb, 0, kp, vp, ksp, vsp);
-        tern_attn_scores_cols(e, a.q, a.P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, a.most,
-                              TERN_KV_BLOCK, hd, TERN_KV_BLOCK, scale, scores, (int64_t)ldo);
-        for (int r = 0; r < a.P; r++) {
-            tern_softmax(scores + (size_t)r * ldo, a.len[r]);
-            memset(a.out[r], 0, (size_t)hd * sizeof(float));
-        }
-        /* out = out + p_s * v_s for s in order (EXACT kernels, so the same in every variant) */
-        tern_attn_mix_rows(e, scores, (int64_t)ldo, a.P, a.len, vp, e == TERN_ATTN_Q8 ? vsp : NULL,
-                           nh, TERN_KV_BLOCK, hd, hd, a.out);
-    }
-    if (!j->split) return;
-    /* the split units' blocks of keys, in unit order, split evenly: this task's [g0, g1) */
-    int64_t total = 0, g0, g1, g = 0;
-    for (int64_t u = whole; u < units; u++)
-        total += (chunk_keys(c, (int32_t)(u / per)) + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
-    tern_split_rows(total, 1, task, n_tasks, &g0, &g1);
-    for (int64_t u = whole; u < units && g < g1; u++) {
-        attn_unit_get(c, u, &a);
-        const int32_t nb = (a.most + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
-        const int64_t lo = g0 > g ? g0 - g : 0, hi = g1 - g < nb ? g1 - g : nb;
-        g += nb;
-        if (lo >= hi) continue;
-        const int32_t b0 = (int32_t)lo, b1 = (int32_t)hi, k0 = b0 * TERN_KV_BLOCK;
-        const int32_t k1 = b1 * TERN_KV_BLOCK < a.most ? b1 * TERN_KV_BLOCK : a.most;
-        attn_blocks(c, j->li, &a, b0, b1, 0, kp, vp, ksp, vsp);
-        tern_attn_scores_cols(e, a.q, a.P, kp, e == TERN_ATTN_Q8 ? ksp : NULL, nh, k1 - k0,
-                              TERN_KV_BLOCK, hd, TERN_KV_BLOCK, scale,
-                              split_scores(c, u - whole) + k0, (int64_t)ldo);
-    }
-}
-
-/* split units, step 2: their rows split evenly, each row's softmax and its output zeroed */
-static void task_attn_softmax(void *arg, int task, int n_tasks, int thread)
-{
-    (void)thread;
-    job *j = arg;
-    tern_ctx *c = j->c;
-    const int64_t units = attn_units(c), whole = units - units % n_tasks, uh = c->unit_heads;
-    int64_t r0, r1;
-    tern_split_rows((units - whole) * uh, 1, task, n_tasks, &r0, &r1);
-    attn_unit a;
-    for (int64_t i = r0 / uh; i * uh < r1; i++) {
-        attn_unit_get(c, whole + i, &a);
-        for (int r = 0; r < a.P; r++) {
-            if (i * uh + r < r0 || i * uh + r >= r1) continue;
-            tern_softmax(split_scores(c, i) + (size_t)r * (size_t)c->n_ctx, a.len[r]);
-            memset(a.out[r], 0, (size_t)c->m->hp.head_dim * sizeof(float));
-        }
-    }
-}
-
-/* split units, step 3: each unit's mix in n_tasks ranges of dimensions (whole vectors of 16),
- * the units x ranges split evenly */
-static void task_attn_mix(void *arg, int task, int n_tasks, int thread)
-{
-    job *j = arg;
-    tern_ctx *c = j->c;
-    const tern_hparams *hp = &c->m->hp;
-    const int32_t hd = hp->head_dim;
-    const tern_attn_elem e = kv_attn_elem[c->kv_type];
-    const size_t mb = (size_t)c->max_blocks_per_seq;
-    const void **kp = c->blk + (size_t)thread * 2 * mb, **vp = kp + mb;
-    const float **ksp = c->blks + (size_t)thread * 2 * mb, **vsp = ksp + mb;
-    const int64_t units = attn_units(c), whole = units - units % n_tasks;
-    int64_t i0, i1;
-    tern_split_rows((units - whole) * n_tasks, 1, task, n_tasks, &i0, &i1);
-    attn_unit a;
-    float *out[TERN_ATTN_MAX_ROWS];
-    for (int64_t i = i0; i < i1; i++) {
-        int64_t d0, d1;
-        tern_split_rows(hd, 16, (int)(i % n_tasks), n_tasks, &d0, &d1);
-        if (d1 <= d0) continue;
-        attn_unit_get(c, whole + i / n_tasks, &a);
-        const int32_t nb = (a.most + TERN_KV_BLOCK - 1) / TERN_KV_BLOCK;
-        attn_blocks(c, j->li, &a, 0, nb, (size_t)d0, kp, vp, ksp, vsp);
-        for (int r = 0; r < a.P; r++) out[r] = a.out[r] + d0;
-        tern_attn_mix_rows(e, split_scores(c, i / n_tasks), c->n_ctx, a.P, a.len, vp,
-                           e == TERN_ATTN_Q8 ? vsp : NULL, hp->n_head_kv, TERN_KV_BLOCK, d1 - d0,
-                           hd, out);
-    }
-}
-
 static void task_relu2(void *arg, int task, int n_tasks, int thread)
 {
     (void)thread;
@@ -745,22 +440,9 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
         }
         n_tok += b->n_tokens;
     }
-    /* attention chunks: up to chunk_tokens consecutive tokens of one sequence */
-    c->n_chunks = 0;
-    for (int32_t t = 0; t < n_tok; t++)
-        if (t == 0 || c->tok_seq[t] != c->tok_seq[t - 1] ||
-            t - c->chunk[c->n_chunks - 1] == c->chunk_tokens)
-            c->chunk[c->n_chunks++] = t;
-    c->chunk[c->n_chunks] = n_tok;
-    /* a chunk's cost: its rows x the keys its last token reads, plus each row's fixed work */
-    c->chunk_cost[0] = 0;
-    for (int32_t ch = 0; ch < c->n_chunks; ch++) {
-        const int32_t last = c->chunk[ch + 1] - 1, nt = c->chunk[ch + 1] - c->chunk[ch];
-        c->chunk_cost[ch + 1] =
-            c->chunk_cost[ch] + (int64_t)nt * ((int64_t)c->tok_pos[last] + 1 + ATTN_ROW_COST);
-    }
+    const bool split = tern_attn_plan(c, n_tok);
     const int32_t d = hp->d, ff = hp->n_ff, kvd = c->kv_dim;
-    job j = {.c = c, .n_tok = n_tok, .split = attn_split(c, n_tok)};
+    job j = {.c = c, .n_tok = n_tok};
     for (int32_t li = 0; li < c->n_local; li++) {
         const tern_layer *L = &c->m->layers[li];
         j.li = li;
@@ -772,11 +454,7 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
         const int32_t qkv_ld[3] = {d, kvd, kvd};
         gemm(c, &j, 3, qkv, qkv_out, qkv_ld);
         run(c, task_rope_store, &j);
-        run(c, task_attention, &j);
-        if (j.split) {
-            run(c, task_attn_softmax, &j);
-            run(c, task_attn_mix, &j);
-        }
+        tern_attn_run(c, li, split);
         norm_quant(c, &j, c->att, L->attn_sub_norm, d);
         const tern_tmat *wo[1] = {L->wo};
         float *o_out[1] = {c->o};

@@ -1,4 +1,5 @@
-/* model-internal.h: the layout of tern_model and tern_ctx shared by model.c and forward.c. */
+/* model-internal.h: the layout of tern_model, shared by model.c, tables.c and the forward
+ * pass (forward.c, attention.c; tern_ctx is ctx-internal.h's). */
 #ifndef TERN_MODEL_INTERNAL_H
 #define TERN_MODEL_INTERNAL_H
 

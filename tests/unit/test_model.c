@@ -246,7 +246,7 @@ static void test_reference(tern_kv_type kvt)
 }
 
 /* ns sequences of LD_N tokens each, prefilled in chunks of 64 up to LD_PRE, then decoding
- * together one token each a step: the last steps read more keys than forward.c's
+ * together one token each a step: the last steps read more keys than attention.c's
  * ATTN_SPLIT_KEYS (512), where the units past a multiple of the threads (one unit a sequence
  * here: the fixture has one KV head) are split by keys, rows and dimensions. Logits
  * [ns][LD_N][vocab]. */
