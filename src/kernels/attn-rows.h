@@ -111,10 +111,10 @@ tern_ar_scores_groups(tern_attn_elem e, const double *qt, const double *kd, int6
  * elements i (a block holds them side by side), converted to doubles, serves a tile of R rows
  * (q_r[i] broadcast), one fma each. Every lane sums its row and key's products in order
  * i = 0 .. d-1 as the reference (the products exact in double): the same bits as the rows
- * kernels on the same keys. No conversion of a key's row per key (the layouts by rows convert
- * each key row to doubles and pair or broadcast it; for a GQA group of 4 heads, half of the
- * double lanes were idle). The including file defines AR_CR (rows a tile, at most: 2 AR_CR
- * accumulators), AR_LOADK2(elem, p, n, k0, k1) (n <= 2 AR_DL elements at p as doubles in k0
+ * kernels on the same keys. No key row is converted on its own (the kernel by rows above
+ * converts each key's row to doubles and broadcasts its elements over rows in the lanes, which
+ * a GQA group of 4 heads fills by half). The including file defines AR_CR (rows a tile, at most: 2
+ * AR_CR accumulators), AR_LOADK2(elem, p, n, k0, k1) (n <= 2 AR_DL elements at p as doubles in k0
  * and k1, zeros after) and AR_STORE_COLS(v, nk, ksv, scale, out) (the references' epilogue
  * of nk <= AR_DL keys of one row: out[l] = ((float)v[l] [* ksv[l]]) * scale). The next block's
  * rows of dimensions are prefetched one a dimension while the first tile of a block runs. */
