@@ -314,6 +314,38 @@ void tern_gemm_q(tern_ggml_type type, const void *w /* [n] rows */, int64_t k,
                  const float *x /* [n_tok][k] */, int64_t n_tok, float *y /* [n_tok][ldy] */,
                  int64_t ldy, int64_t o0, int64_t o1);
 
+/* ---- sampling noise (sampler.h's counter-based draws) ----
+ * A row's key hashes (seed, position); an id's uniform hashes (key, id) with splitmix64's
+ * finalizer (mix) into one of 2^53 equal cells of (0, 1) (tern_noise_cell):
+ *   key = mix(mix(seed + K0) ^ (pos * K1 + K2)),  cell = mix(key ^ (id * K3 + K4)) >> 11,
+ *   u = min((double)(cell + 0.5) / 2^53, 1 - 2^-53)
+ * (the constants in kernels-internal.h; cell + 0.5 rounds to a double, up to 2^53 for the last
+ * cell, hence the min: u < 1 always). Its Gumbel noise is g = -log(-log(u)) with tern_log_det,
+ * so every variant, compiler and C library computes the same bits. */
+uint64_t tern_noise_key(uint64_t seed, int64_t pos);
+double tern_noise_cell(uint64_t cell);
+double tern_noise_uniform(uint64_t key, int64_t id);
+double tern_noise_gumbel(uint64_t key, int64_t id);
+/* Natural log of a positive normal double, within 2 ulp, the same bits everywhere: m in
+ * [sqrt(1/2), sqrt(2)) and e with x = m * 2^e, s = (m - 1) / (m + 1), log m = 2s (1 + s^2/3 +
+ * ... + s^18/19) in Horner form (fma), e * ln2 in two parts. Outside that domain: undefined. */
+double tern_log_det(double x);
+
+/* The Gumbel-max of a run of logits v[0..n) with ids id0..id0+n-1 (n >= 1): v NaN counts as
+ * -inf; x = (double)v * inv_t (inv_t > 0). mx: the largest x above -inf (-inf: none);
+ * g, g_i: the largest x + tern_noise_gumbel(key, id) over x > -inf and its index in the run,
+ * the lowest on ties (-inf, -1: none); top, top_i: the largest v and its index, the lowest on
+ * ties (the run's first when every v is -inf). EXACT: every variant gives the reference's
+ * (sequential) result. */
+typedef struct tern_gumbel_run {
+    double mx, g;
+    int64_t g_i;
+    float top;
+    int64_t top_i;
+} tern_gumbel_run;
+void tern_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                     tern_gumbel_run *out);
+
 /* ---- f16 <-> f32 (EXACT; IEEE binary16, round to nearest even, as F16C) ---- */
 void tern_f16_to_f32(const uint16_t *h /* [n] */, float *f /* [n] */, int64_t n);
 void tern_f32_to_f16(const float *f /* [n] */, uint16_t *h /* [n] */, int64_t n);

@@ -224,6 +224,13 @@ void tern_softmax(float *x, int64_t n)
     tern_kernels_vt()->softmax(x, n);
 }
 
+void tern_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                     tern_gumbel_run *out)
+{
+    TERN_ASSERT(n >= 1 && v && out && inv_t > 0.0);
+    tern_kernels_vt()->gumbel_max(v, n, id0, inv_t, key, out);
+}
+
 void tern_relu2_mul(const float *g, const float *u, int64_t n, float *m)
 {
     TERN_ASSERT(n >= 0);

@@ -224,6 +224,8 @@ typedef struct tern_kernel_vtable {
                     int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*gemm_q)(tern_ggml_type type, const void *w, int64_t k, const float *x, int64_t n_tok,
                    float *y, int64_t ldy, int64_t o0, int64_t o1);
+    void (*gumbel_max)(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                       tern_gumbel_run *out);
     void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
     void (*f32_to_f16)(const float *f, uint16_t *h, int64_t n);
     /* kernels.h's peaks, each returning its multiply-adds: the widest int8 dot, fp32 FMA, and
@@ -307,6 +309,40 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 #define TERN_Q6_K_D 208
 
 /* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
+
+/* ---- sampling noise (noise-scalar.h, noise-avx512.c): kernels.h's constants and tern_log_det's
+ * steps, for every variant ---- */
+#define TERN_NOISE_K0 0x9e3779b97f4a7c15ULL
+#define TERN_NOISE_K1 0xd1b54a32d192ed03ULL
+#define TERN_NOISE_K2 0x8cb92ba72f3d8dd7ULL
+#define TERN_NOISE_K3 0xaef17502108ef2d9ULL
+#define TERN_NOISE_K4 0x632be59bd9b4e019ULL
+#define TERN_NOISE_M1 0xbf58476d1ce4e5b9ULL /* splitmix64's finalizer */
+#define TERN_NOISE_M2 0x94d049bb133111ebULL
+#define TERN_NOISE_U_MAX (1.0 - 0x1p-53)           /* the largest double below 1 */
+#define TERN_LOG_SQRT2_BITS 0x3ff6a09e667f3bcdULL  /* sqrt(2) rounded, as bits */
+#define TERN_LOG_LN2_HI 6.93147180369123816490e-01 /* 32 significant bits: e * it is exact */
+#define TERN_LOG_LN2_LO 1.90821492927058770002e-10
+/* q = z * (1/3 + z * (1/5 + ... + z / 19)): truncation below 3e-17 for z <= (3 - 2 sqrt 2)^2 */
+#define TERN_LOG_SERIES(q, z, SET, FMA, MUL)                                                       \
+    do {                                                                                           \
+        (q) = SET(1.0 / 19.0);                                                                     \
+        (q) = FMA((q), (z), SET(1.0 / 17.0));                                                      \
+        (q) = FMA((q), (z), SET(1.0 / 15.0));                                                      \
+        (q) = FMA((q), (z), SET(1.0 / 13.0));                                                      \
+        (q) = FMA((q), (z), SET(1.0 / 11.0));                                                      \
+        (q) = FMA((q), (z), SET(1.0 / 9.0));                                                       \
+        (q) = FMA((q), (z), SET(1.0 / 7.0));                                                       \
+        (q) = FMA((q), (z), SET(1.0 / 5.0));                                                       \
+        (q) = FMA((q), (z), SET(1.0 / 3.0));                                                       \
+        (q) = MUL((q), (z));                                                                       \
+    } while (0)
+void tern_ref_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                         tern_gumbel_run *out);
+void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                          tern_gumbel_run *out);
+void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                            tern_gumbel_run *out);
 
 /* exp(r) for |r| <= ln2/2 by its Taylor series to r^13 (truncation < 2e-16), Horner form, in
  * the SIMD double type of the caller: SET broadcasts a constant, FMA(a, b, c) = a * b + c. */
