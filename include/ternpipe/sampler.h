@@ -3,7 +3,8 @@
  *
  * The method (why it is exact for any split):
  * - Every random number is counter-based: tern_sample_uniform(seed, pos, id) hashes the
- *   request's seed, the position of the token being drawn and a vocabulary id. A token
+ *   request's seed, the position of the token being drawn and a vocabulary id (kernels.h's
+ *   tern_noise_*: the same bits on every machine). A token
  *   therefore depends on its request alone, never on batch company, the head split or any
  *   per-sequence generator state, and a sequence resumes from its token history alone.
  * - The draw is Gumbel-max: token = argmax over the kept set K of x_i + g_i with x_i = v_i / T
@@ -19,7 +20,9 @@
  * - Each head slice folds its ids, in id order, into a fixed-size record (tern_row_sum): the
  *   running max and sum of exp(x - max) in double (an online softmax), the best
  *   TERN_SAMPLE_CANDS candidates in the total order, the best Gumbel score (for draws without
- *   truncation) and, for log-probabilities, the same max/sum over the raw logits with the top
+ *   truncation: such a row keeps only the max, no sum, and one candidate, and its ids between
+ *   adjusted ones go through the vector kernel tern_gumbel_max, kernels.h) and, for
+ *   log-probabilities, the same max/sum over the raw logits with the top
  *   TERN_MAX_LOGPROBS raw candidates. Slices are folded in vocabulary order (the ring order of
  *   the head ranks), so the record after the last slice is bitwise the record one rank makes
  *   folding the whole vocabulary: the fold is the same sequence of operations.
@@ -110,7 +113,7 @@ typedef struct tern_row_params {
 } tern_row_params;
 
 typedef struct tern_row_sum {
-    double mx, z;      /* sampling rows: max of x = v / T and sum of exp(x - mx) */
+    double mx, z; /* sampling rows: max of x = v / T and (but Gumbel rows) sum of exp(x - mx) */
     double mraw, zraw; /* logprob rows: the same over the raw logits */
     double g;          /* best Gumbel score (gumbel rows) */
     tern_cand gc;      /* its candidate */

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ternpipe/kernels.h"
+
 void tern_sampling_default(tern_sampling *p)
 {
     memset(p, 0, sizeof *p);
@@ -74,26 +76,9 @@ tern_code tern_sampling_validate(const tern_sampling *p, tern_status *st)
 
 /* ------------------------------------------------------------------ counter-based uniforms */
 
-static inline uint64_t mix64(uint64_t z)
-{
-    /* splitmix64's finalizer: a bijection with full avalanche */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 double tern_sample_uniform(uint64_t seed, int64_t pos, int64_t id)
 {
-    uint64_t h = mix64(seed + 0x9e3779b97f4a7c15ULL);
-    h = mix64(h ^ ((uint64_t)pos * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
-    h = mix64(h ^ ((uint64_t)id * 0xaef17502108ef2d9ULL + 0x632be59bd9b4e019ULL));
-    /* the centre of one of 2^53 equal cells: strictly inside (0, 1) */
-    return ((double)(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-static inline double gumbel(uint64_t seed, int32_t pos, int32_t id)
-{
-    return -log(-log(tern_sample_uniform(seed, pos, id)));
+    return tern_noise_uniform(tern_noise_key(seed, pos), id);
 }
 
 /* ------------------------------------------------------------------ adjusted ids */
@@ -162,8 +147,10 @@ void tern_row_params_make(const tern_sampling *sp, int32_t pos, tern_row_params 
     p->temperature = greedy ? 0.0f : sp->temperature;
     p->penalty = sp->repeat_penalty;
     p->n_logprobs = sp->n_logprobs;
-    p->n_cand = greedy ? 1 : TERN_SAMPLE_CANDS;
     p->gumbel = !greedy && sp->top_k == 0 && !(sp->top_p < 1.0f) && !(sp->min_p > 0.0f);
+    /* a Gumbel row is resolved by its best score: the best candidate only serves a row with
+     * nothing finite to weigh */
+    p->n_cand = greedy || p->gumbel ? 1 : TERN_SAMPLE_CANDS;
     p->seed = sp->seed;
     p->pos = pos;
 }
@@ -268,6 +255,43 @@ static inline void lse_add(double *m, double *z, double x)
     }
 }
 
+/* A Gumbel row's draw over ids [v0, v0 + n): the max of x (no sum: the draw needs none) and
+ * the best score, in id order (strictly greater wins: the lowest id on ties). The runs between
+ * adjusted ids go to the vector kernel (tern_gumbel_max: the same bits as one id at a time),
+ * the adjusted ids one by one; with top1, the row's candidate (it keeps one) as well. */
+static void fold_gumbel(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
+                        int32_t n, int32_t pk, double inv_t, uint64_t key, bool top1)
+{
+    for (int32_t i = 0; i < n;) {
+        const int32_t stop = pk < p->n_adj && p->adj[pk].id < v0 + n ? p->adj[pk].id - v0 : n;
+        if (stop > i) {
+            tern_gumbel_run r;
+            tern_gumbel_max(logits + i, stop - i, v0 + i, inv_t, key, &r);
+            if (top1) {
+                const tern_cand t = {r.top, r.top, v0 + i + (int32_t)r.top_i};
+                offer(s->cand, &s->n_cand, 1, &t, before_v);
+            }
+            if (r.mx > s->mx) s->mx = r.mx;
+            if (r.g_i >= 0 && r.g > s->g) {
+                const float v = logits[i + r.g_i];
+                s->g = r.g, s->gc = (tern_cand){v, v, v0 + i + (int32_t)r.g_i};
+            }
+            i = stop;
+        }
+        if (i < n) {
+            const tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
+            if (top1) offer(s->cand, &s->n_cand, 1, &c, before_v);
+            const double x = (double)c.v * inv_t;
+            if (x > -INFINITY) {
+                if (x > s->mx) s->mx = x;
+                const double g = x + tern_noise_gumbel(key, c.id);
+                if (g > s->g) s->g = g, s->gc = c;
+            }
+            i++;
+        }
+    }
+}
+
 void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
                        int32_t n)
 {
@@ -277,29 +301,25 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
     int32_t rcap = p->n_logprobs < 0                   ? 0
                    : p->n_logprobs > TERN_MAX_LOGPROBS ? TERN_MAX_LOGPROBS
                                                        : p->n_logprobs;
+    const bool gumbel = sampling && p->gumbel;
     /* the lists are kept sorted between folds; a heap during one */
     heapify(s->cand, s->n_cand, before_v);
     heapify(s->rawc, s->n_raw, before_raw);
     int32_t pk = 0; /* next adjusted id at or after v0 */
     while (pk < p->n_adj && p->adj[pk].id < v0) pk++;
-    for (int32_t i = 0; i < n; i++) {
-        const int32_t id = v0 + i;
-        tern_cand c = adjusted(p, logits, i, id, &pk);
-        const float v = c.v, raw = c.raw;
-        offer(s->cand, &s->n_cand, cap, &c, before_v);
-        if (rcap) {
-            offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
-            lse_add(&s->mraw, &s->zraw, (double)raw);
-        }
-        if (sampling) {
-            double x = (double)v * inv_t;
-            lse_add(&s->mx, &s->z, x);
-            if (p->gumbel && x > -INFINITY) {
-                double g = x + gumbel(p->seed, p->pos, id);
-                if (g > s->g) s->g = g, s->gc = c; /* strict: the lowest id wins ties */
+    if (gumbel)
+        fold_gumbel(s, p, logits, v0, n, pk, inv_t, tern_noise_key(p->seed, p->pos), cap == 1);
+    /* the candidates (but a Gumbel row's one), the log-probabilities, a truncated row's sum */
+    if (!gumbel || cap > 1 || rcap)
+        for (int32_t i = 0; i < n; i++) {
+            tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
+            if (!gumbel || cap > 1) offer(s->cand, &s->n_cand, cap, &c, before_v);
+            if (rcap) {
+                offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
+                lse_add(&s->mraw, &s->zraw, (double)c.raw);
             }
+            if (sampling && !gumbel) lse_add(&s->mx, &s->z, (double)c.v * inv_t);
         }
-    }
     heap_to_sorted(s->cand, s->n_cand, before_v);
     heap_to_sorted(s->rawc, s->n_raw, before_raw);
     s->n_seen = v0 + n;
@@ -370,12 +390,13 @@ static bool resolve_core(const tern_row_sum *s, const tern_cand *cand, int32_t n
     }
     if (!ended && !have_k && !complete) return false;
     /* Gumbel-max over the kept prefix */
+    const uint64_t key = tern_noise_key(p->seed, p->pos);
     double best = -INFINITY;
     int32_t bj = 0;
     for (int32_t j = 0; j < kept; j++) {
         double x = (double)cand[j].v * inv_t;
         if (!(x > -INFINITY)) continue;
-        double g = x + gumbel(p->seed, p->pos, cand[j].id);
+        double g = x + tern_noise_gumbel(key, cand[j].id);
         if (g > best || (g == best && cand[j].id < cand[bj].id)) best = g, bj = j;
     }
     out->token = cand[bj].id;

@@ -243,7 +243,9 @@ static void test_penalties(void)
     /* the fold's adjusted values are exactly these */
     tern_row_params rp;
     tern_row_params_make(&sp, 0, &rp);
+    CHECK(rp.gumbel && rp.n_cand == 1); /* a Gumbel row keeps its best candidate only */
     rp.adj = adj, rp.n_adj = n;
+    rp.n_cand = TERN_SAMPLE_CANDS; /* here every candidate, to read the adjusted values */
     tern_row_sum sum;
     tern_row_sum_init(&sum);
     tern_row_sum_fold(&sum, &rp, l, 0, 6);
