@@ -113,6 +113,7 @@ int tern_cmd_bench(int argc, char **argv)
     bool json = false;
     int reps = 3;
     int32_t npl[64], npp = 64, ntg = 32;
+    float temp = 0.0f;
     int n_npl = 0;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--profile")) return tern_bench_profile(argc, argv);
@@ -137,10 +138,19 @@ int tern_cmd_bench(int argc, char **argv)
             npp = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ntg") && i + 1 < argc)
             ntg = atoi(argv[++i]);
-        else {
+        else if (!strcmp(argv[i], "--temp") && i + 1 < argc) {
+            char *end;
+            const double t = strtod(argv[++i], &end);
+            if (*end || !(t >= 0.0 && t <= 100.0)) {
+                fprintf(stderr, "ternpipe: --temp: got '%s', expected 0 (greedy) .. 100\n",
+                        argv[i]);
+                return 2;
+            }
+            temp = (float)t;
+        } else {
             fprintf(stderr,
                     "usage: ternpipe bench [--json] [--reps R] [--npl S1,S2,... [--npp P] [--ntg "
-                    "G]] [--profile ...] %s\n",
+                    "G] [--temp T]] [--profile ...] %s\n",
                     tern_engine_opts_usage());
             return 2;
         }
@@ -154,10 +164,10 @@ int tern_cmd_bench(int argc, char **argv)
         int rank;
         if (tern_run_open(&argc, &argv, &eo, &e, &rank)) return 1;
         /* a warm-up run first: the first tokens after open pay page faults and thread wake-ups */
-        int rc = rank == 0 ? tern_bench_workload(e, 1, npp, 2, false, true) : 0;
+        int rc = rank == 0 ? tern_bench_workload(e, 1, npp, 2, temp, false, true) : 0;
         for (int k = 0; rank == 0 && k < n_npl && !rc; k++)
             for (int r = 0; r < reps && !rc; r++)
-                rc = tern_bench_workload(e, npl[k], npp, ntg, json, false);
+                rc = tern_bench_workload(e, npl[k], npp, ntg, temp, json, false);
         tern_run_close(e);
         return rc;
     }
