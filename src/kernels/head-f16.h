@@ -17,6 +17,15 @@
  * fma peak is 2 a cycle). With 16 registers that is 10 sums, 5 activations and 1 weight;
  * HF_NREG: with R x T + T below it the activations are pinned in registers (else GCC makes them
  * every fma's memory operand, 12 loads per 10 fmas); 0 leaves it to the compiler.
+ * Tried on an Intel Xeon VM with AMX (2 threads, 128256 x 2560) and not kept:
+ * - AMX-BF16 tiles, exact enough (each F16 weight as two bf16 terms, each activation as three,
+ *   four products a column: 2e-7 of sum |w x| against 2e-8 here): 64 tokens 1.8-1.9x, 16
+ *   tokens 1.7x, but one token 0.73x (32 against 24 ms: the conversion, 0.56 micro-ops a
+ *   weight, does not hide behind the memory stream). Used only for some calls, a logit would
+ *   depend on batch company (DESIGN.md 6); used for all, one stream decodes 15% slower.
+ * - The weights of a block converted to floats once for all token tiles (no vcvtph2ps in the
+ *   tiles): 1.0x at 64 tokens, 0.88x at 33 (the floats double the tiles' traffic from L2).
+ * - HF_KC 512 or 256: 0.94-0.97x at 64 tokens.
  */
 #ifndef TERN_KERNELS_HEAD_F16_H
 #define TERN_KERNELS_HEAD_F16_H
