@@ -310,7 +310,7 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 
 /* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
 
-/* ---- sampling noise (noise-scalar.h, noise-avx512.c): kernels.h's constants and tern_log_det's
+/* ---- sampling noise (noise.c, noise-avx2.c, noise-avx512.c): kernels.h's constants and tern_log_det's
  * steps, for every variant ---- */
 #define TERN_NOISE_K0 0x9e3779b97f4a7c15ULL
 #define TERN_NOISE_K1 0xd1b54a32d192ed03ULL

@@ -1,10 +1,139 @@
-/* noise-avx2.c: the Gumbel-max over a run (kernels.h, tern_gumbel_max) for the AVX2 variant:
- * the reference's scalar code (noise-scalar.h) compiled where fma is an instruction (2.5x the
- * reference's speed, the same bits). */
-#include "kernels/noise-scalar.h"
+/* noise-avx2.c: the Gumbel-max over a run of logits (kernels.h, tern_gumbel_max) with AVX2 +
+ * FMA, four ids at a time in double lanes: the reference's hash, uniform and tern_log_det
+ * step for step (noise.c), with what AVX2 lacks built from exact pieces: 64-bit
+ * products from three 32 x 32-bit ones (mod 2^64, as C's), integers below 2^53 to double
+ * through the 2^52 bias, the exponent through 32-bit lanes. So every g has the reference's
+ * bits; lanes keep their best in id order and merge by (value, lowest id): EXACT. */
+#include <math.h>
+
+#include "kernels/simd-avx2.h"
+
+/* a * b mod 2^64, b given as its halves */
+AI __m256i nz_mul(__m256i a, __m256i blo, __m256i bhi)
+{
+    const __m256i ll = _mm256_mul_epu32(a, blo);
+    const __m256i mid =
+        _mm256_add_epi64(_mm256_mul_epu32(a, bhi), _mm256_mul_epu32(_mm256_srli_epi64(a, 32), blo));
+    return _mm256_add_epi64(ll, _mm256_slli_epi64(mid, 32));
+}
+#define NZ_HALVES(c)                                                                               \
+    _mm256_set1_epi64x((long long)((c)&0xffffffffULL)), _mm256_set1_epi64x((long long)((c) >> 32))
+
+AI __m256i nz_mix(__m256i z)
+{
+    z = nz_mul(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), NZ_HALVES(TERN_NOISE_M1));
+    z = nz_mul(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), NZ_HALVES(TERN_NOISE_M2));
+    return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+
+/* an integer below 2^53 as a double, exactly */
+AI __m256d nz_u53(__m256i x)
+{
+    const __m256i bias = _mm256_set1_epi64x(0x4330000000000000LL); /* 2^52 */
+    const __m256d two52 = _mm256_set1_pd(0x1p52);
+    const __m256d lo =
+        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(
+                          _mm256_and_si256(x, _mm256_set1_epi64x(0xffffffffLL)), bias)),
+                      two52);
+    const __m256d hi =
+        _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(x, 32), bias)), two52);
+    return _mm256_fmadd_pd(hi, _mm256_set1_pd(0x1p32), lo); /* exact: below 2^53 */
+}
+
+AI __m256d nz_log(__m256d x) /* tern_log_det, lane for lane */
+{
+    const __m256i b = _mm256_castpd_si256(x);
+    __m256i mb = _mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi64x(0x000fffffffffffffLL)),
+                                 _mm256_set1_epi64x(0x3ff0000000000000LL));
+    const __m256i hi = _mm256_cmpgt_epi64(mb, _mm256_set1_epi64x((long long)TERN_LOG_SQRT2_BITS));
+    mb = _mm256_sub_epi64(mb, _mm256_and_si256(hi, _mm256_set1_epi64x(0x0010000000000000LL)));
+    /* e = (b >> 52) - 1023 + [hi] (hi is -1 where set), small: through 32-bit lanes */
+    const __m256i e64 =
+        _mm256_sub_epi64(_mm256_sub_epi64(_mm256_srli_epi64(b, 52), _mm256_set1_epi64x(1023)), hi);
+    const __m128i e32 = _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(e64, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
+    const __m256d ed = _mm256_cvtepi32_pd(e32);
+    const __m256d m = _mm256_castsi256_pd(mb), one = _mm256_set1_pd(1.0);
+    const __m256d f = _mm256_sub_pd(m, one);
+    const __m256d s = _mm256_div_pd(f, _mm256_add_pd(_mm256_set1_pd(2.0), f));
+    const __m256d r = _mm256_add_pd(s, s), z = _mm256_mul_pd(s, s);
+    __m256d q;
+    TERN_LOG_SERIES(q, z, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_mul_pd);
+    return _mm256_fmadd_pd(
+        ed, _mm256_set1_pd(TERN_LOG_LN2_HI),
+        _mm256_fmadd_pd(ed, _mm256_set1_pd(TERN_LOG_LN2_LO), _mm256_fmadd_pd(r, q, r)));
+}
+
+AI __m256d sel(__m256d mask, __m256d yes, __m256d no)
+{
+    return _mm256_blendv_pd(no, yes, mask);
+}
+AI __m256i seli(__m256d mask, __m256i yes, __m256i no)
+{
+    return _mm256_castpd_si256(
+        _mm256_blendv_pd(_mm256_castsi256_pd(no), _mm256_castsi256_pd(yes), mask));
+}
 
 void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                           tern_gumbel_run *out)
 {
-    tern_nz_gumbel_max(v, n, id0, inv_t, key, out);
+    const __m256d ninf = _mm256_set1_pd(-INFINITY), vt = _mm256_set1_pd(inv_t);
+    const __m256d sign = _mm256_set1_pd(-0.0);
+    const __m256i none = _mm256_set1_epi64x(-1), step = _mm256_set1_epi64x(4);
+    const __m256i kk = _mm256_set1_epi64x((long long)key);
+    __m256d mx = ninf, best = ninf, top = ninf;
+    __m256i bi = none, ti = none, idx = _mm256_setr_epi64x(0, 1, 2, 3);
+    /* id * K3 + K4 for the lanes' ids, advanced by 4 * K3 (wrapping, as the reference) */
+    __m256i hid = _mm256_add_epi64(
+        nz_mul(_mm256_add_epi64(idx, _mm256_set1_epi64x((long long)id0)), NZ_HALVES(TERN_NOISE_K3)),
+        _mm256_set1_epi64x((long long)TERN_NOISE_K4));
+    const __m256i hstep = _mm256_set1_epi64x((long long)(4 * TERN_NOISE_K3));
+    for (int64_t i = 0; i < n; i += 4) {
+        const int64_t left = n - i;
+        const __m128i lm =
+            _mm_cmpgt_epi32(_mm_set1_epi32(left >= 4 ? 4 : (int)left), _mm_setr_epi32(0, 1, 2, 3));
+        const __m256d in = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(lm));
+        __m256d vd = _mm256_cvtps_pd(_mm_maskload_ps(v + i, lm));
+        vd = sel(_mm256_cmp_pd(vd, vd, _CMP_UNORD_Q), ninf, vd);
+        /* top: strictly greater, or the lane's first */
+        const __m256d tk =
+            _mm256_and_pd(in, _mm256_or_pd(_mm256_cmp_pd(vd, top, _CMP_GT_OQ),
+                                           _mm256_castsi256_pd(_mm256_cmpeq_epi64(ti, none))));
+        top = sel(tk, vd, top);
+        ti = seli(tk, idx, ti);
+        const __m256d x = _mm256_mul_pd(vd, vt);
+        const __m256d ok = _mm256_and_pd(in, _mm256_cmp_pd(x, ninf, _CMP_GT_OQ));
+        if (!_mm256_testz_pd(ok, ok)) {
+            mx = sel(ok, _mm256_max_pd(mx, x), mx);
+            const __m256i h = nz_mix(_mm256_xor_si256(kk, hid));
+            const __m256d u = _mm256_min_pd(
+                _mm256_mul_pd(_mm256_add_pd(nz_u53(_mm256_srli_epi64(h, 11)), _mm256_set1_pd(0.5)),
+                              _mm256_set1_pd(0x1p-53)),
+                _mm256_set1_pd(TERN_NOISE_U_MAX));
+            const __m256d g =
+                _mm256_add_pd(x, _mm256_xor_pd(nz_log(_mm256_xor_pd(nz_log(u), sign)), sign));
+            const __m256d bt = _mm256_and_pd(ok, _mm256_cmp_pd(g, best, _CMP_GT_OQ));
+            best = sel(bt, g, best);
+            bi = seli(bt, idx, bi);
+        }
+        idx = _mm256_add_epi64(idx, step);
+        hid = _mm256_add_epi64(hid, hstep);
+    }
+    _Alignas(32) double mxs[4], bs[4], ts[4];
+    _Alignas(32) int64_t bis[4], tis[4];
+    _mm256_store_pd(mxs, mx);
+    _mm256_store_pd(bs, best);
+    _mm256_store_pd(ts, top);
+    _mm256_store_si256((__m256i *)bis, bi);
+    _mm256_store_si256((__m256i *)tis, ti);
+    tern_gumbel_run r = {-INFINITY, -INFINITY, -1, -INFINITY, -1};
+    for (int l = 0; l < 4; l++) {
+        if (mxs[l] > r.mx) r.mx = mxs[l];
+        if (bis[l] >= 0 && (r.g_i < 0 || bs[l] > r.g || (bs[l] == r.g && bis[l] < r.g_i)))
+            r.g = bs[l], r.g_i = bis[l];
+        if (tis[l] >= 0 &&
+            (r.top_i < 0 || ts[l] > r.top || (ts[l] == (double)r.top && tis[l] < r.top_i)))
+            r.top = (float)ts[l], r.top_i = tis[l];
+    }
+    *out = r;
 }
