@@ -332,7 +332,8 @@ double tern_noise_gumbel(uint64_t key, int64_t id);
 double tern_log_det(double x);
 
 /* The Gumbel-max of a run of logits v[0..n) with ids id0..id0+n-1 (n >= 1): v NaN counts as
- * -inf; x = (double)v * inv_t (inv_t > 0). mx: the largest x above -inf (-inf: none);
+ * -inf; x = (double)v * inv_t (inv_t > 0; 0: a greedy row, only top and top_i are computed,
+ * the rest left as for no x). mx: the largest x above -inf (-inf: none);
  * g, g_i: the largest x + tern_noise_gumbel(key, id) over x > -inf and its index in the run,
  * the lowest on ties (-inf, -1: none); top, top_i: the largest v and its index, the lowest on
  * ties (the run's first when every v is -inf). EXACT: every variant gives the reference's

@@ -227,7 +227,7 @@ void tern_softmax(float *x, int64_t n)
 void tern_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                      tern_gumbel_run *out)
 {
-    TERN_ASSERT(n >= 1 && v && out && inv_t > 0.0);
+    TERN_ASSERT(n >= 1 && v && out && inv_t >= 0.0);
     tern_kernels_vt()->gumbel_max(v, n, id0, inv_t, key, out);
 }
 

@@ -78,6 +78,7 @@ void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, 
                           tern_gumbel_run *out)
 {
     const __m256d ninf = _mm256_set1_pd(-INFINITY), vt = _mm256_set1_pd(inv_t);
+    const bool noise = inv_t > 0.0; /* else greedy: the top only */
     const __m256d sign = _mm256_set1_pd(-0.0);
     const __m256i none = _mm256_set1_epi64x(-1), step = _mm256_set1_epi64x(4);
     const __m256i kk = _mm256_set1_epi64x((long long)key);
@@ -102,7 +103,8 @@ void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, 
         top = sel(tk, vd, top);
         ti = seli(tk, idx, ti);
         const __m256d x = _mm256_mul_pd(vd, vt);
-        const __m256d ok = _mm256_and_pd(in, _mm256_cmp_pd(x, ninf, _CMP_GT_OQ));
+        const __m256d ok =
+            _mm256_and_pd(noise ? in : _mm256_setzero_pd(), _mm256_cmp_pd(x, ninf, _CMP_GT_OQ));
         if (!_mm256_testz_pd(ok, ok)) {
             mx = sel(ok, _mm256_max_pd(mx, x), mx);
             const __m256i h = nz_mix(_mm256_xor_si256(kk, hid));

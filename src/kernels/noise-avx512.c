@@ -43,6 +43,7 @@ void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t
                             tern_gumbel_run *out)
 {
     const __m512d ninf = _mm512_set1_pd(-INFINITY), vt = _mm512_set1_pd(inv_t);
+    const bool noise = inv_t > 0.0; /* else greedy: the top only */
     const __m512i none = _mm512_set1_epi64(-1), step = _mm512_set1_epi64(8);
     const __m512i k3 = _mm512_set1_epi64((long long)TERN_NOISE_K3);
     const __m512i kk = _mm512_set1_epi64((long long)key);
@@ -63,7 +64,7 @@ void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t
         top = _mm512_mask_mov_pd(top, tk, vd);
         ti = _mm512_mask_mov_epi64(ti, tk, idx);
         const __m512d x = _mm512_mul_pd(vd, vt);
-        const __mmask8 ok = _mm512_mask_cmp_pd_mask(in, x, ninf, _CMP_GT_OQ);
+        const __mmask8 ok = _mm512_mask_cmp_pd_mask(noise ? in : 0, x, ninf, _CMP_GT_OQ);
         if (ok) {
             mx = _mm512_mask_max_pd(mx, ok, mx, x);
             const __m512i h = nz_mix(_mm512_xor_si512(kk, hid));

@@ -59,6 +59,7 @@ static inline void tern_nz_gumbel_max(const float *v, int64_t n, int64_t id0, do
     for (int64_t i = 0; i < n; i++) {
         const float vi = v[i] == v[i] ? v[i] : -INFINITY;
         if (r.top_i < 0 || vi > r.top) r.top = vi, r.top_i = i;
+        if (inv_t == 0.0) continue; /* greedy */
         const double x = (double)vi * inv_t;
         if (!(x > -INFINITY)) continue;
         if (x > r.mx) r.mx = x;

@@ -256,11 +256,12 @@ static inline void lse_add(double *m, double *z, double x)
 }
 
 /* A Gumbel row's draw over ids [v0, v0 + n): the max of x (no sum: the draw needs none) and
- * the best score, in id order (strictly greater wins: the lowest id on ties). The runs between
- * adjusted ids go to the vector kernel (tern_gumbel_max: the same bits as one id at a time),
- * the adjusted ids one by one; with top1, the row's candidate (it keeps one) as well. */
-static void fold_gumbel(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
-                        int32_t n, int32_t pk, double inv_t, uint64_t key, bool top1)
+ * the best score, in id order (strictly greater wins: the lowest id on ties); a greedy row's
+ * (inv_t 0) only its candidate. The runs between adjusted ids go to the vector kernel
+ * (tern_gumbel_max: the same bits as one id at a time), the adjusted ids one by one; with top1,
+ * the row's candidate (it keeps one) as well. */
+static void fold_runs(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
+                      int32_t n, int32_t pk, double inv_t, uint64_t key, bool top1)
 {
     for (int32_t i = 0; i < n;) {
         const int32_t stop = pk < p->n_adj && p->adj[pk].id < v0 + n ? p->adj[pk].id - v0 : n;
@@ -282,7 +283,7 @@ static void fold_gumbel(tern_row_sum *s, const tern_row_params *p, const float *
             const tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
             if (top1) offer(s->cand, &s->n_cand, 1, &c, before_v);
             const double x = (double)c.v * inv_t;
-            if (x > -INFINITY) {
+            if (inv_t > 0.0 && x > -INFINITY) {
                 if (x > s->mx) s->mx = x;
                 const double g = x + tern_noise_gumbel(key, c.id);
                 if (g > s->g) s->g = g, s->gc = c;
@@ -307,13 +308,16 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
     heapify(s->rawc, s->n_raw, before_raw);
     int32_t pk = 0; /* next adjusted id at or after v0 */
     while (pk < p->n_adj && p->adj[pk].id < v0) pk++;
-    if (gumbel)
-        fold_gumbel(s, p, logits, v0, n, pk, inv_t, tern_noise_key(p->seed, p->pos), cap == 1);
-    /* the candidates (but a Gumbel row's one), the log-probabilities, a truncated row's sum */
-    if (!gumbel || cap > 1 || rcap)
+    /* a Gumbel or greedy row's draw and (keeping one) its candidate by the kernel */
+    const bool runs = gumbel || (!sampling && cap == 1);
+    if (runs)
+        fold_runs(s, p, logits, v0, n, pk, inv_t, gumbel ? tern_noise_key(p->seed, p->pos) : 0,
+                  cap == 1);
+    /* the candidates (but those), the log-probabilities, a truncated row's sum */
+    if (!runs || cap > 1 || rcap)
         for (int32_t i = 0; i < n; i++) {
             tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
-            if (!gumbel || cap > 1) offer(s->cand, &s->n_cand, cap, &c, before_v);
+            if (!runs || cap > 1) offer(s->cand, &s->n_cand, cap, &c, before_v);
             if (rcap) {
                 offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
                 lse_add(&s->mraw, &s->zraw, (double)c.raw);
