@@ -18,14 +18,14 @@
  *   smallest prefix whose mass reaches top_p of the total; of the top-k mass when top-k is on),
  *   then min-p (drop w < min_p * w_max), at least one token.
  * - Each head slice folds its ids, in id order, into a fixed-size record (tern_row_sum): the
- *   running max and sum of exp(x - max) in double (an online softmax), the best
- *   TERN_SAMPLE_CANDS candidates in the total order, the best Gumbel score (for draws without
- *   truncation: such a row keeps only the max, no sum, and one candidate, and its ids between
- *   adjusted ones go through the vector kernel tern_gumbel_max, kernels.h) and, for
- *   log-probabilities, the same max/sum over the raw logits with the top
- *   TERN_MAX_LOGPROBS raw candidates. Slices are folded in vocabulary order (the ring order of
- *   the head ranks), so the record after the last slice is bitwise the record one rank makes
- *   folding the whole vocabulary: the fold is the same sequence of operations.
+ *   running max and (where top-p over every id needs it) sum of exp(x - max) in double (an
+ *   online softmax), the best TERN_SAMPLE_CANDS candidates in the total order, the best Gumbel
+ *   score (for draws without truncation: such a row keeps only the max and one candidate, and
+ *   its ids between adjusted ones go through the vector kernel tern_gumbel_max, kernels.h, as
+ *   a greedy row's do) and, for log-probabilities, the same max/sum over the raw logits with
+ *   the top TERN_MAX_LOGPROBS raw candidates. Slices are folded in vocabulary order (the ring
+ *   order of the head ranks), so the record after the last slice is bitwise the record one
+ *   rank makes folding the whole vocabulary: the fold is the same sequence of operations.
  * - tern_row_resolve() turns the record into the token. When K provably lies inside the
  *   candidates (top-k <= candidates, or the top-p/min-p prefix ends inside them) or no
  *   truncation applies (Gumbel best), it is resolved. Otherwise (a wide nucleus, typical of
@@ -106,6 +106,9 @@ typedef struct tern_row_params {
     int32_t n_cand;    /* 1 (greedy) .. TERN_SAMPLE_CANDS */
     int32_t n_logprobs;
     bool gumbel; /* no truncation: track the best Gumbel score over every id */
+    /* the draw needs no sum of exp over every id (top-k on, or no top-p): the fold keeps the
+     * max only (false, the zero value: the sum is kept) */
+    bool no_sum;
     uint64_t seed;
     int32_t pos;            /* position of the token being drawn */
     const tern_adjust *adj; /* distinct adjusted ids, ascending */

@@ -151,6 +151,8 @@ void tern_row_params_make(const tern_sampling *sp, int32_t pos, tern_row_params 
     /* a Gumbel row is resolved by its best score: the best candidate only serves a row with
      * nothing finite to weigh */
     p->n_cand = greedy || p->gumbel ? 1 : TERN_SAMPLE_CANDS;
+    /* the sum serves top-p over every id only (with top-k it is the candidates') */
+    p->no_sum = !(sp->top_k == 0 && sp->top_p < 1.0f);
     p->seed = sp->seed;
     p->pos = pos;
 }
@@ -322,7 +324,13 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
                 offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
                 lse_add(&s->mraw, &s->zraw, (double)c.raw);
             }
-            if (sampling && !gumbel) lse_add(&s->mx, &s->z, (double)c.v * inv_t);
+            if (sampling && !gumbel) {
+                const double x = (double)c.v * inv_t;
+                if (!p->no_sum)
+                    lse_add(&s->mx, &s->z, x);
+                else if (x > s->mx)
+                    s->mx = x;
+            }
         }
     heap_to_sorted(s->cand, s->n_cand, before_v);
     heap_to_sorted(s->rawc, s->n_raw, before_raw);
