@@ -310,8 +310,8 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 
 /* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
 
-/* ---- sampling noise (noise.c, noise-avx2.c, noise-avx512.c): kernels.h's constants and tern_log_det's
- * steps, for every variant ---- */
+/* ---- sampling noise (noise.c, noise-avx2.c, noise-avx512.c): kernels.h's constants and
+ * tern_log_det's steps, for every variant ---- */
 #define TERN_NOISE_K0 0x9e3779b97f4a7c15ULL
 #define TERN_NOISE_K1 0xd1b54a32d192ed03ULL
 #define TERN_NOISE_K2 0x8cb92ba72f3d8dd7ULL
@@ -337,6 +337,23 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
         (q) = FMA((q), (z), SET(1.0 / 3.0));                                                       \
         (q) = MUL((q), (z));                                                                       \
     } while (0)
+/* The SIMD files' lanes merged (each lane's best in id order, run indices, -1: none) by
+ * (value, lowest index), as the sequential reference's result. */
+static inline tern_gumbel_run tern_gumbel_lanes(int lanes, const double *mx, const double *g,
+                                                const int64_t *gi, const double *top,
+                                                const int64_t *ti)
+{
+    tern_gumbel_run r = {-INFINITY, -INFINITY, -1, -INFINITY, -1};
+    for (int l = 0; l < lanes; l++) {
+        if (mx[l] > r.mx) r.mx = mx[l];
+        if (gi[l] >= 0 && (r.g_i < 0 || g[l] > r.g || (g[l] == r.g && gi[l] < r.g_i)))
+            r.g = g[l], r.g_i = gi[l];
+        if (ti[l] >= 0 &&
+            (r.top_i < 0 || top[l] > r.top || (top[l] == (double)r.top && ti[l] < r.top_i)))
+            r.top = (float)top[l], r.top_i = ti[l];
+    }
+    return r;
+}
 void tern_ref_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                          tern_gumbel_run *out);
 void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,

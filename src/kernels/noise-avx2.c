@@ -128,14 +128,5 @@ void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, 
     _mm256_store_pd(ts, top);
     _mm256_store_si256((__m256i *)bis, bi);
     _mm256_store_si256((__m256i *)tis, ti);
-    tern_gumbel_run r = {-INFINITY, -INFINITY, -1, -INFINITY, -1};
-    for (int l = 0; l < 4; l++) {
-        if (mxs[l] > r.mx) r.mx = mxs[l];
-        if (bis[l] >= 0 && (r.g_i < 0 || bs[l] > r.g || (bs[l] == r.g && bis[l] < r.g_i)))
-            r.g = bs[l], r.g_i = bis[l];
-        if (tis[l] >= 0 &&
-            (r.top_i < 0 || ts[l] > r.top || (ts[l] == (double)r.top && tis[l] < r.top_i)))
-            r.top = (float)ts[l], r.top_i = tis[l];
-    }
-    *out = r;
+    *out = tern_gumbel_lanes(4, mxs, bs, bis, ts, tis);
 }

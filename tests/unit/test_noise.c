@@ -16,18 +16,16 @@
 
 #include "harness.h"
 #include "ternpipe/kernels.h"
+#include "ternpipe/rng.h"
 
-static uint64_t g_rng = 0x243f6a8885a308d3ull;
+static tern_rng g_rng;
 static uint64_t rnd(void)
 {
-    g_rng ^= g_rng >> 12;
-    g_rng ^= g_rng << 25;
-    g_rng ^= g_rng >> 27;
-    return g_rng * 0x2545f4914f6cdd1dull;
+    return tern_rng_next(&g_rng);
 }
 static double rndu(void) /* [0, 1) */
 {
-    return (double)(rnd() >> 11) * 0x1p-53;
+    return tern_rng_uniform_double(&g_rng);
 }
 
 /* |a - b| in units of b's last place */
@@ -186,6 +184,7 @@ static void test_gumbel_max(void)
 
 int main(void)
 {
+    tern_rng_seed(&g_rng, 0x243f6a8885a308d3ull);
     test_log();
     test_uniform_gumbel();
     test_gumbel_max();
