@@ -338,6 +338,20 @@ double tern_log_det(double x);
  * the lowest on ties (-inf, -1: none); top, top_i: the largest v and its index, the lowest on
  * ties (the run's first when every v is -inf). EXACT: every variant gives the reference's
  * (sequential) result. */
+/* e^d for d <= 0 (d below -700, or NaN, counts as -700), within 2 ulp, the same bits
+ * everywhere: n = round(d log2 e), r = d - n ln2 (two parts, fma), the Taylor series of e^r to
+ * r^13 (Horner, fma), times 2^n (exact: n >= -1010). */
+double tern_exp_det(double d);
+/* The online softmax sums of a run of logits in TERN_LSE_LANES lanes by id: for i in [0, n),
+ * with x = (double)v[i] * inv_t (v NaN as -inf) above -inf and l = (id0 + i) % TERN_LSE_LANES,
+ * in id order:  x > m[l]: z[l] = z[l] * tern_exp_det(m[l] - x) + 1, m[l] = x;
+ *               else:     z[l] = z[l] + tern_exp_det(x - m[l])
+ * (no fma), m and z updated in place (a lane starts at -inf, 0). A lane's state depends on
+ * its ids alone, so runs cut anywhere give the same lanes. EXACT: every variant gives the
+ * reference's bits. */
+#define TERN_LSE_LANES 8
+void tern_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z);
+
 typedef struct tern_gumbel_run {
     double mx, g;
     int64_t g_i;

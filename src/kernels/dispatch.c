@@ -231,6 +231,12 @@ void tern_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint6
     tern_kernels_vt()->gumbel_max(v, n, id0, inv_t, key, out);
 }
 
+void tern_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z)
+{
+    TERN_ASSERT(n >= 1 && v && m && z && inv_t > 0.0);
+    tern_kernels_vt()->lse_lanes(v, n, id0, inv_t, m, z);
+}
+
 void tern_relu2_mul(const float *g, const float *u, int64_t n, float *m)
 {
     TERN_ASSERT(n >= 0);

@@ -226,6 +226,7 @@ typedef struct tern_kernel_vtable {
                    float *y, int64_t ldy, int64_t o0, int64_t o1);
     void (*gumbel_max)(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                        tern_gumbel_run *out);
+    void (*lse_lanes)(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z);
     void (*f16_to_f32)(const uint16_t *h, float *f, int64_t n);
     void (*f32_to_f16)(const float *f, uint16_t *h, int64_t n);
     /* kernels.h's peaks, each returning its multiply-adds: the widest int8 dot, fp32 FMA, and
@@ -356,6 +357,13 @@ static inline tern_gumbel_run tern_gumbel_lanes(int lanes, const double *mx, con
 }
 void tern_ref_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                          tern_gumbel_run *out);
+void tern_ref_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z);
+void tern_avx2_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m,
+                         double *z);
+void tern_avx512_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m,
+                           double *z);
+#define TERN_EXP_MIN (-700.0) /* tern_exp_det's floor: 2^n stays a normal number */
+#define TERN_EXP_LOG2E 1.4426950408889634
 void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                           tern_gumbel_run *out);
 void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,

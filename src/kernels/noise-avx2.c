@@ -130,3 +130,72 @@ void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, 
     _mm256_store_si256((__m256i *)tis, ti);
     *out = tern_gumbel_lanes(4, mxs, bs, bis, ts, tis);
 }
+
+AI __m256d nz_exp(__m256d d) /* tern_exp_det, lane for lane (a NaN lane counts as the floor) */
+{
+    d = _mm256_max_pd(d, _mm256_set1_pd(TERN_EXP_MIN));
+    const __m256d n = _mm256_round_pd(_mm256_mul_pd(d, _mm256_set1_pd(TERN_EXP_LOG2E)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TERN_LOG_LN2_HI), d);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TERN_LOG_LN2_LO), r);
+    __m256d p;
+    TERN_EXP_TAYLOR13(p, r, _mm256_set1_pd, _mm256_fmadd_pd);
+    const __m256i b = _mm256_slli_epi64(
+        _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)), _mm256_set1_epi64x(1023)),
+        52);
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(b));
+}
+
+/* Four lanes of a block (lane j: the j-th id of v), those in `lm` (32-bit lanes) present. */
+AI void lse_half(const float *v, __m128i lm, __m256d vt, __m256d *m, __m256d *z)
+{
+    const __m256d ninf = _mm256_set1_pd(-INFINITY);
+    __m256d vd = _mm256_cvtps_pd(_mm_maskload_ps(v, lm));
+    vd = sel(_mm256_cmp_pd(vd, vd, _CMP_UNORD_Q), ninf, vd);
+    const __m256d x = _mm256_mul_pd(vd, vt);
+    const __m256d in = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(lm));
+    const __m256d ok = _mm256_and_pd(in, _mm256_cmp_pd(x, ninf, _CMP_GT_OQ));
+    if (_mm256_testz_pd(ok, ok)) return;
+    const __m256d gt = _mm256_and_pd(ok, _mm256_cmp_pd(x, *m, _CMP_GT_OQ));
+    const __m256d le = _mm256_andnot_pd(gt, ok);
+    const __m256d e = nz_exp(sel(gt, _mm256_sub_pd(*m, x), _mm256_sub_pd(x, *m)));
+    const __m256d zg = _mm256_add_pd(_mm256_mul_pd(*z, e), _mm256_set1_pd(1.0));
+    *z = sel(gt, zg, sel(le, _mm256_add_pd(*z, e), *z));
+    *m = sel(gt, x, *m);
+}
+
+AI __m128i lanes4(int lo, int hi) /* 32-bit lanes [lo, hi) of 4 */
+{
+    const __m128i j = _mm_setr_epi32(0, 1, 2, 3);
+    return _mm_and_si128(_mm_cmpgt_epi32(_mm_set1_epi32(hi), j),
+                         _mm_cmpgt_epi32(j, _mm_set1_epi32(lo - 1)));
+}
+
+/* one block of eight ids: lanes [lo, hi) present */
+AI void lse_block(const float *v, int lo, int hi, __m256d vt, __m256d *m, __m256d *z)
+{
+    if (lo < 4) lse_half(v, lanes4(lo, hi), vt, m, z);
+    if (hi > 4) lse_half(v + 4, lanes4(lo - 4, hi - 4), vt, m + 1, z + 1);
+}
+
+void tern_avx2_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z)
+{
+    _Static_assert(TERN_LSE_LANES == 8, "two vectors of lanes");
+    const __m256d vt = _mm256_set1_pd(inv_t);
+    __m256d mv[2] = {_mm256_loadu_pd(m), _mm256_loadu_pd(m + 4)};
+    __m256d zv[2] = {_mm256_loadu_pd(z), _mm256_loadu_pd(z + 4)};
+    int64_t i = 0;
+    const int s0 = (int)((uint64_t)id0 % 8);
+    if (s0) { /* the ids before the first whole block, at their lanes */
+        float head[8] = {0};
+        const int cnt = n < 8 - s0 ? (int)n : 8 - s0;
+        for (int j = 0; j < cnt; j++) head[s0 + j] = v[j];
+        lse_block(head, s0, s0 + cnt, vt, mv, zv);
+        i = cnt;
+    }
+    for (; i < n; i += 8) lse_block(v + i, 0, n - i < 8 ? (int)(n - i) : 8, vt, mv, zv);
+    _mm256_storeu_pd(m, mv[0]);
+    _mm256_storeu_pd(m + 4, mv[1]);
+    _mm256_storeu_pd(z, zv[0]);
+    _mm256_storeu_pd(z + 4, zv[1]);
+}

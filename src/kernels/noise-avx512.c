@@ -93,3 +93,53 @@ void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t
     _mm512_store_si512(tis, ti);
     *out = tern_gumbel_lanes(8, mxs, bs, bis, ts, tis);
 }
+
+AI __m512d nz_exp(__m512d d) /* tern_exp_det, lane for lane (a NaN lane counts as the floor) */
+{
+    d = _mm512_max_pd(d, _mm512_set1_pd(TERN_EXP_MIN));
+    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(d, _mm512_set1_pd(TERN_EXP_LOG2E)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(TERN_LOG_LN2_HI), d);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(TERN_LOG_LN2_LO), r);
+    __m512d p;
+    TERN_EXP_TAYLOR13(p, r, _mm512_set1_pd, _mm512_fmadd_pd);
+    const __m512i b =
+        _mm512_slli_epi64(_mm512_add_epi64(_mm512_cvtpd_epi64(n), _mm512_set1_epi64(1023)), 52);
+    return _mm512_mul_pd(p, _mm512_castsi512_pd(b));
+}
+
+/* One block of the lanes' ids (lane j: the block's j-th id), the lanes `in` present. */
+AI void lse_block(const float *v, __mmask8 in, __m512d vt, __m512d *m, __m512d *z)
+{
+    const __m512d ninf = _mm512_set1_pd(-INFINITY);
+    __m512d vd = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(in, v));
+    vd = _mm512_mask_mov_pd(vd, _mm512_cmp_pd_mask(vd, vd, _CMP_UNORD_Q), ninf);
+    const __m512d x = _mm512_mul_pd(vd, vt);
+    const __mmask8 ok = _mm512_mask_cmp_pd_mask(in, x, ninf, _CMP_GT_OQ);
+    if (!ok) return;
+    const __mmask8 gt = _mm512_mask_cmp_pd_mask(ok, x, *m, _CMP_GT_OQ), le = ok & ~gt;
+    const __m512d e = nz_exp(_mm512_mask_sub_pd(_mm512_sub_pd(x, *m), gt, *m, x));
+    const __m512d zg = _mm512_add_pd(_mm512_mul_pd(*z, e), _mm512_set1_pd(1.0));
+    *z = _mm512_mask_mov_pd(_mm512_mask_add_pd(*z, le, *z, e), gt, zg);
+    *m = _mm512_mask_mov_pd(*m, gt, x);
+}
+
+void tern_avx512_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m,
+                           double *z)
+{
+    _Static_assert(TERN_LSE_LANES == 8, "one vector of lanes");
+    const __m512d vt = _mm512_set1_pd(inv_t);
+    __m512d mv = _mm512_loadu_pd(m), zv = _mm512_loadu_pd(z);
+    int64_t i = 0;
+    const int s0 = (int)((uint64_t)id0 % 8);
+    if (s0) { /* the ids before the first whole block, at their lanes */
+        float head[8] = {0};
+        const int cnt = n < 8 - s0 ? (int)n : 8 - s0;
+        for (int j = 0; j < cnt; j++) head[s0 + j] = v[j];
+        lse_block(head, (__mmask8)(((1u << cnt) - 1) << s0), vt, &mv, &zv);
+        i = cnt;
+    }
+    for (; i < n; i += 8) lse_block(v + i, tail8(n - i), vt, &mv, &zv);
+    _mm512_storeu_pd(m, mv);
+    _mm512_storeu_pd(z, zv);
+}

@@ -46,6 +46,21 @@ static inline double tern_nz_log(double x)
 #undef TERN_NZ_SET
 #undef TERN_NZ_MUL
 
+#define TERN_NZ_SET(c) (c)
+static inline double tern_nz_exp(double d)
+{
+    d = d > TERN_EXP_MIN ? d : TERN_EXP_MIN;
+    const double n = nearbyint(d * TERN_EXP_LOG2E);
+    const double r = fma(-n, TERN_LOG_LN2_LO, fma(-n, TERN_LOG_LN2_HI, d));
+    double p;
+    TERN_EXP_TAYLOR13(p, r, TERN_NZ_SET, fma);
+    const uint64_t b = (uint64_t)((int64_t)n + 1023) << 52;
+    double s;
+    memcpy(&s, &b, sizeof s);
+    return p * s;
+}
+#undef TERN_NZ_SET
+
 static inline double tern_nz_gumbel(uint64_t key, int64_t id)
 {
     return -tern_nz_log(-tern_nz_log(tern_nz_uniform(key, id)));
@@ -99,4 +114,23 @@ void tern_ref_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, u
                          tern_gumbel_run *out)
 {
     tern_nz_gumbel_max(v, n, id0, inv_t, key, out);
+}
+
+double tern_exp_det(double d)
+{
+    return tern_nz_exp(d);
+}
+
+void tern_ref_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float vi = v[i] == v[i] ? v[i] : -INFINITY;
+        const double x = (double)vi * inv_t;
+        if (!(x > -INFINITY)) continue;
+        const int l = (int)((uint64_t)(id0 + i) % TERN_LSE_LANES);
+        if (x > m[l])
+            z[l] = z[l] * tern_nz_exp(m[l] - x) + 1.0, m[l] = x;
+        else
+            z[l] = z[l] + tern_nz_exp(x - m[l]);
+    }
 }

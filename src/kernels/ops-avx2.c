@@ -456,6 +456,7 @@ const tern_kernel_vtable tern_kernels_avx2 = {
     .gemm_i8 = tern_hi_gemm,
     .gemm_q = tern_hq_gemm,
     .gumbel_max = tern_avx2_gumbel_max,
+    .lse_lanes = tern_avx2_lse_lanes,
     .f16_to_f32 = f16_to_f32,
     .f32_to_f16 = f32_to_f16,
     .peak_int8 = peak_int8,

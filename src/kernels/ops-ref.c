@@ -432,6 +432,7 @@ const tern_kernel_vtable tern_kernels_ref = {
     .gemm_i8 = tern_ref_gemm_i8,
     .gemm_q = tern_ref_gemm_q,
     .gumbel_max = tern_ref_gumbel_max,
+    .lse_lanes = tern_ref_lse_lanes,
     .f16_to_f32 = tern_ref_f16_to_f32,
     .f32_to_f16 = tern_ref_f32_to_f16,
     .peak_int8 = ref_peak_int8,

@@ -7,6 +7,9 @@
  *   bit for bit, on runs with NaN, +-inf, ties, all -inf, tails, ids past 2^31 and greedy
  *   rows (inv_t 0); and
  *   against a plain loop here of the documented rule with tern_noise_gumbel.
+ * - tern_exp_det against the C library's exp; tern_lse_lanes: every variant against the
+ *   reference bit for bit, runs cut anywhere giving the same lanes, and the lanes' sum against a
+ *   direct one in long double.
  * - The cost per id of each variant (printed, not asserted). */
 #include <math.h>
 #include <stdint.h>
@@ -182,11 +185,99 @@ static void test_gumbel_max(void)
     }
 }
 
+/* tern_exp_det against the C library, and tern_lse_lanes: variants against the reference bit
+ * for bit, one run against the same ids cut in two, and the lanes' sum against a direct one */
+static void test_lse(void)
+{
+    double worst = 0.0;
+    for (int i = 0; i < 200000; i++) {
+        const double d = i % 2 ? -rndu() * 700.0 : -rndu() * 2.0;
+        const double got = tern_exp_det(d), want = exp(d), e = ulps(got, want);
+        CHECKF(e <= 2.0, "exp(%.17g): %.17g against %.17g (%.2f ulp)", d, got, want, e);
+        if (e > worst) worst = e;
+    }
+    CHECK(tern_exp_det(0.0) == 1.0 && tern_exp_det(-INFINITY) == tern_exp_det(-700.0) &&
+          tern_exp_det(NAN) == tern_exp_det(-700.0));
+    printf("tern_exp_det: worst %.2f ulp against the C library's exp\n", worst);
+    tern_simd vars[TERN_SIMD_COUNT];
+    int nv = 0;
+    for (int v = 0; v < TERN_SIMD_COUNT; v++)
+        if (tern_simd_supported((tern_simd)v)) vars[nv++] = (tern_simd)v;
+    static float v[1500];
+    for (int it = 0; it < 400; it++) {
+        const int64_t n = it % 4 == 0 ? (int64_t)(rnd() % 12 + 1) : (int64_t)(rnd() % 1500 + 1);
+        const int64_t id0 = (int64_t)(rnd() % 100000);
+        const double inv_t = 0.2 + rndu() * 3.0;
+        fill(v, n);
+        double m0[TERN_LSE_LANES], z0[TERN_LSE_LANES];
+        for (int l = 0; l < TERN_LSE_LANES; l++) {
+            const bool fresh = rnd() % 2;
+            m0[l] = fresh ? -INFINITY : (rndu() * 2.0 - 1.0) * 10.0;
+            z0[l] = fresh ? 0.0 : 1.0 + rndu() * 50.0;
+        }
+        double mr[TERN_LSE_LANES], zr[TERN_LSE_LANES];
+        tern_status st;
+        CHECK(tern_kernels_force(TERN_SIMD_REF, &st) == TERN_OK);
+        memcpy(mr, m0, sizeof mr), memcpy(zr, z0, sizeof zr);
+        tern_lse_lanes(v, n, id0, inv_t, mr, zr);
+        for (int k = 0; k < nv; k++) {
+            CHECK(tern_kernels_force(vars[k], &st) == TERN_OK);
+            double m[TERN_LSE_LANES], z[TERN_LSE_LANES];
+            memcpy(m, m0, sizeof m), memcpy(z, z0, sizeof z);
+            tern_lse_lanes(v, n, id0, inv_t, m, z);
+            CHECKF(memcmp(m, mr, sizeof m) == 0 && memcmp(z, zr, sizeof z) == 0,
+                   "lse_lanes %s n=%lld id0=%lld", tern_simd_name(vars[k]), (long long)n,
+                   (long long)id0);
+            /* cut anywhere: the same lanes */
+            const int64_t cut = (int64_t)(rnd() % (uint64_t)n);
+            memcpy(m, m0, sizeof m), memcpy(z, z0, sizeof z);
+            if (cut > 0) tern_lse_lanes(v, cut, id0, inv_t, m, z);
+            tern_lse_lanes(v + cut, n - cut, id0 + cut, inv_t, m, z);
+            CHECKF(memcmp(m, mr, sizeof m) == 0 && memcmp(z, zr, sizeof z) == 0,
+                   "lse_lanes %s cut at %lld of %lld", tern_simd_name(vars[k]), (long long)cut,
+                   (long long)n);
+        }
+        /* from fresh lanes: the lanes' sum against sum_i exp(x_i - max) in long double */
+        double m[TERN_LSE_LANES], z[TERN_LSE_LANES];
+        for (int l = 0; l < TERN_LSE_LANES; l++) m[l] = -INFINITY, z[l] = 0.0;
+        tern_lse_lanes(v, n, id0, inv_t, m, z);
+        double mx = -INFINITY;
+        for (int64_t i = 0; i < n; i++)
+            if (!isnan(v[i]) && (double)v[i] * inv_t > mx) mx = (double)v[i] * inv_t;
+        if (!(mx > -INFINITY) || isinf(mx)) continue;
+        long double want = 0.0L, got = 0.0L;
+        for (int64_t i = 0; i < n; i++)
+            if (!isnan(v[i]) && v[i] > -INFINITY) want += expl((long double)v[i] * inv_t - mx);
+        for (int l = 0; l < TERN_LSE_LANES; l++)
+            if (m[l] > -INFINITY) got += (long double)z[l] * expl((long double)m[l] - mx);
+        CHECKF(fabsl(got - want) <= 1e-13L * want, "lanes' sum %.17Lg against %.17Lg", got, want);
+    }
+    static float big[128256];
+    for (int64_t i = 0; i < 128256; i++) big[i] = (float)((rndu() * 2.0 - 1.0) * 10.0);
+    for (int k = 0; k < nv; k++) {
+        tern_status st;
+        CHECK(tern_kernels_force(vars[k], &st) == TERN_OK);
+        double best = 1e9;
+        for (int r = 0; r < 3; r++) {
+            double m[TERN_LSE_LANES], z[TERN_LSE_LANES];
+            for (int l = 0; l < TERN_LSE_LANES; l++) m[l] = -INFINITY, z[l] = 0.0;
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            tern_lse_lanes(big, 128256, 0, 1.25, m, z);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            const double t = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
+            if (t < best) best = t;
+        }
+        printf("tern_lse_lanes %s: %.2f ns an id\n", tern_simd_name(vars[k]), best * 1e9 / 128256);
+    }
+}
+
 int main(void)
 {
     tern_rng_seed(&g_rng, 0x243f6a8885a308d3ull);
     test_log();
     test_uniform_gumbel();
     test_gumbel_max();
+    test_lse();
     return tern_test_finish("test_noise");
 }
