@@ -241,6 +241,7 @@ void tern_row_sum_init(tern_row_sum *s)
     memset(s, 0, sizeof *s);
     s->mx = -INFINITY, s->z = 0.0;
     s->mraw = -INFINITY, s->zraw = 0.0;
+    for (int l = 0; l < TERN_SUM_LANES; l++) s->lm[l] = -INFINITY, s->lz[l] = 0.0;
     s->g = -INFINITY;
     s->gc = (tern_cand){-INFINITY, -INFINITY, -1};
 }
@@ -262,11 +263,42 @@ static inline void lse_add(double *m, double *z, double x)
  * (inv_t 0) only its candidate. The runs between adjusted ids go to the vector kernel
  * (tern_gumbel_max: the same bits as one id at a time), the adjusted ids one by one; with top1,
  * the row's candidate (it keeps one) as well. */
+#define SKIP_BLOCK 16 /* ids a candidate pass skips at once */
+
+/* the end of the run of unadjusted ids from i on (the next adjusted id's index, or n) */
+static inline int32_t run_end(const tern_row_params *p, int32_t pk, int32_t v0, int32_t n)
+{
+    return pk < p->n_adj && p->adj[pk].id < v0 + n ? p->adj[pk].id - v0 : n;
+}
+
+/* A summing row's sum over ids [v0, v0 + n) by the kernel's lanes (tern_lse_lanes), an
+ * adjusted id with its value through the same kernel; then the max and sum the lanes make, in
+ * lane order. */
+static void fold_sum(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
+                     int32_t n, int32_t pk, double inv_t)
+{
+    _Static_assert(TERN_SUM_LANES == TERN_LSE_LANES, "the record holds the kernel's lanes");
+    for (int32_t i = 0; i < n;) {
+        const int32_t stop = run_end(p, pk, v0, n);
+        if (stop > i) tern_lse_lanes(logits + i, stop - i, v0 + i, inv_t, s->lm, s->lz);
+        if ((i = stop) < n) {
+            const tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
+            tern_lse_lanes(&c.v, 1, v0 + i, inv_t, s->lm, s->lz);
+            i++;
+        }
+    }
+    double m = -INFINITY, z = 0.0;
+    for (int l = 0; l < TERN_SUM_LANES; l++) m = s->lm[l] > m ? s->lm[l] : m;
+    for (int l = 0; l < TERN_SUM_LANES; l++)
+        if (s->lm[l] > -INFINITY) z += s->lz[l] * tern_exp_det(s->lm[l] - m);
+    s->mx = m, s->z = z;
+}
+
 static void fold_runs(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
                       int32_t n, int32_t pk, double inv_t, uint64_t key, bool top1)
 {
     for (int32_t i = 0; i < n;) {
-        const int32_t stop = pk < p->n_adj && p->adj[pk].id < v0 + n ? p->adj[pk].id - v0 : n;
+        const int32_t stop = run_end(p, pk, v0, n);
         if (stop > i) {
             tern_gumbel_run r;
             tern_gumbel_max(logits + i, stop - i, v0 + i, inv_t, key, &r);
@@ -310,28 +342,36 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
     heapify(s->rawc, s->n_raw, before_raw);
     int32_t pk = 0; /* next adjusted id at or after v0 */
     while (pk < p->n_adj && p->adj[pk].id < v0) pk++;
+    const int32_t pk0 = pk;
     /* a Gumbel or greedy row's draw and (keeping one) its candidate by the kernel */
     const bool runs = gumbel || (!sampling && cap == 1);
     if (runs)
-        fold_runs(s, p, logits, v0, n, pk, inv_t, gumbel ? tern_noise_key(p->seed, p->pos) : 0,
+        fold_runs(s, p, logits, v0, n, pk0, inv_t, gumbel ? tern_noise_key(p->seed, p->pos) : 0,
                   cap == 1);
-    /* the candidates (but those), the log-probabilities, a truncated row's sum */
-    if (!runs || cap > 1 || rcap)
+    /* the candidates (but those), the log-probabilities, a truncated row's max */
+    const bool offers = !runs || cap > 1, maxes = sampling && !gumbel && p->no_sum;
+    if (offers || rcap)
         for (int32_t i = 0; i < n; i++) {
+            /* a block of unadjusted ids none of which beats the full list's last (the root:
+             * the ids come in order, so only a larger value enters) adds nothing but its max */
+            while (offers && !rcap && s->n_cand == cap && n - i >= SKIP_BLOCK &&
+                   run_end(p, pk, v0, n) - i >= SKIP_BLOCK) {
+                float bm = -INFINITY;
+                for (int j = 0; j < SKIP_BLOCK; j++) bm = logits[i + j] > bm ? logits[i + j] : bm;
+                if (bm > s->cand[0].v) break;
+                if (maxes && (double)bm * inv_t > s->mx) s->mx = (double)bm * inv_t;
+                i += SKIP_BLOCK;
+            }
+            if (i >= n) break;
             tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
             if (!runs || cap > 1) offer(s->cand, &s->n_cand, cap, &c, before_v);
             if (rcap) {
                 offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
                 lse_add(&s->mraw, &s->zraw, (double)c.raw);
             }
-            if (sampling && !gumbel) {
-                const double x = (double)c.v * inv_t;
-                if (!p->no_sum)
-                    lse_add(&s->mx, &s->z, x);
-                else if (x > s->mx)
-                    s->mx = x;
-            }
+            if (maxes && (double)c.v * inv_t > s->mx) s->mx = (double)c.v * inv_t;
         }
+    if (sampling && !gumbel && !p->no_sum) fold_sum(s, p, logits, v0, n, pk0, inv_t);
     heap_to_sorted(s->cand, s->n_cand, before_v);
     heap_to_sorted(s->rawc, s->n_raw, before_raw);
     s->n_seen = v0 + n;
