@@ -51,8 +51,8 @@ static void wl_done(void *user, tern_finish why, const char *err)
     if (err) fprintf(stderr, "ternpipe: bench: %s\n", err);
 }
 
-int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, float temp, bool json,
-                        bool quiet)
+int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, const tern_sampling *draw,
+                        bool json, bool quiet)
 {
     const tern_hparams *hp = tern_engine_hparams(e);
     int n_ranks = tern_engine_n_ranks(e);
@@ -90,10 +90,8 @@ int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, float t
                            .on_token = wl_token,
                            .on_done = wl_done,
                            .user = &seqs[s]};
-        tern_sampling_default(&rq.sampling);
-        /* --temp: every stream draws at that temperature (no truncation: the server's
-         * default request), each from its own seed */
-        rq.sampling.temperature = temp;
+        /* every stream draws as asked (--temp, --top-k, --top-p), each from its own seed */
+        rq.sampling = *draw;
         rq.sampling.seed = (uint64_t)s + 1;
         if (tern_engine_submit(e, &rq, NULL, &st)) {
             fprintf(stderr, "ternpipe: bench: %s\n", st.msg);
@@ -119,10 +117,11 @@ int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, float t
         /* a warm-up: nothing to report */
     } else if (json) {
         printf("{\"ranks\": %d, \"streams\": %d, \"npp\": %d, \"ntg\": %d, \"temp\": %g, "
+               "\"top_k\": %d, \"top_p\": %g, "
                "\"tok_s\": %.3f, \"decode_tok_s\": %.3f, \"wall_s\": %.4f, \"ttft_p50_ms\": %.3f, "
                "\"ttft_p99_ms\": %.3f, \"itl_p50_ms\": %.3f, \"itl_p99_ms\": %.3f, \"busy\": [",
-               n_ranks, S, P, G, (double)temp, agg, dec, wall, ttft50 * 1e3, ttft99 * 1e3,
-               itl50 * 1e3, itl99 * 1e3);
+               n_ranks, S, P, G, (double)draw->temperature, (int)draw->top_k, (double)draw->top_p,
+               agg, dec, wall, ttft50 * 1e3, ttft99 * 1e3, itl50 * 1e3, itl99 * 1e3);
         for (int r = 0; r < n_ranks; r++) {
             double b = stat_wall > 0 ? (r1[r].busy_s - r0[r].busy_s) / stat_wall : 0;
             busy_sum += b;

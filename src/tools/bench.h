@@ -9,8 +9,8 @@
 
 /* S concurrent sequences of P prompt and G new tokens (rank 0, engine open); quiet: print
  * nothing (a warm-up). */
-int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, float temp, bool json,
-                        bool quiet);
+int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, const tern_sampling *draw,
+                        bool json, bool quiet);
 /* GB/s of this machine's read bandwidth with n_threads: of the access patterns tried (one or 8
  * sequential streams a thread), the best median of 7 passes over 1 GiB. */
 double tern_bench_read_bandwidth(int n_threads);

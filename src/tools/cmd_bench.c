@@ -8,6 +8,7 @@
 
 #include "ternpipe/rng.h"
 #include "ternpipe/runtime.h"
+#include "ternpipe/sampler.h"
 #include "tools/bench.h"
 #include "tools/commands.h"
 #include "tools/run.h"
@@ -108,12 +109,26 @@ static double ceiling(double a, double ra, double b, double rb)
     return ra > 0 && rb > 0 ? 1.0 / (a / (ra * 1e9) + b / (rb * 1e9)) : 0.0;
 }
 
+/* a number in [lo, hi] from s, or 1 with a one-line error naming the option */
+static int parse_float(const char *s, const char *opt, double lo, double hi, float *out)
+{
+    char *end;
+    const double v = strtod(s, &end);
+    if (end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "ternpipe: %s: got '%s', expected a number in %g..%g\n", opt, s, lo, hi);
+        return 1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
 int tern_cmd_bench(int argc, char **argv)
 {
     bool json = false;
     int reps = 3;
     int32_t npl[64], npp = 64, ntg = 32;
-    float temp = 0.0f;
+    tern_sampling draw; /* the workloads' requests: greedy unless asked */
+    tern_sampling_default(&draw);
     int n_npl = 0;
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--profile")) return tern_bench_profile(argc, argv);
@@ -139,18 +154,21 @@ int tern_cmd_bench(int argc, char **argv)
         else if (!strcmp(argv[i], "--ntg") && i + 1 < argc)
             ntg = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--temp") && i + 1 < argc) {
-            char *end;
-            const double t = strtod(argv[++i], &end);
-            if (*end || !(t >= 0.0 && t <= 100.0)) {
-                fprintf(stderr, "ternpipe: --temp: got '%s', expected 0 (greedy) .. 100\n",
-                        argv[i]);
+            if (parse_float(argv[++i], "--temp", 0.0, 100.0, &draw.temperature)) return 2;
+        } else if (!strcmp(argv[i], "--top-p") && i + 1 < argc) {
+            if (parse_float(argv[++i], "--top-p", 0x1p-24, 1.0, &draw.top_p)) return 2;
+        } else if (!strcmp(argv[i], "--top-k") && i + 1 < argc) {
+            float k;
+            if (parse_float(argv[++i], "--top-k", 0.0, TERN_MAX_TOP_K, &k)) return 2;
+            draw.top_k = (int32_t)k;
+            if ((float)draw.top_k != k) {
+                fprintf(stderr, "ternpipe: --top-k: got '%s', expected a whole number\n", argv[i]);
                 return 2;
             }
-            temp = (float)t;
         } else {
             fprintf(stderr,
                     "usage: ternpipe bench [--json] [--reps R] [--npl S1,S2,... [--npp P] [--ntg "
-                    "G] [--temp T]] [--profile ...] %s\n",
+                    "G] [--temp T] [--top-k K] [--top-p P]] [--profile ...] %s\n",
                     tern_engine_opts_usage());
             return 2;
         }
@@ -164,10 +182,10 @@ int tern_cmd_bench(int argc, char **argv)
         int rank;
         if (tern_run_open(&argc, &argv, &eo, &e, &rank)) return 1;
         /* a warm-up run first: the first tokens after open pay page faults and thread wake-ups */
-        int rc = rank == 0 ? tern_bench_workload(e, 1, npp, 2, temp, false, true) : 0;
+        int rc = rank == 0 ? tern_bench_workload(e, 1, npp, 2, &draw, false, true) : 0;
         for (int k = 0; rank == 0 && k < n_npl && !rc; k++)
             for (int r = 0; r < reps && !rc; r++)
-                rc = tern_bench_workload(e, npl[k], npp, ntg, temp, json, false);
+                rc = tern_bench_workload(e, npl[k], npp, ntg, &draw, json, false);
         tern_run_close(e);
         return rc;
     }
