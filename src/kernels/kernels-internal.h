@@ -362,6 +362,18 @@ void tern_avx2_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, d
                          double *z);
 void tern_avx512_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m,
                            double *z);
+/* The ids of a run before its first whole block of TERN_LSE_LANES (the lanes' block starts at
+ * an id that is a multiple of them), copied to their lanes of head (zeros elsewhere): their
+ * count, 0 when the run starts a block; *lane: the first one's lane. */
+static inline int tern_lse_head(const float *v, int64_t n, int64_t id0, float *head, int *lane)
+{
+    const int s0 = (int)((uint64_t)id0 % TERN_LSE_LANES);
+    const int cnt = s0 == 0 ? 0 : n < TERN_LSE_LANES - s0 ? (int)n : TERN_LSE_LANES - s0;
+    for (int j = 0; j < TERN_LSE_LANES; j++) head[j] = 0.0f;
+    for (int j = 0; j < cnt; j++) head[s0 + j] = v[j];
+    *lane = s0;
+    return cnt;
+}
 #define TERN_EXP_MIN (-700.0) /* tern_exp_det's floor: 2^n stays a normal number */
 #define TERN_EXP_LOG2E 1.4426950408889634
 void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,

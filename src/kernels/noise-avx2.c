@@ -184,15 +184,11 @@ void tern_avx2_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, d
     const __m256d vt = _mm256_set1_pd(inv_t);
     __m256d mv[2] = {_mm256_loadu_pd(m), _mm256_loadu_pd(m + 4)};
     __m256d zv[2] = {_mm256_loadu_pd(z), _mm256_loadu_pd(z + 4)};
-    int64_t i = 0;
-    const int s0 = (int)((uint64_t)id0 % 8);
-    if (s0) { /* the ids before the first whole block, at their lanes */
-        float head[8] = {0};
-        const int cnt = n < 8 - s0 ? (int)n : 8 - s0;
-        for (int j = 0; j < cnt; j++) head[s0 + j] = v[j];
-        lse_block(head, s0, s0 + cnt, vt, mv, zv);
-        i = cnt;
-    }
+    float head[TERN_LSE_LANES];
+    int s0;
+    const int64_t i0 = tern_lse_head(v, n, id0, head, &s0);
+    if (i0) lse_block(head, s0, s0 + (int)i0, vt, mv, zv);
+    int64_t i = i0;
     for (; i < n; i += 8) lse_block(v + i, 0, n - i < 8 ? (int)(n - i) : 8, vt, mv, zv);
     _mm256_storeu_pd(m, mv[0]);
     _mm256_storeu_pd(m + 4, mv[1]);

@@ -130,15 +130,11 @@ void tern_avx512_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t,
     _Static_assert(TERN_LSE_LANES == 8, "one vector of lanes");
     const __m512d vt = _mm512_set1_pd(inv_t);
     __m512d mv = _mm512_loadu_pd(m), zv = _mm512_loadu_pd(z);
-    int64_t i = 0;
-    const int s0 = (int)((uint64_t)id0 % 8);
-    if (s0) { /* the ids before the first whole block, at their lanes */
-        float head[8] = {0};
-        const int cnt = n < 8 - s0 ? (int)n : 8 - s0;
-        for (int j = 0; j < cnt; j++) head[s0 + j] = v[j];
-        lse_block(head, (__mmask8)(((1u << cnt) - 1) << s0), vt, &mv, &zv);
-        i = cnt;
-    }
+    float head[TERN_LSE_LANES];
+    int s0;
+    const int64_t i0 = tern_lse_head(v, n, id0, head, &s0);
+    if (i0) lse_block(head, (__mmask8)(((1u << i0) - 1) << s0), vt, &mv, &zv);
+    int64_t i = i0;
     for (; i < n; i += 8) lse_block(v + i, tail8(n - i), vt, &mv, &zv);
     _mm512_storeu_pd(m, mv);
     _mm512_storeu_pd(z, zv);

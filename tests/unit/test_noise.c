@@ -119,6 +119,45 @@ static void fill(float *v, int64_t n)
     }
 }
 
+/* the variants this machine runs */
+static int variants(tern_simd *vars)
+{
+    int nv = 0;
+    for (int v = 0; v < TERN_SIMD_COUNT; v++)
+        if (tern_simd_supported((tern_simd)v)) vars[nv++] = (tern_simd)v;
+    return nv;
+}
+
+/* nanoseconds an id of fn over a 128256-id row, the best of 3 (printed, not asserted) */
+static void cost(const char *name, tern_simd var, void (*fn)(const float *, int64_t))
+{
+    static float big[128256];
+    for (int64_t i = 0; i < 128256; i++) big[i] = (float)((rndu() * 2.0 - 1.0) * 10.0);
+    tern_status st;
+    CHECK(tern_kernels_force(var, &st) == TERN_OK);
+    double best = 1e9;
+    for (int r = 0; r < 3; r++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        fn(big, 128256);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        const double t = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
+        if (t < best) best = t;
+    }
+    printf("%s %s: %.2f ns an id\n", name, tern_simd_name(var), best * 1e9 / 128256);
+}
+static void run_gumbel(const float *v, int64_t n)
+{
+    tern_gumbel_run out;
+    tern_gumbel_max(v, n, 0, 1.0, 42, &out);
+}
+static void run_lse(const float *v, int64_t n)
+{
+    double m[TERN_LSE_LANES], z[TERN_LSE_LANES];
+    for (int l = 0; l < TERN_LSE_LANES; l++) m[l] = -INFINITY, z[l] = 0.0;
+    tern_lse_lanes(v, n, 0, 1.25, m, z);
+}
+
 static bool same_run(const tern_gumbel_run *a, const tern_gumbel_run *b)
 {
     return memcmp(&a->mx, &b->mx, 8) == 0 && memcmp(&a->g, &b->g, 8) == 0 && a->g_i == b->g_i &&
@@ -128,9 +167,7 @@ static bool same_run(const tern_gumbel_run *a, const tern_gumbel_run *b)
 static void test_gumbel_max(void)
 {
     tern_simd vars[TERN_SIMD_COUNT];
-    int nv = 0;
-    for (int v = 0; v < TERN_SIMD_COUNT; v++)
-        if (tern_simd_supported((tern_simd)v)) vars[nv++] = (tern_simd)v;
+    const int nv = variants(vars);
     static float v[1200];
     for (int it = 0; it < 600; it++) {
         const int64_t n = it % 5 == 0 ? (int64_t)(rnd() % 9 + 1) : (int64_t)(rnd() % 1200 + 1);
@@ -164,25 +201,7 @@ static void test_gumbel_max(void)
                    (long long)got.top_i, (double)want.top, (long long)want.top_i);
         }
     }
-    /* cost per id (not asserted) */
-    static float big[128256];
-    for (int64_t i = 0; i < 128256; i++) big[i] = (float)((rndu() * 2.0 - 1.0) * 10.0);
-    for (int k = 0; k < nv; k++) {
-        tern_status st;
-        CHECK(tern_kernels_force(vars[k], &st) == TERN_OK);
-        double best = 1e9;
-        for (int r = 0; r < 3; r++) {
-            struct timespec a, b;
-            tern_gumbel_run out;
-            clock_gettime(CLOCK_MONOTONIC, &a);
-            tern_gumbel_max(big, 128256, 0, 1.0, 42, &out);
-            clock_gettime(CLOCK_MONOTONIC, &b);
-            const double t = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
-            if (t < best) best = t;
-        }
-        printf("tern_gumbel_max %s: %.2f ns an id (128256 ids: %.3f ms)\n", tern_simd_name(vars[k]),
-               best * 1e9 / 128256, best * 1e3);
-    }
+    for (int k = 0; k < nv; k++) cost("tern_gumbel_max", vars[k], run_gumbel);
 }
 
 /* tern_exp_det against the C library, and tern_lse_lanes: variants against the reference bit
@@ -200,9 +219,7 @@ static void test_lse(void)
           tern_exp_det(NAN) == tern_exp_det(-700.0));
     printf("tern_exp_det: worst %.2f ulp against the C library's exp\n", worst);
     tern_simd vars[TERN_SIMD_COUNT];
-    int nv = 0;
-    for (int v = 0; v < TERN_SIMD_COUNT; v++)
-        if (tern_simd_supported((tern_simd)v)) vars[nv++] = (tern_simd)v;
+    const int nv = variants(vars);
     static float v[1500];
     for (int it = 0; it < 400; it++) {
         const int64_t n = it % 4 == 0 ? (int64_t)(rnd() % 12 + 1) : (int64_t)(rnd() % 1500 + 1);
@@ -252,24 +269,7 @@ static void test_lse(void)
             if (m[l] > -INFINITY) got += (long double)z[l] * expl((long double)m[l] - mx);
         CHECKF(fabsl(got - want) <= 1e-13L * want, "lanes' sum %.17Lg against %.17Lg", got, want);
     }
-    static float big[128256];
-    for (int64_t i = 0; i < 128256; i++) big[i] = (float)((rndu() * 2.0 - 1.0) * 10.0);
-    for (int k = 0; k < nv; k++) {
-        tern_status st;
-        CHECK(tern_kernels_force(vars[k], &st) == TERN_OK);
-        double best = 1e9;
-        for (int r = 0; r < 3; r++) {
-            double m[TERN_LSE_LANES], z[TERN_LSE_LANES];
-            for (int l = 0; l < TERN_LSE_LANES; l++) m[l] = -INFINITY, z[l] = 0.0;
-            struct timespec a, b;
-            clock_gettime(CLOCK_MONOTONIC, &a);
-            tern_lse_lanes(big, 128256, 0, 1.25, m, z);
-            clock_gettime(CLOCK_MONOTONIC, &b);
-            const double t = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
-            if (t < best) best = t;
-        }
-        printf("tern_lse_lanes %s: %.2f ns an id\n", tern_simd_name(vars[k]), best * 1e9 / 128256);
-    }
+    for (int k = 0; k < nv; k++) cost("tern_lse_lanes", vars[k], run_lse);
 }
 
 int main(void)
