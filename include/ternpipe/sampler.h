@@ -121,6 +121,7 @@ typedef struct tern_row_sum {
     /* a summing row's sum by lanes of ids (kernels.h, tern_lse_lanes), which mx and z are
      * made of after every fold: the same for any slicing */
     double lm[TERN_SUM_LANES], lz[TERN_SUM_LANES];
+    double rlm[TERN_SUM_LANES], rlz[TERN_SUM_LANES]; /* the same for mraw and zraw */
     double mraw, zraw; /* logprob rows: the same over the raw logits */
     double g;          /* best Gumbel score (gumbel rows) */
     tern_cand gc;      /* its candidate */

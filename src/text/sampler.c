@@ -241,21 +241,10 @@ void tern_row_sum_init(tern_row_sum *s)
     memset(s, 0, sizeof *s);
     s->mx = -INFINITY, s->z = 0.0;
     s->mraw = -INFINITY, s->zraw = 0.0;
-    for (int l = 0; l < TERN_SUM_LANES; l++) s->lm[l] = -INFINITY, s->lz[l] = 0.0;
+    for (int l = 0; l < TERN_SUM_LANES; l++)
+        s->lm[l] = s->rlm[l] = -INFINITY, s->lz[l] = s->rlz[l] = 0.0;
     s->g = -INFINITY;
     s->gc = (tern_cand){-INFINITY, -INFINITY, -1};
-}
-
-/* one step of an online softmax in double: (m, z) absorbs exp(x - m) */
-static inline void lse_add(double *m, double *z, double x)
-{
-    if (!(x > -INFINITY)) return; /* -inf (and NaN, already mapped) adds nothing */
-    if (x > *m) {
-        *z = *z * exp(*m - x) + 1.0;
-        *m = x;
-    } else {
-        *z += exp(x - *m);
-    }
 }
 
 /* A Gumbel row's draw over ids [v0, v0 + n): the max of x (no sum: the draw needs none) and
@@ -269,6 +258,16 @@ static inline void lse_add(double *m, double *z, double x)
 static inline int32_t run_end(const tern_row_params *p, int32_t pk, int32_t v0, int32_t n)
 {
     return pk < p->n_adj && p->adj[pk].id < v0 + n ? p->adj[pk].id - v0 : n;
+}
+
+/* the max and sum a record's lanes make, in lane order */
+static void lanes_total(const double *lm, const double *lz, double *m, double *z)
+{
+    double mx = -INFINITY, sum = 0.0;
+    for (int l = 0; l < TERN_SUM_LANES; l++) mx = lm[l] > mx ? lm[l] : mx;
+    for (int l = 0; l < TERN_SUM_LANES; l++)
+        if (lm[l] > -INFINITY) sum += lz[l] * tern_exp_det(lm[l] - mx);
+    *m = mx, *z = sum;
 }
 
 /* A summing row's sum over ids [v0, v0 + n) by the kernel's lanes (tern_lse_lanes), an
@@ -287,11 +286,7 @@ static void fold_sum(tern_row_sum *s, const tern_row_params *p, const float *log
             i++;
         }
     }
-    double m = -INFINITY, z = 0.0;
-    for (int l = 0; l < TERN_SUM_LANES; l++) m = s->lm[l] > m ? s->lm[l] : m;
-    for (int l = 0; l < TERN_SUM_LANES; l++)
-        if (s->lm[l] > -INFINITY) z += s->lz[l] * tern_exp_det(s->lm[l] - m);
-    s->mx = m, s->z = z;
+    lanes_total(s->lm, s->lz, &s->mx, &s->z);
 }
 
 static void fold_runs(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
@@ -354,24 +349,25 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
         for (int32_t i = 0; i < n; i++) {
             /* a block of unadjusted ids none of which beats the full list's last (the root:
              * the ids come in order, so only a larger value enters) adds nothing but its max */
-            while (offers && !rcap && s->n_cand == cap && n - i >= SKIP_BLOCK &&
-                   run_end(p, pk, v0, n) - i >= SKIP_BLOCK) {
+            while ((!offers || s->n_cand == cap) && (!rcap || s->n_raw == rcap) &&
+                   n - i >= SKIP_BLOCK && run_end(p, pk, v0, n) - i >= SKIP_BLOCK) {
                 float bm = -INFINITY;
                 for (int j = 0; j < SKIP_BLOCK; j++) bm = logits[i + j] > bm ? logits[i + j] : bm;
-                if (bm > s->cand[0].v) break;
+                if ((offers && bm > s->cand[0].v) || (rcap && bm > s->rawc[0].raw)) break;
                 if (maxes && (double)bm * inv_t > s->mx) s->mx = (double)bm * inv_t;
                 i += SKIP_BLOCK;
             }
             if (i >= n) break;
             tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
             if (!runs || cap > 1) offer(s->cand, &s->n_cand, cap, &c, before_v);
-            if (rcap) {
-                offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
-                lse_add(&s->mraw, &s->zraw, (double)c.raw);
-            }
+            if (rcap) offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
             if (maxes && (double)c.v * inv_t > s->mx) s->mx = (double)c.v * inv_t;
         }
     if (sampling && !gumbel && !p->no_sum) fold_sum(s, p, logits, v0, n, pk0, inv_t);
+    if (rcap && n > 0) { /* the raw logits' sum by lanes, as a summing row's */
+        tern_lse_lanes(logits, n, v0, 1.0, s->rlm, s->rlz);
+        lanes_total(s->rlm, s->rlz, &s->mraw, &s->zraw);
+    }
     heap_to_sorted(s->cand, s->n_cand, before_v);
     heap_to_sorted(s->rawc, s->n_raw, before_raw);
     s->n_seen = v0 + n;
