@@ -331,13 +331,6 @@ double tern_noise_gumbel(uint64_t key, int64_t id);
  * ... + s^18/19) in Horner form (fma), e * ln2 in two parts. Outside that domain: undefined. */
 double tern_log_det(double x);
 
-/* The Gumbel-max of a run of logits v[0..n) with ids id0..id0+n-1 (n >= 1): v NaN counts as
- * -inf; x = (double)v * inv_t (inv_t > 0; 0: a greedy row, only top and top_i are computed,
- * the rest left as for no x). mx: the largest x above -inf (-inf: none);
- * g, g_i: the largest x + tern_noise_gumbel(key, id) over x > -inf and its index in the run,
- * the lowest on ties (-inf, -1: none); top, top_i: the largest v and its index, the lowest on
- * ties (the run's first when every v is -inf). EXACT: every variant gives the reference's
- * (sequential) result. */
 /* e^d for d <= 0 (d below -700, or NaN, counts as -700), within 2 ulp, the same bits
  * everywhere: n = round(d log2 e), r = d - n ln2 (two parts, fma), the Taylor series of e^r to
  * r^13 (Horner, fma), times 2^n (exact: n >= -1010). */
@@ -352,6 +345,13 @@ double tern_exp_det(double d);
 #define TERN_LSE_LANES 8
 void tern_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z);
 
+/* The Gumbel-max of a run of logits v[0..n) with ids id0..id0+n-1 (n >= 1): v NaN counts as
+ * -inf; x = (double)v * inv_t (inv_t > 0; 0: a greedy row, only top and top_i are computed,
+ * the rest left as for no x). mx: the largest x above -inf (-inf: none);
+ * g, g_i: the largest x + tern_noise_gumbel(key, id) over x > -inf and its index in the run,
+ * the lowest on ties (-inf, -1: none); top, top_i: the largest v and its index, the lowest on
+ * ties (the run's first when every v is -inf). EXACT: every variant gives the reference's
+ * (sequential) result. */
 typedef struct tern_gumbel_run {
     double mx, g;
     int64_t g_i;

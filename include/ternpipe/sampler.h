@@ -18,9 +18,9 @@
  *   smallest prefix whose mass reaches top_p of the total; of the top-k mass when top-k is on),
  *   then min-p (drop w < min_p * w_max), at least one token.
  * - Each head slice folds its ids, in id order, into a fixed-size record (tern_row_sum): the
- *   running max and (where top-p over every id needs it) sum of exp(x - max) in double (an
- *   online softmax), the best TERN_SAMPLE_CANDS candidates in the total order, the best Gumbel
- *   score (for draws without truncation: such a row keeps only the max and one candidate, and
+ *   running max and sum of exp(x - max) in double (an online softmax, by lanes of ids:
+ *   tern_lse_lanes, kernels.h), the best TERN_SAMPLE_CANDS candidates in the total order, the best
+ * Gumbel score (for draws without truncation: such a row keeps only the max and one candidate, and
  *   its ids between adjusted ones go through the vector kernel tern_gumbel_max, kernels.h, as
  *   a greedy row's do) and, for log-probabilities, the same max/sum over the raw logits with
  *   the top TERN_MAX_LOGPROBS raw candidates. Slices are folded in vocabulary order (the ring
@@ -107,9 +107,6 @@ typedef struct tern_row_params {
     int32_t n_cand;    /* 1 (greedy) .. TERN_SAMPLE_CANDS */
     int32_t n_logprobs;
     bool gumbel; /* no truncation: track the best Gumbel score over every id */
-    /* the draw needs no sum of exp over every id (top-k on, or no top-p): the fold keeps the
-     * max only (false, the zero value: the sum is kept) */
-    bool no_sum;
     uint64_t seed;
     int32_t pos;            /* position of the token being drawn */
     const tern_adjust *adj; /* distinct adjusted ids, ascending */

@@ -106,7 +106,6 @@ size_t tern_ctl_pack_step(const tern_step *s, uint8_t *buf, size_t cap)
             e.has_n_cand = 1, e.n_cand = (uint32_t)q->n_cand;
             e.has_n_logprobs = 1, e.n_logprobs = (uint32_t)q->n_logprobs;
             e.has_gumbel = 1, e.gumbel = q->gumbel;
-            e.has_no_sum = 1, e.no_sum = q->no_sum;
             e.has_seed = 1, e.seed = q->seed;
             e.has_n_pen = 1, e.n_pen = (uint32_t)q->n_pen;
         }
@@ -270,8 +269,7 @@ tern_code tern_ctl_unpack_step(const uint8_t *buf, size_t n, const tern_limits *
         if (e->flags & TERN_SEQ_SAMPLE) {
             q->temperature = e->temperature, q->penalty = e->penalty;
             q->n_cand = (int32_t)e->n_cand, q->n_logprobs = (int32_t)e->n_logprobs;
-            q->gumbel = e->gumbel, q->no_sum = e->no_sum, q->seed = e->seed;
-            q->n_pen = (int32_t)e->n_pen;
+            q->gumbel = e->gumbel, q->seed = e->seed, q->n_pen = (int32_t)e->n_pen;
             pen += e->n_pen;
         }
         tokens += e->n_tokens;

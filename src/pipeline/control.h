@@ -46,7 +46,7 @@ typedef struct tern_step_seq {
     /* SEQ_SAMPLE */
     float temperature, penalty;
     int32_t n_cand, n_logprobs;
-    bool gumbel, no_sum;
+    bool gumbel;
     uint64_t seed;
     int32_t n_pen; /* its adjusted ids: the next n_pen of tern_step.pen_ids */
     /* prefix cache: SEQ_SAVE: the cache slot its blocks go to; SEQ_NEW with n_share > 0: the

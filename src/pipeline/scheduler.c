@@ -441,7 +441,7 @@ static int32_t add_entry(tern_sched *s, seq *q, int32_t n, int32_t full_left, te
         e.flags |= TERN_SEQ_SAMPLE;
         e.temperature = rp.temperature, e.penalty = rp.penalty;
         e.n_cand = rp.n_cand, e.n_logprobs = rp.n_logprobs;
-        e.gumbel = rp.gumbel, e.no_sum = rp.no_sum, e.seed = rp.seed;
+        e.gumbel = rp.gumbel, e.seed = rp.seed;
         e.n_pen = np;
         st->n_pen += np;
     }

@@ -69,7 +69,6 @@ void tern_stage_params(const tern_step *step, tern_row_params *p)
                                        .n_cand = q->n_cand,
                                        .n_logprobs = q->n_logprobs,
                                        .gumbel = q->gumbel,
-                                       .no_sum = q->no_sum,
                                        .seed = q->seed,
                                        .pos = q->pos0 + q->n_tokens - rows + r + 1,
                                        .adj = step->pen_ids + pen,

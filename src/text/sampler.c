@@ -151,8 +151,6 @@ void tern_row_params_make(const tern_sampling *sp, int32_t pos, tern_row_params 
     /* a Gumbel row is resolved by its best score: the best candidate only serves a row with
      * nothing finite to weigh */
     p->n_cand = greedy || p->gumbel ? 1 : TERN_SAMPLE_CANDS;
-    /* the sum serves top-p over every id only (with top-k it is the candidates') */
-    p->no_sum = !(sp->top_k == 0 && sp->top_p < 1.0f);
     p->seed = sp->seed;
     p->pos = pos;
 }
@@ -247,11 +245,6 @@ void tern_row_sum_init(tern_row_sum *s)
     s->gc = (tern_cand){-INFINITY, -INFINITY, -1};
 }
 
-/* A Gumbel row's draw over ids [v0, v0 + n): the max of x (no sum: the draw needs none) and
- * the best score, in id order (strictly greater wins: the lowest id on ties); a greedy row's
- * (inv_t 0) only its candidate. The runs between adjusted ids go to the vector kernel
- * (tern_gumbel_max: the same bits as one id at a time), the adjusted ids one by one; with top1,
- * the row's candidate (it keeps one) as well. */
 #define SKIP_BLOCK 16 /* ids a candidate pass skips at once */
 
 /* the end of the run of unadjusted ids from i on (the next adjusted id's index, or n) */
@@ -289,6 +282,11 @@ static void fold_sum(tern_row_sum *s, const tern_row_params *p, const float *log
     lanes_total(s->lm, s->lz, &s->mx, &s->z);
 }
 
+/* A Gumbel row's draw over ids [v0, v0 + n): the max of x (no sum: the draw needs none) and
+ * the best score, in id order (strictly greater wins: the lowest id on ties); a greedy row's
+ * (inv_t 0) only its candidate. The runs between adjusted ids go to the vector kernel
+ * (tern_gumbel_max: the same bits as one id at a time), the adjusted ids one by one; with top1,
+ * the row's candidate (it keeps one) as well. */
 static void fold_runs(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
                       int32_t n, int32_t pk, double inv_t, uint64_t key, bool top1)
 {
@@ -343,27 +341,25 @@ void tern_row_sum_fold(tern_row_sum *s, const tern_row_params *p, const float *l
     if (runs)
         fold_runs(s, p, logits, v0, n, pk0, inv_t, gumbel ? tern_noise_key(p->seed, p->pos) : 0,
                   cap == 1);
-    /* the candidates (but those), the log-probabilities, a truncated row's max */
-    const bool offers = !runs || cap > 1, maxes = sampling && !gumbel && p->no_sum;
+    /* the candidates (but those) and the log-probabilities */
+    const bool offers = !runs || cap > 1;
     if (offers || rcap)
         for (int32_t i = 0; i < n; i++) {
-            /* a block of unadjusted ids none of which beats the full list's last (the root:
-             * the ids come in order, so only a larger value enters) adds nothing but its max */
+            /* a block of unadjusted ids none of which beats a full list's last (the root: the
+             * ids come in order, so only a larger value enters) adds nothing */
             while ((!offers || s->n_cand == cap) && (!rcap || s->n_raw == rcap) &&
                    n - i >= SKIP_BLOCK && run_end(p, pk, v0, n) - i >= SKIP_BLOCK) {
                 float bm = -INFINITY;
                 for (int j = 0; j < SKIP_BLOCK; j++) bm = logits[i + j] > bm ? logits[i + j] : bm;
                 if ((offers && bm > s->cand[0].v) || (rcap && bm > s->rawc[0].raw)) break;
-                if (maxes && (double)bm * inv_t > s->mx) s->mx = (double)bm * inv_t;
                 i += SKIP_BLOCK;
             }
             if (i >= n) break;
             tern_cand c = adjusted(p, logits, i, v0 + i, &pk);
-            if (!runs || cap > 1) offer(s->cand, &s->n_cand, cap, &c, before_v);
+            if (offers) offer(s->cand, &s->n_cand, cap, &c, before_v);
             if (rcap) offer(s->rawc, &s->n_raw, rcap, &c, before_raw);
-            if (maxes && (double)c.v * inv_t > s->mx) s->mx = (double)c.v * inv_t;
         }
-    if (sampling && !gumbel && !p->no_sum) fold_sum(s, p, logits, v0, n, pk0, inv_t);
+    if (sampling && !gumbel) fold_sum(s, p, logits, v0, n, pk0, inv_t);
     if (rcap && n > 0) { /* the raw logits' sum by lanes, as a summing row's */
         tern_lse_lanes(logits, n, v0, 1.0, s->rlm, s->rlz);
         lanes_total(s->rlm, s->rlz, &s->mraw, &s->zraw);
