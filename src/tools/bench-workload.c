@@ -90,9 +90,9 @@ int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, const t
                            .on_token = wl_token,
                            .on_done = wl_done,
                            .user = &seqs[s]};
-        /* every stream draws as asked (--temp, --top-k, --top-p), each from its own seed */
+        /* every stream draws as asked (the sampling options), each from its own seed */
         rq.sampling = *draw;
-        rq.sampling.seed = (uint64_t)s + 1;
+        rq.sampling.seed = draw->seed + (uint64_t)s + 1;
         if (tern_engine_submit(e, &rq, NULL, &st)) {
             fprintf(stderr, "ternpipe: bench: %s\n", st.msg);
             goto out;

@@ -8,7 +8,6 @@
 
 #include "ternpipe/rng.h"
 #include "ternpipe/runtime.h"
-#include "ternpipe/sampler.h"
 #include "tools/bench.h"
 #include "tools/commands.h"
 #include "tools/run.h"
@@ -109,19 +108,6 @@ static double ceiling(double a, double ra, double b, double rb)
     return ra > 0 && rb > 0 ? 1.0 / (a / (ra * 1e9) + b / (rb * 1e9)) : 0.0;
 }
 
-/* a number in [lo, hi] from s, or 1 with a one-line error naming the option */
-static int parse_float(const char *s, const char *opt, double lo, double hi, float *out)
-{
-    char *end;
-    const double v = strtod(s, &end);
-    if (end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "ternpipe: %s: got '%s', expected a number in %g..%g\n", opt, s, lo, hi);
-        return 1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
 int tern_cmd_bench(int argc, char **argv)
 {
     bool json = false;
@@ -137,6 +123,7 @@ int tern_cmd_bench(int argc, char **argv)
     tern_engine_opts eo = {.max_seqs = 64, .batch_tokens = 512, .prefix_cache = -1};
     for (int i = 1; i < argc; i++) {
         int r = tern_parse_engine_opt(argc, argv, &i, &eo);
+        if (r == 0) r = tern_parse_sampling_opt(argc, argv, &i, &draw);
         if (r < 0) return 2;
         if (r) continue;
         if (!strcmp(argv[i], "--json"))
@@ -153,25 +140,18 @@ int tern_cmd_bench(int argc, char **argv)
             npp = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ntg") && i + 1 < argc)
             ntg = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--temp") && i + 1 < argc) {
-            if (parse_float(argv[++i], "--temp", 0.0, 100.0, &draw.temperature)) return 2;
-        } else if (!strcmp(argv[i], "--top-p") && i + 1 < argc) {
-            if (parse_float(argv[++i], "--top-p", 0x1p-24, 1.0, &draw.top_p)) return 2;
-        } else if (!strcmp(argv[i], "--top-k") && i + 1 < argc) {
-            float k;
-            if (parse_float(argv[++i], "--top-k", 0.0, TERN_MAX_TOP_K, &k)) return 2;
-            draw.top_k = (int32_t)k;
-            if ((float)draw.top_k != k) {
-                fprintf(stderr, "ternpipe: --top-k: got '%s', expected a whole number\n", argv[i]);
-                return 2;
-            }
-        } else {
+        else {
             fprintf(stderr,
                     "usage: ternpipe bench [--json] [--reps R] [--npl S1,S2,... [--npp P] [--ntg "
-                    "G] [--temp T] [--top-k K] [--top-p P]] [--profile ...] %s\n",
-                    tern_engine_opts_usage());
+                    "G] [sampling]] [--profile ...] %s\nsampling (the workloads' streams): %s\n",
+                    tern_engine_opts_usage(), tern_sampling_opts_usage());
             return 2;
         }
+    }
+    tern_status st;
+    if (tern_sampling_validate(&draw, &st)) {
+        fprintf(stderr, "ternpipe: bench: %s\n", st.msg);
+        return 2;
     }
     if (n_npl > 0) {
         /* workloads only: S sequences of P + G tokens each */
