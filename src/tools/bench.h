@@ -11,8 +11,9 @@
  * nothing (a warm-up). */
 int tern_bench_workload(tern_engine *e, int32_t S, int32_t P, int32_t G, const tern_sampling *draw,
                         bool json, bool quiet);
-/* GB/s of this machine's read bandwidth with n_threads: of the access patterns tried (one or 8
- * sequential streams a thread), the best median of 7 passes over 1 GiB. */
+/* GB/s of this machine's read bandwidth with n_threads: of the access patterns tried (1, 4 or 8
+ * sequential streams a thread, with or without a software prefetch), the best median of 7
+ * passes over 1 GiB. */
 double tern_bench_read_bandwidth(int n_threads);
 /* GMAC/s with n_threads, every thread at once: the active kernel variant's peaks (its int8 dot
  * and fp32 FMA instructions in register loops, tern_compute_peak: the compute ceilings of
