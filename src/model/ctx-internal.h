@@ -6,6 +6,11 @@
 
 #include "model/model-internal.h"
 
+/* Micro-batches of at most this many tokens (a one-stream decode step) do without the phases
+ * that normalize and quantize each GEMM's input: every thread does it for itself before its
+ * rows, the same operations on the same input, so the same bits (forward.c). */
+#define TERN_OWN_NORM_TOKENS 1
+
 struct tern_ctx {
     const tern_model *m;
     tern_pool *pool;
@@ -56,6 +61,13 @@ struct tern_ctx {
     int32_t *tok_seq;  /* [T] index of the token's sequence in the batch */
     float *head_x;     /* [T][d] normed rows for the head */
     int32_t n_threads;
+    /* micro-batches of TERN_OWN_NORM_TOKENS tokens: every thread normalizes and quantizes a
+     * GEMM's input itself, into its own rows [n_threads][own_stride] (forward.c) */
+    size_t own_stride; /* elements: max(d, n_ff) rounded up to whole cache lines */
+    float *own_h;
+    int8_t *own_q8;
+    float *own_qs;     /* [n_threads][TERN_OWN_NORM_TOKENS] */
+    int32_t *own_qsum; /* [n_threads][TERN_OWN_NORM_TOKENS] */
 };
 
 /* the attention kernels' element type of each KV type */

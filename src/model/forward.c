@@ -133,10 +133,17 @@ tern_code tern_ctx_create(tern_ctx **out, const tern_model *m, tern_pool *pool,
     c->tok_slot = xcalloc(T, sizeof(int32_t));
     c->tok_seq = xcalloc(T, sizeof(int32_t));
     c->head_x = xcalloc(T * d, sizeof(float));
+    c->own_stride = (wide + 63) / 64 * 64;
+    const size_t nt = (size_t)c->n_threads, own = nt * TERN_OWN_NORM_TOKENS;
+    c->own_h = xcalloc(own * c->own_stride, sizeof(float));
+    c->own_q8 = xcalloc(own * c->own_stride, 1);
+    c->own_qs = xcalloc(own, sizeof(float));
+    c->own_qsum = xcalloc(own, sizeof(int32_t));
     if (!c->free_blocks || !c->block_ref || !c->block_table || !c->seq_blocks || !c->rope_cos ||
         !c->rope_sin || !c->h || !c->q8 || !c->qs || !c->qsum || !c->q || !c->k || !c->v ||
         !c->att || !c->g || !c->u || !c->o || !c->scores || !c->blk || !c->blks || !c->chunk ||
-        !c->chunk_cost || !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x) {
+        !c->chunk_cost || !c->tok_pos || !c->tok_slot || !c->tok_seq || !c->head_x || !c->own_h ||
+        !c->own_q8 || !c->own_qs || !c->own_qsum) {
         tern_ctx_free(c);
         return tern_status_set(st, TERN_ENOMEM, "ctx: out of memory for scratch");
     }
@@ -160,6 +167,7 @@ void tern_ctx_free(tern_ctx *c)
         free(c->chunk);
     free(c->chunk_cost);
     free(c->tok_pos), free(c->tok_slot), free(c->tok_seq), free(c->head_x);
+    free(c->own_h), free(c->own_q8), free(c->own_qs), free(c->own_qsum);
     free(c);
 }
 
@@ -286,6 +294,14 @@ static void kv_store(const tern_ctx *c, int32_t li, int32_t slot, int32_t p, int
 
 /* ---- parallel steps ---- */
 
+/* what a GEMM task does with its rows of the output once they are done: the elementwise
+ * steps need nothing but those rows, so they take no phase of their own */
+typedef enum {
+    GEMM_PLAIN,
+    GEMM_RESIDUAL, /* resid += out[0] */
+    GEMM_ACT,      /* out[0] = act(out[0]) * out[1] (gate, up; spec 7.3) */
+} gemm_epi;
+
 typedef struct job {
     tern_ctx *c;
     int32_t n_tok;
@@ -300,14 +316,29 @@ typedef struct job {
     const tern_tmat *mat[3];
     float *out[3];
     int32_t ldy[3];
-    bool accumulate; /* out += result (residual) */
-    float *resid;
+    gemm_epi epi;
+    float *resid;  /* GEMM_RESIDUAL: the residual stream */
+    bool own_norm; /* every task normalizes and quantizes in, w, width itself (own rows) */
     /* head */
     const float *hx;
     const int32_t *rows;
     float *logits;
     float *normed; /* [n_tok][d] output of the final norm */
 } job;
+
+/* RMSNorm (w; NULL: a copy) and int8 quantization of rows [t0, t1) of in into h, q8, qs, qsum */
+static void norm_quant_rows(const tern_ctx *c, const float *in, const float *w, int32_t width,
+                            int64_t t0, int64_t t1, float *h, int8_t *q8, float *qs, int32_t *qsum)
+{
+    if (t1 <= t0) return;
+    const size_t wd = (size_t)width;
+    if (w)
+        tern_rmsnorm_rows(in + (size_t)t0 * wd, t1 - t0, width, w, c->m->hp.eps,
+                          h + (size_t)t0 * wd);
+    else
+        memcpy(h + (size_t)t0 * wd, in + (size_t)t0 * wd, (size_t)(t1 - t0) * wd * sizeof(float));
+    tern_act_quant(h + (size_t)t0 * wd, t1 - t0, width, q8 + (size_t)t0 * wd, qs + t0, qsum + t0);
+}
 
 static void task_norm_quant(void *arg, int task, int n_tasks, int thread)
 {
@@ -316,41 +347,46 @@ static void task_norm_quant(void *arg, int task, int n_tasks, int thread)
     tern_ctx *c = j->c;
     int64_t t0, t1;
     tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
-    const size_t w = (size_t)j->width;
-    if (j->w)
-        tern_rmsnorm_rows(j->in + (size_t)t0 * w, t1 - t0, j->width, j->w, c->m->hp.eps,
-                          c->h + (size_t)t0 * w);
-    else if (t1 > t0)
-        memcpy(c->h + (size_t)t0 * w, j->in + (size_t)t0 * w,
-               (size_t)(t1 - t0) * w * sizeof(float));
-    if (t1 > t0)
-        tern_act_quant(c->h + (size_t)t0 * w, t1 - t0, j->width, c->q8 + (size_t)t0 * w, c->qs + t0,
-                       c->qsum + t0);
+    norm_quant_rows(c, j->in, j->w, j->width, t0, t1, c->h, c->q8, c->qs, c->qsum);
 }
 
+/* rows [r0, r1) of every matrix (they share one shape where an epilogue pairs them), then the
+ * epilogue on them */
 static void task_gemm(void *arg, int task, int n_tasks, int thread)
 {
-    (void)thread;
     job *j = arg;
     tern_ctx *c = j->c;
+    const int8_t *q8 = c->q8;
+    const float *qs = c->qs;
+    const int32_t *qsum = c->qsum;
+    if (j->own_norm) {
+        const size_t o = (size_t)thread * TERN_OWN_NORM_TOKENS;
+        norm_quant_rows(c, j->in, j->w, j->width, 0, j->n_tok, c->own_h + o * c->own_stride,
+                        c->own_q8 + o * c->own_stride, c->own_qs + o, c->own_qsum + o);
+        q8 = c->own_q8 + o * c->own_stride, qs = c->own_qs + o, qsum = c->own_qsum + o;
+    }
+    int64_t r0 = 0, r1 = 0;
     for (int32_t mi = 0; mi < j->n_mat; mi++) {
         const tern_tmat *w = j->mat[mi];
-        int64_t r0, r1;
         tern_split_rows(tern_tmat_rows(w), tern_tmat_row_granularity(w), task, n_tasks, &r0, &r1);
-        if (r1 > r0) tern_tgemm(w, c->q8, c->qs, c->qsum, j->n_tok, j->out[mi], j->ldy[mi], r0, r1);
+        if (r1 > r0) tern_tgemm(w, q8, qs, qsum, j->n_tok, j->out[mi], j->ldy[mi], r0, r1);
     }
-}
-
-/* residual add over rows of tokens: resid += out */
-static void task_residual(void *arg, int task, int n_tasks, int thread)
-{
-    (void)thread;
-    job *j = arg;
-    int64_t t0, t1;
-    const size_t d = (size_t)j->c->m->hp.d;
-    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
-    for (int64_t t = t0; t < t1; t++)
-        for (size_t i = 0; i < d; i++) j->resid[(size_t)t * d + i] += j->out[0][(size_t)t * d + i];
+    if (r1 <= r0 || j->epi == GEMM_PLAIN) return;
+    const size_t ld = (size_t)j->ldy[0], n = (size_t)(r1 - r0);
+    const bool silu = c->m->hp.act == TERN_ACT_SILU;
+    for (int64_t t = 0; t < j->n_tok; t++) {
+        float *y = j->out[0] + (size_t)t * ld + (size_t)r0;
+        if (j->epi == GEMM_RESIDUAL) {
+            float *x = j->resid + (size_t)t * ld + (size_t)r0;
+            for (size_t i = 0; i < n; i++) x[i] += y[i];
+        } else {
+            const float *u = j->out[1] + (size_t)t * ld + (size_t)r0;
+            if (silu)
+                tern_silu_mul(y, u, (int64_t)n, y);
+            else
+                tern_relu2_mul(y, u, (int64_t)n, y);
+        }
+    }
 }
 
 /* RoPE on q and k, then append k and v to the cache */
@@ -373,41 +409,30 @@ static void task_rope_store(void *arg, int task, int n_tasks, int thread)
     }
 }
 
-static void task_relu2(void *arg, int task, int n_tasks, int thread)
-{
-    (void)thread;
-    job *j = arg;
-    tern_ctx *c = j->c;
-    const size_t ff = (size_t)c->m->hp.n_ff;
-    int64_t t0, t1;
-    tern_split_rows(j->n_tok, 1, task, n_tasks, &t0, &t1);
-    const bool silu = c->m->hp.act == TERN_ACT_SILU; /* spec 7.3 */
-    for (int64_t t = t0; t < t1; t++) {
-        float *g = c->g + (size_t)t * ff, *u = c->u + (size_t)t * ff;
-        if (silu)
-            tern_silu_mul(g, u, (int64_t)ff, g);
-        else
-            tern_relu2_mul(g, u, (int64_t)ff, g);
-    }
-}
-
 static void run(tern_ctx *c, tern_pool_fn fn, job *j)
 {
     tern_pool_run(c->pool, fn, j, c->n_threads);
 }
 
-static void norm_quant(tern_ctx *c, job *j, const float *in, const float *w, int32_t width)
+/* the input of the GEMMs that follow: normalized and quantized in a phase of its own, or by
+ * every GEMM task for itself (micro-batches of TERN_OWN_NORM_TOKENS tokens) */
+static void gemm_input(tern_ctx *c, job *j, const float *in, const float *w, int32_t width)
 {
     j->in = in;
     j->w = w;
     j->width = width;
-    run(c, task_norm_quant, j);
+    j->own_norm = j->n_tok <= TERN_OWN_NORM_TOKENS;
+    if (!j->own_norm) run(c, task_norm_quant, j);
 }
 
 static void gemm(tern_ctx *c, job *j, int32_t n, const tern_tmat *const *mats, float *const *outs,
-                 const int32_t *ldys)
+                 const int32_t *ldys, gemm_epi epi)
 {
+    TERN_ASSERT(epi != GEMM_ACT ||
+                (n == 2 && tern_tmat_rows(mats[0]) == tern_tmat_rows(mats[1]) &&
+                 tern_tmat_row_granularity(mats[0]) == tern_tmat_row_granularity(mats[1])));
     j->n_mat = n;
+    j->epi = epi;
     for (int32_t i = 0; i < n; i++) {
         j->mat[i] = mats[i];
         j->out[i] = outs[i];
@@ -448,31 +473,28 @@ tern_code tern_forward(tern_ctx *c, const tern_batch_seq *seqs, int32_t n_seqs, 
         j.li = li;
         j.L = L;
         /* attention block */
-        norm_quant(c, &j, x, L->attn_norm, d);
+        gemm_input(c, &j, x, L->attn_norm, d);
         const tern_tmat *qkv[3] = {L->wq, L->wk, L->wv};
         float *qkv_out[3] = {c->q, c->k, c->v};
         const int32_t qkv_ld[3] = {d, kvd, kvd};
-        gemm(c, &j, 3, qkv, qkv_out, qkv_ld);
+        gemm(c, &j, 3, qkv, qkv_out, qkv_ld, GEMM_PLAIN);
         run(c, task_rope_store, &j);
         tern_attn_run(c, li, split);
-        norm_quant(c, &j, c->att, L->attn_sub_norm, d);
+        gemm_input(c, &j, c->att, L->attn_sub_norm, d);
         const tern_tmat *wo[1] = {L->wo};
         float *o_out[1] = {c->o};
         const int32_t o_ld[1] = {d};
-        gemm(c, &j, 1, wo, o_out, o_ld);
         j.resid = x;
-        run(c, task_residual, &j);
+        gemm(c, &j, 1, wo, o_out, o_ld, GEMM_RESIDUAL);
         /* FFN block */
-        norm_quant(c, &j, x, L->ffn_norm, d);
+        gemm_input(c, &j, x, L->ffn_norm, d);
         const tern_tmat *gu[2] = {L->wgate, L->wup};
         float *gu_out[2] = {c->g, c->u};
         const int32_t gu_ld[2] = {ff, ff};
-        gemm(c, &j, 2, gu, gu_out, gu_ld);
-        run(c, task_relu2, &j);
-        norm_quant(c, &j, c->g, L->ffn_sub_norm, ff);
+        gemm(c, &j, 2, gu, gu_out, gu_ld, GEMM_ACT);
+        gemm_input(c, &j, c->g, L->ffn_sub_norm, ff);
         const tern_tmat *wd[1] = {L->wdown};
-        gemm(c, &j, 1, wd, o_out, o_ld);
-        run(c, task_residual, &j);
+        gemm(c, &j, 1, wd, o_out, o_ld, GEMM_RESIDUAL);
     }
     return TERN_OK;
 }
