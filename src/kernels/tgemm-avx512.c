@@ -132,20 +132,20 @@ AI void tile_out(const pass *p, int64_t g, int gi, int64_t t0, int ti, __m512i a
                tgemm_float(a, p->qsum[t0 + ti], p->s[t0 + ti], p->w->alpha));
 }
 
-/* Prefetch distance of the one-token GEMV's code streams, in chunks (32: 2 KiB ahead). The
- * hardware's prefetch alone left the streams waiting: Intel Xeon VM (AMX), 2 threads, the 30
- * layers of a 2B-4T decode step, 3 interleaved rounds, medians: none 20.4-20.9 ms, 12 chunks
- * 17.2-17.9, 16 17.6-18.0, 24 17.1-17.5, 32 17.1-17.5, 48 17.2-17.5 (1.18x; 30 GB/s, the
- * read probe's rate). The address may lie past the codes (the last tiles): an address, not a
- * pointer into them; prefetch does not fault. */
+/* Prefetch distance of the tiles' code streams, in chunks (32: 2 KiB ahead). The hardware's
+ * prefetch alone left the streams waiting: Intel Xeon VM (AMX), 2 threads, the 30 layers of a
+ * 2B-4T decode step, 3 interleaved rounds, medians: none 20.4-20.9 ms, 12 chunks 17.2-17.9, 16
+ * 17.6-18.0, 24 17.1-17.5, 32 17.1-17.5, 48 17.2-17.5 (1.18x; 30 GB/s, the read probe's rate);
+ * 9-12 sequences in passes (AVX-512 alone) 68-74 -> 43-52 ms. The address may lie past the
+ * codes (the last tiles): an address, not a pointer into them; prefetch does not fault. */
 #define GEMV_PF 32
 AI void prefetch_at(const void *p, int64_t off)
 {
     _mm_prefetch((const char *)((uintptr_t)p + (uintptr_t)off), _MM_HINT_T0);
 }
 
-/* Tile with one scale: groups g + gs * gi for gi < G (gs > 1: one token in a single pass
- * only), tokens [t0, t0+TB). G and TB are constants after inlining; the pragmas make the
+/* Tile with one scale: groups g + gs * gi for gi < G (gs > 1: one block of tokens in a single
+ * pass only), tokens [t0, t0+TB). G and TB are constants after inlining; the pragmas make the
  * accumulator arrays registers. TB == 1 splits each accumulator in two to halve the
  * dependency chain. */
 AI void tile_single(const pass *p, int64_t g, const int G, int64_t gs, int64_t t0, const int TB)
@@ -166,10 +166,11 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t gs, int64_t t
         }
     for (int64_t c = p->c0; c < p->c1; c++) {
         __m512i cc[4][4];
-        if (gs > 1) /* the GEMV's streams, run on past a group's end into the next tile's */
+        /* the streams run on past a group's end into the next tile's group (gs > 1) or the
+         * next pass's chunks of the same group */
 #pragma GCC unroll 4
-            for (int gi = 0; gi < G; gi++)
-                prefetch_at(wg, gi * gs * gstride + (c + GEMV_PF) * TERN_TG_BYTES);
+        for (int gi = 0; gi < G; gi++)
+            prefetch_at(wg, gi * gs * gstride + (c + GEMV_PF) * TERN_TG_BYTES);
 #pragma GCC unroll 4
         for (int gi = 0; gi < G; gi++) unpack(wg + gi * gs * gstride + c * TERN_TG_BYTES, cc[gi]);
 #pragma GCC unroll 16
@@ -323,20 +324,47 @@ static void run_buf(const pass *p, const __m512i *buf, int64_t g, int ng, int64_
 #define TERN_SEG 64
 #define TERN_TBMAX 8
 
+/* One block of tokens (at most TERN_TBMAX): a single pass over k, the groups in GM segments, a
+ * tile taking the j-th group of each, so that each code stream runs on through its segment
+ * (one long sequential read, which the prefetchers follow best) instead of ending every
+ * kc * 64 bytes beside the others, as head-f16.h's one-token head (one token, Intel Xeon VM,
+ * 2 threads, 40 matrices in turn: 1.10x median over 9 interleaved pairs, 0.96-1.43x). For 2-8
+ * tokens this replaced the passes over segments of TERN_SEG chunks, whose weights stay in L1
+ * for the token blocks after the first, of which there are none (Intel Xeon VM with AMX, 2
+ * threads, the 30 layers of a 2B-4T decode step of n sequences, both prefetched: n = 2 20.5 ->
+ * 19.1 ms, 4 27.1 -> 22.9, 7 33.6 -> 29.4; before either, 22.3, 34.3, 52.7). The activations
+ * of 4 or more tokens outgrow L1 for k = 6912 and come from L2 then, which the broadcasts do
+ * not wait for. */
+#define RUN_SEGS(TBV, GM)                                                                          \
+    case TBV: {                                                                                    \
+        const int64_t len = (gend - g0) / (GM);                                                    \
+        for (int64_t j = 0; j < len; j++) tile_single(p, g0 + j, (GM), len, 0, (TBV));             \
+        for (int64_t g = g0 + (GM)*len; g < gend; g++) tile_single(p, g, 1, 1, 0, (TBV));          \
+    } break
+static void run_segments(const pass *p, int64_t g0, int64_t gend, int tb)
+{
+    switch (tb) {
+        RUN_SEGS(1, 4);
+        RUN_SEGS(2, 4);
+        RUN_SEGS(3, 4);
+        RUN_SEGS(4, 2);
+        RUN_SEGS(5, 2);
+        RUN_SEGS(6, 2);
+        RUN_SEGS(7, 2);
+        RUN_SEGS(8, 2);
+    default:
+        TERN_ASSERT(0);
+    }
+}
+#undef RUN_SEGS
+
 static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                         int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
 {
     const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16, kc = w->kc;
     pass p = {w, q, s, qsum, y, ldy, o0, o1, 0, kc, NULL, 0, 0, true, true};
-    if (n_tok == 1) {
-        /* one activation row fits L1: a single pass over k. The groups in four segments, a
-         * tile taking the j-th group of each: each code stream runs on through its segment
-         * (one long sequential read, which the prefetchers follow best) instead of ending
-         * every kc * 64 bytes beside the others, as head-f16.h's one-token head (Intel Xeon VM,
-         * 2 threads, 40 matrices in turn: 1.10x median over 9 interleaved pairs, 0.96-1.43x) */
-        const int64_t len = (gend - g0) / 4;
-        for (int64_t j = 0; j < len; j++) tile_single(&p, g0 + j, 4, len, 0, 1);
-        for (int64_t g = g0 + 4 * len; g < gend; g++) tile_single(&p, g, 1, 1, 0, 1);
+    if (n_tok <= TERN_TBMAX) {
+        run_segments(&p, g0, gend, (int)n_tok);
         return;
     }
     /* Passes over segments of chunks keep a token block's activations (and the segment's
