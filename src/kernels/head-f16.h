@@ -72,7 +72,7 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
             /* in a register: not loaded again for every row as an fma's memory operand */
             if (R * T + T < HF_NREG) __asm__("" : "+x"(xv[t]));
         }
-        if (rs > 1 && i % HF_LINE_W == 0) /* the GEMV's row streams (tern_hf_gemv) */
+        if (rs > 1 && i % HF_LINE_W == 0) /* segments' row streams (tern_hf_segments) */
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++)
                 _mm_prefetch((const char *)((uintptr_t)(w + (o + r * rs) * k + i) + HF_GEMV_PF),
@@ -127,25 +127,22 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
         }                                                                                          \
     } break
 
-/* The next block's rows into L2 a few lines per row tile, spread over this block's tiles: with
- * many tokens a block's rows come from memory for its first token tile only, which the
- * hardware's prefetch left waiting (T = 64: +5%); with a few token tiles the lines come too
- * close together and cost more than they save (T = 4, 6: -20%). */
-#define HF_PF_TOKENS (3 * HF_TT) /* tokens above which the rows are prefetched */
-
-/* rows [o0, o1), at most HF_RB of them; [pf_begin, pf_end): the bytes to prefetch meanwhile */
+/* Rows [o0, o1), at most HF_RB of them, for more than HF_SEG_TOKENS tokens; [pf_begin,
+ * pf_end): the next block's rows, prefetched into L2 a few lines per row tile, spread over
+ * this block's tiles: a block's rows come from memory for its first token tile only, which the
+ * hardware's prefetch left waiting (T = 64: +5%; with a few token tiles the lines came too
+ * close together and cost more than they saved, T = 4, 6: -20%). */
 static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                          int64_t ldy, int64_t o0, int64_t o1, const uint8_t *pf_begin,
                          const uint8_t *pf_end)
 {
     HF_V part[HF_RB * HF_TT];
-    /* passes only where token tiles share the block from L2: a single tile reads its rows from
-     * memory, and whole rows stream better than pieces (4 tokens in passes: -10% in the model) */
-    const int64_t kc_many = n_tok > HF_TT ? HF_KC : k;
+    /* several token tiles share the block from L2, in passes */
+    const int64_t kc_many = HF_KC;
     /* the block's calls of the widest tiles, over which the prefetch is spread */
     const int64_t calls = (n_tok + HF_TT - 1) / HF_TT * ((k + HF_KC - 1) / HF_KC) *
                           ((o1 - o0) / (HF_TT > 3 ? HF_RW : 4));
-    tern_pf pf = tern_pf_spread(pf_begin, pf_end, calls, n_tok > HF_PF_TOKENS);
+    tern_pf pf = tern_pf_spread(pf_begin, pf_end, calls, true);
     for (int64_t t0 = 0; t0 < n_tok; t0 += HF_TT) {
         const int64_t tb = n_tok - t0 < HF_TT ? n_tok - t0 : HF_TT;
         switch (tb) {
@@ -165,30 +162,79 @@ static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64
     }
 }
 
-/* One token: the rows in HF_SEG segments, a tile taking the j-th row of each, so that each of
- * its row streams runs on through its segment's consecutive rows (one long sequential read
- * each, which the prefetchers follow best) instead of ending every 2k bytes beside the other
- * streams' rows (128256 x 2560, Intel Xeon VM, 2 threads, 8 segments: 23-27 -> 29-35 GB/s,
- * 1.28-1.33x in interleaved runs). Four segments, not eight: Zen 5 VM, 2 threads, 12
- * interleaved pairs: median 1.24x (0.84-1.41x), 44 against 36 GB/s (not measured on Intel). The
- * rows left over (fewer than HF_SEG) run alone; a row's sums are its own whichever tile it is
- * in, so no bit changes. */
-#define HF_SEG 4 /* at most the 8 rows of a one-token tile */
-static void tern_hf_gemv(const uint16_t *w, const float *x, int64_t k, float *y, int64_t o0,
-                         int64_t o1)
+/* Up to HF_SEG_TOKENS tokens: the rows in as many segments as a tile has rows, a tile taking
+ * the j-th row of each, so that each of its row streams runs on through its segment's
+ * consecutive rows (one long sequential read each, which the prefetchers follow best, and the
+ * software prefetch runs on into the next tile's rows) instead of ending every 2k bytes beside
+ * the other streams' rows; every token tile passes over a tile's rows while they are in L1
+ * (their activations come from L2). One token (128256 x 2560, Intel Xeon VM, 2 threads, 8
+ * segments: 23-27 -> 29-35 GB/s, 1.28-1.33x in interleaved runs); four segments, not eight:
+ * Zen 5 VM, 2 threads, 12 interleaved pairs: median 1.24x (0.84-1.41x), 44 against 36 GB/s (not
+ * measured on Intel). 2-18 tokens against blocks of HF_RB rows (Intel Xeon VM with AMX, 2
+ * threads, best of 3-5): 2 27.6 -> 20.8 ms, 4 30.8 -> 20.5, 6 32.1 -> 21.1, 8 45.7 -> 28.8, 12
+ * 51.3 -> 34.1, 16 56.9 -> 43.3, 18 67.1 -> 47.7; at 19-24 even (60-73 ms either way); at
+ * 28-32 the blocks win (78-90 against 84-95); the AVX2 variant, 2 tokens 30.1 -> 21.7 ms, 4
+ * 38.9 -> 25.2, 8 64.2 -> 39.9, 12 76.4 -> 56.6, 18 70.0 -> 69.0. The rows left over (fewer than
+ * the segments) run alone; a row's sums are its own whichever tile it is in, so no bit changes. */
+#define HF_SEG 4 /* rows of a one-token tile (at most 8) */
+#define HF_SEG_TOKENS (3 * HF_TT)
+/* R rows from segments rs apart x T tokens from t0 */
+#define TERN_HF_SEG_TILE(RV, TV)                                                                   \
+    case TV:                                                                                       \
+        tern_hf_tile(w, o, (RV), rs, x, t0, (TV), k, 0, k, NULL, y, ldy);                          \
+        break
+static void tern_hf_seg_tile(const uint16_t *w, int64_t o, int R, int64_t rs, const float *x,
+                             int64_t t0, int64_t T, int64_t k, float *y, int64_t ldy)
 {
-    const int64_t len = (o1 - o0) / HF_SEG;
+    if (R == HF_RW) {
+        switch (T) {
+            TERN_HF_SEG_TILE(HF_RW, 1);
+            TERN_HF_SEG_TILE(HF_RW, 2);
+            TERN_HF_SEG_TILE(HF_RW, 3);
+#if HF_TT > 3
+            TERN_HF_SEG_TILE(HF_RW, 4);
+            TERN_HF_SEG_TILE(HF_RW, 5);
+#endif
+#if HF_TT > 5
+            TERN_HF_SEG_TILE(HF_RW, 6);
+#endif
+        default:
+            TERN_ASSERT(0);
+        }
+    } else if (R == 4) {
+        switch (T) {
+            TERN_HF_SEG_TILE(4, 1);
+            TERN_HF_SEG_TILE(4, 2);
+            TERN_HF_SEG_TILE(4, 3);
+        default:
+            TERN_ASSERT(0);
+        }
+    } else {
+        TERN_ASSERT(R == 1 && T == 1);
+        tern_hf_tile(w, o, 1, 1, x, t0, 1, k, 0, k, NULL, y, ldy);
+    }
+}
+#undef TERN_HF_SEG_TILE
+static void tern_hf_segments(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                             int64_t ldy, int64_t o0, int64_t o1)
+{
+    _Static_assert(HF_SEG == 4 && HF_RW <= 4, "tern_hf_seg_tile instantiates 4 and HF_RW rows");
+    /* rows a tile, the same for every token tile: 4 with at most 3 tokens, else HF_RW */
+    const int R = n_tok <= 3 ? HF_SEG : HF_RW;
+    const int64_t len = (o1 - o0) / R;
     for (int64_t j = 0; j < len; j++)
-        tern_hf_tile(w, o0 + j, HF_SEG, len, x, 0, 1, k, 0, k, NULL, y, 0);
-    for (int64_t o = o0 + HF_SEG * len; o < o1; o++)
-        tern_hf_tile(w, o, 1, 1, x, 0, 1, k, 0, k, NULL, y, 0);
+        for (int64_t t0 = 0; t0 < n_tok; t0 += HF_TT)
+            tern_hf_seg_tile(w, o0 + j, R, len, x, t0, n_tok - t0 < HF_TT ? n_tok - t0 : HF_TT, k,
+                             y, ldy);
+    for (int64_t o = o0 + R * len; o < o1; o++)
+        for (int64_t t = 0; t < n_tok; t++) tern_hf_seg_tile(w, o, 1, 1, x, t, 1, k, y, ldy);
 }
 
 static void tern_hf_gemm(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                          int64_t ldy, int64_t o0, int64_t o1)
 {
-    if (n_tok == 1) {
-        tern_hf_gemv(w, x, k, y, o0, o1);
+    if (n_tok <= HF_SEG_TOKENS) {
+        tern_hf_segments(w, x, n_tok, k, y, ldy, o0, o1);
         return;
     }
     for (int64_t o = o0; o < o1; o += HF_RB) {
@@ -202,7 +248,7 @@ static void tern_hf_gemm(const uint16_t *w, const float *x, int64_t n_tok, int64
 #undef HF_RB
 #undef HF_KC
 #undef HF_SEG
+#undef HF_SEG_TOKENS
 #undef HF_GEMV_PF
 #undef HF_LINE_W
-#undef HF_PF_TOKENS
 #endif
