@@ -144,24 +144,25 @@ AI void prefetch_at(const void *p, int64_t off)
     _mm_prefetch((const char *)((uintptr_t)p + (uintptr_t)off), _MM_HINT_T0);
 }
 
-/* Tile with one scale: groups g + gs * gi for gi < G (gs > 1: one block of tokens in a single
- * pass only), tokens [t0, t0+TB). G and TB are constants after inlining; the pragmas make the
- * accumulator arrays registers. TB == 1 splits each accumulator in two to halve the
- * dependency chain. */
+/* Tile with one scale: groups g + gs * gi for gi < G, tokens [t0, t0+TB). G and TB are constants
+ * after inlining; the pragmas make the accumulator arrays registers. TB == 1 splits each
+ * accumulator in two to halve the dependency chain. */
 AI void tile_single(const pass *p, int64_t g, const int G, int64_t gs, int64_t t0, const int TB)
 {
     const int NS = TB == 1 ? 2 : 1;
     const int64_t kc = p->w->kc, k = p->w->k, gstride = kc * TERN_TG_BYTES;
     const uint8_t *wg = p->w->codes + g * gstride;
     const int8_t *qt = p->q + t0 * k;
+    /* group g + gi * gs's sums at part + (group - gbase) * 16 */
     int32_t *part = p->part ? p->part + (t0 - p->tbase) * 64 + (g - p->gbase) * 16 : NULL;
     __m512i acc[4][16][2];
 #pragma GCC unroll 4
     for (int gi = 0; gi < G; gi++)
 #pragma GCC unroll 16
         for (int ti = 0; ti < TB; ti++) {
-            acc[gi][ti][0] = p->first ? _mm512_setzero_si512()
-                                      : _mm512_load_si512((const void *)(part + ti * 64 + gi * 16));
+            acc[gi][ti][0] = p->first
+                                 ? _mm512_setzero_si512()
+                                 : _mm512_load_si512((const void *)(part + ti * 64 + gi * gs * 16));
             if (NS == 2) acc[gi][ti][1] = _mm512_setzero_si512();
         }
     for (int64_t c = p->c0; c < p->c1; c++) {
@@ -191,12 +192,17 @@ AI void tile_single(const pass *p, int64_t g, const int G, int64_t gs, int64_t t
                      NS == 2 ? _mm512_add_epi32(acc[gi][ti][0], acc[gi][ti][1]) : acc[gi][ti][0]);
 }
 
-/* Groups [g, g1) (at most four) for tokens [t0, t0+TB): tiles of GM groups, then singles. */
+/* Groups [g, g1) for tokens [t0, t0+TB): the groups in GM segments, a tile taking the j-th
+ * group of each (the rest alone), so that in a single pass over k each code stream runs on
+ * through its segment (one long sequential read, which the prefetchers follow best) instead
+ * of ending every kc * 64 bytes beside the others, as head-f16.h's one-token head (one token,
+ * Intel Xeon VM, 2 threads, 40 matrices in turn: 1.10x median over 9 interleaved pairs,
+ * 0.96-1.43x). */
 #define RUN_SINGLE(TBV, GM)                                                                        \
     case TBV: {                                                                                    \
-        int64_t gg = g;                                                                            \
-        for (; gg + (GM) <= g1; gg += (GM)) tile_single(p, gg, (GM), 1, t0, (TBV));                \
-        for (; gg < g1; gg++) tile_single(p, gg, 1, 1, t0, (TBV));                                 \
+        const int64_t len = (g1 - g) / (GM);                                                       \
+        for (int64_t j = 0; j < len; j++) tile_single(p, g + j, (GM), len, t0, (TBV));             \
+        for (int64_t gg = g + (GM)*len; gg < g1; gg++) tile_single(p, gg, 1, 1, t0, (TBV));        \
     } break
 
 static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
@@ -214,6 +220,7 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
         TERN_ASSERT(0);
     }
 }
+#undef RUN_SINGLE
 
 /* ---- many tokens: the codes of a segment unpacked once into L1 ---- */
 
@@ -324,47 +331,20 @@ static void run_buf(const pass *p, const __m512i *buf, int64_t g, int ng, int64_
 #define TERN_SEG 64
 #define TERN_TBMAX 8
 
-/* One block of tokens (at most TERN_TBMAX): a single pass over k, the groups in GM segments, a
- * tile taking the j-th group of each, so that each code stream runs on through its segment
- * (one long sequential read, which the prefetchers follow best) instead of ending every
- * kc * 64 bytes beside the others, as head-f16.h's one-token head (one token, Intel Xeon VM,
- * 2 threads, 40 matrices in turn: 1.10x median over 9 interleaved pairs, 0.96-1.43x). For 2-8
- * tokens this replaced the passes over segments of TERN_SEG chunks, whose weights stay in L1
- * for the token blocks after the first, of which there are none (Intel Xeon VM with AMX, 2
- * threads, the 30 layers of a 2B-4T decode step of n sequences, both prefetched: n = 2 20.5 ->
- * 19.1 ms, 4 27.1 -> 22.9, 7 33.6 -> 29.4; before either, 22.3, 34.3, 52.7). The activations
- * of 4 or more tokens outgrow L1 for k = 6912 and come from L2 then, which the broadcasts do
- * not wait for. */
-#define RUN_SEGS(TBV, GM)                                                                          \
-    case TBV: {                                                                                    \
-        const int64_t len = (gend - g0) / (GM);                                                    \
-        for (int64_t j = 0; j < len; j++) tile_single(p, g0 + j, (GM), len, 0, (TBV));             \
-        for (int64_t g = g0 + (GM)*len; g < gend; g++) tile_single(p, g, 1, 1, 0, (TBV));          \
-    } break
-static void run_segments(const pass *p, int64_t g0, int64_t gend, int tb)
-{
-    switch (tb) {
-        RUN_SEGS(1, 4);
-        RUN_SEGS(2, 4);
-        RUN_SEGS(3, 4);
-        RUN_SEGS(4, 2);
-        RUN_SEGS(5, 2);
-        RUN_SEGS(6, 2);
-        RUN_SEGS(7, 2);
-        RUN_SEGS(8, 2);
-    default:
-        TERN_ASSERT(0);
-    }
-}
-#undef RUN_SEGS
-
+/* One block of tokens (at most TERN_TBMAX) takes a single pass over k, its groups in segments
+ * (run_single). For 2-8 tokens this replaced the passes over segments of TERN_SEG chunks, whose
+ * weights stay in L1 for the token blocks after the first, of which there are none (Intel Xeon
+ * VM with AMX, 2 threads, the 30 layers of a 2B-4T decode step of n sequences, both
+ * prefetched: n = 2 20.5 -> 19.1 ms, 4 27.1 -> 22.9, 7 33.6 -> 29.4; before either, 22.3,
+ * 34.3, 52.7). The activations of 4 or more tokens outgrow L1 for k = 6912 and come from L2
+ * then, which the broadcasts do not wait for. */
 static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, const int32_t *qsum,
                         int64_t n_tok, float *y, int64_t ldy, int64_t o0, int64_t o1)
 {
     const int64_t g0 = o0 / 16, gend = (o1 + 15) / 16, kc = w->kc;
     pass p = {w, q, s, qsum, y, ldy, o0, o1, 0, kc, NULL, 0, 0, true, true};
     if (n_tok <= TERN_TBMAX) {
-        run_segments(&p, g0, gend, (int)n_tok);
+        run_single(&p, g0, gend, 0, (int)n_tok);
         return;
     }
     /* Passes over segments of chunks keep a token block's activations (and the segment's
