@@ -45,6 +45,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ternpipe/kernels.h"
 #include "ternpipe/status.h"
 
 #ifdef __cplusplus
@@ -71,7 +72,6 @@ typedef struct tern_sampling {
     int32_t n_logit_bias;              /* 0..TERN_MAX_LOGIT_BIAS */
 } tern_sampling;
 
-#define TERN_SUM_LANES 8        /* = kernels.h's TERN_LSE_LANES */
 #define TERN_SAMPLE_CANDS 128   /* candidates a head slice keeps per sampled row */
 #define TERN_MAX_LOGPROBS 20    /* top log-probabilities per token (OpenAI's limit) */
 #define TERN_MAX_TOP_K 4096     /* top_k above this is refused */
@@ -117,8 +117,8 @@ typedef struct tern_row_sum {
     double mx, z; /* sampling rows: max of x = v / T and (but Gumbel rows) sum of exp(x - mx) */
     /* a summing row's sum by lanes of ids (kernels.h, tern_lse_lanes), which mx and z are
      * made of after every fold: the same for any slicing */
-    double lm[TERN_SUM_LANES], lz[TERN_SUM_LANES];
-    double rlm[TERN_SUM_LANES], rlz[TERN_SUM_LANES]; /* the same for mraw and zraw */
+    double lm[TERN_LSE_LANES], lz[TERN_LSE_LANES];
+    double rlm[TERN_LSE_LANES], rlz[TERN_LSE_LANES]; /* the same for mraw and zraw */
     double mraw, zraw; /* logprob rows: the same over the raw logits */
     double g;          /* best Gumbel score (gumbel rows) */
     tern_cand gc;      /* its candidate */

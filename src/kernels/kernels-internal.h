@@ -309,8 +309,6 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 #define TERN_Q6_K_SC 192
 #define TERN_Q6_K_D 208
 
-/* Round half to even without depending on the FPU rounding mode (|v| < 2^23 or integral). */
-
 /* ---- sampling noise (noise.c, noise-avx2.c, noise-avx512.c): kernels.h's constants and
  * tern_log_det's steps, for every variant ---- */
 #define TERN_NOISE_K0 0x9e3779b97f4a7c15ULL
@@ -320,10 +318,8 @@ void tern_ref_f32_to_f16(const float *f, uint16_t *h, int64_t n);
 #define TERN_NOISE_K4 0x632be59bd9b4e019ULL
 #define TERN_NOISE_M1 0xbf58476d1ce4e5b9ULL /* splitmix64's finalizer */
 #define TERN_NOISE_M2 0x94d049bb133111ebULL
-#define TERN_NOISE_U_MAX (1.0 - 0x1p-53)           /* the largest double below 1 */
-#define TERN_LOG_SQRT2_BITS 0x3ff6a09e667f3bcdULL  /* sqrt(2) rounded, as bits */
-#define TERN_LOG_LN2_HI 6.93147180369123816490e-01 /* 32 significant bits: e * it is exact */
-#define TERN_LOG_LN2_LO 1.90821492927058770002e-10
+#define TERN_NOISE_U_MAX (1.0 - 0x1p-53)          /* the largest double below 1 */
+#define TERN_LOG_SQRT2_BITS 0x3ff6a09e667f3bcdULL /* sqrt(2) rounded, as bits */
 /* q = z * (1/3 + z * (1/5 + ... + z / 19)): truncation below 3e-17 for z <= (3 - 2 sqrt 2)^2 */
 #define TERN_LOG_SERIES(q, z, SET, FMA, MUL)                                                       \
     do {                                                                                           \
@@ -375,11 +371,16 @@ static inline int tern_lse_head(const float *v, int64_t n, int64_t id0, float *h
     return cnt;
 }
 #define TERN_EXP_MIN (-700.0) /* tern_exp_det's floor: 2^n stays a normal number */
-#define TERN_EXP_LOG2E 1.4426950408889634
 void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                           tern_gumbel_run *out);
 void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
                             tern_gumbel_run *out);
+
+/* ln 2 in two parts (the high one has 32 significant bits, so n * it is exact for |n| < 2^21)
+ * and log2 e: the range reductions of the exp and log kernels */
+#define TERN_LN2_HI 6.93147180369123816490e-01
+#define TERN_LN2_LO 1.90821492927058770002e-10
+#define TERN_LOG2E 1.4426950408889634
 
 /* exp(r) for |r| <= ln2/2 by its Taylor series to r^13 (truncation < 2e-16), Horner form, in
  * the SIMD double type of the caller: SET broadcasts a constant, FMA(a, b, c) = a * b + c. */

@@ -60,8 +60,8 @@ AI __m256d nz_log(__m256d x) /* tern_log_det, lane for lane */
     __m256d q;
     TERN_LOG_SERIES(q, z, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_mul_pd);
     return _mm256_fmadd_pd(
-        ed, _mm256_set1_pd(TERN_LOG_LN2_HI),
-        _mm256_fmadd_pd(ed, _mm256_set1_pd(TERN_LOG_LN2_LO), _mm256_fmadd_pd(r, q, r)));
+        ed, _mm256_set1_pd(TERN_LN2_HI),
+        _mm256_fmadd_pd(ed, _mm256_set1_pd(TERN_LN2_LO), _mm256_fmadd_pd(r, q, r)));
 }
 
 AI __m256d sel(__m256d mask, __m256d yes, __m256d no)
@@ -134,10 +134,10 @@ void tern_avx2_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, 
 AI __m256d nz_exp(__m256d d) /* tern_exp_det, lane for lane (a NaN lane counts as the floor) */
 {
     d = _mm256_max_pd(d, _mm256_set1_pd(TERN_EXP_MIN));
-    const __m256d n = _mm256_round_pd(_mm256_mul_pd(d, _mm256_set1_pd(TERN_EXP_LOG2E)),
+    const __m256d n = _mm256_round_pd(_mm256_mul_pd(d, _mm256_set1_pd(TERN_LOG2E)),
                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TERN_LOG_LN2_HI), d);
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TERN_LOG_LN2_LO), r);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TERN_LN2_HI), d);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TERN_LN2_LO), r);
     __m256d p;
     TERN_EXP_TAYLOR13(p, r, _mm256_set1_pd, _mm256_fmadd_pd);
     const __m256i b = _mm256_slli_epi64(

@@ -35,8 +35,8 @@ AI __m512d nz_log(__m512d x) /* tern_log_det, lane for lane */
     TERN_LOG_SERIES(q, z, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd);
     const __m512d ed = _mm512_cvtepi64_pd(e);
     return _mm512_fmadd_pd(
-        ed, _mm512_set1_pd(TERN_LOG_LN2_HI),
-        _mm512_fmadd_pd(ed, _mm512_set1_pd(TERN_LOG_LN2_LO), _mm512_fmadd_pd(r, q, r)));
+        ed, _mm512_set1_pd(TERN_LN2_HI),
+        _mm512_fmadd_pd(ed, _mm512_set1_pd(TERN_LN2_LO), _mm512_fmadd_pd(r, q, r)));
 }
 
 void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
@@ -97,10 +97,10 @@ void tern_avx512_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t
 AI __m512d nz_exp(__m512d d) /* tern_exp_det, lane for lane (a NaN lane counts as the floor) */
 {
     d = _mm512_max_pd(d, _mm512_set1_pd(TERN_EXP_MIN));
-    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(d, _mm512_set1_pd(TERN_EXP_LOG2E)),
+    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(d, _mm512_set1_pd(TERN_LOG2E)),
                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(TERN_LOG_LN2_HI), d);
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(TERN_LOG_LN2_LO), r);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(TERN_LN2_HI), d);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(TERN_LN2_LO), r);
     __m512d p;
     TERN_EXP_TAYLOR13(p, r, _mm512_set1_pd, _mm512_fmadd_pd);
     const __m512i b =

@@ -15,20 +15,20 @@ static inline uint64_t tern_nz_mix(uint64_t z)
     return z ^ (z >> 31);
 }
 
-static inline double tern_nz_cell(uint64_t cell)
+double tern_noise_cell(uint64_t cell)
 {
     const double u = ((double)cell + 0.5) * 0x1p-53;
     return u < TERN_NOISE_U_MAX ? u : TERN_NOISE_U_MAX;
 }
 
-static inline double tern_nz_uniform(uint64_t key, int64_t id)
+double tern_noise_uniform(uint64_t key, int64_t id)
 {
-    return tern_nz_cell(tern_nz_mix(key ^ ((uint64_t)id * TERN_NOISE_K3 + TERN_NOISE_K4)) >> 11);
+    return tern_noise_cell(tern_nz_mix(key ^ ((uint64_t)id * TERN_NOISE_K3 + TERN_NOISE_K4)) >> 11);
 }
 
 #define TERN_NZ_SET(c) (c)
 #define TERN_NZ_MUL(a, b) ((a) * (b))
-static inline double tern_nz_log(double x)
+double tern_log_det(double x)
 {
     uint64_t b;
     memcpy(&b, &x, sizeof b);
@@ -41,17 +41,17 @@ static inline double tern_nz_log(double x)
     double q;
     TERN_LOG_SERIES(q, z, TERN_NZ_SET, fma, TERN_NZ_MUL);
     const double ed = (double)e;
-    return fma(ed, TERN_LOG_LN2_HI, fma(ed, TERN_LOG_LN2_LO, fma(r, q, r)));
+    return fma(ed, TERN_LN2_HI, fma(ed, TERN_LN2_LO, fma(r, q, r)));
 }
 #undef TERN_NZ_SET
 #undef TERN_NZ_MUL
 
 #define TERN_NZ_SET(c) (c)
-static inline double tern_nz_exp(double d)
+double tern_exp_det(double d)
 {
     d = d > TERN_EXP_MIN ? d : TERN_EXP_MIN;
-    const double n = nearbyint(d * TERN_EXP_LOG2E);
-    const double r = fma(-n, TERN_LOG_LN2_LO, fma(-n, TERN_LOG_LN2_HI, d));
+    const double n = nearbyint(d * TERN_LOG2E);
+    const double r = fma(-n, TERN_LN2_LO, fma(-n, TERN_LN2_HI, d));
     double p;
     TERN_EXP_TAYLOR13(p, r, TERN_NZ_SET, fma);
     const uint64_t b = (uint64_t)((int64_t)n + 1023) << 52;
@@ -61,14 +61,14 @@ static inline double tern_nz_exp(double d)
 }
 #undef TERN_NZ_SET
 
-static inline double tern_nz_gumbel(uint64_t key, int64_t id)
+double tern_noise_gumbel(uint64_t key, int64_t id)
 {
-    return -tern_nz_log(-tern_nz_log(tern_nz_uniform(key, id)));
+    return -tern_log_det(-tern_log_det(tern_noise_uniform(key, id)));
 }
 
 /* kernels.h's tern_gumbel_max, sequentially (the reference) */
-static inline void tern_nz_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t,
-                                      uint64_t key, tern_gumbel_run *out)
+void tern_ref_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
+                         tern_gumbel_run *out)
 {
     tern_gumbel_run r = {-INFINITY, -INFINITY, -1, -INFINITY, -1};
     for (int64_t i = 0; i < n; i++) {
@@ -78,7 +78,7 @@ static inline void tern_nz_gumbel_max(const float *v, int64_t n, int64_t id0, do
         const double x = (double)vi * inv_t;
         if (!(x > -INFINITY)) continue;
         if (x > r.mx) r.mx = x;
-        const double g = x + tern_nz_gumbel(key, id0 + i);
+        const double g = x + tern_noise_gumbel(key, id0 + i);
         if (g > r.g) r.g = g, r.g_i = i;
     }
     *out = r;
@@ -90,37 +90,6 @@ uint64_t tern_noise_key(uint64_t seed, int64_t pos)
     return tern_nz_mix(h ^ ((uint64_t)pos * TERN_NOISE_K1 + TERN_NOISE_K2));
 }
 
-double tern_noise_cell(uint64_t cell)
-{
-    return tern_nz_cell(cell);
-}
-
-double tern_noise_uniform(uint64_t key, int64_t id)
-{
-    return tern_nz_uniform(key, id);
-}
-
-double tern_log_det(double x)
-{
-    return tern_nz_log(x);
-}
-
-double tern_noise_gumbel(uint64_t key, int64_t id)
-{
-    return tern_nz_gumbel(key, id);
-}
-
-void tern_ref_gumbel_max(const float *v, int64_t n, int64_t id0, double inv_t, uint64_t key,
-                         tern_gumbel_run *out)
-{
-    tern_nz_gumbel_max(v, n, id0, inv_t, key, out);
-}
-
-double tern_exp_det(double d)
-{
-    return tern_nz_exp(d);
-}
-
 void tern_ref_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, double *m, double *z)
 {
     for (int64_t i = 0; i < n; i++) {
@@ -129,8 +98,8 @@ void tern_ref_lse_lanes(const float *v, int64_t n, int64_t id0, double inv_t, do
         if (!(x > -INFINITY)) continue;
         const int l = (int)((uint64_t)(id0 + i) % TERN_LSE_LANES);
         if (x > m[l])
-            z[l] = z[l] * tern_nz_exp(m[l] - x) + 1.0, m[l] = x;
+            z[l] = z[l] * tern_exp_det(m[l] - x) + 1.0, m[l] = x;
         else
-            z[l] = z[l] + tern_nz_exp(x - m[l]);
+            z[l] = z[l] + tern_exp_det(x - m[l]);
     }
 }

@@ -82,10 +82,10 @@ static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *
 AI __m256d exp_pd(__m256d x)
 {
     x = _mm256_max_pd(x, SET(-110.0));
-    __m256d n = _mm256_round_pd(_mm256_mul_pd(x, SET(1.4426950408889634)),
+    __m256d n = _mm256_round_pd(_mm256_mul_pd(x, SET(TERN_LOG2E)),
                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256d r = _mm256_fnmadd_pd(n, SET(6.93147180369123816490e-01), x);
-    r = _mm256_fnmadd_pd(n, SET(1.90821492927058770002e-10), r);
+    __m256d r = _mm256_fnmadd_pd(n, SET(TERN_LN2_HI), x);
+    r = _mm256_fnmadd_pd(n, SET(TERN_LN2_LO), r);
     __m256d p;
     TERN_EXP_TAYLOR13(p, r, SET, FMA);
     __m128i ni = _mm256_cvtpd_epi32(n), h1 = _mm_srai_epi32(ni, 1), h2 = _mm_sub_epi32(ni, h1);

@@ -90,10 +90,10 @@ static void rope_neox(float *x, int64_t n_heads, int64_t head_dim, const float *
 AI __m512d exp_pd(__m512d x)
 {
     x = _mm512_max_pd(x, SET(-110.0));
-    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, SET(1.4426950408889634)),
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, SET(TERN_LOG2E)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(n, SET(6.93147180369123816490e-01), x);
-    r = _mm512_fnmadd_pd(n, SET(1.90821492927058770002e-10), r);
+    __m512d r = _mm512_fnmadd_pd(n, SET(TERN_LN2_HI), x);
+    r = _mm512_fnmadd_pd(n, SET(TERN_LN2_LO), r);
     __m512d p;
     TERN_EXP_TAYLOR13(p, r, SET, FMA);
     return _mm512_scalef_pd(p, n);

@@ -1,9 +1,10 @@
 /* sampler.c: the split sampler of sampler.h: counter-based uniforms, the per-slice fold and the
  * resolution on rank 0.
  *
- * Cost per row and slice of n ids: greedy rows are one pass with a comparison per id (a
- * candidate heap of 1); sampling rows add one exp per id (double) and a heap of
- * TERN_SAMPLE_CANDS; Gumbel rows add a hash and two logs per id; logprob rows one more exp.
+ * Cost per row and slice of n ids: greedy rows are one pass of the vector kernel
+ * tern_gumbel_max (its top only); Gumbel rows the same pass with a hash and two logs per id;
+ * truncated rows a candidate pass (a heap of TERN_SAMPLE_CANDS, blocks of ids that beat no
+ * full list skipped) and one exp per id in tern_lse_lanes; logprob rows one more lanes pass.
  */
 #include "ternpipe/sampler.h"
 
@@ -11,8 +12,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "ternpipe/kernels.h"
 
 void tern_sampling_default(tern_sampling *p)
 {
@@ -239,7 +238,7 @@ void tern_row_sum_init(tern_row_sum *s)
     memset(s, 0, sizeof *s);
     s->mx = -INFINITY, s->z = 0.0;
     s->mraw = -INFINITY, s->zraw = 0.0;
-    for (int l = 0; l < TERN_SUM_LANES; l++)
+    for (int l = 0; l < TERN_LSE_LANES; l++)
         s->lm[l] = s->rlm[l] = -INFINITY, s->lz[l] = s->rlz[l] = 0.0;
     s->g = -INFINITY;
     s->gc = (tern_cand){-INFINITY, -INFINITY, -1};
@@ -257,8 +256,8 @@ static inline int32_t run_end(const tern_row_params *p, int32_t pk, int32_t v0, 
 static void lanes_total(const double *lm, const double *lz, double *m, double *z)
 {
     double mx = -INFINITY, sum = 0.0;
-    for (int l = 0; l < TERN_SUM_LANES; l++) mx = lm[l] > mx ? lm[l] : mx;
-    for (int l = 0; l < TERN_SUM_LANES; l++)
+    for (int l = 0; l < TERN_LSE_LANES; l++) mx = lm[l] > mx ? lm[l] : mx;
+    for (int l = 0; l < TERN_LSE_LANES; l++)
         if (lm[l] > -INFINITY) sum += lz[l] * tern_exp_det(lm[l] - mx);
     *m = mx, *z = sum;
 }
@@ -269,7 +268,6 @@ static void lanes_total(const double *lm, const double *lz, double *m, double *z
 static void fold_sum(tern_row_sum *s, const tern_row_params *p, const float *logits, int32_t v0,
                      int32_t n, int32_t pk, double inv_t)
 {
-    _Static_assert(TERN_SUM_LANES == TERN_LSE_LANES, "the record holds the kernel's lanes");
     for (int32_t i = 0; i < n;) {
         const int32_t stop = run_end(p, pk, v0, n);
         if (stop > i) tern_lse_lanes(logits + i, stop - i, v0 + i, inv_t, s->lm, s->lz);
