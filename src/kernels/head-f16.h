@@ -23,17 +23,27 @@
  *   tokens 1.7x, but one token 0.73x (32 against 24 ms: the conversion, 0.56 micro-ops a
  *   weight, does not hide behind the memory stream). Used only for some calls, a logit would
  *   depend on batch company (DESIGN.md 6); used for all, one stream decodes 15% slower.
- * - The weights of a block converted to floats once for all token tiles (no vcvtph2ps in the
- *   tiles): 1.0x at 64 tokens, 0.88x at 33 (the floats double the tiles' traffic from L2).
  * - HF_KC 512 or 256: 0.94-0.97x at 64 tokens.
+ * From HF_COPY_TOKENS tokens the first token tile stores each weight vector it converts in a
+ * float copy of the block (HF_PANEL floats on the stack, rows HF_RB at most, fewer for long
+ * rows; none for rows over HF_PANEL / 8 floats), and the other token tiles load their weights
+ * from there: their fmas take both vector ports, where a vcvtph2ps took each port once a row.
+ * The copies hold the same floats, so no bit changes. Intel Xeon VM without AMX (2 cores,
+ * 2 MiB L2 each), 128256 x 2560 (one thread, bench_kernels, interleaved, 3 rounds): 64 tokens
+ * 380-398 -> 334-340 ms (1.15x; 54 -> 62.5 GMAC/s, 0.70 of the fma peak), 48 tokens 1.13x,
+ * 40 1.06x, 34 1.01-1.06x, 19-24 0.9x (too few token tiles to pay for the copy's stores: the
+ * threshold); the copy of 256 KiB (rows of 24 there) 1.11x at 64 tokens; 384 KiB 1.09x;
+ * 640 KiB as 512; the copy's rows prefetched to L1 ahead of the tiles 0.90-1.0x; the copy with
+ * HF_KC 512 1.0x, 2048 0.75x. A 64-sequence decode step of the 2B-4T shape: 146-155 -> 147-158
+ * tok/s (the head is 40% of it).
  */
 #ifndef TERN_KERNELS_HEAD_F16_H
 #define TERN_KERNELS_HEAD_F16_H
 
 #if !defined(HF_V) || !defined(HF_LANES) || !defined(HF_ZERO) || !defined(HF_FMA) ||               \
     !defined(HF_LOADX) || !defined(HF_LOADX_TAIL) || !defined(HF_LOADW) ||                         \
-    !defined(HF_LOADW_TAIL) || !defined(HF_HSUM) || !defined(HF_TT) || HF_TT > 6 ||                \
-    (HF_TT > 3 && !defined(HF_RW)) || !defined(HF_NREG)
+    !defined(HF_LOADW_TAIL) || !defined(HF_LOADF) || !defined(HF_STOREF) || !defined(HF_HSUM) ||   \
+    !defined(HF_TT) || HF_TT > 6 || (HF_TT > 3 && !defined(HF_RW)) || !defined(HF_NREG)
 #error "head-f16.h: define the HF_ vector operations first"
 #endif
 
@@ -41,6 +51,8 @@
 
 #define HF_RB 64   /* rows per block: their weights stay in L2 while every token tile passes */
 #define HF_KC 1024 /* columns per pass of a tile of several tokens (a multiple of HF_LANES) */
+#define HF_COPY_TOKENS 34 /* tokens from which a block's weights are copied as floats */
+#define HF_PANEL 131072   /* floats of the copy (512 KiB of the stack) */
 /* One token: each row stream prefetched HF_GEMV_PF bytes ahead, once a line (HF_LINE_W
  * weights). The hardware's prefetch alone left them waiting: Intel Xeon VM (AMX), 2 threads,
  * 128256 x 2560 in a decode step, 3 interleaved rounds, medians: none 22.4-22.6 ms (29 GB/s),
@@ -53,9 +65,14 @@
  * t at part[r * HF_TT + t]): zeros are not loaded at i0 == 0, and at i1 == k the lanes are
  * added into y. Storing and reloading a lane's fp32 sum leaves its sequence of fmas as one
  * pass's, so the passes change no bit. */
+/* Where a tile's weights come from (WM, a constant after inlining): the F16 rows; the F16 rows,
+ * each converted vector stored in the block's float copy too (pw: the tile's first row there,
+ * rows pld floats apart); that copy alone. */
+enum { HF_W16 = 0, HF_W16_COPY = 1, HF_W32 = 2 };
 static inline __attribute__((always_inline)) void
-tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float *x, int64_t t0,
-             const int T, int64_t k, int64_t i0, int64_t i1, HF_V *part, float *y, int64_t ldy)
+tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const int WM, float *pw,
+             int64_t pld, const float *x, int64_t t0, const int T, int64_t k, int64_t i0,
+             int64_t i1, HF_V *part, float *y, int64_t ldy)
 {
     HF_V acc[8][HF_TT];
 #pragma GCC unroll 8
@@ -79,7 +96,13 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
                              _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            const HF_V wv = HF_LOADW(w + (o + r * rs) * k + i);
+            HF_V wv;
+            if (WM == HF_W32) {
+                wv = HF_LOADF(pw + r * pld + i);
+            } else {
+                wv = HF_LOADW(w + (o + r * rs) * k + i);
+                if (WM == HF_W16_COPY) HF_STOREF(pw + r * pld + i, wv);
+            }
 #pragma GCC unroll 6
             for (int t = 0; t < T; t++) acc[r][t] = HF_FMA(wv, xv[t], acc[r][t]);
         }
@@ -90,7 +113,13 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
         for (int t = 0; t < T; t++) xv[t] = HF_LOADX_TAIL(xt + t * k + i, i1 - i);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            const HF_V wv = HF_LOADW_TAIL(w + (o + r * rs) * k + i, i1 - i);
+            HF_V wv; /* the copy holds the tail with its zeros, as HF_LOADW_TAIL makes it */
+            if (WM == HF_W32) {
+                wv = HF_LOADF(pw + r * pld + i);
+            } else {
+                wv = HF_LOADW_TAIL(w + (o + r * rs) * k + i, i1 - i);
+                if (WM == HF_W16_COPY) HF_STOREF(pw + r * pld + i, wv);
+            }
 #pragma GCC unroll 6
             for (int t = 0; t < T; t++) acc[r][t] = HF_FMA(wv, xv[t], acc[r][t]);
         }
@@ -111,20 +140,30 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
 /* One token: a single pass (its activations are k floats, in L1); several: passes of kc
  * columns, so a tile's activations (T x HF_KC floats) stay in L1 while the block's row tiles
  * go over them instead of coming from L2 for every row tile (64 tokens: +10% a thread). */
+/* the tile's rows in the block's float copy (none with HF_W16: panel is NULL then) */
+#define HF_PW(WM) ((WM) == HF_W16 ? NULL : panel + (o - o0) * pld)
+#define TERN_HF_PASS(TV, RM, WM)                                                                   \
+    for (int64_t i0 = 0; i0 < k; i0 += kc) {                                                       \
+        const int64_t i1 = k - i0 <= kc ? k : i0 + kc;                                             \
+        int64_t o = o0;                                                                            \
+        for (; o + (RM) <= o1; o += (RM)) {                                                        \
+            tern_hf_tile(w, o, (RM), 1, (WM), HF_PW(WM), pld, x, t0, (TV), k, i0, i1,              \
+                         part + (o - o0) * HF_TT, y, ldy);                                         \
+            tern_pf_run(&pf);                                                                      \
+        }                                                                                          \
+        for (; o < o1; o++)                                                                        \
+            tern_hf_tile(w, o, 1, 1, (WM), HF_PW(WM), pld, x, t0, (TV), k, i0, i1,                 \
+                         part + (o - o0) * HF_TT, y, ldy);                                         \
+    }
 #define TERN_HF_CASE(TV, RM)                                                                       \
     case TV: {                                                                                     \
         const int64_t kc = (TV) == 1 ? k : kc_many;                                                \
-        for (int64_t i0 = 0; i0 < k; i0 += kc) {                                                   \
-            const int64_t i1 = k - i0 <= kc ? k : i0 + kc;                                         \
-            int64_t o = o0;                                                                        \
-            for (; o + (RM) <= o1; o += (RM)) {                                                    \
-                tern_hf_tile(w, o, (RM), 1, x, t0, (TV), k, i0, i1, part + (o - o0) * HF_TT, y,    \
-                             ldy);                                                                 \
-                tern_pf_run(&pf);                                                                  \
-            }                                                                                      \
-            for (; o < o1; o++)                                                                    \
-                tern_hf_tile(w, o, 1, 1, x, t0, (TV), k, i0, i1, part + (o - o0) * HF_TT, y, ldy); \
-        }                                                                                          \
+        if (!panel)                                                                                \
+            TERN_HF_PASS(TV, RM, HF_W16)                                                           \
+        else if (t0 == 0)                                                                          \
+            TERN_HF_PASS(TV, RM, HF_W16_COPY)                                                      \
+        else                                                                                       \
+            TERN_HF_PASS(TV, RM, HF_W32)                                                           \
     } break
 
 /* Rows [o0, o1), at most HF_RB of them, for more than HF_SEG_TOKENS tokens; [pf_begin,
@@ -133,8 +172,8 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const float 
  * hardware's prefetch left waiting (T = 64: +5%; with a few token tiles the lines came too
  * close together and cost more than they saved, T = 4, 6: -20%). */
 static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
-                         int64_t ldy, int64_t o0, int64_t o1, const uint8_t *pf_begin,
-                         const uint8_t *pf_end)
+                         int64_t ldy, int64_t o0, int64_t o1, float *panel, int64_t pld,
+                         const uint8_t *pf_begin, const uint8_t *pf_end)
 {
     HF_V part[HF_RB * HF_TT];
     /* several token tiles share the block from L2, in passes */
@@ -181,7 +220,7 @@ static void tern_hf_rows(const uint16_t *w, const float *x, int64_t n_tok, int64
 /* R rows from segments rs apart x T tokens from t0 */
 #define TERN_HF_SEG_TILE(RV, TV)                                                                   \
     case TV:                                                                                       \
-        tern_hf_tile(w, o, (RV), rs, x, t0, (TV), k, 0, k, NULL, y, ldy);                          \
+        tern_hf_tile(w, o, (RV), rs, HF_W16, NULL, 0, x, t0, (TV), k, 0, k, NULL, y, ldy);         \
         break
 static void tern_hf_seg_tile(const uint16_t *w, int64_t o, int R, int64_t rs, const float *x,
                              int64_t t0, int64_t T, int64_t k, float *y, int64_t ldy)
@@ -211,7 +250,7 @@ static void tern_hf_seg_tile(const uint16_t *w, int64_t o, int R, int64_t rs, co
         }
     } else {
         TERN_ASSERT(R == 1 && T == 1);
-        tern_hf_tile(w, o, 1, 1, x, t0, 1, k, 0, k, NULL, y, ldy);
+        tern_hf_tile(w, o, 1, 1, HF_W16, NULL, 0, x, t0, 1, k, 0, k, NULL, y, ldy);
     }
 }
 #undef TERN_HF_SEG_TILE
@@ -230,22 +269,38 @@ static void tern_hf_segments(const uint16_t *w, const float *x, int64_t n_tok, i
         for (int64_t t = 0; t < n_tok; t++) tern_hf_seg_tile(w, o, 1, 1, x, t, 1, k, y, ldy);
 }
 
+/* More than HF_SEG_TOKENS tokens: the rows in blocks (tern_hf_rows), from HF_COPY_TOKENS tokens
+ * with the block's float copy: rows of pld floats (k rounded up to whole vectors), as many rows
+ * as fit in HF_PANEL floats, at most HF_RB, in multiples of 8; fewer than 8 fit: no copy. */
+static void tern_hf_blocks(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
+                           int64_t ldy, int64_t o0, int64_t o1)
+{
+    _Alignas(64) float panel[HF_PANEL];
+    const int64_t pld = (k + HF_LANES - 1) / HF_LANES * HF_LANES, fit = HF_PANEL / pld / 8 * 8;
+    const bool copy = fit >= 8 && n_tok >= HF_COPY_TOKENS;
+    const int64_t rb = copy && fit < HF_RB ? fit : HF_RB;
+    for (int64_t o = o0; o < o1; o += rb) {
+        const int64_t ob = o + rb < o1 ? o + rb : o1, on = ob + rb < o1 ? ob + rb : o1;
+        tern_hf_rows(w, x, n_tok, k, y, ldy, o, ob, copy ? panel : NULL, pld,
+                     (const uint8_t *)(w + ob * k), (const uint8_t *)(w + on * k));
+    }
+}
+
 static void tern_hf_gemm(const uint16_t *w, const float *x, int64_t n_tok, int64_t k, float *y,
                          int64_t ldy, int64_t o0, int64_t o1)
 {
-    if (n_tok <= HF_SEG_TOKENS) {
+    if (n_tok <= HF_SEG_TOKENS)
         tern_hf_segments(w, x, n_tok, k, y, ldy, o0, o1);
-        return;
-    }
-    for (int64_t o = o0; o < o1; o += HF_RB) {
-        const int64_t ob = o + HF_RB < o1 ? o + HF_RB : o1, on = ob + HF_RB < o1 ? ob + HF_RB : o1;
-        tern_hf_rows(w, x, n_tok, k, y, ldy, o, ob, (const uint8_t *)(w + ob * k),
-                     (const uint8_t *)(w + on * k));
-    }
+    else
+        tern_hf_blocks(w, x, n_tok, k, y, ldy, o0, o1);
 }
 
 #undef TERN_HF_CASE
 #undef HF_RB
+#undef HF_PANEL
+#undef HF_COPY_TOKENS
+#undef TERN_HF_PASS
+#undef HF_PW
 #undef HF_KC
 #undef HF_SEG
 #undef HF_SEG_TOKENS

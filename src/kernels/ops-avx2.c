@@ -307,6 +307,8 @@ AI __m256 hf_loadw_tail(const uint16_t *p, int64_t left)
 #define HF_LOADX_TAIL(p, left) _mm256_maskload_ps((p), tail8(left))
 #define HF_LOADW(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
 #define HF_LOADW_TAIL hf_loadw_tail
+#define HF_LOADF(p) _mm256_load_ps(p)
+#define HF_STOREF(p, v) _mm256_store_ps((p), (v))
 #define HF_HSUM hsum8
 #define HF_TT 5
 #define HF_RW 2

@@ -304,6 +304,8 @@ static void axpy(float *y, float a, const float *x, int64_t n)
 #define HF_LOADX_TAIL(p, left) _mm512_maskz_loadu_ps(tail16(left), (p))
 #define HF_LOADW(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
 #define HF_LOADW_TAIL(p, left) _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(tail16(left), (p)))
+#define HF_LOADF(p) _mm512_load_ps(p)
+#define HF_STOREF(p, v) _mm512_store_ps((p), (v))
 #define HF_HSUM _mm512_reduce_add_ps
 #define HF_TT 6
 #define HF_RW 4
