@@ -255,13 +255,18 @@ tern_hi_tile_b(const tern_hi_pass *p, int64_t v, const int G, int64_t vs, int64_
     HI_TC10(GV)                                                                                    \
     HI_TC9(GV) HI_TC8(GV) HI_TC7(GV) HI_TC6(GV) HI_TC5(GV) HI_TC4(GV) HI_TC3(GV) HI_TC2(GV)
 
-#define TERN_HI_TB 64  /* tokens whose partial sums wait between passes */
-#define TERN_HI_SEG 64 /* chunks per pass (HI_G vectors: 16 KiB of weights stay in L1) */
+#define TERN_HI_TB 64 /* tokens whose partial sums wait between passes */
+/* chunks per pass (HI_G vectors: 8 KiB of weights stay in L1 beside the 16 KiB of partial sums
+ * and the activations). Against 64: Intel Xeon VM without AMX (48 KiB L1d), full-size table, 2
+ * threads of a pool, interleaved: 32 tokens 412-421 -> 480-518 GMAC/s, 16 and 64 tokens even
+ * (540-570 at 64); 16 and 24 chunks no better, 128 0.93x. */
+#define TERN_HI_SEG 32
 
 #define TERN_HI_XB 8192 /* int32 block sums of the activations on the stack (32 KiB) */
 /* tokens above which the next group's weights are prefetched into L2 during a group's tiles
- * (with a few token tiles the lines come too close together, as head-f16.h's) */
-#define TERN_HI_PF_TOKENS (3 * HI_T)
+ * (with a single token tile the lines come too close together, as head-f16.h's); from 3 * HI_T
+ * down to 2 * HI_T: 16 tokens 251-311 -> 325-337 GMAC/s (the same run as TERN_HI_SEG's) */
+#define TERN_HI_PF_TOKENS (2 * HI_T)
 
 /* The next group's weights, vectors [vg + HI_G, vg + 2 HI_G) below v1 (whole chunks of
  * TERN_HI_SUB vectors), to prefetch into L2 while the group's `calls` tiles run (with n_tok
