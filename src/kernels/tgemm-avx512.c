@@ -234,6 +234,12 @@ static void run_single(const pass *p, int64_t g, int64_t g1, int64_t t0, int tb)
  * (6912x2560 at 64 tokens, 2560x6912 at 256, interleaved runs) 2 x 8 is 1.03-1.08x of 4 x 6.
  * The sums are the same exact integers. */
 #define TERN_BSEG 32
+/* Below TERN_BSEG_FEW_TOKENS tokens, segments of TERN_BSEG_FEW chunks: the buffer's 16 KiB
+ * leave L1 room for the partial sums and activations of the few token tiles. 6912 x 2560 in L3,
+ * one thread, Intel Xeon VM without AMX, 3 interleaved rounds: 16 tokens 264-270 -> 296-303
+ * GMAC/s, 32 303-308 -> 322-327, 64 even (326-339); 128 and 256 0.97-1.0x, so they keep 32. */
+#define TERN_BSEG_FEW 16
+#define TERN_BSEG_FEW_TOKENS 64
 #define TERN_BTB 8
 #define TERN_BTG 2
 #define TERN_BCHUNK 256 /* tokens per unpacking (their partial sums: 64 KiB on the stack) */
@@ -247,7 +253,8 @@ static void unpack_buf(const pass *p, int64_t g, int ng, __m512i *buf)
     const bool same = p->c1 < kc;
     for (int64_t c = p->c0; c < p->c1; c++)
         for (int gi = 0; gi < ng; gi++) {
-            const int64_t pg = same ? g + gi : g + 4 + gi, pc = same ? c + TERN_BSEG : c - p->c0;
+            const int64_t pg = same ? g + gi : g + 4 + gi,
+                          pc = same ? c + (p->c1 - p->c0) : c - p->c0;
             if (pg < ngroups && pc < kc)
                 _mm_prefetch((const char *)(p->w->codes + pg * gstride + pc * TERN_TG_BYTES),
                              _MM_HINT_T1);
@@ -352,7 +359,9 @@ static void gemm_single(const tern_tmat *w, const int8_t *q, const float *s, con
      * chunk of up to TERN_BCHUNK tokens uses them; partial sums (exact int32) wait in part
      * between passes. */
     const bool buffered = n_tok >= TERN_BMIN;
-    const int64_t seg = buffered ? TERN_BSEG : TERN_SEG;
+    const int64_t seg = !buffered                      ? TERN_SEG
+                        : n_tok < TERN_BSEG_FEW_TOKENS ? TERN_BSEG_FEW
+                                                       : TERN_BSEG;
     _Alignas(64) int32_t part[TERN_BCHUNK * 4 * 16];
     _Alignas(64) __m512i buf[TERN_BSEG * 16];
     p.part = part;
