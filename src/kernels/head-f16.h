@@ -62,14 +62,24 @@
 #define HF_GEMV_PF 2048
 #define HF_LINE_W 32 /* F16 weights a cache line */
 
-/* Columns [i0, i1) of R rows x T tokens. part holds the lane sums between passes (row r, token
- * t at part[r * HF_TT + t]): zeros are not loaded at i0 == 0, and at i1 == k the lanes are
- * added into y. Storing and reloading a lane's fp32 sum leaves its sequence of fmas as one
- * pass's, so the passes change no bit. */
 /* Where a tile's weights come from (WM, a constant after inlining): the F16 rows; the F16 rows,
- * each converted vector stored in the block's float copy too (pw: the tile's first row there,
- * rows pld floats apart); that copy alone. */
+ * each converted vector stored in the block's float copy too; that copy alone. */
 enum { HF_W16 = 0, HF_W16_COPY = 1, HF_W32 = 2 };
+/* One weight vector: w16 (the F16 row's vector as floats, unused with HF_W32) or the copy's
+ * vector at pw + off, which HF_W16_COPY writes; pw is NULL with HF_W16. */
+static inline __attribute__((always_inline)) HF_V tern_hf_weight(const int WM, HF_V w16, float *pw,
+                                                                 int64_t off)
+{
+    if (WM == HF_W32) return HF_LOADF(pw + off);
+    if (WM == HF_W16_COPY) HF_STOREF(pw + off, w16);
+    return w16;
+}
+
+/* Columns [i0, i1) of R rows x T tokens, the rows' float copy (WM != HF_W16) at pw, rows pld
+ * floats apart. part holds the lane sums between passes (row r, token t at
+ * part[r * HF_TT + t]): zeros are not loaded at i0 == 0, and at i1 == k the lanes are added
+ * into y. Storing and reloading a lane's fp32 sum leaves its sequence of fmas as one pass's, so
+ * the passes change no bit. */
 static inline __attribute__((always_inline)) void
 tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const int WM, float *pw,
              int64_t pld, const float *x, int64_t t0, const int T, int64_t k, int64_t i0,
@@ -97,13 +107,8 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const int WM
                              _MM_HINT_T0);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            HF_V wv;
-            if (WM == HF_W32) {
-                wv = HF_LOADF(pw + r * pld + i);
-            } else {
-                wv = HF_LOADW(w + (o + r * rs) * k + i);
-                if (WM == HF_W16_COPY) HF_STOREF(pw + r * pld + i, wv);
-            }
+            const HF_V wv = tern_hf_weight(
+                WM, WM == HF_W32 ? HF_ZERO() : HF_LOADW(w + (o + r * rs) * k + i), pw, r * pld + i);
 #pragma GCC unroll 6
             for (int t = 0; t < T; t++) acc[r][t] = HF_FMA(wv, xv[t], acc[r][t]);
         }
@@ -114,13 +119,10 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const int WM
         for (int t = 0; t < T; t++) xv[t] = HF_LOADX_TAIL(xt + t * k + i, i1 - i);
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            HF_V wv; /* the copy holds the tail with its zeros, as HF_LOADW_TAIL makes it */
-            if (WM == HF_W32) {
-                wv = HF_LOADF(pw + r * pld + i);
-            } else {
-                wv = HF_LOADW_TAIL(w + (o + r * rs) * k + i, i1 - i);
-                if (WM == HF_W16_COPY) HF_STOREF(pw + r * pld + i, wv);
-            }
+            /* the copy holds the tail with its zeros, as HF_LOADW_TAIL makes it */
+            const HF_V wv = tern_hf_weight(
+                WM, WM == HF_W32 ? HF_ZERO() : HF_LOADW_TAIL(w + (o + r * rs) * k + i, i1 - i), pw,
+                r * pld + i);
 #pragma GCC unroll 6
             for (int t = 0; t < T; t++) acc[r][t] = HF_FMA(wv, xv[t], acc[r][t]);
         }
@@ -167,7 +169,8 @@ tern_hf_tile(const uint16_t *w, int64_t o, const int R, int64_t rs, const int WM
             TERN_HF_PASS(TV, RM, HF_W32)                                                           \
     } break
 
-/* Rows [o0, o1), at most HF_RB of them, for more than HF_SEG_TOKENS tokens; [pf_begin,
+/* Rows [o0, o1), at most HF_RB of them, for more than HF_SEG_TOKENS tokens; panel: their float
+ * copy (rows pld floats apart), written by the first token tile, or NULL; [pf_begin,
  * pf_end): the next block's rows, prefetched into L2 a few lines per row tile, spread over
  * this block's tiles: a block's rows come from memory for its first token tile only, which the
  * hardware's prefetch left waiting (T = 64: +5%; with a few token tiles the lines came too
